@@ -1,0 +1,67 @@
+"""Values shared by the core and the adapters: speakers, turns, conversation keys, sinks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class Speaker(StrEnum):
+    USER = "ユーザー"
+    SYSTEM = "システム"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    speaker: Speaker
+    text: str  # plain text with real "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """Where a conversation lives: (platform, workspace, channel, thread).
+
+    `workspace` is a Discord guild or Slack team ("" for DMs or the console);
+    `thread` is the thread id ("" when the whole channel or DM is one conversation).
+    """
+
+    platform: str
+    workspace: str
+    channel: str
+    thread: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.platform}:{self.workspace}/{self.channel}/{self.thread}"
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """One user message as the adapter saw it.
+
+    `delivery_key` identifies the platform message (Discord message id, Slack channel:ts);
+    a second message with the same key on the same platform is a redelivery and is not answered.
+    """
+
+    text: str
+    delivery_key: str
+    author: str = ""
+
+
+class ReplySink(Protocol):
+    """Where one reply goes. Adapters implement it for their platform.
+
+    The chat service calls `start` once (placeholder), then `update` with the whole text so
+    far (throttled), and ends with exactly one of `finish` (final text) or `fail`
+    (a short Japanese message for the user). `waiting` reports a queue position (1 = next).
+    """
+
+    async def start(self) -> None: ...
+
+    async def waiting(self, position: int) -> None: ...
+
+    async def update(self, text: str) -> None: ...
+
+    async def finish(self, text: str) -> None: ...
+
+    async def fail(self, message: str) -> None: ...

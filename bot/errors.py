@@ -1,0 +1,39 @@
+"""One small error hierarchy. Each error carries a short Japanese message for users."""
+
+from __future__ import annotations
+
+
+class RinnaError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    user_message = "エラーが発生しました。しばらくしてからもう一度お試しください。"
+
+
+class ConfigError(RinnaError):
+    """A setting is missing or invalid; the message names the environment key."""
+
+
+class ModelLoadError(RinnaError):
+    """The model or tokenizer could not be loaded."""
+
+
+class StorageError(RinnaError):
+    """The history database could not be opened or written."""
+
+
+class GeneratorError(RinnaError):
+    """Generation failed inside the worker."""
+
+    user_message = "回答の生成中にエラーが発生しました。もう一度お試しください。"
+
+
+class QueueFullError(GeneratorError):
+    user_message = "ただいま混み合っています。少し待ってからもう一度お試しください。"
+
+
+class GenerationTimeout(GeneratorError):
+    user_message = "回答に時間がかかりすぎたため中断しました。もう一度お試しください。"
+
+
+class GeneratorClosed(GeneratorError):
+    user_message = "ボットを停止中のため回答できません。"

@@ -1,0 +1,105 @@
+"""The model card's prompt format, injection-safe, fitted to the context budget."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bot.conversation import Speaker, Turn
+from bot.tokenizer import NEWLINE_SYMBOL, Tokenizer
+
+SEPARATOR = NEWLINE_SYMBOL
+REPLY_CUE = f"{Speaker.SYSTEM}: "
+SHORTENED_MARK = "…（以下省略）"
+
+# A line of user text that looks like a speaker label ("システム: ", "ユーザー：", ...).
+_FORGED_LABEL = re.compile(
+    rf"^(\s*)({Speaker.USER}|{Speaker.SYSTEM})(\s*[:：])", re.MULTILINE
+)
+# Control characters other than newline and tab are dropped (NUL included).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The stand-in for a typed "<NL>": not folded back to "<" / ">" by NFKC.
+_NL_STAND_IN = "〈NL〉"
+
+
+def clean_text(text: str) -> str:
+    """Normalise newlines and drop control characters; the form we store and show."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL.sub("", text)
+
+
+def escape_text(text: str) -> str:
+    """Text as it may appear inside one turn: no newline, no typed `<NL>`, no forged label."""
+    text = clean_text(text)
+    while NEWLINE_SYMBOL in text:
+        text = text.replace(NEWLINE_SYMBOL, _NL_STAND_IN)
+    text = _FORGED_LABEL.sub(r"\1「\2」\3", text)
+    return text.replace("\n", NEWLINE_SYMBOL)
+
+
+def format_turn(turn: Turn) -> str:
+    return f"{turn.speaker}: {escape_text(turn.text)}"
+
+
+def build_prompt(turns: Sequence[Turn]) -> str:
+    """Turns joined by `<NL>`, ending with `<NL>システム: ` (model card format, exactly)."""
+    return SEPARATOR.join([*(format_turn(t) for t in turns), REPLY_CUE])
+
+
+@dataclass(frozen=True, slots=True)
+class FittedPrompt:
+    prompt: str
+    ids: tuple[int, ...]
+    turns: tuple[Turn, ...]
+    dropped: int  # oldest turns left out
+    shortened: bool  # the newest turn alone was too long and was cut
+
+
+def fit_prompt(turns: Sequence[Turn], tokenizer: Tokenizer, budget: int) -> FittedPrompt:
+    """The longest suffix of `turns` whose prompt takes at most `budget` tokens.
+
+    Oldest turns go first; the newest turn is always kept, and is shortened (its head kept,
+    marked with SHORTENED_MARK) only when it alone does not fit.
+    """
+    if not turns:
+        raise ValueError("fit_prompt needs at least one turn")
+    fixed = tokenizer.count(REPLY_CUE) + 1  # the cue and the separator before it
+    costs = [tokenizer.count(format_turn(t)) + 1 for t in turns]  # each turn and its separator
+    kept, used = 0, fixed
+    for cost in reversed(costs):
+        if used + cost > budget:
+            break
+        used += cost
+        kept += 1
+    newest = turns[-1]
+    shortened = False
+    if kept == 0:
+        newest = _shorten(newest, tokenizer, budget - fixed - 1)
+        shortened, kept = True, 1
+    chosen = (*turns[len(turns) - kept : -1], newest)
+    prompt = build_prompt(chosen)
+    ids = tokenizer.encode(prompt)
+    # Segment costs add up because `<NL>` is a user-defined symbol; verify, never assume.
+    while len(ids) > budget and len(chosen) > 1:
+        chosen = chosen[1:]
+        prompt = build_prompt(chosen)
+        ids = tokenizer.encode(prompt)
+    return FittedPrompt(prompt, tuple(ids), chosen, len(turns) - len(chosen), shortened)
+
+
+def _shorten(turn: Turn, tokenizer: Tokenizer, budget: int) -> Turn:
+    """The longest head of `turn.text` (plus the mark) whose formatted turn fits `budget`."""
+
+    def fits(n: int) -> bool:
+        candidate = Turn(turn.speaker, turn.text[:n] + SHORTENED_MARK)
+        return tokenizer.count(format_turn(candidate)) <= budget
+
+    lo, hi = 0, len(turn.text)
+    while lo < hi:  # binary search on characters: token counts grow with the prefix
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return Turn(turn.speaker, turn.text[:lo] + SHORTENED_MARK)

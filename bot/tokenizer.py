@@ -1,0 +1,81 @@
+"""The model's tokenizer: sentencepiece on `spiece.model`, used directly.
+
+transformers v5 turns this model's `spiece.model` into a fast T5 tokenizer that prepends `▁`,
+drops trailing spaces and maps byte-fallback text to `<s>` (see DESIGN.md), so we never go
+through AutoTokenizer. Encoding adds nothing: the ids are exactly sentencepiece's ids for the
+text. Decoding works on bytes, so a streamed reply never shows half a character.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+NEWLINE_SYMBOL = "<NL>"
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+class Tokenizer:
+    def __init__(self, processor: spm.SentencePieceProcessor) -> None:
+        self._sp = processor
+        self.bos_id: int = processor.bos_id()
+        self.eos_id: int = processor.eos_id()
+        self.pad_id: int = max(processor.pad_id(), 0)
+        self.unk_id: int = processor.unk_id()
+        self.vocab_size: int = processor.get_piece_size()
+        self._bytes = [self._piece_bytes(i) for i in range(self.vocab_size)]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        processor = spm.SentencePieceProcessor()
+        processor.Load(str(path))
+        return cls(processor)
+
+    def _piece_bytes(self, token_id: int) -> bytes:
+        sp = self._sp
+        if sp.is_control(token_id) or sp.is_unknown(token_id):
+            return b""
+        piece = sp.id_to_piece(token_id)
+        if piece == NEWLINE_SYMBOL:
+            return b"\n"
+        if sp.is_byte(token_id):
+            match = _BYTE_PIECE.match(piece)
+            return bytes([int(match.group(1), 16)]) if match else b""
+        return piece.replace("\u2581", " ").encode("utf-8")
+
+    def encode(self, text: str) -> list[int]:
+        """Ids for `text`, with nothing prepended or appended (add_special_tokens=False)."""
+        return self._sp.encode(text, out_type=int, add_bos=False, add_eos=False)
+
+    def count(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text for `ids`, with `<NL>` as a real newline and special tokens dropped."""
+        decoder = self.decoder()
+        return "".join(decoder.feed(i) for i in ids) + decoder.flush()
+
+    def decoder(self) -> IncrementalDecoder:
+        return IncrementalDecoder(self._bytes)
+
+
+class IncrementalDecoder:
+    """Turns ids into text one at a time. `feed` returns only complete characters, so text
+    once returned never changes; an incomplete UTF-8 sequence waits for its next byte."""
+
+    def __init__(self, piece_bytes: Sequence[bytes]) -> None:
+        self._pieces = piece_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token_id: int) -> str:
+        if 0 <= token_id < len(self._pieces):
+            return self._utf8.decode(self._pieces[token_id])
+        return ""
+
+    def flush(self) -> str:
+        """End of stream: a dangling partial character becomes U+FFFD."""
+        return self._utf8.decode(b"", final=True)
