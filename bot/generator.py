@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WaitCallback = Callable[[int], None]
+WaitCallback = Callable[[int], Awaitable[None] | None]
 
 
 class Generator(Protocol):
@@ -108,8 +108,8 @@ class LocalGenerator:
             while True:
                 item = await queue.get()
                 if isinstance(item, _Position):
-                    if on_wait is not None:
-                        on_wait(item.position)
+                    if on_wait is not None and (waited := on_wait(item.position)) is not None:
+                        await waited
                     continue
                 if isinstance(item, _End):
                     finished = True

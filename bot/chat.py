@@ -1,0 +1,164 @@
+"""The chat service: one user message in, one streamed reply out, history kept in SQLite.
+
+Per conversation, one turn at a time, in arrival order. Platform-free: adapters hand in a
+ConversationKey, an IncomingMessage and a ReplySink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bot.conversation import ConversationKey, IncomingMessage, ReplySink, Speaker, Turn
+from bot.errors import RinnaError
+from bot.generator import Generator
+from bot.prompt import clean_text, fit_prompt, format_turn
+from bot.sampling import GenerationParams
+from bot.tokenizer import Tokenizer
+from storage.history import HistoryStore
+
+log = logging.getLogger(__name__)
+
+USAGE_MESSAGE = "質問を書いてください。例: 「日本で一番高い山は?」"
+SHORTENED_NOTICE = "（メッセージが長すぎたため、先頭の一部だけを読んで答えました）"
+EMPTY_ANSWER = "（うまく答えられませんでした。言い換えてもう一度お試しください）"
+UNEXPECTED_ERROR = RinnaError.user_message
+WAITING_TEMPLATE = "順番待ち: {position}番目"
+_PAGE = 64
+
+
+class Outcome(StrEnum):
+    ANSWERED = "answered"
+    DUPLICATE = "duplicate"  # a redelivered message: nothing done
+    EMPTY = "empty"  # nothing to answer: usage hint sent
+    FAILED = "failed"  # the user was told; the user turn is kept, no half answer stored
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConfig:
+    prompt_budget: int = 2048 - 128
+    stream_interval_s: float = 1.0
+    params: GenerationParams | None = None  # None: the generator's defaults
+
+
+class ChatService:
+    def __init__(
+        self,
+        store: HistoryStore,
+        generator: Generator,
+        tokenizer: Tokenizer,
+        config: ChatConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.generator = generator
+        self.tokenizer = tokenizer
+        self.config = config
+        self._clock = clock
+        self._locks: dict[ConversationKey, tuple[asyncio.Lock, int]] = {}
+
+    async def follows(self, key: ConversationKey) -> bool:
+        """Whether the bot already takes part in this conversation."""
+        return await self.store.find(key) is not None
+
+    async def reset(self, key: ConversationKey) -> None:
+        async with self._conversation(key):
+            await self.store.reset(key)
+
+    async def import_history(
+        self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
+    ) -> int:
+        """Store a thread's earlier messages (oldest first) before the bot joins it."""
+        async with self._conversation(key):
+            return await self.store.import_turns(key, turns)
+
+    async def handle(self, key: ConversationKey, message: IncomingMessage,
+                     sink: ReplySink) -> Outcome:
+        text = clean_text(message.text).strip()
+        if not text:
+            await sink.finish(USAGE_MESSAGE)
+            return Outcome.EMPTY
+        conversation = await self.store.claim(key, message.delivery_key)
+        if conversation is None:
+            log.info("%s: message %s already seen; not answering again", key, message.delivery_key)
+            return Outcome.DUPLICATE
+        await sink.start()
+        async with self._conversation(key):
+            user_turn = Turn(Speaker.USER, text)
+            await self.store.add_turn(conversation, user_turn, (key.platform, message.delivery_key))
+            try:
+                answer, shortened = await self._answer(conversation, sink)
+            except RinnaError as exc:
+                log.warning("%s: generation failed: %s", key, type(exc).__name__, exc_info=exc)
+                await sink.fail(exc.user_message)
+                return Outcome.FAILED
+            except Exception:
+                log.exception("%s: unexpected failure while answering", key)
+                await sink.fail(UNEXPECTED_ERROR)
+                return Outcome.FAILED
+            if not answer:
+                await sink.finish(EMPTY_ANSWER)
+                return Outcome.ANSWERED
+            await self.store.add_turn(conversation, Turn(Speaker.SYSTEM, answer))
+        await sink.finish(f"{answer}\n\n{SHORTENED_NOTICE}" if shortened else answer)
+        return Outcome.ANSWERED
+
+    async def _answer(self, conversation: int, sink: ReplySink) -> tuple[str, bool]:
+        history = await self._history(conversation)
+        fitted = fit_prompt(history, self.tokenizer, self.config.prompt_budget)
+        started = self._clock()
+        parts: list[str] = []
+        last_update = started
+
+        async def on_wait(position: int) -> None:
+            await sink.waiting(position)
+
+        async for delta in self.generator.stream(fitted.prompt, self.config.params,
+                                                 on_wait=on_wait):
+            parts.append(delta)
+            now = self._clock()
+            if now - last_update >= self.config.stream_interval_s:
+                last_update = now
+                await sink.update("".join(parts).strip())
+        answer = clean_text("".join(parts)).strip()
+        log.info("answered: %d prompt tokens (%d turns, %d dropped), %d chars in %.2f s",
+                 len(fitted.ids), len(fitted.turns), fitted.dropped, len(answer),
+                 self._clock() - started)
+        log.debug("prompt=%r answer=%r", fitted.prompt, answer)
+        return answer, fitted.shortened
+
+    async def _history(self, conversation: int) -> list[Turn]:
+        """The newest turns whose formatted size reaches the prompt budget (oldest first)."""
+        turns: list[Turn] = []
+        used, before = 0, None
+        while used <= self.config.prompt_budget:
+            page = await self.store.recent_turns(conversation, _PAGE, before)
+            for stored in page:
+                turns.append(stored.turn)
+                used += self.tokenizer.count(format_turn(stored.turn)) + 1
+                if used > self.config.prompt_budget:
+                    break
+            if len(page) < _PAGE:
+                break
+            before = page[-1].id
+        turns.reverse()
+        return turns
+
+    @asynccontextmanager
+    async def _conversation(self, key: ConversationKey) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

@@ -1,0 +1,183 @@
+"""Conversation histories in SQLite through aiosqlite: WAL, foreign keys, versioned schema.
+
+Every write is one transaction. One connection is shared by the whole process; a lock keeps
+transactions from interleaving on it. A redelivered platform message is recognised by its
+(platform, delivery_key) row and never stored or answered twice; a reset moves the point where
+the history starts and keeps every old row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from bot.conversation import ConversationKey, Speaker, Turn
+from bot.errors import StorageError
+from storage.schema import MIGRATIONS, SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTurn:
+    id: int
+    turn: Turn
+
+
+class HistoryStore:
+    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+        self._write = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path) -> HistoryStore:
+        path = Path(path)
+        try:
+            if str(path) != ":memory:":
+                path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(
+                f"DATABASE_PATH={path}: cannot open the database ({exc}); "
+                "set DATABASE_PATH to a file in a writable directory"
+            ) from None
+        store = cls(db, path)
+        try:
+            await store._prepare()
+        except sqlite3.Error as exc:
+            await db.close()
+            raise StorageError(
+                f"DATABASE_PATH={path}: cannot use the database ({exc}); "
+                "set DATABASE_PATH to a writable SQLite file"
+            ) from None
+        return store
+
+    async def _prepare(self) -> None:
+        await self._db.execute("PRAGMA busy_timeout = 5000")
+        await self._db.execute("PRAGMA journal_mode = WAL")
+        await self._db.execute("PRAGMA foreign_keys = ON")
+        await self._db.execute("PRAGMA synchronous = NORMAL")
+        async with self._transaction() as db:
+            (version,) = await (await db.execute("PRAGMA user_version")).fetchone()
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema version {version} is newer than this bot")
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    # ----- conversations ---------------------------------------------------------------
+    async def _conversation_id(self, db: aiosqlite.Connection, key: ConversationKey) -> int:
+        await db.execute(
+            "INSERT OR IGNORE INTO conversations (platform, workspace, channel, thread, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key.platform, key.workspace, key.channel, key.thread, time.time()),
+        )
+        row = await (await db.execute(
+            "SELECT id FROM conversations WHERE platform=? AND workspace=? AND channel=?"
+            " AND thread=?", (key.platform, key.workspace, key.channel, key.thread))).fetchone()
+        return int(row[0])
+
+    async def find(self, key: ConversationKey) -> int | None:
+        """The conversation's id, or None if the bot has never taken part in it."""
+        row = await (await self._db.execute(
+            "SELECT id FROM conversations WHERE platform=? AND workspace=? AND channel=?"
+            " AND thread=?", (key.platform, key.workspace, key.channel, key.thread))).fetchone()
+        return None if row is None else int(row[0])
+
+    async def reset(self, key: ConversationKey) -> None:
+        """Start the conversation afresh: later prompts see only turns stored after this."""
+        async with self._transaction() as db:
+            conversation = await self._conversation_id(db, key)
+            await db.execute(
+                "UPDATE conversations SET history_start ="
+                " (SELECT COALESCE(MAX(id), 0) FROM turns) WHERE id = ?", (conversation,))
+
+    # ----- deliveries and turns --------------------------------------------------------
+    async def claim(self, key: ConversationKey, delivery_key: str) -> int | None:
+        """Record that a platform message arrived. Returns the conversation id, or None if this
+        message was seen before (a retry or redelivery: do not answer it again)."""
+        async with self._transaction() as db:
+            conversation = await self._conversation_id(db, key)
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
+                " received_at) VALUES (?, ?, ?, ?)",
+                (key.platform, delivery_key, conversation, time.time()))
+            return conversation if cursor.rowcount == 1 else None
+
+    async def seen(self, platform: str, delivery_key: str) -> bool:
+        row = await (await self._db.execute(
+            "SELECT 1 FROM deliveries WHERE platform=? AND delivery_key=?",
+            (platform, delivery_key))).fetchone()
+        return row is not None
+
+    async def add_turn(
+        self, conversation: int, turn: Turn, delivery: tuple[str, str] | None = None
+    ) -> int:
+        """Store one turn; `delivery` (platform, key) links the platform message to it."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO turns (conversation_id, speaker, text, created_at) VALUES (?,?,?,?)",
+                (conversation, str(turn.speaker), turn.text, time.time()))
+            turn_id = int(cursor.lastrowid)
+            if delivery is not None:
+                await db.execute(
+                    "UPDATE deliveries SET turn_id=? WHERE platform=? AND delivery_key=?",
+                    (turn_id, *delivery))
+            return turn_id
+
+    async def import_turns(
+        self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
+    ) -> int:
+        """Store a thread's earlier messages (oldest first) as its history, in one transaction.
+        Each (turn, delivery_key) with a key is recorded as seen; already-seen ones are skipped.
+        Returns the number of turns stored."""
+        stored = 0
+        async with self._transaction() as db:
+            conversation = await self._conversation_id(db, key)
+            for turn, delivery_key in turns:
+                if delivery_key is not None:
+                    cursor = await db.execute(
+                        "INSERT OR IGNORE INTO deliveries (platform, delivery_key,"
+                        " conversation_id, received_at) VALUES (?, ?, ?, ?)",
+                        (key.platform, delivery_key, conversation, time.time()))
+                    if cursor.rowcount != 1:
+                        continue
+                await db.execute(
+                    "INSERT INTO turns (conversation_id, speaker, text, created_at)"
+                    " VALUES (?,?,?,?)", (conversation, str(turn.speaker), turn.text, time.time()))
+                stored += 1
+        return stored
+
+    async def recent_turns(
+        self, conversation: int, limit: int, before: int | None = None
+    ) -> list[StoredTurn]:
+        """Up to `limit` turns of the current history, newest first, older than `before`."""
+        cursor = await self._db.execute(
+            "SELECT t.id, t.speaker, t.text FROM turns t JOIN conversations c"
+            " ON c.id = t.conversation_id WHERE t.conversation_id = ?"
+            " AND t.id > c.history_start AND t.id < ? ORDER BY t.id DESC LIMIT ?",
+            (conversation, before if before is not None else 2**62, limit))
+        rows = await cursor.fetchall()
+        return [StoredTurn(int(i), Turn(Speaker(s), t)) for i, s, t in rows]

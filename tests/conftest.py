@@ -1,0 +1,74 @@
+"""Shared fixtures: the tiny model (built once per session), real SQLite files, the real
+generator and chat service over them. No network: HF_HUB_OFFLINE is set before anything loads."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.chat import ChatConfig, ChatService
+from bot.config import Settings, load_settings
+from bot.generator import LocalGenerator, load_generator
+from bot.tokenizer import Tokenizer
+from storage.history import HistoryStore
+from tests.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir: Path) -> Tokenizer:
+    return Tokenizer.from_file(tiny_model_dir / "spiece.model")
+
+
+@pytest.fixture
+def settings(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for the tiny model on CPU, unquantised (fast), with a fresh database file.
+    Runs in an empty directory so no developer's `.env` leaks in."""
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.lower() in Settings.model_fields:
+            monkeypatch.delenv(key)
+    return load_settings(
+        model_id=str(tiny_model_dir),
+        quantization="none",
+        device="cpu",
+        database_path=tmp_path / "history.sqlite3",
+        max_new_tokens=24,
+        stream_interval_s=0.0,
+    )
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[HistoryStore]:
+    history = await HistoryStore.open(settings.database_path)
+    yield history
+    await history.close()
+
+
+@pytest.fixture
+async def generator(settings: Settings) -> AsyncIterator[LocalGenerator]:
+    loaded = await load_generator(settings)
+    yield loaded
+    await loaded.aclose()
+
+
+@pytest.fixture
+async def chat(
+    store: HistoryStore, generator: LocalGenerator, tokenizer: Tokenizer, settings: Settings
+) -> ChatService:
+    return ChatService(
+        store, generator, tokenizer,
+        ChatConfig(prompt_budget=settings.prompt_budget,
+                   stream_interval_s=settings.stream_interval_s),
+    )
