@@ -77,8 +77,10 @@ class ChatService:
         async with self._conversation(key):
             return await self.store.import_turns(key, turns)
 
-    async def handle(self, key: ConversationKey, message: IncomingMessage,
-                     sink: ReplySink) -> Outcome:
+    async def handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
+                     *, stream_interval_s: float | None = None) -> Outcome:
+        """Answer `message` into `sink`. `stream_interval_s` overrides how often the sink gets
+        the growing text (a terminal can take every token; chat platforms about once a second)."""
         text = clean_text(message.text).strip()
         if not text:
             await sink.finish(USAGE_MESSAGE)
@@ -92,7 +94,7 @@ class ChatService:
             user_turn = Turn(Speaker.USER, text)
             await self.store.add_turn(conversation, user_turn, (key.platform, message.delivery_key))
             try:
-                answer, shortened = await self._answer(conversation, sink)
+                answer, shortened = await self._answer(conversation, sink, stream_interval_s)
             except RinnaError as exc:
                 log.warning("%s: generation failed: %s", key, type(exc).__name__, exc_info=exc)
                 await sink.fail(exc.user_message)
@@ -108,7 +110,10 @@ class ChatService:
         await sink.finish(f"{answer}\n\n{SHORTENED_NOTICE}" if shortened else answer)
         return Outcome.ANSWERED
 
-    async def _answer(self, conversation: int, sink: ReplySink) -> tuple[str, bool]:
+    async def _answer(self, conversation: int, sink: ReplySink,
+                      interval: float | None) -> tuple[str, bool]:
+        if interval is None:
+            interval = self.config.stream_interval_s
         history = await self._history(conversation)
         fitted = fit_prompt(history, self.tokenizer, self.config.prompt_budget)
         started = self._clock()
@@ -122,9 +127,9 @@ class ChatService:
                                                  on_wait=on_wait):
             parts.append(delta)
             now = self._clock()
-            if now - last_update >= self.config.stream_interval_s:
+            if now - last_update >= interval:
                 last_update = now
-                await sink.update("".join(parts).strip())
+                await sink.update(clean_text("".join(parts)).strip())
         answer = clean_text("".join(parts)).strip()
         log.info("answered: %d prompt tokens (%d turns, %d dropped), %d chars in %.2f s",
                  len(fitted.ids), len(fitted.turns), fitted.dropped, len(answer),

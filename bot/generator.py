@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from bot.engine import BatchEngine, EngineConfig, Output, Request
 from bot.errors import GeneratorClosed, GeneratorError, ModelLoadError, QueueFullError, RinnaError
 from bot.sampling import GenerationParams
+from bot.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -79,6 +80,7 @@ class LocalGenerator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
+        self.tokenizer: Tokenizer | None = None  # set once the model is loaded
 
     # ----- lifecycle (event loop side) -------------------------------------------------
     async def start(self) -> LocalGenerator:
@@ -173,6 +175,7 @@ class LocalGenerator:
             self._send(_set_exception, self._ready, error)
             self._send(_set_result, self._stopped)
             return
+        self.tokenizer = engine.tokenizer  # sentencepiece only, no torch: safe to share
         self._send(_set_result, self._ready)
         waiting: deque[Request] = deque()
         try:
