@@ -81,6 +81,8 @@ class LocalGenerator:
         self._ready: asyncio.Future[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
         self.tokenizer: Tokenizer | None = None  # set once the model is loaded
+        self.running = 0  # rows decoding now (written by the worker after each step)
+        self.waiting = 0  # requests queued behind them
 
     # ----- lifecycle (event loop side) -------------------------------------------------
     async def start(self) -> LocalGenerator:
@@ -195,7 +197,7 @@ class LocalGenerator:
         while True:
             with self._cond:
                 while not (self._closing or self._submitted or self._aborts
-                           or engine.has_work()):
+                           or engine.has_work() or waiting):
                     self._cond.wait()
                 if self._closing:
                     return
@@ -222,6 +224,7 @@ class LocalGenerator:
                 joined = {r.request.id for r in engine.rows}
                 outputs += engine.fail_all(error)
                 outputs += [Output(r.id, "", True, error) for r in admitted if r.id not in joined]
+            self.running, self.waiting = len(engine.rows), len(waiting)
             positions = [(r.id, i) for i, r in enumerate(waiting, start=1)
                          if last_positions.get(r.id) != i]
             last_positions = {r.id: i for i, r in enumerate(waiting, start=1)}

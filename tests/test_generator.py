@@ -1,0 +1,236 @@
+"""The shared generator on the real tiny GPT-NeoX: streams, batching, cancellation, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot.config import Settings
+from bot.errors import GenerationTimeout, GeneratorError, ModelLoadError, QueueFullError
+from bot.generator import LocalGenerator, load_generator
+from bot.model_loader import load_model
+from bot.sampling import GenerationParams
+from bot.stops import StopFilter
+
+GREEDY = GenerationParams(max_new_tokens=24, do_sample=False)
+PROMPTS = [f"ユーザー: {'猫は' * n}何ですか?<NL>システム: " for n in range(1, 7)]
+
+
+async def collect(stream: AsyncIterator[str]) -> list[str]:
+    return [delta async for delta in stream]
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.005)
+    await asyncio.wait_for(poll(), timeout)
+
+
+@pytest.fixture
+async def make_generator(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[LocalGenerator]]]:
+    made: list[LocalGenerator] = []
+
+    async def make(**overrides: object) -> LocalGenerator:
+        made.append(await load_generator(settings.model_copy(update=overrides)))
+        return made[-1]
+
+    yield make
+    for generator in made:
+        await generator.aclose()
+
+
+async def test_stream_yields_deltas_that_join_to_the_reply(generator: LocalGenerator) -> None:
+    deltas = await collect(generator.stream(PROMPTS[0], GREEDY))
+    assert len(deltas) > 1 and all(deltas)
+    again = await collect(generator.stream(PROMPTS[0], GREEDY))
+    assert "".join(again) == "".join(deltas)  # greedy: the same text every time
+
+
+async def test_batched_rows_equal_each_row_alone(generator: LocalGenerator) -> None:
+    alone = ["".join(await collect(generator.stream(p, GREEDY))) for p in PROMPTS]
+    together = await asyncio.gather(*[collect(generator.stream(p, GREEDY)) for p in PROMPTS])
+    assert ["".join(t) for t in together] == alone
+    seeded = [GenerationParams(max_new_tokens=24, seed=i) for i in range(len(PROMPTS))]
+    alone = ["".join(await collect(generator.stream(p, s))) for p, s in zip(PROMPTS, seeded)]
+    together = await asyncio.gather(
+        *[collect(generator.stream(p, s)) for p, s in zip(PROMPTS, seeded)])
+    assert ["".join(t) for t in together] == alone  # sampling: same seed, same text
+
+
+async def test_a_request_joins_a_running_batch(generator: LocalGenerator) -> None:
+    finished: list[str] = []
+    long_started = asyncio.Event()
+
+    async def long() -> None:
+        async for _ in generator.stream(PROMPTS[0], GenerationParams(max_new_tokens=300,
+                                                                        do_sample=False)):
+            long_started.set()
+        finished.append("long")
+
+    async def short() -> None:
+        await long_started.wait()
+        assert generator.running == 1
+        await collect(generator.stream(PROMPTS[1], GenerationParams(max_new_tokens=3)))
+        finished.append("short")
+
+    await asyncio.gather(long(), short())
+    assert finished == ["short", "long"]
+
+
+async def test_cancelling_the_consumer_aborts_the_request(generator: LocalGenerator) -> None:
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in generator.stream(PROMPTS[0], GenerationParams(max_new_tokens=1800)):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_for(lambda: generator.running == 0)
+    assert await collect(generator.stream(PROMPTS[1], GREEDY))  # still serving
+
+
+async def test_breaking_out_of_a_stream_aborts_it(generator: LocalGenerator) -> None:
+    stream = generator.stream(PROMPTS[0], GenerationParams(max_new_tokens=1800))
+    async for _ in stream:
+        break
+    await stream.aclose()
+    await wait_for(lambda: generator.running == 0)
+
+
+async def test_waiting_requests_learn_their_queue_position(make_generator) -> None:
+    generator = await make_generator(max_batch=1)
+    positions: dict[int, list[int]] = {i: [] for i in range(3)}
+
+    async def run(i: int) -> str:
+        def on_wait(position: int) -> None:
+            positions[i].append(position)
+        return "".join(await collect(generator.stream(PROMPTS[i], GREEDY, on_wait=on_wait)))
+
+    await asyncio.gather(*[run(i) for i in range(3)])
+    waited = sorted(positions.values(), key=len)
+    assert waited[0] == []  # the first ran at once
+    assert waited[1] == [1] and waited[2] == [2, 1]  # the others counted down in order
+
+
+async def test_a_full_queue_refuses_with_a_clear_error(make_generator) -> None:
+    generator = await make_generator(max_batch=1, queue_size=1)
+    started = asyncio.Event()
+
+    async def hold(prompt: str) -> None:
+        async for _ in generator.stream(prompt, GenerationParams(max_new_tokens=1800)):
+            started.set()
+
+    running = asyncio.create_task(hold(PROMPTS[0]))
+    await started.wait()
+    queued = asyncio.create_task(hold(PROMPTS[1]))
+    await wait_for(lambda: generator.waiting == 1)
+    with pytest.raises(QueueFullError) as refused:
+        await collect(generator.stream(PROMPTS[2], GREEDY))
+    assert "混み合って" in refused.value.user_message
+    for task in (running, queued):
+        task.cancel()
+    await asyncio.gather(running, queued, return_exceptions=True)
+
+
+async def test_a_request_past_its_time_limit_ends_with_a_timeout(generator: LocalGenerator) -> None:
+    parts: list[str] = []
+    with pytest.raises(GenerationTimeout):
+        async for delta in generator.stream(
+                PROMPTS[0], GenerationParams(max_new_tokens=1900, timeout_s=0.05)):
+            parts.append(delta)
+    assert await collect(generator.stream(PROMPTS[1], GREEDY))
+
+
+async def test_kv_budget_limits_the_batch(make_generator) -> None:
+    # room for one 2048-token row of the tiny model (2 layers x 2 x 64 x 4 bytes per token)
+    per_token = 2 * 2 * 64 * 4
+    generator = await make_generator(kv_cache_gb=per_token * 2048 * 1.5 / 1024**3)
+    big = GenerationParams(max_new_tokens=1900, do_sample=False)
+    seen_running: list[int] = []
+
+    async def run(prompt: str) -> None:
+        async for _ in generator.stream(prompt, big):
+            seen_running.append(generator.running)
+
+    first = asyncio.create_task(run(PROMPTS[0]))
+    await wait_for(lambda: bool(seen_running))
+    second = asyncio.create_task(run(PROMPTS[1]))
+    await wait_for(lambda: generator.waiting == 1)
+    assert generator.running == 1
+    first.cancel()
+    second.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_a_prompt_longer_than_the_context_is_refused(generator: LocalGenerator) -> None:
+    with pytest.raises(GeneratorError, match="context"):
+        await collect(generator.stream("猫" * 3000, GREEDY))
+
+
+async def test_four_bit_path_on_cpu(settings: Settings) -> None:
+    quantized = settings.model_copy(update={"quantization": "4bit"})
+    model, _, info = load_model(quantized)
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert info.quantization == "4bit" and info.device == "cpu"
+    del model
+    generator = await load_generator(quantized)
+    try:
+        deltas = await collect(generator.stream(PROMPTS[0], GREEDY))
+        assert deltas and "".join(deltas)
+        together = await asyncio.gather(*[collect(generator.stream(p, GREEDY)) for p in PROMPTS[:3]])
+        assert all(together)
+    finally:
+        await generator.aclose()
+
+
+async def test_generation_stops_at_eos(settings: Settings, tiny_model_dir: Path,
+                                       tmp_path: Path) -> None:
+    """A model rigged so that eos always wins ends every reply at once, empty."""
+    from transformers import GPTNeoXForCausalLM
+
+    model = GPTNeoXForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.gpt_neox.final_layer_norm.weight.zero_()
+        model.gpt_neox.final_layer_norm.bias.fill_(1.0)  # every hidden state: all ones
+        model.get_output_embeddings().weight.zero_()
+        model.get_output_embeddings().weight[3] = 1.0  # eos scores hidden_size, every other token 0
+    rigged = tmp_path / "rigged"
+    model.save_pretrained(rigged)
+    for name in ("spiece.model", "tokenizer_config.json"):
+        (rigged / name).write_bytes((tiny_model_dir / name).read_bytes())
+    generator = await load_generator(settings.model_copy(update={"model_id": str(rigged)}))
+    try:
+        assert await collect(generator.stream(PROMPTS[0], GenerationParams())) == []
+    finally:
+        await generator.aclose()
+
+
+async def test_unknown_model_id_offline_names_the_setting(settings: Settings) -> None:
+    with pytest.raises(ModelLoadError, match="MODEL_ID"):
+        await load_generator(settings.model_copy(update={"model_id": "nobody/no-such-model"}))
+
+
+def test_stop_filter_hides_a_new_turn_and_what_follows() -> None:
+    stop = StopFilter()
+    shown = [stop.push(piece) for piece in ["こんにちは", "。\n", "ユー", "ザー", ": 次の質問"]]
+    assert "".join(shown) + stop.flush() == "こんにちは。"
+    assert stop.stopped
+
+
+def test_stop_filter_releases_a_newline_that_starts_no_turn() -> None:
+    stop = StopFilter()
+    shown = [stop.push(p) for p in ["一行目", "\n", "システ", "ムの話", "\n"]]
+    assert "".join(shown) + stop.flush() == "一行目\nシステムの話\n"
+    assert not stop.stopped
+    assert shown[1] == ""  # held until it is clear that no turn starts there

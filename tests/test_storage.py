@@ -1,0 +1,121 @@
+"""The SQLite history: real files, reopened, written concurrently, deduplicated, reset."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.conversation import ConversationKey, Speaker, Turn
+from bot.errors import StorageError
+from storage.history import HistoryStore
+from storage.schema import SCHEMA_VERSION
+
+KEY = ConversationKey("discord", "guild", "channel", "thread")
+
+
+async def _texts(store: HistoryStore, conversation: int) -> list[str]:
+    return [t.turn.text for t in reversed(await store.recent_turns(conversation, 1000))]
+
+
+async def test_turns_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    store = await HistoryStore.open(path)
+    conversation = await store.claim(KEY, "m1")
+    assert conversation is not None
+    await store.add_turn(conversation, Turn(Speaker.USER, "こんにちは\n二行目"), ("discord", "m1"))
+    await store.add_turn(conversation, Turn(Speaker.SYSTEM, "こんにちは!"))
+    await store.close()
+
+    reopened = await HistoryStore.open(path)
+    assert await reopened.find(KEY) == conversation
+    turns = list(reversed(await reopened.recent_turns(conversation, 10)))
+    assert [(t.turn.speaker, t.turn.text) for t in turns] == [
+        (Speaker.USER, "こんにちは\n二行目"), (Speaker.SYSTEM, "こんにちは!")]
+    assert await reopened.claim(KEY, "m1") is None  # redelivery after a restart: not again
+    await reopened.close()
+
+
+async def test_database_uses_wal_foreign_keys_and_a_schema_version(store: HistoryStore) -> None:
+    with sqlite3.connect(store.path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.add_turn(999, Turn(Speaker.USER, "no such conversation"))
+    assert await store.find(KEY) is None  # the failed transaction left nothing behind
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.sqlite3"
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StorageError, match="DATABASE_PATH"):
+        await HistoryStore.open(path)
+
+
+async def test_unwritable_path_names_the_setting(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="DATABASE_PATH"):
+        await HistoryStore.open(blocker / "sub" / "h.sqlite3")
+
+
+async def test_the_same_delivery_is_claimed_once_even_concurrently(store: HistoryStore) -> None:
+    results = await asyncio.gather(*[store.claim(KEY, "same") for _ in range(20)])
+    assert sum(r is not None for r in results) == 1
+    other = ConversationKey("slack", "T", "C", "1.0")
+    assert await store.claim(other, "same") is not None  # keys are per platform
+
+
+async def test_concurrent_writers_on_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite3"
+    first, second = await HistoryStore.open(path), await HistoryStore.open(path)
+    conversation = await first.claim(KEY, "start")
+    assert conversation is not None
+
+    async def write(store: HistoryStore, prefix: str) -> None:
+        for i in range(50):
+            await store.add_turn(conversation, Turn(Speaker.USER, f"{prefix}{i}"))
+
+    await asyncio.gather(write(first, "a"), write(second, "b"), write(first, "c"))
+    texts = await _texts(first, conversation)
+    assert sorted(texts) == sorted([f"{p}{i}" for p in "abc" for i in range(50)])
+    for prefix in "abc":  # each writer's turns keep their order
+        mine = [t for t in texts if t[0] == prefix]
+        assert mine == [f"{prefix}{i}" for i in range(50)]
+    await first.close()
+    await second.close()
+
+
+async def test_reset_keeps_old_rows_out_of_the_history(store: HistoryStore) -> None:
+    conversation = await store.claim(KEY, "m1")
+    assert conversation is not None
+    await store.add_turn(conversation, Turn(Speaker.USER, "古い"))
+    await store.reset(KEY)
+    await store.add_turn(conversation, Turn(Speaker.USER, "新しい"))
+    assert await _texts(store, conversation) == ["新しい"]
+    with sqlite3.connect(store.path) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 2
+
+
+async def test_recent_turns_pages_backwards(store: HistoryStore) -> None:
+    conversation = await store.claim(KEY, "m")
+    assert conversation is not None
+    for i in range(10):
+        await store.add_turn(conversation, Turn(Speaker.USER, str(i)))
+    page = await store.recent_turns(conversation, 4)
+    older = await store.recent_turns(conversation, 4, before=page[-1].id)
+    assert [t.turn.text for t in page + older] == ["9", "8", "7", "6", "5", "4", "3", "2"]
+
+
+async def test_import_skips_messages_already_seen(store: HistoryStore) -> None:
+    turns = [(Turn(Speaker.USER, "一"), "1"), (Turn(Speaker.SYSTEM, "二"), "2"),
+             (Turn(Speaker.USER, "三"), None)]
+    assert await store.import_turns(KEY, turns) == 3
+    assert await store.import_turns(KEY, turns[:2]) == 0
+    conversation = await store.find(KEY)
+    assert conversation is not None
+    assert await _texts(store, conversation) == ["一", "二", "三"]
+    assert await store.claim(KEY, "1") is None
