@@ -90,25 +90,33 @@ class ChatService:
             log.info("%s: message %s already seen; not answering again", key, message.delivery_key)
             return Outcome.DUPLICATE
         await sink.start()
-        async with self._conversation(key):
-            user_turn = Turn(Speaker.USER, text)
-            await self.store.add_turn(conversation, user_turn, (key.platform, message.delivery_key))
-            try:
-                answer, shortened = await self._answer(conversation, sink, stream_interval_s)
-            except RinnaError as exc:
-                log.warning("%s: generation failed: %s", key, type(exc).__name__, exc_info=exc)
-                await sink.fail(exc.user_message)
-                return Outcome.FAILED
-            except Exception:
-                log.exception("%s: unexpected failure while answering", key)
-                await sink.fail(UNEXPECTED_ERROR)
-                return Outcome.FAILED
-            if not answer:
-                await sink.finish(EMPTY_ANSWER)
-                return Outcome.ANSWERED
-            await self.store.add_turn(conversation, Turn(Speaker.SYSTEM, answer))
-        await sink.finish(f"{answer}\n\n{SHORTENED_NOTICE}" if shortened else answer)
+        try:
+            async with self._conversation(key):
+                answer, shortened = await self._turn(key, conversation, message, text, sink,
+                                                     stream_interval_s)
+        except RinnaError as exc:
+            log.warning("%s: answer failed: %s", key, type(exc).__name__, exc_info=exc)
+            await sink.fail(exc.user_message)
+            return Outcome.FAILED
+        except Exception:
+            log.exception("%s: unexpected failure while answering", key)
+            await sink.fail(UNEXPECTED_ERROR)
+            return Outcome.FAILED
+        if not answer:
+            await sink.finish(EMPTY_ANSWER)
+        else:
+            await sink.finish(f"{answer}\n\n{SHORTENED_NOTICE}" if shortened else answer)
         return Outcome.ANSWERED
+
+    async def _turn(self, key: ConversationKey, conversation: int, message: IncomingMessage,
+                    text: str, sink: ReplySink, interval: float | None) -> tuple[str, bool]:
+        """Store the user turn, generate, store the answer (unless empty). Under the lock."""
+        await self.store.add_turn(conversation, Turn(Speaker.USER, text),
+                                  (key.platform, message.delivery_key))
+        answer, shortened = await self._answer(conversation, sink, interval)
+        if answer:
+            await self.store.add_turn(conversation, Turn(Speaker.SYSTEM, answer))
+        return answer, shortened
 
     async def _answer(self, conversation: int, sink: ReplySink,
                       interval: float | None) -> tuple[str, bool]:

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
 
     # Platforms
     discord_token: SecretStr | None = None
+    discord_message_content: bool = True  # the privileged intent; False: mentions and DMs only
     slack_bot_token: SecretStr | None = None
     slack_app_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None

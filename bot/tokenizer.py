@@ -69,7 +69,8 @@ class IncrementalDecoder:
 
     def __init__(self, piece_bytes: Sequence[bytes]) -> None:
         self._pieces = piece_bytes
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # Invalid bytes (a model can emit any byte piece) are dropped, never shown as U+FFFD.
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
 
     def feed(self, token_id: int) -> str:
         if 0 <= token_id < len(self._pieces):
@@ -77,5 +78,5 @@ class IncrementalDecoder:
         return ""
 
     def flush(self) -> str:
-        """End of stream: a dangling partial character becomes U+FFFD."""
+        """End of stream: a dangling partial character is dropped."""
         return self._utf8.decode(b"", final=True)

@@ -1,0 +1,154 @@
+"""The chat service: order, dedupe, history, streaming into a sink, and every failure path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from bot.chat import EMPTY_ANSWER, SHORTENED_NOTICE, USAGE_MESSAGE, ChatConfig, ChatService, Outcome
+from bot.conversation import ConversationKey, IncomingMessage, Speaker
+from bot.errors import GenerationTimeout, QueueFullError
+from bot.tokenizer import Tokenizer
+from storage.history import HistoryStore
+from tests.fakes import RecordingSink, ScriptedGenerator
+
+KEY = ConversationKey("test", "w", "c", "t")
+
+
+def service(store: HistoryStore, tokenizer: Tokenizer, generator: ScriptedGenerator,
+            budget: int = 1920) -> ChatService:
+    return ChatService(store, generator, tokenizer, ChatConfig(prompt_budget=budget,
+                                                               stream_interval_s=0.0))
+
+
+async def history(store: HistoryStore, key: ConversationKey = KEY) -> list[tuple[Speaker, str]]:
+    conversation = await store.find(key)
+    assert conversation is not None
+    return [(t.turn.speaker, t.turn.text)
+            for t in reversed(await store.recent_turns(conversation, 100))]
+
+
+async def test_answers_with_the_real_model_and_stores_both_turns(
+        chat: ChatService, store: HistoryStore) -> None:
+    sink = RecordingSink()
+    outcome = await chat.handle(KEY, IncomingMessage("猫は好きですか?", "m1"), sink)
+    assert outcome is Outcome.ANSWERED
+    assert sink.kinds()[0] == "start" and sink.kinds()[-1] == "finish"
+    updates = [text for kind, text in sink.events if kind == "update"]
+    assert updates and all(isinstance(u, str) for u in updates)
+    final = sink.final()
+    assert isinstance(final, str) and final
+    stored = await history(store)
+    assert stored == [(Speaker.USER, "猫は好きですか?"), (Speaker.SYSTEM, final)]
+
+
+async def test_the_prompt_carries_the_thread_history(store: HistoryStore,
+                                                     tokenizer: Tokenizer) -> None:
+    generator = ScriptedGenerator(["答え"])
+    chat = service(store, tokenizer, generator)
+    await chat.handle(KEY, IncomingMessage("一つ目", "m1"), RecordingSink())
+    await chat.handle(KEY, IncomingMessage("二つ目\n改行あり", "m2"), RecordingSink())
+    assert generator.prompts[-1] == (
+        "ユーザー: 一つ目<NL>システム: 答え<NL>ユーザー: 二つ目<NL>改行あり<NL>システム: ")
+
+
+async def test_a_redelivered_message_is_answered_once(store: HistoryStore,
+                                                      tokenizer: Tokenizer) -> None:
+    generator = ScriptedGenerator()
+    chat = service(store, tokenizer, generator)
+    sinks = [RecordingSink() for _ in range(3)]
+    outcomes = await asyncio.gather(
+        *[chat.handle(KEY, IncomingMessage("同じ", "same"), s) for s in sinks])
+    assert sorted(outcomes) == sorted([Outcome.ANSWERED, Outcome.DUPLICATE, Outcome.DUPLICATE])
+    assert sum(1 for s in sinks if s.events) == 1  # the duplicates showed nothing at all
+    assert len(generator.prompts) == 1
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\x00\n"])
+async def test_an_empty_message_gets_the_usage_hint_without_generating(
+        store: HistoryStore, tokenizer: Tokenizer, text: str) -> None:
+    generator = ScriptedGenerator()
+    sink = RecordingSink()
+    outcome = await service(store, tokenizer, generator).handle(KEY, IncomingMessage(text, "e"), sink)
+    assert outcome is Outcome.EMPTY and sink.events == [("finish", USAGE_MESSAGE)]
+    assert generator.prompts == [] and await store.find(KEY) is None
+
+
+async def test_turns_of_one_conversation_run_in_arrival_order(store: HistoryStore,
+                                                             tokenizer: Tokenizer) -> None:
+    gate = asyncio.Event()
+    generator = ScriptedGenerator(["答え"], gate=gate)
+    chat = service(store, tokenizer, generator)
+    tasks = [asyncio.create_task(chat.handle(KEY, IncomingMessage(f"質問{i}", f"m{i}"),
+                                             RecordingSink())) for i in range(4)]
+    while not generator.prompts:
+        await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert await history(store) == [
+        turn for i in range(4) for turn in ((Speaker.USER, f"質問{i}"), (Speaker.SYSTEM, "答え"))]
+
+
+@pytest.mark.parametrize("error", [QueueFullError("full"), GenerationTimeout("slow")])
+async def test_generator_errors_reach_the_user_in_japanese_and_store_no_half_answer(
+        store: HistoryStore, tokenizer: Tokenizer, error: Exception,
+        caplog: pytest.LogCaptureFixture) -> None:
+    sink = RecordingSink()
+    chat = service(store, tokenizer, ScriptedGenerator(["途中まで"], error=error))
+    outcome = await chat.handle(KEY, IncomingMessage("質問", "m1"), sink)
+    assert outcome is Outcome.FAILED
+    assert sink.events[-1] == ("fail", error.user_message)
+    assert await history(store) == [(Speaker.USER, "質問")]  # the question kept, no half answer
+    assert any(r.exc_info for r in caplog.records)  # the log has the traceback
+
+
+async def test_an_unexpected_error_is_logged_and_the_user_gets_a_plain_message(
+        store: HistoryStore, tokenizer: Tokenizer, caplog: pytest.LogCaptureFixture) -> None:
+    sink = RecordingSink()
+    chat = service(store, tokenizer, ScriptedGenerator(error=RuntimeError("secret internals")))
+    with caplog.at_level(logging.ERROR):
+        assert await chat.handle(KEY, IncomingMessage("質問", "m1"), sink) is Outcome.FAILED
+    kind, message = sink.events[-1]
+    assert kind == "fail" and "secret internals" not in str(message)
+    assert any("secret internals" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+    assert await history(store) == [(Speaker.USER, "質問")]
+
+
+async def test_a_huge_message_is_shortened_and_the_user_told(store: HistoryStore,
+                                                             tokenizer: Tokenizer) -> None:
+    generator = ScriptedGenerator(["答え"])
+    sink = RecordingSink()
+    huge = "長い文章です。" * 150_000  # about 1 MB
+    await service(store, tokenizer, generator, budget=400).handle(
+        KEY, IncomingMessage(huge, "big"), sink)
+    assert sink.final() == f"答え\n\n{SHORTENED_NOTICE}"
+    assert len(tokenizer.encode(generator.prompts[0])) <= 400
+    assert (await history(store))[0] == (Speaker.USER, huge)  # stored whole: nothing lost
+
+
+async def test_an_empty_answer_is_not_stored(store: HistoryStore, tokenizer: Tokenizer) -> None:
+    sink = RecordingSink()
+    await service(store, tokenizer, ScriptedGenerator([" "])).handle(
+        KEY, IncomingMessage("質問", "m1"), sink)
+    assert sink.final() == EMPTY_ANSWER
+    assert await history(store) == [(Speaker.USER, "質問")]
+
+
+async def test_reset_starts_afresh(store: HistoryStore, tokenizer: Tokenizer) -> None:
+    generator = ScriptedGenerator(["答え"])
+    chat = service(store, tokenizer, generator)
+    await chat.handle(KEY, IncomingMessage("前の話", "m1"), RecordingSink())
+    await chat.reset(KEY)
+    await chat.handle(KEY, IncomingMessage("新しい話", "m2"), RecordingSink())
+    assert generator.prompts[-1] == "ユーザー: 新しい話<NL>システム: "
+
+
+async def test_message_text_stays_out_of_info_logs(store: HistoryStore, tokenizer: Tokenizer,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    chat = service(store, tokenizer, ScriptedGenerator(["ひみつの答え"]))
+    with caplog.at_level(logging.INFO):
+        await chat.handle(KEY, IncomingMessage("ひみつの質問", "m1"), RecordingSink())
+    text = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert "answered" in text and "ひみつ" not in text
