@@ -1,0 +1,472 @@
+"""Discord adapter: a thin layer from discord.py events to the chat service.
+
+Platform event in -> (ConversationKey, IncomingMessage, DiscordReply) -> `ChatService.handle`.
+
+- A mention in a channel opens a public thread on that message (the thread's id is the
+  message's id, so the conversation key is known before the thread exists) and answers there.
+- Messages in a thread the bot takes part in need no mention. A mention in a thread the bot
+  does not follow yet imports the thread's earlier messages as history first.
+- A DM is one conversation. `/ask`, `/reset` and `/help` are application commands, synced in
+  `setup_hook`.
+
+Errors: Discord errors while replying are logged by the sink (bot/reply.py) and never reach
+the chat service; the chat service's own failures end the placeholder with a Japanese
+message; anything else is logged with its traceback here and the user gets a generic line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.chat import ChatService, Outcome
+from bot.config import Settings
+from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
+from bot.errors import RinnaError
+from bot.prompt import clean_text, format_turn
+from bot.reply import PLACEHOLDER, MessageReply
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+THREAD_NAME_CHARS = 50  # Discord allows 100; a short name reads better in the channel list
+THREAD_ARCHIVE_MINUTES = 1440
+DEFAULT_THREAD_NAME = "rinna との会話"
+HISTORY_SCAN_LIMIT = 500  # messages read back at most when joining a thread mid-way
+TYPING_EVERY_S = 8.0  # Discord shows the indicator for about 10 s per trigger
+
+HELP_MESSAGE = (
+    "**rinna の使い方**\n"
+    "・チャンネルでメンションして質問すると、スレッドを作ってそこで答えます。\n"
+    "・スレッドの中ではメンションなしで続けて話せます。\n"
+    "・DM ではそのまま話しかけてください。\n"
+    "・`/ask 質問` でも質問できます。`/reset` でスレッドや DM の会話を最初からやり直します。"
+)
+RESET_DONE = "会話をリセットしました。次のメッセージから新しい会話になります。"
+RESET_WHERE = "`/reset` はスレッドか DM の中で使ってください（チャンネルでの質問は毎回新しいスレッドになります）。"
+
+_MENTION = re.compile(r"<(@[!&]?|#)([0-9]{15,21})>")
+_SPACES = re.compile(r"[ \t]{2,}")
+_ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+
+
+# ----- pure helpers ----------------------------------------------------------------------------
+
+
+def conversation_key(channel: Any, guild_id: int | None) -> ConversationKey:
+    """The conversation a Discord channel stands for (a plain guild channel: thread="")."""
+    workspace = str(guild_id) if guild_id is not None else ""
+    if isinstance(channel, discord.Thread):
+        return ConversationKey(PLATFORM, workspace, str(channel.parent_id), str(channel.id))
+    return ConversationKey(PLATFORM, workspace, str(channel.id))
+
+
+def thread_name(question: str) -> str:
+    name = " ".join(question.split())
+    if len(name) > THREAD_NAME_CHARS:
+        name = name[: THREAD_NAME_CHARS - 1] + "…"
+    return name or DEFAULT_THREAD_NAME
+
+
+def mentions_me(message: discord.Message, me: discord.abc.User) -> bool:
+    """Whether the text itself mentions the bot (or its managed role); @everyone does not count."""
+    if me.id in message.raw_mentions:
+        return True
+    role = message.guild.self_role if message.guild is not None else None
+    return role is not None and role.id in message.raw_role_mentions
+
+
+def readable_text(message: discord.Message, me_id: int) -> str:
+    """The message text as people read it: the bot's own mention removed, other mentions as
+    @display name / @role / #channel."""
+    guild = message.guild
+    self_role = guild.self_role if guild is not None else None
+
+    def replace(match: re.Match[str]) -> str:
+        kind, ident = match.group(1), int(match.group(2))
+        if kind in ("@", "@!"):
+            if ident == me_id:
+                return ""
+            member = (guild.get_member(ident) if guild is not None else None) or discord.utils.get(
+                message.mentions, id=ident)
+            return f"@{member.display_name}" if member is not None else match.group(0)
+        if kind == "@&":
+            if self_role is not None and ident == self_role.id:
+                return ""
+            role = guild.get_role(ident) if guild is not None else None
+            return f"@{role.name}" if role is not None else match.group(0)
+        channel = guild.get_channel_or_thread(ident) if guild is not None else None
+        return f"#{channel.name}" if channel is not None else match.group(0)
+
+    return _SPACES.sub(" ", _MENTION.sub(replace, message.content)).strip()
+
+
+def history_turn(message: discord.Message, me_id: int) -> Turn | None:
+    """A thread message as a stored turn: people -> ユーザー, the bot -> システム; others None."""
+    if message.type == discord.MessageType.thread_starter_message and message.reference:
+        resolved = message.reference.resolved
+        if not isinstance(resolved, discord.Message):
+            return None
+        message = resolved
+    if message.type not in _ANSWERED_TYPES:
+        return None
+    text = clean_text(readable_text(message, me_id)).strip()
+    if not text or text == PLACEHOLDER:
+        return None
+    if message.author.id == me_id:
+        return Turn(Speaker.SYSTEM, text)
+    if message.author.bot or message.author.system:
+        return None
+    return Turn(Speaker.USER, text)
+
+
+async def read_thread_history(
+    thread: discord.Thread,
+    before: discord.abc.Snowflake | None,
+    me_id: int,
+    budget: int,
+    count: Callable[[str], int],
+) -> list[tuple[Turn, str | None]]:
+    """The thread's messages before `before`, oldest first, as far back as `budget` tokens reach."""
+    picked: list[tuple[Turn, str | None]] = []
+    used = 0
+    async for message in thread.history(limit=HISTORY_SCAN_LIMIT, before=before):
+        turn = history_turn(message, me_id)
+        if turn is None:
+            continue
+        used += count(format_turn(turn)) + 1
+        if used > budget:
+            break
+        picked.append((turn, str(message.id)))
+    picked.reverse()
+    return picked
+
+
+# ----- where a reply goes ----------------------------------------------------------------------
+
+
+class Destination(Protocol):
+    async def send(self, text: str) -> Any: ...
+
+
+class ChannelDestination:
+    """Post into a channel, thread or DM."""
+
+    def __init__(self, channel: discord.abc.Messageable) -> None:
+        self.channel = channel
+
+    async def send(self, text: str) -> discord.Message:
+        return await self.channel.send(text)
+
+
+class NewThreadDestination:
+    """Open a public thread on `message` at the first send and post there. If the thread
+    cannot be opened (no permission, say), the reply goes to the message's channel instead."""
+
+    def __init__(self, message: discord.Message, name: str) -> None:
+        self.message = message
+        self.name = name
+        self.target: discord.abc.Messageable | None = None
+
+    async def send(self, text: str) -> discord.Message:
+        if self.target is None:
+            self.target = await self._open()
+        return await self.target.send(text)
+
+    async def _open(self) -> discord.abc.Messageable:
+        try:
+            return await self.message.create_thread(
+                name=self.name, auto_archive_duration=THREAD_ARCHIVE_MINUTES)
+        except discord.HTTPException as exc:
+            log.warning("could not open a thread on message %s (%s %s); answering in the channel",
+                        self.message.id, exc.status, exc.code)
+            return self.message.channel
+
+
+class InteractionDestination:
+    """The first send fills the deferred interaction response; later ones go to `then`
+    (the thread opened on the answer) or, without one, to interaction follow-ups."""
+
+    def __init__(self, interaction: discord.Interaction,
+                 then: discord.abc.Messageable | None = None) -> None:
+        self.interaction = interaction
+        self.then = then
+        self._original_used = False
+
+    async def send(self, text: str) -> Any:
+        if not self._original_used:
+            self._original_used = True
+            return await self.interaction.edit_original_response(content=text)
+        if self.then is not None:
+            return await self.then.send(text)
+        return await self.interaction.followup.send(text, wait=True)
+
+
+# ----- the sink ------------------------------------------------------------------------------
+
+
+class DiscordReply(MessageReply):
+    """A reply as Discord messages: placeholder, edits, split pieces; typing while it runs."""
+
+    limit = 2000
+    delivery_errors = (discord.HTTPException,)
+
+    def __init__(self, destination: Destination) -> None:
+        super().__init__()
+        self.destination = destination
+        self._typing: asyncio.Task[None] | None = None
+
+    async def post(self, text: str) -> Any:
+        return await self.destination.send(text)
+
+    async def edit(self, handle: Any, text: str) -> None:
+        await handle.edit(content=text)
+
+    async def start(self) -> None:
+        await super().start()
+        channel = getattr(self.posted[0], "channel", None) if self.posted else None
+        if channel is not None and self._typing is None:
+            self._typing = asyncio.create_task(_keep_typing(channel), name="discord-typing")
+
+    async def finish(self, text: str) -> None:
+        self.stop_typing()
+        await super().finish(text)
+
+    async def fail(self, message: str) -> None:
+        self.stop_typing()
+        await super().fail(message)
+
+    def stop_typing(self) -> None:
+        if self._typing is not None:
+            self._typing.cancel()
+            self._typing = None
+
+
+async def _keep_typing(channel: Any) -> None:
+    """Show "rinna is typing…" until cancelled; give up quietly-but-logged on Discord errors."""
+    try:
+        while True:
+            await channel.typing()
+            await asyncio.sleep(TYPING_EVERY_S)
+    except discord.HTTPException as exc:
+        log.info("typing indicator unavailable in channel %s: %s %s",
+                 getattr(channel, "id", "?"), exc.status, exc.code)
+
+
+# ----- the cog -------------------------------------------------------------------------------
+
+
+class ChatCog(commands.Cog):
+    """Chat listeners and application commands."""
+
+    def __init__(self, bot: RinnaDiscordBot) -> None:
+        self.bot = bot
+        self.chat = bot.chat
+
+    # --- messages
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        me = self.bot.user
+        if me is None or not self._wanted(message, me):
+            return
+        try:
+            await self._on_message(message, me)
+        except discord.HTTPException as exc:
+            log.warning("message %s: Discord error %s %s", message.id, exc.status, exc.code,
+                        exc_info=exc)
+
+    @staticmethod
+    def _wanted(message: discord.Message, me: discord.ClientUser) -> bool:
+        author = message.author
+        return (author.id != me.id and not author.bot and not author.system
+                and message.webhook_id is None and message.type in _ANSWERED_TYPES)
+
+    async def _on_message(self, message: discord.Message, me: discord.ClientUser) -> None:
+        channel = message.channel
+        mentioned = mentions_me(message, me)
+        text = readable_text(message, me.id)
+        incoming = IncomingMessage(text, str(message.id), message.author.display_name)
+        if isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
+            key = conversation_key(channel, None)
+            await self._answer(key, incoming, ChannelDestination(channel))
+            return
+        key = conversation_key(channel, message.guild.id if message.guild else None)
+        if isinstance(channel, discord.Thread):
+            if not (mentioned or (text and await self.chat.follows(key))):
+                return  # not for us (or unreadable without the Message Content intent)
+            if mentioned and not await self.chat.follows(key):
+                await self._join_thread(key, channel, before=message)
+            await self._answer(key, incoming, ChannelDestination(channel))
+            return
+        if not mentioned:
+            return
+        if not text:  # only a mention: a usage hint in the channel, no thread
+            await self._answer(key, incoming, ChannelDestination(channel))
+            return
+        key = ConversationKey(key.platform, key.workspace, key.channel, str(message.id))
+        await self._answer(key, incoming, NewThreadDestination(message, thread_name(text)))
+
+    async def _join_thread(self, key: ConversationKey, thread: discord.Thread,
+                           before: discord.abc.Snowflake | None) -> None:
+        """Store the thread's earlier messages as its history before the bot answers in it."""
+        me_id = self.bot.user.id if self.bot.user else 0
+        try:
+            turns = await read_thread_history(
+                thread, before, me_id, self.bot.settings.prompt_budget, self.chat.tokenizer.count)
+        except discord.HTTPException as exc:
+            log.warning("%s: could not read the thread's history (%s %s); answering without it",
+                        key, exc.status, exc.code)
+            return
+        stored = await self.chat.import_history(key, turns)
+        log.info("%s: joined the thread with %d earlier messages", key, stored)
+
+    async def _answer(self, key: ConversationKey, incoming: IncomingMessage,
+                      destination: Destination) -> Outcome | None:
+        """The one place a Discord event reaches the chat service."""
+        sink = DiscordReply(destination)
+        try:
+            return await self.chat.handle(key, incoming, sink)
+        except Exception:
+            log.exception("%s: could not answer message %s", key, incoming.delivery_key)
+            await sink.fail(RinnaError.user_message)
+            return None
+        finally:
+            sink.stop_typing()
+
+    # --- application commands
+    @app_commands.command(name="ask", description="rinna に質問します")
+    @app_commands.rename(question="質問")
+    @app_commands.describe(question="質問の内容")
+    async def ask(self, interaction: discord.Interaction, question: str) -> None:
+        try:
+            await interaction.response.defer(thinking=True)
+            await self._ask(interaction, question)
+        except discord.HTTPException as exc:
+            log.warning("/ask %s: Discord error %s %s", interaction.id, exc.status, exc.code,
+                        exc_info=exc)
+
+    async def _ask(self, interaction: discord.Interaction, question: str) -> None:
+        channel = interaction.channel
+        key = conversation_key(channel, interaction.guild_id)
+        text = question.strip()
+        incoming = IncomingMessage(text, str(interaction.id), interaction.user.display_name)
+        if isinstance(channel, discord.Thread):
+            if not await self.chat.follows(key):
+                await self._join_thread(key, channel, before=None)
+            await self._answer(key, incoming, InteractionDestination(interaction))
+            return
+        if interaction.guild_id is None or not clean_text(text).strip():
+            await self._answer(key, incoming, InteractionDestination(interaction))
+            return
+        original = await interaction.original_response()
+        thread = await self._open_thread(original, thread_name(text))
+        key = ConversationKey(key.platform, key.workspace, key.channel, str(original.id))
+        await self._answer(key, incoming, InteractionDestination(interaction, then=thread))
+
+    @staticmethod
+    async def _open_thread(message: discord.Message, name: str) -> discord.Thread | None:
+        try:
+            return await message.create_thread(name=name,
+                                               auto_archive_duration=THREAD_ARCHIVE_MINUTES)
+        except discord.HTTPException as exc:
+            log.warning("could not open a thread on the /ask answer %s (%s %s)",
+                        message.id, exc.status, exc.code)
+            return None
+
+    @app_commands.command(name="reset", description="このスレッド（または DM）の会話を最初からやり直します")
+    async def reset(self, interaction: discord.Interaction) -> None:
+        channel = interaction.channel
+        try:
+            if not isinstance(channel, (discord.Thread, discord.DMChannel)):
+                await interaction.response.send_message(RESET_WHERE, ephemeral=True)
+                return
+            await interaction.response.defer(thinking=True)
+            await self.chat.reset(conversation_key(channel, interaction.guild_id))
+            await interaction.edit_original_response(content=RESET_DONE)
+        except discord.HTTPException as exc:
+            log.warning("/reset %s: Discord error %s %s", interaction.id, exc.status, exc.code,
+                        exc_info=exc)
+
+    @app_commands.command(name="help", description="rinna の使い方を表示します")
+    async def help(self, interaction: discord.Interaction) -> None:
+        try:
+            await interaction.response.send_message(HELP_MESSAGE, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.warning("/help %s: Discord error %s %s", interaction.id, exc.status, exc.code,
+                        exc_info=exc)
+
+
+# ----- the bot -------------------------------------------------------------------------------
+
+
+def bot_intents(message_content: bool = True) -> discord.Intents:
+    """Guild and DM messages; Message Content for unmentioned thread messages."""
+    intents = discord.Intents.default()
+    intents.message_content = message_content
+    return intents
+
+
+class RinnaDiscordBot(commands.Bot):
+    """The Discord client. Takes the core services; builds nothing at import time."""
+
+    def __init__(self, chat: ChatService, settings: Settings, *, message_content: bool = True,
+                 **options: Any) -> None:
+        options.setdefault("allowed_mentions", discord.AllowedMentions.none())
+        super().__init__(command_prefix=commands.when_mentioned, help_command=None,
+                         intents=bot_intents(message_content), **options)
+        self.chat = chat
+        self.settings = settings
+
+    async def setup_hook(self) -> None:
+        await self.add_cog(ChatCog(self))
+        try:
+            synced = await self.tree.sync()
+        except discord.HTTPException as exc:
+            log.error("could not sync application commands (%s %s); /ask, /reset and /help may "
+                      "be missing or stale", exc.status, exc.code, exc_info=exc)
+        else:
+            log.info("synced %d application commands", len(synced))
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """No prefix commands: the cog answers messages."""
+
+    async def on_ready(self) -> None:
+        log.info("Discord: logged in as %s (%s) in %d servers",
+                 self.user, self.user.id if self.user else "?", len(self.guilds))
+
+    async def start(self, token: str, *, reconnect: bool = True) -> None:
+        try:
+            await super().start(token, reconnect=reconnect)
+        except discord.PrivilegedIntentsRequired:
+            log.error("Discord refused the Message Content intent: enable it for the bot in the "
+                      "Developer Portal (Bot > Privileged Gateway Intents); see docs/discord.md")
+            raise
+        except discord.LoginFailure:
+            log.error("Discord rejected DISCORD_TOKEN: check the bot token")
+            raise
+
+
+def build_discord_bot(chat: ChatService, settings: Settings, **options: Any) -> RinnaDiscordBot:
+    """The bot `rinna-bot run` starts. `options` go to RinnaDiscordBot / discord.py's client
+    (`message_content=False` runs without the privileged intent; tests lower timeouts)."""
+    # A future Settings field (DISCORD_MESSAGE_CONTENT) is honoured when it exists.
+    options.setdefault("message_content", settings.discord_message_content)
+    return RinnaDiscordBot(chat, settings, **options)
+
+
+__all__ = [
+    "ChatCog",
+    "DiscordReply",
+    "RinnaDiscordBot",
+    "build_discord_bot",
+    "conversation_key",
+    "readable_text",
+    "thread_name",
+]
