@@ -66,9 +66,14 @@ class ChatService:
         """Whether the bot already takes part in this conversation."""
         return await self.store.find(key) is not None
 
-    async def reset(self, key: ConversationKey) -> None:
+    async def reset(self, key: ConversationKey, delivery_key: str | None = None) -> bool:
+        """Start the conversation afresh. With a `delivery_key` (the platform message that asked
+        for it), a redelivery of that message resets nothing: returns False."""
+        if delivery_key is not None and await self.store.claim(key, delivery_key) is None:
+            return False
         async with self._conversation(key):
             await self.store.reset(key)
+        return True
 
     async def import_history(
         self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
@@ -81,14 +86,14 @@ class ChatService:
                      *, stream_interval_s: float | None = None) -> Outcome:
         """Answer `message` into `sink`. `stream_interval_s` overrides how often the sink gets
         the growing text (a terminal can take every token; chat platforms about once a second)."""
-        text = clean_text(message.text).strip()
-        if not text:
-            await sink.finish(USAGE_MESSAGE)
-            return Outcome.EMPTY
         conversation = await self.store.claim(key, message.delivery_key)
         if conversation is None:
             log.info("%s: message %s already seen; not answering again", key, message.delivery_key)
             return Outcome.DUPLICATE
+        text = clean_text(message.text).strip()
+        if not text:
+            await sink.finish(USAGE_MESSAGE)
+            return Outcome.EMPTY
         await sink.start()
         try:
             async with self._conversation(key):

@@ -73,7 +73,11 @@ async def test_an_empty_message_gets_the_usage_hint_without_generating(
     sink = RecordingSink()
     outcome = await service(store, tokenizer, generator).handle(KEY, IncomingMessage(text, "e"), sink)
     assert outcome is Outcome.EMPTY and sink.events == [("finish", USAGE_MESSAGE)]
-    assert generator.prompts == [] and await store.find(KEY) is None
+    assert generator.prompts == [] and await history(store) == []
+    again = RecordingSink()  # a redelivery of the same empty message: no second hint
+    chat = service(store, tokenizer, generator)
+    assert await chat.handle(KEY, IncomingMessage(text, "e"), again) is Outcome.DUPLICATE
+    assert again.events == []
 
 
 async def test_turns_of_one_conversation_run_in_arrival_order(store: HistoryStore,
@@ -140,7 +144,8 @@ async def test_reset_starts_afresh(store: HistoryStore, tokenizer: Tokenizer) ->
     generator = ScriptedGenerator(["答え"])
     chat = service(store, tokenizer, generator)
     await chat.handle(KEY, IncomingMessage("前の話", "m1"), RecordingSink())
-    await chat.reset(KEY)
+    assert await chat.reset(KEY, "reset-1") is True
+    assert await chat.reset(KEY, "reset-1") is False  # the same request redelivered
     await chat.handle(KEY, IncomingMessage("新しい話", "m2"), RecordingSink())
     assert generator.prompts[-1] == "ユーザー: 新しい話<NL>システム: "
 
