@@ -1,0 +1,561 @@
+"""The Slack adapter: slack-bolt's AsyncApp over the platform-free chat service.
+
+Platform event in -> (ConversationKey, IncomingMessage, SlackReply) -> `chat.handle`.
+Socket Mode when SLACK_APP_TOKEN is set, else an aiohttp server at /slack/events that checks
+SLACK_SIGNING_SECRET. Deduplication (Slack retries, the app_mention + message double
+delivery, redeliveries after a restart) is the chat service's: delivery_key = "channel:ts".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from adapters.slack_text import (
+    escape,
+    mentions,
+    strip_mention,
+    to_plain,
+    ts_order,
+    unescape,
+    user_ids,
+)
+from bot.chat import USAGE_MESSAGE, ChatService, Outcome
+from bot.config import Settings
+from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
+from bot.errors import ConfigError, RinnaError
+from bot.prompt import format_turn
+from bot.reply import PLACEHOLDER, MessageReply
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "slack"
+EVENTS_PATH = "/slack/events"
+COMMAND = "/rinna"
+
+IGNORED = "ignored"
+RESET = "reset"
+HELP = "help"
+FAILED = str(Outcome.FAILED)
+
+RESET_WORDS = frozenset({"リセット", "reset"})
+HELP_WORDS = frozenset({"", "help", "ヘルプ", "使い方"})
+# Message subtypes that are still a person writing; every other subtype (edits, deletes,
+# joins, bot messages, ...) is ignored.
+USER_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
+AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
+                         "token_expired", "not_allowed_token_type"})
+
+RESET_DONE = "このスレッドの会話をリセットしました。"
+RESET_HINT = ("スラッシュコマンドはスレッドの中では使えません。"
+              "リセットしたいスレッドで `@rinna リセット` と書いてください。")
+FAILURE_MESSAGE = RinnaError.user_message
+POST_FAILED = ("質問をチャンネルに投稿できませんでした。"
+               "ボットをこのチャンネルに招待してから、もう一度お試しください。")
+ASKED = "<@{user}> さんの質問:\n{question}"
+QUESTION_SHOWN_CHARS = 2800
+HELP_MESSAGE = (
+    "*rinna の使い方*\n"
+    "• `/rinna 質問` … 質問をチャンネルに投稿し、そのスレッドで答えます。\n"
+    "• チャンネルで `@rinna 質問` … そのメッセージのスレッドで答えます。\n"
+    "• ボットが答えているスレッドでは、メンションなしで続けて質問できます。\n"
+    "• スレッドで `@rinna リセット` … そのスレッドの会話を最初からやり直します。\n"
+    "• DM でもそのまま話しかけられます（`リセット` でやり直し）。\n"
+    f"{USAGE_MESSAGE}"
+)
+
+DELIVERY_ERRORS: tuple[type[BaseException], ...] = (
+    SlackClientError, aiohttp.ClientError, TimeoutError)
+
+HISTORY_PAGE = 200
+HISTORY_MAX_PAGES = 10
+SOCKET_CONNECT_TIMEOUT_S = 60.0
+CLOSE_GRACE_S = 5.0
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class SlackConnectError(RinnaError):
+    """Slack could not be reached at start (Socket Mode connection)."""
+
+
+# ----- Web API calls with bounded retries -----------------------------------------------------
+class SlackApi:
+    """Calls AsyncWebClient methods by name, retrying `ratelimited` (after Retry-After) and
+    5xx answers a bounded number of times; any other error is raised to the caller."""
+
+    def __init__(self, client: AsyncWebClient, *, max_retries: int = 3,
+                 max_wait_s: float = 30.0, sleep: Sleep = asyncio.sleep) -> None:
+        self.client = client
+        self.max_retries = max_retries
+        self.max_wait_s = max_wait_s
+        self.sleep = sleep
+
+    async def call(self, method: str, **kwargs: Any) -> AsyncSlackResponse:
+        attempt = 0
+        while True:
+            try:
+                return await getattr(self.client, method)(**kwargs)
+            except SlackApiError as exc:
+                delay = self._retry_delay(exc.response, attempt)
+                if delay is None:
+                    raise
+                log.warning("slack %s: %s (HTTP %s); retry %d in %.1f s", method,
+                            exc.response.get("error", "error"), exc.response.status_code,
+                            attempt + 1, delay)
+            attempt += 1
+            await self.sleep(delay)
+
+    def _retry_delay(self, response: AsyncSlackResponse, attempt: int) -> float | None:
+        if attempt >= self.max_retries:
+            return None
+        if response.status_code == 429 or response.get("error") == "ratelimited":
+            return min(_retry_after(response), self.max_wait_s)
+        if response.status_code >= 500:
+            return min(float(2**attempt), self.max_wait_s)
+        return None
+
+
+def _retry_after(response: AsyncSlackResponse) -> float:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "1")))
+    except (TypeError, ValueError):
+        return 1.0
+
+
+class UserNames:
+    """User id -> display name through users.info, cached; the id itself when unknown."""
+
+    def __init__(self, api: SlackApi) -> None:
+        self._api = api
+        self._names: dict[str, str] = {}
+
+    async def lookup(self, ids: Sequence[str] | set[str]) -> dict[str, str]:
+        return {user: await self.name(user) for user in ids}
+
+    async def name(self, user: str) -> str:
+        if user in self._names:
+            return self._names[user]
+        try:
+            info = await self._api.call("users_info", user=user)
+        except SlackApiError as exc:  # unknown user, missing users:read: do not ask again
+            log.warning("slack users.info %s: %s", user, exc.response.get("error", "error"))
+            self._names[user] = user
+            return user
+        except DELIVERY_ERRORS as exc:
+            log.warning("slack users.info %s failed: %s", user, _describe(exc))
+            return user
+        profile = info.get("user") or {}
+        details = profile.get("profile") or {}
+        name = (details.get("display_name") or details.get("real_name")
+                or profile.get("real_name") or profile.get("name") or user)
+        self._names[user] = name
+        return name
+
+
+# ----- the reply sink -------------------------------------------------------------------------
+class SlackReply(MessageReply):
+    """Posts in a thread (chat.postMessage) and edits by ts (chat.update)."""
+
+    limit: ClassVar[int] = 3000
+    delivery_errors: ClassVar[tuple[type[BaseException], ...]] = DELIVERY_ERRORS
+
+    def __init__(self, api: SlackApi, channel: str, thread_ts: str | None) -> None:
+        super().__init__()
+        self.api = api
+        self.channel = channel
+        self.thread_ts = thread_ts or None
+
+    async def post(self, text: str) -> str:
+        response = await self.api.call(
+            "chat_postMessage", channel=self.channel, thread_ts=self.thread_ts,
+            text=escape(text), unfurl_links=False, unfurl_media=False)
+        return str(response["ts"])
+
+    async def edit(self, handle: Any, text: str) -> None:
+        await self.api.call("chat_update", channel=self.channel, ts=handle, text=escape(text))
+
+
+# ----- events as values -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BotIdentity:
+    user_id: str | None
+    bot_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SlackMessage:
+    """A person's message from an `app_mention` or `message` event."""
+
+    team: str
+    channel: str
+    ts: str
+    thread_ts: str  # "" when not in a thread
+    user: str
+    text: str
+    is_dm: bool
+
+    @property
+    def delivery_key(self) -> str:
+        return f"{self.channel}:{self.ts}"
+
+    @property
+    def key(self) -> ConversationKey:
+        # A channel conversation is a thread (the message starts one); a whole DM is one
+        # conversation unless the message is in a thread there.
+        thread = self.thread_ts if self.is_dm else (self.thread_ts or self.ts)
+        return ConversationKey(PLATFORM, self.team, self.channel, thread)
+
+
+def parse_message(body: Mapping[str, Any], event: Mapping[str, Any]) -> SlackMessage | None:
+    """The message, or None for what the bot ignores: bots, edits, deletes, other subtypes."""
+    if event.get("subtype") not in USER_SUBTYPES or event.get("bot_id") or event.get("hidden"):
+        return None
+    user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
+    if not (isinstance(user, str) and isinstance(channel, str) and isinstance(ts, str)):
+        return None
+    channel_type = event.get("channel_type")
+    is_dm = channel_type == "im" or (channel_type is None and channel.startswith("D"))
+    team = str(body.get("team_id") or event.get("team") or "")
+    return SlackMessage(team, channel, ts, str(event.get("thread_ts") or ""), user,
+                        str(event.get("text") or ""), is_dm)
+
+
+# ----- what the listeners do ------------------------------------------------------------------
+@dataclass(slots=True)
+class SlackHandlers:
+    """The services the listeners use, and the listeners' work (platform event -> chat)."""
+
+    chat: ChatService
+    api: SlackApi
+    names: UserNames
+    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    # How each event ended ("answered", "duplicate", "ignored", "reset", ...): for logs,
+    # metrics and tests that wait until every delivered event has been dealt with.
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    async def on_mention(self, message: SlackMessage, bot: BotIdentity) -> str:
+        return await self._answer(message, bot, addressed=True, via_mention=True)
+
+    async def on_message(self, message: SlackMessage, bot: BotIdentity) -> str:
+        if bot.user_id is not None and message.user == bot.user_id:
+            return IGNORED
+        if not message.is_dm:
+            # Outside DMs, unmentioned messages count only in threads the bot takes part in;
+            # a mention also arrives as app_mention (the same delivery key: answered once).
+            if not message.thread_ts or not await self.chat.follows(message.key):
+                return IGNORED
+        addressed = message.is_dm or mentions(message.text, bot.user_id)
+        return await self._answer(message, bot, addressed=addressed)
+
+    async def on_command(self, command: Mapping[str, Any], respond: AsyncRespond,
+                         bot: BotIdentity) -> str:
+        channel, user = str(command["channel_id"]), str(command["user_id"])
+        question = await self._plain(str(command.get("text") or ""), bot)
+        shown = question if len(question) <= QUESTION_SHOWN_CHARS else (
+            question[:QUESTION_SHOWN_CHARS] + "…")
+        try:
+            posted = await self.api.call(
+                "chat_postMessage", channel=channel, text=ASKED.format(
+                    user=user, question=escape(shown)), unfurl_links=False)
+        except DELIVERY_ERRORS as exc:
+            log.warning("slack %s: could not post the question in %s: %s", COMMAND, channel,
+                        _describe(exc))
+            await _tell(respond, POST_FAILED)
+            return FAILED
+        ts = str(posted["ts"])
+        key = ConversationKey(PLATFORM, str(command.get("team_id") or ""), channel, ts)
+        sink = SlackReply(self.api, channel, ts)
+        outcome = FAILED
+        async with self._boundary(sink, f"{COMMAND} in {key}"):
+            incoming = IncomingMessage(question, f"{channel}:{ts}", await self.names.name(user))
+            outcome = str(await self.chat.handle(key, incoming, sink))
+        return outcome
+
+    async def _answer(self, message: SlackMessage, bot: BotIdentity, *, addressed: bool,
+                      via_mention: bool = False) -> str:
+        key = message.key
+        sink = SlackReply(self.api, message.channel, key.thread)
+        outcome = FAILED
+        async with self._boundary(sink, f"message {message.delivery_key} in {key}"):
+            text = await self._plain(message.text, bot)
+            if addressed and text.lower() in RESET_WORDS:
+                return await self._reset(key, message.delivery_key, sink)
+            if not text and not (via_mention or message.is_dm):
+                return IGNORED  # an empty mention gets the usage hint via app_mention alone
+            if message.thread_ts and not message.is_dm and not await self.chat.follows(key):
+                await self._import_thread(message, bot)
+            incoming = IncomingMessage(text, message.delivery_key,
+                                       await self.names.name(message.user))
+            outcome = str(await self.chat.handle(key, incoming, sink))
+        return outcome
+
+    async def _reset(self, key: ConversationKey, delivery_key: str, sink: SlackReply) -> str:
+        # Claimed like any message, so a retry or the double delivery resets and says so once.
+        if not await self.chat.reset(key, delivery_key):
+            return str(Outcome.DUPLICATE)
+        await sink.finish(RESET_DONE)
+        return RESET
+
+    async def _plain(self, text: str, bot: BotIdentity) -> str:
+        text = strip_mention(text, bot.user_id)
+        return to_plain(text, await self.names.lookup(user_ids(text))).strip()
+
+    # ----- joining a thread mid-way -----
+    async def _import_thread(self, message: SlackMessage, bot: BotIdentity) -> None:
+        """Store the thread's earlier messages (as far back as the prompt budget reaches)."""
+        try:
+            earlier = await self._thread_messages(message)
+        except DELIVERY_ERRORS as exc:
+            log.warning("slack: could not read thread %s: %s; answering without it",
+                        message.key, _describe(exc))
+            return
+        turns: list[tuple[Turn, str | None]] = []
+        for item in earlier:
+            turn = await self._history_turn(item, bot)
+            if turn is not None:
+                turns.append((turn, f"{message.channel}:{item['ts']}"))
+        kept = self._within_budget(turns)
+        stored = await self.chat.import_history(message.key, kept)
+        log.info("slack: %s: imported %d earlier messages", message.key, stored)
+
+    async def _thread_messages(self, message: SlackMessage) -> list[Mapping[str, Any]]:
+        found: list[Mapping[str, Any]] = []
+        cursor: str | None = None
+        for _ in range(HISTORY_MAX_PAGES):
+            page = await self.api.call(
+                "conversations_replies", channel=message.channel, ts=message.thread_ts,
+                latest=message.ts, inclusive=False, limit=HISTORY_PAGE, cursor=cursor)
+            found += [m for m in page.get("messages") or []
+                      if isinstance(m.get("ts"), str) and ts_order(m["ts"]) < ts_order(message.ts)]
+            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+            if not page.get("has_more") or cursor is None:
+                break
+        found.sort(key=lambda m: ts_order(m["ts"]))
+        return found
+
+    async def _history_turn(self, item: Mapping[str, Any], bot: BotIdentity) -> Turn | None:
+        text = str(item.get("text") or "")
+        own = (bot.user_id is not None and item.get("user") == bot.user_id) or (
+            bot.bot_id is not None and item.get("bot_id") == bot.bot_id)
+        if own:
+            plain = unescape(text).strip()
+            return Turn(Speaker.SYSTEM, plain) if plain and plain != PLACEHOLDER else None
+        if item.get("bot_id") or item.get("subtype") not in USER_SUBTYPES or not item.get("user"):
+            return None
+        plain = await self._plain(text, bot)
+        return Turn(Speaker.USER, plain) if plain else None
+
+    def _within_budget(self, turns: list[tuple[Turn, str | None]]) -> list[tuple[Turn, str | None]]:
+        budget, used, kept = self.chat.config.prompt_budget, 0, 0
+        for turn, _ in reversed(turns):
+            used += self.chat.tokenizer.count(format_turn(turn)) + 1
+            if used > budget:
+                break
+            kept += 1
+        return turns[len(turns) - kept:]
+
+    # ----- the one error boundary -----
+    @asynccontextmanager
+    async def _boundary(self, sink: SlackReply, what: str) -> AsyncIterator[None]:
+        """Track the work for close(); log any failure with its traceback and tell the user
+        a short Japanese message (never the exception text)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.inflight.add(task)
+        try:
+            yield
+        except Exception:
+            log.exception("slack: %s failed", what)
+            await sink.fail(FAILURE_MESSAGE)
+        finally:
+            if task is not None:
+                self.inflight.discard(task)
+
+
+async def _tell(respond: AsyncRespond, text: str) -> None:
+    try:
+        await respond(text=text, response_type="ephemeral", replace_original=False)
+    except (*DELIVERY_ERRORS, ValueError) as exc:
+        log.warning("slack: could not send an ephemeral reply: %s", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _bot(context: AsyncBoltContext) -> BotIdentity:
+    return BotIdentity(context.bot_user_id, context.bot_id)
+
+
+# ----- listeners ------------------------------------------------------------------------------
+def register(app: AsyncApp, services: SlackHandlers) -> None:
+    """Every Slack listener of the bot. Each acks first; the work runs after the ack."""
+
+    @app.event("app_mention")
+    async def app_mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
+                          context: AsyncBoltContext) -> None:
+        await ack()
+        outcome = IGNORED
+        try:
+            if (message := parse_message(body, event)) is not None:
+                outcome = await services.on_mention(message, _bot(context))
+        finally:
+            services.outcomes[outcome] += 1
+
+    @app.event("message")
+    async def message(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
+                      context: AsyncBoltContext) -> None:
+        await ack()
+        outcome = IGNORED
+        try:
+            if (parsed := parse_message(body, event)) is not None:
+                outcome = await services.on_message(parsed, _bot(context))
+        finally:
+            services.outcomes[outcome] += 1
+
+    @app.command(COMMAND)
+    async def rinna(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond,
+                    context: AsyncBoltContext) -> None:
+        word = str(command.get("text") or "").strip().lower()
+        if word in HELP_WORDS or word in RESET_WORDS:
+            # Each /rinna starts a new thread, so there is nothing to reset: say how instead.
+            hint = RESET_HINT if word in RESET_WORDS else HELP_MESSAGE
+            await ack(text=hint, response_type="ephemeral")
+            services.outcomes[HELP] += 1
+            return
+        await ack()
+        outcome = FAILED
+        try:
+            outcome = await services.on_command(command, respond, _bot(context))
+        finally:
+            services.outcomes[outcome] += 1
+
+
+# ----- the service that `rinna-bot run` starts ----------------------------------------------
+class SlackService:
+    """The Bolt app served over Socket Mode (SLACK_APP_TOKEN) or HTTP (SLACK_SIGNING_SECRET)."""
+
+    def __init__(self, app: AsyncApp, handlers: SlackHandlers, settings: Settings,
+                 host: str) -> None:
+        self.app = app
+        self.handlers = handlers
+        self._app_token = settings.slack_app_token
+        self._port = settings.slack_port
+        self._host = host
+        self.port: int | None = None  # the HTTP port actually bound (HTTP mode)
+        self._runner: web.AppRunner | None = None
+        self._socket: AsyncSocketModeHandler | None = None
+
+    @property
+    def mode(self) -> str:
+        return "socket" if self._app_token is not None else "http"
+
+    async def start(self) -> None:
+        await self._check_bot_token()
+        if self._app_token is not None:
+            await self._start_socket_mode(self._app_token.get_secret_value())
+        else:
+            await self._start_http()
+
+    async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
+        """Stop taking events, let answers in flight finish for `grace_s`, cancel the rest."""
+        if self._socket is not None:
+            await self._socket.close_async()
+            self._socket = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        pending = set(self.handlers.inflight)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _check_bot_token(self) -> None:
+        try:
+            auth = await self.app.client.auth_test()
+        except SlackApiError as exc:
+            if exc.response.get("error") in AUTH_ERRORS:
+                raise ConfigError(
+                    f"SLACK_BOT_TOKEN was rejected by Slack ({exc.response.get('error')}); "
+                    "set it to the app's Bot User OAuth Token (xoxb-...)") from None
+            log.warning("slack auth.test failed: %s; starting anyway", _describe(exc))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("slack auth.test failed: %s; starting anyway", _describe(exc))
+        else:
+            log.info("slack: signed in as %s in %s", auth.get("user"), auth.get("team"))
+
+    async def _start_http(self) -> None:
+        web_app = web.Application()
+        web_app.router.add_post(EVENTS_PATH, self._events)
+        runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=CLOSE_GRACE_S)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(f"SLACK_PORT={self._port}: cannot listen ({exc.strerror})") from None
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("slack: HTTP mode, listening on %s:%d%s", self._host, self.port, EVENTS_PATH)
+
+    async def _events(self, request: web.Request) -> web.Response:
+        response = await self.app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(response)
+
+    async def _start_socket_mode(self, app_token: str) -> None:
+        handler = AsyncSocketModeHandler(self.app, app_token=app_token)
+        self._socket = handler
+        try:
+            handler.client.wss_uri = await handler.client.issue_new_wss_url()
+            await asyncio.wait_for(handler.connect_async(), SOCKET_CONNECT_TIMEOUT_S)
+        except SlackApiError as exc:
+            await self.close()
+            error = exc.response.get("error")
+            if error in AUTH_ERRORS:
+                raise ConfigError(
+                    f"SLACK_APP_TOKEN was rejected by Slack ({error}); set it to an app-level "
+                    "token (xapp-...) with the connections:write scope") from None
+            raise SlackConnectError(f"Slack Socket Mode: apps.connections.open failed "
+                                    f"({error or exc.response.status_code})") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self.close()
+            raise SlackConnectError(
+                f"Slack Socket Mode: could not connect ({type(exc).__name__})") from None
+        log.info("slack: Socket Mode connected")
+
+
+def build_slack_service(chat: ChatService, settings: Settings, *,
+                        host: str = "0.0.0.0") -> SlackService:
+    """The Slack app over the core services, ready to `start()`; nothing connects yet."""
+    if settings.slack_bot_token is None:
+        raise ConfigError("SLACK_BOT_TOKEN is not set")
+    secret = settings.slack_signing_secret
+    if settings.slack_app_token is None and secret is None:
+        raise ConfigError("SLACK_BOT_TOKEN is set: also set SLACK_APP_TOKEN (Socket Mode) "
+                          "or SLACK_SIGNING_SECRET (HTTP mode)")
+    client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(),
+                            base_url=settings.slack_api_url)
+    app = AsyncApp(client=client, name="rinna-bot",
+                   signing_secret=secret.get_secret_value() if secret is not None else "")
+    api = SlackApi(client)
+    handlers = SlackHandlers(chat, api, UserNames(api))
+    register(app, handlers)
+    return SlackService(app, handlers, settings, host)

@@ -1,0 +1,286 @@
+"""A local Slack for tests: the Web API (GET and POST /api/<method>), the Socket Mode
+websocket that `apps.connections.open` points at, and slash-command response_urls.
+
+Every call is recorded; tests wait on conditions (`wait_for`, `eventually`), never on sleeps.
+Also: HMAC v0 request signing, event payload builders and a scripted Generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import WSMsgType, web
+
+from bot.sampling import GenerationParams
+
+TEAM = "T0TEAM"
+BOT_USER = "UBOT"
+BOT_ID = "BBOT"
+SIGNING_SECRET = "test-signing-secret"
+BOT_TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-test-token"
+USERS = {"U1": "たろう", "U2": "はなこ"}
+WAIT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCall:
+    method: str
+    params: dict[str, Any]
+    token: str | None
+
+    @property
+    def text(self) -> str:
+        return str(self.params.get("text", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    error: str
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FakeSlack:
+    def __init__(self) -> None:
+        self.calls: list[ApiCall] = []
+        self.acks: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []  # what was posted to response_urls
+        self.threads: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.failures: dict[str, list[Failure]] = {}
+        self.always_fail: dict[str, Failure] = {}
+        self.sockets: list[web.WebSocketResponse] = []
+        self._ts = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # ----- lifecycle -----
+    async def start(self) -> FakeSlack:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_get("/link", self._socket)
+        app.router.add_post("/respond/{id}", self._respond)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def close(self) -> None:
+        for ws in self.sockets:
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    def response_url(self, name: str = "1") -> str:
+        return f"http://127.0.0.1:{self.port}/respond/{name}"
+
+    # ----- scripting -----
+    def fail(self, method: str, error: str, *, status: int = 200, times: int = 1,
+             headers: dict[str, str] | None = None) -> None:
+        self.failures.setdefault(method, []).extend(
+            [Failure(error, status, headers or {})] * times)
+
+    # ----- waiting and reading -----
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+
+    def called(self, method: str) -> list[ApiCall]:
+        return [call for call in self.calls if call.method == method]
+
+    def posts(self, channel: str | None = None, thread_ts: str | None = None) -> list[ApiCall]:
+        """Messages posted (failed attempts left out)."""
+        return [c for c in self.called("chat.postMessage") if "_error" not in c.params
+                and (channel is None or c.params.get("channel") == channel)
+                and (thread_ts is None or c.params.get("thread_ts") == thread_ts)]
+
+    def texts_of(self, ts: str) -> list[str]:
+        """Every text a message had: the post, then each chat.update of it."""
+        texts = [c.text for c in self.called("chat.postMessage") if c.params.get("_ts") == ts]
+        return texts + [c.text for c in self.called("chat.update")
+                        if c.params.get("ts") == ts and "_error" not in c.params]
+
+    # ----- the Socket Mode side -----
+    async def push(self, envelope: dict[str, Any]) -> None:
+        await self.wait_for(lambda: bool(self.sockets))
+        await self.sockets[-1].send_json(envelope)
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_json({"type": "hello", "num_connections": 1,
+                            "connection_info": {"app_id": "A1"}})
+        await self._record(lambda: self.sockets.append(ws))
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                data = json.loads(message.data)
+                await self._record(lambda: self.acks.append(data))
+        return ws
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        await self._record(lambda: self.responses.append(body))
+        return web.Response(text="ok")
+
+    # ----- the Web API side -----
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params: dict[str, Any] = dict(request.query)
+        if request.can_read_body:
+            if request.content_type == "application/json":
+                params.update(await request.json())
+            else:
+                params.update(await request.post())
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ") or params.get("token")
+        failure = self._failure(method)
+        if failure is not None:
+            params["_error"] = failure.error
+            await self._record(lambda: self.calls.append(ApiCall(method, params, token)))
+            return web.json_response({"ok": False, "error": failure.error},
+                                     status=failure.status, headers=failure.headers)
+        body = self._answer(method, params)
+        if method == "chat.postMessage" and body.get("ok"):
+            params["_ts"] = body["ts"]
+        await self._record(lambda: self.calls.append(ApiCall(method, params, token)))
+        return web.json_response(body)
+
+    def _failure(self, method: str) -> Failure | None:
+        if method in self.always_fail:
+            return self.always_fail[method]
+        queued = self.failures.get(method)
+        return queued.pop(0) if queued else None
+
+    def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {"ok": True, "url": "https://test.slack.com/", "team": "Test", "user": "rinna",
+                    "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID}
+        if method == "chat.postMessage":
+            ts = f"1800000000.{next(self._ts):06d}"
+            return {"ok": True, "channel": params.get("channel"), "ts": ts,
+                    "message": {"text": params.get("text"), "ts": ts}}
+        if method == "chat.update":
+            return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts"),
+                    "text": params.get("text")}
+        if method == "conversations.replies":
+            messages = self.threads.get((str(params.get("channel")), str(params.get("ts"))), [])
+            return {"ok": True, "messages": messages, "has_more": False}
+        if method == "users.info":
+            user = str(params.get("user"))
+            if user not in USERS:
+                return {"ok": False, "error": "user_not_found"}
+            return {"ok": True, "user": {"id": user, "name": f"name-{user}",
+                                         "profile": {"display_name": USERS[user]}}}
+        if method == "apps.connections.open":
+            return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link"}
+        return {"ok": False, "error": "unknown_method"}
+
+    async def _record(self, change: Callable[[], None]) -> None:
+        async with self._changed:
+            change()
+            self._changed.notify_all()
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = WAIT_S,
+                     interval: float = 0.02) -> None:
+    """Poll `check` until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+# ----- requests as Slack sends them -----------------------------------------------------------
+def sign(body: str, timestamp: int | None = None,
+         secret: str = SIGNING_SECRET) -> dict[str, str]:
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), f"v0:{stamp}:{body}".encode(), hashlib.sha256)
+    return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest.hexdigest()}"}
+
+
+_event_ids = itertools.count(1)
+
+
+def event_callback(event: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    return {
+        "token": "legacy", "team_id": TEAM, "api_app_id": "A1", "type": "event_callback",
+        "event": {"event_ts": event.get("ts"), **event},
+        "event_id": event_id or f"Ev{next(_event_ids):08d}", "event_time": int(time.time()),
+        "authorizations": [{"team_id": TEAM, "user_id": BOT_USER, "is_bot": True}],
+    }
+
+
+def mention(channel: str, ts: str, text: str, *, user: str = "U1",
+            thread_ts: str | None = None) -> dict[str, Any]:
+    event = {"type": "app_mention", "user": user, "text": f"<@{BOT_USER}> {text}",
+             "ts": ts, "channel": channel}
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event
+
+
+def message(channel: str, ts: str, text: str, *, user: str | None = "U1",
+            thread_ts: str | None = None, channel_type: str = "channel",
+            **extra: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "message", "text": text, "ts": ts, "channel": channel,
+                             "channel_type": channel_type, **extra}
+    if user is not None:
+        event["user"] = user
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event
+
+
+def command_form(text: str, *, channel: str = "C1", user: str = "U1",
+                 response_url: str = "http://127.0.0.1:1/unused") -> str:
+    return urlencode({
+        "token": "legacy", "team_id": TEAM, "team_domain": "test", "channel_id": channel,
+        "channel_name": "general", "user_id": user, "user_name": "taro", "command": "/rinna",
+        "text": text, "api_app_id": "A1", "response_url": response_url,
+        "trigger_id": "1.2.3",
+    })
+
+
+# ----- a generator with scripted replies ------------------------------------------------------
+class ScriptedGenerator:
+    """Yields scripted replies in chunks (or raises a scripted error); records prompts."""
+
+    def __init__(self, replies: Sequence[str | BaseException], chunk: int = 400) -> None:
+        self.replies = list(replies)
+        self.chunk = chunk
+        self.prompts: list[str] = []
+
+    async def stream(self, prompt: str, params: GenerationParams | None = None, *,
+                     on_wait: Any = None) -> AsyncIterator[str]:
+        self.prompts.append(prompt)
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if isinstance(reply, BaseException):
+            raise reply
+        for start in range(0, len(reply), self.chunk):
+            await asyncio.sleep(0)
+            yield reply[start:start + self.chunk]
+
+    async def aclose(self) -> None:
+        return None
