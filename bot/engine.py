@@ -28,6 +28,7 @@ class EngineConfig:
     kv_cache_bytes: int = 8 * 1024**3
     context_tokens: int = 2048
     request_timeout_s: float = 180.0
+    continuous: bool = True  # False: a new batch starts only when the last one is done
 
 
 @dataclass(slots=True)
@@ -85,6 +86,7 @@ class BatchEngine:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [B, T] 1 for real tokens, 0 for left padding
         self.seen: torch.Tensor | None = None  # [B, V] ids seen, for the repetition penalty
+        self.tokens_generated = 0  # for benchmarks and the log
 
     # ----- admission -------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -109,6 +111,8 @@ class BatchEngine:
 
     def can_admit(self, requests: list[Request], incoming: Request) -> bool:
         """Whether `incoming` fits beside the running rows and `requests` already admitted."""
+        if self.rows and not self.config.continuous:
+            return False
         batch = [r.request for r in self.rows] + requests + [incoming]
         if len(batch) > self.config.max_batch:
             return False
@@ -233,6 +237,7 @@ class BatchEngine:
             index = first_row + offset
             self.seen[index, token] = True
             row.last, row.produced = token, row.produced + 1
+            self.tokens_generated += 1
             row.length += 1
             eos = token == self.tokenizer.eos_id
             text = "" if eos else row.stop.push(row.decoder.feed(token))

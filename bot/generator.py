@@ -81,6 +81,7 @@ class LocalGenerator:
         self._ready: asyncio.Future[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
         self.tokenizer: Tokenizer | None = None  # set once the model is loaded
+        self.tokens_generated = 0  # written by the worker after each step
         self.running = 0  # rows decoding now (written by the worker after each step)
         self.waiting = 0  # requests queued behind them
 
@@ -225,6 +226,7 @@ class LocalGenerator:
                 outputs += engine.fail_all(error)
                 outputs += [Output(r.id, "", True, error) for r in admitted if r.id not in joined]
             self.running, self.waiting = len(engine.rows), len(waiting)
+            self.tokens_generated = engine.tokens_generated
             positions = [(r.id, i) for i, r in enumerate(waiting, start=1)
                          if last_positions.get(r.id) != i]
             last_positions = {r.id: i for i, r in enumerate(waiting, start=1)}
