@@ -11,6 +11,7 @@ import torch
 
 from bot.config import Settings
 from bot.errors import GenerationTimeout, GeneratorError, ModelLoadError, QueueFullError
+from bot.engine import BatchEngine, EngineConfig
 from bot.generator import LocalGenerator, load_generator
 from bot.model_loader import load_model
 from bot.sampling import GenerationParams
@@ -86,7 +87,7 @@ async def test_cancelling_the_consumer_aborts_the_request(generator: LocalGenera
     started = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in generator.stream(PROMPTS[0], GenerationParams(max_new_tokens=1800)):
+        async for _ in generator.stream(PROMPTS[0], GenerationParams(max_new_tokens=1800, do_sample=False)):
             started.set()
 
     task = asyncio.create_task(consume())
@@ -99,7 +100,7 @@ async def test_cancelling_the_consumer_aborts_the_request(generator: LocalGenera
 
 
 async def test_breaking_out_of_a_stream_aborts_it(generator: LocalGenerator) -> None:
-    stream = generator.stream(PROMPTS[0], GenerationParams(max_new_tokens=1800))
+    stream = generator.stream(PROMPTS[0], GenerationParams(max_new_tokens=1800, do_sample=False))
     async for _ in stream:
         break
     await stream.aclose()
@@ -126,7 +127,7 @@ async def test_a_full_queue_refuses_with_a_clear_error(make_generator) -> None:
     started = asyncio.Event()
 
     async def hold(prompt: str) -> None:
-        async for _ in generator.stream(prompt, GenerationParams(max_new_tokens=1800)):
+        async for _ in generator.stream(prompt, GenerationParams(max_new_tokens=1800, do_sample=False)):
             started.set()
 
     running = asyncio.create_task(hold(PROMPTS[0]))
@@ -141,13 +142,27 @@ async def test_a_full_queue_refuses_with_a_clear_error(make_generator) -> None:
     await asyncio.gather(running, queued, return_exceptions=True)
 
 
-async def test_a_request_past_its_time_limit_ends_with_a_timeout(generator: LocalGenerator) -> None:
-    parts: list[str] = []
-    with pytest.raises(GenerationTimeout):
-        async for delta in generator.stream(
-                PROMPTS[0], GenerationParams(max_new_tokens=1900, timeout_s=0.05)):
-            parts.append(delta)
-    assert await collect(generator.stream(PROMPTS[1], GREEDY))
+async def test_a_request_past_its_time_limit_ends_with_a_timeout(settings: Settings) -> None:
+    now = [0.0]  # the engine's clock, moved by the test: no waiting on real time
+
+    def factory() -> BatchEngine:
+        model, tokenizer, _ = load_model(settings)
+        return BatchEngine(model, tokenizer, EngineConfig(request_timeout_s=60.0),
+                           clock=lambda: now[0])
+
+    generator = await LocalGenerator(factory).start()
+    try:
+        params = GenerationParams(max_new_tokens=1900, do_sample=False)
+        stream = generator.stream(PROMPTS[0], params)
+        first = await anext(stream)
+        now[0] += 61.0
+        with pytest.raises(GenerationTimeout):
+            async for _ in stream:
+                pass
+        assert first
+        assert await collect(generator.stream(PROMPTS[1], GREEDY))  # the next one is served
+    finally:
+        await generator.aclose()
 
 
 async def test_kv_budget_limits_the_batch(make_generator) -> None:
