@@ -7,6 +7,8 @@ and written to a temporary directory, then loaded through the bot's own loader
 
     python -m benchmarks.gpu              (needs CUDA)
     python -m benchmarks.gpu --smoke      (a small shape on CPU, to check the script itself)
+    python -m benchmarks.gpu --device cpu --batches 1,4 --max-new 8 --baseline 1
+                                          (the real shape on CPU: what to expect without a GPU)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import median, prompt
+from benchmarks.common import machine, median, prompt
 from bot.config import load_settings
 from bot.engine import BatchEngine, EngineConfig
 from bot.generator import LocalGenerator
@@ -32,10 +34,11 @@ REAL_SHAPE = dict(vocab_size=32000, hidden_size=2816, num_hidden_layers=36,
                   num_attention_heads=22, intermediate_size=11264)
 SMOKE_SHAPE = dict(vocab_size=32000, hidden_size=128, num_hidden_layers=2,
                    num_attention_heads=2, intermediate_size=512)
-MAX_NEW = 128
+MAX_NEW = 128  # --max-new changes it
 
 
 def write_random_model(directory: Path, shape: dict[str, int], device: str) -> None:
+    import sentencepiece as spm
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -43,11 +46,21 @@ def write_random_model(directory: Path, shape: dict[str, int], device: str) -> N
                            tie_word_embeddings=False, max_position_embeddings=2048,
                            bos_token_id=2, eos_token_id=3)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = GPTNeoXForCausalLM(config).to(torch.float16)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)  # initialise in fp16: half the memory of fp32
+    try:
+        with torch.device(device):
+            model = GPTNeoXForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    # The stand-in tokenizer has 1,000 pieces, the model 32,000 outputs: zero the output rows
+    # past the tokenizer so that sampled ids decode to text (top-k never reaches a 0 logit),
+    # while the matmul keeps the real model's full cost.
+    pieces = spm.SentencePieceProcessor(model_file=str(build_tokenizer(directory)))
+    with torch.no_grad():
+        model.get_output_embeddings().weight[pieces.get_piece_size():] = 0
     model.save_pretrained(directory)
     (directory / "generation_config.json").unlink(missing_ok=True)
-    build_tokenizer(directory)
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -101,10 +114,11 @@ def baseline(engine: BatchEngine, count: int) -> dict[str, float]:
     return {"requests": count, "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall}
 
 
-async def main_async(smoke: bool) -> dict[str, object]:
+async def main_async(smoke: bool, device: str, sizes: list[int],
+                     baseline_requests: int) -> dict[str, object]:
     import torch
 
-    device = "cpu" if smoke else "cuda"
+    device = "cpu" if smoke else device
     if device == "cuda" and not torch.cuda.is_available():
         print("benchmarks.gpu: no CUDA device here; run it on a GPU machine "
               "(python -m benchmarks.gpu), or --smoke to check the script on CPU.")
@@ -131,13 +145,14 @@ async def main_async(smoke: bool) -> dict[str, object]:
     loaded = time.perf_counter() - t1
     weights_gb = torch.cuda.memory_allocated() / 1024**3 if device == "cuda" else float("nan")
     try:
-        batches = await run_batches(generator, [1, 8, 16])
+        batches = await run_batches(generator, sizes)
     finally:
         await generator.aclose()
     peak_gb = torch.cuda.max_memory_allocated() / 1024**3 if device == "cuda" else float("nan")
-    card = baseline(holder[0], 4 if smoke else 8)
+    card = baseline(holder[0], baseline_requests)
     shutil.rmtree(directory, ignore_errors=True)
-    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke)"
+    name = torch.cuda.get_device_name() if device == "cuda" else (
+        "CPU (smoke: small shape)" if smoke else f"CPU ({machine()})")
     return {"device": name, "torch": torch.__version__, "write_s": written, "load_s": loaded,
             "weights_gb": weights_gb, "peak_gb": peak_gb, "batches": batches, "model_card": card}
 
@@ -161,11 +176,18 @@ def report(result: dict[str, object]) -> str:
 
 
 def main() -> None:
+    global MAX_NEW
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="small shape on CPU")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--batches", default="1,8,16", help="comma-separated batch sizes")
+    parser.add_argument("--max-new", type=int, default=MAX_NEW, help="new tokens per request")
+    parser.add_argument("--baseline", type=int, default=8, help="requests for the generate baseline")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
-    result = asyncio.run(main_async(args.smoke))
+    MAX_NEW = args.max_new
+    sizes = [int(n) for n in args.batches.split(",")]
+    result = asyncio.run(main_async(args.smoke, args.device, sizes, args.baseline))
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))

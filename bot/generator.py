@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from bot.engine import BatchEngine, EngineConfig, Output, Request
+from bot.engine import BatchEngine, Output, Request
 from bot.errors import GeneratorClosed, GeneratorError, ModelLoadError, QueueFullError, RinnaError
 from bot.sampling import GenerationParams
 from bot.tokenizer import Tokenizer

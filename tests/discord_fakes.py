@@ -8,39 +8,22 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from bot.sampling import GenerationParams
+from tests.fakes import ScriptedGenerator as _Shared
 
 # ----- a generator that says what the test tells it ------------------------------------------
 
 
-class ScriptedGenerator:
-    """Yields scripted replies in small deltas (or raises scripted errors); records prompts."""
+class ScriptedGenerator(_Shared):
+    """The shared scripted generator with Discord tests' default reply."""
 
-    def __init__(self, replies: Sequence[str | BaseException] = (), default: str = "はい。",
-                 delta_chars: int = 40) -> None:
-        self.replies = list(replies)
-        self.default = default
-        self.delta_chars = delta_chars
-        self.prompts: list[str] = []
-
-    async def stream(self, prompt: str, params: GenerationParams | None = None, *,
-                     on_wait: Callable[[int], Any] | None = None) -> AsyncIterator[str]:
-        self.prompts.append(prompt)
-        reply = self.replies.pop(0) if self.replies else self.default
-        if isinstance(reply, BaseException):
-            raise reply
-        for start in range(0, len(reply), self.delta_chars):
-            await asyncio.sleep(0)
-            yield reply[start:start + self.delta_chars]
-
-    async def aclose(self) -> None:
-        return None
+    def __init__(self) -> None:
+        super().__init__(default="はい。")
 
 
 def sentences(total_chars: int) -> str:

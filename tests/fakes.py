@@ -14,11 +14,17 @@ from bot.sampling import GenerationParams
 
 
 class ScriptedGenerator:
-    """Streams `deltas`, then raises `error` if given. Records every prompt it was sent."""
+    """One scripted reply per request, in order; once they run out, `default` for every
+    request. A reply is a string (streamed in deltas of `chunk` characters) or an exception
+    (raised before any text). `error`, if given, is raised after the text of every reply (a
+    failure mid-stream); `gate`, if given, holds every stream until it is set."""
 
-    def __init__(self, deltas: Sequence[str] = ("はい、", "分かりました。"),
+    def __init__(self, replies: Sequence[str | BaseException] = (), *,
+                 default: str | BaseException = "はい、分かりました。", chunk: int = 40,
                  error: Exception | None = None, gate: asyncio.Event | None = None) -> None:
-        self.deltas = list(deltas)
+        self.replies = list(replies)
+        self.default = default
+        self.chunk = chunk
         self.error = error
         self.gate = gate
         self.prompts: list[str] = []
@@ -26,10 +32,14 @@ class ScriptedGenerator:
     async def stream(self, prompt: str, params: GenerationParams | None = None, *,
                      on_wait: WaitCallback | None = None) -> AsyncIterator[str]:
         self.prompts.append(prompt)
+        reply = self.replies.pop(0) if self.replies else self.default
         if self.gate is not None:
             await self.gate.wait()
-        for delta in self.deltas:
-            yield delta
+        if isinstance(reply, BaseException):
+            raise reply
+        for start in range(0, len(reply), self.chunk):
+            await asyncio.sleep(0)  # a real stream yields to the loop between deltas
+            yield reply[start:start + self.chunk]
         if self.error is not None:
             raise self.error
 

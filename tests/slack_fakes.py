@@ -13,14 +13,13 @@ import hmac
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
-from bot.sampling import GenerationParams
 
 TEAM = "T0TEAM"
 BOT_USER = "UBOT"
@@ -263,24 +262,3 @@ def command_form(text: str, *, channel: str = "C1", user: str = "U1",
     })
 
 
-# ----- a generator with scripted replies ------------------------------------------------------
-class ScriptedGenerator:
-    """Yields scripted replies in chunks (or raises a scripted error); records prompts."""
-
-    def __init__(self, replies: Sequence[str | BaseException], chunk: int = 400) -> None:
-        self.replies = list(replies)
-        self.chunk = chunk
-        self.prompts: list[str] = []
-
-    async def stream(self, prompt: str, params: GenerationParams | None = None, *,
-                     on_wait: Any = None) -> AsyncIterator[str]:
-        self.prompts.append(prompt)
-        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        if isinstance(reply, BaseException):
-            raise reply
-        for start in range(0, len(reply), self.chunk):
-            await asyncio.sleep(0)
-            yield reply[start:start + self.chunk]
-
-    async def aclose(self) -> None:
-        return None

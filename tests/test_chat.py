@@ -46,7 +46,7 @@ async def test_answers_with_the_real_model_and_stores_both_turns(
 
 async def test_the_prompt_carries_the_thread_history(store: HistoryStore,
                                                      tokenizer: Tokenizer) -> None:
-    generator = ScriptedGenerator(["答え"])
+    generator = ScriptedGenerator(default="答え")
     chat = service(store, tokenizer, generator)
     await chat.handle(KEY, IncomingMessage("一つ目", "m1"), RecordingSink())
     await chat.handle(KEY, IncomingMessage("二つ目\n改行あり", "m2"), RecordingSink())
@@ -83,7 +83,7 @@ async def test_an_empty_message_gets_the_usage_hint_without_generating(
 async def test_turns_of_one_conversation_run_in_arrival_order(store: HistoryStore,
                                                              tokenizer: Tokenizer) -> None:
     gate = asyncio.Event()
-    generator = ScriptedGenerator(["答え"], gate=gate)
+    generator = ScriptedGenerator(default="答え", gate=gate)
     chat = service(store, tokenizer, generator)
     tasks = [asyncio.create_task(chat.handle(KEY, IncomingMessage(f"質問{i}", f"m{i}"),
                                              RecordingSink())) for i in range(4)]
@@ -122,7 +122,7 @@ async def test_an_unexpected_error_is_logged_and_the_user_gets_a_plain_message(
 
 async def test_a_huge_message_is_shortened_and_the_user_told(store: HistoryStore,
                                                              tokenizer: Tokenizer) -> None:
-    generator = ScriptedGenerator(["答え"])
+    generator = ScriptedGenerator(default="答え")
     sink = RecordingSink()
     huge = "長い文章です。" * 150_000  # about 1 MB
     await service(store, tokenizer, generator, budget=400).handle(
@@ -141,7 +141,7 @@ async def test_an_empty_answer_is_not_stored(store: HistoryStore, tokenizer: Tok
 
 
 async def test_reset_starts_afresh(store: HistoryStore, tokenizer: Tokenizer) -> None:
-    generator = ScriptedGenerator(["答え"])
+    generator = ScriptedGenerator(default="答え")
     chat = service(store, tokenizer, generator)
     await chat.handle(KEY, IncomingMessage("前の話", "m1"), RecordingSink())
     assert await chat.reset(KEY, "reset-1") is True

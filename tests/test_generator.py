@@ -57,9 +57,9 @@ async def test_batched_rows_equal_each_row_alone(generator: LocalGenerator) -> N
     together = await asyncio.gather(*[collect(generator.stream(p, GREEDY)) for p in PROMPTS])
     assert ["".join(t) for t in together] == alone
     seeded = [GenerationParams(max_new_tokens=24, seed=i) for i in range(len(PROMPTS))]
-    alone = ["".join(await collect(generator.stream(p, s))) for p, s in zip(PROMPTS, seeded)]
+    alone = ["".join(await collect(generator.stream(p, s))) for p, s in zip(PROMPTS, seeded, strict=True)]
     together = await asyncio.gather(
-        *[collect(generator.stream(p, s)) for p, s in zip(PROMPTS, seeded)])
+        *[collect(generator.stream(p, s)) for p, s in zip(PROMPTS, seeded, strict=True)])
     assert ["".join(t) for t in together] == alone  # sampling: same seed, same text
 
 

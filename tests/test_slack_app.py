@@ -35,6 +35,7 @@ from bot.errors import ConfigError, GenerationTimeout, GeneratorError, QueueFull
 from bot.reply import PLACEHOLDER
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
+from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (
     APP_TOKEN,
     BOT_ID,
@@ -44,7 +45,6 @@ from tests.slack_fakes import (
     TEAM,
     FakeSlack,
     Failure,
-    ScriptedGenerator,
     command_form,
     event_callback,
     eventually,
@@ -144,7 +144,8 @@ async def slack(chat: ChatService, slack_settings: Settings, fake: FakeSlack
 
 def scripted_chat(store: HistoryStore, tokenizer: Tokenizer, settings: Settings,
                   replies: Sequence[str | BaseException]) -> tuple[ChatService, ScriptedGenerator]:
-    generator = ScriptedGenerator(replies)
+    *first, last = replies  # the last reply answers every later request too
+    generator = ScriptedGenerator(first, default=last, chunk=400)
     config = ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0)
     return ChatService(store, generator, tokenizer, config), generator
 
