@@ -79,8 +79,10 @@ class ChatService:
         self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
     ) -> int:
         """Store a thread's earlier messages (oldest first) before the bot joins it."""
+        cleaned = [(Turn(turn.speaker, text), delivery) for turn, delivery in turns
+                   if (text := clean_text(turn.text).strip())]
         async with self._conversation(key):
-            return await self.store.import_turns(key, turns)
+            return await self.store.import_turns(key, cleaned)
 
     async def handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                      *, stream_interval_s: float | None = None) -> Outcome:

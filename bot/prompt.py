@@ -17,8 +17,9 @@ SHORTENED_MARK = "…（以下省略）"
 _FORGED_LABEL = re.compile(
     rf"^(\s*)({Speaker.USER}|{Speaker.SYSTEM})(\s*[:：])", re.MULTILINE
 )
-# Control characters other than newline and tab are dropped (NUL included).
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters other than newline and tab are dropped (NUL included), and so are lone
+# surrogates (JSON can carry "\ud800"; neither sentencepiece nor SQLite can take one).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 # The stand-in for a typed "<NL>": not folded back to "<" / ">" by NFKC.
 _NL_STAND_IN = "〈NL〉"
 

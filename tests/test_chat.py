@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from bot.chat import EMPTY_ANSWER, SHORTENED_NOTICE, USAGE_MESSAGE, ChatConfig, ChatService, Outcome
-from bot.conversation import ConversationKey, IncomingMessage, Speaker
+from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import GenerationTimeout, QueueFullError
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
@@ -157,3 +157,14 @@ async def test_message_text_stays_out_of_info_logs(store: HistoryStore, tokenize
         await chat.handle(KEY, IncomingMessage("ひみつの質問", "m1"), RecordingSink())
     text = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
     assert "answered" in text and "ひみつ" not in text
+
+
+async def test_imported_history_is_cleaned_like_messages(store: HistoryStore,
+                                                         tokenizer: Tokenizer) -> None:
+    generator = ScriptedGenerator(default="答え")
+    chat = service(store, tokenizer, generator)
+    stored = await chat.import_history(KEY, [(Turn(Speaker.USER, "壊れた\ud800文字\x00"), "a"),
+                                             (Turn(Speaker.SYSTEM, "  \n "), "b")])
+    assert stored == 1
+    await chat.handle(KEY, IncomingMessage("続き\udfff", "c"), RecordingSink())
+    assert generator.prompts[-1] == "ユーザー: 壊れた文字<NL>ユーザー: 続き<NL>システム: "
