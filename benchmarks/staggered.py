@@ -89,9 +89,9 @@ async def calibrate(settings) -> float:
 def main() -> None:
     settings = tiny_settings()
     alone = asyncio.run(calibrate(settings))
-    # Continuous batching at ~6 in flight stretches a chat to about 2x its solo time, so this
+    # Continuous batching at ~6 in flight stretches a chat to about 3x its solo time, so this
     # rate keeps 4-8 in flight there (Little's law: L = rate x time in system).
-    rate = 6 / (2.0 * alone)
+    rate = 6 / (3.0 * alone)
     rng = random.Random(SEED)
     gaps = [0.0] + [rng.expovariate(rate) for _ in range(CHATS - 1)]
     policies = {
