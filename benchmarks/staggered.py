@@ -86,14 +86,22 @@ async def calibrate(settings) -> float:
         await generator.aclose()
 
 
+def arrivals(rate: float) -> list[float]:
+    """Seeded Poisson gaps between the chats' arrivals."""
+    rng = random.Random(SEED)
+    return [0.0] + [rng.expovariate(rate) for _ in range(CHATS - 1)]
+
+
 def main() -> None:
     settings = tiny_settings()
     alone = asyncio.run(calibrate(settings))
-    # Continuous batching at ~6 in flight stretches a chat to about 3x its solo time, so this
-    # rate keeps 4-8 in flight there (Little's law: L = rate x time in system).
-    rate = 6 / (3.0 * alone)
-    rng = random.Random(SEED)
-    gaps = [0.0] + [rng.expovariate(rate) for _ in range(CHATS - 1)]
+    # Aim for ~6 in flight under continuous joining: a first guess from the solo time, then
+    # one correction by Little's law (in flight = rate x time in system) from a trial run.
+    rate = 6 / (2.0 * alone)
+    _, trial_flight = asyncio.run(run(make_generator(settings, max_batch=32),
+                                      arrivals(rate)))
+    rate *= 6 / max(trial_flight, 0.5)
+    gaps = arrivals(rate)
     policies = {
         "continuous joining": dict(max_batch=32, continuous=True),
         "batch-at-a-time": dict(max_batch=32, continuous=False),

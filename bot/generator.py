@@ -100,6 +100,8 @@ class LocalGenerator:
             self._cond.notify()
         if self._stopped is not None:
             await asyncio.shield(self._stopped)
+        if self._thread.is_alive():  # it is on its way out: wait for it, off the loop
+            await asyncio.to_thread(self._thread.join)
 
     # ----- requests (event loop side) --------------------------------------------------
     async def stream(
