@@ -36,3 +36,6 @@ def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     # Libraries are chatty at INFO (every HTTP request): keep them to warnings unless debugging.
     for noisy in ("discord", "slack_bolt", "slack_sdk", "aiohttp.access", "httpx", "websockets"):
         logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
+    # bitsandbytes on CPU suggests installing a hub-downloaded kernel at every load; it works
+    # without it, and the hint would send people to the network for nothing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel("ERROR")

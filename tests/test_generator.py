@@ -63,6 +63,25 @@ async def test_batched_rows_equal_each_row_alone(generator: LocalGenerator) -> N
     assert ["".join(t) for t in together] == alone  # sampling: same seed, same text
 
 
+async def test_a_cancelled_row_does_not_disturb_the_others(generator: LocalGenerator) -> None:
+    params = GenerationParams(max_new_tokens=40, do_sample=False)
+    alone = ["".join(await collect(generator.stream(p, params))) for p in PROMPTS[:4]]
+    first_delta = asyncio.Event()
+
+    async def doomed() -> None:
+        async for _ in generator.stream(PROMPTS[4], GenerationParams(max_new_tokens=1800,
+                                                                        do_sample=False)):
+            first_delta.set()
+
+    victim = asyncio.create_task(doomed())
+    others = [asyncio.create_task(collect(generator.stream(p, params))) for p in PROMPTS[:4]]
+    await first_delta.wait()
+    await wait_for(lambda: generator.running == 5)  # all five rows share the batch
+    victim.cancel()
+    together = await asyncio.gather(*others)
+    assert ["".join(t) for t in together] == alone
+
+
 async def test_a_request_joins_a_running_batch(generator: LocalGenerator) -> None:
     finished: list[str] = []
     long_started = asyncio.Event()
