@@ -28,7 +28,6 @@ USAGE_MESSAGE = "質問を書いてください。例: 「日本で一番高い�
 SHORTENED_NOTICE = "（メッセージが長すぎたため、先頭の一部だけを読んで答えました）"
 EMPTY_ANSWER = "（うまく答えられませんでした。言い換えてもう一度お試しください）"
 UNEXPECTED_ERROR = RinnaError.user_message
-WAITING_TEMPLATE = "順番待ち: {position}番目"
 _PAGE = 64
 
 

@@ -185,6 +185,9 @@ class LocalGenerator:
         waiting: deque[Request] = deque()
         try:
             self._serve(engine, waiting)
+        except Exception:
+            log.exception("the generator's worker stopped on an unexpected error")
+            raise
         finally:
             closed = GeneratorClosed("generator stopped")
             ended = [Output(r.id, "", True, closed) for r in waiting]
