@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -36,6 +37,8 @@ from bot.reply import PLACEHOLDER, MessageReply
 log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
+DELIVERY_ERRORS: tuple[type[BaseException], ...] = (
+    discord.HTTPException, aiohttp.ClientError, TimeoutError)
 THREAD_NAME_CHARS = 50  # Discord allows 100; a short name reads better in the channel list
 THREAD_ARCHIVE_MINUTES = 1440
 DEFAULT_THREAD_NAME = "rinna との会話"
@@ -184,9 +187,9 @@ class NewThreadDestination:
         try:
             return await self.message.create_thread(
                 name=self.name, auto_archive_duration=THREAD_ARCHIVE_MINUTES)
-        except discord.HTTPException as exc:
-            log.warning("could not open a thread on message %s (%s %s); answering in the channel",
-                        self.message.id, exc.status, exc.code)
+        except DELIVERY_ERRORS as exc:
+            log.warning("could not open a thread on message %s (%s); answering in the channel",
+                        self.message.id, _describe(exc))
             return self.message.channel
 
 
@@ -209,6 +212,21 @@ class InteractionDestination:
         return await self.interaction.followup.send(text, wait=True)
 
 
+async def _tell_failure(interaction: discord.Interaction) -> None:
+    """End a deferred command with the generic Japanese error (it would spin until expiry)."""
+    try:
+        await interaction.edit_original_response(content=RinnaError.user_message)
+    except DELIVERY_ERRORS as exc:
+        log.warning("interaction %s: could not report the failure: %s", interaction.id,
+                    _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, discord.HTTPException):
+        return f"Discord error {exc.status} {exc.code}"
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
 # ----- the sink ------------------------------------------------------------------------------
 
 
@@ -216,7 +234,8 @@ class DiscordReply(MessageReply):
     """A reply as Discord messages: placeholder, edits, split pieces; typing while it runs."""
 
     limit = 2000
-    delivery_errors = (discord.HTTPException,)
+    # discord.py turns API errors into HTTPException, but lets some network failures through
+    delivery_errors = DELIVERY_ERRORS
 
     def __init__(self, destination: Destination) -> None:
         super().__init__()
@@ -226,8 +245,8 @@ class DiscordReply(MessageReply):
     async def post(self, text: str) -> Any:
         return await self.destination.send(text)
 
-    async def edit(self, handle: Any, text: str) -> None:
-        await handle.edit(content=text)
+    async def edit(self, handle: Any, text: str, *, final: bool) -> None:
+        await handle.edit(content=text)  # discord.py paces edits within the rate limit itself
 
     async def start(self) -> None:
         await super().start()
@@ -255,9 +274,9 @@ async def _keep_typing(channel: Any) -> None:
         while True:
             await channel.typing()
             await asyncio.sleep(TYPING_EVERY_S)
-    except discord.HTTPException as exc:
-        log.info("typing indicator unavailable in channel %s: %s %s",
-                 getattr(channel, "id", "?"), exc.status, exc.code)
+    except DELIVERY_ERRORS as exc:
+        log.info("typing indicator unavailable in channel %s: %s",
+                 getattr(channel, "id", "?"), _describe(exc))
 
 
 # ----- the cog -------------------------------------------------------------------------------
@@ -278,9 +297,10 @@ class ChatCog(commands.Cog):
             return
         try:
             await self._on_message(message, me)
-        except discord.HTTPException as exc:
-            log.warning("message %s: Discord error %s %s", message.id, exc.status, exc.code,
-                        exc_info=exc)
+        except DELIVERY_ERRORS as exc:
+            log.warning("message %s: %s", message.id, _describe(exc), exc_info=exc)
+        except Exception:  # the platform's error boundary: logged, the client keeps running
+            log.exception("message %s: could not handle it", message.id)
 
     @staticmethod
     def _wanted(message: discord.Message, me: discord.ClientUser) -> bool:
@@ -320,9 +340,9 @@ class ChatCog(commands.Cog):
         try:
             turns = await read_thread_history(
                 thread, before, me_id, self.bot.settings.prompt_budget, self.chat.tokenizer.count)
-        except discord.HTTPException as exc:
-            log.warning("%s: could not read the thread's history (%s %s); answering without it",
-                        key, exc.status, exc.code)
+        except DELIVERY_ERRORS as exc:
+            log.warning("%s: could not read the thread's history (%s); answering without it",
+                        key, _describe(exc))
             return
         stored = await self.chat.import_history(key, turns)
         log.info("%s: joined the thread with %d earlier messages", key, stored)
@@ -348,9 +368,11 @@ class ChatCog(commands.Cog):
         try:
             await interaction.response.defer(thinking=True)
             await self._ask(interaction, question)
-        except discord.HTTPException as exc:
-            log.warning("/ask %s: Discord error %s %s", interaction.id, exc.status, exc.code,
-                        exc_info=exc)
+        except DELIVERY_ERRORS as exc:
+            log.warning("/ask %s: %s", interaction.id, _describe(exc), exc_info=exc)
+        except Exception:
+            log.exception("/ask %s: could not handle it", interaction.id)
+            await _tell_failure(interaction)
 
     async def _ask(self, interaction: discord.Interaction, question: str) -> None:
         channel = interaction.channel
@@ -375,9 +397,9 @@ class ChatCog(commands.Cog):
         try:
             return await message.create_thread(name=name,
                                                auto_archive_duration=THREAD_ARCHIVE_MINUTES)
-        except discord.HTTPException as exc:
-            log.warning("could not open a thread on the /ask answer %s (%s %s)",
-                        message.id, exc.status, exc.code)
+        except DELIVERY_ERRORS as exc:
+            log.warning("could not open a thread on the /ask answer %s (%s)",
+                        message.id, _describe(exc))
             return None
 
     @app_commands.command(name="reset", description="このスレッド（または DM）の会話を最初からやり直します")
@@ -390,17 +412,18 @@ class ChatCog(commands.Cog):
             await interaction.response.defer(thinking=True)
             await self.chat.reset(conversation_key(channel, interaction.guild_id))
             await interaction.edit_original_response(content=RESET_DONE)
-        except discord.HTTPException as exc:
-            log.warning("/reset %s: Discord error %s %s", interaction.id, exc.status, exc.code,
-                        exc_info=exc)
+        except DELIVERY_ERRORS as exc:
+            log.warning("/reset %s: %s", interaction.id, _describe(exc), exc_info=exc)
+        except Exception:
+            log.exception("/reset %s: could not handle it", interaction.id)
+            await _tell_failure(interaction)
 
     @app_commands.command(name="help", description="rinna の使い方を表示します")
     async def help(self, interaction: discord.Interaction) -> None:
         try:
             await interaction.response.send_message(HELP_MESSAGE, ephemeral=True)
-        except discord.HTTPException as exc:
-            log.warning("/help %s: Discord error %s %s", interaction.id, exc.status, exc.code,
-                        exc_info=exc)
+        except DELIVERY_ERRORS as exc:
+            log.warning("/help %s: %s", interaction.id, _describe(exc), exc_info=exc)
 
 
 # ----- the bot -------------------------------------------------------------------------------

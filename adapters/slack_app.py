@@ -60,7 +60,7 @@ USER_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
                          "token_expired", "not_allowed_token_type"})
 
-RESET_DONE = "このスレッドの会話をリセットしました。"
+RESET_DONE = "会話をリセットしました。次のメッセージから新しい会話になります。"
 RESET_HINT = ("スラッシュコマンドはスレッドの中では使えません。"
               "リセットしたいスレッドで `@rinna リセット` と書いてください。")
 FAILURE_MESSAGE = RinnaError.user_message
@@ -105,13 +105,13 @@ class SlackApi:
         self.max_wait_s = max_wait_s
         self.sleep = sleep
 
-    async def call(self, method: str, **kwargs: Any) -> AsyncSlackResponse:
+    async def call(self, method: str, *, retry: bool = True, **kwargs: Any) -> AsyncSlackResponse:
         attempt = 0
         while True:
             try:
                 return await getattr(self.client, method)(**kwargs)
             except SlackApiError as exc:
-                delay = self._retry_delay(exc.response, attempt)
+                delay = self._retry_delay(exc.response, attempt) if retry else None
                 if delay is None:
                     raise
                 log.warning("slack %s: %s (HTTP %s); retry %d in %.1f s", method,
@@ -186,8 +186,11 @@ class SlackReply(MessageReply):
             text=escape(text), unfurl_links=False, unfurl_media=False)
         return str(response["ts"])
 
-    async def edit(self, handle: Any, text: str) -> None:
-        await self.api.call("chat_update", channel=self.channel, ts=handle, text=escape(text))
+    async def edit(self, handle: Any, text: str, *, final: bool) -> None:
+        # chat.update is rate-limited (Tier 3): a preview that hits the limit is dropped, not
+        # waited out, so the stream never stalls; the final text is retried.
+        await self.api.call("chat_update", retry=final, channel=self.channel, ts=handle,
+                            text=escape(text))
 
 
 # ----- events as values -----------------------------------------------------------------------

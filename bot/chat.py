@@ -18,9 +18,10 @@ from bot.conversation import ConversationKey, IncomingMessage, ReplySink, Speake
 from bot.errors import RinnaError
 from bot.generator import Generator
 from bot.prompt import clean_text, fit_prompt, format_turn
+from bot.reply import PLACEHOLDER, WAITING
 from bot.sampling import GenerationParams
 from bot.tokenizer import Tokenizer
-from storage.history import HistoryStore
+from storage.history import Claim, HistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,24 @@ SHORTENED_NOTICE = "（メッセージが長すぎたため、先頭の一部だ
 EMPTY_ANSWER = "（うまく答えられませんでした。言い換えてもう一度お試しください）"
 UNEXPECTED_ERROR = RinnaError.user_message
 _PAGE = 64
+
+
+def _error_messages(cls: type[RinnaError]) -> set[str]:
+    return {cls.user_message}.union(*(_error_messages(sub) for sub in cls.__subclasses__()))
+
+
+_NOTICES = frozenset({PLACEHOLDER, USAGE_MESSAGE, EMPTY_ANSWER, *_error_messages(RinnaError)})
+
+
+def as_history(turn: Turn) -> Turn | None:
+    """A platform message as a history turn: text cleaned; the bot's notices (placeholder,
+    usage hint, error messages, queue position) dropped, since they are not answers."""
+    text = clean_text(turn.text).strip()
+    if turn.speaker is Speaker.SYSTEM:
+        if text in _NOTICES or text.startswith(WAITING.split("{", 1)[0]):
+            return None
+        text = text.removesuffix(SHORTENED_NOTICE).strip()
+    return Turn(turn.speaker, text) if text else None
 
 
 class Outcome(StrEnum):
@@ -78,8 +97,8 @@ class ChatService:
         self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
     ) -> int:
         """Store a thread's earlier messages (oldest first) before the bot joins it."""
-        cleaned = [(Turn(turn.speaker, text), delivery) for turn, delivery in turns
-                   if (text := clean_text(turn.text).strip())]
+        cleaned = [(kept, delivery) for turn, delivery in turns
+                   if (kept := as_history(turn)) is not None]
         async with self._conversation(key):
             return await self.store.import_turns(key, cleaned)
 
@@ -87,8 +106,8 @@ class ChatService:
                      *, stream_interval_s: float | None = None) -> Outcome:
         """Answer `message` into `sink`. `stream_interval_s` overrides how often the sink gets
         the growing text (a terminal can take every token; chat platforms about once a second)."""
-        conversation = await self.store.claim(key, message.delivery_key)
-        if conversation is None:
+        claim = await self.store.claim(key, message.delivery_key)
+        if claim is None:
             log.info("%s: message %s already seen; not answering again", key, message.delivery_key)
             return Outcome.DUPLICATE
         text = clean_text(message.text).strip()
@@ -98,7 +117,7 @@ class ChatService:
         await sink.start()
         try:
             async with self._conversation(key):
-                answer, shortened = await self._turn(key, conversation, message, text, sink,
+                answer, shortened = await self._turn(key, claim, message, text, sink,
                                                      stream_interval_s)
         except RinnaError as exc:
             log.warning("%s: answer failed: %s", key, type(exc).__name__, exc_info=exc)
@@ -114,14 +133,16 @@ class ChatService:
             await sink.finish(f"{answer}\n\n{SHORTENED_NOTICE}" if shortened else answer)
         return Outcome.ANSWERED
 
-    async def _turn(self, key: ConversationKey, conversation: int, message: IncomingMessage,
+    async def _turn(self, key: ConversationKey, claim: Claim, message: IncomingMessage,
                     text: str, sink: ReplySink, interval: float | None) -> tuple[str, bool]:
-        """Store the user turn, generate, store the answer (unless empty). Under the lock."""
-        await self.store.add_turn(conversation, Turn(Speaker.USER, text),
-                                  (key.platform, message.delivery_key))
-        answer, shortened = await self._answer(conversation, sink, interval)
+        """Store the user turn (unless it came in with the thread's history), generate, store
+        the answer (unless empty). Runs under the conversation's lock."""
+        if claim.stored_turn is None:
+            await self.store.add_turn(claim.conversation, Turn(Speaker.USER, text),
+                                      (key.platform, message.delivery_key))
+        answer, shortened = await self._answer(claim.conversation, sink, interval)
         if answer:
-            await self.store.add_turn(conversation, Turn(Speaker.SYSTEM, answer))
+            await self.store.add_turn(claim.conversation, Turn(Speaker.SYSTEM, answer))
         return answer, shortened
 
     async def _answer(self, conversation: int, sink: ReplySink,

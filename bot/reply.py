@@ -34,8 +34,10 @@ class MessageReply(ABC):
         """Send a new message; return what `edit` needs to change it."""
 
     @abstractmethod
-    async def edit(self, handle: Any, text: str) -> None:
-        """Replace the text of a message this reply posted."""
+    async def edit(self, handle: Any, text: str, *, final: bool) -> None:
+        """Replace the text of a message this reply posted. `final` is False for previews,
+        which a platform may drop rather than retry (the next preview or the final text
+        replaces them anyway)."""
 
     async def start(self) -> None:
         self._handle = await self._try_post(PLACEHOLDER)
@@ -62,7 +64,7 @@ class MessageReply(ABC):
         text cannot be edited in (the placeholder was deleted, say)."""
         if self._handle is not None:
             try:
-                await self.edit(self._handle, text)
+                await self.edit(self._handle, text, final=final)
                 return
             except self.delivery_errors as exc:
                 log.warning("could not edit reply: %s", _describe(exc))

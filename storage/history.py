@@ -24,6 +24,15 @@ from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """A platform message taken on for answering. `stored_turn` is set when its text is
+    already in the history (it was read in with the thread before its own event arrived)."""
+
+    conversation: int
+    stored_turn: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredTurn:
     id: int
     turn: Turn
@@ -107,24 +116,32 @@ class HistoryStore:
         return None if row is None else int(row[0])
 
     async def reset(self, key: ConversationKey) -> None:
-        """Start the conversation afresh: later prompts see only turns stored after this."""
+        """Start the conversation afresh: later prompts see only turns stored after this.
+        A conversation the bot is not part of stays that way (no row is created)."""
         async with self._transaction() as db:
-            conversation = await self._conversation_id(db, key)
             await db.execute(
-                "UPDATE conversations SET history_start ="
-                " (SELECT COALESCE(MAX(id), 0) FROM turns) WHERE id = ?", (conversation,))
+                "UPDATE conversations SET history_start = (SELECT COALESCE(MAX(id), 0) FROM turns)"
+                " WHERE platform=? AND workspace=? AND channel=? AND thread=?",
+                (key.platform, key.workspace, key.channel, key.thread))
 
     # ----- deliveries and turns --------------------------------------------------------
-    async def claim(self, key: ConversationKey, delivery_key: str) -> int | None:
-        """Record that a platform message arrived. Returns the conversation id, or None if this
-        message was seen before (a retry or redelivery: do not answer it again)."""
+    async def claim(self, key: ConversationKey, delivery_key: str) -> Claim | None:
+        """Take on a platform message for answering. None if it was taken on before (a retry or
+        a redelivery: do not answer it again). A message first read in as thread history is
+        taken on once, with its stored turn."""
         async with self._transaction() as db:
             conversation = await self._conversation_id(db, key)
             cursor = await db.execute(
                 "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
                 " received_at) VALUES (?, ?, ?, ?)",
                 (key.platform, delivery_key, conversation, time.time()))
-            return conversation if cursor.rowcount == 1 else None
+            if cursor.rowcount == 1:
+                return Claim(conversation)
+            row = await (await db.execute(
+                "UPDATE deliveries SET imported = 0 WHERE platform=? AND delivery_key=?"
+                " AND imported = 1 RETURNING conversation_id, turn_id",
+                (key.platform, delivery_key))).fetchone()
+            return None if row is None else Claim(int(row[0]), row[1])
 
     async def seen(self, platform: str, delivery_key: str) -> bool:
         row = await (await self._db.execute(
@@ -151,7 +168,8 @@ class HistoryStore:
         self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
     ) -> int:
         """Store a thread's earlier messages (oldest first) as its history, in one transaction.
-        Each (turn, delivery_key) with a key is recorded as seen; already-seen ones are skipped.
+        Each (turn, delivery_key) with a key is recorded (as imported: its own event, if it
+        comes, is still answered once); already-seen ones are skipped.
         Returns the number of turns stored."""
         stored = 0
         async with self._transaction() as db:
@@ -160,13 +178,17 @@ class HistoryStore:
                 if delivery_key is not None:
                     cursor = await db.execute(
                         "INSERT OR IGNORE INTO deliveries (platform, delivery_key,"
-                        " conversation_id, received_at) VALUES (?, ?, ?, ?)",
+                        " conversation_id, received_at, imported) VALUES (?, ?, ?, ?, 1)",
                         (key.platform, delivery_key, conversation, time.time()))
                     if cursor.rowcount != 1:
-                        continue
-                await db.execute(
+                        continue  # seen before: already in some history
+                cursor = await db.execute(
                     "INSERT INTO turns (conversation_id, speaker, text, created_at)"
                     " VALUES (?,?,?,?)", (conversation, str(turn.speaker), turn.text, time.time()))
+                if delivery_key is not None:
+                    await db.execute(
+                        "UPDATE deliveries SET turn_id=? WHERE platform=? AND delivery_key=?",
+                        (cursor.lastrowid, key.platform, delivery_key))
                 stored += 1
         return stored
 

@@ -32,6 +32,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (platform, delivery_key)
     ) WITHOUT ROWID;
     """,
+    # 2: a delivery stored as thread history (the bot joining mid-way) rather than claimed by
+    # its own event: that event may still arrive and must be answered, once
+    """
+    ALTER TABLE deliveries ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

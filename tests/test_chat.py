@@ -163,8 +163,39 @@ async def test_imported_history_is_cleaned_like_messages(store: HistoryStore,
                                                          tokenizer: Tokenizer) -> None:
     generator = ScriptedGenerator(default="答え")
     chat = service(store, tokenizer, generator)
-    stored = await chat.import_history(KEY, [(Turn(Speaker.USER, "壊れた\ud800文字\x00"), "a"),
-                                             (Turn(Speaker.SYSTEM, "  \n "), "b")])
+    stored = await chat.import_history(KEY, [
+        (Turn(Speaker.USER, "壊れた\ud800文字\x00"), "a"),
+        (Turn(Speaker.SYSTEM, "  \n "), "b"),
+        (Turn(Speaker.SYSTEM, "考え中…"), "c"),  # the bot's notices are not answers
+        (Turn(Speaker.SYSTEM, QueueFullError.user_message), "d"),
+        (Turn(Speaker.SYSTEM, "順番待ち: 2番目"), "e"),
+    ])
     assert stored == 1
-    await chat.handle(KEY, IncomingMessage("続き\udfff", "c"), RecordingSink())
+    await chat.handle(KEY, IncomingMessage("続き\udfff", "f"), RecordingSink())
     assert generator.prompts[-1] == "ユーザー: 壊れた文字<NL>ユーザー: 続き<NL>システム: "
+
+
+async def test_a_message_read_in_with_its_thread_is_still_answered_once(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    """Two mentions close together in a thread the bot is joining: the second one's history
+    read picks up the first before the first's own event is handled. The first is still
+    answered, once, and its text is in the history once."""
+    generator = ScriptedGenerator(default="答え")
+    chat = service(store, tokenizer, generator)
+    await chat.import_history(KEY, [(Turn(Speaker.USER, "前の話"), "x"),
+                                    (Turn(Speaker.USER, "一つ目の質問"), "a")])
+    assert await chat.handle(KEY, IncomingMessage("一つ目の質問", "a"), RecordingSink()) \
+        is Outcome.ANSWERED
+    assert generator.prompts[-1] == (
+        "ユーザー: 前の話<NL>ユーザー: 一つ目の質問<NL>システム: ")
+    assert await chat.handle(KEY, IncomingMessage("一つ目の質問", "a"), RecordingSink()) \
+        is Outcome.DUPLICATE
+    assert await history(store) == [(Speaker.USER, "前の話"), (Speaker.USER, "一つ目の質問"),
+                                    (Speaker.SYSTEM, "答え")]
+
+
+async def test_reset_where_the_bot_is_not_part_of_the_conversation_does_not_join_it(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    chat = service(store, tokenizer, ScriptedGenerator())
+    assert await chat.reset(KEY) is True
+    assert not await chat.follows(KEY)

@@ -314,3 +314,22 @@ async def test_without_the_message_content_intent_mentions_still_work(
         user = env.create_user("dm-user")
         await user.send_dm("DMは読めます")
         assert "DMは読めます" in script.prompts[-1]
+
+
+async def test_network_errors_while_replying_are_logged_not_raised(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """discord.py lets some network failures through as aiohttp / timeout errors: a reply that
+    meets one logs it and carries on, so the chat service never loses the turn over it."""
+    import aiohttp
+
+    from adapters.discord_bot import DiscordReply
+
+    class Unreachable:
+        async def send(self, text: str) -> None:
+            raise aiohttp.ServerDisconnectedError()
+
+    sink = DiscordReply(Unreachable())
+    await sink.start()
+    await sink.update("途中")
+    await sink.finish("答え")
+    assert caplog.text.count("could not post reply") == 3

@@ -441,11 +441,14 @@ async def test_ratelimits_and_server_errors_are_retried_after_retry_after(script
 
     slack.service.handlers.api.sleep = no_wait
     slack.fake.fail("chat.postMessage", "ratelimited", status=429, headers={"Retry-After": "7"})
-    slack.fake.fail("chat.update", "internal_error", status=500)
+    # the first chat.update is the growing preview: dropped on failure, not waited out;
+    # the second is the final text: retried after a back-off
+    slack.fake.fail("chat.update", "internal_error", status=500, times=2)
     await slack.event(mention(C1, T0, "質問"))
     await slack.settled(1)
     assert slack.outcomes() == {"answered": 1}
     assert waits == [7.0, 1.0]
+    assert len(slack.fake.called("chat.update")) == 3
     (placeholder,) = slack.fake.posts(C1, T0)
     assert final_text(slack.fake, placeholder.params["_ts"]) == "答えです。"
 

@@ -23,8 +23,9 @@ async def _texts(store: HistoryStore, conversation: int) -> list[str]:
 async def test_turns_survive_a_reopen(tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite3"
     store = await HistoryStore.open(path)
-    conversation = await store.claim(KEY, "m1")
-    assert conversation is not None
+    claim = await store.claim(KEY, "m1")
+    assert claim is not None and claim.stored_turn is None
+    conversation = claim.conversation
     await store.add_turn(conversation, Turn(Speaker.USER, "こんにちは\n二行目"), ("discord", "m1"))
     await store.add_turn(conversation, Turn(Speaker.SYSTEM, "こんにちは!"))
     await store.close()
@@ -72,8 +73,9 @@ async def test_the_same_delivery_is_claimed_once_even_concurrently(store: Histor
 async def test_concurrent_writers_on_one_file(tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite3"
     first, second = await HistoryStore.open(path), await HistoryStore.open(path)
-    conversation = await first.claim(KEY, "start")
-    assert conversation is not None
+    claim = await first.claim(KEY, "start")
+    assert claim is not None
+    conversation = claim.conversation
 
     async def write(store: HistoryStore, prefix: str) -> None:
         for i in range(50):
@@ -90,8 +92,9 @@ async def test_concurrent_writers_on_one_file(tmp_path: Path) -> None:
 
 
 async def test_reset_keeps_old_rows_out_of_the_history(store: HistoryStore) -> None:
-    conversation = await store.claim(KEY, "m1")
-    assert conversation is not None
+    claim = await store.claim(KEY, "m1")
+    assert claim is not None
+    conversation = claim.conversation
     await store.add_turn(conversation, Turn(Speaker.USER, "古い"))
     await store.reset(KEY)
     await store.add_turn(conversation, Turn(Speaker.USER, "新しい"))
@@ -101,13 +104,20 @@ async def test_reset_keeps_old_rows_out_of_the_history(store: HistoryStore) -> N
 
 
 async def test_recent_turns_pages_backwards(store: HistoryStore) -> None:
-    conversation = await store.claim(KEY, "m")
-    assert conversation is not None
+    claim = await store.claim(KEY, "m")
+    assert claim is not None
+    conversation = claim.conversation
     for i in range(10):
         await store.add_turn(conversation, Turn(Speaker.USER, str(i)))
     page = await store.recent_turns(conversation, 4)
     older = await store.recent_turns(conversation, 4, before=page[-1].id)
     assert [t.turn.text for t in page + older] == ["9", "8", "7", "6", "5", "4", "3", "2"]
+
+
+async def test_reset_of_a_conversation_the_bot_is_not_in_creates_nothing(
+        store: HistoryStore) -> None:
+    await store.reset(KEY)
+    assert await store.find(KEY) is None
 
 
 async def test_import_skips_messages_already_seen(store: HistoryStore) -> None:
@@ -118,4 +128,28 @@ async def test_import_skips_messages_already_seen(store: HistoryStore) -> None:
     conversation = await store.find(KEY)
     assert conversation is not None
     assert await _texts(store, conversation) == ["一", "二", "三"]
+    # "1" was read in as history before its own event arrived: that event is answered, once,
+    # without storing its text again
+    claim = await store.claim(KEY, "1")
+    assert claim is not None and claim.conversation == conversation
+    assert claim.stored_turn is not None
     assert await store.claim(KEY, "1") is None
+
+
+async def test_a_version_one_database_is_migrated_in_place(tmp_path: Path) -> None:
+    from storage.schema import MIGRATIONS
+
+    path = tmp_path / "v1.sqlite3"
+    with sqlite3.connect(path) as raw:
+        raw.executescript(MIGRATIONS[0])
+        raw.execute("INSERT INTO conversations VALUES (1, 'slack', 'T', 'C', '1.0', 0, 0)")
+        raw.execute("INSERT INTO deliveries VALUES ('slack', 'C:1.0', 1, NULL, 0)")
+        raw.execute("PRAGMA user_version = 1")
+    store = await HistoryStore.open(path)
+    try:
+        assert await store.claim(ConversationKey("slack", "T", "C", "1.0"), "C:1.0") is None
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+            assert raw.execute("SELECT imported FROM deliveries").fetchone()[0] == 0
+    finally:
+        await store.close()
