@@ -30,7 +30,7 @@ from discord.ext import commands
 from bot.chat import ChatService, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
-from bot.errors import RinnaError
+from bot.errors import ConfigError, RinnaError
 from bot.prompt import clean_text, format_turn
 from bot.reply import PLACEHOLDER, MessageReply
 
@@ -465,21 +465,23 @@ class RinnaDiscordBot(commands.Bot):
                  self.user, self.user.id if self.user else "?", len(self.guilds))
 
     async def start(self, token: str, *, reconnect: bool = True) -> None:
+        """Run until closed. Refusals that only the person running the bot can fix end it with
+        a ConfigError naming what to change (`rinna-bot run` prints it as one line)."""
         try:
             await super().start(token, reconnect=reconnect)
         except discord.PrivilegedIntentsRequired:
-            log.error("Discord refused the Message Content intent: enable it for the bot in the "
-                      "Developer Portal (Bot > Privileged Gateway Intents); see docs/discord.md")
-            raise
+            raise ConfigError(
+                "Discord refused the Message Content intent: enable it in the Developer Portal "
+                "(Bot > Privileged Gateway Intents), or set DISCORD_MESSAGE_CONTENT=false"
+            ) from None
         except discord.LoginFailure:
-            log.error("Discord rejected DISCORD_TOKEN: check the bot token")
-            raise
+            raise ConfigError("DISCORD_TOKEN: Discord rejected the bot token; copy it again "
+                              "from the Developer Portal (Bot > Reset Token)") from None
 
 
 def build_discord_bot(chat: ChatService, settings: Settings, **options: Any) -> RinnaDiscordBot:
     """The bot `rinna-bot run` starts. `options` go to RinnaDiscordBot / discord.py's client
     (`message_content=False` runs without the privileged intent; tests lower timeouts)."""
-    # A future Settings field (DISCORD_MESSAGE_CONTENT) is honoured when it exists.
     options.setdefault("message_content", settings.discord_message_content)
     return RinnaDiscordBot(chat, settings, **options)
 

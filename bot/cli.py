@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.chat import ChatConfig, ChatService
@@ -72,40 +72,41 @@ async def serve(settings: Settings, command: str) -> None:
 
 async def run_platforms(core: Core) -> None:
     """Run every configured platform until a signal arrives or one of them stops."""
-    settings, stops = core.settings, []
+    settings = core.settings
+    stops: list[Callable[[], Awaitable[None]]] = []
     tasks: list[asyncio.Task[None]] = []
-    if settings.discord_enabled:
-        from adapters.discord_bot import build_discord_bot
-
-        bot = build_discord_bot(core.chat, settings)
-        assert settings.discord_token is not None
-        tasks.append(asyncio.create_task(bot.start(settings.discord_token.get_secret_value()),
-                                         name="discord"))
-        stops.append(bot.close)
-    if settings.slack_enabled:
-        from adapters.slack_app import build_slack_service
-
-        slack = build_slack_service(core.chat, settings)
-        await slack.start()
-        stops.append(slack.close)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopped.set)
-    waiter = asyncio.create_task(stopped.wait(), name="signal")
+    tasks.append(asyncio.create_task(stopped.wait(), name="signal"))
     try:
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if settings.discord_enabled:
+            from adapters.discord_bot import build_discord_bot
+
+            assert settings.discord_token is not None
+            bot = build_discord_bot(core.chat, settings)
+            stops.append(bot.close)
+            tasks.append(asyncio.create_task(
+                bot.start(settings.discord_token.get_secret_value()), name="discord"))
+        if settings.slack_enabled:
+            from adapters.slack_app import build_slack_service
+
+            slack = build_slack_service(core.chat, settings)
+            await slack.start()
+            stops.append(slack.close)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task is not waiter and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            if (error := task.exception()) is not None:
+                raise error
     finally:
         log.info("shutting down")
         for stop in reversed(stops):
             await stop()
-        for task in [waiter, *tasks]:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(waiter, *tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,7 @@ class FakeDiscord:
     _runner: web.AppRunner | None = None
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     identify: dict[str, Any] = field(default_factory=dict)  # the bot's IDENTIFY payload
+    reject_token: bool = False  # answer the login with 401, as Discord does for a bad token
 
     # --- lifecycle
     async def start(self) -> None:
@@ -113,6 +114,8 @@ class FakeDiscord:
         body = await request.json() if request.can_read_body else None
         self._record(request.method, path, body)
         handler = self._route(request.method, path)
+        if self.reject_token and path == "/users/@me":
+            return self._json({"message": "401: Unauthorized", "code": 0}, status=401)
         if handler is None:
             return self._json({"message": "404: Not Found", "code": 0}, status=404)
         result = handler(path, body)

@@ -14,6 +14,7 @@ from discord.gateway import DiscordWebSocket
 from adapters.discord_bot import build_discord_bot
 from bot.chat import ChatService
 from bot.config import Settings
+from bot.errors import ConfigError
 from bot.conversation import ConversationKey, Speaker
 from bot.reply import PLACEHOLDER, PREVIEW_TAIL
 from storage.history import HistoryStore
@@ -71,3 +72,12 @@ async def test_start_logs_in_receives_a_mention_and_posts_the_answer(
         await bot.close()
         await asyncio.wait_for(running, timeout=10)
     assert bot.is_closed()
+
+
+async def test_a_rejected_token_ends_start_with_one_clear_error(
+        fake_discord: FakeDiscord, chat: ChatService, settings: Settings) -> None:
+    fake_discord.reject_token = True
+    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
+        await asyncio.wait_for(bot.start("wrong-token"), timeout=30)
+    await bot.close()
