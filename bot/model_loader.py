@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def quantization_config(quantization: str, device: torch.device):  # noqa: ANN20
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
     if quantization == "8bit":
+        # bitsandbytes casts 8-bit matmul inputs to fp16 and warns about it on every call
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
 

@@ -210,13 +210,14 @@ async def test_a_prompt_longer_than_the_context_is_refused(generator: LocalGener
         await collect(generator.stream("猫" * 3000, GREEDY))
 
 
-async def test_four_bit_path_on_cpu(settings: Settings) -> None:
-    quantized = settings.model_copy(update={"quantization": "4bit"})
+@pytest.mark.parametrize(("quantization", "layer"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
+async def test_quantized_paths_on_cpu(settings: Settings, quantization: str, layer: str) -> None:
+    quantized = settings.model_copy(update={"quantization": quantization})
     model, _, info = load_model(quantized)
     import bitsandbytes as bnb
 
-    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    assert info.quantization == "4bit" and info.device == "cpu"
+    assert any(isinstance(m, getattr(bnb.nn, layer)) for m in model.modules())
+    assert info.quantization == quantization and info.device == "cpu"
     del model
     generator = await load_generator(quantized)
     try:
