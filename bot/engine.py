@@ -25,13 +25,13 @@ from bot.tokenizer import IncrementalDecoder, Tokenizer
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     max_batch: int = 8
-    kv_cache_bytes: int = 8 * 1024**3
+    kv_cache_bytes: int = 6 * 1024**3  # KV_CACHE_GB
     context_tokens: int = 2048
     request_timeout_s: float = 180.0
     continuous: bool = True  # False: a new batch starts only when the last one is done
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     id: int
     prompt_ids: list[int]
@@ -105,9 +105,9 @@ class BatchEngine:
     def clamp(self, request: Request) -> Request:
         """Prompt plus reply must fit the context: shorten the reply's limit if needed."""
         room = self.config.context_tokens - len(request.prompt_ids)
-        if request.params.max_new_tokens > room:
-            request.params = replace(request.params, max_new_tokens=room)
-        return request
+        if request.params.max_new_tokens <= room:
+            return request
+        return replace(request, params=replace(request.params, max_new_tokens=room))
 
     def can_admit(self, requests: list[Request], incoming: Request) -> bool:
         """Whether `incoming` fits beside the running rows and `requests` already admitted."""
