@@ -114,9 +114,12 @@ class ChatService:
         if not text:
             await sink.finish(USAGE_MESSAGE)
             return Outcome.EMPTY
-        await sink.start()
+        # The placeholder goes out at once, but the turn waits for the conversation's lock,
+        # which is taken here, in arrival order, before anything else can be awaited.
+        starting = asyncio.ensure_future(sink.start())
         try:
             async with self._conversation(key):
+                await starting
                 answer, shortened = await self._turn(key, claim, message, text, sink,
                                                      stream_interval_s)
         except RinnaError as exc:

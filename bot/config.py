@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bot.errors import ConfigError
 
 DEFAULT_MODEL_ID = "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
+MIN_PROMPT_TOKENS = 64  # CONTEXT_TOKENS - MAX_NEW_TOKENS must leave at least this for the prompt
 
 
 class Settings(BaseSettings):
@@ -65,6 +66,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "SLACK_BOT_TOKEN is set: also set SLACK_APP_TOKEN (Socket Mode) "
                 "or SLACK_SIGNING_SECRET (HTTP mode)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _room_for_a_prompt(self) -> Settings:
+        if self.context_tokens - self.max_new_tokens < MIN_PROMPT_TOKENS:
+            raise ValueError(
+                f"CONTEXT_TOKENS ({self.context_tokens}) must exceed MAX_NEW_TOKENS "
+                f"({self.max_new_tokens}) by at least {MIN_PROMPT_TOKENS} tokens for the prompt"
             )
         return self
 

@@ -144,14 +144,23 @@ class BatchEngine:
 
     def step(self) -> list[Output]:
         """One decode step for every running row."""
-        outputs = self._expire()
         if not self.rows:
-            return outputs
+            return []
         assert self.cache is not None and self.mask is not None
         ids = torch.tensor([[r.last] for r in self.rows], device=self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         logits = self._forward(ids, self.mask, self.cache)
-        return outputs + self._sample(logits, first_row=0)
+        return self._sample(logits, first_row=0)
+
+    def expire(self) -> list[Output]:
+        """End the rows past their deadline (GenerationTimeout), before the next step."""
+        now = self.clock()
+        expired = [r for r in self.rows if now >= r.deadline]
+        if not expired:
+            return []
+        self._keep([i for i, r in enumerate(self.rows) if now < r.deadline])
+        return [Output(r.request.id, r.stop.flush(), True, GenerationTimeout("timed out"))
+                for r in expired]
 
     def abort(self, request_id: int) -> bool:
         keep = [i for i, r in enumerate(self.rows) if r.request.id != request_id]
@@ -184,7 +193,7 @@ class BatchEngine:
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1]:]
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         cache=cache, use_cache=True)
+                         cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float()
 
     def _join(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor,
@@ -217,15 +226,6 @@ class BatchEngine:
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:]
             layer.values = layer.values.index_select(0, index)[:, :, start:]
-
-    def _expire(self) -> list[Output]:
-        now = self.clock()
-        expired = [r for r in self.rows if now >= r.deadline]
-        if not expired:
-            return []
-        self._keep([i for i, r in enumerate(self.rows) if now < r.deadline])
-        return [Output(r.request.id, r.stop.flush(), True, GenerationTimeout("timed out"))
-                for r in expired]
 
     def _sample(self, logits: torch.Tensor, first_row: int) -> list[Output]:
         assert self.seen is not None

@@ -193,6 +193,7 @@ class LocalGenerator:
             ended = [Output(r.id, "", True, closed) for r in waiting]
             ended += engine.fail_all(closed)
             with self._cond:
+                self._closing = True  # from here on, _submit refuses instead of queueing
                 ended += [Output(s.id, "", True, closed) for s in self._submitted]
                 self._submitted.clear()
             self._send(self._dispatch, ended, [])
@@ -221,6 +222,7 @@ class LocalGenerator:
                 admitted.append(waiting.popleft())
             with self._cond:
                 self._backlog -= len(admitted) + len(removed)
+            outputs += engine.expire()
             try:
                 outputs += engine.add_requests(admitted)
                 outputs += engine.step()
@@ -243,11 +245,15 @@ class LocalGenerator:
         """Tokenize new submissions (in the worker) and queue the ones that can run."""
         rejected: list[Output] = []
         for sub in submitted:
-            request = Request(sub.id, engine.tokenizer.encode(sub.prompt), sub.params)
             try:
+                request = Request(sub.id, engine.tokenizer.encode(sub.prompt), sub.params)
                 engine.check(request)
             except GeneratorError as exc:
                 rejected.append(Output(sub.id, "", True, exc))
+                continue
+            except (RuntimeError, ValueError, TypeError) as exc:  # sentencepiece refused it
+                log.warning("request %d: cannot tokenize the prompt: %s", sub.id, exc)
+                rejected.append(Output(sub.id, "", True, GeneratorError("cannot tokenize")))
                 continue
             waiting.append(engine.clamp(request))
         if rejected:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,8 +32,11 @@ def clean_text(text: str) -> str:
 
 
 def escape_text(text: str) -> str:
-    """Text as it may appear inside one turn: no newline, no typed `<NL>`, no forged label."""
-    text = clean_text(text)
+    """Text as it may appear inside one turn: no newline, no typed `<NL>`, no forged label.
+
+    NFKC first: a tokenizer that normalises (sentencepiece's nmt_nfkc) would otherwise turn
+    `＜ＮＬ＞` into `<NL>` or `ｼｽﾃﾑ:` into `システム:` after the checks below."""
+    text = unicodedata.normalize("NFKC", clean_text(text))
     while NEWLINE_SYMBOL in text:
         text = text.replace(NEWLINE_SYMBOL, _NL_STAND_IN)
     text = _FORGED_LABEL.sub(r"\1「\2」\3", text)

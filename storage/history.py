@@ -9,6 +9,7 @@ the history starts and keeps every old row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -88,13 +89,16 @@ class HistoryStore:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
+                await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                # Also when cancelled mid-statement: aiosqlite still runs what was sent, in
+                # order, so this ROLLBACK follows it; "no transaction is active" is fine.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await self._db.execute("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
 
     # ----- conversations ---------------------------------------------------------------
     async def _conversation_id(self, db: aiosqlite.Connection, key: ConversationKey) -> int:

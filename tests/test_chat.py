@@ -199,3 +199,25 @@ async def test_reset_where_the_bot_is_not_part_of_the_conversation_does_not_join
     chat = service(store, tokenizer, ScriptedGenerator())
     assert await chat.reset(KEY) is True
     assert not await chat.follows(KEY)
+
+
+async def test_a_slow_placeholder_does_not_reorder_the_turns(store: HistoryStore,
+                                                            tokenizer: Tokenizer) -> None:
+    """The first message's placeholder takes longer to post than the second's: the turns
+    still go in arrival order."""
+    release = asyncio.Event()
+
+    class SlowStart(RecordingSink):
+        async def start(self) -> None:
+            await release.wait()
+            await super().start()
+
+    chat = service(store, tokenizer, ScriptedGenerator(default="答え"))
+    first = asyncio.create_task(chat.handle(KEY, IncomingMessage("最初", "a"), SlowStart()))
+    second_sink = RecordingSink()
+    second = asyncio.create_task(chat.handle(KEY, IncomingMessage("二番目", "b"), second_sink))
+    while not second_sink.events:  # the second placeholder is out; its turn must wait
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(first, second)
+    assert [text for _, text in await history(store)] == ["最初", "答え", "二番目", "答え"]

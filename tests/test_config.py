@@ -64,3 +64,11 @@ def test_log_filter_redacts_secrets() -> None:
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "token=%s", ("xoxb-abc123",), None)
     RedactSecrets(["xoxb-abc123"]).filter(record)
     assert record.getMessage() == "token=***"
+
+
+def test_the_reply_must_leave_room_for_a_prompt(settings: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTEXT_TOKENS", "100")
+    monkeypatch.setenv("MAX_NEW_TOKENS", "128")
+    with pytest.raises(ConfigError, match="CONTEXT_TOKENS.*MAX_NEW_TOKENS"):
+        load_settings()

@@ -184,6 +184,48 @@ async def test_a_request_past_its_time_limit_ends_with_a_timeout(settings: Setti
         await generator.aclose()
 
 
+async def test_a_timed_out_row_ends_even_when_the_next_step_fails(settings: Settings) -> None:
+    now = [0.0]
+    fail_next = [False]
+
+    class FlakyEngine(BatchEngine):
+        def _forward(self, ids, mask, cache):  # type: ignore[no-untyped-def]
+            if fail_next[0]:
+                fail_next[0] = False
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return super()._forward(ids, mask, cache)
+
+    def factory() -> BatchEngine:
+        model, tokenizer, _ = load_model(settings)
+        return FlakyEngine(model, tokenizer, EngineConfig(), clock=lambda: now[0])
+
+    generator = await LocalGenerator(factory).start()
+    try:
+        slow = generator.stream(PROMPTS[0], GenerationParams(max_new_tokens=1800,
+                                                             do_sample=False, timeout_s=10))
+        other = generator.stream(PROMPTS[1], GenerationParams(max_new_tokens=1800,
+                                                              do_sample=False, timeout_s=100))
+        await anext(slow)
+        await anext(other)
+        now[0] += 11.0  # the first is past its deadline ...
+        fail_next[0] = True  # ... and the step after that fails for the batch
+        with pytest.raises(GenerationTimeout):
+            async for _ in slow:
+                pass
+        with pytest.raises(GeneratorError):
+            async for _ in other:
+                pass
+        assert await collect(generator.stream(PROMPTS[2], GREEDY))  # the worker lives on
+    finally:
+        await generator.aclose()
+
+
+async def test_a_prompt_the_tokenizer_refuses_fails_alone(generator: LocalGenerator) -> None:
+    with pytest.raises(GeneratorError):
+        await collect(generator.stream("壊れた\ud800文字", GREEDY))
+    assert await collect(generator.stream(PROMPTS[0], GREEDY))
+
+
 async def test_kv_budget_limits_the_batch(make_generator) -> None:
     # room for one 2048-token row of the tiny model (2 layers x 2 x 64 x 4 bytes per token)
     per_token = 2 * 2 * 64 * 4

@@ -153,3 +153,16 @@ async def test_a_version_one_database_is_migrated_in_place(tmp_path: Path) -> No
             assert raw.execute("SELECT imported FROM deliveries").fetchone()[0] == 0
     finally:
         await store.close()
+
+
+async def test_a_write_cancelled_mid_transaction_leaves_the_store_usable(
+        store: HistoryStore) -> None:
+    for _ in range(3):  # cancel at successive points inside the transaction
+        task = asyncio.create_task(store.claim(KEY, "cancelled"))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    claim = await store.claim(KEY, "after")
+    assert claim is not None
+    await store.add_turn(claim.conversation, Turn(Speaker.USER, "まだ書ける"))
+    assert await _texts(store, claim.conversation) == ["まだ書ける"]

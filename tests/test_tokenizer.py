@@ -69,8 +69,12 @@ def test_invalid_or_dangling_bytes_are_never_shown(tokenizer: Tokenizer) -> None
     assert shown == "猫"
 
 
+# U+2581 is sentencepiece's own space marker: it decodes as a space, by design (as the model
+# card's tokenizer does), so it cannot round-trip. Lone surrogates are not text sentencepiece
+# accepts; the prompt builder drops them before anything is encoded.
 @settings(max_examples=150, deadline=None)
-@given(st.text(max_size=60))
+@given(st.text(alphabet=st.characters(exclude_characters="\u2581", exclude_categories=("Cs",)),
+               max_size=60))
 def test_any_text_round_trips_and_streams_append_only(tokenizer: Tokenizer, text: str) -> None:
     ids = tokenizer.encode(text)
     decoder = tokenizer.decoder()

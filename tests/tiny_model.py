@@ -39,7 +39,7 @@ def _sentences(rng: random.Random, count: int) -> list[str]:
     return out
 
 
-def build_tokenizer(directory: Path, seed: int = 0) -> Path:
+def build_tokenizer(directory: Path, seed: int = 0, normalization: str = "identity") -> Path:
     rng = random.Random(seed)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -51,7 +51,7 @@ def build_tokenizer(directory: Path, seed: int = 0) -> Path:
         byte_fallback=True,
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
+        normalization_rule_name=normalization,
         split_by_whitespace=True,
         user_defined_symbols=["<NL>"],
         control_symbols=["[CLS]", "[SEP]", "[MASK]"],
