@@ -17,7 +17,7 @@ from enum import StrEnum
 from bot.conversation import ConversationKey, IncomingMessage, ReplySink, Speaker, Turn
 from bot.errors import RinnaError
 from bot.generator import Generator
-from bot.prompt import clean_text, fit_prompt, format_turn
+from bot.prompt import clean_text, fit_prompt, turn_cost
 from bot.reply import PLACEHOLDER, WAITING
 from bot.sampling import GenerationParams
 from bot.tokenizer import Tokenizer
@@ -183,7 +183,7 @@ class ChatService:
             page = await self.store.recent_turns(conversation, _PAGE, before)
             for stored in page:
                 turns.append(stored.turn)
-                used += self.tokenizer.count(format_turn(stored.turn)) + 1
+                used += turn_cost(stored.turn, self.tokenizer, self.config.prompt_budget)
                 if used > self.config.prompt_budget:
                     break
             if len(page) < _PAGE:

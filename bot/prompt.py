@@ -13,6 +13,7 @@ from bot.tokenizer import NEWLINE_SYMBOL, Tokenizer
 SEPARATOR = NEWLINE_SYMBOL
 REPLY_CUE = f"{Speaker.SYSTEM}: "
 SHORTENED_MARK = "…（以下省略）"
+MAX_PIECE_CHARS = 32  # no token covers more characters (sentencepiece's own cap is 16)
 
 # A line of user text that looks like a speaker label ("システム: ", "ユーザー：", ...).
 _FORGED_LABEL = re.compile(
@@ -70,7 +71,7 @@ def fit_prompt(turns: Sequence[Turn], tokenizer: Tokenizer, budget: int) -> Fitt
     if not turns:
         raise ValueError("fit_prompt needs at least one turn")
     fixed = tokenizer.count(REPLY_CUE) + 1  # the cue and the separator before it
-    costs = [tokenizer.count(format_turn(t)) + 1 for t in turns]  # each turn and its separator
+    costs = [turn_cost(t, tokenizer, budget) for t in turns]
     kept, used = 0, fixed
     for cost in reversed(costs):
         if used + cost > budget:
@@ -93,6 +94,14 @@ def fit_prompt(turns: Sequence[Turn], tokenizer: Tokenizer, budget: int) -> Fitt
     return FittedPrompt(prompt, tuple(ids), chosen, len(turns) - len(chosen), shortened)
 
 
+def turn_cost(turn: Turn, tokenizer: Tokenizer, limit: int) -> int:
+    """Tokens of the formatted turn and its separator. A text too long to fit `limit` tokens
+    whatever its pieces is not encoded at all (a 1 MB message would hold up the loop)."""
+    if len(turn.text) > limit * MAX_PIECE_CHARS:
+        return limit + 1
+    return tokenizer.count(format_turn(turn)) + 1
+
+
 def _shorten(turn: Turn, tokenizer: Tokenizer, budget: int) -> Turn:
     """The longest head of `turn.text` (plus the mark) whose formatted turn fits `budget`."""
 
@@ -100,7 +109,7 @@ def _shorten(turn: Turn, tokenizer: Tokenizer, budget: int) -> Turn:
         candidate = Turn(turn.speaker, turn.text[:n] + SHORTENED_MARK)
         return tokenizer.count(format_turn(candidate)) <= budget
 
-    lo, hi = 0, len(turn.text)
+    lo, hi = 0, min(len(turn.text), budget * MAX_PIECE_CHARS)
     while lo < hi:  # binary search on characters: token counts grow with the prefix
         mid = (lo + hi + 1) // 2
         if fits(mid):
