@@ -333,3 +333,19 @@ async def test_network_errors_while_replying_are_logged_not_raised(
     await sink.update("途中")
     await sink.finish("答え")
     assert caplog.text.count("could not post reply") == 3
+
+
+async def test_a_storage_failure_still_gets_a_japanese_reply(
+        simcord_env: simcord.Env, store: HistoryStore) -> None:
+    """The database goes away (disk gone, file locked): a /reset and a mention in a followed
+    thread end with the short Japanese error, not a spinner or silence; the client lives on."""
+    from bot.errors import RinnaError
+
+    user = simcord_env.create_user("erin")
+    await user.send_dm("覚えておいて")
+    await store.close()
+
+    result = await user.slash("reset")
+    assert result.response.content == RinnaError.user_message
+    await user.send_dm("まだいる?")
+    assert [m.content for m in user.dm_channel.history()][-1] == RinnaError.user_message
