@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -31,8 +30,8 @@ from bot.chat import ChatService, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
-from bot.prompt import clean_text, format_turn
-from bot.reply import PLACEHOLDER, MessageReply
+from bot.prompt import clean_text
+from bot.reply import MessageReply
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ DELIVERY_ERRORS: tuple[type[BaseException], ...] = (
 THREAD_NAME_CHARS = 50  # Discord allows 100; a short name reads better in the channel list
 THREAD_ARCHIVE_MINUTES = 1440
 DEFAULT_THREAD_NAME = "rinna との会話"
-HISTORY_SCAN_LIMIT = 500  # messages read back at most when joining a thread mid-way
+HISTORY_SCAN_LIMIT = 200  # messages read back at most when joining a thread mid-way
 TYPING_EVERY_S = 8.0  # Discord shows the indicator for about 10 s per trigger
 
 HELP_MESSAGE = (
@@ -120,8 +119,8 @@ def history_turn(message: discord.Message, me_id: int) -> Turn | None:
         message = resolved
     if message.type not in _ANSWERED_TYPES:
         return None
-    text = clean_text(readable_text(message, me_id)).strip()
-    if not text or text == PLACEHOLDER:
+    text = readable_text(message, me_id)
+    if not text:
         return None
     if message.author.id == me_id:
         return Turn(Speaker.SYSTEM, text)
@@ -131,23 +130,13 @@ def history_turn(message: discord.Message, me_id: int) -> Turn | None:
 
 
 async def read_thread_history(
-    thread: discord.Thread,
-    before: discord.abc.Snowflake | None,
-    me_id: int,
-    budget: int,
-    count: Callable[[str], int],
+    thread: discord.Thread, before: discord.abc.Snowflake | None, me_id: int
 ) -> list[tuple[Turn, str | None]]:
-    """The thread's messages before `before`, oldest first, as far back as `budget` tokens reach."""
-    picked: list[tuple[Turn, str | None]] = []
-    used = 0
-    async for message in thread.history(limit=HISTORY_SCAN_LIMIT, before=before):
-        turn = history_turn(message, me_id)
-        if turn is None:
-            continue
-        used += count(format_turn(turn)) + 1
-        if used > budget:
-            break
-        picked.append((turn, str(message.id)))
+    """The thread's recent messages before `before`, oldest first (the chat service keeps
+    the newest that fit the prompt)."""
+    picked = [(turn, str(message.id))
+              async for message in thread.history(limit=HISTORY_SCAN_LIMIT, before=before)
+              if (turn := history_turn(message, me_id)) is not None]
     picked.reverse()
     return picked
 
@@ -338,8 +327,7 @@ class ChatCog(commands.Cog):
         """Store the thread's earlier messages as its history before the bot answers in it."""
         me_id = self.bot.user.id if self.bot.user else 0
         try:
-            turns = await read_thread_history(
-                thread, before, me_id, self.bot.settings.prompt_budget, self.chat.tokenizer.count)
+            turns = await read_thread_history(thread, before, me_id)
         except DELIVERY_ERRORS as exc:
             log.warning("%s: could not read the thread's history (%s); answering without it",
                         key, _describe(exc))

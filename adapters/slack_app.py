@@ -38,8 +38,7 @@ from bot.chat import USAGE_MESSAGE, ChatService, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
-from bot.prompt import format_turn
-from bot.reply import PLACEHOLDER, MessageReply
+from bot.reply import MessageReply
 
 log = logging.getLogger(__name__)
 
@@ -332,8 +331,7 @@ class SlackHandlers:
             turn = await self._history_turn(item, bot)
             if turn is not None:
                 turns.append((turn, f"{message.channel}:{item['ts']}"))
-        kept = self._within_budget(turns)
-        stored = await self.chat.import_history(message.key, kept)
+        stored = await self.chat.import_history(message.key, turns)
         log.info("slack: %s: imported %d earlier messages", message.key, stored)
 
     async def _thread_messages(self, message: SlackMessage) -> list[Mapping[str, Any]]:
@@ -357,20 +355,11 @@ class SlackHandlers:
             bot.bot_id is not None and item.get("bot_id") == bot.bot_id)
         if own:
             plain = unescape(text).strip()
-            return Turn(Speaker.SYSTEM, plain) if plain and plain != PLACEHOLDER else None
+            return Turn(Speaker.SYSTEM, plain) if plain else None
         if item.get("bot_id") or item.get("subtype") not in USER_SUBTYPES or not item.get("user"):
             return None
         plain = await self._plain(text, bot)
         return Turn(Speaker.USER, plain) if plain else None
-
-    def _within_budget(self, turns: list[tuple[Turn, str | None]]) -> list[tuple[Turn, str | None]]:
-        budget, used, kept = self.chat.config.prompt_budget, 0, 0
-        for turn, _ in reversed(turns):
-            used += self.chat.tokenizer.count(format_turn(turn)) + 1
-            if used > budget:
-                break
-            kept += 1
-        return turns[len(turns) - kept:]
 
     # ----- the one error boundary -----
     @asynccontextmanager

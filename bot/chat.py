@@ -96,11 +96,18 @@ class ChatService:
     async def import_history(
         self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
     ) -> int:
-        """Store a thread's earlier messages (oldest first) before the bot joins it."""
+        """Store a thread's earlier messages (oldest first) before the bot joins it: cleaned,
+        the bot's notices left out, and only the newest that fit the prompt budget."""
         cleaned = [(kept, delivery) for turn, delivery in turns
                    if (kept := as_history(turn)) is not None]
+        used, start = 0, len(cleaned)
+        while start > 0:
+            used += turn_cost(cleaned[start - 1][0], self.tokenizer, self.config.prompt_budget)
+            if used > self.config.prompt_budget:
+                break
+            start -= 1
         async with self._conversation(key):
-            return await self.store.import_turns(key, cleaned)
+            return await self.store.import_turns(key, cleaned[start:])
 
     async def handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                      *, stream_interval_s: float | None = None) -> Outcome:

@@ -108,8 +108,7 @@ class LocalGenerator:
         self, prompt: str, params: GenerationParams | None = None, *,
         on_wait: WaitCallback | None = None,
     ) -> AsyncIterator[str]:
-        channel = self._submit(prompt, params or self.default_params)
-        rid, queue = channel
+        rid, queue = self._submit(prompt, params or self.default_params)
         finished = False
         try:
             while True:
