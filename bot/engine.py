@@ -18,8 +18,8 @@ from transformers import DynamicCache
 
 from bot.errors import GenerationTimeout, GeneratorError
 from bot.sampling import GenerationParams, next_tokens
-from bot.stops import StopFilter
-from bot.tokenizer import IncrementalDecoder, Tokenizer
+from bot.stops import ReplyText
+from bot.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +55,7 @@ class Output:
 @dataclass(slots=True)
 class _Row:
     request: Request
-    decoder: IncrementalDecoder
-    stop: StopFilter
+    reply: ReplyText  # decoder, stop filter and eos: shared with the remote engine
     generator: torch.Generator | None
     deadline: float
     length: int  # real tokens in the cache for this row
@@ -159,7 +158,7 @@ class BatchEngine:
         if not expired:
             return []
         self._keep([i for i, r in enumerate(self.rows) if now < r.deadline])
-        return [Output(r.request.id, r.stop.flush(), True, GenerationTimeout("timed out"))
+        return [Output(r.request.id, r.reply.finish(), True, GenerationTimeout("timed out"))
                 for r in expired]
 
     def abort(self, request_id: int) -> bool:
@@ -186,7 +185,7 @@ class BatchEngine:
             seed = request.params.seed
             generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         timeout = request.params.timeout_s or self.config.request_timeout_s
-        return _Row(request, self.tokenizer.decoder(), StopFilter(), generator,
+        return _Row(request, ReplyText(self.tokenizer.decoder(), self.tokenizer.eos_id), generator,
                     self.clock() + timeout, len(request.prompt_ids))
 
     @torch.inference_mode()
@@ -239,11 +238,10 @@ class BatchEngine:
             row.last, row.produced = token, row.produced + 1
             self.tokens_generated += 1
             row.length += 1
-            eos = token == self.tokenizer.eos_id
-            text = "" if eos else row.stop.push(row.decoder.feed(token))
-            done = eos or row.stop.stopped or row.produced >= row.request.params.max_new_tokens
+            text = row.reply.feed(token)
+            done = row.reply.ended or row.produced >= row.request.params.max_new_tokens
             if done:
-                text += row.stop.push(row.decoder.flush()) + row.stop.flush()
+                text += row.reply.finish()
             else:
                 keep.append(index)
             if text or done:

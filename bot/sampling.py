@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the parameters need none of it
+    import torch
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,8 @@ def next_tokens(
     Vectorised over the batch: repetition penalty (as transformers applies it), temperature,
     top-k, then inverse-CDF sampling with one uniform draw from each row's own generator, so a
     row samples the same token whatever else is in the batch."""
+    import torch
+
     vocab = logits.shape[-1]
     penalty = logits.new_tensor([p.repetition_penalty for p in params]).unsqueeze(1)
     penalised = torch.where(logits < 0, logits * penalty, logits / penalty)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bot.conversation import Speaker
+
+if TYPE_CHECKING:
+    from bot.tokenizer import IncrementalDecoder
 
 TURN_STARTS = (f"\n{Speaker.USER}:", f"\n{Speaker.SYSTEM}:")
 
@@ -46,3 +51,32 @@ class StopFilter:
                     best = max(best, n)
                     break
         return best
+
+
+class ReplyText:
+    """A reply's text from its token ids, as every engine shows it: ids through the
+    incremental decoder, then the stop filter; eos ends it too.
+
+    `feed` returns the text that is safe to show for one more id; `ended` turns true at eos
+    or a turn start; `finish` releases what is held once the reply ends for any reason.
+    The local batch engine and the remote engine both use this, so they show the same bytes.
+    """
+
+    def __init__(self, decoder: IncrementalDecoder, eos_id: int) -> None:
+        self._decoder = decoder
+        self._eos_id = eos_id
+        self._stop = StopFilter()
+        self.ended = False
+
+    def feed(self, token_id: int) -> str:
+        if self.ended:
+            return ""
+        if token_id == self._eos_id:
+            self.ended = True
+            return ""
+        text = self._stop.push(self._decoder.feed(token_id))
+        self.ended = self._stop.stopped
+        return text
+
+    def finish(self) -> str:
+        return self._stop.push(self._decoder.flush()) + self._stop.flush()
