@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,12 @@ class Settings(BaseSettings):
     kv_cache_gb: float = Field(6.0, gt=0.0)
     queue_size: int = Field(64, ge=1)
     request_timeout_s: float = Field(180.0, gt=0.0)
+
+    # Remote engine: OpenAI-compatible servers (vLLM); unset ENGINE_URL = the local model
+    engine_url: str | None = None  # comma-separated base URLs, e.g. http://vllm:8000/v1
+    engine_api_key: SecretStr | None = None
+    engine_model: str | None = None  # the served model name; unset: MODEL_ID
+    engine_concurrency: int = Field(64, ge=1)  # requests in flight per URL
 
     # Storage
     database_path: Path = Path("data/rinna-bot.sqlite3")
@@ -77,6 +84,24 @@ class Settings(BaseSettings):
                 f"({self.max_new_tokens}) by at least {MIN_PROMPT_TOKENS} tokens for the prompt"
             )
         return self
+
+    @model_validator(mode="after")
+    def _engine_urls_valid(self) -> Settings:
+        if self.engine_url is not None:
+            for url in self.engine_urls:
+                parsed = urlsplit(url)
+                if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                    raise ValueError(f"ENGINE_URL: {url!r} is not an http(s) URL")
+            if not self.engine_urls:
+                raise ValueError("ENGINE_URL: no URL given")
+        return self
+
+    @property
+    def engine_urls(self) -> tuple[str, ...]:
+        """ENGINE_URL split at commas; empty: the local model."""
+        if self.engine_url is None:
+            return ()
+        return tuple(u.strip() for u in self.engine_url.split(",") if u.strip())
 
     @property
     def discord_enabled(self) -> bool:

@@ -271,8 +271,13 @@ def _set_exception(future: asyncio.Future[None] | None, exc: BaseException) -> N
         future.set_exception(exc)
 
 
-async def load_generator(settings: Settings) -> LocalGenerator:
-    """Load MODEL_ID in the generator's own worker thread and start serving."""
+async def load_generator(settings: Settings) -> Generator:
+    """Load MODEL_ID in the generator's own worker thread and start serving; with ENGINE_URL
+    set, the remote engine (bot/remote.py) instead."""
+    if settings.engine_url:
+        from bot.remote import load_remote_generator
+
+        return await load_remote_generator(settings)
     from bot.model_loader import build_engine  # torch and transformers load only when needed
 
     params = GenerationParams(
