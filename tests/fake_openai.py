@@ -69,6 +69,7 @@ class FakeOpenAI:
     chunk_sizes: Sequence[int] = (1,)  # tokens per chunk, cycled (vLLM's stream_interval)
     status: int | None = None  # answer every completion with this error status
     pause_after: int | None = None  # after this many chunks, wait for `hold`
+    error_after: int | None = None  # after this many chunks, an error event (vLLM's GenerationError)
     hold: asyncio.Event = field(default_factory=asyncio.Event)
     received: list[Received] = field(default_factory=list)
     active: int = 0
@@ -222,6 +223,11 @@ class FakeOpenAI:
                      "created": int(time.time()), "model": self.model, "choices": [choice]}
             await response.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
             chunk_number += 1
+            if chunk_number == self.error_after:
+                error = {"error": {"message": "Internal server error", "type": "InternalServerError",
+                                   "param": None, "code": 500}}
+                await response.write(f"data: {json.dumps(error)}\n\n".encode())
+                break
             if self.pause_after is not None and chunk_number == self.pause_after:
                 await self.hold.wait()
             else:

@@ -17,9 +17,9 @@ import pytest
 from pydantic import SecretStr
 
 from bot.chat import ChatConfig, ChatService
-from bot.config import Settings
+from bot.config import Settings, load_settings
 from bot.conversation import ConversationKey, IncomingMessage
-from bot.errors import GenerationTimeout, GeneratorError, QueueFullError
+from bot.errors import ConfigError, GenerationTimeout, GeneratorError, QueueFullError
 from bot.generator import load_generator
 from bot.remote import RemoteGenerator
 from bot.sampling import GenerationParams
@@ -179,6 +179,28 @@ async def test_a_429_becomes_the_busy_notice(
     with pytest.raises(GeneratorError) as failed:
         await collect(remote.stream(PROMPT))
     assert not isinstance(failed.value, QueueFullError)
+
+
+async def test_an_error_event_mid_stream_ends_with_the_error(
+        make_fake: Callable[..., Awaitable[FakeOpenAI]],
+        make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
+    fake = await make_fake(reply=replying(tokenizer, "はい、そうです。猫です。"), error_after=4)
+    remote = await make_remote([fake.url])
+    shown: list[str] = []
+    with pytest.raises(GeneratorError) as failed:
+        async for delta in remote.stream(PROMPT):
+            shown.append(delta)
+    assert type(failed.value) is GeneratorError
+    assert "".join(shown) == tokenizer.decode(tokenizer.encode("はい、そうです。猫です。")[:4])
+    assert remote.running == 0
+
+
+def test_engine_url_settings(settings: Settings) -> None:
+    assert settings.engine_urls == () and settings.engine_url is None
+    both = settings.model_copy(update={"engine_url": " http://a:8000/v1 ,https://b/v1,"})
+    assert both.engine_urls == ("http://a:8000/v1", "https://b/v1")
+    with pytest.raises(ConfigError, match="ENGINE_URL"):
+        load_settings(engine_url="vllm:8000")
 
 
 async def test_an_unreachable_engine_is_the_error_notice(
