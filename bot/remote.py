@@ -208,7 +208,8 @@ class RemoteGenerator:
         self, prompt: str, params: GenerationParams | None = None, *,
         owner: str | None = None, on_wait: WaitCallback | None = None,
     ) -> AsyncIterator[str]:
-        """Text deltas of the reply; closing or cancelling it closes the connection."""
+        """Text deltas of the reply; closing or cancelling it closes the connection.
+        `owner` is accepted for the protocol; waiting requests are served in arrival order."""
         params = params or self.default_params
         self._open()  # GeneratorClosed before anything is queued
         try:
@@ -300,6 +301,7 @@ class RemoteGenerator:
         deadline = loop.time() + (params.timeout_s or self._request_timeout_s)
         url = f"{endpoint.url}/completions"
         produced = 0
+        complete = False  # read to its end: the connection can serve the next request
         try:
             async with asyncio.timeout_at(deadline):
                 response = await self._open().post(
@@ -333,7 +335,7 @@ class RemoteGenerator:
                         text += reply.finish()
                     if text:
                         yield text
-                    if reply.ended:
+                    if reply.ended and finish is None:
                         return  # a turn start or eos: closing the connection aborts the rest
                     if finish in ("abort", "error"):
                         log.warning("engine %s ended the request: %s", endpoint.shown, finish)
@@ -342,6 +344,7 @@ class RemoteGenerator:
                 if produced == 0:
                     raise _Retry("the stream ended before any token")
                 raise GeneratorError("the engine's stream ended early")
+            complete = True
         except aiohttp.ClientError as exc:
             if self._closed:
                 raise GeneratorClosed("generator stopped") from None
@@ -353,7 +356,10 @@ class RemoteGenerator:
             raise GeneratorError("unreadable answer from the engine") from None
         finally:
             self.tokens_generated += produced
-            response.close()  # not release(): an unfinished stream must drop the connection
+            if complete:
+                response.release()
+            else:
+                response.close()  # an unfinished stream must drop its connection (vLLM aborts)
 
     async def _check_status(self, endpoint: _Endpoint, response: aiohttp.ClientResponse) -> None:
         status = response.status

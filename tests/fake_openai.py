@@ -54,6 +54,7 @@ class Received:
     number: int
     body: dict
     headers: dict[str, str]
+    peer: tuple  # the client's address and port: the same for a reused connection
     finished: bool = False
     aborted: bool = False
 
@@ -69,6 +70,8 @@ class FakeOpenAI:
     chunk_sizes: Sequence[int] = (1,)  # tokens per chunk, cycled (vLLM's stream_interval)
     status: int | None = None  # answer every completion with this error status
     pause_after: int | None = None  # after this many chunks, wait for `hold`
+    pause_before_done: bool = False  # after the last chunk, wait for `hold` before [DONE]
+    paused: int = 0  # times a stream stopped to wait for `hold`
     error_after: int | None = None  # after this many chunks, an error event (vLLM's GenerationError)
     hold: asyncio.Event = field(default_factory=asyncio.Event)
     received: list[Received] = field(default_factory=list)
@@ -126,7 +129,8 @@ class FakeOpenAI:
         if not self._authorized(request):
             return web.json_response({"error": "Unauthorized"}, status=401)
         body = await request.json()
-        got = Received(len(self.received) + 1, body, dict(request.headers))
+        got = Received(len(self.received) + 1, body, dict(request.headers),
+                       request.transport.get_extra_info("peername") if request.transport else ())
         self.received.append(got)
         await self._notify()
         if self.status is not None:
@@ -162,6 +166,11 @@ class FakeOpenAI:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return response
+
+    async def _pause(self) -> None:
+        self.paused += 1
+        await self._notify()
+        await self.hold.wait()
 
     def _invalid(self, body: dict) -> str | None:
         unknown = set(body) - COMPLETION_FIELDS
@@ -229,9 +238,11 @@ class FakeOpenAI:
                 await response.write(f"data: {json.dumps(error)}\n\n".encode())
                 break
             if self.pause_after is not None and chunk_number == self.pause_after:
-                await self.hold.wait()
+                await self._pause()
             else:
                 await asyncio.sleep(0)  # as a real engine step: let others run
+        if self.pause_before_done:
+            await self._pause()
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
 

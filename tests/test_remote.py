@@ -92,6 +92,23 @@ async def test_exact_text_from_ids_across_chunks_and_the_card_sampling(
     assert got.finished and remote.running == 0
 
 
+async def test_a_finished_reply_leaves_its_connection_for_the_next(
+        make_fake: Callable[..., Awaitable[FakeOpenAI]],
+        make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
+    # vLLM sends the chunk with eos and finish_reason, then `[DONE]`: the client reads on to
+    # `[DONE]` instead of dropping the connection at eos.
+    fake = await make_fake(reply=replying(tokenizer, "はい"), pause_before_done=True)
+    remote = await make_remote([fake.url])
+    first = asyncio.create_task(collect(remote.stream(PROMPT)))
+    await fake.until(lambda: fake.paused == 1)
+    fake.hold.set()
+    assert "".join(await first) == "はい"
+    assert "".join(await collect(remote.stream(PROMPT))) == "はい"
+    one, two = fake.received
+    assert one.finished and not one.aborted
+    assert two.peer == one.peer  # the same connection
+
+
 async def test_seed_greedy_and_max_tokens_clamped_to_the_context(
         make_fake: Callable[..., Awaitable[FakeOpenAI]],
         make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
