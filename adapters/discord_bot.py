@@ -301,7 +301,7 @@ class ChatCog(commands.Cog):
         channel = message.channel
         mentioned = mentions_me(message, me)
         text = readable_text(message, me.id)
-        incoming = IncomingMessage(text, str(message.id), message.author.display_name)
+        incoming = IncomingMessage(text, str(message.id), str(message.author.id))
         if isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
             key = conversation_key(channel, None)
             await self._answer(key, incoming, ChannelDestination(channel))
@@ -366,7 +366,7 @@ class ChatCog(commands.Cog):
         channel = interaction.channel
         key = conversation_key(channel, interaction.guild_id)
         text = question.strip()
-        incoming = IncomingMessage(text, str(interaction.id), interaction.user.display_name)
+        incoming = IncomingMessage(text, str(interaction.id), str(interaction.user.id))
         if isinstance(channel, discord.Thread):
             if not await self.chat.follows(key):
                 await self._join_thread(key, channel, before=None)

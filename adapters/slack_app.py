@@ -284,7 +284,7 @@ class SlackHandlers:
         sink = SlackReply(self.api, channel, ts)
         outcome = FAILED
         async with self._boundary(sink, f"{COMMAND} in {key}"):
-            incoming = IncomingMessage(question, f"{channel}:{ts}", await self.names.name(user))
+            incoming = IncomingMessage(question, f"{channel}:{ts}", user)
             outcome = str(await self.chat.handle(key, incoming, sink))
         return outcome
 
@@ -301,8 +301,7 @@ class SlackHandlers:
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
             if message.thread_ts and not message.is_dm and not await self.chat.follows(key):
                 await self._import_thread(message, bot)
-            incoming = IncomingMessage(text, message.delivery_key,
-                                       await self.names.name(message.user))
+            incoming = IncomingMessage(text, message.delivery_key, message.user)
             outcome = str(await self.chat.handle(key, incoming, sink))
         return outcome
 
