@@ -62,7 +62,8 @@ USER_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
                          "token_expired", "not_allowed_token_type"})
 
-RESET_DONE = "会話をリセットしました。次のメッセージから新しい会話になります。"
+RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
+              "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
 RESET_HINT = ("スラッシュコマンドはスレッドの中では使えません。"
               "リセットしたいスレッドで `@rinna リセット` と書いてください。")
 FAILURE_MESSAGE = RinnaError.user_message

@@ -58,7 +58,9 @@ async def open_core(settings: Settings) -> AsyncIterator[Core]:
 
 
 async def serve(settings: Settings, command: str) -> None:
-    async with open_core(settings) as core:
+    from bot.retention import retention
+
+    async with open_core(settings) as core, retention(core.store, settings.retention_days):
         platforms = settings.discord_enabled or settings.slack_enabled
         if command == "chat" or not platforms:
             from adapters.console import run_console

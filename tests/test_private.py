@@ -3,6 +3,7 @@ store is open, deleted text gone from the raw database files."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -259,3 +260,97 @@ async def test_the_chat_service_stores_the_author_and_platform_changes_reach_the
     assert "ユーザー: 夕飯の献立を考えて<NL>" in generator.prompts[-1]
     assert await chat.handle(KEY, IncomingMessage(SECRET, "C1:1.0", ALICE),
                              RecordingSink()) == "duplicate"  # a redelivery stays unanswered
+
+
+# ----- RETENTION_DAYS -------------------------------------------------------------------------
+class ManualSleep:
+    """An injected sleep: each call is reported to the test, which decides when it ends."""
+
+    def __init__(self) -> None:
+        self.calls: asyncio.Queue[tuple[float, asyncio.Event]] = asyncio.Queue()
+
+    async def __call__(self, seconds: float) -> None:
+        wake = asyncio.Event()
+        await self.calls.put((seconds, wake))
+        await wake.wait()
+
+
+async def test_retention_deletes_old_turns_at_start_and_then_daily(tmp_path: Path) -> None:
+    from bot.retention import DAY_S, retention
+
+    now = [1_700_000_000.0]
+    store = await HistoryStore.open(tmp_path / "bot.sqlite3", clock=lambda: now[0])
+    try:
+        claim = await store.claim(KEY, "old")
+        assert claim is not None
+        await store.add_turn(claim.conversation, Turn(Speaker.USER, "40日前"), author=ALICE)
+        now[0] += 10 * DAY_S
+        await store.add_turn(claim.conversation, Turn(Speaker.USER, "30日前"), author=ALICE)
+        now[0] += 30 * DAY_S
+        sleep = ManualSleep()
+        async with retention(store, 30, clock=lambda: now[0], sleep=sleep) as sweeper:
+            assert sweeper is not None
+            # at start, before anything is served: the 40-day-old turn is gone
+            assert [t.text for t in await store.author_turns(ALICE)] == ["30日前"]
+            seconds, wake = await asyncio.wait_for(sleep.calls.get(), 10)
+            assert seconds == DAY_S
+            now[0] += DAY_S  # a day later the other one is over 30 days old too
+            await store.add_turn(claim.conversation, Turn(Speaker.USER, "今日"), author=ALICE)
+            wake.set()
+            _, wake = await asyncio.wait_for(sleep.calls.get(), 10)  # swept, sleeping again
+            assert [t.text for t in await store.author_turns(ALICE)] == ["今日"]
+    finally:
+        await store.close()
+
+
+async def test_without_retention_days_everything_is_kept(tmp_path: Path) -> None:
+    from bot.retention import retention
+
+    store = await HistoryStore.open(tmp_path / "bot.sqlite3", clock=lambda: 0.0)
+    try:
+        await _fill(store)
+        async with retention(store, None) as sweeper:
+            assert sweeper is None
+        assert len(await store.author_turns(ALICE)) == 2
+    finally:
+        await store.close()
+
+
+def test_the_run_command_applies_retention_days_at_start(tiny_model_dir: Path,
+                                                         tmp_path: Path) -> None:
+    db = tmp_path / "bot.sqlite3"
+    with sqlite3.connect(db) as raw:  # an old database: turns from 2020 and from now
+        for migration in MIGRATIONS:
+            raw.executescript(migration)
+        raw.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        raw.execute("INSERT INTO conversations VALUES (1, 'console', '', 'console', '', 0, 0)")
+        raw.execute("INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
+                    " VALUES (1, 'ユーザー', ?, 1577836800, 'console')", (SECRET,))
+        raw.execute("INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
+                    " VALUES (1, 'ユーザー', '最近の話', strftime('%s', 'now'), 'console')")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "RETENTION_"))}
+    env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "DATABASE_PATH": str(db),
+                "MODEL_ID": str(tiny_model_dir), "QUANTIZATION": "none", "DEVICE": "cpu",
+                "RETENTION_DAYS": "30"})
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=tmp_path, env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "older than RETENTION_DAYS=30" in result.stderr
+    with sqlite3.connect(db) as raw:
+        assert [r[0] for r in raw.execute("SELECT text FROM turns")] == ["最近の話"]
+    assert SECRET.encode() not in raw_bytes(db)
+
+
+def test_every_reset_reply_says_the_old_messages_stay_stored() -> None:
+    from adapters.discord_bot import RESET_DONE as DISCORD_RESET
+    from adapters.slack_app import RESET_DONE as SLACK_RESET
+
+    console = (ROOT / "adapters" / "console.py").read_text(encoding="utf-8")
+    for reply in (DISCORD_RESET, SLACK_RESET):
+        assert "リセットしました" in reply and "削除されず、保存されたまま" in reply
+    assert "会話をリセットしました。（これまでのメッセージは削除されず、保存されたままです）" in console
+    for guide in ("README.md", "docs/discord.md", "docs/slack.md"):
+        text = (ROOT / guide).read_text(encoding="utf-8")
+        assert "by design" in text and "forget --user" in text, guide
