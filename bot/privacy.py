@@ -16,7 +16,7 @@ from typing import TextIO
 
 from bot.errors import StorageError
 from bot.prompt import clean_text
-from storage.history import AuthoredTurn, HistoryStore
+from storage.history import CHECKPOINT_TRIES, AuthoredTurn, HistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ async def forget_user(path: Path, user: str, platform: str | None) -> int:
     store = await _open_existing(path)
     try:
         deleted = await store.forget_author(user, platform)
-        if not await store.scrub():
+        if not await store.scrub(CHECKPOINT_TRIES):
             raise StorageError(
                 f"DATABASE_PATH={path}: {deleted} messages deleted, but the WAL is still in "
                 "use by another process; run the command again to remove their text from it")

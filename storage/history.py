@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
 _SIDE_FILES = ("-wal", "-shm", "-journal")
-_CHECKPOINT_TRIES = 5
+CHECKPOINT_TRIES = 5  # for `forget`: a busy WAL is waited for this many busy timeouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,14 +351,15 @@ class HistoryStore:
             await self.scrub()
         return deleted
 
-    async def scrub(self) -> bool:
+    async def scrub(self, tries: int = 1) -> bool:
         """Move everything from the WAL into the database file and truncate the WAL, so text
         deleted (and overwritten, `secure_delete`) is not left in older WAL frames. Waits for
-        readers (other processes on the same file) up to the busy timeout, a few times.
+        readers (other processes on the same file) up to the busy timeout, `tries` times; the
+        running bot tries once (its writes wait meanwhile), `forget` a few times.
         Returns whether the WAL is empty now; logs a warning when it is not."""
         if str(self.path) == ":memory:":
             return True
-        for _ in range(_CHECKPOINT_TRIES):
+        for _ in range(tries):
             async with self._write:
                 row = await (await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")).fetchone()
             if row is not None and row[0] == 0:
