@@ -97,7 +97,7 @@ async def run_console(chat: ChatService, stdin: BinaryIO | None = None,
             break
         if command == "/reset":
             await chat.reset(CONSOLE_KEY)
-            out.write("会話をリセットしました。\n")
+            out.write("会話をリセットしました。（これまでのメッセージは削除されず、保存されたままです）\n")
             continue
         if not command:
             continue

@@ -30,6 +30,7 @@ from bot.chat import ChatService, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
+from bot.privacy import PrivateData
 from bot.prompt import clean_text
 from bot.reply import MessageReply
 
@@ -51,7 +52,8 @@ HELP_MESSAGE = (
     "・DM ではそのまま話しかけてください。\n"
     "・`/ask 質問` でも質問できます。`/reset` でスレッドや DM の会話を最初からやり直します。"
 )
-RESET_DONE = "会話をリセットしました。次のメッセージから新しい会話になります。"
+RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
+              "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
 RESET_WHERE = "`/reset` はスレッドか DM の中で使ってください（チャンネルでの質問は毎回新しいスレッドになります）。"
 
 _MENTION = re.compile(r"<(@[!&]?|#)([0-9]{15,21})>")
@@ -301,7 +303,7 @@ class ChatCog(commands.Cog):
         channel = message.channel
         mentioned = mentions_me(message, me)
         text = readable_text(message, me.id)
-        incoming = IncomingMessage(text, str(message.id), message.author.display_name)
+        incoming = IncomingMessage(text, str(message.id), str(message.author.id))
         if isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
             key = conversation_key(channel, None)
             await self._answer(key, incoming, ChannelDestination(channel))
@@ -366,7 +368,7 @@ class ChatCog(commands.Cog):
         channel = interaction.channel
         key = conversation_key(channel, interaction.guild_id)
         text = question.strip()
-        incoming = IncomingMessage(text, str(interaction.id), interaction.user.display_name)
+        incoming = IncomingMessage(text, str(interaction.id), str(interaction.user.id))
         if isinstance(channel, discord.Thread):
             if not await self.chat.follows(key):
                 await self._join_thread(key, channel, before=None)
@@ -414,6 +416,42 @@ class ChatCog(commands.Cog):
             log.warning("/help %s: %s", interaction.id, _describe(exc), exc_info=exc)
 
 
+class MessageEditsCog(commands.Cog):
+    """Deleting or editing a message on Discord does the same to the turn stored from it, so
+    the next prompt no longer holds what the person took back."""
+
+    def __init__(self, bot: RinnaDiscordBot) -> None:
+        self.bot = bot
+        self.private = PrivateData(bot.chat.store)
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        await self._deleted([payload.message_id])
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        await self._deleted(sorted(payload.message_ids))
+
+    @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        me, message = self.bot.user, payload.message
+        if me is None or message.author.id == me.id or message.author.bot:
+            return
+        try:
+            await self.private.message_edited(PLATFORM, str(payload.message_id),
+                                              readable_text(message, me.id))
+        except Exception:  # the error boundary: logged, the client keeps running
+            log.exception("message %s: could not apply its edit to the history",
+                          payload.message_id)
+
+    async def _deleted(self, message_ids: list[int]) -> None:
+        for message_id in message_ids:
+            try:
+                await self.private.message_deleted(PLATFORM, str(message_id))
+            except Exception:
+                log.exception("message %s: could not delete it from the history", message_id)
+
+
 # ----- the bot -------------------------------------------------------------------------------
 
 
@@ -437,6 +475,7 @@ class RinnaDiscordBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         await self.add_cog(ChatCog(self))
+        await self.add_cog(MessageEditsCog(self))
         try:
             synced = await self.tree.sync()
         except discord.HTTPException as exc:

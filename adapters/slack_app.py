@@ -38,6 +38,7 @@ from bot.chat import USAGE_MESSAGE, ChatService, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
+from bot.privacy import PrivateData
 from bot.reply import MessageReply
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ IGNORED = "ignored"
 RESET = "reset"
 HELP = "help"
 FAILED = str(Outcome.FAILED)
+DELETED = "deleted"
+EDITED = "edited"
 
 RESET_WORDS = frozenset({"リセット", "reset"})
 HELP_WORDS = frozenset({"", "help", "ヘルプ", "使い方"})
@@ -59,7 +62,8 @@ USER_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
                          "token_expired", "not_allowed_token_type"})
 
-RESET_DONE = "会話をリセットしました。次のメッセージから新しい会話になります。"
+RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
+              "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
 RESET_HINT = ("スラッシュコマンドはスレッドの中では使えません。"
               "リセットしたいスレッドで `@rinna リセット` と書いてください。")
 FAILURE_MESSAGE = RinnaError.user_message
@@ -284,7 +288,7 @@ class SlackHandlers:
         sink = SlackReply(self.api, channel, ts)
         outcome = FAILED
         async with self._boundary(sink, f"{COMMAND} in {key}"):
-            incoming = IncomingMessage(question, f"{channel}:{ts}", await self.names.name(user))
+            incoming = IncomingMessage(question, f"{channel}:{ts}", user)
             outcome = str(await self.chat.handle(key, incoming, sink))
         return outcome
 
@@ -301,8 +305,7 @@ class SlackHandlers:
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
             if message.thread_ts and not message.is_dm and not await self.chat.follows(key):
                 await self._import_thread(message, bot)
-            incoming = IncomingMessage(text, message.delivery_key,
-                                       await self.names.name(message.user))
+            incoming = IncomingMessage(text, message.delivery_key, message.user)
             outcome = str(await self.chat.handle(key, incoming, sink))
         return outcome
 
@@ -395,8 +398,54 @@ def _bot(context: AsyncBoltContext) -> BotIdentity:
 
 
 # ----- listeners ------------------------------------------------------------------------------
+def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
+    """Deleting or editing a message on Slack does the same to the turn stored from it.
+    Registered before the `message` listener: bolt runs only the first listener that matches."""
+    private = PrivateData(services.chat.store)
+
+    @app.event({"type": "message", "subtype": "message_deleted"})
+    async def message_deleted(ack: AsyncAck, event: dict[str, Any]) -> None:
+        await ack()
+        outcome = IGNORED
+        try:
+            channel = event.get("channel")
+            ts = event.get("deleted_ts") or (event.get("previous_message") or {}).get("ts")
+            if isinstance(channel, str) and isinstance(ts, str) and (
+                    await private.message_deleted(PLATFORM, f"{channel}:{ts}")):
+                outcome = DELETED
+        except Exception:
+            log.exception("slack: could not delete a deleted message from the history")
+        finally:
+            services.outcomes[outcome] += 1
+
+    @app.event({"type": "message", "subtype": "message_changed"})
+    async def message_changed(ack: AsyncAck, event: dict[str, Any],
+                              context: AsyncBoltContext) -> None:
+        await ack()
+        outcome = IGNORED
+        try:
+            channel, changed = event.get("channel"), event.get("message") or {}
+            ts, bot = changed.get("ts"), _bot(context)
+            own = bot.user_id is not None and changed.get("user") == bot.user_id
+            if not (isinstance(channel, str) and isinstance(ts, str)) or own or (
+                    changed.get("bot_id")):
+                pass
+            elif changed.get("subtype") == "tombstone":  # a thread's first message, deleted
+                if await private.message_deleted(PLATFORM, f"{channel}:{ts}"):
+                    outcome = DELETED
+            elif await private.message_edited(
+                    PLATFORM, f"{channel}:{ts}",
+                    await services._plain(str(changed.get("text") or ""), bot)):
+                outcome = EDITED
+        except Exception:
+            log.exception("slack: could not apply an edited message to the history")
+        finally:
+            services.outcomes[outcome] += 1
+
+
 def register(app: AsyncApp, services: SlackHandlers) -> None:
     """Every Slack listener of the bot. Each acks first; the work runs after the ack."""
+    register_edits(app, services)  # first: see register_edits
 
     @app.event("app_mention")
     async def app_mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],

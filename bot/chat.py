@@ -149,7 +149,7 @@ class ChatService:
         the answer (unless empty). Runs under the conversation's lock."""
         if claim.stored_turn is None:
             await self.store.add_turn(claim.conversation, Turn(Speaker.USER, text),
-                                      (key.platform, message.delivery_key))
+                                      (key.platform, message.delivery_key), author=message.author)
         answer, shortened = await self._answer(claim.conversation, sink, interval)
         if answer:
             await self.store.add_turn(claim.conversation, Turn(Speaker.SYSTEM, answer))

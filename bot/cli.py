@@ -58,7 +58,9 @@ async def open_core(settings: Settings) -> AsyncIterator[Core]:
 
 
 async def serve(settings: Settings, command: str) -> None:
-    async with open_core(settings) as core:
+    from bot.retention import retention
+
+    async with open_core(settings) as core, retention(core.store, settings.retention_days):
         platforms = settings.discord_enabled or settings.slack_enabled
         if command == "chat" or not platforms:
             from adapters.console import run_console
@@ -109,11 +111,33 @@ async def run_platforms(core: Core) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def private_command(settings: Settings, command: str, user: str, platform: str | None) -> int:
+    """`forget` / `export` on DATABASE_PATH (works while the bot runs; loads no model)."""
+    from bot.privacy import export_user, forget_user
+
+    try:
+        if command == "export":
+            asyncio.run(export_user(settings.database_path, user, platform, sys.stdout))
+        else:
+            deleted = asyncio.run(forget_user(settings.database_path, user, platform))
+            print(f"rinna-bot: deleted {deleted} stored messages of user {user}", file=sys.stderr)
+    except RinnaError as exc:
+        print(f"rinna-bot: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rinna-bot", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "chat"], nargs="?", default="run",
-                        help="run: every platform with credentials set; chat: the terminal")
+    parser.add_argument("command", choices=["run", "chat", "forget", "export"], nargs="?",
+                        default="run", help="run: every platform with credentials set; chat: "
+                        "the terminal; forget/export --user ID: delete/print a person's messages")
+    parser.add_argument("--user", help="forget, export: the person's Discord or Slack user id")
+    parser.add_argument("--platform", choices=["discord", "slack", "console"],
+                        help="forget, export: only this platform's messages (default: all)")
     args = parser.parse_args(argv)
+    if args.command in ("forget", "export") and not args.user:
+        parser.error(f"{args.command} needs --user ID")
     try:
         settings = load_settings()
     except RinnaError as exc:
@@ -122,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     secrets = [s.get_secret_value() for s in (settings.discord_token, settings.slack_bot_token,
                settings.slack_app_token, settings.slack_signing_secret) if s is not None]
     setup_logging(settings.log_level, secrets)
+    if args.command in ("forget", "export"):
+        return private_command(settings, args.command, args.user, args.platform)
     try:
         asyncio.run(serve(settings, args.command))
     except RinnaError as exc:

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
 
     # Model and generation
     model_id: str = DEFAULT_MODEL_ID
+    model_revision: str = "main"  # hub branch, tag or commit of MODEL_ID (pin a commit hash)
     quantization: Literal["4bit", "8bit", "none"] = "4bit"
     device: Literal["auto", "cuda", "cpu"] = "auto"
     max_new_tokens: int = Field(128, ge=1, le=1024)
@@ -45,6 +46,7 @@ class Settings(BaseSettings):
 
     # Storage
     database_path: Path = Path("data/rinna-bot.sqlite3")
+    retention_days: int | None = Field(None, ge=1)  # None: keep every turn
 
     # Platforms
     discord_token: SecretStr | None = None

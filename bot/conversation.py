@@ -45,7 +45,7 @@ class IncomingMessage:
 
     text: str
     delivery_key: str
-    author: str = ""
+    author: str = ""  # the writer's platform user id (stored: `forget --user`, `export --user`)
 
 
 class ReplySink(Protocol):

@@ -6,6 +6,7 @@ Runs inside the generator's worker thread: all torch work happens in that one th
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def resolve_model_dir(model_id: str) -> Path:
-    """A local directory as is; a hub id is downloaded (with progress) or taken from cache."""
+def resolve_model_dir(model_id: str, revision: str = "main") -> Path:
+    """A local directory as is; a hub id is downloaded (with progress) or taken from cache, at
+    `revision` (MODEL_REVISION: a branch, tag or commit hash) for every file."""
     local = Path(model_id).expanduser()
     if local.is_dir():
         if not (local / "spiece.model").is_file() or not (local / "config.json").is_file():
@@ -57,15 +59,18 @@ def resolve_model_dir(model_id: str) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        log.info("fetching %s from the hub (cached after the first run)", model_id)
-        path = Path(snapshot_download(model_id, allow_patterns=_REPO_FILES))
+        log.info("fetching %s at revision %s from the hub (cached after the first run)",
+                 model_id, revision)
+        path = Path(snapshot_download(model_id, revision=revision, allow_patterns=_REPO_FILES))
         if not any(path.glob("*.safetensors")):
-            path = Path(snapshot_download(model_id, allow_patterns=_REPO_FILES + _BIN_FILES))
+            path = Path(snapshot_download(model_id, revision=revision,
+                                          allow_patterns=_REPO_FILES + _BIN_FILES))
         return path
     except LocalEntryNotFoundError:
         raise ModelLoadError(
-            f"MODEL_ID={model_id}: not in the local cache and the hub cannot be reached; "
-            "connect to the network once, or set MODEL_ID to a local model directory"
+            f"MODEL_ID={model_id} (MODEL_REVISION={revision}): not in the local cache and the "
+            "hub cannot be reached; connect to the network once, or set MODEL_ID to a local "
+            "model directory"
         ) from None
     except (HfHubHTTPError, ValueError, OSError) as exc:
         raise ModelLoadError(
@@ -93,7 +98,7 @@ def load_model(settings: Settings) -> tuple[torch.nn.Module, Tokenizer, ModelInf
 
     started = time.monotonic()
     device = resolve_device(settings.device)
-    directory = resolve_model_dir(settings.model_id)
+    directory = resolve_model_dir(settings.model_id, settings.model_revision)
     tokenizer = Tokenizer.from_file(directory / "spiece.model")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
@@ -102,8 +107,11 @@ def load_model(settings: Settings) -> tuple[torch.nn.Module, Tokenizer, ModelInf
             dtype=dtype,
             device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
             quantization_config=quantization_config(settings.quantization, device),
+            # safetensors where the repository has them; pickled weights only as tensors
+            use_safetensors=any(directory.glob("*.safetensors")),
+            weights_only=True,
         )
-    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+    except (OSError, ValueError, RuntimeError, ImportError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"MODEL_ID={settings.model_id}: could not load the model: {exc}") from exc
     model.eval()
     memory = (torch.cuda.memory_allocated(device) if device.type == "cuda"

@@ -4,15 +4,24 @@ Every write is one transaction. One connection is shared by the whole process; a
 transactions from interleaving on it. A redelivered platform message is recognised by its
 (platform, delivery_key) row and never stored or answered twice; a reset moves the point where
 the history starts and keeps every old row.
+
+Private data: the directory the store creates is 0700 and the database with its -wal/-shm 0600
+(whatever the umask; looser modes on existing files are tightened). Deleted text is overwritten
+(`secure_delete`) and, after every deletion or edit, the WAL is checkpointed and truncated, so
+the text is gone from the files, not only unlinked. Each user turn keeps its author's platform
+id, so one person's messages can be exported or forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import sqlite3
+import stat
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +31,13 @@ import aiosqlite
 from bot.conversation import ConversationKey, Speaker, Turn
 from bot.errors import StorageError
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+CHECKPOINT_TRIES = 5  # for `forget`: a busy WAL is waited for this many busy timeouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,25 +55,87 @@ class StoredTurn:
     turn: Turn
 
 
+@dataclass(frozen=True, slots=True)
+class AuthoredTurn:
+    """One stored message of a person, with where and when (for `export --user`)."""
+
+    id: int
+    platform: str
+    workspace: str
+    channel: str
+    thread: str
+    created_at: float  # seconds since the epoch
+    text: str
+
+
+# A thread's earlier message for import_turns: (turn, delivery key) or (turn, key, author id).
+ImportedTurn = tuple[Turn, str | None] | tuple[Turn, str | None, str | None]
+
+
+def _private_directory(directory: Path) -> None:
+    """Create `directory` and any missing parents as 0700; existing ones are left as they are
+    (the database may live in a shared directory the operator chose)."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            new.mkdir(mode=DIRECTORY_MODE)
+            os.chmod(new, DIRECTORY_MODE)  # mkdir's mode passes through the umask
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (SQLite gives its -wal and -shm the
+    database file's mode), and take group/other access away from existing files."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        _tighten(path, os.fstat(fd).st_mode, lambda mode: os.fchmod(fd, mode))
+    finally:
+        os.close(fd)
+    for suffix in _SIDE_FILES:
+        side = path.with_name(path.name + suffix)
+        try:
+            mode = side.stat().st_mode
+        except FileNotFoundError:
+            continue
+        _tighten(side, mode, lambda mode, side=side: os.chmod(side, mode))
+
+
+def _tighten(path: Path, mode: int, chmod: Callable[[int], None]) -> None:
+    if stat.S_IMODE(mode) & 0o077:
+        try:
+            chmod(stat.S_IMODE(mode) & ~0o077 | 0o600)
+        except OSError as exc:
+            log.warning("%s is readable by other users and could not be made private (%s)",
+                        path, exc.strerror)
+
+
 class HistoryStore:
-    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, connection: aiosqlite.Connection, path: Path,
+                 clock: Callable[[], float] = time.time) -> None:
         self._db = connection
         self.path = path
         self._write = asyncio.Lock()
+        self._clock = clock
 
     @classmethod
-    async def open(cls, path: str | Path) -> HistoryStore:
+    async def open(cls, path: str | Path, *,
+                   clock: Callable[[], float] = time.time) -> HistoryStore:
+        """Open (creating it privately if needed) the database at `path`; `clock` stamps the
+        turns (seconds since the epoch; tests pass their own)."""
         path = Path(path)
         try:
             if str(path) != ":memory:":
-                path.parent.mkdir(parents=True, exist_ok=True)
+                _private_directory(path.parent)
+                _private_file(path)
             db = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(
                 f"DATABASE_PATH={path}: cannot open the database ({exc}); "
                 "set DATABASE_PATH to a file in a writable directory"
             ) from None
-        store = cls(db, path)
+        store = cls(db, path, clock)
         try:
             await store._prepare()
         except sqlite3.Error as exc:
@@ -73,6 +151,7 @@ class HistoryStore:
         await self._db.execute("PRAGMA journal_mode = WAL")
         await self._db.execute("PRAGMA foreign_keys = ON")
         await self._db.execute("PRAGMA synchronous = NORMAL")
+        await self._db.execute("PRAGMA secure_delete = ON")  # deleted text is overwritten
         async with self._transaction() as db:
             (version,) = await (await db.execute("PRAGMA user_version")).fetchone()
             if version > SCHEMA_VERSION:
@@ -105,7 +184,7 @@ class HistoryStore:
         await db.execute(
             "INSERT OR IGNORE INTO conversations (platform, workspace, channel, thread, created_at)"
             " VALUES (?, ?, ?, ?, ?)",
-            (key.platform, key.workspace, key.channel, key.thread, time.time()),
+            (key.platform, key.workspace, key.channel, key.thread, self._clock()),
         )
         row = await (await db.execute(
             "SELECT id FROM conversations WHERE platform=? AND workspace=? AND channel=?"
@@ -138,7 +217,7 @@ class HistoryStore:
             cursor = await db.execute(
                 "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
                 " received_at) VALUES (?, ?, ?, ?)",
-                (key.platform, delivery_key, conversation, time.time()))
+                (key.platform, delivery_key, conversation, self._clock()))
             if cursor.rowcount == 1:
                 return Claim(conversation)
             row = await (await db.execute(
@@ -154,13 +233,16 @@ class HistoryStore:
         return row is not None
 
     async def add_turn(
-        self, conversation: int, turn: Turn, delivery: tuple[str, str] | None = None
+        self, conversation: int, turn: Turn, delivery: tuple[str, str] | None = None,
+        *, author: str | None = None,
     ) -> int:
-        """Store one turn; `delivery` (platform, key) links the platform message to it."""
+        """Store one turn; `delivery` (platform, key) links the platform message to it;
+        `author` is the writer's platform user id (user turns)."""
         async with self._transaction() as db:
             cursor = await db.execute(
-                "INSERT INTO turns (conversation_id, speaker, text, created_at) VALUES (?,?,?,?)",
-                (conversation, str(turn.speaker), turn.text, time.time()))
+                "INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
+                " VALUES (?,?,?,?,?)",
+                (conversation, str(turn.speaker), turn.text, self._clock(), author or None))
             turn_id = int(cursor.lastrowid)
             if delivery is not None:
                 await db.execute(
@@ -169,26 +251,30 @@ class HistoryStore:
             return turn_id
 
     async def import_turns(
-        self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
+        self, key: ConversationKey, turns: Sequence[ImportedTurn]
     ) -> int:
         """Store a thread's earlier messages (oldest first) as its history, in one transaction.
         Each (turn, delivery_key) with a key is recorded (as imported: its own event, if it
-        comes, is still answered once); already-seen ones are skipped.
+        comes, is still answered once); already-seen ones are skipped. An item may carry a
+        third element, the author's platform user id.
         Returns the number of turns stored."""
         stored = 0
         async with self._transaction() as db:
             conversation = await self._conversation_id(db, key)
-            for turn, delivery_key in turns:
+            for item in turns:
+                turn, delivery_key = item[0], item[1]
+                author = item[2] if len(item) > 2 else None
                 if delivery_key is not None:
                     cursor = await db.execute(
                         "INSERT OR IGNORE INTO deliveries (platform, delivery_key,"
                         " conversation_id, received_at, imported) VALUES (?, ?, ?, ?, 1)",
-                        (key.platform, delivery_key, conversation, time.time()))
+                        (key.platform, delivery_key, conversation, self._clock()))
                     if cursor.rowcount != 1:
                         continue  # seen before: already in some history
                 cursor = await db.execute(
-                    "INSERT INTO turns (conversation_id, speaker, text, created_at)"
-                    " VALUES (?,?,?,?)", (conversation, str(turn.speaker), turn.text, time.time()))
+                    "INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
+                    " VALUES (?,?,?,?,?)",
+                    (conversation, str(turn.speaker), turn.text, self._clock(), author or None))
                 if delivery_key is not None:
                     await db.execute(
                         "UPDATE deliveries SET turn_id=? WHERE platform=? AND delivery_key=?",
@@ -207,3 +293,77 @@ class HistoryStore:
             (conversation, before if before is not None else 2**62, limit))
         rows = await cursor.fetchall()
         return [StoredTurn(int(i), Turn(Speaker(s), t)) for i, s, t in rows]
+
+    # ----- private data: platform deletions and edits, forget, export, retention ------------
+    async def delete_delivered(self, platform: str, delivery_key: str) -> int:
+        """Delete the turn stored from this platform message (it was deleted on the platform).
+        The delivery row stays, so a redelivery is still not answered. Returns turns deleted."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM turns WHERE id = (SELECT turn_id FROM deliveries"
+                " WHERE platform=? AND delivery_key=?)", (platform, delivery_key))
+            deleted = cursor.rowcount
+        if deleted:
+            await self.scrub()
+        return deleted
+
+    async def edit_delivered(self, platform: str, delivery_key: str, text: str) -> bool:
+        """Replace the text of the turn stored from this platform message (edited there).
+        Returns whether a stored text changed."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE turns SET text=? WHERE text != ? AND id = (SELECT turn_id FROM deliveries"
+                " WHERE platform=? AND delivery_key=?)", (text, text, platform, delivery_key))
+            changed = cursor.rowcount > 0
+        if changed:
+            await self.scrub()
+        return changed
+
+    async def author_turns(self, author: str, platform: str | None = None) -> list[AuthoredTurn]:
+        """Every stored message of one person (oldest first), on one platform or all."""
+        cursor = await self._db.execute(
+            "SELECT t.id, c.platform, c.workspace, c.channel, c.thread, t.created_at, t.text"
+            " FROM turns t JOIN conversations c ON c.id = t.conversation_id"
+            " WHERE t.author = ? AND (? IS NULL OR c.platform = ?) ORDER BY t.id",
+            (author, platform, platform))
+        rows = await cursor.fetchall()
+        return [AuthoredTurn(int(i), p, w, c, th, float(at), text)
+                for i, p, w, c, th, at, text in rows]
+
+    async def forget_author(self, author: str, platform: str | None = None) -> int:
+        """Delete every stored message of one person, their text overwritten in the files.
+        Returns the number of messages deleted."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM turns WHERE author = ? AND (? IS NULL OR conversation_id IN"
+                " (SELECT id FROM conversations WHERE platform = ?))",
+                (author, platform, platform))
+            deleted = cursor.rowcount
+        await self.scrub()
+        return deleted
+
+    async def delete_older_than(self, cutoff: float) -> int:
+        """Delete every turn stored before `cutoff` (seconds since the epoch): RETENTION_DAYS."""
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff,))
+            deleted = cursor.rowcount
+        if deleted:
+            await self.scrub()
+        return deleted
+
+    async def scrub(self, tries: int = 1) -> bool:
+        """Move everything from the WAL into the database file and truncate the WAL, so text
+        deleted (and overwritten, `secure_delete`) is not left in older WAL frames. Waits for
+        readers (other processes on the same file) up to the busy timeout, `tries` times; the
+        running bot tries once (its writes wait meanwhile), `forget` a few times.
+        Returns whether the WAL is empty now; logs a warning when it is not."""
+        if str(self.path) == ":memory:":
+            return True
+        for _ in range(tries):
+            async with self._write:
+                row = await (await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")).fetchone()
+            if row is not None and row[0] == 0:
+                return True
+        log.warning("%s: the WAL could not be emptied (a reader kept it busy); deleted text "
+                    "stays in %s-wal until the next checkpoint", self.path, self.path.name)
+        return False

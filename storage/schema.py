@@ -37,6 +37,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deliveries ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
     """,
+    # (private data) who wrote each user turn (the platform's user id; NULL for the bot's turns
+    # and for turns stored before this), so one person's messages can be exported or forgotten;
+    # and turns by age, for RETENTION_DAYS. Touches only `turns`: independent of other migrations
+    """
+    ALTER TABLE turns ADD COLUMN author TEXT;
+    CREATE INDEX turns_by_author ON turns (author) WHERE author IS NOT NULL;
+    CREATE INDEX turns_by_age ON turns (created_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,97 @@
+"""People's stored messages: platform deletions and edits, `forget --user`, `export --user`.
+
+Platform-free: adapters translate "message deleted / edited" events into a (platform,
+delivery key) and call `PrivateData`; the operator's commands run on DATABASE_PATH, also while
+the bot runs (WAL and a busy timeout let both processes use the file). Deleted text is
+overwritten in the database file and the WAL is emptied (storage/history.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from bot.errors import StorageError
+from bot.prompt import clean_text
+from storage.history import CHECKPOINT_TRIES, AuthoredTurn, HistoryStore
+
+log = logging.getLogger(__name__)
+
+
+class PrivateData:
+    """What a platform's deletions and edits do to the stored history."""
+
+    def __init__(self, store: HistoryStore) -> None:
+        self.store = store
+
+    async def message_deleted(self, platform: str, delivery_key: str) -> bool:
+        """The platform message is gone: delete the turn stored from it (the next prompt
+        no longer has it). Returns whether a stored turn was deleted."""
+        deleted = await self.store.delete_delivered(platform, delivery_key)
+        if deleted:
+            log.info("%s: message %s was deleted; its stored turn is deleted", platform,
+                     delivery_key)
+        return bool(deleted)
+
+    async def message_edited(self, platform: str, delivery_key: str, text: str) -> bool:
+        """The platform message was edited: the stored turn takes its new text (cleaned as
+        the chat service cleans what it stores). An edit to nothing readable changes nothing
+        (Discord without the Message Content intent shows no text). Returns whether it changed."""
+        cleaned = clean_text(text).strip()
+        if not cleaned:
+            return False
+        changed = await self.store.edit_delivered(platform, delivery_key, cleaned)
+        if changed:
+            log.info("%s: message %s was edited; its stored turn is updated", platform,
+                     delivery_key)
+        return changed
+
+
+def export_line(turn: AuthoredTurn) -> str:
+    """One stored message as a JSON line (UTF-8 text as is)."""
+    return json.dumps({
+        "platform": turn.platform, "workspace": turn.workspace, "channel": turn.channel,
+        "thread": turn.thread, "id": turn.id,
+        "created_at": datetime.fromtimestamp(turn.created_at, UTC).isoformat(
+            timespec="seconds"),
+        "text": turn.text,
+    }, ensure_ascii=False)
+
+
+async def _open_existing(path: Path) -> HistoryStore:
+    if str(path) != ":memory:" and not path.is_file():
+        raise StorageError(f"DATABASE_PATH={path}: no database there (nothing is stored); "
+                           "set DATABASE_PATH to the bot's database file")
+    return await HistoryStore.open(path)
+
+
+async def export_user(path: Path, user: str, platform: str | None, out: TextIO) -> int:
+    """`rinna-bot export --user ID`: that person's stored messages as JSON lines on `out`.
+    Returns how many."""
+    store = await _open_existing(path)
+    try:
+        turns = await store.author_turns(user, platform)
+    finally:
+        await store.close()
+    for turn in turns:
+        out.write(export_line(turn) + "\n")
+    out.flush()
+    return len(turns)
+
+
+async def forget_user(path: Path, user: str, platform: str | None) -> int:
+    """`rinna-bot forget --user ID`: delete every stored message of that person, their text
+    overwritten in the database file and gone from the WAL. Returns how many."""
+    store = await _open_existing(path)
+    try:
+        deleted = await store.forget_author(user, platform)
+        if not await store.scrub(CHECKPOINT_TRIES):
+            raise StorageError(
+                f"DATABASE_PATH={path}: {deleted} messages deleted, but the WAL is still in "
+                "use by another process; run the command again to remove their text from it")
+    finally:
+        await store.close()
+    return deleted

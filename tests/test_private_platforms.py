@@ -1,0 +1,168 @@
+"""Deleting or editing a message on the platform reaches storage: the real Slack AsyncApp over
+signed HTTP (fake Web API) and discord.py in simcord, the real chat service and SQLite; only the
+model's words are scripted, so the prompts it was given can be read."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import simcord
+
+from adapters.discord_bot import RinnaDiscordBot, build_discord_bot
+from bot.chat import ChatService
+from bot.config import Settings
+from bot.tokenizer import Tokenizer
+from storage.history import HistoryStore
+from tests.fakes import ScriptedGenerator
+from tests.slack_fakes import BOT_USER, FakeSlack, mention, message
+from tests.test_slack_app import (  # noqa: F401  (fixtures)
+    Slack,
+    fake,
+    running,
+    scripted_chat,
+    slack_settings,
+)
+
+CARD = "カード番号 4111 1111 1111 1111"
+C1 = "C1"
+T0, T1, T2, T3 = "1710000000.000100", "1710000000.000200", "1710000000.000300", "1710000000.000400"
+
+
+def on_disk(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal"))
+                    if p.exists())
+
+
+def deleted(channel: str, ts: str, **previous: Any) -> dict[str, Any]:
+    return {"type": "message", "subtype": "message_deleted", "hidden": True, "channel": channel,
+            "ts": "1710000099.000001", "deleted_ts": ts, "channel_type": "channel",
+            "previous_message": {"type": "message", "ts": ts, **previous}}
+
+
+def changed(channel: str, ts: str, text: str, **inner: Any) -> dict[str, Any]:
+    return {"type": "message", "subtype": "message_changed", "hidden": True, "channel": channel,
+            "ts": "1710000099.000002", "channel_type": "channel",
+            "message": {"type": "message", "user": "U1", "text": text, "ts": ts,
+                        "edited": {"user": "U1", "ts": "1710000099.000002"}, **inner}}
+
+
+# ----- Slack ----------------------------------------------------------------------------------
+@pytest.fixture
+def scripted(store: HistoryStore, tokenizer: Tokenizer,
+             settings: Settings) -> tuple[ChatService, ScriptedGenerator]:
+    return scripted_chat(store, tokenizer, settings, ["はい、承知しました。"])
+
+
+@pytest.fixture
+async def slack(scripted: tuple[ChatService, ScriptedGenerator], slack_settings: Settings,
+                fake: FakeSlack) -> AsyncIterator[Slack]:  # noqa: F811
+    async with running(scripted[0], slack_settings, fake) as harness:
+        yield harness
+
+
+async def test_slack_a_deleted_message_leaves_the_next_prompt_and_the_files(
+        slack: Slack, scripted: tuple[ChatService, ScriptedGenerator],
+        settings: Settings) -> None:
+    generator = scripted[1]
+    await slack.event(mention(C1, T0, "こんにちは"))
+    await slack.settled(1)
+    await slack.event(message(C1, T1, CARD, thread_ts=T0))
+    await slack.settled(2)
+    assert CARD in generator.prompts[-1]
+
+    assert await slack.event(deleted(C1, T1, user="U1", text=CARD, thread_ts=T0)) == 200
+    await slack.settled(3)
+    assert slack.outcomes() == {"answered": 2, "deleted": 1}
+    await slack.event(message(C1, T2, "さっきの件ですが", thread_ts=T0))
+    await slack.settled(4)
+    assert "4111" not in generator.prompts[-1]
+    assert "こんにちは" in generator.prompts[-1]  # the rest of the thread is still there
+    assert b"4111" not in on_disk(settings.database_path)
+    # the deleted message's own event, retried by Slack, is still not answered
+    await slack.event(message(C1, T1, CARD, thread_ts=T0), retry_num=1)
+    await slack.settled(5)
+    assert slack.outcomes()["duplicate"] == 1
+
+
+async def test_slack_an_edited_message_changes_the_stored_turn(
+        slack: Slack, scripted: tuple[ChatService, ScriptedGenerator],
+        settings: Settings) -> None:
+    generator = scripted[1]
+    await slack.event(mention(C1, T0, CARD))
+    await slack.settled(1)
+    await slack.event(changed(C1, T0, f"<@{BOT_USER}> カード番号は伏せます", thread_ts=T0))
+    await slack.settled(2)
+    # another app's message edited (bolt itself drops the bot's own): not a person's turn
+    await slack.event(changed(C1, T1, "はい", user="U0OTHERBOT", bot_id="B0OTHER", thread_ts=T0))
+    await slack.settled(3)
+    assert slack.outcomes() == {"answered": 1, "edited": 1, "ignored": 1}
+    await slack.event(message(C1, T2, "続けて", thread_ts=T0))
+    await slack.settled(4)
+    assert "ユーザー: カード番号は伏せます<NL>" in generator.prompts[-1]
+    assert "4111" not in generator.prompts[-1]
+    assert b"4111" not in on_disk(settings.database_path)
+
+
+async def test_slack_a_deleted_thread_start_becomes_a_tombstone_and_leaves_storage(
+        slack: Slack, scripted: tuple[ChatService, ScriptedGenerator]) -> None:
+    await slack.event(mention(C1, T0, CARD))
+    await slack.settled(1)
+    await slack.event(message(C1, T1, "続き", thread_ts=T0))
+    await slack.settled(2)
+    assert slack.outcomes() == {"answered": 2}
+    await slack.event(changed(C1, T0, "This message was deleted.", subtype="tombstone",
+                              hidden=True, thread_ts=T0, user="USLACKBOT"))
+    await slack.settled(3)
+    assert slack.outcomes()["deleted"] == 1
+    await slack.event(message(C1, T3, "まだいますか", thread_ts=T0))
+    await slack.settled(4)
+    assert "4111" not in scripted[1].prompts[-1] and "続き" in scripted[1].prompts[-1]
+
+
+# ----- Discord --------------------------------------------------------------------------------
+@pytest.fixture
+def simcord_bot(scripted: tuple[ChatService, ScriptedGenerator],
+                settings: Settings) -> RinnaDiscordBot:
+    return build_discord_bot(scripted[0], settings)
+
+
+@pytest.mark.simcord(settle_timeout=60)
+async def test_discord_deleted_and_edited_messages_reach_the_next_prompt(
+        simcord_env: simcord.Env, scripted: tuple[ChatService, ScriptedGenerator],
+        settings: Settings) -> None:
+    env, generator = simcord_env, scripted[1]
+    guild = env.create_guild()
+    channel = guild.create_text_channel("general")
+    alice = guild.add_member(env.create_user("alice"))
+    await alice.send(channel, f"{env.bot.user.mention} こんにちは")
+    (thread,) = channel.threads
+    card = await alice.send(thread, CARD)
+    plan = await alice.send(thread, "献立を考えて")
+    assert CARD in generator.prompts[-1]
+
+    await alice.delete(card)
+    await alice.edit(plan, "夕飯の献立を考えて")
+    await env.settle()
+    await alice.send(thread, "続けて")
+    prompt = generator.prompts[-1]
+    assert "4111" not in prompt
+    assert "ユーザー: 夕飯の献立を考えて<NL>" in prompt and "こんにちは" in prompt
+    assert b"4111" not in on_disk(settings.database_path)
+
+
+@pytest.mark.simcord(settle_timeout=60)
+async def test_discord_a_dm_deleted_is_forgotten(
+        simcord_env: simcord.Env, scripted: tuple[ChatService, ScriptedGenerator]) -> None:
+    env, generator = simcord_env, scripted[1]
+    bob = env.create_user("bob")
+    card = await bob.send_dm(CARD)
+    await env.settle()
+    assert CARD in generator.prompts[-1]
+    await bob.delete(card)
+    await env.settle()
+    await bob.send_dm("覚えていますか")
+    await env.settle()
+    assert "4111" not in generator.prompts[-1]
