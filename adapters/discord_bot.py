@@ -508,6 +508,10 @@ class RinnaDiscordBot(commands.Bot):
     async def on_guild_join(self, guild: discord.Guild) -> None:
         await self._leave_if_not_allowed(guild, "on joining")
 
+    async def on_guild_available(self, guild: discord.Guild) -> None:
+        # discord.py reports a GUILD_CREATE carrying `unavailable: false` as this, not as a join
+        await self._leave_if_not_allowed(guild, "on joining")
+
     async def _leave_if_not_allowed(self, guild: discord.Guild, when: str) -> None:
         if self.policy.workspace_allowed(str(guild.id)):
             return

@@ -47,6 +47,7 @@ from bot.chat import USAGE_MESSAGE, ChatService, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
+from bot.prompt import turn_cost
 from bot.reply import MessageReply
 from bot.seen import RecentKeys
 
@@ -94,11 +95,12 @@ DELIVERY_ERRORS: tuple[type[BaseException], ...] = (
 
 HISTORY_PAGE = 200
 HISTORY_MAX_PAGES = 100  # a thread is read to its end (newest last), at most 20,000 messages
-# A sentencepiece piece is at most 16 characters, and a turn costs at least 2 tokens (label and
-# separator): messages beyond these bounds can never fit the prompt, so their names are never
-# looked up. The chat service then trims exactly, by tokens.
-MAX_PIECE_CHARS = 16
+# A turn costs at least 2 tokens (label and separator): more messages than budget / 2 can never
+# fit the prompt. Before names are looked up, the newest messages are counted in tokens with
+# mentions unresolved, keeping some slack (names and dropped notices change the count a
+# little); the chat service then trims exactly.
 MIN_TURN_TOKENS = 2
+BUDGET_SLACK = 1.5
 MAX_TEXT_CHARS = 40_000  # Slack cuts message text at 40,000 characters; more is not Slack's
 NAME_CACHE_SIZE = 10_000
 SOCKET_CONNECT_TIMEOUT_S = 60.0
@@ -450,16 +452,20 @@ class SlackHandlers:
 
     def _within_budget(self, items: Sequence[Mapping[str, Any]],
                        bot: BotIdentity) -> list[Mapping[str, Any]]:
-        """The newest `items` that could fit the prompt (a safe over-estimate, counted in
-        characters before any name is looked up); oldest first."""
-        chars = self.chat.config.prompt_budget * MAX_PIECE_CHARS
+        """The newest `items` that can reach the prompt, oldest first: counted in tokens with
+        mentions left unresolved, so no name is looked up for a message that is dropped."""
+        budget = self.chat.config.prompt_budget
+        allowance = int(budget * BUDGET_SLACK)
         kept: list[Mapping[str, Any]] = []
+        used = 0
         for item in reversed(items):
-            if len(kept) >= self._keep_at_most() or chars <= 0:
+            if used > allowance or len(kept) >= self._keep_at_most():
                 break
             kept.append(item)
-            chars -= len(strip_mention(str(item.get("text") or "")[:MAX_TEXT_CHARS],
-                                       bot.user_id).strip())
+            text = str(item.get("text") or "")[:MAX_TEXT_CHARS]
+            plain = to_plain(strip_mention(text, bot.user_id), {}).strip()
+            if plain:
+                used += turn_cost(Turn(Speaker.USER, plain), self.chat.tokenizer, budget)
         kept.reverse()
         return kept
 
