@@ -75,3 +75,29 @@ async def test_text_is_cut_to_discords_limit_before_parsing(
         await asyncio.wait_for(running, timeout=10)
     assert seen and max(seen) <= MAX_TEXT_CHARS
     assert 0 < len(first.text) <= MAX_TEXT_CHARS
+
+
+async def test_a_message_delivered_twice_is_parsed_and_answered_once(
+        fake_discord: FakeDiscord, scripted, script, settings, monkeypatch) -> None:  # noqa: F811
+    parsed: list[str] = []
+    original = discord_bot.readable_text
+
+    def counting(message, me_id):  # noqa: ANN001, ANN202
+        parsed.append(message.content)
+        return original(message, me_id)
+
+    monkeypatch.setattr(discord_bot, "readable_text", counting)
+    bot = build_discord_bot(scripted, settings, guild_ready_timeout=0.05)
+    running = asyncio.create_task(bot.start("fake-token"))
+    try:
+        await fake_discord.wait_for(lambda: bot.is_ready() or running.done())
+        question = await fake_discord.user_says("一度だけ", mention_bot=True)
+        await fake_discord._dispatch("MESSAGE_CREATE", fake_discord.messages[question])
+        await fake_discord.wait_for(lambda: len(script.prompts) >= 1)
+        await fake_discord.user_says("次の質問", mention_bot=True)  # later ones still pass
+        await fake_discord.wait_for(lambda: len(script.prompts) >= 2)
+    finally:
+        await bot.close()
+        await asyncio.wait_for(running, timeout=10)
+    assert len(script.prompts) == 2
+    assert [text.endswith("一度だけ") for text in parsed] == [True, False]

@@ -201,3 +201,24 @@ async def test_names_are_looked_up_only_for_messages_that_fit(scripted) -> None:
     assert "UX01999" in looked_up and "UX00000" not in looked_up
     assert f"<@{BOT_USER}>" not in "".join(c.params["user"] for c in
                                           slack.fake.called("users.info"))
+
+
+async def test_a_retry_is_dropped_before_its_text_is_parsed(scripted, monkeypatch) -> None:
+    from adapters import slack_app
+
+    slack, _ = scripted
+    parsed: list[str] = []
+    original = slack_app.to_plain
+
+    def counting(text: str, names: Any) -> str:
+        parsed.append(text)
+        return original(text, names)
+
+    monkeypatch.setattr(slack_app, "to_plain", counting)
+    event = mention(C1, T0, "一度だけ読む")
+    await slack.event(event, event_id="Ev1")
+    await slack.event(event, event_id="Ev1", retry_num=1)
+    await slack.event(event, event_id="Ev1", retry_num=2)
+    await slack.settled(3)
+    assert slack.outcomes() == {"answered": 1, "duplicate": 2}
+    assert len(parsed) == 1
