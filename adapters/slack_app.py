@@ -731,7 +731,10 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
     # Bolt's loggers take their level from the logger given here (setup_logging keeps
     # "slack_bolt" at WARNING unless LOG_LEVEL=DEBUG); left alone, each copies the root's INFO
     # and, for one, logs whole request bodies (message text) on a signature failure.
-    app = AsyncApp(client=client, name="rinna-bot", logger=logging.getLogger("slack_bolt"),
+    # The app's name names its loggers too (set up on every request): keep them under
+    # "slack_bolt", away from the project's own "rinna-bot" logger.
+    app = AsyncApp(client=client, name="slack_bolt.rinna-bot",
+                   logger=logging.getLogger("slack_bolt"),
                    signing_secret=secret.get_secret_value() if secret is not None else "")
     api = SlackApi(client)
     handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings))

@@ -133,10 +133,12 @@ async def test_bolt_does_not_log_request_bodies_at_info(
         response = await service.app.async_dispatch(AsyncBoltRequest(
             body=body, headers={"content-type": "application/json",
                                 **signed(body.encode(), secret="wrong")}))
+        project_level = logging.getLogger("rinna-bot").getEffectiveLevel()
     finally:
         bolt.setLevel(level)
     assert response.status == 401
     assert "秘密の相談です" not in caplog.text and "event_callback" not in caplog.text
+    assert project_level == logging.INFO  # bolt left the project's own logger alone
 
 
 # ----- cold-start storms --------------------------------------------------------------------
