@@ -306,9 +306,8 @@ def command_access(command: Mapping[str, Any]) -> list[AccessRequest]:
     """What the access policy judges for a slash command."""
     channel = str(command.get("channel_id") or "")
     is_dm = channel.startswith("D") or command.get("channel_name") == "directmessage"
-    teams = {str(command.get("team_id") or ""), str(command.get("user_team_id") or "")} - {""}
-    return [AccessRequest(team, channel, str(command.get("user_id") or ""), is_dm=is_dm)
-            for team in sorted(teams or {""})]
+    team = str(command.get("team_id") or "")
+    return [AccessRequest(team, channel, str(command.get("user_id") or ""), is_dm=is_dm)]
 
 
 # ----- what the listeners do ------------------------------------------------------------------
