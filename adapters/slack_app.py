@@ -442,8 +442,8 @@ class SlackHandlers:
             if not page.get("has_more") or cursor is None:
                 break
         else:
-            log.warning("slack: thread %s has more than %d pages; reading its first ones",
-                        message.key, HISTORY_MAX_PAGES)
+            log.warning("slack: thread %s is longer than %d messages; using the newest of "
+                        "those read", message.key, HISTORY_MAX_PAGES * HISTORY_PAGE)
         return sorted(found, key=lambda m: ts_order(m["ts"]))
 
     def _keep_at_most(self) -> int:
