@@ -26,6 +26,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import ChatService, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
@@ -33,6 +34,7 @@ from bot.errors import ConfigError, RinnaError
 from bot.privacy import PrivateData
 from bot.prompt import clean_text
 from bot.reply import MessageReply
+from bot.seen import RecentKeys
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ THREAD_ARCHIVE_MINUTES = 1440
 DEFAULT_THREAD_NAME = "rinna との会話"
 HISTORY_SCAN_LIMIT = 200  # messages read back at most when joining a thread mid-way
 TYPING_EVERY_S = 8.0  # Discord shows the indicator for about 10 s per trigger
+MAX_TEXT_CHARS = 4000  # Discord's own limit (with Nitro): longer text is not Discord's
 
 HELP_MESSAGE = (
     "**rinna の使い方**\n"
@@ -56,6 +59,7 @@ RESET_DONE = ("会話をリセットしました。次のメッセージから�
               "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
 RESET_WHERE = "`/reset` はスレッドか DM の中で使ってください（チャンネルでの質問は毎回新しいスレッドになります）。"
 
+# Linear patterns (user text): a fixed-length id between fixed delimiters; runs of blanks.
 _MENTION = re.compile(r"<(@[!&]?|#)([0-9]{15,21})>")
 _SPACES = re.compile(r"[ \t]{2,}")
 _ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
@@ -109,7 +113,8 @@ def readable_text(message: discord.Message, me_id: int) -> str:
         channel = guild.get_channel_or_thread(ident) if guild is not None else None
         return f"#{channel.name}" if channel is not None else match.group(0)
 
-    return _SPACES.sub(" ", _MENTION.sub(replace, message.content)).strip()
+    content = message.content[:MAX_TEXT_CHARS]  # cut before anything parses it
+    return _SPACES.sub(" ", _MENTION.sub(replace, content)).strip()
 
 
 def history_turn(message: discord.Message, me_id: int) -> Turn | None:
@@ -141,6 +146,17 @@ async def read_thread_history(
               if (turn := history_turn(message, me_id)) is not None]
     picked.reverse()
     return picked
+
+
+def access_request(channel: Any, guild_id: int | None, user: Any) -> AccessRequest:
+    """What the access policy judges: a thread counts as its parent channel; roles are the
+    member's (none in a DM)."""
+    is_dm = isinstance(channel, (discord.DMChannel, discord.GroupChannel)) or guild_id is None
+    where = getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
+    channel_id = where if where is not None else getattr(channel, "id", "")
+    roles = frozenset(str(role.id) for role in getattr(user, "roles", ()) or ())
+    return AccessRequest("" if guild_id is None else str(guild_id), str(channel_id),
+                         str(user.id), roles, is_dm)
 
 
 # ----- where a reply goes ----------------------------------------------------------------------
@@ -279,12 +295,39 @@ class ChatCog(commands.Cog):
     def __init__(self, bot: RinnaDiscordBot) -> None:
         self.bot = bot
         self.chat = bot.chat
+        self.policy = bot.policy
+        self.recent = RecentKeys()  # message ids taken up lately: the cheap duplicate check
+
+    def _permits(self, request: AccessRequest) -> bool:
+        denial = self.policy.check(request)
+        if denial is not None:
+            log.debug("user %s in %s/%s refused: %s", request.user, request.workspace,
+                      request.channel, denial)
+        return denial is None
+
+    async def _refuse(self, interaction: discord.Interaction) -> bool:
+        """True (after telling the user, ephemerally) when the command is not allowed here."""
+        request = access_request(interaction.channel, interaction.guild_id, interaction.user)
+        if self._permits(request):
+            return False
+        try:
+            await interaction.response.send_message(DENIED_MESSAGE, ephemeral=True)
+        except DELIVERY_ERRORS as exc:
+            log.warning("interaction %s: could not refuse it: %s", interaction.id,
+                        _describe(exc))
+        return True
 
     # --- messages
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         me = self.bot.user
         if me is None or not self._wanted(message, me):
+            return
+        # Before anything is parsed, stored or sent: who may ask, and whether it is new.
+        guild_id = message.guild.id if message.guild is not None else None
+        if not self._permits(access_request(message.channel, guild_id, message.author)):
+            return
+        if not self.recent.add(str(message.id)):
             return
         try:
             await self._on_message(message, me)
@@ -355,6 +398,9 @@ class ChatCog(commands.Cog):
     @app_commands.rename(question="質問")
     @app_commands.describe(question="質問の内容")
     async def ask(self, interaction: discord.Interaction, question: str) -> None:
+        if await self._refuse(interaction):
+            return
+        question = question[:MAX_TEXT_CHARS]
         try:
             await interaction.response.defer(thinking=True)
             await self._ask(interaction, question)
@@ -394,6 +440,8 @@ class ChatCog(commands.Cog):
 
     @app_commands.command(name="reset", description="このスレッド（または DM）の会話を最初からやり直します")
     async def reset(self, interaction: discord.Interaction) -> None:
+        if await self._refuse(interaction):
+            return
         channel = interaction.channel
         try:
             if not isinstance(channel, (discord.Thread, discord.DMChannel)):
@@ -410,6 +458,8 @@ class ChatCog(commands.Cog):
 
     @app_commands.command(name="help", description="rinna の使い方を表示します")
     async def help(self, interaction: discord.Interaction) -> None:
+        if await self._refuse(interaction):
+            return
         try:
             await interaction.response.send_message(HELP_MESSAGE, ephemeral=True)
         except DELIVERY_ERRORS as exc:
@@ -472,6 +522,7 @@ class RinnaDiscordBot(commands.Bot):
                          intents=bot_intents(message_content), **options)
         self.chat = chat
         self.settings = settings
+        self.policy = AccessPolicy.from_settings(settings)
 
     async def setup_hook(self) -> None:
         await self.add_cog(ChatCog(self))
@@ -490,6 +541,25 @@ class RinnaDiscordBot(commands.Bot):
     async def on_ready(self) -> None:
         log.info("Discord: logged in as %s (%s) in %d servers",
                  self.user, self.user.id if self.user else "?", len(self.guilds))
+        for guild in list(self.guilds):
+            await self._leave_if_not_allowed(guild, "at start-up")
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self._leave_if_not_allowed(guild, "on joining")
+
+    async def on_guild_available(self, guild: discord.Guild) -> None:
+        # discord.py reports a GUILD_CREATE carrying `unavailable: false` as this, not as a join
+        await self._leave_if_not_allowed(guild, "on joining")
+
+    async def _leave_if_not_allowed(self, guild: discord.Guild, when: str) -> None:
+        if self.policy.workspace_allowed(str(guild.id)):
+            return
+        log.warning("Discord: leaving server %s (%s) %s: it is not in ALLOWED_WORKSPACES",
+                    guild.name, guild.id, when)
+        try:
+            await guild.leave()
+        except DELIVERY_ERRORS as exc:
+            log.warning("Discord: could not leave server %s: %s", guild.id, _describe(exc))
 
     async def start(self, token: str, *, reconnect: bool = True) -> None:
         """Run until closed. Refusals that only the person running the bot can fix end it with
@@ -504,6 +574,14 @@ class RinnaDiscordBot(commands.Bot):
         except discord.LoginFailure:
             raise ConfigError("DISCORD_TOKEN: Discord rejected the bot token; copy it again "
                               "from the Developer Portal (Bot > Reset Token)") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # No network, DNS or a proxy in the way: one line, like Slack, not a traceback.
+            raise DiscordConnectError(
+                f"Discord could not be reached ({_describe(exc)}); check the network") from None
+
+
+class DiscordConnectError(RinnaError):
+    """Discord could not be reached at start."""
 
 
 def build_discord_bot(chat: ChatService, settings: Settings, **options: Any) -> RinnaDiscordBot:

@@ -9,8 +9,12 @@ delivery, redeliveries after a restart) is the chat service's: delivery_key = "c
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import logging
-from collections import Counter
+import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,9 +22,13 @@ from typing import Any, ClassVar
 
 import aiohttp
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+from slack_bolt.middleware.authorization.async_single_team_authorization import (
+    AsyncSingleTeamAuthorization,
+)
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
@@ -34,12 +42,15 @@ from adapters.slack_text import (
     unescape,
     user_ids,
 )
+from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import USAGE_MESSAGE, ChatService, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
 from bot.privacy import PrivateData
+from bot.prompt import turn_cost
 from bot.reply import MessageReply
+from bot.seen import RecentKeys
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,8 @@ EVENTS_PATH = "/slack/events"
 COMMAND = "/rinna"
 
 IGNORED = "ignored"
+DENIED = "denied"  # refused by the access policy: nothing said (commands: told ephemerally)
+DUPLICATE = str(Outcome.DUPLICATE)
 RESET = "reset"
 HELP = "help"
 FAILED = str(Outcome.FAILED)
@@ -85,9 +98,18 @@ DELIVERY_ERRORS: tuple[type[BaseException], ...] = (
     SlackClientError, aiohttp.ClientError, TimeoutError)
 
 HISTORY_PAGE = 200
-HISTORY_MAX_PAGES = 10
+HISTORY_MAX_PAGES = 100  # a thread is read to its end (newest last), at most 20,000 messages
+# A turn costs at least 2 tokens (label and separator): more messages than budget / 2 can never
+# fit the prompt. Before names are looked up, the newest messages are counted in tokens with
+# mentions unresolved, keeping some slack (names and dropped notices change the count a
+# little); the chat service then trims exactly.
+MIN_TURN_TOKENS = 2
+BUDGET_SLACK = 1.5
+MAX_TEXT_CHARS = 40_000  # Slack cuts message text at 40,000 characters; more is not Slack's
+NAME_CACHE_SIZE = 10_000
 SOCKET_CONNECT_TIMEOUT_S = 60.0
 CLOSE_GRACE_S = 5.0
+SIGNATURE_MAX_AGE_S = 5 * 60
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -141,23 +163,49 @@ def _retry_after(response: AsyncSlackResponse) -> float:
 
 
 class UserNames:
-    """User id -> display name through users.info, cached; the id itself when unknown."""
+    """User id -> display name through users.info; the id itself when unknown.
 
-    def __init__(self, api: SlackApi) -> None:
+    Bounded (least recently used names go first) and single-flight: however many events ask
+    for the same user at once, one users.info call is made and every asker gets its answer."""
+
+    def __init__(self, api: SlackApi, size: int = NAME_CACHE_SIZE) -> None:
         self._api = api
-        self._names: dict[str, str] = {}
+        self.size = size
+        self._names: OrderedDict[str, str] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._names)
 
     async def lookup(self, ids: Sequence[str] | set[str]) -> dict[str, str]:
-        return {user: await self.name(user) for user in ids}
+        users = list(ids)
+        names = await asyncio.gather(*(self.name(user) for user in users))
+        return dict(zip(users, names, strict=True))
 
     async def name(self, user: str) -> str:
-        if user in self._names:
-            return self._names[user]
+        if (known := self._names.get(user)) is not None:
+            self._names.move_to_end(user)
+            return known
+        pending = self._pending.get(user)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(user))
+            self._pending[user] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(user, None))
+        # shielded: one asker giving up does not cancel the lookup the others wait for
+        return await asyncio.shield(pending)
+
+    def _remember(self, user: str, name: str) -> None:
+        self._names[user] = name
+        self._names.move_to_end(user)
+        while len(self._names) > self.size:
+            self._names.popitem(last=False)
+
+    async def _fetch(self, user: str) -> str:
         try:
             info = await self._api.call("users_info", user=user)
         except SlackApiError as exc:  # unknown user, missing users:read: do not ask again
             log.warning("slack users.info %s: %s", user, exc.response.get("error", "error"))
-            self._names[user] = user
+            self._remember(user, user)
             return user
         except DELIVERY_ERRORS as exc:
             log.warning("slack users.info %s failed: %s", user, _describe(exc))
@@ -166,7 +214,7 @@ class UserNames:
         details = profile.get("profile") or {}
         name = (details.get("display_name") or details.get("real_name")
                 or profile.get("real_name") or profile.get("name") or user)
-        self._names[user] = name
+        self._remember(user, name)
         return name
 
 
@@ -214,6 +262,18 @@ class SlackMessage:
     user: str
     text: str
     is_dm: bool
+    # Teams besides `team` the event names (Slack Connect: the sender's team; Enterprise
+    # Grid): each is judged by ALLOWED_WORKSPACES too.
+    other_teams: frozenset[str] = frozenset()
+
+    @property
+    def teams(self) -> frozenset[str]:
+        return frozenset({self.team, *self.other_teams}) - {""}
+
+    def access(self) -> list[AccessRequest]:
+        """What the access policy judges: one request per team the event comes from."""
+        return [AccessRequest(team, self.channel, self.user, is_dm=self.is_dm)
+                for team in sorted(self.teams or {""})]
 
     @property
     def delivery_key(self) -> str:
@@ -237,8 +297,21 @@ def parse_message(body: Mapping[str, Any], event: Mapping[str, Any]) -> SlackMes
     channel_type = event.get("channel_type")
     is_dm = channel_type == "im" or (channel_type is None and channel.startswith("D"))
     team = str(body.get("team_id") or event.get("team") or "")
-    return SlackMessage(team, channel, ts, str(event.get("thread_ts") or ""), user,
-                        str(event.get("text") or ""), is_dm)
+    others = frozenset(str(t) for t in (event.get("team"), event.get("user_team"),
+                                        event.get("source_team")) if t and isinstance(t, str))
+    # Text is cut to Slack's own limit before anything parses it.
+    text = event.get("text")
+    text = text[:MAX_TEXT_CHARS] if isinstance(text, str) else ""
+    return SlackMessage(team, channel, ts, str(event.get("thread_ts") or ""), user, text, is_dm,
+                        others - {team})
+
+
+def command_access(command: Mapping[str, Any]) -> list[AccessRequest]:
+    """What the access policy judges for a slash command."""
+    channel = str(command.get("channel_id") or "")
+    is_dm = channel.startswith("D") or command.get("channel_name") == "directmessage"
+    team = str(command.get("team_id") or "")
+    return [AccessRequest(team, channel, str(command.get("user_id") or ""), is_dm=is_dm)]
 
 
 # ----- what the listeners do ------------------------------------------------------------------
@@ -249,10 +322,22 @@ class SlackHandlers:
     chat: ChatService
     api: SlackApi
     names: UserNames
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
+    # Delivery keys taken up lately: a retry or the app_mention + message double delivery is
+    # dropped here, before any parsing (the chat service's claim in SQLite stays the authority).
+    recent: RecentKeys = field(default_factory=RecentKeys)
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     # How each event ended ("answered", "duplicate", "ignored", "reset", ...): for logs,
     # metrics and tests that wait until every delivered event has been dealt with.
     outcomes: Counter[str] = field(default_factory=Counter)
+
+    def permits(self, requests: Sequence[AccessRequest]) -> bool:
+        for request in requests:
+            if (denial := self.policy.check(request)) is not None:
+                log.debug("slack: %s in %s/%s refused: %s", request.user, request.workspace,
+                          request.channel, denial)
+                return False
+        return True
 
     async def on_mention(self, message: SlackMessage, bot: BotIdentity) -> str:
         return await self._answer(message, bot, addressed=True, via_mention=True)
@@ -271,7 +356,7 @@ class SlackHandlers:
     async def on_command(self, command: Mapping[str, Any], respond: AsyncRespond,
                          bot: BotIdentity) -> str:
         channel, user = str(command["channel_id"]), str(command["user_id"])
-        question = await self._plain(str(command.get("text") or ""), bot)
+        question = await self._plain(str(command.get("text") or "")[:MAX_TEXT_CHARS], bot)
         shown = question if len(question) <= QUESTION_SHOWN_CHARS else (
             question[:QUESTION_SHOWN_CHARS] + "…")
         try:
@@ -294,6 +379,8 @@ class SlackHandlers:
 
     async def _answer(self, message: SlackMessage, bot: BotIdentity, *, addressed: bool,
                       via_mention: bool = False) -> str:
+        if not self.recent.add(message.delivery_key):
+            return DUPLICATE
         key = message.key
         sink = SlackReply(self.api, message.channel, key.thread)
         outcome = FAILED
@@ -330,7 +417,7 @@ class SlackHandlers:
                         message.key, _describe(exc))
             return
         turns: list[tuple[Turn, str | None]] = []
-        for item in earlier:
+        for item in self._within_budget(earlier, bot):
             turn = await self._history_turn(item, bot)
             if turn is not None:
                 turns.append((turn, f"{message.channel}:{item['ts']}"))
@@ -338,22 +425,54 @@ class SlackHandlers:
         log.info("slack: %s: imported %d earlier messages", message.key, stored)
 
     async def _thread_messages(self, message: SlackMessage) -> list[Mapping[str, Any]]:
-        found: list[Mapping[str, Any]] = []
+        """The thread's messages before `message`, oldest first: the newest of them. Slack pages
+        replies from the oldest end, so the thread is paged to its end (up to `latest`) and
+        only the newest that could reach the prompt are kept on the way."""
+        keep = self._keep_at_most()
+        found: deque[Mapping[str, Any]] = deque(maxlen=keep)
+        have_parent = False  # Slack may repeat the thread's first message on every page
         cursor: str | None = None
         for _ in range(HISTORY_MAX_PAGES):
             page = await self.api.call(
                 "conversations_replies", channel=message.channel, ts=message.thread_ts,
                 latest=message.ts, inclusive=False, limit=HISTORY_PAGE, cursor=cursor)
-            found += [m for m in page.get("messages") or []
-                      if isinstance(m.get("ts"), str) and ts_order(m["ts"]) < ts_order(message.ts)]
+            items = [m for m in page.get("messages") or [] if isinstance(m, Mapping)
+                     and isinstance(m.get("ts"), str) and ts_order(m["ts"]) < ts_order(message.ts)
+                     and not (have_parent and m["ts"] == message.thread_ts)]
+            have_parent = have_parent or any(m["ts"] == message.thread_ts for m in items)
+            found.extend(sorted(items, key=lambda m: ts_order(m["ts"])))
             cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
             if not page.get("has_more") or cursor is None:
                 break
-        found.sort(key=lambda m: ts_order(m["ts"]))
-        return found
+        else:
+            log.warning("slack: thread %s is longer than %d messages; using the newest of "
+                        "those read", message.key, HISTORY_MAX_PAGES * HISTORY_PAGE)
+        return sorted(found, key=lambda m: ts_order(m["ts"]))
+
+    def _keep_at_most(self) -> int:
+        return max(1, self.chat.config.prompt_budget // MIN_TURN_TOKENS)
+
+    def _within_budget(self, items: Sequence[Mapping[str, Any]],
+                       bot: BotIdentity) -> list[Mapping[str, Any]]:
+        """The newest `items` that can reach the prompt, oldest first: counted in tokens with
+        mentions left unresolved, so no name is looked up for a message that is dropped."""
+        budget = self.chat.config.prompt_budget
+        allowance = int(budget * BUDGET_SLACK)
+        kept: list[Mapping[str, Any]] = []
+        used = 0
+        for item in reversed(items):
+            if used > allowance or len(kept) >= self._keep_at_most():
+                break
+            kept.append(item)
+            text = str(item.get("text") or "")[:MAX_TEXT_CHARS]
+            plain = to_plain(strip_mention(text, bot.user_id), {}).strip()
+            if plain:
+                used += turn_cost(Turn(Speaker.USER, plain), self.chat.tokenizer, budget)
+        kept.reverse()
+        return kept
 
     async def _history_turn(self, item: Mapping[str, Any], bot: BotIdentity) -> Turn | None:
-        text = str(item.get("text") or "")
+        text = str(item.get("text") or "")[:MAX_TEXT_CHARS]
         own = (bot.user_id is not None and item.get("user") == bot.user_id) or (
             bot.bot_id is not None and item.get("bot_id") == bot.bot_id)
         if own:
@@ -453,7 +572,11 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
         await ack()
         outcome = IGNORED
         try:
-            if (message := parse_message(body, event)) is not None:
+            if (message := parse_message(body, event)) is None:
+                pass
+            elif not services.permits(message.access()):
+                outcome = DENIED
+            else:
                 outcome = await services.on_mention(message, _bot(context))
         finally:
             services.outcomes[outcome] += 1
@@ -464,7 +587,11 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
         await ack()
         outcome = IGNORED
         try:
-            if (parsed := parse_message(body, event)) is not None:
+            if (parsed := parse_message(body, event)) is None:
+                pass
+            elif not services.permits(parsed.access()):
+                outcome = DENIED
+            else:
                 outcome = await services.on_message(parsed, _bot(context))
         finally:
             services.outcomes[outcome] += 1
@@ -472,7 +599,12 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     @app.command(COMMAND)
     async def rinna(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond,
                     context: AsyncBoltContext) -> None:
-        word = str(command.get("text") or "").strip().lower()
+        if not services.permits(command_access(command)):
+            # Refused: said to the asker alone, nothing posted in the channel.
+            await ack(text=DENIED_MESSAGE, response_type="ephemeral")
+            services.outcomes[DENIED] += 1
+            return
+        word = str(command.get("text") or "")[:MAX_TEXT_CHARS].strip().lower()
         if word in HELP_WORDS or word in RESET_WORDS:
             # Each /rinna starts a new thread, so there is nothing to reset: say how instead.
             hint = RESET_HINT if word in RESET_WORDS else HELP_MESSAGE
@@ -496,6 +628,8 @@ class SlackService:
         self.app = app
         self.handlers = handlers
         self._app_token = settings.slack_app_token
+        self._signing_secret = (settings.slack_signing_secret.get_secret_value().encode()
+                                if settings.slack_signing_secret is not None else None)
         self._port = settings.slack_port
         self._host = host
         self.port: int | None = None  # the HTTP port actually bound (HTTP mode)
@@ -541,6 +675,11 @@ class SlackService:
             log.warning("slack auth.test failed: %s; starting anyway", _describe(exc))
         else:
             log.info("slack: signed in as %s in %s", auth.get("user"), auth.get("team"))
+            # Bolt asks auth.test on the first event, and again for every event that arrives
+            # before that answer: hand it this one instead, so no event calls it.
+            for middleware in getattr(self.app, "_async_middleware_list", ()):
+                if isinstance(middleware, AsyncSingleTeamAuthorization):
+                    middleware.auth_test_result = auth
 
     async def _start_http(self) -> None:
         web_app = web.Application()
@@ -558,7 +697,23 @@ class SlackService:
         log.info("slack: HTTP mode, listening on %s:%d%s", self._host, self.port, EVENTS_PATH)
 
     async def _events(self, request: web.Request) -> web.Response:
-        response = await self.app.async_dispatch(await to_bolt_request(request))
+        """Verify the signature on the raw bytes first; only a signed request is parsed. Any
+        request that is not Slack's gets a 4xx and at most one log line, never a traceback."""
+        raw = await request.read()
+        if self._signing_secret is None or not verify_signature(
+                self._signing_secret, raw, request.headers.get("X-Slack-Request-Timestamp"),
+                request.headers.get("X-Slack-Signature")):
+            log.info("slack: refused a request with a missing, bad or stale signature")
+            return web.json_response({"error": "invalid request"}, status=401)
+        try:
+            body = raw.decode("utf-8")
+            _check_shape(body, request.content_type)
+            bolt_request = AsyncBoltRequest(body=body, query=request.query_string,
+                                            headers=request.headers)  # type: ignore[arg-type]
+            response = await self.app.async_dispatch(bolt_request)
+        except Exception as exc:  # signed, but not a request Slack sends
+            log.warning("slack: refused a malformed signed request (%s)", type(exc).__name__)
+            return web.json_response({"error": "malformed request"}, status=400)
         return await to_aiohttp_response(response)
 
     async def _start_socket_mode(self, app_token: str) -> None:
@@ -583,6 +738,33 @@ class SlackService:
         log.info("slack: Socket Mode connected")
 
 
+def verify_signature(secret: bytes, body: bytes, timestamp: str | None,
+                     signature: str | None, *, now: float | None = None) -> bool:
+    """Slack's v0 request signature over the raw body, within 5 minutes; False for anything
+    malformed (a non-numeric timestamp, a missing header) rather than an exception."""
+    if not timestamp or not signature or not timestamp.isascii() or not timestamp.isdigit():
+        return False
+    if abs((time.time() if now is None else now) - int(timestamp)) > SIGNATURE_MAX_AGE_S:
+        return False
+    expected = "v0=" + hmac.new(secret, b"v0:" + timestamp.encode() + b":" + body,
+                                hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
+
+
+def _check_shape(body: str, content_type: str) -> None:
+    """Raise ValueError unless the body is what Slack sends: a JSON object, or a form whose
+    `payload` (if any) is a JSON object."""
+    if content_type == "application/json" or body.lstrip().startswith("{"):
+        if not isinstance(json.loads(body), dict):
+            raise ValueError("not a JSON object")
+        return
+    from urllib.parse import parse_qs
+
+    form = parse_qs(body, keep_blank_values=True, strict_parsing=bool(body))
+    if "payload" in form and not isinstance(json.loads(form["payload"][0]), dict):
+        raise ValueError("payload is not a JSON object")
+
+
 def build_slack_service(chat: ChatService, settings: Settings, *,
                         host: str = "0.0.0.0") -> SlackService:
     """The Slack app over the core services, ready to `start()`; nothing connects yet."""
@@ -594,9 +776,15 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
                           "or SLACK_SIGNING_SECRET (HTTP mode)")
     client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(),
                             base_url=settings.slack_api_url)
-    app = AsyncApp(client=client, name="rinna-bot",
+    # Bolt's loggers take their level from the logger given here (setup_logging keeps
+    # "slack_bolt" at WARNING unless LOG_LEVEL=DEBUG); left alone, each copies the root's INFO
+    # and, for one, logs whole request bodies (message text) on a signature failure.
+    # The app's name names its loggers too (set up on every request): keep them under
+    # "slack_bolt", away from the project's own "rinna-bot" logger.
+    app = AsyncApp(client=client, name="slack_bolt.rinna-bot",
+                   logger=logging.getLogger("slack_bolt"),
                    signing_secret=secret.get_secret_value() if secret is not None else "")
     api = SlackApi(client)
-    handlers = SlackHandlers(chat, api, UserNames(api))
+    handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings))
     register(app, handlers)
     return SlackService(app, handlers, settings, host)

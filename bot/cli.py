@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.chat import ChatConfig, ChatService
-from bot.config import Settings, load_settings
+from bot.config import Settings, load_settings, unknown_keys
 from bot.errors import RinnaError
 from bot.generator import LocalGenerator, load_generator
 from bot.logs import setup_logging
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     secrets = [s.get_secret_value() for s in (settings.discord_token, settings.slack_bot_token,
                settings.slack_app_token, settings.slack_signing_secret) if s is not None]
     setup_logging(settings.log_level, secrets)
+    for line in unknown_keys():  # a misspelt key would otherwise be silently ignored
+        log.warning("%s", line)
     if args.command in ("forget", "export"):
         return private_command(settings, args.command, args.user, args.platform)
     try:

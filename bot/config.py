@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.access import parse_ids
 from bot.errors import ConfigError
+
+Ids = Annotated[frozenset[str], NoDecode]  # comma-separated in the environment
 
 DEFAULT_MODEL_ID = "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
 MIN_PROMPT_TOKENS = 64  # CONTEXT_TOKENS - MAX_NEW_TOKENS must leave at least this for the prompt
@@ -57,6 +61,14 @@ class Settings(BaseSettings):
     slack_port: int = Field(3000, ge=1, le=65535)
     slack_api_url: str = "https://slack.com/api/"
 
+    # Access (comma-separated ids; empty = no restriction): see bot/access.py
+    allowed_workspaces: Ids = frozenset()
+    allowed_channels: Ids = frozenset()
+    allowed_users: Ids = frozenset()
+    allowed_roles: Ids = frozenset()
+    blocked_users: Ids = frozenset()
+    allow_dms: bool = True
+
     # Behaviour and logs
     stream_interval_s: float = Field(1.0, ge=0.0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -68,6 +80,17 @@ class Settings(BaseSettings):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if not (isinstance(v, str) and v.strip() == "")}
         return data
+
+    @field_validator("allowed_workspaces", "allowed_channels", "allowed_users", "allowed_roles",
+                     "blocked_users", mode="before")
+    @classmethod
+    def _id_list(cls, value: Any) -> frozenset[str]:
+        return parse_ids(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _slack_mode_complete(self) -> Settings:
@@ -129,3 +152,23 @@ def load_settings(**overrides: Any) -> Settings:
             key = "_".join(str(p) for p in err["loc"]).upper() or "settings"
             problems.append(f"{key}: {err['msg']}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+def unknown_keys(env_file: str | Path | None = None) -> list[str]:
+    """One line per key in `.env` that is no setting (a typo is otherwise silently ignored),
+    naming the nearest known key where there is one."""
+    path = Path(env_file if env_file is not None else Settings.model_config.get("env_file")
+                or ".env")
+    if not path.is_file():
+        return []
+    from dotenv import dotenv_values
+
+    known = sorted(name.upper() for name in Settings.model_fields)
+    lines = []
+    for key in dotenv_values(path, encoding="utf-8"):
+        if key.upper() in known:
+            continue
+        near = difflib.get_close_matches(key.upper(), known, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        lines.append(f"{path}: unknown setting {key} (ignored){hint}")
+    return lines

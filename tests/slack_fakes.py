@@ -178,8 +178,7 @@ class FakeSlack:
             return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts"),
                     "text": params.get("text")}
         if method == "conversations.replies":
-            messages = self.threads.get((str(params.get("channel")), str(params.get("ts"))), [])
-            return {"ok": True, "messages": messages, "has_more": False}
+            return self._replies(params)
         if method == "users.info":
             user = str(params.get("user"))
             if user not in USERS:
@@ -189,6 +188,21 @@ class FakeSlack:
         if method == "apps.connections.open":
             return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link"}
         return {"ok": False, "error": "unknown_method"}
+
+    def _replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Like Slack: oldest first, up to `latest`, `limit` per page, paged by cursor."""
+        messages = self.threads.get((str(params.get("channel")), str(params.get("ts"))), [])
+        if latest := params.get("latest"):
+            inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
+            messages = [m for m in messages
+                        if (m["ts"] <= latest if inclusive else m["ts"] < latest)]
+        start = int(params.get("cursor") or 0)
+        limit = int(params.get("limit") or 1000)
+        page, more = messages[start:start + limit], start + limit < len(messages)
+        body: dict[str, Any] = {"ok": True, "messages": page, "has_more": more}
+        if more:
+            body["response_metadata"] = {"next_cursor": str(start + limit)}
+        return body
 
     async def _record(self, change: Callable[[], None]) -> None:
         async with self._changed:

@@ -72,3 +72,49 @@ def test_the_reply_must_leave_room_for_a_prompt(settings: Settings,
     monkeypatch.setenv("MAX_NEW_TOKENS", "128")
     with pytest.raises(ConfigError, match="CONTEXT_TOKENS.*MAX_NEW_TOKENS"):
         load_settings()
+
+
+def test_a_misspelt_key_in_dotenv_is_reported_with_the_nearest(
+        settings: Settings, tmp_path: Path) -> None:
+    from bot.config import unknown_keys
+
+    (tmp_path / ".env").write_text("DISCORD_TOKN=abc\nMAX_NEW_TOKENS=64\nCOMPLETELY_OTHER=1\n")
+    lines = unknown_keys()
+    assert len(lines) == 2
+    assert "DISCORD_TOKN" in lines[0] and "did you mean DISCORD_TOKEN?" in lines[0]
+    assert "COMPLETELY_OTHER" in lines[1] and "did you mean" not in lines[1]
+    assert "abc" not in "".join(lines)  # values (secrets) are never repeated
+
+
+def test_the_command_reports_the_typo_at_start(settings: Settings, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from bot import cli
+
+    (tmp_path / ".env").write_text("DISCORD_TOKN=abc\n")
+
+    async def no_serve(*_: object) -> None:
+        return None
+
+    monkeypatch.setattr(cli, "serve", no_serve)
+    names = ["", "discord", "slack_bolt", "slack_sdk", "aiohttp.access", "httpx", "websockets",
+             "bitsandbytes.backends.cpu.ops"]
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    handlers = logging.getLogger().handlers[:]
+    try:
+        assert cli.main(["run"]) == 0
+    finally:
+        logging.getLogger().handlers[:] = handlers
+        for logger, level in saved:
+            logger.setLevel(level)
+    err = capsys.readouterr().err
+    assert "unknown setting DISCORD_TOKN" in err and "did you mean DISCORD_TOKEN?" in err
+
+
+@pytest.mark.parametrize("value", ["debug", "Warning", " info "])
+def test_log_level_is_case_insensitive(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                       value: str) -> None:
+    monkeypatch.setenv("LOG_LEVEL", value)
+    assert load_settings().log_level == value.strip().upper()

@@ -81,3 +81,25 @@ async def test_a_rejected_token_ends_start_with_one_clear_error(
     with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
         await asyncio.wait_for(bot.start("wrong-token"), timeout=30)
     await bot.close()
+
+
+async def test_a_start_without_network_ends_with_one_line(
+        monkeypatch: pytest.MonkeyPatch, chat: ChatService, settings: Settings) -> None:
+    """Nothing listens where Discord should be (no network, DNS or proxy down): start ends with
+    one RinnaError line, which `rinna-bot run` prints, instead of a 75-line traceback."""
+    import socket
+
+    from bot.errors import RinnaError
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
+    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    with pytest.raises(RinnaError) as raised:
+        await asyncio.wait_for(bot.start("fake-token"), timeout=30)
+    await bot.close()
+    message = str(raised.value)
+    assert "Discord" in message and "\n" not in message
+    assert "fake-token" not in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__

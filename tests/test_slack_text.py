@@ -79,3 +79,48 @@ def test_bots_edits_deletes_and_other_subtypes_are_ignored() -> None:
     for event in ignored:
         assert parse_message(_body(), event) is None, event
     assert parse_message(_body(), {**base, "subtype": "thread_broadcast"}) is not None
+
+
+# ----- hostile input: every pattern is linear ----------------------------------------------
+N = 100_000
+ADVERSARIAL = {
+    "lt": "<" * N,
+    "lt-a": "<a" * (N // 2),
+    "open-user": "<@U" * (N // 3),
+    "open-user-label": "<@U1|" * (N // 5),
+    "open-channel-label": "<#C1|" * (N // 5),
+    "open-special": "<!here^" * (N // 7),
+    "open-special-label": "<!a|" * (N // 4),
+    "open-link-label": "<http://x|" * (N // 10),
+    "one-open-long": "<" + "a" * N,
+    "one-user-long": "<@U" + "A" * N,
+    "one-label-long": "<@U1|" + "b" * N,
+    "escaped": "&lt;" * (N // 4),
+    "pipes": "<a" + "|" * N,
+}
+
+
+def _slowest(text: str) -> float:
+    import time
+
+    worst = 0.0
+    for run in (lambda: to_plain(text, {}), lambda: user_ids(text),
+                lambda: strip_mention(text, "UBOT"), lambda: mentions(text, "UBOT")):
+        start = time.perf_counter()
+        run()
+        worst = max(worst, time.perf_counter() - start)
+    return worst
+
+
+def test_every_pattern_is_linear_on_100k_adversarial_text() -> None:
+    # Linear: a few milliseconds each on a laptop. The bound is generous for a loaded CI
+    # machine; the old quadratic `_LINK` took over a minute on 40,000 `<`.
+    for name, text in ADVERSARIAL.items():
+        assert len(text) >= N - 10, name
+        assert _slowest(text) < 0.5, name
+
+
+def test_linear_patterns_still_read_real_slack_text() -> None:
+    assert to_plain("<@U1|bob> <<https://a.jp|a>> <!subteam^S1|@team>", {}) == (
+        "@bob <a (https://a.jp)> @team")
+    assert to_plain("<" * 5 + "<@U2>", {"U2": "はなこ"}) == "<<<<<@はなこ"

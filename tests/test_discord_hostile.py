@@ -1,0 +1,103 @@
+"""Hostile input on Discord: the patterns run on user text are linear, text is cut to
+Discord's own limit before parsing, and a message seen already is not parsed again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from adapters import discord_bot
+from adapters.discord_bot import MAX_TEXT_CHARS, build_discord_bot
+from bot.chat import ChatConfig, ChatService
+from bot.config import Settings
+from bot.conversation import ConversationKey
+from bot.tokenizer import Tokenizer
+from storage.history import HistoryStore
+from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord, ScriptedGenerator
+from tests.slack_fakes import eventually
+from tests.test_discord_wire import fake_discord  # noqa: F401
+
+N = 100_000
+
+
+@pytest.mark.parametrize("text", [
+    "<" * N, "<@" * (N // 2), "<@!" * (N // 3), "<#" + "1" * N, "<@&" + "9" * N,
+    ("<@" + "1" * 20) * (N // 22), " \t" * (N // 2), "<" + " " * N + ">",
+], ids=["lt", "at", "bang", "channel-digits", "role-digits", "ids", "blanks", "spaced"])
+def test_patterns_are_linear_on_100k_adversarial_text(text: str) -> None:
+    start = time.perf_counter()
+    discord_bot._MENTION.sub(lambda m: "", text)
+    discord_bot._SPACES.sub(" ", text)
+    assert time.perf_counter() - start < 0.5  # a few ms when linear; generous for loaded CI
+
+
+@pytest.fixture
+def script() -> ScriptedGenerator:
+    return ScriptedGenerator()
+
+
+@pytest.fixture
+def scripted(store: HistoryStore, script: ScriptedGenerator, tokenizer: Tokenizer,
+             settings: Settings) -> ChatService:
+    return ChatService(store, script, tokenizer,
+                       ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0))
+
+
+async def test_text_is_cut_to_discords_limit_before_parsing(
+        fake_discord: FakeDiscord, scripted, settings, store, monkeypatch) -> None:  # noqa: F811
+    """Over the wire (simcord itself refuses more than 2,000 characters from a user)."""
+    seen: list[int] = []
+    original = discord_bot._MENTION
+
+    class Recording:
+        def sub(self, replace, text):  # noqa: ANN001, ANN202
+            seen.append(len(text))
+            return original.sub(replace, text)
+
+    monkeypatch.setattr(discord_bot, "_MENTION", Recording())
+    bot = build_discord_bot(scripted, settings, guild_ready_timeout=0.05)
+    running = asyncio.create_task(bot.start("fake-token"))
+    try:
+        await fake_discord.wait_for(lambda: bot.is_ready() or running.done())
+        question = await fake_discord.user_says("あ" * (MAX_TEXT_CHARS * 3), mention_bot=True)
+        key = ConversationKey("discord", str(GUILD_ID), str(CHANNEL_ID), str(question))
+
+        async def stored() -> bool:
+            return await store.find(key) is not None
+
+        await eventually(stored)
+        conversation = await store.find(key)
+        (first, *_) = [t.turn for t in reversed(await store.recent_turns(conversation, 10))]
+    finally:
+        await bot.close()
+        await asyncio.wait_for(running, timeout=10)
+    assert seen and max(seen) <= MAX_TEXT_CHARS
+    assert 0 < len(first.text) <= MAX_TEXT_CHARS
+
+
+async def test_a_message_delivered_twice_is_parsed_and_answered_once(
+        fake_discord: FakeDiscord, scripted, script, settings, monkeypatch) -> None:  # noqa: F811
+    parsed: list[str] = []
+    original = discord_bot.readable_text
+
+    def counting(message, me_id):  # noqa: ANN001, ANN202
+        parsed.append(message.content)
+        return original(message, me_id)
+
+    monkeypatch.setattr(discord_bot, "readable_text", counting)
+    bot = build_discord_bot(scripted, settings, guild_ready_timeout=0.05)
+    running = asyncio.create_task(bot.start("fake-token"))
+    try:
+        await fake_discord.wait_for(lambda: bot.is_ready() or running.done())
+        question = await fake_discord.user_says("一度だけ", mention_bot=True)
+        await fake_discord._dispatch("MESSAGE_CREATE", fake_discord.messages[question])
+        await fake_discord.wait_for(lambda: len(script.prompts) >= 1)
+        await fake_discord.user_says("次の質問", mention_bot=True)  # later ones still pass
+        await fake_discord.wait_for(lambda: len(script.prompts) >= 2)
+    finally:
+        await bot.close()
+        await asyncio.wait_for(running, timeout=10)
+    assert len(script.prompts) == 2
+    assert [text.endswith("一度だけ") for text in parsed] == [True, False]

@@ -1,0 +1,226 @@
+"""Hostile and heavy input through the real Slack AsyncApp over HTTP: one message cannot freeze
+the loop, unsigned or malformed requests get a 4xx and at most one log line, a burst costs one
+users.info per user and no auth.test, a long thread is read from its newest end, and bolt never
+logs request bodies at INFO."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from adapters.slack_app import build_slack_service
+from bot.chat import ChatService
+from bot.config import Settings
+from bot.conversation import ConversationKey, Speaker
+from bot.tokenizer import Tokenizer
+from storage.history import HistoryStore
+from tests.fakes import ScriptedGenerator
+from tests.slack_fakes import BOT_USER, SIGNING_SECRET, TEAM, FakeSlack, mention
+from tests.test_slack_app import Slack, fake, running, scripted_chat, slack_settings  # noqa: F401
+
+C1 = "C1"
+T0 = "1710000000.000100"
+
+
+@pytest.fixture
+async def scripted(store: HistoryStore, tokenizer: Tokenizer, slack_settings: Settings,  # noqa: F811
+                   fake: FakeSlack) -> AsyncIterator[tuple[Slack, ScriptedGenerator]]:  # noqa: F811
+    chat, generator = scripted_chat(store, tokenizer, slack_settings, ["答えです。"])
+    async with running(chat, slack_settings, fake) as harness:
+        yield harness, generator
+
+
+def signed(body: bytes, *, timestamp: str | None = None,
+           secret: str = SIGNING_SECRET) -> dict[str, str]:
+    stamp = timestamp or str(int(time.time()))
+    digest = hmac.new(secret.encode(), b"v0:" + stamp.encode() + b":" + body, hashlib.sha256)
+    return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest.hexdigest()}"}
+
+
+async def post(slack: Slack, body: bytes, headers: dict[str, str]) -> int:
+    async with slack.http.post(slack.url, data=body, headers=headers) as response:
+        await response.read()
+        return response.status
+
+
+# ----- one message cannot freeze the loop --------------------------------------------------
+async def test_a_mention_of_40000_lt_is_acked_at_once_while_another_is_answered(
+        scripted) -> None:
+    slack, generator = scripted
+    hostile = mention(C1, "1710000000.000900", "<" * 40_000)
+    ordinary = asyncio.ensure_future(slack.event(mention(C1, T0, "ふつうの質問")))
+    started = time.monotonic()
+    status = await asyncio.wait_for(slack.event(hostile), 30)
+    acked_in = time.monotonic() - started
+    assert status == 200 and acked_in < 3.0, acked_in
+    assert await ordinary == 200
+    await slack.settled(2)
+    assert slack.outcomes() == {"answered": 2}
+    assert any("ふつうの質問" in prompt for prompt in generator.prompts)
+
+
+async def test_text_beyond_slacks_limit_is_cut_before_parsing(scripted) -> None:
+    slack, generator = scripted
+    await slack.event(mention(C1, T0, "あ" * 100_000))
+    await slack.settled(1)
+    (turn, *_) = await slack.turns(ConversationKey("slack", TEAM, C1, T0))
+    assert turn.speaker is Speaker.USER and len(turn.text) <= 40_000
+
+
+# ----- requests that are not Slack's ------------------------------------------------------------
+GARBAGE: list[tuple[str, bytes, str]] = [
+    ("malformed json", b'{"type": "event_callback", ', "application/json"),
+    ("json array", b"[1, 2, 3]", "application/json"),
+    ("json string", b'"hello"', "application/json"),
+    ("not utf-8", b"\xff\xfe\xfd{\x80}", "application/json"),
+    ("payload garbage", b"payload=%7Bnot-json", "application/x-www-form-urlencoded"),
+    ("payload array", b"payload=%5B1%5D", "application/x-www-form-urlencoded"),
+    ("form not utf-8", b"payload=\xff\xfe", "application/x-www-form-urlencoded"),
+    ("empty", b"", "application/json"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "content_type"), GARBAGE, ids=[g[0] for g in GARBAGE])
+async def test_garbage_gets_a_4xx_and_at_most_one_log_line(
+        scripted, caplog: pytest.LogCaptureFixture, name: str, body: bytes,
+        content_type: str) -> None:
+    slack, _ = scripted
+    caplog.set_level(logging.DEBUG)
+    # Unsigned, badly signed, or with a timestamp that is no number: refused before the body
+    # is read as anything (401); signed garbage: 400.
+    for headers, want in (({}, 401), (signed(body, secret="wrong"), 401),
+                          ({**signed(body), "X-Slack-Request-Timestamp": "not-a-number"}, 401),
+                          ({**signed(body), "X-Slack-Request-Timestamp": "１２３"}, 401),
+                          (signed(body), 400)):
+        caplog.clear()
+        status = await post(slack, body, {"Content-Type": content_type, **headers})
+        assert status == want, (name, headers, status)
+        records = [r for r in caplog.records if r.levelno >= logging.INFO]
+        assert len(records) <= 1, [r.getMessage() for r in records]
+        assert not any(r.exc_info for r in caplog.records), name
+        assert "Traceback" not in caplog.text
+    # the endpoint still serves Slack afterwards, and nothing reached a listener
+    assert slack.outcomes() == {}
+    assert await slack.event(mention(C1, T0, "質問")) == 200
+    await slack.settled(1)
+    assert slack.outcomes() == {"answered": 1}
+
+
+async def test_bolt_does_not_log_request_bodies_at_info(
+        chat: ChatService, slack_settings: Settings, fake: FakeSlack,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    """What setup_logging arranges (root at INFO, slack_bolt at WARNING) must hold for the
+    loggers bolt makes for itself: a bad signature reaching bolt logs no message text."""
+    from slack_bolt.request.async_request import AsyncBoltRequest
+
+    caplog.set_level(logging.INFO)
+    bolt = logging.getLogger("slack_bolt")
+    level = bolt.level
+    bolt.setLevel(logging.WARNING)
+    try:
+        service = build_slack_service(chat, slack_settings, host="127.0.0.1")
+        body = json.dumps({"type": "event_callback", "team_id": TEAM,
+                           "event": {"type": "app_mention", "text": "秘密の相談です"}},
+                          ensure_ascii=False)
+        response = await service.app.async_dispatch(AsyncBoltRequest(
+            body=body, headers={"content-type": "application/json",
+                                **signed(body.encode(), secret="wrong")}))
+        project_level = logging.getLogger("rinna-bot").getEffectiveLevel()
+    finally:
+        bolt.setLevel(level)
+    assert response.status == 401
+    assert "秘密の相談です" not in caplog.text and "event_callback" not in caplog.text
+    assert project_level == logging.INFO  # bolt left the project's own logger alone
+
+
+# ----- cold-start storms --------------------------------------------------------------------
+async def test_a_burst_costs_one_users_info_per_user_and_no_auth_test(scripted) -> None:
+    slack, _ = scripted
+    burst = [mention(C1, f"1710000001.{i:06d}", "<@U2> さんへ", user="U1") for i in range(40)]
+    statuses = await asyncio.gather(*(slack.event(event) for event in burst))
+    assert set(statuses) == {200}
+    await slack.settled(len(burst))
+    assert slack.outcomes() == {"answered": len(burst)}
+    looked_up = sorted(c.params["user"] for c in slack.fake.called("users.info"))
+    assert looked_up == ["U1", "U2"]
+    assert len(slack.fake.called("auth.test")) == 1  # at start-up only
+
+
+async def test_the_name_cache_is_bounded(scripted) -> None:
+    slack, _ = scripted
+    names = slack.service.handlers.names
+    names.size = 3
+    await names.lookup([f"U{i}" for i in range(10)])
+    assert len(names) == 3
+    assert len(slack.fake.called("users.info")) == 10
+
+
+# ----- joining a long thread --------------------------------------------------------------------
+def thread(count: int, *, mention_each: bool = False) -> list[dict[str, Any]]:
+    messages = []
+    for i in range(count):
+        text = f"<@UX{i:05d}> {i}番目のメッセージ" if mention_each else f"{i}番目のメッセージ"
+        messages.append({"type": "message", "user": "U1", "text": text,
+                         "ts": f"1700000000.{i:06d}", "thread_ts": "1700000000.000000"})
+    return messages
+
+
+async def test_joining_a_10000_message_thread_reads_its_newest_messages(scripted) -> None:
+    slack, generator = scripted
+    root = "1700000000.000000"
+    slack.fake.threads[(C1, root)] = thread(10_000)
+    await slack.event(mention(C1, "1700000001.000000", "まとめて", thread_ts=root))
+    await slack.settled(1)
+    assert slack.outcomes() == {"answered": 1}
+    turns = await slack.turns(ConversationKey("slack", TEAM, C1, root))
+    texts = [t.text for t in turns]
+    assert texts[-3:-1] == ["9999番目のメッセージ", "まとめて"]
+    assert "9998番目のメッセージ" in texts
+    assert "1999番目のメッセージ" not in texts
+    assert "9999番目のメッセージ" in generator.prompts[-1]
+    assert len(slack.fake.called("conversations.replies")) <= 10_000 // 200 + 1
+
+
+async def test_names_are_looked_up_only_for_messages_that_fit(scripted) -> None:
+    slack, _ = scripted
+    root = "1700000000.000000"
+    slack.fake.threads[(C1, root)] = thread(2_000, mention_each=True)
+    await slack.event(mention(C1, "1700000001.000000", "要約して", thread_ts=root))
+    await slack.settled(1)
+    imported = len(await slack.turns(ConversationKey("slack", TEAM, C1, root))) - 2
+    looked_up = {c.params["user"] for c in slack.fake.called("users.info")}
+    assert 0 < imported < 2_000
+    # the author, and the users mentioned in what can reach the prompt (with some slack)
+    assert len(looked_up) <= imported * 2 + 1, (len(looked_up), imported)
+    assert "UX01999" in looked_up and "UX00000" not in looked_up
+    assert f"<@{BOT_USER}>" not in "".join(c.params["user"] for c in
+                                          slack.fake.called("users.info"))
+
+
+async def test_a_retry_is_dropped_before_its_text_is_parsed(scripted, monkeypatch) -> None:
+    from adapters import slack_app
+
+    slack, _ = scripted
+    parsed: list[str] = []
+    original = slack_app.to_plain
+
+    def counting(text: str, names: Any) -> str:
+        parsed.append(text)
+        return original(text, names)
+
+    monkeypatch.setattr(slack_app, "to_plain", counting)
+    event = mention(C1, T0, "一度だけ読む")
+    await slack.event(event, event_id="Ev1")
+    await slack.event(event, event_id="Ev1", retry_num=1)
+    await slack.event(event, event_id="Ev1", retry_num=2)
+    await slack.settled(3)
+    assert slack.outcomes() == {"answered": 1, "duplicate": 2}
+    assert len(parsed) == 1
