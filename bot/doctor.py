@@ -18,6 +18,7 @@ from typing import TextIO
 from bot.config import Settings, load_settings
 from bot.download import cached_model, check_model_dir, is_local
 from bot.errors import RinnaError
+from bot.logs import setup_logging
 
 SECRETS = ("discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret")
 
@@ -42,6 +43,8 @@ def doctor(out: TextIO = sys.stdout) -> int:
         print(Check(False, f"settings: {exc}", "fix the keys named in .env or the "
                     "environment (see .env.example)").line(), file=out)
         return 1
+    setup_logging("WARNING", [s.get_secret_value() for name in SECRETS
+                              if (s := getattr(settings, name)) is not None])
     failed = 0
     for check in checks(settings):
         print(check.line(), file=out, flush=True)
