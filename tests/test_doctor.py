@@ -4,6 +4,7 @@ tiny model as a local directory and as a Hugging Face cache with the hub offline
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -142,3 +143,19 @@ def test_device_accepts_a_gpu_index(settings: object) -> None:
     else:
         with pytest.raises(ModelLoadError, match="DEVICE=cuda:1 but"):
             resolve_device("cuda:1")
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_do_not_load_torch(flag: str, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bot.cli", flag],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "bot.config" in imported  # it did run the command line
+    assert not {"torch", "transformers", "bitsandbytes"} & imported
+    if flag == "--version":
+        assert re.fullmatch(r"rinna-bot \S+\n", done.stdout)
+    else:
+        assert "download" in done.stdout and "doctor" in done.stdout
