@@ -176,3 +176,21 @@ def test_health_command_passes_with_metrics_off_and_fails_when_nothing_answers(
     down = health_command(env, tmp_path)
     assert down.returncode == 1
     assert f"127.0.0.1:{env['METRICS_PORT']}/healthz" in down.stderr
+
+
+def test_compose_matches_the_image() -> None:
+    """compose.yaml reserves the GPU, reads .env, mounts the image's volumes, serves metrics on
+    the port the image exposes, and waits longer than the shutdown grace before killing."""
+    import yaml
+
+    (service,) = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"].values()
+    (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert service["env_file"] == ".env"
+    volumes = json.loads(re.search(r"^VOLUME (\[.*\])$", DOCKERFILE, re.M).group(1))
+    assert sorted(v.split(":", 1)[1] for v in service["volumes"]) == sorted(volumes)
+    port = service["environment"]["METRICS_PORT"]
+    assert port in re.search(r"^EXPOSE (.*)$", DOCKERFILE, re.M).group(1).split()
+    assert any(p.endswith(f":{port}:{port}") for p in service["ports"])
+    assert int(service["stop_grace_period"].removesuffix("s")) > 20  # SHUTDOWN_GRACE_S
+    assert re.search(r"^USER \d+:\d+$", DOCKERFILE, re.M)  # not root
