@@ -116,3 +116,33 @@ def test_each_metrics_has_its_own_registry() -> None:
         "rinna_requests_total", {"platform": "slack", "outcome": "answered"}) == 1
     assert second.registry.get_sample_value(
         "rinna_requests_total", {"platform": "slack", "outcome": "answered"}) is None
+
+
+async def test_health_follows_the_discord_gateway(
+        chat: ChatService, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import discord
+    import yarl
+    from discord.gateway import DiscordWebSocket
+
+    from adapters.discord_bot import build_discord_bot
+    from tests.discord_fakes import FakeDiscord
+
+    fake = FakeDiscord()
+    await fake.start()
+    monkeypatch.setattr(discord.http.Route, "BASE", fake.base_url)
+    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
+    metrics = Metrics()
+    metrics.model_loaded = True
+    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    metrics.watch_platform("discord", lambda: bot.connected)
+    assert metrics.health() == "not connected: discord"  # not started yet
+    running = asyncio.create_task(bot.start("fake-token"))
+    try:
+        await fake.wait_for(lambda: bot.is_ready() or running.done())
+        assert metrics.health() is None
+        await fake.close()  # Discord goes away: the gateway drops and cannot be reached
+        await eventually(lambda: metrics.health() == "not connected: discord")
+    finally:
+        await bot.close()
+        await asyncio.wait_for(running, timeout=10)
+    assert metrics.health() == "not connected: discord"
