@@ -72,7 +72,8 @@ async def main() -> None:
     await server.close()
     print(f"machine: {machine()}")
     print(f"/metrics body: {len(body)} bytes")
-    print(f"render on the loop: median {median(render):.0f} µs, p99 {percentile(render, 99):.0f} µs")
+    print(f"render on the loop: median {median(render):.0f} µs, "
+          f"p99 {percentile(render, 99):.0f} µs")
     print(f"scrape over HTTP (client included): median {median(http_times):.2f} ms, "
           f"p99 {percentile(http_times, 99):.2f} ms")
     print(f"per delta: raw {median(raw):.2f} µs, metered {median(metered):.2f} µs "

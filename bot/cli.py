@@ -1,4 +1,4 @@
-"""The `rinna-bot` command: `run` (every configured platform), `chat` (the terminal), `download`, `doctor`.
+"""The `rinna-bot` command: `run` (every platform), `chat` (the terminal), `download`, `doctor`.
 
 Objects are built here, in order, and passed in: settings, the database, the generator (one
 model, one worker thread), the chat service, then each platform. Start-up failures print one
