@@ -159,3 +159,83 @@ def test_help_and_version_do_not_load_torch(flag: str, tmp_path: Path) -> None:
         assert re.fullmatch(r"rinna-bot \S+\n", done.stdout)
     else:
         assert "download" in done.stdout and "doctor" in done.stdout
+
+
+class FakeHub:
+    """The few Hugging Face Hub routes a snapshot download and a checksum check use, serving
+    the tiny model as REPO at COMMIT. `lie_about` names a file whose listed SHA-256 is wrong."""
+
+    def __init__(self, model_dir: Path, lie_about: str | None = None) -> None:
+        import hashlib
+
+        self.files = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+        self.tree = []
+        for name, data in sorted(self.files.items()):
+            entry = {"type": "file", "path": name, "size": len(data),
+                     "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+            if name.endswith(".safetensors"):
+                sha = hashlib.sha256(data if name != lie_about else b"other").hexdigest()
+                entry["lfs"] = {"oid": sha, "size": len(data), "pointerSize": 130}
+            self.tree.append(entry)
+
+    async def start(self) -> str:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get(f"/api/models/{REPO}/revision/{{rev}}", self._info)
+        app.router.add_get(f"/api/models/{REPO}/tree/{{rev}}", self._tree)
+        app.router.add_route("*", f"/{REPO}/resolve/{{rev}}/{{name}}", self._file)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def _info(self, request):  # noqa: ANN001, ANN202
+        from aiohttp import web
+
+        return web.json_response({"id": REPO, "modelId": REPO, "sha": COMMIT, "private": False,
+                                  "siblings": [{"rfilename": n} for n in self.files]})
+
+    async def _tree(self, request):  # noqa: ANN001, ANN202
+        from aiohttp import web
+
+        return web.json_response(self.tree)
+
+    async def _file(self, request):  # noqa: ANN001, ANN202
+        from aiohttp import web
+
+        name = request.match_info["name"]
+        if name not in self.files:
+            return web.json_response({"error": "Entry not found"}, status=404,
+                                     headers={"X-Error-Code": "EntryNotFound"})
+        data = self.files[name]
+        headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hash(data) & 0xffffffff:08x}"'}
+        if request.method == "HEAD":
+            return web.Response(headers={**headers, "Content-Length": str(len(data))})
+        return web.Response(body=data, headers=headers)
+
+
+@pytest.mark.parametrize("lie", [None, "model.safetensors"])
+async def test_download_from_the_hub_checks_checksums(
+        tiny_model_dir: Path, tmp_path: Path, lie: str | None) -> None:
+    import asyncio
+
+    hub = FakeHub(tiny_model_dir, lie_about=lie)
+    endpoint = await hub.start()
+    try:
+        done = await asyncio.to_thread(
+            rinna_bot, "download", tmp_path, MODEL_ID=REPO, HF_HUB_OFFLINE="0",
+            HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1")
+    finally:
+        await hub.runner.cleanup()
+    snapshot = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    if lie is None:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"✓ model files: {snapshot} (" in done.stdout
+        assert "checksums match the hub" in done.stdout
+        assert "Fetching 4 files: 100%" in done.stderr  # the progress bar
+        assert "HTTP Request" not in done.stderr  # the HTTP client's chatter is kept out
+    else:
+        assert done.returncode == 1
+        assert f"✗ {snapshot}: {lie}: checksum differs from the hub's" in done.stdout
