@@ -146,3 +146,14 @@ async def test_health_follows_the_discord_gateway(
         await bot.close()
         await asyncio.wait_for(running, timeout=10)
     assert metrics.health() == "not connected: discord"
+
+
+async def test_a_taken_port_is_one_clear_error() -> None:
+    from bot.errors import ConfigError
+
+    first = await MetricsServer(Metrics(), "127.0.0.1", 0).start()
+    try:
+        with pytest.raises(ConfigError, match=rf"^METRICS_PORT={first.port}: cannot listen"):
+            await MetricsServer(Metrics(), "127.0.0.1", first.port).start()  # type: ignore[arg-type]
+    finally:
+        await first.close()
