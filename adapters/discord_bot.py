@@ -538,6 +538,11 @@ class RinnaDiscordBot(commands.Bot):
     async def on_message(self, message: discord.Message, /) -> None:
         """No prefix commands: the cog answers messages."""
 
+    @property
+    def connected(self) -> bool:
+        """For the health check: logged in and the gateway websocket open."""
+        return self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
+
     async def on_ready(self) -> None:
         log.info("Discord: logged in as %s (%s) in %d servers",
                  self.user, self.user.id if self.user else "?", len(self.guilds))

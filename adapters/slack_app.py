@@ -640,6 +640,14 @@ class SlackService:
     def mode(self) -> str:
         return "socket" if self._app_token is not None else "http"
 
+    @property
+    def connected(self) -> bool:
+        """For the health check: the Socket Mode websocket is open, or HTTP mode is listening."""
+        if self._socket is not None:
+            session = self._socket.client.current_session
+            return session is not None and not session.closed
+        return self._runner is not None
+
     async def start(self) -> None:
         await self._check_bot_token()
         if self._app_token is not None:

@@ -72,12 +72,14 @@ class ChatService:
         tokenizer: Tokenizer,
         config: ChatConfig,
         clock: Callable[[], float] = time.monotonic,
+        on_outcome: Callable[[str, Outcome], None] | None = None,  # (platform, outcome): metrics
     ) -> None:
         self.store = store
         self.generator = generator
         self.tokenizer = tokenizer
         self.config = config
         self._clock = clock
+        self._on_outcome = on_outcome
         self._locks: dict[ConversationKey, tuple[asyncio.Lock, int]] = {}
 
     async def follows(self, key: ConversationKey) -> bool:
@@ -111,6 +113,13 @@ class ChatService:
 
     async def handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                      *, stream_interval_s: float | None = None) -> Outcome:
+        outcome = await self._handle(key, message, sink, stream_interval_s=stream_interval_s)
+        if self._on_outcome is not None:
+            self._on_outcome(key.platform, outcome)
+        return outcome
+
+    async def _handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
+                      *, stream_interval_s: float | None = None) -> Outcome:
         """Answer `message` into `sink`. `stream_interval_s` overrides how often the sink gets
         the growing text (a terminal can take every token; chat platforms about once a second)."""
         claim = await self.store.claim(key, message.delivery_key)

@@ -1,4 +1,4 @@
-"""The `rinna-bot` command: `run` (every configured platform) and `chat` (the terminal).
+"""The `rinna-bot` command: `run` (every platform), `chat` (the terminal), `download`, `doctor`.
 
 Objects are built here, in order, and passed in: settings, the database, the generator (one
 model, one worker thread), the chat service, then each platform. Start-up failures print one
@@ -13,15 +13,20 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
-from bot.chat import ChatConfig, ChatService
 from bot.config import Settings, load_settings, unknown_keys
 from bot.errors import RinnaError
-from bot.generator import LocalGenerator, load_generator
 from bot.logs import setup_logging
-from storage.history import HistoryStore
+
+if TYPE_CHECKING:  # imported where used: `--help`, `--version` and `doctor` start fast
+    from bot.chat import ChatService
+    from bot.generator import LocalGenerator
+    from bot.metrics import Metrics
+    from storage.history import HistoryStore
 
 log = logging.getLogger("rinna-bot")
 
@@ -38,20 +43,58 @@ class Core:
     store: HistoryStore
     generator: LocalGenerator
     chat: ChatService
+    metrics: Metrics | None = None
+
+
+WARM_UP_QUESTION = "こんにちは"
+WARM_UP_TOKENS = 8
+
+
+async def warm_up(generator: Any) -> None:
+    """One short answer right after loading, so the first user does not pay for set-up."""
+    from bot.conversation import Speaker, Turn
+    from bot.prompt import build_prompt
+
+    default = getattr(generator, "default_params", None)
+    params = replace(default, max_new_tokens=WARM_UP_TOKENS) if default is not None else None
+    started = time.monotonic()
+    try:
+        text = "".join([delta async for delta in generator.stream(
+            build_prompt([Turn(Speaker.USER, WARM_UP_QUESTION)]), params)])
+    except RinnaError as exc:
+        log.warning("warm-up failed (%s: %s); starting anyway", type(exc).__name__, exc)
+        return
+    log.info("warm-up: one short answer (%d chars) in %.2f s", len(text),
+             time.monotonic() - started)
 
 
 @contextlib.asynccontextmanager
-async def open_core(settings: Settings) -> AsyncIterator[Core]:
+async def open_core(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[Core]:
+    from bot.chat import ChatConfig, ChatService
+    from bot.generator import load_generator
+    from storage.history import HistoryStore
+
     store = await HistoryStore.open(settings.database_path)  # fails fast, before the model
     try:
         generator = await load_generator(settings)
         try:
             assert generator.tokenizer is not None
-            chat = ChatService(store, generator, generator.tokenizer, ChatConfig(
+            await warm_up(generator)
+            served: Any = generator
+            if metrics is not None:
+                from bot.metrics import MeteredGenerator
+
+                metrics.watch_generator(generator)
+                served = MeteredGenerator(generator, metrics)
+                metrics.model_loaded = True
+            chat = ChatService(store, served, generator.tokenizer, ChatConfig(
                 prompt_budget=settings.prompt_budget,
-                stream_interval_s=settings.stream_interval_s))
-            yield Core(settings, store, generator, chat)
+                stream_interval_s=settings.stream_interval_s),
+                on_outcome=metrics.count_outcome if metrics is not None else None)
+            yield Core(settings, store, generator, chat, metrics)
         finally:
+            if metrics is not None:
+                metrics.model_loaded = False
             await generator.aclose()
     finally:
         await store.close()
@@ -60,7 +103,17 @@ async def open_core(settings: Settings) -> AsyncIterator[Core]:
 async def serve(settings: Settings, command: str) -> None:
     from bot.retention import retention
 
-    async with open_core(settings) as core, retention(core.store, settings.retention_days):
+    async with contextlib.AsyncExitStack() as stack:
+        metrics = None
+        if command == "run" and settings.metrics_port is not None:
+            from bot.metrics import Metrics, MetricsServer
+
+            metrics = Metrics()  # up before the model, so /healthz says "model not loaded"
+            server = await MetricsServer(metrics, settings.metrics_host,
+                                         settings.metrics_port).start()
+            stack.push_async_callback(server.close)
+        core = await stack.enter_async_context(open_core(settings, metrics))
+        await stack.enter_async_context(retention(core.store, settings.retention_days))
         platforms = settings.discord_enabled or settings.slack_enabled
         if command == "chat" or not platforms:
             from adapters.console import run_console
@@ -89,6 +142,8 @@ async def run_platforms(core: Core) -> None:
 
             assert settings.discord_token is not None
             bot = build_discord_bot(core.chat, settings)
+            if core.metrics is not None:
+                core.metrics.watch_platform("discord", lambda: bot.connected)
             stops.append(bot.close)
             tasks.append(asyncio.create_task(
                 bot.start(settings.discord_token.get_secret_value()), name="discord"))
@@ -96,6 +151,8 @@ async def run_platforms(core: Core) -> None:
             from adapters.slack_app import build_slack_service
 
             slack = build_slack_service(core.chat, settings)
+            if core.metrics is not None:
+                core.metrics.watch_platform("slack", lambda: slack.connected)
             await slack.start()
             stops.append(slack.close)
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -129,15 +186,22 @@ def private_command(settings: Settings, command: str, user: str, platform: str |
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rinna-bot", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "chat", "forget", "export"], nargs="?",
-                        default="run", help="run: every platform with credentials set; chat: "
-                        "the terminal; forget/export --user ID: delete/print a person's messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("command", nargs="?", default="run",
+                        choices=["run", "chat", "download", "doctor", "forget", "export"],
+                        help="run: every platform with credentials set; chat: the terminal; "
+                             "download: fetch and check the model; doctor: what run will do; "
+                             "forget/export --user ID: delete/print a person's messages")
     parser.add_argument("--user", help="forget, export: the person's Discord or Slack user id")
     parser.add_argument("--platform", choices=["discord", "slack", "console"],
                         help="forget, export: only this platform's messages (default: all)")
     args = parser.parse_args(argv)
     if args.command in ("forget", "export") and not args.user:
         parser.error(f"{args.command} needs --user ID")
+    if args.command == "doctor":
+        from bot.doctor import doctor
+
+        return doctor()
     try:
         settings = load_settings()
     except RinnaError as exc:
@@ -150,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", line)
     if args.command in ("forget", "export"):
         return private_command(settings, args.command, args.user, args.platform)
+    if args.command == "download":
+        from bot.download import download
+
+        return download(settings)
     try:
         asyncio.run(serve(settings, args.command))
     except RinnaError as exc:
@@ -158,6 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("rinna-bot")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     model_id: str = DEFAULT_MODEL_ID
     model_revision: str = "main"  # hub branch, tag or commit of MODEL_ID (pin a commit hash)
     quantization: Literal["4bit", "8bit", "none"] = "4bit"
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    model_revision: str = "main"  # a branch, tag or commit of MODEL_ID on the hub
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # auto, cpu, cuda, cuda:N
     max_new_tokens: int = Field(128, ge=1, le=1024)
     temperature: float = Field(0.7, gt=0.0, le=5.0)
     repetition_penalty: float = Field(1.1, ge=1.0, le=5.0)
@@ -72,6 +73,10 @@ class Settings(BaseSettings):
     # Behaviour and logs
     stream_interval_s: float = Field(1.0, ge=0.0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Service: Prometheus metrics and the health check (unset port = off)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="before")
     @classmethod

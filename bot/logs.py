@@ -68,7 +68,8 @@ def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     root.setLevel(level)
     # Libraries are chatty at INFO (every HTTP request): keep them to warnings unless debugging.
     # (slack-bolt's AsyncApp is given the "slack_bolt" logger, so its loggers follow this.)
-    for noisy in ("discord", "slack_bolt", "slack_sdk", "aiohttp.access", "httpx", "websockets"):
+    for noisy in ("discord", "slack_bolt", "slack_sdk", "aiohttp.access", "httpx", "httpx2",
+                  "websockets"):
         logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
     # bitsandbytes on CPU suggests installing a hub-downloaded kernel at every load; it works
     # without it, and the hint would send people to the network for nothing.

@@ -15,15 +15,13 @@ from pathlib import Path
 import torch
 
 from bot.config import Settings
+from bot.download import BIN_FILES as _BIN_FILES
+from bot.download import REPO_FILES as _REPO_FILES
 from bot.engine import BatchEngine, EngineConfig
 from bot.errors import ModelLoadError
 from bot.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-
-_REPO_FILES = ["config.json", "spiece.model", "tokenizer_config.json", "*.safetensors",
-               "*.safetensors.index.json"]
-_BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +37,28 @@ class ModelInfo:
                 f"{self.memory_bytes / 1024**3:.2f} GiB, loaded in {self.seconds:.1f} s")
 
 
+CPU_WARNING = ("DEVICE=auto found no CUDA device, so the model runs on the CPU: expect each "
+               "answer to take many times longer than on a GPU (tens of seconds or more). "
+               "Check the NVIDIA driver and the GPU reservation (`rinna-bot doctor`), or set "
+               "DEVICE=cpu to run on the CPU on purpose.")
+
+
 def resolve_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("DEVICE=cuda but no CUDA device is available: set DEVICE=cpu or auto")
+    """auto, cpu, cuda or cuda:N (validated by Settings) as a torch device."""
+    if setting.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"DEVICE={setting} but no CUDA device is available: set DEVICE=cpu or auto")
+        device = torch.device(setting)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"DEVICE={setting} but there are only "
+                                 f"{torch.cuda.device_count()} CUDA devices (cuda:0 first)")
+        return device
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.warning(CPU_WARNING)
+    return torch.device("cpu")
 
 
 def resolve_model_dir(model_id: str, revision: str = "main") -> Path:

@@ -1,0 +1,202 @@
+"""`rinna-bot doctor`: one screen saying what `run` will do, each line ✓ or ✗ with the fix.
+
+Reads the settings like `run`, looks for the model without downloading anything, tries CUDA
+and bitsandbytes on the configured device, and opens the database without changing it.
+Tokens are shown as set or unset, never their values.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from bot.config import Settings, load_settings
+from bot.download import cached_model, check_model_dir, is_local
+from bot.errors import RinnaError
+from bot.logs import setup_logging
+
+SECRETS = ("discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret")
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    ok: bool
+    what: str
+    fix: str = ""
+
+    def line(self) -> str:
+        if self.ok:
+            return f"✓ {self.what}"
+        return f"✗ {self.what}" + (f" → {self.fix}" if self.fix else "")
+
+
+def doctor(out: TextIO = sys.stdout) -> int:
+    """Print every check; 0 when all pass, 1 otherwise."""
+    try:
+        settings = load_settings()
+    except RinnaError as exc:
+        print(Check(False, f"settings: {exc}", "fix the keys named in .env or the "
+                    "environment (see .env.example)").line(), file=out)
+        return 1
+    setup_logging("WARNING", [s.get_secret_value() for name in SECRETS
+                              if (s := getattr(settings, name)) is not None])
+    failed = 0
+    for check in checks(settings):
+        print(check.line(), file=out, flush=True)
+        failed += not check.ok
+    print(f"{'all checks passed' if not failed else f'{failed} to fix'}; "
+          f"`rinna-bot run` {'is ready' if not failed else 'may not work as intended'}", file=out)
+    return 1 if failed else 0
+
+
+def checks(settings: Settings) -> Iterator[Check]:
+    yield _settings(settings)
+    yield _platforms(settings)
+    yield _model(settings)
+    yield _device(settings)
+    yield _bitsandbytes(settings)
+    yield _database(settings.database_path)
+    yield _metrics(settings)
+
+
+def _settings(settings: Settings) -> Check:
+    tokens = ", ".join(f"{name.upper()} {'set' if getattr(settings, name) else 'unset'}"
+                       for name in SECRETS)
+    where = ".env and the environment" if Path(".env").is_file() else "the environment (no .env)"
+    return Check(True, f"settings read from {where}: MODEL_ID={settings.model_id}, "
+                 f"QUANTIZATION={settings.quantization}, DEVICE={settings.device}; {tokens}")
+
+
+def _platforms(settings: Settings) -> Check:
+    started = []
+    if settings.discord_enabled:
+        started.append("Discord")
+    if settings.slack_enabled:
+        started.append("Slack (Socket Mode)" if settings.slack_app_token is not None
+                       else f"Slack (HTTP on port {settings.slack_port})")
+    if not started:
+        return Check(False, "no platform configured: `run` opens the terminal chat",
+                     "set DISCORD_TOKEN, or SLACK_BOT_TOKEN with SLACK_APP_TOKEN or "
+                     "SLACK_SIGNING_SECRET")
+    return Check(True, "platforms that will start: " + ", ".join(started))
+
+
+def _model(settings: Settings) -> Check:
+    if is_local(settings):
+        found = check_model_dir(Path(settings.model_id).expanduser())
+        where = "local directory"
+    else:
+        path = cached_model(settings)
+        if path is None:
+            return Check(False, f"model {settings.model_id} (revision "
+                         f"{settings.model_revision}) is not in the Hugging Face cache",
+                         "run `rinna-bot download` (about 7 GB) before `run`")
+        found = check_model_dir(path)
+        where = "in the cache"
+    if not found.ok:
+        return Check(False, f"model {where} {found.path}: " + "; ".join(found.problems),
+                     "run `rinna-bot download` again, or copy the directory again")
+    return Check(True, f"model {where}: {found.describe()}")
+
+
+def _torch_device(settings: Settings) -> tuple[object, str | None]:
+    """(torch.device, None) or (None, the problem)."""
+    import torch
+
+    setting = settings.device
+    if setting == "cpu":
+        return torch.device("cpu"), None
+    if not torch.cuda.is_available():
+        if setting == "auto":
+            return torch.device("cpu"), None
+        return None, f"DEVICE={setting} but CUDA is not available"
+    device = torch.device("cuda" if setting == "auto" else setting)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return None, f"DEVICE={setting} but there are {torch.cuda.device_count()} CUDA devices"
+    return device, None
+
+
+def _device(settings: Settings) -> Check:
+    import torch
+
+    device, problem = _torch_device(settings)
+    build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}"
+    if problem is not None:
+        return Check(False, f"{problem} ({build})", "check the NVIDIA driver (nvidia-smi) and "
+                     "that the container has the GPU, or set DEVICE=cpu")
+    if device.type == "cpu":  # type: ignore[attr-defined]
+        if settings.device == "auto":
+            return Check(False, f"no CUDA device: the model will run on the CPU, many times "
+                         f"slower ({build})", "check the NVIDIA driver (nvidia-smi) and the "
+                         "container's GPU reservation, or set DEVICE=cpu to accept the CPU")
+        return Check(True, f"DEVICE=cpu: the model runs on the CPU, slowly ({build})")
+    index = device.index or 0  # type: ignore[attr-defined]
+    free, total = torch.cuda.mem_get_info(index)
+    name = torch.cuda.get_device_name(index)
+    return Check(True, f"CUDA device cuda:{index}: {name}, {free / 1024**3:.1f} GiB free of "
+                 f"{total / 1024**3:.1f} GiB ({build})")
+
+
+def _bitsandbytes(settings: Settings) -> Check:
+    if settings.quantization == "none":
+        return Check(True, "bitsandbytes: not used (QUANTIZATION=none)")
+    device, problem = _torch_device(settings)
+    if problem is not None:
+        return Check(False, f"bitsandbytes: not tried ({problem})", "fix DEVICE first")
+    try:
+        import bitsandbytes as bnb
+        import torch
+
+        dtype = torch.float16 if device.type == "cuda" else torch.float32  # type: ignore[attr-defined]
+        if settings.quantization == "4bit":
+            layer = bnb.nn.Linear4bit(64, 64, compute_dtype=dtype, quant_type="nf4")
+        else:
+            layer = bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False)
+        layer = layer.to(device)  # quantizes the weights on that device
+        with torch.no_grad():
+            result = layer(torch.ones(2, 64, dtype=dtype, device=device))
+        if not bool(torch.isfinite(result).all()):
+            raise RuntimeError("non-finite output")
+    except Exception as exc:  # noqa: BLE001 - any failure here is the answer to the check
+        return Check(False, f"bitsandbytes {settings.quantization} on {device}: "
+                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                     "reinstall bitsandbytes for this CUDA, or set QUANTIZATION=none")
+    return Check(True, f"bitsandbytes {bnb.__version__}: {settings.quantization} works on "
+                 f"{device}")
+
+
+def _database(path: Path) -> Check:
+    from storage.schema import SCHEMA_VERSION
+
+    if not path.exists():
+        parent = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+        if os.access(parent, os.W_OK):
+            return Check(True, f"database {path}: will be created at start (schema "
+                         f"{SCHEMA_VERSION})")
+        return Check(False, f"database {path}: cannot be created ({parent} is not writable)",
+                     "set DATABASE_PATH to a writable place, or fix the directory's owner")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5) as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock, then gives it back
+            db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        return Check(False, f"database {path}: not writable ({exc})",
+                     "fix the file's and directory's permissions, or stop what holds it locked")
+    if version > SCHEMA_VERSION:
+        return Check(False, f"database {path}: schema {version} is newer than this version's "
+                     f"{SCHEMA_VERSION}", "upgrade rinna-bot, or restore a backup")
+    state = "current" if version == SCHEMA_VERSION else f"migrated to {SCHEMA_VERSION} at start"
+    return Check(True, f"database {path}: writable, schema {version} ({state})")
+
+
+def _metrics(settings: Settings) -> Check:
+    if settings.metrics_port is None:
+        return Check(True, "metrics: off (set METRICS_PORT to serve /metrics and /healthz)")
+    return Check(True, f"metrics: http://{settings.metrics_host}:{settings.metrics_port}"
+                 "/metrics and /healthz")

@@ -1,0 +1,199 @@
+"""`rinna-bot download`: fetch MODEL_ID into the Hugging Face cache before the first `run`,
+check the files, and say where they are and how big. No torch here.
+
+Checks, offline and on every call: config.json parses, spiece.model loads in sentencepiece,
+the weights are all there (every shard an index names) and each safetensors file is exactly
+as long as its header says. With the hub reachable, every file's SHA-256 is also compared
+with the hub's.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from bot.config import Settings
+
+# What a model repository needs (the same patterns the loader downloads).
+REPO_FILES = ["config.json", "spiece.model", "tokenizer_config.json", "*.safetensors",
+              "*.safetensors.index.json"]
+BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFiles:
+    path: Path
+    files: int
+    size: int  # bytes
+    problems: tuple[str, ...]  # empty: complete and readable
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> str:
+        return f"{self.path} ({human_size(self.size)}, {self.files} files)"
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def is_local(settings: Settings) -> bool:
+    return Path(settings.model_id).expanduser().is_dir()
+
+
+def check_model_dir(path: Path) -> ModelFiles:
+    """Every file the loader needs, present and readable (no torch: headers and sizes)."""
+    problems: list[str] = []
+    config = path / "config.json"
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append("config.json is missing")
+    except (ValueError, OSError) as exc:
+        problems.append(f"config.json is unreadable ({type(exc).__name__})")
+    problems += _check_tokenizer(path / "spiece.model")
+    problems += _check_weights(path)
+    files = [p for p in path.iterdir() if p.is_file()]
+    size = sum(p.stat().st_size for p in files)  # stat follows the cache's symlinks to blobs
+    return ModelFiles(path, len(files), size, tuple(problems))
+
+
+def _check_tokenizer(spiece: Path) -> list[str]:
+    if not spiece.is_file():
+        return ["spiece.model is missing"]
+    import sentencepiece as spm
+
+    try:
+        spm.SentencePieceProcessor(model_file=str(spiece))
+    except (RuntimeError, OSError) as exc:
+        return [f"spiece.model does not load ({type(exc).__name__})"]
+    return []
+
+
+def _check_weights(path: Path) -> list[str]:
+    shards = sorted(path.glob("*.safetensors"))
+    index = path / "model.safetensors.index.json"
+    problems: list[str] = []
+    if index.is_file():
+        try:
+            named = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, OSError):
+            return ["model.safetensors.index.json is unreadable"]
+        problems += [f"{name} is missing (named by the index)"
+                     for name in sorted(named) if not (path / name).is_file()]
+    if shards:
+        return problems + [p for shard in shards if (p := _check_safetensors(shard))]
+    if any(path.glob("pytorch_model*.bin")):
+        return problems
+    return problems + ["no weights (*.safetensors or pytorch_model*.bin)"]
+
+
+def _check_safetensors(file: Path) -> str | None:
+    """A safetensors file is an 8-byte header length, a JSON header, then exactly the bytes
+    the header's offsets cover: a truncated download fails this."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > size - 8:
+                return f"{file.name} is truncated (header)"
+            header = json.loads(f.read(length))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                  default=0)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        return f"{file.name} is unreadable ({type(exc).__name__})"
+    if 8 + length + end != size:
+        return f"{file.name} is {size} bytes, its header says {8 + length + end}"
+    return None
+
+
+def cached_model(settings: Settings) -> Path | None:
+    """The cache's snapshot of MODEL_ID at MODEL_REVISION, without touching the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(settings.model_id, revision=settings.model_revision,
+                                      allow_patterns=REPO_FILES + BIN_FILES,
+                                      local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        return None
+
+
+def fetch(settings: Settings) -> Path:
+    """snapshot_download with its progress bars; safetensors when the repository has them."""
+    from huggingface_hub import snapshot_download
+
+    revision = settings.model_revision
+    path = Path(snapshot_download(settings.model_id, revision=revision,
+                                  allow_patterns=REPO_FILES))
+    if not any(path.glob("*.safetensors")):
+        path = Path(snapshot_download(settings.model_id, revision=revision,
+                                      allow_patterns=REPO_FILES + BIN_FILES))
+    return path
+
+
+def hub_checksums(settings: Settings) -> list[str]:
+    """Compare each downloaded file's SHA-256 with the hub's (needs the network)."""
+    from huggingface_hub import HfApi
+
+    # Files of the repository that were not downloaded (other weight formats) are not checked.
+    result = HfApi().verify_repo_checksums(settings.model_id, revision=settings.model_revision)
+    return [f"{m['path']}: checksum differs from the hub's" for m in result.mismatches]
+
+
+def download(settings: Settings, out: TextIO = sys.stdout) -> int:
+    """The `download` command. Returns the exit status."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if is_local(settings):
+        found = check_model_dir(Path(settings.model_id).expanduser())
+        return _report(found, "local directory, nothing to download", out)
+    offline = constants.HF_HUB_OFFLINE
+    print(f"rinna-bot: fetching {settings.model_id} (revision {settings.model_revision}) into "
+          f"{constants.HF_HUB_CACHE}", file=out, flush=True)
+    try:
+        path = fetch(settings)
+    except LocalEntryNotFoundError:
+        if offline:
+            print(f"✗ {settings.model_id} is not in the cache and HF_HUB_OFFLINE=1 forbids "
+                  "downloading it → unset HF_HUB_OFFLINE and run `rinna-bot download` again",
+                  file=out)
+        else:
+            print(f"✗ the hub cannot be reached and {settings.model_id} is not in the cache → "
+                  "check the network (or HF_ENDPOINT) and run `rinna-bot download` again",
+                  file=out)
+        return 1
+    except (HfHubHTTPError, ValueError, OSError) as exc:
+        print(f"✗ cannot download {settings.model_id} ({type(exc).__name__}: {exc}) → check "
+              "MODEL_ID and MODEL_REVISION", file=out)
+        return 1
+    found = check_model_dir(path)
+    if found.ok and not offline:
+        found = ModelFiles(found.path, found.files, found.size,
+                           tuple(hub_checksums(settings)))
+        return _report(found, "checksums match the hub", out)
+    return _report(found, "offline: files checked, checksums not compared with the hub", out)
+
+
+def _report(found: ModelFiles, note: str, out: TextIO) -> int:
+    if found.ok:
+        print(f"✓ model files: {found.describe()}; {note}", file=out)
+        return 0
+    for problem in found.problems:
+        print(f"✗ {found.path}: {problem}", file=out)
+    print("  → for a hub model, delete its folder (models--ORG--NAME) from the Hugging Face "
+          "cache and run `rinna-bot download` again; for a local MODEL_ID, copy the model "
+          "directory again", file=out)
+    return 1

@@ -1,0 +1,241 @@
+"""`rinna-bot download` and `rinna-bot doctor` as people run them (subprocesses), against the
+tiny model as a local directory and as a Hugging Face cache with the hub offline."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from storage.schema import SCHEMA_VERSION
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO = "test-org/tiny-rinna"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def rinna_bot(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "METRICS_",
+                                  "DEVICE", "QUANTIZATION", "HF_"))}
+    clean.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+                  "HF_HUB_CACHE": str(cwd / "hub"), **env})
+    return subprocess.run([sys.executable, "-m", "bot.cli", command], cwd=cwd, env=clean,
+                          capture_output=True, text=True, timeout=240, check=False)
+
+
+def hub_cache(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """The tiny model laid out as the hub's cache keeps a download of REPO at main."""
+    repo = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}"
+    snapshot = repo / "snapshots" / COMMIT
+    shutil.copytree(tiny_model_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return snapshot
+
+
+def test_download_checks_a_local_model_directory(tiny_model_dir: Path, tmp_path: Path) -> None:
+    done = rinna_bot("download", tmp_path, MODEL_ID=str(tiny_model_dir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"✓ model files: {tiny_model_dir} (")
+    assert "local directory, nothing to download" in done.stdout
+
+
+def test_download_finds_a_truncated_weights_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:
+        f.truncate(size - 100)  # an interrupted copy
+    done = rinna_bot("download", tmp_path, MODEL_ID=str(broken))
+    assert done.returncode == 1
+    assert f"✗ {broken}: model.safetensors is {size - 100} bytes, its header says {size}" \
+        in done.stdout
+
+
+def test_download_with_the_hub_offline(tiny_model_dir: Path, tmp_path: Path) -> None:
+    missing = rinna_bot("download", tmp_path, MODEL_ID=REPO)
+    assert missing.returncode == 1
+    assert (f"✗ {REPO} is not in the cache and HF_HUB_OFFLINE=1 forbids downloading it → "
+            "unset HF_HUB_OFFLINE and run `rinna-bot download` again") in missing.stdout
+    snapshot = hub_cache(tmp_path, tiny_model_dir)
+    cached = rinna_bot("download", tmp_path, MODEL_ID=REPO)
+    assert cached.returncode == 0, cached.stdout + cached.stderr
+    assert f"✓ model files: {snapshot} (" in cached.stdout
+    assert "offline: files checked, checksums not compared with the hub" in cached.stdout
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    path = tmp_path / "data" / "bot.sqlite3"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return path
+
+
+def test_doctor_all_good(tiny_model_dir: Path, tmp_path: Path, database: Path) -> None:
+    snapshot = hub_cache(tmp_path, tiny_model_dir)
+    secrets = {"SLACK_BOT_TOKEN": "xoxb-doctor-secret", "SLACK_APP_TOKEN": "xapp-doctor-secret"}
+    done = rinna_bot("doctor", tmp_path, MODEL_ID=REPO, DEVICE="cpu", QUANTIZATION="4bit",
+                     DATABASE_PATH=str(database), METRICS_PORT="9100", **secrets)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(line.startswith("✓ ") for line in lines[:-1]), done.stdout
+    assert lines[-1] == "all checks passed; `rinna-bot run` is ready"
+    assert ("DISCORD_TOKEN unset, SLACK_BOT_TOKEN set, SLACK_APP_TOKEN set, "
+            "SLACK_SIGNING_SECRET unset") in lines[0]
+    assert not any(secret in done.stdout + done.stderr for secret in secrets.values())
+    assert "✓ platforms that will start: Slack (Socket Mode)" in lines
+    assert any(line.startswith(f"✓ model in the cache: {snapshot} (") for line in lines)
+    assert any(line.startswith("✓ DEVICE=cpu: the model runs on the CPU") for line in lines)
+    assert any(line.startswith("✓ bitsandbytes ") and "4bit works on cpu" in line
+               for line in lines)
+    assert f"✓ database {database}: writable, schema {SCHEMA_VERSION} (current)" in lines
+    assert "✓ metrics: http://127.0.0.1:9100/metrics and /healthz" in lines
+
+
+def test_doctor_says_what_to_fix(tmp_path: Path, database: Path) -> None:
+    import torch
+
+    with sqlite3.connect(database) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")  # written by a newer version
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    done = rinna_bot("doctor", tmp_path, MODEL_ID=REPO, DEVICE=f"cuda:{gpus}",
+                     DATABASE_PATH=str(database))
+    lines = done.stdout.splitlines()
+    assert done.returncode == 1
+    assert ("✗ no platform configured: `run` opens the terminal chat → set DISCORD_TOKEN, or "
+            "SLACK_BOT_TOKEN with SLACK_APP_TOKEN or SLACK_SIGNING_SECRET") in lines
+    assert (f"✗ model {REPO} (revision main) is not in the Hugging Face cache → run "
+            "`rinna-bot download` (about 7 GB) before `run`") in lines
+    device = [line for line in lines if line.startswith(f"✗ DEVICE=cuda:{gpus} but")]
+    assert len(device) == 1 and " → " in device[0]
+    assert any(line.startswith("✗ bitsandbytes: not tried") for line in lines)
+    assert (f"✗ database {database}: schema {SCHEMA_VERSION + 1} is newer than this version's "
+            f"{SCHEMA_VERSION} → upgrade rinna-bot, or restore a backup") in lines
+    assert lines[-1] == "5 to fix; `rinna-bot run` may not work as intended"
+
+
+def test_doctor_names_an_invalid_setting(tmp_path: Path) -> None:
+    done = rinna_bot("doctor", tmp_path, DEVICE="cuda:x")
+    assert done.returncode == 1
+    assert done.stdout.startswith("✗ settings: invalid settings: DEVICE: ")
+
+
+def test_device_accepts_a_gpu_index(settings: object) -> None:
+    import torch
+
+    from bot.config import load_settings
+    from bot.errors import ModelLoadError
+    from bot.model_loader import resolve_device
+
+    assert load_settings(device="cuda:1").device == "cuda:1"
+    if torch.cuda.device_count() >= 2:
+        assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    else:
+        with pytest.raises(ModelLoadError, match="DEVICE=cuda:1 but"):
+            resolve_device("cuda:1")
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_do_not_load_torch(flag: str, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bot.cli", flag],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "bot.config" in imported  # it did run the command line
+    assert not {"torch", "transformers", "bitsandbytes"} & imported
+    if flag == "--version":
+        assert re.fullmatch(r"rinna-bot \S+\n", done.stdout)
+    else:
+        assert "download" in done.stdout and "doctor" in done.stdout
+
+
+class FakeHub:
+    """The few Hugging Face Hub routes a snapshot download and a checksum check use, serving
+    the tiny model as REPO at COMMIT. `lie_about` names a file whose listed SHA-256 is wrong."""
+
+    def __init__(self, model_dir: Path, lie_about: str | None = None) -> None:
+        import hashlib
+
+        self.files = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+        self.tree = []
+        for name, data in sorted(self.files.items()):
+            entry = {"type": "file", "path": name, "size": len(data),
+                     "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+            if name.endswith(".safetensors"):
+                sha = hashlib.sha256(data if name != lie_about else b"other").hexdigest()
+                entry["lfs"] = {"oid": sha, "size": len(data), "pointerSize": 130}
+            self.tree.append(entry)
+
+    async def start(self) -> str:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get(f"/api/models/{REPO}/revision/{{rev}}", self._info)
+        app.router.add_get(f"/api/models/{REPO}/tree/{{rev}}", self._tree)
+        app.router.add_route("*", f"/{REPO}/resolve/{{rev}}/{{name}}", self._file)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def _info(self, request):  # noqa: ANN001, ANN202
+        from aiohttp import web
+
+        return web.json_response({"id": REPO, "modelId": REPO, "sha": COMMIT, "private": False,
+                                  "siblings": [{"rfilename": n} for n in self.files]})
+
+    async def _tree(self, request):  # noqa: ANN001, ANN202
+        from aiohttp import web
+
+        return web.json_response(self.tree)
+
+    async def _file(self, request):  # noqa: ANN001, ANN202
+        from aiohttp import web
+
+        name = request.match_info["name"]
+        if name not in self.files:
+            return web.json_response({"error": "Entry not found"}, status=404,
+                                     headers={"X-Error-Code": "EntryNotFound"})
+        data = self.files[name]
+        headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hash(data) & 0xffffffff:08x}"'}
+        if request.method == "HEAD":
+            return web.Response(headers={**headers, "Content-Length": str(len(data))})
+        return web.Response(body=data, headers=headers)
+
+
+@pytest.mark.parametrize("lie", [None, "model.safetensors"])
+async def test_download_from_the_hub_checks_checksums(
+        tiny_model_dir: Path, tmp_path: Path, lie: str | None) -> None:
+    import asyncio
+
+    hub = FakeHub(tiny_model_dir, lie_about=lie)
+    endpoint = await hub.start()
+    try:
+        done = await asyncio.to_thread(
+            rinna_bot, "download", tmp_path, MODEL_ID=REPO, HF_HUB_OFFLINE="0",
+            HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1")
+    finally:
+        await hub.runner.cleanup()
+    snapshot = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    if lie is None:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"✓ model files: {snapshot} (" in done.stdout
+        assert "checksums match the hub" in done.stdout
+        assert "Fetching 4 files: 100%" in done.stderr  # the progress bar
+        assert "HTTP Request" not in done.stderr  # the HTTP client's chatter is kept out
+    else:
+        assert done.returncode == 1
+        assert f"✗ {snapshot}: {lie}: checksum differs from the hub's" in done.stdout
