@@ -243,7 +243,7 @@ class BatchEngine:
             text = "" if eos else row.stop.push(row.decoder.feed(token))
             done = eos or row.stop.stopped or row.produced >= row.request.params.max_new_tokens
             if done:
-                text += row.stop.push(row.decoder.flush()) + row.stop.flush()
+                text += row.stop.push(row.decoder.flush()) + row.stop.flush(truncated=not eos)
             else:
                 keep.append(index)
             if text or done:
