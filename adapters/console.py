@@ -18,7 +18,7 @@ from bot.conversation import ConversationKey, IncomingMessage
 CONSOLE_KEY = ConversationKey(platform="console", workspace="", channel="default")
 PROMPT = "あなた> "
 BOT = "rinna> "
-HELP = "質問を入力して Enter。/reset で会話をリセット、/exit で終了。"
+HELP = "質問を入力して Enter を押してください。/reset で会話をリセット、/exit で終了します。"
 
 
 class ConsoleReply:
