@@ -57,7 +57,7 @@ async def open_core(settings: Settings) -> AsyncIterator[Core]:
         await store.close()
 
 
-async def serve(settings: Settings, command: str) -> None:
+async def serve(settings: Settings, command: str) -> int:
     async with open_core(settings) as core:
         platforms = settings.discord_enabled or settings.slack_enabled
         if command == "chat" or not platforms:
@@ -65,9 +65,9 @@ async def serve(settings: Settings, command: str) -> None:
 
             if command == "run":
                 print(NO_PLATFORM_HINT, file=sys.stderr)
-            await run_console(core.chat)
-            return
+            return await run_console(core.chat)
         await run_platforms(core)
+        return 0
 
 
 async def run_platforms(core: Core) -> None:
@@ -121,15 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     secrets = [s.get_secret_value() for s in (settings.discord_token, settings.slack_bot_token,
                settings.slack_app_token, settings.slack_signing_secret) if s is not None]
-    setup_logging(settings.log_level, secrets)
+    # The terminal chat keeps INFO lines off the conversation unless LOG_LEVEL asks for them.
+    quiet = args.command == "chat" and "log_level" not in settings.model_fields_set
+    setup_logging("WARNING" if quiet else settings.log_level, secrets)
     try:
-        asyncio.run(serve(settings, args.command))
+        status = asyncio.run(serve(settings, args.command))
     except RinnaError as exc:
         print(f"rinna-bot: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return status
 
 
 if __name__ == "__main__":
