@@ -27,9 +27,11 @@ _DANGLING = re.compile(rf"\n[{_SPACES}]*(?:{'|'.join(LABELS)})[{_SPACES}]*")
 _MAX_TURN_START = 40  # a held newline + spaces + label longer than this starts no turn
 _CLOSERS = "」』）)】〕〉》”’\"'"
 # A sentence end with its closing brackets (ASCII only before whitespace), or a newline.
-_SENTENCE_END = re.compile(rf"[。！？．]+[{_CLOSERS}]*|[.!?]+[{_CLOSERS}]*(?=\s)|\n")
+_SENTENCE_END = re.compile(
+    rf"[。！？．]++[{_CLOSERS}]*+|(?<![.!?])[.!?]++[{_CLOSERS}]*+(?=\s)|\n")
 _LEADING_CLOSERS = re.compile(rf"[{_CLOSERS}]+")
-_ENDS_A_SENTENCE = re.compile(rf"(?:[。！？．.!?…]+[{_CLOSERS}]*|\n)\s*\Z")
+_ENDS_A_SENTENCE = re.compile(
+    rf"(?:(?<![。！？．.!?…])[。！？．.!?…]++[{_CLOSERS}]*+|\n)\s*\Z")
 
 
 class StopFilter:

@@ -20,7 +20,7 @@ import regex
 KINSOKU_START = frozenset("」』）)】〕〉》、。，．！？!?,.]}”’")
 _CLOSERS = "」』）)】〕〉》”’\"'"
 _SENTENCE_END = re.compile(
-    rf"[。！？．]+[{_CLOSERS}]*|[.!?]+[{_CLOSERS}]*(?=\s|$)|\n"
+    rf"[。！？．]++[{_CLOSERS}]*+|(?<![.!?])[.!?]++[{_CLOSERS}]*+(?=\s|$)|\n"
 )
 _COMMA = re.compile(rf"[、，]+[{_CLOSERS}]*|,(?=\s)")
 _SPACE = re.compile(r"[ \t\u3000]+")

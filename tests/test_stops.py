@@ -124,3 +124,15 @@ async def test_the_engine_marks_a_reply_cut_by_the_token_limit(generator) -> Non
         text = "".join(deltas)
         assert text.strip()
         assert text.endswith(ELLIPSIS) or re.search(r"[。？！?!」）\n]\s*\Z", text), text
+
+
+@pytest.mark.parametrize("unit", [".", "。", "\n ", "<N"])
+def test_adversarial_replies_pass_the_filter_in_linear_time(unit: str) -> None:
+    import time
+
+    text = unit * 50_000 + "x"
+    started = time.perf_counter()
+    for truncated in (False, True):
+        stop = StopFilter()
+        "".join(stop.push(text[i:i + 7]) for i in range(0, len(text), 7)) + stop.flush(truncated)
+    assert time.perf_counter() - started < 5.0

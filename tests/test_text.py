@@ -152,3 +152,16 @@ def test_split_properties_over_random_japanese_emoji_and_code(
         after_code = FENCE.match(first.rsplit("\n", 1)[-1]) is not None
         if not after_code and not FENCE.match(second) and not re.search(r"[」）。、！？?!]{8}", text):
             assert second[0] not in KINSOKU_START, (first[-20:], second[:20])
+
+
+@pytest.mark.parametrize("unit", [".", "。", "?", "、", " ", "`", "\n"])
+def test_adversarial_input_splits_in_linear_time(unit: str) -> None:
+    """100,000 characters built to make a backtracking pattern quadratic: measured in
+    milliseconds; the bound is generous (a quadratic pattern takes minutes here)."""
+    import time
+
+    text = unit * 100_000 + "x"
+    started = time.perf_counter()
+    parts = split_message(text, 2000)
+    assert time.perf_counter() - started < 5.0
+    assert all(len(p) <= 2000 for p in parts)
