@@ -82,7 +82,7 @@ RESET_HINT = ("スラッシュコマンドはスレッドの中では使えま�
 FAILURE_MESSAGE = RinnaError.user_message
 POST_FAILED = ("質問をチャンネルに投稿できませんでした。"
                "ボットをこのチャンネルに招待してから、もう一度お試しください。")
-ASKED = "<@{user}> さんの質問:\n{question}"
+ASKED = "<@{user}> さんの質問：\n{question}"
 QUESTION_SHOWN_CHARS = 2800
 HELP_MESSAGE = (
     "*rinna の使い方*\n"

@@ -25,9 +25,9 @@ from storage.history import Claim, HistoryStore
 
 log = logging.getLogger(__name__)
 
-USAGE_MESSAGE = "質問を書いてください。例: 「日本で一番高い山は?」"
+USAGE_MESSAGE = "質問を書いてください。例：「日本で一番高い山は？」"
 SHORTENED_NOTICE = "（メッセージが長すぎたため、先頭の一部だけを読んで答えました）"
-EMPTY_ANSWER = "（うまく答えられませんでした。言い換えてもう一度お試しください）"
+EMPTY_ANSWER = "うまく答えられませんでした。質問を言い換えて、もう一度お試しください。"
 UNEXPECTED_ERROR = RinnaError.user_message
 _PAGE = 64
 
@@ -36,7 +36,13 @@ def _error_messages(cls: type[RinnaError]) -> set[str]:
     return {cls.user_message}.union(*(_error_messages(sub) for sub in cls.__subclasses__()))
 
 
-_NOTICES = frozenset({PLACEHOLDER, USAGE_MESSAGE, EMPTY_ANSWER, *_error_messages(RinnaError)})
+# Notices as earlier versions wrote them: they are still in old threads' history.
+_OLD_NOTICES = ("質問を書いてください。例: 「日本で一番高い山は?」",
+                "（うまく答えられませんでした。言い換えてもう一度お試しください）",
+                "ボットを停止中のため回答できません。")
+_OLD_WAITING = "順番待ち: "
+_NOTICES = frozenset({PLACEHOLDER, USAGE_MESSAGE, EMPTY_ANSWER, *_error_messages(RinnaError),
+                      *_OLD_NOTICES})
 
 
 def as_history(turn: Turn) -> Turn | None:
@@ -44,7 +50,7 @@ def as_history(turn: Turn) -> Turn | None:
     usage hint, error messages, queue position) dropped, since they are not answers."""
     text = clean_text(turn.text).strip()
     if turn.speaker is Speaker.SYSTEM:
-        if text in _NOTICES or text.startswith(WAITING.split("{", 1)[0]):
+        if text in _NOTICES or text.startswith((WAITING.split("{", 1)[0], _OLD_WAITING)):
             return None
         text = text.removesuffix(SHORTENED_NOTICE).strip()
     return Turn(turn.speaker, text) if text else None

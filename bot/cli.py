@@ -100,7 +100,7 @@ async def open_core(settings: Settings, metrics: Metrics | None = None) -> Async
         await store.close()
 
 
-async def serve(settings: Settings, command: str) -> None:
+async def serve(settings: Settings, command: str) -> int:
     from bot.retention import retention
 
     async with contextlib.AsyncExitStack() as stack:
@@ -120,9 +120,9 @@ async def serve(settings: Settings, command: str) -> None:
 
             if command == "run":
                 print(NO_PLATFORM_HINT, file=sys.stderr)
-            await run_console(core.chat)
-            return
+            return await run_console(core.chat)
         await run_platforms(core)
+        return 0
 
 
 async def run_platforms(core: Core) -> None:
@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     secrets = [s.get_secret_value() for s in (settings.discord_token, settings.slack_bot_token,
                settings.slack_app_token, settings.slack_signing_secret) if s is not None]
-    setup_logging(settings.log_level, secrets)
+    # The terminal chat keeps INFO lines off the conversation unless LOG_LEVEL asks for them.
+    quiet = args.command == "chat" and "log_level" not in settings.model_fields_set
+    setup_logging("WARNING" if quiet else settings.log_level, secrets)
     for line in unknown_keys():  # a misspelt key would otherwise be silently ignored
         log.warning("%s", line)
     if args.command in ("forget", "export"):
@@ -219,13 +221,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return download(settings)
     try:
-        asyncio.run(serve(settings, args.command))
+        status = asyncio.run(serve(settings, args.command))
     except RinnaError as exc:
         print(f"rinna-bot: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return status
 
 
 def version() -> str:

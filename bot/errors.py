@@ -36,4 +36,4 @@ class GenerationTimeout(GeneratorError):
 
 
 class GeneratorClosed(GeneratorError):
-    user_message = "ボットを停止中のため回答できません。"
+    user_message = "現在ボットを停止しているため、回答できません。"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
+import regex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,9 +18,10 @@ SHORTENED_MARK = "…（以下省略）"
 MAX_PIECE_CHARS = 32  # no token covers more characters (sentencepiece's own cap is 16)
 
 # A line of user text that looks like a speaker label ("システム: ", "ユーザー：", ...).
-_FORGED_LABEL = re.compile(
-    rf"^(\s*)({Speaker.USER}|{Speaker.SYSTEM})(\s*[:：])", re.MULTILINE
-)
+_FORGED_LABEL = re.compile(rf"(\s*)({Speaker.USER}|{Speaker.SYSTEM})(\s*[:：])")
+# Invisible format characters (U+200B, U+200C, U+FEFF, ...): `\u200bシステム:` must not pass for
+# an ordinary line, so a line is checked with them removed.
+_FORMAT = regex.compile(r"\p{Cf}")
 # Control characters other than newline and tab are dropped (NUL included), and so are lone
 # surrogates (JSON can carry "\ud800"; neither sentencepiece nor SQLite can take one).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
@@ -32,25 +35,34 @@ def clean_text(text: str) -> str:
     return _CONTROL.sub("", text)
 
 
-def escape_text(text: str) -> str:
+def escape_text(text: str, nfkc: bool = True) -> str:
     """Text as it may appear inside one turn: no newline, no typed `<NL>`, no forged label.
 
-    NFKC first: a tokenizer that normalises (sentencepiece's nmt_nfkc) would otherwise turn
-    `＜ＮＬ＞` into `<NL>` or `ｼｽﾃﾑ:` into `システム:` after the checks below."""
-    text = unicodedata.normalize("NFKC", clean_text(text))
+    `nfkc`: whether the model's tokenizer normalises with NFKC (`Tokenizer.nfkc`). If it does,
+    NFKC comes first, or the tokenizer would turn `＜ＮＬ＞` into `<NL>` or `ｼｽﾃﾑ:` into `システム:`
+    after the checks below. If it does not (`identity`), the text is left as the model saw such
+    text in training (`本当？！`, `…`, `①`, full-width spaces) and `＜ＮＬ＞` is plain text."""
+    text = clean_text(text)
+    if nfkc:
+        text = unicodedata.normalize("NFKC", text)
     while NEWLINE_SYMBOL in text:
         text = text.replace(NEWLINE_SYMBOL, _NL_STAND_IN)
-    text = _FORGED_LABEL.sub(r"\1「\2」\3", text)
-    return text.replace("\n", NEWLINE_SYMBOL)
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        probe = _FORMAT.sub("", line)
+        if _FORGED_LABEL.match(probe):
+            lines[i] = _FORGED_LABEL.sub(r"\1「\2」\3", probe, count=1)
+    return NEWLINE_SYMBOL.join(lines)
 
 
-def format_turn(turn: Turn) -> str:
-    return f"{turn.speaker}: {escape_text(turn.text)}"
+def format_turn(turn: Turn, nfkc: bool = True) -> str:
+    return f"{turn.speaker}: {escape_text(turn.text, nfkc)}"
 
 
-def build_prompt(turns: Sequence[Turn]) -> str:
-    """Turns joined by `<NL>`, ending with `<NL>システム: ` (model card format, exactly)."""
-    return SEPARATOR.join([*(format_turn(t) for t in turns), REPLY_CUE])
+def build_prompt(turns: Sequence[Turn], *, nfkc: bool = True) -> str:
+    """Turns joined by `<NL>`, ending with `<NL>システム: ` (model card format, exactly).
+    `nfkc`: whether the model's tokenizer normalises with NFKC (pass `tokenizer.nfkc`)."""
+    return SEPARATOR.join([*(format_turn(t, nfkc) for t in turns), REPLY_CUE])
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +96,12 @@ def fit_prompt(turns: Sequence[Turn], tokenizer: Tokenizer, budget: int) -> Fitt
         newest = _shorten(newest, tokenizer, budget - fixed - 1)
         shortened, kept = True, 1
     chosen = (*turns[len(turns) - kept : -1], newest)
-    prompt = build_prompt(chosen)
+    prompt = build_prompt(chosen, nfkc=tokenizer.nfkc)
     ids = tokenizer.encode(prompt)
     # Segment costs add up because `<NL>` is a user-defined symbol; verify, never assume.
     while len(ids) > budget and len(chosen) > 1:
         chosen = chosen[1:]
-        prompt = build_prompt(chosen)
+        prompt = build_prompt(chosen, nfkc=tokenizer.nfkc)
         ids = tokenizer.encode(prompt)
     return FittedPrompt(prompt, tuple(ids), chosen, len(turns) - len(chosen), shortened)
 
@@ -99,7 +111,7 @@ def turn_cost(turn: Turn, tokenizer: Tokenizer, limit: int) -> int:
     whatever its pieces is not encoded at all (a 1 MB message would hold up the loop)."""
     if len(turn.text) > limit * MAX_PIECE_CHARS:
         return limit + 1
-    return tokenizer.count(format_turn(turn)) + 1
+    return tokenizer.count(format_turn(turn, tokenizer.nfkc)) + 1
 
 
 def _shorten(turn: Turn, tokenizer: Tokenizer, budget: int) -> Turn:
@@ -107,7 +119,7 @@ def _shorten(turn: Turn, tokenizer: Tokenizer, budget: int) -> Turn:
 
     def fits(n: int) -> bool:
         candidate = Turn(turn.speaker, turn.text[:n] + SHORTENED_MARK)
-        return tokenizer.count(format_turn(candidate)) <= budget
+        return tokenizer.count(format_turn(candidate, tokenizer.nfkc)) <= budget
 
     lo, hi = 0, min(len(turn.text), budget * MAX_PIECE_CHARS)
     while lo < hi:  # binary search on characters: token counts grow with the prefix

@@ -17,7 +17,7 @@ from bot.text import split_message
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "考え中…"
-WAITING = "順番待ち: {position}番目"
+WAITING = "順番待ち：{position}番目"
 PREVIEW_TAIL = " …"
 
 

@@ -1,7 +1,19 @@
-"""Text-level stop: the reply ends where the model begins a new turn."""
+"""Text-level stops: the reply ends where the model begins a new turn, and reads right at the end.
+
+- `<NL>` spelled with ordinary pieces (not the single `<NL>` token) is a newline, as the model
+  card replaces it in the decoded text; a partial `<NL` is held back across deltas.
+- A turn start is a newline, optional spaces (half- or full-width), a speaker label, optional
+  spaces and a colon (`:` or `：`). The turn start is never shown; a reply cut right after a
+  label (`\\nユーザー`) has the dangling label trimmed.
+- A reply cut by the token limit ends at its last sentence end when that keeps most of it,
+  otherwise with 「…」. To do that without ever changing text already shown, the text since the
+  last sentence end is held back while it is short next to what was shown (a sentence that is
+  already partly shown flows on).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from bot.conversation import Speaker
@@ -9,48 +21,120 @@ from bot.conversation import Speaker
 if TYPE_CHECKING:
     from bot.tokenizer import IncrementalDecoder
 
-TURN_STARTS = (f"\n{Speaker.USER}:", f"\n{Speaker.SYSTEM}:")
+NEWLINE_SYMBOL = "<NL>"
+LABELS = (str(Speaker.USER), str(Speaker.SYSTEM))
+TURN_STARTS = tuple(f"\n{label}{colon}" for label in LABELS for colon in (":", "："))
+ELLIPSIS = "…"
+_SPACES = " \t\u3000"
+_TURN_START = re.compile(rf"\n[{_SPACES}]*(?:{'|'.join(LABELS)})[{_SPACES}]*[:：]")
+_DANGLING = re.compile(rf"\n[{_SPACES}]*(?:{'|'.join(LABELS)})[{_SPACES}]*")
+_MAX_TURN_START = 40  # a held newline + spaces + label longer than this starts no turn
+_CLOSERS = "」』）)】〕〉》”’\"'"
+# A sentence end with its closing brackets (ASCII only before whitespace), or a newline.
+_SENTENCE_END = re.compile(
+    rf"[。！？．]++[{_CLOSERS}]*+|(?<![.!?])[.!?]++[{_CLOSERS}]*+(?=\s)|\n")
+_LEADING_CLOSERS = re.compile(rf"[{_CLOSERS}]+")
+_ENDS_A_SENTENCE = re.compile(
+    rf"(?:(?<![。！？．.!?…])[。！？．.!?…]++[{_CLOSERS}]*+|\n)\s*\Z")
 
 
 class StopFilter:
-    """Passes text through, holding back any tail that could be the start of a new turn.
+    """Passes text through, holding back any tail that could still change.
 
     `push` returns the text that is safe to show; `stopped` turns true once a turn start is
-    seen (the turn start itself is never shown); `flush` releases what was held at the end.
+    seen (the turn start itself is never shown); `flush(truncated=...)` releases what was held
+    at the end: `truncated` says the reply stopped on the token limit, not on its own.
     """
 
-    def __init__(self, stops: tuple[str, ...] = TURN_STARTS) -> None:
-        self._stops = stops
-        self._held = ""
+    def __init__(self) -> None:
+        self._held = ""  # raw text that may be (part of) `<NL>` or a turn start
+        self._tail = ""  # shown-ready text since the last sentence end, held for trimming
+        self._shown = 0  # characters released so far
+        self._open = False  # the current sentence is partly shown: it can no longer be trimmed
+        self._recent = ""  # the end of what was shown
         self.stopped = False
 
     def push(self, text: str) -> str:
         if self.stopped or not text:
             return ""
-        buffer = self._held + text
-        for stop in self._stops:
-            at = buffer.find(stop)
-            if at >= 0:
-                self.stopped = True
-                self._held = ""
-                return buffer[:at]
-        keep = self._longest_partial(buffer)
-        self._held = buffer[len(buffer) - keep :] if keep else ""
-        return buffer[: len(buffer) - keep]
+        buffer = (self._held + text).replace(NEWLINE_SYMBOL, "\n")
+        match = _TURN_START.search(buffer)
+        if match is not None:
+            self.stopped = True
+            self._held = ""
+            return self._release(self._tail + buffer[: match.start()])
+        keep = _unsettled(buffer)
+        self._held = buffer[len(buffer) - keep :]
+        return self._hold(buffer[: len(buffer) - keep])
 
-    def flush(self) -> str:
+    def flush(self, truncated: bool = False) -> str:
         held, self._held = self._held, ""
-        return "" if self.stopped else held
+        if self.stopped:
+            return ""
+        if _dangling(held, truncated):
+            held = ""
+        tail, self._tail = self._tail + held, ""
+        if not truncated:
+            return self._release(tail)
+        if tail.strip() and not self._open and self._shown and not _ENDS_A_SENTENCE.search(tail):
+            return ""  # end at the last sentence end, which keeps most of the reply
+        if not (self._recent + tail).strip() or _ENDS_A_SENTENCE.search(self._recent + tail):
+            return self._release(tail)
+        return self._release(tail.rstrip() + ELLIPSIS)  # the cut sentence is partly shown
 
-    def _longest_partial(self, buffer: str) -> int:
-        """Length of the longest suffix of `buffer` that is a proper prefix of a stop."""
-        best = 0
-        for stop in self._stops:
-            for n in range(min(len(stop) - 1, len(buffer)), 0, -1):
-                if buffer.endswith(stop[:n]):
-                    best = max(best, n)
-                    break
-        return best
+    def _hold(self, text: str) -> str:
+        out = ""
+        if not self._tail and not self._open and (closers := _LEADING_CLOSERS.match(text)):
+            out, text = closers.group(), text[closers.end():]  # they end the last sentence
+        buffer = self._tail + text
+        end = 0
+        for match in _SENTENCE_END.finditer(buffer):
+            end = match.end()
+        if end:
+            out, buffer = out + buffer[:end], buffer[end:]
+            self._open = False
+        if self._open or len(buffer) >= self._shown + len(out):
+            # too long to trim away: show it, and let the rest of this sentence flow
+            self._open = self._open or bool(buffer.strip())
+            out, buffer = out + buffer, ""
+        self._tail = buffer
+        return self._release(out)
+
+    def _release(self, text: str) -> str:
+        self._shown += len(text)
+        self._recent = (self._recent + text)[-8:]
+        return text
+
+
+def _unsettled(buffer: str) -> int:
+    """Length of the tail of `buffer` that may still become `<NL>` or a turn start."""
+    keep = 0
+    for n in range(min(len(NEWLINE_SYMBOL) - 1, len(buffer)), 0, -1):
+        if buffer.endswith(NEWLINE_SYMBOL[:n]):
+            keep = n
+            break
+    line = buffer.rfind("\n")
+    if line >= 0 and len(buffer) - line <= _MAX_TURN_START:
+        tail = buffer[line:]
+        if _could_start_turn(tail[: len(tail) - keep] if keep else tail):
+            keep = len(buffer) - line
+    return keep
+
+
+def _could_start_turn(tail: str) -> bool:
+    """Whether `tail` (starting with a newline) is a proper prefix of a turn start."""
+    rest = tail[1:].lstrip(_SPACES)
+    for label in LABELS:
+        if label.startswith(rest) or (rest.startswith(label)
+                                      and not rest[len(label):].strip(_SPACES)):
+            return True
+    return False
+
+
+def _dangling(held: str, truncated: bool) -> bool:
+    """Whether the text still held at the end is a label left dangling (`\\nユーザー`); on a cut
+    reply, anything held is (a start of) one, or of `<NL>`."""
+    return bool(held) and (truncated or _DANGLING.fullmatch(held) is not None)
 
 
 class ReplyText:
@@ -79,4 +163,6 @@ class ReplyText:
         return text
 
     def finish(self) -> str:
-        return self._stop.push(self._decoder.flush()) + self._stop.flush()
+        """A reply that ends without eos or a turn start was cut (token limit): it is trimmed
+        to its last sentence end, or ends with 「…」."""
+        return self._stop.push(self._decoder.flush()) + self._stop.flush(truncated=not self.ended)

@@ -17,6 +17,7 @@ import sentencepiece as spm
 
 NEWLINE_SYMBOL = "<NL>"
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+IDENTITY = "identity"
 
 
 class Tokenizer:
@@ -28,6 +29,10 @@ class Tokenizer:
         self.unk_id: int = processor.unk_id()
         self.vocab_size: int = processor.get_piece_size()
         self._bytes = [self._piece_bytes(i) for i in range(self.vocab_size)]
+        # The model's own normalisation rule (`identity`, `nmt_nfkc`, `nfkc`, ...), read from
+        # the model file: the prompt applies NFKC only when the model itself does.
+        self.normalization: str = normalizer_name(processor.serialized_model_proto())
+        self.nfkc: bool = self.normalization != IDENTITY
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
@@ -80,3 +85,47 @@ class IncrementalDecoder:
     def flush(self) -> str:
         """End of stream: a dangling partial character is dropped."""
         return self._utf8.decode(b"", final=True)
+
+
+def normalizer_name(model_proto: bytes) -> str:
+    """`normalizer_spec.name` of a serialized sentencepiece ModelProto (field 3, its field 1),
+    read from the protobuf wire format directly (no protobuf dependency). A model file without
+    one normalises with sentencepiece's default, `nmt_nfkc`."""
+    spec = _field(model_proto, 3)
+    name = _field(spec, 1) if spec is not None else None
+    return name.decode("utf-8", errors="replace") if name else "nmt_nfkc"
+
+
+def _field(message: bytes, number: int) -> bytes | None:
+    """The last length-delimited field `number` of a protobuf message (None if absent)."""
+    found, i, n = None, 0, len(message)
+    while i < n:
+        key, i = _varint(message, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(message, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            length, i = _varint(message, i)
+            if key >> 3 == number:
+                found = message[i : i + length]
+            i += length
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+    return found
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data):
+            raise ValueError("truncated protobuf varint")
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7

@@ -81,3 +81,21 @@ def test_any_text_round_trips_and_streams_append_only(tokenizer: Tokenizer, text
     streamed = "".join(decoder.feed(i) for i in ids) + decoder.flush()
     assert streamed == tokenizer.decode(ids)
     assert streamed == text.replace("<NL>", "\n")
+
+
+@pytest.mark.parametrize("rule", ["identity", "nmt_nfkc", "nfkc"])
+def test_the_normalisation_rule_is_read_from_the_model_file(
+        tmp_path: Path, rule: str) -> None:
+    from tests.tiny_model import build_tokenizer
+
+    loaded = Tokenizer.from_file(build_tokenizer(tmp_path, normalization=rule))
+    assert loaded.normalization == rule
+    assert loaded.nfkc is (rule != "identity")
+
+
+def test_a_model_file_without_a_normaliser_spec_means_sentencepiece_default() -> None:
+    from bot.tokenizer import normalizer_name
+
+    assert normalizer_name(b"") == "nmt_nfkc"
+    # field 3 (normalizer_spec) holding field 1 (name) = "identity", after a varint field 9
+    assert normalizer_name(bytes([0x48, 0x01, 0x1A, 0x0A, 0x0A, 0x08]) + b"identity") == "identity"

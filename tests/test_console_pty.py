@@ -1,0 +1,138 @@
+"""The terminal chat under a real pseudo-terminal (pexpect), where the crashes were: /exit,
+Ctrl-C at the prompt and in the middle of an answer, Ctrl-D, arrow keys and history, log lines on
+their own lines, 「考え中…」 before the first token."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sqlite3
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from adapters.console import HELP, PROMPT, THINKING
+from bot.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+LEFT, UP = "\x1b[D", "\x1b[A"
+
+
+def spawn(cwd: Path, **env: str) -> pexpect.spawn:
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "LOG_"))}
+    environment.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "QUANTIZATION": "none",
+                        "DEVICE": "cpu", "MAX_NEW_TOKENS": "12", "TERM": "xterm",
+                        "PROMPT_TOOLKIT_NO_CPR": "1", **env})
+    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", "chat"], cwd=str(cwd),
+                          env=environment, encoding="utf-8", timeout=240, dimensions=(40, 200))
+    child.logfile_read = io.StringIO()  # everything the terminal showed
+    child.expect_exact(HELP)
+    child.expect_exact(PROMPT.strip())
+    return child
+
+
+def finish(child: pexpect.spawn) -> tuple[int, str]:
+    """Wait for the process to end: its exit status and all it printed."""
+    child.expect(pexpect.EOF, timeout=120)
+    child.close()
+    status = child.exitstatus if child.exitstatus is not None else 128 + child.signalstatus
+    return status, child.logfile_read.getvalue()
+
+
+def user_turns(database: Path) -> list[str]:
+    with sqlite3.connect(database) as db:
+        return [t for (t,) in db.execute("SELECT text FROM turns WHERE speaker='ユーザー' ORDER BY id")]
+
+
+def system_turns(database: Path) -> list[str]:
+    with sqlite3.connect(database) as db:
+        return [t for (t,) in db.execute("SELECT text FROM turns WHERE speaker='システム'")]
+
+
+@pytest.fixture
+def env(tiny_model_dir: Path, tmp_path: Path) -> dict[str, str]:
+    return {"MODEL_ID": str(tiny_model_dir), "DATABASE_PATH": str(tmp_path / "chat.sqlite3")}
+
+
+def test_arrow_keys_edit_history_recalls_and_exit_is_clean(env: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    child = spawn(tmp_path, LOG_LEVEL="INFO", **env)
+    child.send("猫は" + LEFT + LEFT + "白い" + "\r")  # cursor moved back: 白い猫は
+    child.expect_exact(THINKING)
+    child.expect_exact(PROMPT.strip())
+    child.send(UP + "\r")  # the same line again, from history
+    child.expect_exact(THINKING)
+    child.send("/ex")  # typed while the answer streams: kept for the next prompt
+    child.expect_exact(PROMPT.strip())
+    child.sendline("it")
+    status, output = finish(child)
+    assert status == 0, output
+    assert "Fatal Python error" not in output and "Traceback" not in output
+    assert user_turns(Path(env["DATABASE_PATH"])) == ["白い猫は", "白い猫は"]  # no ^[[D stored
+    # the INFO lines (LOG_LEVEL asked for them) each start a line of their own
+    logged = [line for line in output.splitlines() if "answered:" in line]
+    assert len(logged) == 2
+    assert all(re.match(r"(\x1b\[[0-9;?]*[A-Za-z]|\r)*\d{4}-\d\d-\d\d ", line) for line in logged), logged
+
+
+def test_ctrl_c_at_the_prompt_exits_without_a_crash(env: dict[str, str], tmp_path: Path) -> None:
+    child = spawn(tmp_path, **env)
+    child.sendintr()
+    status, output = finish(child)
+    assert status in (0, 130), output
+    assert "Fatal Python error" not in output and "Traceback" not in output
+    assert " INFO " not in output  # INFO stays quiet unless LOG_LEVEL asks
+
+
+def test_ctrl_d_at_the_prompt_exits_0(env: dict[str, str], tmp_path: Path) -> None:
+    child = spawn(tmp_path, **env)
+    child.sendeof()
+    status, output = finish(child)
+    assert status == 0, output
+    assert "Fatal Python error" not in output
+
+
+@pytest.fixture(scope="module")
+def endless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model rigged to write 猫 until the token limit: no eos, no sentence end, no new
+    turn, so an answer is reliably still running when Ctrl-C arrives."""
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    from tests.tiny_model import build_tiny_model
+
+    directory = build_tiny_model(tmp_path_factory.mktemp("endless"), layers=4, hidden=256)
+    cat = Tokenizer.from_file(directory / "spiece.model").encode("猫")
+    model = GPTNeoXForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        model.gpt_neox.final_layer_norm.weight.zero_()
+        model.gpt_neox.final_layer_norm.bias.fill_(1.0)
+        model.get_output_embeddings().weight.zero_()
+        model.get_output_embeddings().weight[cat[0]] = 1.0
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("key", ["ctrl-c", "ctrl-d"])
+def test_a_key_in_the_middle_of_an_answer(env: dict[str, str], tmp_path: Path,
+                                          endless_model: Path, key: str) -> None:
+    tokens = "1000" if key == "ctrl-c" else "60"  # Ctrl-C: still running; Ctrl-D: ends soon
+    child = spawn(tmp_path, **{**env, "MODEL_ID": str(endless_model), "MAX_NEW_TOKENS": tokens})
+    child.sendline("長い答えをください")
+    child.expect_exact("猫猫猫")  # the answer is streaming
+    if key == "ctrl-c":
+        child.sendintr()
+    else:
+        child.sendeof()
+    status, output = finish(child)
+    assert "Fatal Python error" not in output and "Traceback" not in output, output[-3000:]
+    if key == "ctrl-c":
+        assert status in (0, 130)
+        assert system_turns(Path(env["DATABASE_PATH"])) == []  # cut short: nothing stored
+    else:
+        assert status == 0, output[-2000:]  # the answer ends, then Ctrl-D ends the chat
+        assert system_turns(Path(env["DATABASE_PATH"])) == ["猫" * 60 + "…"]
