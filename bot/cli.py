@@ -79,7 +79,8 @@ async def open_core(settings: Settings, metrics: Metrics | None = None) -> Async
         generator = await load_generator(settings)
         try:
             assert generator.tokenizer is not None
-            await warm_up(generator)
+            if settings.engine_url is None:  # a remote engine warms up its own kernels
+                await warm_up(generator)
             served: Any = generator
             if metrics is not None:
                 from bot.metrics import MeteredGenerator
