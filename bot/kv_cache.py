@@ -1,6 +1,6 @@
 """The engine's attention cache: one preallocated arena per layer, a contiguous span per row.
 
-Each layer keeps two tensors, keys and values, shaped [heads, capacity, head_dim]. A row
+Each layer keeps two tensors, keys and values, shaped [capacity, heads, head_dim]. A row
 reserves one contiguous span of `prompt + max_new_tokens` token slots when it joins, so every
 token it will ever cache has its place from the start: a step writes its new columns in place
 (`index_copy_` of the step's tokens only) and attention reads the row's filled prefix as a view.
@@ -76,7 +76,7 @@ class KVArena:
         target = -(-target // _ROUND) * _ROUND
         if self.max_tokens >= needed:
             target = min(target, max(self.max_tokens, needed))
-        shape = (self.heads, target, self.head_dim)
+        shape = (target, self.heads, self.head_dim)
         keys = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
         values = [torch.empty(shape, dtype=self.dtype, device=self.device)
                   for _ in range(self.layers)]
@@ -86,7 +86,7 @@ class KVArena:
             if used:
                 self.moves += 1
                 for old, new in zip(self.keys + self.values, keys + values, strict=True):
-                    new[:, cursor:cursor + used].copy_(old[:, start:start + used])
+                    new[cursor:cursor + used].copy_(old[start:start + used])
             spans[owner] = (cursor, size)
             cursor += size
         self.keys, self.values, self.capacity, self.spans = keys, values, target, spans
@@ -100,7 +100,7 @@ class KVArena:
                 if used:
                     self.moves += 1
                     for tensor in self.keys + self.values:
-                        tensor[:, cursor:cursor + used] = tensor[:, start:start + used].clone()
+                        tensor[cursor:cursor + used] = tensor[start:start + used].clone()
                 self.spans[owner] = (cursor, size)
             cursor += size
 
@@ -110,11 +110,11 @@ class KVArena:
     # ----- per layer, during a forward pass --------------------------------------------
     def write(self, layer: int, slots: torch.Tensor, keys: torch.Tensor,
               values: torch.Tensor) -> None:
-        """Write one step's keys and values ([heads, tokens, head_dim]) at arena `slots`."""
-        self.keys[layer].index_copy_(1, slots, keys.to(self.dtype))
-        self.values[layer].index_copy_(1, slots, values.to(self.dtype))
+        """Write one step's keys and values ([tokens, heads, head_dim]) at arena `slots`."""
+        self.keys[layer].index_copy_(0, slots, keys.to(self.dtype))
+        self.values[layer].index_copy_(0, slots, values.to(self.dtype))
 
     def view(self, layer: int, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A row's cached keys and values as [1, heads, length, head_dim] views (no copy)."""
-        return (self.keys[layer][:, start:start + length].unsqueeze(0),
-                self.values[layer][:, start:start + length].unsqueeze(0))
+        return (self.keys[layer][start:start + length].transpose(0, 1).unsqueeze(0),
+                self.values[layer][start:start + length].transpose(0, 1).unsqueeze(0))

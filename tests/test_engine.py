@@ -200,7 +200,7 @@ def test_arena_compaction_keeps_live_rows_data() -> None:
     for layer in range(2):
         for owner, used in filled.items():
             start = arena.start(owner)
-            values = torch.full((2, used, 4), float(owner * 10 + layer))
+            values = torch.full((used, 2, 4), float(owner * 10 + layer))
             arena.write(layer, torch.arange(start, start + used), values, -values)
     arena.free(2)  # a 100-slot hole in the middle, 50 free at the end
     start = arena.allocate(4, 120, filled)  # fits only once the holes are one
