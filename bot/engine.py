@@ -205,6 +205,7 @@ class BatchEngine:
             return []
         rows = [self._new_row(self.clamp(r)) for r in requests]
         filled = {r.request.id: r.length for r in self.rows}
+        self.cache.ensure(self.cache.reserved + sum(r.request.max_len for r in rows), filled)
         for row in rows:
             row.start = self.cache.allocate(row.request.id, row.request.max_len, filled)
             filled[row.request.id] = 0

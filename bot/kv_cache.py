@@ -53,6 +53,11 @@ class KVArena:
         self.spans[owner] = (start, size)
         return start
 
+    def ensure(self, total: int, filled: Mapping[int, int]) -> None:
+        """Grow once, before several spans are allocated together, if they will not fit."""
+        if total > self.capacity:
+            self._grow(total, filled)
+
     def free(self, owner: int) -> None:
         self.spans.pop(owner, None)
 
