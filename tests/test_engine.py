@@ -135,6 +135,11 @@ def test_a_finished_or_aborted_row_moves_no_cache(model, tokenizer: Tokenizer) -
     assert got == expected
     assert engine.cache.moves == 0  # joins, finishes and the abort copied no cached token
     assert engine.cache.spans == {}
+    engine.add_requests(requests[:2])
+    engine.step()
+    engine.abort(0)  # a row that leaves gives its span back at once
+    assert set(engine.cache.spans) == {1}
+    assert engine.cache.reserved == requests[1].max_len
 
 
 def test_a_growing_arena_keeps_every_reply(model, tokenizer: Tokenizer) -> None:
