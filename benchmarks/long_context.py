@@ -8,7 +8,8 @@ Each case runs in its own process (peak resident memory per case, no thread inte
     python -m benchmarks.long_context                      (every case; ~15 min on 2 cores)
     python -m benchmarks.long_context --cases steps,stall  (a subset)
 
-Cases: `steps` (decode step time at 8x64, 32x64, 8x1500, 32x1500 with forward / cache /
+Cases: `short32` (32 chats with ~30-token prompts: no regression where batching already
+paid), `steps` (decode step time at 8x64, 32x64, 8x1500, 32x1500 with forward / cache /
 sampling), `throughput8` and `throughput32` (~1,500-token prompts, against the model card's
 one-at-a-time `generate`), `ttft` (1 long + 7 short arriving together, short chats' first
 token against alone), `stall` (8 streams decoding when a long prompt arrives).
@@ -93,6 +94,13 @@ def worker(case: str, kind: str, model_dir: Path, rev: str) -> dict[str, object]
     if case.startswith("throughput"):
         n = int(case.removeprefix("throughput"))
         requests = [Request(i, ids(i, LONG + i), params) for i in range(n)]
+        started = time.perf_counter()
+        drive(engine, {0: requests})
+        wall = time.perf_counter() - started
+        return {"wall_s": wall, "tokens": engine.tokens_generated,
+                "tokens_per_s": engine.tokens_generated / wall}
+    if case == "short32":  # short chats, where batching already paid off: no regression
+        requests = [Request(i, ids(i, SHORT + i), params) for i in range(32)]
         started = time.perf_counter()
         drive(engine, {0: requests})
         wall = time.perf_counter() - started
@@ -269,6 +277,10 @@ def report(results: dict) -> str:
                     row += (f"{'before' if kind == 'old' else 'after'} {x['wall_s']:.0f} s, "
                             f"{x['tokens_per_s']:.2f} tok/s{vs}, peak {mem(x)}; ")
             lines.append(row)
+    if "short32" in results:
+        r = results["short32"]
+        lines.append(f"32 chats, ~{SHORT}-token prompts: before {r['old']['tokens_per_s']:.1f} tok/s,"
+                     f" after {r['new']['tokens_per_s']:.1f} tok/s")
     if "card" in results:
         c = results["card"]
         lines.append(f"model card one-at-a-time: {c['tokens_per_s']:.2f} tok/s "
@@ -289,12 +301,12 @@ def report(results: dict) -> str:
 
 
 CASES = ["steps8x64", "steps32x64", "steps8x1500", "steps32x1500", "stall", "ttft",
-         "throughput8", "throughput32"]
+         "throughput8", "throughput32", "short32"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cases", default="steps,stall,ttft,throughput8,throughput32")
+    parser.add_argument("--cases", default="steps,stall,ttft,throughput8,throughput32,short32")
     parser.add_argument("--baseline-rev", default=BASELINE_REV)
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "ENGINE"))
     parser.add_argument("--model-dir", type=Path)

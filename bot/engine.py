@@ -35,8 +35,10 @@ class EngineConfig:
     context_tokens: int = 2048
     request_timeout_s: float = 180.0
     continuous: bool = True  # False: a new batch starts only when the last one is done
-    step_tokens: int = 512  # tokens one forward pass may take: every decoding row + prefill chunks
-    prefill_chunk: int = 256  # a prompt is prefilled in chunks of this many tokens
+    # Tokens one forward pass may take (every decoding row, then prefill chunks), and the chunk
+    # a prompt is prefilled in. None: 2,048 / 512 on CUDA, 512 / 256 on CPU.
+    step_tokens: int | None = None
+    prefill_chunk: int | None = None
     attention: str = "auto"  # "rows" (one SDPA per row), "flash" (varlen, CUDA), "auto"
 
 
@@ -117,16 +119,6 @@ class _Varlen:
     max_k: int
 
 
-@dataclass(slots=True)
-class StepTimes:
-    """Seconds spent, summed over steps (for benchmarks): forward, cache bookkeeping, sampling."""
-
-    forward: float = 0.0
-    cache: float = 0.0
-    sampling: float = 0.0
-    steps: int = 0
-
-
 class BatchEngine:
     def __init__(
         self,
@@ -153,8 +145,9 @@ class BatchEngine:
         self.rows: list[_Row] = []
         self.seen: torch.Tensor | None = None  # [B, V] ids seen, for the repetition penalty
         self.tokens_generated = 0  # for benchmarks and the log
-        self.times = StepTimes()
-        self.timing = False  # benchmarks: synchronise and time each phase
+        cuda = self.device.type == "cuda"
+        self.step_tokens = config.step_tokens or (2048 if cuda else 512)
+        self.prefill_chunk = config.prefill_chunk or (512 if cuda else 256)
         # On CUDA, one flash-attention kernel per layer for every row (variable lengths read
         # straight from the arena), if this torch has it and it agrees with the per-row path.
         self.flash = config.attention != "rows" and flash_attention_works(
@@ -223,23 +216,11 @@ class BatchEngine:
         """One forward pass: a token for every decoding row, and prefill chunks within budget."""
         if not self.rows:
             return []
-        timed = self.timing
-        t0 = self._now(timed)
         plan = self.plan()
-        ids = self._packed_ids(plan)
-        t1 = self._now(timed)
-        logits = self._forward(ids, plan, self.cache)
-        t2 = self._now(timed)
+        logits = self._forward(self._packed_ids(plan), plan, self.cache)
         for segment in plan.segments:
             self.rows[segment.row].length += segment.count
-        outputs = self._sample(logits, list(plan.sample_rows))
-        t3 = self._now(timed)
-        if timed:
-            self.times.cache += t1 - t0
-            self.times.forward += t2 - t1
-            self.times.sampling += t3 - t2
-            self.times.steps += 1
-        return outputs
+        return self._sample(logits, list(plan.sample_rows))
 
     def expire(self) -> list[Output]:
         """End the rows past their deadline (GenerationTimeout), before the next step."""
@@ -276,8 +257,8 @@ class BatchEngine:
             if not row.prefilling:
                 segments.append(_Segment(i, packed, row.length, 1, row.start))
                 packed += 1
-        budget = self.config.step_tokens - packed
-        chunk = self.config.prefill_chunk
+        budget = self.step_tokens - packed
+        chunk = self.prefill_chunk
         prefilled = False
         for i, row in enumerate(self.rows):
             if not row.prefilling:
@@ -328,13 +309,6 @@ class BatchEngine:
     # ----- internals -------------------------------------------------------------------
     def _vocab(self) -> int:
         return self.model.get_output_embeddings().weight.shape[0]
-
-    def _now(self, timed: bool) -> float:
-        if not timed:
-            return 0.0
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
 
     def _new_row(self, request: Request) -> _Row:
         generator = None
