@@ -256,7 +256,8 @@ class Bench:
         loaded = time.perf_counter()
         model, tokenizer, info = load_model(settings)
         engine = BatchEngine(model, tokenizer, EngineConfig(
-            max_batch=32, kv_cache_bytes=int(self.args.kv_gb * 1024**3)))
+            max_batch=32, kv_cache_bytes=int(self.args.kv_gb * 1024**3),
+            attention=self.args.attention))
         self.record(f"{name} load", {"seconds": time.perf_counter() - loaded,
                                      "weights_gb": info.memory_bytes / 1024**3,
                                      "attention": "flash varlen" if engine.flash else "per-row SDPA",
@@ -374,6 +375,8 @@ def main() -> None:
     parser.add_argument("--max-new", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kv-gb", type=float, default=6.0, help="KV_CACHE_GB (default 6)")
+    parser.add_argument("--attention", default="auto", choices=["auto", "rows", "flash"],
+                        help="the engine's attention: flash varlen (CUDA), per-row SDPA, or auto")
     parser.add_argument("--skip", default="", help="comma-separated: staggered,baselines")
     parser.add_argument("--budget-s", type=float, default=330.0,
                         help="skip the cases left after this many seconds")
