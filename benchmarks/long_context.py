@@ -5,7 +5,7 @@ A bigger random stand-in than the test model (6 layers, hidden 1,024, 16 heads, 
 fp32, one torch thread) so that attention and the cache weigh what they would on a real model.
 Each case runs in its own process (peak resident memory per case, no thread interference).
 
-    python -m benchmarks.long_context                      (every case; ~15 min on 2 cores)
+    python -m benchmarks.long_context                      (every case; 20-30 min on 2 busy cores)
     python -m benchmarks.long_context --cases steps,stall  (a subset)
 
 Cases: `short32` (32 chats with ~30-token prompts: no regression where batching already

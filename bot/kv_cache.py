@@ -82,7 +82,8 @@ class KVArena:
         if self.max_tokens >= needed:
             target = min(target, max(self.max_tokens, needed))
         shape = (target, self.heads, self.head_dim)
-        keys = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+        keys = [torch.empty(shape, dtype=self.dtype, device=self.device)
+                for _ in range(self.layers)]
         values = [torch.empty(shape, dtype=self.dtype, device=self.device)
                   for _ in range(self.layers)]
         cursor, spans = 0, {}
