@@ -216,3 +216,39 @@ def test_arena_compaction_keeps_live_rows_data() -> None:
             keys, values = arena.view(layer, arena.start(owner), used)
             assert torch.equal(keys, torch.full((1, 2, used, 4), float(owner * 10 + layer)))
             assert torch.equal(values, -keys)
+
+
+def test_the_varlen_plan_serves_every_row_as_the_per_row_path(model, tokenizer: Tokenizer,
+                                                              monkeypatch) -> None:
+    """The CUDA path's arguments, checked on CPU: flash attention's variable-length call is
+    stood in for by what it computes (per segment: `used_k` keys from its start, the causal
+    mask aligned bottom-right), and the engine's replies must not change."""
+    import torch.nn.functional as F
+
+    import bot.engine as engine_module
+
+    def varlen(query, keys, values, v, scale):  # type: ignore[no-untyped-def]
+        out = torch.empty_like(query)
+        cu_q, starts, used = v.cu_q.tolist(), v.starts_k.tolist(), v.used_k.tolist()
+        assert max(b - a for a, b in zip(cu_q, cu_q[1:])) == v.max_q and max(used) == v.max_k
+        for b, u in enumerate(used):
+            q0, q1, s = cu_q[b], cu_q[b + 1], starts[b]
+            mask = torch.arange(u) <= torch.arange(u - (q1 - q0), u).unsqueeze(1)
+            out[q0:q1] = F.scaled_dot_product_attention(
+                query[q0:q1].transpose(0, 1).unsqueeze(0),
+                keys[s:s + u].transpose(0, 1).unsqueeze(0),
+                values[s:s + u].transpose(0, 1).unsqueeze(0), attn_mask=mask,
+                scale=scale)[0].transpose(0, 1)
+        return out
+
+    lengths = [120, 7, 70, 33]
+    requests = [Request(i, prompt_ids(300 + i, n), GenerationParams(max_new_tokens=8 + i,
+                                                                     do_sample=False))
+                for i, n in enumerate(lengths)]
+    config = {"prefill_chunk": 32, "step_tokens": 48}
+    arrivals = {0: requests[:2], 3: requests[2:]}
+    expected = run(make(model, tokenizer, **config), arrivals)
+    monkeypatch.setattr(engine_module, "varlen_attention", varlen)
+    engine = make(model, tokenizer, **config)
+    engine.flash = True
+    assert run(engine, arrivals) == expected
