@@ -1,9 +1,14 @@
 """The batch engine: continuous batching over one model, run only by the generator's worker.
 
-Rows share one left-padded KV cache. New requests are prefilled together and join the running
-batch at the next step boundary; finished, cancelled or timed-out rows leave at once and the
-padding columns no row needs any more are trimmed. Each row keeps its own sampling parameters,
-random stream, stop filter and deadline, so a row's output is what it would be alone.
+Every step is one forward pass over a packed, unpadded sequence: one token for each decoding
+row, plus chunks of the prompts still being prefilled, within a per-step token budget. Running
+streams therefore never stall for a whole prefill, and prompts that arrive together are not
+padded to the longest. Each row's keys and values live in its own span of a preallocated
+arena (`bot.kv_cache`), written in place; attention is computed per row over exactly that row's
+cached tokens, so no row pays for a longer one. A row that finishes, is cancelled or times out
+leaves at once and gives its span back. Each row keeps its own sampling parameters, random
+stream, stop filter and deadline, and its prompt is cut into chunks at the same places whatever
+else runs, so a row's output is what it would be alone.
 Not thread-safe by design: one thread owns it (nano-vllm's add_request / step / has_work).
 """
 
@@ -14,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
-from transformers import DynamicCache
+import torch.nn.functional as F
 
 from bot.errors import GenerationTimeout, GeneratorError
+from bot.kv_cache import KVArena
 from bot.sampling import GenerationParams, next_tokens
 from bot.stops import ReplyText
 from bot.tokenizer import Tokenizer
@@ -29,6 +35,11 @@ class EngineConfig:
     context_tokens: int = 2048
     request_timeout_s: float = 180.0
     continuous: bool = True  # False: a new batch starts only when the last one is done
+    # Tokens one forward pass may take (every decoding row, then prefill chunks), and the chunk
+    # a prompt is prefilled in. None: 2,048 / 512 on CUDA, 512 / 256 on CPU.
+    step_tokens: int | None = None
+    prefill_chunk: int | None = None
+    attention: str = "auto"  # "rows" (one SDPA per row), "flash" (varlen, CUDA), "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +69,53 @@ class _Row:
     reply: ReplyText  # decoder, stop filter and eos: shared with the remote engine
     generator: torch.Generator | None
     deadline: float
-    length: int  # real tokens in the cache for this row
+    start: int = 0  # where the row's span begins in the KV arena
+    length: int = 0  # tokens in the cache for this row (prompt tokens prefilled so far, then more)
     last: int = -1  # last sampled token, fed at the next step
     produced: int = 0
     pending_text: list[str] = field(default_factory=list)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.length < len(self.request.prompt_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """One row's part of a packed step: `count` tokens at cache positions offset.., packed at
+    `packed` in the step's sequence."""
+
+    row: int
+    packed: int
+    offset: int
+    count: int
+    start: int  # the row's arena start
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """What one forward pass computes: the packed segments, where each token's key and value
+    go in the arena, and which packed positions produce logits (in row order)."""
+
+    segments: tuple[_Segment, ...]
+    positions: torch.Tensor  # [1, N] each token's position in its own row
+    slots: torch.Tensor  # [N] each token's arena slot
+    sample_at: torch.Tensor  # [S] packed indices whose logits are sampled
+    sample_rows: tuple[int, ...]  # the rows those logits belong to
+    masks: dict[int, torch.Tensor]  # segment index -> causal mask of a chunk after the first
+    varlen: _Varlen | None = None  # the one-kernel attention's arguments (CUDA)
+
+
+@dataclass(frozen=True, slots=True)
+class _Varlen:
+    """Arguments of flash attention's variable-length form over the arena: per segment, where
+    its queries are in the packed step and where its keys start and how many it has."""
+
+    cu_q: torch.Tensor  # int32 [S + 1]
+    starts_k: torch.Tensor  # int32 [S + 1] (the last entry unused)
+    used_k: torch.Tensor  # int32 [S]
+    max_q: int
+    max_k: int
 
 
 class BatchEngine:
@@ -78,14 +132,27 @@ class BatchEngine:
         self.clock = clock
         self.device = next(model.parameters()).device
         cfg = model.config
-        dtype_bytes = torch.finfo(getattr(model, "dtype", torch.float32)).bits // 8
+        self.heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        dtype = model.get_input_embeddings().weight.dtype  # activations (and K/V) dtype
         # K and V, every layer, hidden size each: 0.4 MB per token for the real model at fp16.
-        self.kv_bytes_per_token = 2 * cfg.num_hidden_layers * cfg.hidden_size * dtype_bytes
+        self.kv_bytes_per_token = (2 * cfg.num_hidden_layers * cfg.hidden_size
+                                   * torch.finfo(dtype).bits // 8)
+        budget_tokens = max(1, config.kv_cache_bytes // self.kv_bytes_per_token)
+        self.cache = KVArena(cfg.num_hidden_layers, self.heads, self.head_dim, dtype,
+                             self.device, budget_tokens)
         self.rows: list[_Row] = []
-        self.cache: DynamicCache | None = None
-        self.mask: torch.Tensor | None = None  # [B, T] 1 for real tokens, 0 for left padding
         self.seen: torch.Tensor | None = None  # [B, V] ids seen, for the repetition penalty
         self.tokens_generated = 0  # for benchmarks and the log
+        cuda = self.device.type == "cuda"
+        self.step_tokens = config.step_tokens or (2048 if cuda else 512)
+        self.prefill_chunk = config.prefill_chunk or (512 if cuda else 256)
+        # On CUDA, one flash-attention kernel per layer for every row (variable lengths read
+        # straight from the arena), if this torch has it and it agrees with the per-row path.
+        self.flash = config.attention != "rows" and flash_attention_works(
+            self.device, dtype, self.heads, self.head_dim)
+        if config.attention == "flash" and not self.flash:
+            raise GeneratorError("ENGINE attention=flash: flash attention is not available here")
 
     # ----- admission -------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -109,47 +176,50 @@ class BatchEngine:
         return replace(request, params=replace(request.params, max_new_tokens=room))
 
     def can_admit(self, requests: list[Request], incoming: Request) -> bool:
-        """Whether `incoming` fits beside the running rows and `requests` already admitted."""
+        """Whether `incoming` fits beside the running rows and `requests` already admitted.
+
+        Each row reserves exactly its own prompt + max_new_tokens in the KV arena, so the budget
+        is the sum of the rows' real needs, not the batch size times the longest row."""
         if self.rows and not self.config.continuous:
             return False
-        batch = [r.request for r in self.rows] + requests + [incoming]
+        batch = [r.request for r in self.rows] + [self.clamp(r) for r in requests + [incoming]]
         if len(batch) > self.config.max_batch:
             return False
         if len(batch) == 1:
             return True  # one request always runs, whatever the budget says
-        width = max(r.max_len for r in batch)  # after trimming, the cache is this wide at most
-        return len(batch) * width * self.kv_bytes_per_token <= self.config.kv_cache_bytes
+        return sum(r.max_len for r in batch) * self.kv_bytes_per_token <= self.config.kv_cache_bytes
 
     # ----- the step --------------------------------------------------------------------
     def add_requests(self, requests: list[Request]) -> list[Output]:
-        """Prefill `requests` together and join them to the running batch."""
+        """Join `requests` to the batch; their prompts are prefilled, chunk by chunk, by the
+        steps that follow (interleaved with the running rows' decoding)."""
         if not requests:
             return []
         rows = [self._new_row(self.clamp(r)) for r in requests]
-        width = max(len(r.prompt_ids) for r in requests)
-        pad = self.tokenizer.pad_id
-        ids = torch.tensor(
-            [[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests],
-            device=self.device,
-        )
-        mask = (torch.arange(width, device=self.device) >= (width - torch.tensor(
-            [len(r.prompt_ids) for r in requests], device=self.device)).unsqueeze(1)).long()
+        filled = {r.request.id: r.length for r in self.rows}
+        self.cache.ensure(self.cache.reserved + sum(r.request.max_len for r in rows), filled)
+        for row in rows:
+            row.start = self.cache.allocate(row.request.id, row.request.max_len, filled)
+            filled[row.request.id] = 0
+        if any(self.cache.start(r.request.id) != r.start for r in self.rows):
+            for row in self.rows:  # a growth or compaction moved the running rows' spans
+                row.start = self.cache.start(row.request.id)
         seen = torch.zeros(len(rows), self._vocab(), dtype=torch.bool, device=self.device)
-        seen.scatter_(1, ids, mask.bool())
-        cache = DynamicCache()
-        logits = self._forward(ids, mask, cache)
-        self._join(rows, cache, mask, seen)
-        return self._sample(logits, first_row=len(self.rows) - len(rows))
+        for i, row in enumerate(rows):
+            seen[i, torch.tensor(row.request.prompt_ids, device=self.device)] = True
+        self.seen = seen if self.seen is None else torch.cat([self.seen, seen])
+        self.rows = self.rows + rows
+        return []
 
     def step(self) -> list[Output]:
-        """One decode step for every running row."""
+        """One forward pass: a token for every decoding row, and prefill chunks within budget."""
         if not self.rows:
             return []
-        assert self.cache is not None and self.mask is not None
-        ids = torch.tensor([[r.last] for r in self.rows], device=self.device)
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        logits = self._forward(ids, self.mask, self.cache)
-        return self._sample(logits, first_row=0)
+        plan = self.plan()
+        logits = self._forward(self._packed_ids(plan), plan, self.cache)
+        for segment in plan.segments:
+            self.rows[segment.row].length += segment.count
+        return self._sample(logits, list(plan.sample_rows))
 
     def expire(self) -> list[Output]:
         """End the rows past their deadline (GenerationTimeout), before the next step."""
@@ -172,7 +242,68 @@ class BatchEngine:
         """After a failed forward pass: end every row with `error` and start clean."""
         outputs = [Output(r.request.id, "", True, error) for r in self.rows]
         self._keep([])
+        self.cache.clear(release=True)  # e.g. after running out of memory: give it back
         return outputs
+
+    # ----- planning --------------------------------------------------------------------
+    def plan(self) -> StepPlan:
+        """Every decoding row's next token, then prefill chunks (oldest row first) while the
+        step's token budget lasts; at least one chunk per step, so a prompt always advances.
+        Chunks are cut at multiples of `prefill_chunk` of the row's own prompt."""
+        segments: list[_Segment] = []
+        packed = 0
+        for i, row in enumerate(self.rows):
+            if not row.prefilling:
+                segments.append(_Segment(i, packed, row.length, 1, row.start))
+                packed += 1
+        budget = self.step_tokens - packed
+        chunk = self.prefill_chunk
+        prefilled = False
+        for i, row in enumerate(self.rows):
+            if not row.prefilling:
+                continue
+            prompt = len(row.request.prompt_ids)
+            count = min(chunk - row.length % chunk, prompt - row.length)
+            if prefilled and count > budget:
+                break
+            segments.append(_Segment(i, packed, row.length, count, row.start))
+            packed += count
+            budget -= count
+            prefilled = True
+        positions = torch.cat([torch.arange(s.offset, s.offset + s.count) for s in segments])
+        slots = torch.cat([torch.arange(s.start + s.offset, s.start + s.offset + s.count)
+                           for s in segments])
+        ends = [s for s in segments
+                if s.offset + s.count >= len(self.rows[s.row].request.prompt_ids)]
+        ends.sort(key=lambda s: s.row)
+        varlen, masks = None, {}
+        if self.flash:
+            cu_q = [s.packed for s in segments] + [packed]
+            starts = [s.start for s in segments] + [self.cache.capacity]
+            used = [s.offset + s.count for s in segments]
+            varlen = _Varlen(*(torch.tensor(v, dtype=torch.int32).to(self.device)
+                               for v in (cu_q, starts, used)),
+                             max(s.count for s in segments), max(used))
+        else:
+            for index, s in enumerate(segments):
+                if s.count > 1 and s.offset > 0:  # a later chunk: the earlier ones, own past
+                    masks[index] = (torch.arange(s.offset + s.count) <= torch.arange(
+                        s.offset, s.offset + s.count).unsqueeze(1)).to(self.device)
+        return StepPlan(tuple(segments), positions.unsqueeze(0).to(self.device),
+                        slots.to(self.device),
+                        torch.tensor([s.packed + s.count - 1 for s in ends], dtype=torch.long,
+                                     device=self.device),
+                        tuple(s.row for s in ends), masks, varlen)
+
+    def _packed_ids(self, plan: StepPlan) -> torch.Tensor:
+        ids: list[int] = []
+        for s in plan.segments:
+            row = self.rows[s.row]
+            if row.prefilling:
+                ids.extend(row.request.prompt_ids[s.offset:s.offset + s.count])
+            else:
+                ids.append(row.last)
+        return torch.tensor([ids], device=self.device)
 
     # ----- internals -------------------------------------------------------------------
     def _vocab(self) -> int:
@@ -186,75 +317,146 @@ class BatchEngine:
             generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         timeout = request.params.timeout_s or self.config.request_timeout_s
         return _Row(request, ReplyText(self.tokenizer.decoder(), self.tokenizer.eos_id), generator,
-                    self.clock() + timeout, len(request.prompt_ids))
+                    self.clock() + timeout)
 
     @torch.inference_mode()
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1]:]
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         cache=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float()
+    def _forward(self, ids: torch.Tensor, plan: StepPlan, cache: KVArena) -> torch.Tensor:
+        """GPT-NeoX over the packed step (the model's own modules, our cache and attention):
+        returns float32 logits for `plan.sample_at`, in that order."""
+        return packed_forward(self.model, ids, plan, cache, self.heads, self.head_dim)
 
-    def _join(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor,
-              seen: torch.Tensor) -> None:
-        if self.cache is None or not self.rows:
-            self.rows, self.cache, self.mask, self.seen = rows, cache, mask, seen
-            return
-        assert self.mask is not None and self.seen is not None
-        width = max(self.mask.shape[1], mask.shape[1])
-        for old, new in zip(self.cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
-            old.values = torch.cat([_left_pad(old.values, width, 2),
-                                    _left_pad(new.values, width, 2)])
-        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
-        self.seen = torch.cat([self.seen, seen])
-        self.rows = self.rows + rows
-
-    def _keep(self, indices: list[int]) -> None:
-        """Keep only these rows, then drop leading columns that are padding in every row."""
+    def _sample(self, logits: torch.Tensor, indices: list[int]) -> list[Output]:
         if not indices:
-            self.rows, self.cache, self.mask, self.seen = [], None, None, None
-            return
-        assert self.cache is not None and self.mask is not None and self.seen is not None
-        index = torch.tensor(indices, device=self.device)
-        self.rows = [self.rows[i] for i in indices]
-        mask = self.mask.index_select(0, index)
-        start = int((mask.sum(dim=0) > 0).nonzero()[0])
-        self.mask = mask[:, start:]
-        self.seen = self.seen.index_select(0, index)
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
-            layer.values = layer.values.index_select(0, index)[:, :, start:]
-
-    def _sample(self, logits: torch.Tensor, first_row: int) -> list[Output]:
+            return []
         assert self.seen is not None
-        rows = self.rows[first_row:]
-        tokens = next_tokens(logits, self.seen[first_row:], [r.request.params for r in rows],
-                             [r.generator for r in rows])
-        outputs, keep = [], list(range(first_row))
-        for offset, (row, token) in enumerate(zip(rows, tokens, strict=True)):
-            index = first_row + offset
-            self.seen[index, token] = True
+        rows = [self.rows[i] for i in indices]
+        index = torch.tensor(indices, device=self.device)
+        tokens = next_tokens(logits, self.seen.index_select(0, index),
+                             [r.request.params for r in rows], [r.generator for r in rows])
+        self.seen[index, torch.tensor(tokens, device=self.device)] = True
+        outputs, done_rows = [], set()
+        for i, row, token in zip(indices, rows, tokens, strict=True):
             row.last, row.produced = token, row.produced + 1
             self.tokens_generated += 1
-            row.length += 1
             text = row.reply.feed(token)
             done = row.reply.ended or row.produced >= row.request.params.max_new_tokens
             if done:
                 text += row.reply.finish()
-            else:
-                keep.append(index)
+                done_rows.add(i)
             if text or done:
                 outputs.append(Output(row.request.id, text, done))
-        if len(keep) < len(self.rows):
-            self._keep(keep)
+        if done_rows:
+            self._keep([i for i in range(len(self.rows)) if i not in done_rows])
         return outputs
 
+    def _keep(self, indices: list[int]) -> None:
+        """Keep only these rows; the others give their arena spans back (no data moves)."""
+        kept = set(indices)
+        for i, row in enumerate(self.rows):
+            if i not in kept:
+                self.cache.free(row.request.id)
+        if not indices:
+            self.rows, self.seen = [], None
+            self.cache.clear()
+            return
+        assert self.seen is not None
+        self.rows = [self.rows[i] for i in indices]
+        if len(indices) < self.seen.shape[0]:
+            self.seen = self.seen.index_select(0, torch.tensor(indices, device=self.device))
 
-def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+def packed_forward(model: torch.nn.Module, ids: torch.Tensor, plan: StepPlan, cache: KVArena,
+                   heads: int, head_dim: int) -> torch.Tensor:
+    """The forward pass of transformers' GPTNeoXForCausalLM (same modules, same order of
+    operations) over one packed sequence of several rows, attending per row to its own span of
+    the arena. Works with any Linear the model was loaded with (bitsandbytes 4/8-bit too)."""
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
+    neox = model.gpt_neox
+    hidden = neox.embed_in(ids)  # [1, N, hidden]
+    cos, sin = neox.rotary_emb(hidden, position_ids=plan.positions)
+    tokens = ids.shape[1]
+    for index, layer in enumerate(neox.layers):
+        attention = layer.attention
+        qkv = attention.query_key_value(layer.input_layernorm(hidden))
+        qkv = qkv.view(1, tokens, heads, 3 * head_dim).transpose(1, 2)
+        query, key, value = qkv.chunk(3, dim=-1)  # [1, heads, N, head_dim]
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        cache.write(index, plan.slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
+        if plan.varlen is not None:
+            out = varlen_attention(query[0].transpose(0, 1).contiguous(), cache.keys[index],
+                                   cache.values[index], plan.varlen, attention.scaling)
+        else:
+            out = rows_attention(query, cache, index, plan, attention.scaling)
+        attn_output = attention.dense(out.reshape(1, tokens, heads * head_dim))
+        if layer.use_parallel_residual:
+            mlp_output = layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = mlp_output + attn_output + hidden
+        else:
+            attn_output = attn_output + hidden
+            hidden = layer.mlp(layer.post_attention_layernorm(attn_output)) + attn_output
+    last = hidden[0].index_select(0, plan.sample_at)
+    return model.get_output_embeddings()(neox.final_layer_norm(last)).float()
+
+
+def rows_attention(query: torch.Tensor, cache: KVArena, layer: int, plan: StepPlan,
+                   scale: float) -> torch.Tensor:
+    """One SDPA per segment over exactly its row's cached keys (views of the arena);
+    returns [tokens, heads, head_dim]."""
+    out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])
+    for index, s in enumerate(plan.segments):
+        keys, values = cache.view(layer, s.start, s.offset + s.count)
+        q = query[:, :, s.packed:s.packed + s.count]
+        mask = plan.masks.get(index)
+        causal = s.count > 1 and mask is None  # a first chunk: plain causal
+        out[s.packed:s.packed + s.count] = F.scaled_dot_product_attention(
+            q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, is_causal=causal,
+            scale=scale)[0].transpose(0, 1)
+    return out
+
+
+def varlen_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                     varlen: _Varlen, scale: float) -> torch.Tensor:
+    """Every segment in one flash-attention call: queries packed [tokens, heads, head_dim],
+    keys and values the whole arena, each segment reading `used_k` keys from its start.
+    Flash attention aligns the causal mask bottom-right, which is what a chunk after earlier
+    chunks (and a one-token decode) needs."""
+    out = torch.ops.aten._flash_attention_forward(
+        query, keys, values, varlen.cu_q, varlen.starts_k, varlen.max_q, varlen.max_k,
+        0.0, True, False, scale=scale, seqused_k=varlen.used_k)
+    return out[0]
+
+
+def flash_attention_works(device: torch.device, dtype: torch.dtype, heads: int,
+                          head_dim: int) -> bool:
+    """Whether `varlen_attention` runs here and matches `rows_attention` (checked once, on a
+    small random case: two decoding rows and a chunk after an earlier chunk)."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    try:
+        generator = torch.Generator(device=device).manual_seed(0)
+        arena = KVArena(1, heads, head_dim, dtype, device, 4096)
+        lengths = {1: 37, 2: 300, 3: 90}
+        for owner in lengths:
+            arena.allocate(owner, 512, {})
+        for tensor in (arena.keys[0], arena.values[0]):
+            tensor.copy_(torch.randn(tensor.shape, generator=generator, device=device))
+        segments, packed = [], 0
+        for owner, count in ((1, 1), (2, 1), (3, 40)):
+            segments.append(_Segment(owner - 1, packed, lengths[owner] - count, count,
+                                     arena.start(owner)))
+            packed += count
+        query = torch.randn(1, heads, packed, head_dim, generator=generator, device=device,
+                            dtype=dtype)
+        masks = {2: (torch.arange(90) <= torch.arange(50, 90).unsqueeze(1)).to(device)}
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        plan = StepPlan(tuple(segments), empty, empty, empty, (), masks)
+        expected = rows_attention(query, arena, 0, plan, head_dim**-0.5)
+        varlen = _Varlen(*(torch.tensor(v, dtype=torch.int32, device=device) for v in (
+            [0, 1, 2, 42], [arena.start(1), arena.start(2), arena.start(3), arena.capacity],
+            [37, 300, 90])), 40, 300)
+        got = varlen_attention(query[0].transpose(0, 1).contiguous(), arena.keys[0],
+                               arena.values[0], varlen, head_dim**-0.5)
+        return bool(torch.allclose(got.float(), expected.float(), atol=2e-2, rtol=2e-2))
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+        return False
