@@ -80,6 +80,7 @@ class LocalGenerator:
         *,
         queue_size: int = 64,
         max_per_user: int = 2,
+        fair: bool = True,
         default_params: GenerationParams | None = None,
     ) -> None:
         self._factory = engine_factory
@@ -87,7 +88,7 @@ class LocalGenerator:
         self._cond = threading.Condition()
         # Guarded by _cond: the scheduler, submissions not yet tokenized, aborts, closing.
         self._scheduler: Scheduler[_Submission] = Scheduler(
-            max_per_user=max_per_user, max_waiting=queue_size)
+            max_per_user=max_per_user, max_waiting=queue_size, fair=fair)
         self._fresh: list[_Submission] = []
         self._aborts: set[int] = set()
         self._closing = False

@@ -30,18 +30,22 @@ T = TypeVar("T")
 @dataclass(slots=True, eq=False)
 class _Entry(Generic[T]):
     id: int
-    owner: Hashable
+    owner: Hashable  # whose bound it counts against
+    lane: Hashable  # which queue it waits in: its owner's, or the one shared queue (fair=False)
     item: T
 
 
 class Scheduler(Generic[T]):
-    def __init__(self, *, max_per_user: int, max_waiting: int) -> None:
+    def __init__(self, *, max_per_user: int, max_waiting: int, fair: bool = True) -> None:
+        """`fair=False` keeps the bounds but admits first come, first served (one shared
+        queue): the policy before round-robin, kept for benchmarks."""
         if max_per_user < 1 or max_waiting < 1:
             raise ValueError("bounds must be at least 1")
         self.max_per_user = max_per_user
         self.max_waiting = max_waiting
-        self._queues: dict[Hashable, deque[_Entry[T]]] = {}  # owners with waiting requests
-        self._ring: deque[Hashable] = deque()  # those owners, the next to be served first
+        self.fair = fair
+        self._queues: dict[Hashable, deque[_Entry[T]]] = {}  # lanes with waiting requests
+        self._ring: deque[Hashable] = deque()  # those lanes, the next to be served first
         self._entries: dict[int, _Entry[T]] = {}  # waiting, by id
         self._running: dict[int, Hashable] = {}  # admitted and not yet finished: id -> owner
         self._per_owner: dict[Hashable, int] = {}  # running + waiting per owner
@@ -73,11 +77,12 @@ class Scheduler(Generic[T]):
             raise UserBusyError(f"{self.max_per_user} requests of this user already in the queue")
         if len(self._entries) >= self.max_waiting:
             raise QueueFullError(f"queue full ({self.max_waiting} waiting)")
-        entry = _Entry(request_id, key, item)
-        queue = self._queues.get(key)
+        lane: Hashable = key if self.fair else ""
+        entry = _Entry(request_id, key, lane, item)
+        queue = self._queues.get(lane)
         if queue is None:
-            queue = self._queues[key] = deque()
-            self._ring.append(key)
+            queue = self._queues[lane] = deque()
+            self._ring.append(lane)
         queue.append(entry)
         self._entries[request_id] = entry
         self._per_owner[key] = self._per_owner.get(key, 0) + 1
@@ -88,19 +93,19 @@ class Scheduler(Generic[T]):
         next one fits beside those admitted in this call. Stops at the first that does not."""
         admitted: list[T] = []
         while self._ring:
-            key = self._ring[0]
-            queue = self._queues[key]
+            lane = self._ring[0]
+            queue = self._queues[lane]
             entry = queue[0]
             if not fits(admitted, entry.item):
                 break
             queue.popleft()
             self._ring.popleft()
             if queue:
-                self._ring.append(key)
+                self._ring.append(lane)
             else:
-                del self._queues[key]
+                del self._queues[lane]
             del self._entries[entry.id]
-            self._running[entry.id] = key
+            self._running[entry.id] = entry.owner
             admitted.append(entry.item)
             self._positions = None
         return admitted
@@ -114,11 +119,11 @@ class Scheduler(Generic[T]):
         entry = self._entries.pop(request_id, None)
         if entry is None:
             return False
-        queue = self._queues[entry.owner]
+        queue = self._queues[entry.lane]
         queue.remove(entry)
         if not queue:
-            del self._queues[entry.owner]
-            self._ring.remove(entry.owner)
+            del self._queues[entry.lane]
+            self._ring.remove(entry.lane)
         self._release(entry.owner)
         self._positions = None
         return True
@@ -140,8 +145,8 @@ class Scheduler(Generic[T]):
         if self._positions is None:
             ranked = sorted(
                 (depth, turn, entry.id)
-                for turn, key in enumerate(self._ring)
-                for depth, entry in enumerate(self._queues[key])
+                for turn, lane in enumerate(self._ring)
+                for depth, entry in enumerate(self._queues[lane])
             )
             self._positions = {rid: place for place, (_, _, rid) in enumerate(ranked, start=1)}
         return dict(self._positions)

@@ -44,6 +44,18 @@ def test_a_flooding_owner_does_not_hold_up_anothers_first_request() -> None:
     assert admitted_before_b <= 1  # within one turnover of the batch, far less than FIFO's 56
 
 
+def test_without_fairness_it_is_first_come_first_served_with_the_same_bounds() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_per_user=3, max_waiting=100, fair=False)
+    for rid, (owner, item) in enumerate([("A", "a1"), ("A", "a2"), ("B", "b1"), ("A", "a3")]):
+        scheduler.add(rid, owner, item)
+    with pytest.raises(UserBusyError):
+        scheduler.add(9, "A", "a4")
+    assert scheduler.items() == ["a1", "a2", "b1", "a3"]
+    assert scheduler.schedule(lambda chosen, item: len(chosen) < 2) == ["a1", "a2"]
+    assert scheduler.positions() == {2: 1, 3: 2}
+    assert scheduler.remove(0) and scheduler.owned("A") == 2
+
+
 def test_owners_take_turns_then_arrival_order() -> None:
     scheduler: Scheduler[str] = Scheduler(max_per_user=10, max_waiting=100)
     for rid, (owner, item) in enumerate([("A", "a1"), ("A", "a2"), ("A", "a3"), ("B", "b1"),
