@@ -34,6 +34,8 @@ class Result:
     position: int | None  # B's first queue position (None: admitted at once)
     a_accepted: int  # of A's 100, how many the generator took
     a_before_b: int  # A's answers completed before B's
+    alone_tokens: int  # tokens the engine generated while B was answered alone
+    flooded_tokens: int  # ... and behind the flood: machine-independent work ahead of B
 
 
 async def make(settings: Settings, *, fair: bool, max_per_user: int) -> LocalGenerator:
@@ -69,8 +71,13 @@ async def run_policy(settings: Settings, policy: str, *, fair: bool, max_per_use
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, seed=0)
     try:
         await answer(generator, 0, "warm-up", params)
-        alone = [await answer(generator, 1, "B", params) for _ in range(rounds)]
-        flooded, first_positions, accepted, before = [], [], [], []
+        alone, alone_tokens = [], []
+        for _ in range(rounds):
+            tokens = generator.stats().generated_tokens
+            alone.append(await answer(generator, 1, "B", params))
+            await asyncio.sleep(0.01)  # the worker publishes its count after the last step
+            alone_tokens.append(generator.stats().generated_tokens - tokens)
+        flooded, first_positions, accepted, before, flooded_tokens = [], [], [], [], []
         for _ in range(rounds):
             done_order: list[str] = []
 
@@ -86,16 +93,21 @@ async def run_policy(settings: Settings, policy: str, *, fair: bool, max_per_use
             await wait_until(lambda: generator.stats().waiting + generator.stats().running
                              + done_order.count("refused") >= FLOOD - done_order.count("A"))
             positions: list[int] = []
+            tokens = generator.stats().generated_tokens
             b_time = await answer(generator, 1, "B", params, positions)
+            flooded_tokens.append(generator.stats().generated_tokens - tokens)
             before.append(done_order.count("A"))
             await asyncio.gather(*flood)
             flooded.append(b_time)
             first_positions.append(positions[0] if positions else 0)
+            print(f"{policy}: B waited {b_time:.2f} s, first position "
+                  f"{positions[0] if positions else '-'}", file=sys.stderr)
             accepted.append(FLOOD - done_order.count("refused"))
         position = int(statistics.median(first_positions))
         return Result(policy, statistics.median(alone), statistics.median(flooded),
                       position or None, int(statistics.median(accepted)),
-                      int(statistics.median(before)))
+                      int(statistics.median(before)), int(statistics.median(alone_tokens)),
+                      int(statistics.median(flooded_tokens)))
     finally:
         await generator.aclose()
 
@@ -119,13 +131,13 @@ def main() -> None:
           f"{args.device}, MAX_BATCH={args.max_batch}, max_new_tokens={args.max_new}, "
           f"median of {args.rounds}.")
     print(f"Machine: {machine()}")
-    print("| policy | B alone | B under the flood | slowdown | B's first position "
-          "| A's accepted | A's answered before B |")
-    print("|---|---|---|---|---|---|---|")
+    print("| policy | B alone | B under the flood | slowdown | tokens generated meanwhile "
+          "(alone / flood) | B's first position | A's accepted | A's answered before B |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r.policy} | {r.alone_s * 1000:.0f} ms | {r.flooded_s * 1000:.0f} ms | "
-              f"{r.flooded_s / r.alone_s:.1f}× | {r.position or '–'} | {r.a_accepted} | "
-              f"{r.a_before_b} |")
+              f"{r.flooded_s / r.alone_s:.1f}× | {r.alone_tokens} / {r.flooded_tokens} | "
+              f"{r.position or '–'} | {r.a_accepted} | {r.a_before_b} |")
     sys.stdout.flush()
 
 
