@@ -234,10 +234,11 @@ class LocalGenerator:
     def _serve(self, engine: BatchEngine) -> None:
         shown: dict[int, int] = {}  # the positions last sent
         scheduler = self._scheduler
+        stuck = False  # requests wait, none could be admitted and nothing runs: wait for news
         while True:
             with self._cond:
-                while not (self._closing or self._fresh or self._aborts
-                           or engine.has_work() or scheduler.waiting):
+                while not (self._closing or self._fresh or self._aborts or engine.has_work()
+                           or (scheduler.waiting and not stuck)):
                     self._cond.wait()
                 if self._closing:
                     return
@@ -259,6 +260,7 @@ class LocalGenerator:
                     scheduler.remove(out.request_id)
                 admitted = [s.request for s in scheduler.schedule(fits) if s.request is not None]
                 positions = scheduler.positions()
+                stuck = not admitted and not engine.has_work()
             outputs += engine.expire()
             try:
                 outputs += engine.add_requests(admitted)
