@@ -29,6 +29,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.burst
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.staggered
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.loop_lag
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.flood
 
 bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.gpu

@@ -16,10 +16,10 @@ from enum import StrEnum
 
 from bot.conversation import ConversationKey, IncomingMessage, ReplySink, Speaker, Turn
 from bot.errors import RinnaError
+from bot.generation import GenerationParams
 from bot.generator import Generator
 from bot.prompt import clean_text, fit_prompt, turn_cost
 from bot.reply import PLACEHOLDER, WAITING
-from bot.sampling import GenerationParams
 from bot.tokenizer import Tokenizer
 from storage.history import Claim, HistoryStore
 
@@ -54,6 +54,12 @@ def as_history(turn: Turn) -> Turn | None:
             return None
         text = text.removesuffix(SHORTENED_NOTICE).strip()
     return Turn(turn.speaker, text) if text else None
+
+
+def owner_of(key: ConversationKey, message: IncomingMessage) -> str | None:
+    """Who asked, for the generator's per-user bound and turns: the platform and the author
+    (None when the adapter names no author: then the request is bounded only by the queue)."""
+    return f"{key.platform}:{message.author}" if message.author else None
 
 
 class Outcome(StrEnum):
@@ -143,7 +149,7 @@ class ChatService:
             async with self._conversation(key):
                 await starting
                 answer, shortened = await self._turn(key, claim, message, text, sink,
-                                                     stream_interval_s)
+                                                     stream_interval_s, owner_of(key, message))
         except RinnaError as exc:
             log.warning("%s: answer failed: %s", key, type(exc).__name__, exc_info=exc)
             await sink.fail(exc.user_message)
@@ -159,19 +165,20 @@ class ChatService:
         return Outcome.ANSWERED
 
     async def _turn(self, key: ConversationKey, claim: Claim, message: IncomingMessage,
-                    text: str, sink: ReplySink, interval: float | None) -> tuple[str, bool]:
+                    text: str, sink: ReplySink, interval: float | None,
+                    owner: str | None = None) -> tuple[str, bool]:
         """Store the user turn (unless it came in with the thread's history), generate, store
         the answer (unless empty). Runs under the conversation's lock."""
         if claim.stored_turn is None:
             await self.store.add_turn(claim.conversation, Turn(Speaker.USER, text),
                                       (key.platform, message.delivery_key), author=message.author)
-        answer, shortened = await self._answer(claim.conversation, sink, interval)
+        answer, shortened = await self._answer(claim.conversation, sink, interval, owner)
         if answer:
             await self.store.add_turn(claim.conversation, Turn(Speaker.SYSTEM, answer))
         return answer, shortened
 
-    async def _answer(self, conversation: int, sink: ReplySink,
-                      interval: float | None) -> tuple[str, bool]:
+    async def _answer(self, conversation: int, sink: ReplySink, interval: float | None,
+                      owner: str | None = None) -> tuple[str, bool]:
         if interval is None:
             interval = self.config.stream_interval_s
         history = await self._history(conversation)
@@ -179,12 +186,21 @@ class ChatService:
         started = self._clock()
         parts: list[str] = []
         last_update = started
+        shown_wait: tuple[int, float] | None = None  # (position, when) last shown
 
         async def on_wait(position: int) -> None:
+            # Only a changed position, and at most one edit per interval per message: a
+            # burst of N waiting requests would otherwise make O(N^2) platform edits.
+            nonlocal shown_wait
+            now = self._clock()
+            if shown_wait is not None and (position == shown_wait[0]
+                                           or now - shown_wait[1] < interval):
+                return
+            shown_wait = (position, now)
             await sink.waiting(position)
 
         async for delta in self.generator.stream(fitted.prompt, self.config.params,
-                                                 on_wait=on_wait):
+                                                 owner=owner, on_wait=on_wait):
             parts.append(delta)
             now = self._clock()
             if now - last_update >= interval:

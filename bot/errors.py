@@ -37,3 +37,9 @@ class GenerationTimeout(GeneratorError):
 
 class GeneratorClosed(GeneratorError):
     user_message = "現在ボットを停止しているため、回答できません。"
+
+
+class UserBusyError(GeneratorError):
+    """One user already has MAX_PER_USER requests running or waiting: a notice, not an answer."""
+
+    user_message = "前の質問に答えています。終わるまでお待ちください。"

@@ -1,9 +1,13 @@
-"""The shared generator: one model, owned by one worker thread; the event loop only awaits.
+"""The shared generator's thread bridge: one model, owned by one worker thread; the loop awaits.
 
 Shaped like aiosqlite's core: a dedicated thread owns the resource, requests cross to it
 under a condition variable, and results come back to the loop with `call_soon_threadsafe`,
 one callback per engine step (not per character). `stream()` is vLLM-style: an async
 iterator of text deltas; cancelling or abandoning it aborts the request in the worker.
+
+Who runs next is the scheduler's business (`bot.scheduler`: a queue per owner, round-robin,
+per-user and total bounds, positions); the engine (`bot.engine`, torch) runs the batch and is
+imported only by the worker's factory. Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -12,18 +16,18 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from bot.engine import BatchEngine, Output, Request
-from bot.errors import GeneratorClosed, GeneratorError, ModelLoadError, QueueFullError, RinnaError
-from bot.sampling import GenerationParams
+from bot.errors import GeneratorClosed, GeneratorError, ModelLoadError, RinnaError
+from bot.generation import GenerationParams, GeneratorStats
+from bot.scheduler import Scheduler
 from bot.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from bot.config import Settings
+    from bot.engine import BatchEngine, Output, Request
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +37,18 @@ WaitCallback = Callable[[int], Awaitable[None] | None]
 class Generator(Protocol):
     def stream(
         self, prompt: str, params: GenerationParams | None = None, *,
-        on_wait: WaitCallback | None = None,
+        owner: str | None = None, on_wait: WaitCallback | None = None,
     ) -> AsyncIterator[str]: ...
 
     async def aclose(self) -> None: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Submission:
     id: int
     prompt: str
     params: GenerationParams
+    request: Request | None = None  # set by the worker once tokenized
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,16 @@ class _Position:
     position: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """What the bridge itself ends a request with (rejected, closed); shaped like Output."""
+
+    request_id: int
+    error: Exception
+    text: str = ""
+    finished: bool = True
+
+
 class LocalGenerator:
     """Serves `stream()` from a BatchEngine built (and then used) only in its worker thread."""
 
@@ -64,15 +79,18 @@ class LocalGenerator:
         engine_factory: Callable[[], BatchEngine],
         *,
         queue_size: int = 64,
+        max_per_user: int = 2,
+        fair: bool = True,
         default_params: GenerationParams | None = None,
     ) -> None:
         self._factory = engine_factory
-        self._queue_size = queue_size
         self.default_params = default_params or GenerationParams()
         self._cond = threading.Condition()
-        self._submitted: deque[_Submission] = deque()  # guarded by _cond
-        self._aborts: set[int] = set()  # guarded by _cond
-        self._backlog = 0  # waiting, not yet running; guarded by _cond
+        # Guarded by _cond: the scheduler, submissions not yet tokenized, aborts, closing.
+        self._scheduler: Scheduler[_Submission] = Scheduler(
+            max_per_user=max_per_user, max_waiting=queue_size, fair=fair)
+        self._fresh: list[_Submission] = []
+        self._aborts: set[int] = set()
         self._closing = False
         self._ids = itertools.count(1)
         self._channels: dict[int, asyncio.Queue[str | _End | _Position]] = {}  # loop side only
@@ -82,8 +100,6 @@ class LocalGenerator:
         self._stopped: asyncio.Future[None] | None = None
         self.tokenizer: Tokenizer | None = None  # set once the model is loaded
         self.tokens_generated = 0  # written by the worker after each step
-        self.running = 0  # rows decoding now (written by the worker after each step)
-        self.waiting = 0  # requests queued behind them
 
     # ----- lifecycle (event loop side) -------------------------------------------------
     async def start(self) -> LocalGenerator:
@@ -103,12 +119,30 @@ class LocalGenerator:
         if self._thread.is_alive():  # it is on its way out: wait for it, off the loop
             await asyncio.to_thread(self._thread.join)
 
+    def stats(self) -> GeneratorStats:
+        with self._cond:
+            waiting, running = self._scheduler.waiting, self._scheduler.running
+        return GeneratorStats(waiting=waiting, running=running,
+                              generated_tokens=self.tokens_generated)
+
+    @property
+    def running(self) -> int:
+        """Requests admitted to the batch and not yet finished."""
+        return self.stats().running
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued behind the batch."""
+        return self.stats().waiting
+
     # ----- requests (event loop side) --------------------------------------------------
     async def stream(
         self, prompt: str, params: GenerationParams | None = None, *,
-        on_wait: WaitCallback | None = None,
+        owner: str | None = None, on_wait: WaitCallback | None = None,
     ) -> AsyncIterator[str]:
-        rid, queue = self._submit(prompt, params or self.default_params)
+        """Text deltas of the reply. `owner` (who asked) bounds and orders the request among
+        everyone else's; `on_wait` hears the queue position (1 = next) each time it changes."""
+        rid, queue = self._submit(prompt, params or self.default_params, owner)
         finished = False
         try:
             while True:
@@ -128,18 +162,18 @@ class LocalGenerator:
             if not finished:
                 self._abort(rid)
 
-    def _submit(self, prompt: str, params: GenerationParams) -> tuple[int, asyncio.Queue]:
+    def _submit(self, prompt: str, params: GenerationParams,
+                owner: str | None) -> tuple[int, asyncio.Queue]:
         if self._loop is None or self._stopped is None or self._stopped.done():
             raise GeneratorClosed("generator is not running")
         rid = next(self._ids)
         queue: asyncio.Queue[str | _End | _Position] = asyncio.Queue()
+        submission = _Submission(rid, prompt, params)
         with self._cond:
             if self._closing:
                 raise GeneratorClosed("generator is closing")
-            if self._backlog >= self._queue_size:
-                raise QueueFullError(f"queue full ({self._queue_size} waiting)")
-            self._backlog += 1
-            self._submitted.append(_Submission(rid, prompt, params))
+            self._scheduler.add(rid, owner, submission)  # raises at the user's or queue's bound
+            self._fresh.append(submission)
             self._cond.notify()
         self._channels[rid] = queue
         return rid, queue
@@ -149,7 +183,8 @@ class LocalGenerator:
             self._aborts.add(rid)
             self._cond.notify()
 
-    def _dispatch(self, outputs: list[Output], positions: list[tuple[int, int]]) -> None:
+    def _dispatch(self, outputs: Sequence[Output | _Ended],
+                  positions: list[tuple[int, int]]) -> None:
         """On the loop: hand each step's outputs to their streams."""
         for rid, position in positions:
             if (queue := self._channels.get(rid)) is not None:
@@ -181,46 +216,51 @@ class LocalGenerator:
             return
         self.tokenizer = engine.tokenizer  # sentencepiece only, no torch: safe to share
         self._send(_set_result, self._ready)
-        waiting: deque[Request] = deque()
         try:
-            self._serve(engine, waiting)
+            self._serve(engine)
         except Exception:
             log.exception("the generator's worker stopped on an unexpected error")
             raise
         finally:
             closed = GeneratorClosed("generator stopped")
-            ended = [Output(r.id, "", True, closed) for r in waiting]
-            ended += engine.fail_all(closed)
+            ended: list[Output | _Ended] = list(engine.fail_all(closed))
             with self._cond:
                 self._closing = True  # from here on, _submit refuses instead of queueing
-                ended += [Output(s.id, "", True, closed) for s in self._submitted]
-                self._submitted.clear()
+                ended += [_Ended(rid, closed) for rid in self._scheduler.drain()]
+                self._fresh.clear()
             self._send(self._dispatch, ended, [])
             self._send(_set_result, self._stopped)
 
-    def _serve(self, engine: BatchEngine, waiting: deque[Request]) -> None:
-        last_positions: dict[int, int] = {}
+    def _serve(self, engine: BatchEngine) -> None:
+        shown: dict[int, int] = {}  # the positions last sent
+        scheduler = self._scheduler
+        stuck = False  # requests wait, none could be admitted and nothing runs: wait for news
         while True:
             with self._cond:
-                while not (self._closing or self._submitted or self._aborts
-                           or engine.has_work() or waiting):
+                while not (self._closing or self._fresh or self._aborts or engine.has_work()
+                           or (scheduler.waiting and not stuck)):
                     self._cond.wait()
                 if self._closing:
                     return
-                submitted = list(self._submitted)
-                self._submitted.clear()
+                fresh, self._fresh = self._fresh, []
                 aborts, self._aborts = self._aborts, set()
-            outputs = self._accept(engine, submitted, waiting)
+            outputs: list[Output | _Ended] = self._tokenize(engine, fresh)
             for rid in aborts:
                 engine.abort(rid)
-            removed = [r for r in waiting if r.id in aborts]
-            for request in removed:
-                waiting.remove(request)
             admitted: list[Request] = []
-            while waiting and engine.can_admit(admitted, waiting[0]):
-                admitted.append(waiting.popleft())
+
+            def fits(chosen: Sequence[_Submission], candidate: _Submission) -> bool:
+                return candidate.request is not None and engine.can_admit(
+                    [c.request for c in chosen if c.request is not None], candidate.request)
+
             with self._cond:
-                self._backlog -= len(admitted) + len(removed)
+                for rid in aborts:
+                    scheduler.remove(rid)
+                for out in outputs:  # refused before they could wait
+                    scheduler.remove(out.request_id)
+                admitted = [s.request for s in scheduler.schedule(fits) if s.request is not None]
+                positions = scheduler.positions()
+                stuck = not admitted and not engine.has_work()
             outputs += engine.expire()
             try:
                 outputs += engine.add_requests(admitted)
@@ -230,34 +270,35 @@ class LocalGenerator:
                 error = GeneratorError(f"generation failed: {type(exc).__name__}")
                 joined = {r.request.id for r in engine.rows}
                 outputs += engine.fail_all(error)
-                outputs += [Output(r.id, "", True, error) for r in admitted if r.id not in joined]
-            self.running, self.waiting = len(engine.rows), len(waiting)
+                outputs += [_Ended(r.id, error) for r in admitted if r.id not in joined]
             self.tokens_generated = engine.tokens_generated
-            positions = [(r.id, i) for i, r in enumerate(waiting, start=1)
-                         if last_positions.get(r.id) != i]
-            last_positions = {r.id: i for i, r in enumerate(waiting, start=1)}
-            if outputs or positions:
-                self._send(self._dispatch, outputs, positions)
+            with self._cond:
+                for out in outputs:
+                    if out.finished:
+                        scheduler.remove(out.request_id)
+            changed = [(rid, place) for rid, place in positions.items()
+                       if shown.get(rid) != place]
+            shown = positions
+            if outputs or changed:
+                self._send(self._dispatch, outputs, changed)
 
-    def _accept(self, engine: BatchEngine, submitted: list[_Submission],
-                waiting: deque[Request]) -> list[Output]:
-        """Tokenize new submissions (in the worker) and queue the ones that can run."""
-        rejected: list[Output] = []
-        for sub in submitted:
+    def _tokenize(self, engine: BatchEngine, fresh: list[_Submission]) -> list[_Ended]:
+        """Tokenize new submissions (in the worker); end the ones that can never run."""
+        from bot.engine import Request  # the worker has the engine loaded already
+
+        rejected: list[_Ended] = []
+        for sub in fresh:
             try:
                 request = Request(sub.id, engine.tokenizer.encode(sub.prompt), sub.params)
                 engine.check(request)
             except GeneratorError as exc:
-                rejected.append(Output(sub.id, "", True, exc))
+                rejected.append(_Ended(sub.id, exc))
                 continue
             except (RuntimeError, ValueError, TypeError) as exc:  # sentencepiece refused it
                 log.warning("request %d: cannot tokenize the prompt: %s", sub.id, exc)
-                rejected.append(Output(sub.id, "", True, GeneratorError("cannot tokenize")))
+                rejected.append(_Ended(sub.id, GeneratorError("cannot tokenize")))
                 continue
-            waiting.append(engine.clamp(request))
-        if rejected:
-            with self._cond:
-                self._backlog -= len(rejected)
+            sub.request = engine.clamp(request)
         return rejected
 
 
@@ -286,6 +327,7 @@ async def load_generator(settings: Settings) -> Generator:
         repetition_penalty=settings.repetition_penalty,
     )
     generator = LocalGenerator(
-        lambda: build_engine(settings), queue_size=settings.queue_size, default_params=params
+        lambda: build_engine(settings), queue_size=settings.queue_size,
+        max_per_user=settings.max_per_user, default_params=params,
     )
     return await generator.start()

@@ -32,7 +32,7 @@ import aiohttp
 
 from bot.errors import (
     GenerationTimeout, GeneratorClosed, GeneratorError, ModelLoadError, QueueFullError)
-from bot.sampling import GenerationParams
+from bot.generation import GenerationParams
 from bot.stops import ReplyText
 from bot.tokenizer import Tokenizer
 

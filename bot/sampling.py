@@ -1,26 +1,16 @@
-"""Sampling parameters and the per-row logits pipeline of the batch engine."""
+"""The per-row logits pipeline of the batch engine. GenerationParams lives in the torch-free
+`bot.generation` and is re-exported here for the engine and older imports."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where it is used: the parameters need none of it
     import torch
 
+from bot.generation import GenerationParams
 
-@dataclass(frozen=True, slots=True)
-class GenerationParams:
-    """The model card's sampling: do_sample, temperature 0.7, repetition penalty 1.1,
-    128 new tokens (and generate()'s default top_k of 50)."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.7
-    repetition_penalty: float = 1.1
-    top_k: int = 50
-    do_sample: bool = True
-    seed: int | None = None
-    timeout_s: float | None = None  # None: the generator's REQUEST_TIMEOUT_S
+__all__ = ["GenerationParams", "next_tokens"]
 
 
 def next_tokens(

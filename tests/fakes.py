@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from bot.generator import WaitCallback
-from bot.sampling import GenerationParams
+from bot.generation import GenerationParams
 
 
 class ScriptedGenerator:
@@ -28,10 +28,13 @@ class ScriptedGenerator:
         self.error = error
         self.gate = gate
         self.prompts: list[str] = []
+        self.owners: list[str | None] = []
 
     async def stream(self, prompt: str, params: GenerationParams | None = None, *,
+                     owner: str | None = None,
                      on_wait: WaitCallback | None = None) -> AsyncIterator[str]:
         self.prompts.append(prompt)
+        self.owners.append(owner)
         reply = self.replies.pop(0) if self.replies else self.default
         if self.gate is not None:
             await self.gate.wait()

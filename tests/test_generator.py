@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from bot.config import Settings
-from bot.errors import GenerationTimeout, GeneratorError, ModelLoadError, QueueFullError
+from bot.errors import (GenerationTimeout, GeneratorError, ModelLoadError, QueueFullError,
+                        UserBusyError)
 from bot.engine import BatchEngine, EngineConfig
+from bot.generation import GeneratorStats
 from bot.generator import LocalGenerator, load_generator
 from bot.model_loader import load_model
 from bot.sampling import GenerationParams
@@ -102,11 +104,15 @@ async def test_a_request_joins_a_running_batch(generator: LocalGenerator) -> Non
     assert finished == ["short", "long"]
 
 
+LONG = GenerationParams(max_new_tokens=1900, do_sample=False)
+ABORT_SLACK_TOKENS = 100  # tokens a cancelled request may still get before the worker sees the abort
+
+
 async def test_cancelling_the_consumer_aborts_the_request(generator: LocalGenerator) -> None:
     started = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in generator.stream(PROMPTS[0], GenerationParams(max_new_tokens=1800, do_sample=False)):
+        async for _ in generator.stream(PROMPTS[0], LONG):
             started.set()
 
     task = asyncio.create_task(consume())
@@ -114,16 +120,97 @@ async def test_cancelling_the_consumer_aborts_the_request(generator: LocalGenera
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    at_cancel = generator.stats().generated_tokens
     await wait_for(lambda: generator.running == 0)
+    # It stopped producing tokens at once: not the 1,900 it asked for.
+    assert generator.stats().generated_tokens - at_cancel < ABORT_SLACK_TOKENS
     assert await collect(generator.stream(PROMPTS[1], GREEDY))  # still serving
 
 
 async def test_breaking_out_of_a_stream_aborts_it(generator: LocalGenerator) -> None:
-    stream = generator.stream(PROMPTS[0], GenerationParams(max_new_tokens=1800, do_sample=False))
+    stream = generator.stream(PROMPTS[0], LONG)
     async for _ in stream:
         break
     await stream.aclose()
+    at_close = generator.stats().generated_tokens
     await wait_for(lambda: generator.running == 0)
+    assert generator.stats().generated_tokens - at_close < ABORT_SLACK_TOKENS
+
+
+async def test_a_cancelled_waiting_request_never_runs(make_generator) -> None:
+    generator = await make_generator(max_batch=1)
+    started = asyncio.Event()
+
+    async def hold(prompt: str) -> None:
+        async for _ in generator.stream(prompt, LONG):
+            started.set()
+
+    running = asyncio.create_task(hold(PROMPTS[0]))
+    await started.wait()
+    queued = asyncio.create_task(hold(PROMPTS[1]))
+    await wait_for(lambda: generator.waiting == 1)
+    queued.cancel()
+    await wait_for(lambda: generator.waiting == 0)  # it left the queue
+    assert generator.running == 1
+    running.cancel()
+    await asyncio.gather(running, queued, return_exceptions=True)
+    at_cancel = generator.stats().generated_tokens
+    await wait_for(lambda: generator.running == 0)
+    assert generator.stats() == GeneratorStats(0, 0, generator.stats().generated_tokens)
+    assert generator.stats().generated_tokens - at_cancel < ABORT_SLACK_TOKENS
+
+
+async def test_one_user_may_have_max_per_user_requests_in_the_generator(make_generator) -> None:
+    generator = await make_generator(max_batch=1, max_per_user=2)
+    started = asyncio.Event()
+
+    async def hold(prompt: str, owner: str) -> None:
+        async for _ in generator.stream(prompt, LONG, owner=owner):
+            started.set()
+
+    first = asyncio.create_task(hold(PROMPTS[0], "slack:A"))
+    await started.wait()
+    second = asyncio.create_task(hold(PROMPTS[1], "slack:A"))  # waits: A's second
+    await wait_for(lambda: generator.waiting == 1)
+    with pytest.raises(UserBusyError) as refused:
+        await collect(generator.stream(PROMPTS[2], GREEDY, owner="slack:A"))
+    assert refused.value.user_message == "前の質問に答えています。終わるまでお待ちください。"
+    other = asyncio.create_task(hold(PROMPTS[2], "slack:B"))  # someone else may ask
+    await wait_for(lambda: generator.waiting == 2)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await wait_for(lambda: generator.stats().waiting + generator.stats().running == 2)
+    third = asyncio.create_task(collect(generator.stream(PROMPTS[3], GREEDY, owner="slack:A")))
+    await wait_for(lambda: generator.waiting == 2)  # A's turn came back: accepted
+    for task in (second, other, third):
+        task.cancel()
+    await asyncio.gather(second, other, third, return_exceptions=True)
+
+
+async def test_another_users_first_request_goes_before_a_backlog(make_generator) -> None:
+    generator = await make_generator(max_batch=1, max_per_user=10)
+    started = asyncio.Event()
+    finished: list[str] = []
+    positions: dict[str, list[int]] = {}
+
+    async def ask(name: str, owner: str, params: GenerationParams = GREEDY) -> None:
+        def on_wait(position: int) -> None:
+            positions.setdefault(name, []).append(position)
+        async for _ in generator.stream(PROMPTS[len(finished) % 6], params, owner=owner,
+                                        on_wait=on_wait):
+            started.set()
+        finished.append(name)
+
+    hold = asyncio.create_task(ask("A0", "A", LONG))
+    await started.wait()
+    backlog = [asyncio.create_task(ask(f"A{i}", "A")) for i in range(1, 6)]
+    await wait_for(lambda: generator.waiting == 5)
+    newcomer = asyncio.create_task(ask("B0", "B"))
+    await wait_for(lambda: positions.get("B0") == [2])  # A's next, then B: not 6th
+    hold.cancel()
+    await asyncio.gather(newcomer, *backlog)
+    assert finished == ["A1", "B0", "A2", "A3", "A4", "A5"]
+    assert positions["B0"] == [2, 1]
 
 
 async def test_waiting_requests_learn_their_queue_position(make_generator) -> None:
