@@ -37,6 +37,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deliveries ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: delivery states, so a message is answered exactly once through crashes and restarts:
+    # imported (read in with its thread) -> accepted (recorded, its text held in `text` until
+    # the user turn is stored) -> answering (placeholder posted: `reply_ref` is its platform
+    # handle; `final` is the answer to show once it is stored) -> answered (final text or a
+    # notice shown). Rows from before this version were answered (or read in as history).
+    """
+    ALTER TABLE deliveries ADD COLUMN state TEXT NOT NULL DEFAULT 'answered'
+        CHECK (state IN ('imported', 'accepted', 'answering', 'answered'));
+    ALTER TABLE deliveries ADD COLUMN text TEXT;
+    ALTER TABLE deliveries ADD COLUMN reply_ref TEXT;
+    ALTER TABLE deliveries ADD COLUMN final TEXT;
+    UPDATE deliveries SET state = 'imported' WHERE imported = 1;
+    CREATE INDEX deliveries_unfinished ON deliveries (platform, state, received_at)
+        WHERE state IN ('accepted', 'answering');
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
