@@ -210,7 +210,9 @@ class ChatService:
             return Outcome.FAILED
         finally:
             await acknowledge()
-        return await self._process(delivery, sink, earlier=earlier, interval=stream_interval_s)
+        # Not recorded just now: an earlier handling died; carry on with what it posted.
+        return await self._process(delivery, sink, earlier=earlier, interval=stream_interval_s,
+                                   recovering=not delivery.fresh)
 
     async def recover(self, platform: str, make_sink: SinkFactory, *,
                       max_age_s: float = 900.0) -> Recovered:
@@ -248,6 +250,9 @@ class ChatService:
             return Outcome.DUPLICATE
         self._inflight.add(marker)
         try:
+            current = await self.store.delivery(delivery.platform, delivery.delivery_key)
+            if current is None or current.state is DeliveryState.ANSWERED:
+                return Outcome.DUPLICATE
             await _resume(sink, delivery.reply_ref)
             await sink.fail(STALE_NOTICE)
             await self.store.mark_answered(delivery)
@@ -271,6 +276,10 @@ class ChatService:
         if me is not None:
             self._active[me] = None
         try:
+            # Another task may have finished it between its record being read and now.
+            current = await self.store.delivery(delivery.platform, delivery.delivery_key)
+            if current is None or current.state is DeliveryState.ANSWERED:
+                return Outcome.DUPLICATE
             if recovering:
                 await _resume(sink, delivery.reply_ref)
             # The placeholder goes out at once (its handle is kept as soon as it is known), but

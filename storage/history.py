@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -54,6 +54,8 @@ class Delivery:
     turn_id: int | None = None  # its user turn, once stored
     reply_ref: str | None = None  # the platform handle of its placeholder, once posted
     final: str | None = None  # the final text, once the answer is stored
+    # recorded by this very `accept` (False: an earlier handling began it, then died)
+    fresh: bool = field(default=False, compare=False)
 
 
 _DELIVERY_SELECT = (
@@ -196,15 +198,17 @@ class HistoryStore:
                 "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
                 " received_at, state, text) VALUES (?, ?, ?, ?, 'accepted', ?)",
                 (key.platform, delivery_key, conversation, time.time(), text))
-            if cursor.rowcount != 1:
+            fresh = cursor.rowcount == 1
+            if not fresh:
                 # read in with its thread before its own event came: answer it, once
-                await db.execute(
+                cursor = await db.execute(
                     "UPDATE deliveries SET imported = 0, state = 'accepted' WHERE platform=?"
                     " AND delivery_key=? AND state = 'imported'", (key.platform, delivery_key))
+                fresh = cursor.rowcount == 1
             row = await (await db.execute(
                 _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
                 (key.platform, delivery_key))).fetchone()
-        delivery = _delivery(row)
+        delivery = replace(_delivery(row), fresh=fresh)
         return None if delivery.state is DeliveryState.ANSWERED else delivery
 
     async def delivery(self, platform: str, delivery_key: str) -> Delivery | None:
