@@ -318,6 +318,7 @@ class SlackHandlers:
     api: SlackApi
     names: UserNames
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)  # listeners' work
     # How each event ended ("answered", "duplicate", "ignored", "reset", ...): for logs,
     # metrics and tests that wait until every delivered event has been dealt with.
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -478,18 +479,33 @@ def _bot(context: AsyncBoltContext) -> BotIdentity:
 Ack = Callable[[], Awaitable[None]]
 
 
-class _AckOnce:
-    """Acknowledge an event once: when the chat service has recorded it, or at the latest
-    when the listener ends (ignored events, failures)."""
+async def _acknowledge_when_recorded(services: SlackHandlers, ack: AsyncAck,
+                                     work: Callable[[Ack], Awaitable[str]], default: str) -> None:
+    """Run `work` in the background and return (so Bolt answers Slack, which runs with
+    process_before_response) once the chat service has recorded the message, or once the
+    work ends (ignored events, failures). An acknowledged event is never lost."""
+    recorded = asyncio.Event()
 
-    def __init__(self, ack: AsyncAck) -> None:
-        self._ack = ack
-        self.done = False
+    async def accepted() -> None:
+        recorded.set()
 
-    async def __call__(self) -> None:
-        if not self.done:
-            self.done = True
-            await self._ack()
+    async def body() -> None:
+        outcome = default
+        try:
+            outcome = await work(accepted)
+        finally:
+            recorded.set()
+            services.outcomes[outcome] += 1
+
+    task = asyncio.create_task(body())
+    services.background.add(task)
+    task.add_done_callback(services.background.discard)
+    waiting = asyncio.create_task(recorded.wait())
+    try:
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    await ack()
 
 
 # ----- listeners ------------------------------------------------------------------------------
@@ -499,26 +515,22 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     @app.event("app_mention")
     async def app_mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
                           context: AsyncBoltContext) -> None:
-        once = _AckOnce(ack)  # acked when recorded: an acknowledged event is never lost
-        outcome = IGNORED
-        try:
-            if (message := parse_message(body, event)) is not None:
-                outcome = await services.on_mention(message, _bot(context), once)
-        finally:
-            await once()
-            services.outcomes[outcome] += 1
+        async def work(accepted: Ack) -> str:
+            if (message := parse_message(body, event)) is None:
+                return IGNORED
+            return await services.on_mention(message, _bot(context), accepted)
+
+        await _acknowledge_when_recorded(services, ack, work, IGNORED)
 
     @app.event("message")
     async def message(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
                       context: AsyncBoltContext) -> None:
-        once = _AckOnce(ack)
-        outcome = IGNORED
-        try:
-            if (parsed := parse_message(body, event)) is not None:
-                outcome = await services.on_message(parsed, _bot(context), once)
-        finally:
-            await once()
-            services.outcomes[outcome] += 1
+        async def work(accepted: Ack) -> str:
+            if (parsed := parse_message(body, event)) is None:
+                return IGNORED
+            return await services.on_message(parsed, _bot(context), accepted)
+
+        await _acknowledge_when_recorded(services, ack, work, IGNORED)
 
     @app.command(COMMAND)
     async def rinna(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond,
@@ -530,13 +542,10 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             await ack(text=hint, response_type="ephemeral")
             services.outcomes[HELP] += 1
             return
-        once = _AckOnce(ack)
-        outcome = FAILED
-        try:
-            outcome = await services.on_command(command, respond, _bot(context), once)
-        finally:
-            await once()
-            services.outcomes[outcome] += 1
+        async def work(accepted: Ack) -> str:
+            return await services.on_command(command, respond, _bot(context), accepted)
+
+        await _acknowledge_when_recorded(services, ack, work, FAILED)
 
 
 # ----- the service that `rinna-bot run` starts ----------------------------------------------
@@ -577,7 +586,7 @@ class SlackService:
     async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
         """Stop taking events, let answers in flight finish for `grace_s`, cancel the rest."""
         await self.stop_intake()
-        pending = set(self.handlers.inflight)
+        pending = set(self.handlers.inflight) | set(self.handlers.background)
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace_s)
             for task in late:
@@ -650,7 +659,9 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
                           "or SLACK_SIGNING_SECRET (HTTP mode)")
     client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(),
                             base_url=settings.slack_api_url)
-    app = AsyncApp(client=client, name="rinna-bot",
+    # process_before_response: Slack gets its 200 when the listener returns, and listeners
+    # return once the chat service has recorded the message (the answer goes on after it).
+    app = AsyncApp(client=client, name="rinna-bot", process_before_response=True,
                    signing_secret=secret.get_secret_value() if secret is not None else "")
     api = SlackApi(client)
     handlers = SlackHandlers(chat, api, UserNames(api))

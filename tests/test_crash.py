@@ -193,11 +193,15 @@ async def run_with_kills(fake: FakeSlack, tmp_path: Path, model: Path,
         bot = Bot(fake, database, tmp_path, model)
         await bot.start(http)
         await deliver(bot, http, [e for e in figures.events if not e.acked], retry=1)
+        acked = [e for e in figures.events if e.acked]
         try:
-            await fake.wait_for(lambda: answered(fake, [e for e in figures.events if e.acked]),
-                                timeout=120)
-        finally:
-            code = await bot.stop()
+            await fake.wait_for(lambda: answered(fake, acked), timeout=120)
+        except TimeoutError:
+            await bot.stop()
+            waiting = {e.ts: [m.get("text") for m in thread_of(fake, e)] for e in acked
+                       if not answered(fake, [e])}
+            raise AssertionError(f"unanswered: {waiting}\n{bot.log[-6000:]}") from None
+        code = await bot.stop()
         figures.recovered += bot.recovered()
         assert code == 0, bot.log[-3000:]
     return figures
