@@ -4,8 +4,12 @@ Platform event in -> (ConversationKey, IncomingMessage, DiscordReply) -> `ChatSe
 
 - A mention in a channel opens a public thread on that message (the thread's id is the
   message's id, so the conversation key is known before the thread exists) and answers there.
-- Messages in a thread the bot takes part in need no mention. A mention in a thread the bot
-  does not follow yet imports the thread's earlier messages as history first.
+- Messages in a thread the bot takes part in need no mention. In a thread the bot does not
+  follow yet, the chat service reads the thread's earlier messages (through the loader this
+  adapter hands it) before answering a mention.
+- Every reply message is sent with a nonce made from the delivery key (Discord then returns
+  the first message for a retried send instead of creating a second); the placeholder's
+  channel/message id is kept, so a restart edits it (`RinnaDiscordBot.recovery_sink`).
 - A DM is one conversation. `/ask`, `/reset` and `/help` are application commands, synced in
   `setup_hook`.
 
@@ -17,8 +21,10 @@ message; anything else is logged with its traceback here and the user gets a gen
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -27,7 +33,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
-from bot.chat import ChatService, Outcome
+from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
@@ -35,6 +41,7 @@ from bot.privacy import PrivateData
 from bot.prompt import clean_text
 from bot.reply import MessageReply
 from bot.seen import RecentKeys
+from storage.history import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +170,18 @@ def access_request(channel: Any, guild_id: int | None, user: Any) -> AccessReque
 
 
 class Destination(Protocol):
-    async def send(self, text: str) -> Any: ...
+    async def send(self, text: str, nonce: str | None = None) -> Any: ...
+
+
+async def _send(channel: Any, text: str, nonce: str | None) -> Any:
+    if nonce is None:
+        return await channel.send(text)
+    return await channel.send(text, nonce=nonce)  # discord.py also sets enforce_nonce
+
+
+def reply_nonce(delivery_key: str, part: int) -> str:
+    """The nonce of a reply's message `part` (Discord allows 25 characters)."""
+    return hashlib.sha256(f"{delivery_key}:{part}".encode()).hexdigest()[:25]
 
 
 class ChannelDestination:
@@ -172,8 +190,8 @@ class ChannelDestination:
     def __init__(self, channel: discord.abc.Messageable) -> None:
         self.channel = channel
 
-    async def send(self, text: str) -> discord.Message:
-        return await self.channel.send(text)
+    async def send(self, text: str, nonce: str | None = None) -> discord.Message:
+        return await _send(self.channel, text, nonce)
 
 
 class NewThreadDestination:
@@ -185,10 +203,10 @@ class NewThreadDestination:
         self.name = name
         self.target: discord.abc.Messageable | None = None
 
-    async def send(self, text: str) -> discord.Message:
+    async def send(self, text: str, nonce: str | None = None) -> discord.Message:
         if self.target is None:
             self.target = await self._open()
-        return await self.target.send(text)
+        return await _send(self.target, text, nonce)
 
     async def _open(self) -> discord.abc.Messageable:
         try:
@@ -210,12 +228,12 @@ class InteractionDestination:
         self.then = then
         self._original_used = False
 
-    async def send(self, text: str) -> Any:
+    async def send(self, text: str, nonce: str | None = None) -> Any:
         if not self._original_used:
             self._original_used = True
             return await self.interaction.edit_original_response(content=text)
         if self.then is not None:
-            return await self.then.send(text)
+            return await _send(self.then, text, nonce)
         return await self.interaction.followup.send(text, wait=True)
 
 
@@ -244,13 +262,30 @@ class DiscordReply(MessageReply):
     # discord.py turns API errors into HTTPException, but lets some network failures through
     delivery_errors = DELIVERY_ERRORS
 
-    def __init__(self, destination: Destination) -> None:
-        super().__init__()
+    def __init__(self, destination: Destination, tag: str | None = None,
+                 locate: Callable[[int, int], Any] | None = None) -> None:
+        super().__init__(tag)
         self.destination = destination
+        self._locate = locate  # (channel id, message id) -> a message to edit (recovery)
         self._typing: asyncio.Task[None] | None = None
 
-    async def post(self, text: str) -> Any:
-        return await self.destination.send(text)
+    async def post(self, text: str, *, part: int = 0) -> Any:
+        if self.tag is None:
+            return await self.destination.send(text)
+        return await self.destination.send(text, reply_nonce(self.tag, part))
+
+    def ref(self, handle: Any) -> str | None:
+        channel = getattr(handle, "channel", None)
+        ident, channel_id = getattr(handle, "id", None), getattr(channel, "id", None)
+        if isinstance(ident, int) and isinstance(channel_id, int):
+            return f"{channel_id}/{ident}"
+        return None
+
+    def restore(self, ref: str) -> Any:
+        channel_id, _, message_id = ref.partition("/")
+        if self._locate is None or not (channel_id.isdigit() and message_id.isdigit()):
+            return None
+        return self._locate(int(channel_id), int(message_id))
 
     async def edit(self, handle: Any, text: str, *, final: bool) -> None:
         await handle.edit(content=text)  # discord.py paces edits within the rate limit itself
@@ -353,11 +388,10 @@ class ChatCog(commands.Cog):
             return
         key = conversation_key(channel, message.guild.id if message.guild else None)
         if isinstance(channel, discord.Thread):
-            if not (mentioned or (text and await self.chat.follows(key))):
-                return  # not for us (or unreadable without the Message Content intent)
-            if mentioned and not await self.chat.follows(key):
-                await self._join_thread(key, channel, before=message)
-            await self._answer(key, incoming, ChannelDestination(channel))
+            # Unmentioned: only in a thread the bot takes part in (the chat service decides;
+            # an empty text is unreadable without the Message Content intent).
+            await self._answer(key, incoming, ChannelDestination(channel), addressed=mentioned,
+                               earlier=self._earlier(channel, before=message))
             return
         if not mentioned:
             return
@@ -367,25 +401,25 @@ class ChatCog(commands.Cog):
         key = ConversationKey(key.platform, key.workspace, key.channel, str(message.id))
         await self._answer(key, incoming, NewThreadDestination(message, thread_name(text)))
 
-    async def _join_thread(self, key: ConversationKey, thread: discord.Thread,
-                           before: discord.abc.Snowflake | None) -> None:
-        """Store the thread's earlier messages as its history before the bot answers in it."""
+    def _earlier(self, thread: discord.Thread,
+                 before: discord.abc.Snowflake | None) -> EarlierLoader:
+        """A loader of the thread's earlier messages, for the chat service to call when the
+        bot joins the thread mid-way (and only then)."""
         me_id = self.bot.user.id if self.bot.user else 0
-        try:
-            turns = await read_thread_history(thread, before, me_id)
-        except DELIVERY_ERRORS as exc:
-            log.warning("%s: could not read the thread's history (%s); answering without it",
-                        key, _describe(exc))
-            return
-        stored = await self.chat.import_history(key, turns)
-        log.info("%s: joined the thread with %d earlier messages", key, stored)
+
+        async def load() -> list[tuple[Turn, str | None]]:
+            return await read_thread_history(thread, before, me_id)
+
+        return load
 
     async def _answer(self, key: ConversationKey, incoming: IncomingMessage,
-                      destination: Destination) -> Outcome | None:
+                      destination: Destination, *, addressed: bool = True,
+                      earlier: EarlierLoader | None = None) -> Outcome | None:
         """The one place a Discord event reaches the chat service."""
-        sink = DiscordReply(destination)
+        sink = DiscordReply(destination, tag=incoming.delivery_key)
         try:
-            return await self.chat.handle(key, incoming, sink)
+            return await self.chat.handle(key, incoming, sink, addressed=addressed,
+                                          earlier=earlier)
         except Exception:
             log.exception("%s: could not answer message %s", key, incoming.delivery_key)
             await sink.fail(RinnaError.user_message)
@@ -416,9 +450,8 @@ class ChatCog(commands.Cog):
         text = question.strip()
         incoming = IncomingMessage(text, str(interaction.id), str(interaction.user.id))
         if isinstance(channel, discord.Thread):
-            if not await self.chat.follows(key):
-                await self._join_thread(key, channel, before=None)
-            await self._answer(key, incoming, InteractionDestination(interaction))
+            await self._answer(key, incoming, InteractionDestination(interaction),
+                               earlier=self._earlier(channel, before=None))
             return
         if interaction.guild_id is None or not clean_text(text).strip():
             await self._answer(key, incoming, InteractionDestination(interaction))
@@ -542,6 +575,16 @@ class RinnaDiscordBot(commands.Bot):
     def connected(self) -> bool:
         """For the health check: logged in and the gateway websocket open."""
         return self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
+
+    def recovery_sink(self, delivery: Delivery) -> DiscordReply:
+        """A sink for a message taken on before a restart: it edits the stored placeholder
+        (or posts in the conversation's thread, DM or channel when there is none)."""
+        key = delivery.key
+        channel = self.get_partial_messageable(int(key.thread or key.channel))
+        return DiscordReply(
+            ChannelDestination(channel), tag=delivery.delivery_key,
+            locate=lambda channel_id, message_id: self.get_partial_messageable(
+                channel_id).get_partial_message(message_id))
 
     async def on_ready(self) -> None:
         log.info("Discord: logged in as %s (%s) in %d servers",

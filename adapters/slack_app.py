@@ -4,6 +4,9 @@ Platform event in -> (ConversationKey, IncomingMessage, SlackReply) -> `chat.han
 Socket Mode when SLACK_APP_TOKEN is set, else an aiohttp server at /slack/events that checks
 SLACK_SIGNING_SECRET. Deduplication (Slack retries, the app_mention + message double
 delivery, redeliveries after a restart) is the chat service's: delivery_key = "channel:ts".
+Events are acknowledged only once the chat service has recorded them, and the bot's replies
+carry that key in Slack message metadata, so a retried chat.postMessage or a reply resumed
+after a restart finds its earlier message instead of posting a second one.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from adapters.slack_text import (
     user_ids,
 )
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
-from bot.chat import USAGE_MESSAGE, ChatService, Outcome
+from bot.chat import USAGE_MESSAGE, ChatService, EarlierLoader, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
@@ -51,6 +54,7 @@ from bot.privacy import PrivateData
 from bot.prompt import turn_cost
 from bot.reply import MessageReply
 from bot.seen import RecentKeys
+from storage.history import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +114,8 @@ NAME_CACHE_SIZE = 10_000
 SOCKET_CONNECT_TIMEOUT_S = 60.0
 CLOSE_GRACE_S = 5.0
 SIGNATURE_MAX_AGE_S = 5 * 60
+REPLY_EVENT = "rinna_reply"  # the metadata event type that tags the bot's replies
+FIND_PAGES = 10
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -144,6 +150,15 @@ class SlackApi:
                             attempt + 1, delay)
             attempt += 1
             await self.sleep(delay)
+
+    def post_retry_delay(self, exc: BaseException, attempt: int) -> float | None:
+        """How long to wait before posting again after `exc`, or None to give up. Besides what
+        `call` retries, network failures and timeouts (the message may exist: look first)."""
+        if isinstance(exc, SlackApiError):
+            return self._retry_delay(exc.response, attempt)
+        if isinstance(exc, (aiohttp.ClientError, TimeoutError)) and attempt < self.max_retries:
+            return min(float(2**attempt), self.max_wait_s)
+        return None
 
     def _retry_delay(self, response: AsyncSlackResponse, attempt: int) -> float | None:
         if attempt >= self.max_retries:
@@ -220,22 +235,79 @@ class UserNames:
 
 # ----- the reply sink -------------------------------------------------------------------------
 class SlackReply(MessageReply):
-    """Posts in a thread (chat.postMessage) and edits by ts (chat.update)."""
+    """Posts in a thread (chat.postMessage) and edits by ts (chat.update). With a tag, each
+    post carries message metadata {delivery, part}; a post retried after a 5xx or a timeout
+    (which Slack may have carried out) first looks for that message in the thread."""
 
     limit: ClassVar[int] = 3000
     delivery_errors: ClassVar[tuple[type[BaseException], ...]] = DELIVERY_ERRORS
 
-    def __init__(self, api: SlackApi, channel: str, thread_ts: str | None) -> None:
-        super().__init__()
+    def __init__(self, api: SlackApi, channel: str, thread_ts: str | None,
+                 tag: str | None = None) -> None:
+        super().__init__(tag)
         self.api = api
         self.channel = channel
         self.thread_ts = thread_ts or None
 
-    async def post(self, text: str) -> str:
-        response = await self.api.call(
-            "chat_postMessage", channel=self.channel, thread_ts=self.thread_ts,
-            text=escape(text), unfurl_links=False, unfurl_media=False)
-        return str(response["ts"])
+    async def post(self, text: str, *, part: int = 0) -> str:
+        arguments: dict[str, Any] = dict(
+            channel=self.channel, thread_ts=self.thread_ts, text=escape(text),
+            unfurl_links=False, unfurl_media=False)
+        if self.tag is not None:
+            arguments["metadata"] = {"event_type": REPLY_EVENT,
+                                     "event_payload": {"delivery": self.tag, "part": part}}
+        attempt = 0
+        while True:
+            try:
+                response = await self.api.call("chat_postMessage", retry=False, **arguments)
+                return str(response["ts"])
+            except DELIVERY_ERRORS as exc:
+                delay = self.api.post_retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+                log.warning("slack chat.postMessage: %s; retry %d in %.1f s", _describe(exc),
+                            attempt + 1, delay)
+                maybe_posted = not (isinstance(exc, SlackApiError) and (
+                    exc.response.status_code < 500 or exc.response.get("error") == "ratelimited"))
+            attempt += 1
+            await self.api.sleep(delay)
+            if maybe_posted and self.tag is not None:
+                found = await self.find(part)
+                if found is not None:
+                    log.info("slack chat.postMessage: the failed attempt had posted; not again")
+                    return str(found)
+
+    async def find(self, part: int) -> str | None:
+        """The ts of this reply's message `part` in the thread (or the DM), if posted."""
+        if self.tag is None:
+            return None
+        cursor: str | None = None
+        for _ in range(FIND_PAGES):
+            if self.thread_ts is not None:
+                page = await self.api.call(
+                    "conversations_replies", channel=self.channel, ts=self.thread_ts,
+                    include_all_metadata=True, limit=HISTORY_PAGE, cursor=cursor)
+            else:
+                page = await self.api.call(
+                    "conversations_history", channel=self.channel, include_all_metadata=True,
+                    limit=HISTORY_PAGE, cursor=cursor)
+            for item in page.get("messages") or []:
+                metadata = item.get("metadata") or {}
+                payload = metadata.get("event_payload") or {}
+                if (metadata.get("event_type") == REPLY_EVENT
+                        and payload.get("delivery") == self.tag and payload.get("part") == part
+                        and isinstance(item.get("ts"), str)):
+                    return str(item["ts"])
+            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+            if not page.get("has_more") or cursor is None:
+                return None
+        return None
+
+    def ref(self, handle: Any) -> str | None:
+        return None if handle is None else str(handle)
+
+    def restore(self, ref: str) -> str:
+        return ref
 
     async def edit(self, handle: Any, text: str, *, final: bool) -> None:
         # chat.update is rate-limited (Tier 3): a preview that hits the limit is dropped, not
@@ -327,6 +399,7 @@ class SlackHandlers:
     # dropped here, before any parsing (the chat service's claim in SQLite stays the authority).
     recent: RecentKeys = field(default_factory=RecentKeys)
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)  # listeners' work
     # How each event ended ("answered", "duplicate", "ignored", "reset", ...): for logs,
     # metrics and tests that wait until every delivered event has been dealt with.
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -339,22 +412,29 @@ class SlackHandlers:
                 return False
         return True
 
-    async def on_mention(self, message: SlackMessage, bot: BotIdentity) -> str:
-        return await self._answer(message, bot, addressed=True, via_mention=True)
+    async def on_mention(self, message: SlackMessage, bot: BotIdentity,
+                         ack: Ack | None = None) -> str:
+        return await self._answer(message, bot, addressed=True, via_mention=True, ack=ack)
 
-    async def on_message(self, message: SlackMessage, bot: BotIdentity) -> str:
+    async def on_message(self, message: SlackMessage, bot: BotIdentity,
+                         ack: Ack | None = None) -> str:
         if bot.user_id is not None and message.user == bot.user_id:
             return IGNORED
-        if not message.is_dm:
-            # Outside DMs, unmentioned messages count only in threads the bot takes part in;
-            # a mention also arrives as app_mention (the same delivery key: answered once).
-            if not message.thread_ts or not await self.chat.follows(message.key):
-                return IGNORED
+        if not message.is_dm and not message.thread_ts:
+            # Outside DMs, unmentioned messages count only in threads the bot takes part in
+            # (the chat service decides); a mention also arrives as app_mention (the same
+            # delivery key: answered once).
+            return IGNORED
         addressed = message.is_dm or mentions(message.text, bot.user_id)
-        return await self._answer(message, bot, addressed=addressed)
+        return await self._answer(message, bot, addressed=addressed, ack=ack)
+
+    def recovery_sink(self, delivery: Delivery) -> SlackReply:
+        """A sink for a message taken on before a restart (its thread is in its key)."""
+        return SlackReply(self.api, delivery.key.channel, delivery.key.thread or None,
+                          tag=delivery.delivery_key)
 
     async def on_command(self, command: Mapping[str, Any], respond: AsyncRespond,
-                         bot: BotIdentity) -> str:
+                         bot: BotIdentity, ack: Ack | None = None) -> str:
         channel, user = str(command["channel_id"]), str(command["user_id"])
         question = await self._plain(str(command.get("text") or "")[:MAX_TEXT_CHARS], bot)
         shown = question if len(question) <= QUESTION_SHOWN_CHARS else (
@@ -366,23 +446,25 @@ class SlackHandlers:
         except DELIVERY_ERRORS as exc:
             log.warning("slack %s: could not post the question in %s: %s", COMMAND, channel,
                         _describe(exc))
+            if ack is not None:
+                await ack()
             await _tell(respond, POST_FAILED)
             return FAILED
         ts = str(posted["ts"])
         key = ConversationKey(PLATFORM, str(command.get("team_id") or ""), channel, ts)
-        sink = SlackReply(self.api, channel, ts)
+        sink = SlackReply(self.api, channel, ts, tag=f"{channel}:{ts}")
         outcome = FAILED
         async with self._boundary(sink, f"{COMMAND} in {key}"):
             incoming = IncomingMessage(question, f"{channel}:{ts}", user)
-            outcome = str(await self.chat.handle(key, incoming, sink))
+            outcome = str(await self.chat.handle(key, incoming, sink, accepted=ack))
         return outcome
 
     async def _answer(self, message: SlackMessage, bot: BotIdentity, *, addressed: bool,
-                      via_mention: bool = False) -> str:
+                      via_mention: bool = False, ack: Ack | None = None) -> str:
         if not self.recent.add(message.delivery_key):
             return DUPLICATE
         key = message.key
-        sink = SlackReply(self.api, message.channel, key.thread)
+        sink = SlackReply(self.api, message.channel, key.thread, tag=message.delivery_key)
         outcome = FAILED
         async with self._boundary(sink, f"message {message.delivery_key} in {key}"):
             text = await self._plain(message.text, bot)
@@ -390,10 +472,12 @@ class SlackHandlers:
                 return await self._reset(key, message.delivery_key, sink)
             if not text and not (via_mention or message.is_dm):
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
-            if message.thread_ts and not message.is_dm and not await self.chat.follows(key):
-                await self._import_thread(message, bot)
+            earlier = (self._earlier(message, bot)
+                       if message.thread_ts and not message.is_dm else None)
             incoming = IncomingMessage(text, message.delivery_key, message.user)
-            outcome = str(await self.chat.handle(key, incoming, sink))
+            outcome = str(await self.chat.handle(
+                key, incoming, sink, earlier=earlier, addressed=via_mention or message.is_dm,
+                accepted=ack))
         return outcome
 
     async def _reset(self, key: ConversationKey, delivery_key: str, sink: SlackReply) -> str:
@@ -408,21 +492,19 @@ class SlackHandlers:
         return to_plain(text, await self.names.lookup(user_ids(text))).strip()
 
     # ----- joining a thread mid-way -----
-    async def _import_thread(self, message: SlackMessage, bot: BotIdentity) -> None:
-        """Store the thread's earlier messages (as far back as the prompt budget reaches)."""
-        try:
-            earlier = await self._thread_messages(message)
-        except DELIVERY_ERRORS as exc:
-            log.warning("slack: could not read thread %s: %s; answering without it",
-                        message.key, _describe(exc))
-            return
-        turns: list[tuple[Turn, str | None]] = []
-        for item in self._within_budget(earlier, bot):
-            turn = await self._history_turn(item, bot)
-            if turn is not None:
-                turns.append((turn, f"{message.channel}:{item['ts']}"))
-        stored = await self.chat.import_history(message.key, turns)
-        log.info("slack: %s: imported %d earlier messages", message.key, stored)
+    def _earlier(self, message: SlackMessage, bot: BotIdentity) -> EarlierLoader:
+        """A loader of the thread's earlier messages (as far back as the prompt budget
+        reaches): the chat service calls it when the bot joins the thread (and only then)."""
+
+        async def load() -> list[tuple[Turn, str | None]]:
+            turns: list[tuple[Turn, str | None]] = []
+            for item in self._within_budget(await self._thread_messages(message), bot):
+                turn = await self._history_turn(item, bot)
+                if turn is not None:
+                    turns.append((turn, f"{message.channel}:{item['ts']}"))
+            return turns
+
+        return load
 
     async def _thread_messages(self, message: SlackMessage) -> list[Mapping[str, Any]]:
         """The thread's messages before `message`, oldest first: the newest of them. Slack pages
@@ -516,6 +598,38 @@ def _bot(context: AsyncBoltContext) -> BotIdentity:
     return BotIdentity(context.bot_user_id, context.bot_id)
 
 
+Ack = Callable[[], Awaitable[None]]
+
+
+async def _acknowledge_when_recorded(services: SlackHandlers, ack: AsyncAck,
+                                     work: Callable[[Ack], Awaitable[str]], default: str) -> None:
+    """Run `work` in the background and return (so Bolt answers Slack, which runs with
+    process_before_response) once the chat service has recorded the message, or once the
+    work ends (ignored events, failures). An acknowledged event is never lost."""
+    recorded = asyncio.Event()
+
+    async def accepted() -> None:
+        recorded.set()
+
+    async def body() -> None:
+        outcome = default
+        try:
+            outcome = await work(accepted)
+        finally:
+            recorded.set()
+            services.outcomes[outcome] += 1
+
+    task = asyncio.create_task(body())
+    services.background.add(task)
+    task.add_done_callback(services.background.discard)
+    waiting = asyncio.create_task(recorded.wait())
+    try:
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    await ack()
+
+
 # ----- listeners ------------------------------------------------------------------------------
 def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
     """Deleting or editing a message on Slack does the same to the turn stored from it.
@@ -569,32 +683,26 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     @app.event("app_mention")
     async def app_mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
                           context: AsyncBoltContext) -> None:
-        await ack()
-        outcome = IGNORED
-        try:
+        async def work(accepted: Ack) -> str:
             if (message := parse_message(body, event)) is None:
-                pass
-            elif not services.permits(message.access()):
-                outcome = DENIED
-            else:
-                outcome = await services.on_mention(message, _bot(context))
-        finally:
-            services.outcomes[outcome] += 1
+                return IGNORED
+            if not services.permits(message.access()):
+                return DENIED
+            return await services.on_mention(message, _bot(context), accepted)
+
+        await _acknowledge_when_recorded(services, ack, work, IGNORED)
 
     @app.event("message")
     async def message(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
                       context: AsyncBoltContext) -> None:
-        await ack()
-        outcome = IGNORED
-        try:
+        async def work(accepted: Ack) -> str:
             if (parsed := parse_message(body, event)) is None:
-                pass
-            elif not services.permits(parsed.access()):
-                outcome = DENIED
-            else:
-                outcome = await services.on_message(parsed, _bot(context))
-        finally:
-            services.outcomes[outcome] += 1
+                return IGNORED
+            if not services.permits(parsed.access()):
+                return DENIED
+            return await services.on_message(parsed, _bot(context), accepted)
+
+        await _acknowledge_when_recorded(services, ack, work, IGNORED)
 
     @app.command(COMMAND)
     async def rinna(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond,
@@ -611,12 +719,11 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             await ack(text=hint, response_type="ephemeral")
             services.outcomes[HELP] += 1
             return
-        await ack()
-        outcome = FAILED
-        try:
-            outcome = await services.on_command(command, respond, _bot(context))
-        finally:
-            services.outcomes[outcome] += 1
+
+        async def work(accepted: Ack) -> str:
+            return await services.on_command(command, respond, _bot(context), accepted)
+
+        await _acknowledge_when_recorded(services, ack, work, FAILED)
 
 
 # ----- the service that `rinna-bot run` starts ----------------------------------------------
@@ -655,15 +762,19 @@ class SlackService:
         else:
             await self._start_http()
 
-    async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
-        """Stop taking events, let answers in flight finish for `grace_s`, cancel the rest."""
+    async def stop_intake(self) -> None:
+        """Stop taking events (the answers in flight go on)."""
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        pending = set(self.handlers.inflight)
+
+    async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
+        """Stop taking events, let answers in flight finish for `grace_s`, cancel the rest."""
+        await self.stop_intake()
+        pending = set(self.handlers.inflight) | set(self.handlers.background)
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace_s)
             for task in late:
@@ -789,8 +900,10 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
     # and, for one, logs whole request bodies (message text) on a signature failure.
     # The app's name names its loggers too (set up on every request): keep them under
     # "slack_bolt", away from the project's own "rinna-bot" logger.
+    # process_before_response: Slack gets its 200 when the listener returns, and listeners
+    # return once the chat service has recorded the message (the answer goes on after it).
     app = AsyncApp(client=client, name="slack_bolt.rinna-bot",
-                   logger=logging.getLogger("slack_bolt"),
+                   logger=logging.getLogger("slack_bolt"), process_before_response=True,
                    signing_secret=secret.get_secret_value() if secret is not None else "")
     api = SlackApi(client)
     handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings))

@@ -1,7 +1,14 @@
 """The chat service: one user message in, one streamed reply out, history kept in SQLite.
 
 Per conversation, one turn at a time, in arrival order. Platform-free: adapters hand in a
-ConversationKey, an IncomingMessage and a ReplySink.
+ConversationKey, an IncomingMessage, a ReplySink and (in a thread) a loader of the thread's
+earlier messages; this service owns the rest of the conversation policy.
+
+Exactly once: a message is recorded (with its text) before the platform is told it arrived;
+then, each step one transaction, its user turn is stored, its placeholder's handle kept, its
+answer stored, and it is marked answered only after the final text is shown. A process that
+dies anywhere leaves a record that a redelivery or the start-up recovery (`recover`) finishes:
+editing the placeholder already posted, showing a stored answer rather than a new one.
 """
 
 from __future__ import annotations
@@ -9,19 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.conversation import ConversationKey, IncomingMessage, ReplySink, Speaker, Turn
-from bot.errors import RinnaError
+from bot.errors import QueueFullError, RinnaError
 from bot.generation import GenerationParams
 from bot.generator import Generator
 from bot.prompt import clean_text, fit_prompt, turn_cost
 from bot.reply import PLACEHOLDER, WAITING
 from bot.tokenizer import Tokenizer
-from storage.history import Claim, HistoryStore
+from storage.history import Delivery, DeliveryState, HistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,8 @@ USAGE_MESSAGE = "質問を書いてください。例：「日本で一番高い
 SHORTENED_NOTICE = "（メッセージが長すぎたため、先頭の一部だけを読んで答えました）"
 EMPTY_ANSWER = "うまく答えられませんでした。質問を言い換えて、もう一度お試しください。"
 UNEXPECTED_ERROR = RinnaError.user_message
+INTERRUPTED_NOTICE = "再起動のため回答を中断しました。再起動後に続けて回答します。"
+STALE_NOTICE = "ボットの再起動で回答できませんでした。お手数ですが、もう一度質問してください。"
 _PAGE = 64
 
 
@@ -41,8 +50,8 @@ _OLD_NOTICES = ("質問を書いてください。例: 「日本で一番高い�
                 "（うまく答えられませんでした。言い換えてもう一度お試しください）",
                 "ボットを停止中のため回答できません。")
 _OLD_WAITING = "順番待ち: "
-_NOTICES = frozenset({PLACEHOLDER, USAGE_MESSAGE, EMPTY_ANSWER, *_error_messages(RinnaError),
-                      *_OLD_NOTICES})
+_NOTICES = frozenset({PLACEHOLDER, USAGE_MESSAGE, EMPTY_ANSWER, INTERRUPTED_NOTICE, STALE_NOTICE,
+                      *_error_messages(RinnaError), *_OLD_NOTICES})
 
 
 def as_history(turn: Turn) -> Turn | None:
@@ -56,10 +65,10 @@ def as_history(turn: Turn) -> Turn | None:
     return Turn(turn.speaker, text) if text else None
 
 
-def owner_of(key: ConversationKey, message: IncomingMessage) -> str | None:
-    """Who asked, for the generator's per-user bound and turns: the platform and the author
-    (None when the adapter names no author: then the request is bounded only by the queue)."""
-    return f"{key.platform}:{message.author}" if message.author else None
+def owner_of(delivery: Delivery) -> str | None:
+    """Who asked, for the generator's per-user bound and turns: the platform and the author's
+    user id (None when the adapter names no author: then only the queue bounds the request)."""
+    return f"{delivery.platform}:{delivery.author}" if delivery.author else None
 
 
 class Outcome(StrEnum):
@@ -67,6 +76,17 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # a redelivered message: nothing done
     EMPTY = "empty"  # nothing to answer: usage hint sent
     FAILED = "failed"  # the user was told; the user turn is kept, no half answer stored
+    IGNORED = "ignored"  # not addressed to the bot, in a conversation it does not take part in
+    INTERRUPTED = "interrupted"  # stopped by a shutdown: the user was told; answered on restart
+    DEFERRED = "deferred"  # arrived while shutting down: recorded, answered on restart
+
+
+# The earlier messages of a thread the bot joins mid-way, oldest first, each with its delivery
+# key (or None); read from the platform only when the service decides it needs them.
+EarlierLoader = Callable[[], Awaitable[Sequence[tuple[Turn, str | None]]]]
+# A sink for a recorded message, built by its platform's adapter (start-up recovery).
+SinkFactory = Callable[[Delivery], ReplySink]
+CrashHook = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +94,15 @@ class ChatConfig:
     prompt_budget: int = 2048 - 128
     stream_interval_s: float = 1.0
     params: GenerationParams | None = None  # None: the generator's defaults
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What start-up recovery did for one platform."""
+
+    answered: int = 0  # unfinished messages answered (or their stored answer shown)
+    stale: int = 0  # too old: ended with a short notice instead
+    failed: int = 0
 
 
 class ChatService:
@@ -85,6 +114,7 @@ class ChatService:
         config: ChatConfig,
         clock: Callable[[], float] = time.monotonic,
         on_outcome: Callable[[str, Outcome], None] | None = None,  # (platform, outcome): metrics
+        crash_hook: CrashHook | None = None,
     ) -> None:
         self.store = store
         self.generator = generator
@@ -92,7 +122,19 @@ class ChatService:
         self.config = config
         self._clock = clock
         self._on_outcome = on_outcome
+        self._crash = crash_hook  # test-only fault injection at named points; None in service
         self._locks: dict[ConversationKey, tuple[asyncio.Lock, int]] = {}
+        self._inflight: set[tuple[str, str]] = set()  # (platform, delivery key) being answered
+        self._active: dict[asyncio.Task[object], asyncio.Future[object] | None] = {}
+        self._closing = False
+
+    def _point(self, name: str) -> None:
+        if self._crash is not None:
+            self._crash(name)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     async def follows(self, key: ConversationKey) -> bool:
         """Whether the bot already takes part in this conversation."""
@@ -110,8 +152,14 @@ class ChatService:
     async def import_history(
         self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
     ) -> int:
-        """Store a thread's earlier messages (oldest first) before the bot joins it: cleaned,
-        the bot's notices left out, and only the newest that fit the prompt budget."""
+        """Store a thread's earlier messages (oldest first) before the bot joins it."""
+        async with self._conversation(key):
+            return await self._import(key, turns)
+
+    async def _import(self, key: ConversationKey,
+                      turns: Sequence[tuple[Turn, str | None]]) -> int:
+        """Cleaned, the bot's notices left out, only the newest that fit the prompt budget.
+        Runs under the conversation's lock."""
         cleaned = [(kept, delivery) for turn, delivery in turns
                    if (kept := as_history(turn)) is not None]
         used, start = 0, len(cleaned)
@@ -120,68 +168,265 @@ class ChatService:
             if used > self.config.prompt_budget:
                 break
             start -= 1
-        async with self._conversation(key):
-            return await self.store.import_turns(key, cleaned[start:])
+        return await self.store.import_turns(key, cleaned[start:])
 
     async def handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
-                     *, stream_interval_s: float | None = None) -> Outcome:
-        outcome = await self._handle(key, message, sink, stream_interval_s=stream_interval_s)
+                     *, earlier: EarlierLoader | None = None, addressed: bool = True,
+                     accepted: Callable[[], Awaitable[None]] | None = None,
+                     stream_interval_s: float | None = None) -> Outcome:
+        outcome = await self._handle(key, message, sink, earlier=earlier, addressed=addressed,
+                                     accepted=accepted, stream_interval_s=stream_interval_s)
         if self._on_outcome is not None:
             self._on_outcome(key.platform, outcome)
         return outcome
 
     async def _handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
-                      *, stream_interval_s: float | None = None) -> Outcome:
-        """Answer `message` into `sink`. `stream_interval_s` overrides how often the sink gets
-        the growing text (a terminal can take every token; chat platforms about once a second)."""
-        claim = await self.store.claim(key, message.delivery_key)
-        if claim is None:
-            log.info("%s: message %s already seen; not answering again", key, message.delivery_key)
-            return Outcome.DUPLICATE
-        text = clean_text(message.text).strip()
-        if not text:
-            await sink.finish(USAGE_MESSAGE)
-            return Outcome.EMPTY
-        # The placeholder goes out at once, but the turn waits for the conversation's lock,
-        # which is taken here, in arrival order, before anything else can be awaited.
-        starting = asyncio.ensure_future(sink.start())
+                      *, earlier: EarlierLoader | None = None, addressed: bool = True,
+                      accepted: Callable[[], Awaitable[None]] | None = None,
+                      stream_interval_s: float | None = None) -> Outcome:
+        """Answer `message` into `sink`, exactly once.
+
+        `earlier` loads the thread's earlier messages; they are imported (under the
+        conversation's lock) when the bot has never taken part in the conversation.
+        `addressed` False (a message that does not mention the bot) is answered only in a
+        conversation the bot takes part in. `accepted` is awaited once the message is recorded
+        (or found to need nothing): the adapter acknowledges the platform event there, so an
+        acknowledged message is never lost. `stream_interval_s` overrides how often the sink
+        gets the growing text (a terminal can take every token; platforms about once a second).
+        """
+        acknowledged = False
+
+        async def acknowledge() -> None:
+            nonlocal acknowledged
+            if accepted is not None and not acknowledged:
+                acknowledged = True
+                await accepted()
+
         try:
-            async with self._conversation(key):
-                await starting
-                answer, shortened = await self._turn(key, claim, message, text, sink,
-                                                     stream_interval_s, owner_of(key, message))
+            text = clean_text(message.text).strip()
+            if not addressed and (not text or not await self.follows(key)):
+                return Outcome.IGNORED
+            delivery = await self.store.accept(key, message.delivery_key, text,
+                                                message.author or None)
+            self._point("accepted")
+            await acknowledge()
+            self._point("acknowledged")
+            if delivery is None or (key.platform, message.delivery_key) in self._inflight:
+                log.info("%s: message %s already answered or being answered", key,
+                         message.delivery_key)
+                return Outcome.DUPLICATE
+            if self._closing:
+                log.info("%s: message %s arrived while stopping; answered after the restart",
+                         key, message.delivery_key)
+                return Outcome.DEFERRED
+            if not text and delivery.turn_id is None:
+                await sink.finish(USAGE_MESSAGE)
+                await self.store.mark_answered(delivery)
+                return Outcome.EMPTY
         except RinnaError as exc:
-            log.warning("%s: answer failed: %s", key, type(exc).__name__, exc_info=exc)
+            log.warning("%s: could not take on message %s: %s", key, message.delivery_key,
+                        type(exc).__name__, exc_info=exc)
             await sink.fail(exc.user_message)
             return Outcome.FAILED
         except Exception:
-            log.exception("%s: unexpected failure while answering", key)
+            log.exception("%s: unexpected failure while taking on a message", key)
             await sink.fail(UNEXPECTED_ERROR)
             return Outcome.FAILED
-        if not answer:
-            await sink.finish(EMPTY_ANSWER)
-        else:
-            await sink.finish(f"{answer}\n\n{SHORTENED_NOTICE}" if shortened else answer)
+        finally:
+            await acknowledge()
+        # Not recorded just now: an earlier handling died; carry on with what it posted.
+        return await self._process(delivery, sink, earlier=earlier, interval=stream_interval_s,
+                                   recovering=not delivery.fresh)
+
+    async def recover(self, platform: str, make_sink: SinkFactory, *,
+                      max_age_s: float = 900.0) -> Recovered:
+        """Finish every message of `platform` that was taken on but never answered (a crash,
+        a kill, a shutdown that ran out of grace): those younger than `max_age_s` are answered
+        into the placeholder already posted; older ones end with a short notice."""
+        pending = await self.store.unfinished(platform)
+        if not pending:
+            return Recovered()
+        log.info("%s: recovering %d unanswered messages", platform, len(pending))
+        now = time.time()
+        results: list[Outcome] = []
+        stale = 0
+        tasks = []
+        for delivery in pending:
+            if (delivery.platform, delivery.delivery_key) in self._inflight:
+                continue  # a redelivery got there first
+            sink = make_sink(delivery)
+            if now - delivery.received_at > max_age_s:
+                stale += 1
+                tasks.append(asyncio.ensure_future(self._give_up(delivery, sink)))
+            else:
+                tasks.append(asyncio.ensure_future(self._process(delivery, sink, recovering=True)))
+        results = await asyncio.gather(*tasks)
+        report = Recovered(
+            answered=sum(r in (Outcome.ANSWERED, Outcome.EMPTY) for r in results) - stale,
+            stale=stale, failed=sum(r is Outcome.FAILED for r in results))
+        log.info("%s: recovery done: %d answered, %d too old (notice), %d failed", platform,
+                 report.answered, report.stale, report.failed)
+        return report
+
+    async def _give_up(self, delivery: Delivery, sink: ReplySink) -> Outcome:
+        marker = (delivery.platform, delivery.delivery_key)
+        if marker in self._inflight:
+            return Outcome.DUPLICATE
+        self._inflight.add(marker)
+        try:
+            current = await self.store.delivery(delivery.platform, delivery.delivery_key)
+            if current is None or current.state is DeliveryState.ANSWERED:
+                return Outcome.DUPLICATE
+            await _resume(sink, delivery.reply_ref)
+            await sink.fail(STALE_NOTICE)
+            await self.store.mark_answered(delivery)
+        except Exception:
+            log.exception("%s: could not end message %s", delivery.key, delivery.delivery_key)
+            return Outcome.FAILED
+        finally:
+            self._inflight.discard(marker)
         return Outcome.ANSWERED
 
-    async def _turn(self, key: ConversationKey, claim: Claim, message: IncomingMessage,
-                    text: str, sink: ReplySink, interval: float | None,
-                    owner: str | None = None) -> tuple[str, bool]:
-        """Store the user turn (unless it came in with the thread's history), generate, store
-        the answer (unless empty). Runs under the conversation's lock."""
-        if claim.stored_turn is None:
-            await self.store.add_turn(claim.conversation, Turn(Speaker.USER, text),
-                                      (key.platform, message.delivery_key), author=message.author)
-        answer, shortened = await self._answer(claim.conversation, sink, interval, owner)
-        if answer:
-            await self.store.add_turn(claim.conversation, Turn(Speaker.SYSTEM, answer))
-        return answer, shortened
+    async def _process(self, delivery: Delivery, sink: ReplySink, *,
+                       earlier: EarlierLoader | None = None, interval: float | None = None,
+                       recovering: bool = False) -> Outcome:
+        """Answer a recorded message: its placeholder, user turn, answer, final text."""
+        key = delivery.key
+        marker = (delivery.platform, delivery.delivery_key)
+        if marker in self._inflight:
+            return Outcome.DUPLICATE
+        self._inflight.add(marker)
+        me = asyncio.current_task()
+        if me is not None:
+            self._active[me] = None
+        try:
+            # Another task may have finished it between its record being read and now.
+            current = await self.store.delivery(delivery.platform, delivery.delivery_key)
+            if current is None or current.state is DeliveryState.ANSWERED:
+                return Outcome.DUPLICATE
+            if recovering:
+                await _resume(sink, delivery.reply_ref)
+            # The placeholder goes out at once (its handle is kept as soon as it is known), but
+            # the turn waits for the conversation's lock, taken here in arrival order.
+            starting = asyncio.ensure_future(self._start(delivery, sink))
+            work = asyncio.ensure_future(
+                self._locked_turn(delivery, sink, starting, earlier, interval))
+            if me is not None:
+                self._active[me] = work
+            try:
+                final = await work
+            except asyncio.CancelledError:
+                if work.cancelled() and self._closing and (me is None or not me.cancelling()):
+                    log.info("%s: stopping; message %s will be answered after the restart",
+                             key, delivery.delivery_key)
+                    await sink.fail(INTERRUPTED_NOTICE)
+                    return Outcome.INTERRUPTED
+                raise
+            await sink.finish(final)
+            self._point("shown")
+            await self.store.mark_answered(delivery)
+            self._point("answered")
+            return Outcome.ANSWERED
+        except RinnaError as exc:
+            if isinstance(exc, QueueFullError) or "busy" in type(exc).__name__.lower():
+                log.warning("%s: busy, message %s not answered: %s", key,
+                            delivery.delivery_key, type(exc).__name__)
+            else:
+                log.warning("%s: answer failed: %s", key, type(exc).__name__, exc_info=exc)
+            await self._fail(delivery, sink, exc.user_message)
+            return Outcome.FAILED
+        except Exception:
+            log.exception("%s: unexpected failure while answering", key)
+            await self._fail(delivery, sink, UNEXPECTED_ERROR)
+            return Outcome.FAILED
+        finally:
+            self._inflight.discard(marker)
+            if me is not None:
+                self._active.pop(me, None)
 
-    async def _answer(self, conversation: int, sink: ReplySink, interval: float | None,
-                      owner: str | None = None) -> tuple[str, bool]:
+    async def _fail(self, delivery: Delivery, sink: ReplySink, message: str) -> None:
+        await sink.fail(message)
+        try:
+            await self.store.mark_answered(delivery)  # ended with a clear notice: done
+        except Exception:
+            log.exception("%s: could not record message %s as answered", delivery.key,
+                          delivery.delivery_key)
+
+    async def _start(self, delivery: Delivery, sink: ReplySink) -> None:
+        await sink.start()
+        self._point("placeholder")
+        ref = placeholder_ref(sink)
+        if ref is not None and ref != delivery.reply_ref:
+            await self.store.set_reply_ref(delivery, ref)
+            self._point("reply_ref")
+
+    async def _locked_turn(self, delivery: Delivery, sink: ReplySink,
+                           starting: asyncio.Future[None], earlier: EarlierLoader | None,
+                           interval: float | None) -> str:
+        try:
+            async with self._conversation(delivery.key):
+                await starting
+                return await self._turn(delivery, sink, earlier, interval)
+        finally:
+            if not starting.done():
+                starting.cancel()
+
+    async def _turn(self, delivery: Delivery, sink: ReplySink, earlier: EarlierLoader | None,
+                    interval: float | None) -> str:
+        """Import the thread if the bot is new to it, store the user turn (once), generate and
+        store the answer (or take the one stored before a crash). Runs under the lock.
+        Returns the final text to show."""
+        current = await self.store.delivery(delivery.platform, delivery.delivery_key)
+        if current is not None and current.final is not None:
+            return current.final  # answered before a crash; only showing it was left
+        if earlier is not None and (current is None or current.turn_id is None) \
+                and not await self.store.has_turns(delivery.conversation):
+            try:
+                turns = await earlier()
+            except Exception as exc:  # the platform could not be read: answer without it
+                log.warning("%s: could not read the earlier messages (%s); answering without "
+                            "them", delivery.key, type(exc).__name__)
+            else:
+                stored = await self._import(delivery.key, turns)
+                log.info("%s: joined with %d earlier messages", delivery.key, stored)
+        turn_id = await self.store.store_user_turn(delivery)
+        self._point("user_turn")
+        answer, shortened = await self._answer(delivery.conversation, turn_id, sink, interval,
+                                               owner_of(delivery))
+        if not answer:
+            final = EMPTY_ANSWER
+        else:
+            final = f"{answer}\n\n{SHORTENED_NOTICE}" if shortened else answer
+        await self.store.store_answer(delivery, answer, final)
+        self._point("answer_stored")
+        return final
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop taking new work; let answers in flight finish for up to `grace_s`, then end
+        the rest with a notice. Unfinished messages stay recorded for the next start."""
+        self._closing = True
+        running = set(self._active)
+        if not running:
+            return
+        log.info("stopping: %d answers in flight, waiting up to %.0f s", len(running), grace_s)
+        _, late = await asyncio.wait(running, timeout=grace_s)
+        if not late:
+            return
+        log.warning("stopping: %d answers did not finish in time; they continue after the "
+                    "restart", len(late))
+        for task in late:
+            work = self._active.get(task)
+            if work is not None:
+                work.cancel()
+            else:
+                task.cancel()
+        await asyncio.wait(late, timeout=10.0)
+
+    async def _answer(self, conversation: int, upto: int, sink: ReplySink,
+                      interval: float | None, owner: str | None = None) -> tuple[str, bool]:
         if interval is None:
             interval = self.config.stream_interval_s
-        history = await self._history(conversation)
+        history = await self._history(conversation, upto)
         fitted = fit_prompt(history, self.tokenizer, self.config.prompt_budget)
         started = self._clock()
         parts: list[str] = []
@@ -206,6 +451,7 @@ class ChatService:
             if now - last_update >= interval:
                 last_update = now
                 await sink.update(clean_text("".join(parts)).strip())
+                self._point("streaming")
         answer = clean_text("".join(parts)).strip()
         log.info("answered: %d prompt tokens (%d turns, %d dropped), %d chars in %.2f s",
                  len(fitted.ids), len(fitted.turns), fitted.dropped, len(answer),
@@ -213,10 +459,11 @@ class ChatService:
         log.debug("prompt=%r answer=%r", fitted.prompt, answer)
         return answer, fitted.shortened
 
-    async def _history(self, conversation: int) -> list[Turn]:
-        """The newest turns whose formatted size reaches the prompt budget (oldest first)."""
+    async def _history(self, conversation: int, upto: int | None = None) -> list[Turn]:
+        """The newest turns up to turn `upto` whose formatted size reaches the prompt budget
+        (oldest first)."""
         turns: list[Turn] = []
-        used, before = 0, None
+        used, before = 0, (None if upto is None else upto + 1)
         while used <= self.config.prompt_budget:
             page = await self.store.recent_turns(conversation, _PAGE, before)
             for stored in page:
@@ -243,3 +490,16 @@ class ChatService:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+def placeholder_ref(sink: ReplySink) -> str | None:
+    """The platform handle of the sink's placeholder, for sinks that can say (see
+    bot.conversation.ResumableSink)."""
+    ref = getattr(sink, "placeholder_ref", None)
+    return ref() if callable(ref) else None
+
+
+async def _resume(sink: ReplySink, ref: str | None) -> None:
+    resume = getattr(sink, "resume", None)
+    if callable(resume):
+        await resume(ref)

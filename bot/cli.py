@@ -3,6 +3,11 @@
 Objects are built here, in order, and passed in: settings, the database, the generator (one
 model, one worker thread), the chat service, then each platform. Start-up failures print one
 line naming what to set and exit non-zero.
+
+`run` answers every message exactly once through stops and crashes: at start it finishes the
+messages a previous process took on but never answered (`ChatService.recover`); on SIGTERM or
+SIGINT it stops taking events, lets answers in flight finish for SHUTDOWN_GRACE_S, and ends
+the rest with a notice (they are answered after the restart).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -23,7 +29,7 @@ from bot.errors import RinnaError
 from bot.logs import setup_logging
 
 if TYPE_CHECKING:  # imported where used: `--help`, `--version` and `doctor` start fast
-    from bot.chat import ChatService
+    from bot.chat import ChatService, CrashHook
     from bot.generator import LocalGenerator
     from bot.metrics import Metrics
     from storage.history import HistoryStore
@@ -34,6 +40,10 @@ NO_PLATFORM_HINT = (
     "No platform is configured, so this is the terminal chat. To connect Discord set "
     "DISCORD_TOKEN; for Slack set SLACK_BOT_TOKEN and SLACK_APP_TOKEN (Socket Mode) or "
     "SLACK_SIGNING_SECRET (HTTP). See README.md. (`rinna-bot chat` starts this chat directly.)"
+)
+NO_PLATFORM_NO_TERMINAL = (
+    "no platform is configured and stdin is not a terminal: set DISCORD_TOKEN or "
+    "SLACK_BOT_TOKEN (see README.md), or use `rinna-bot chat` for a chat over a pipe"
 )
 
 
@@ -69,7 +79,8 @@ async def warm_up(generator: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_core(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[Core]:
+async def open_core(settings: Settings, metrics: Metrics | None = None,
+                    crash_hook: CrashHook | None = None) -> AsyncIterator[Core]:
     from bot.chat import ChatConfig, ChatService
     from bot.generator import load_generator
     from storage.history import HistoryStore
@@ -91,7 +102,8 @@ async def open_core(settings: Settings, metrics: Metrics | None = None) -> Async
             chat = ChatService(store, served, generator.tokenizer, ChatConfig(
                 prompt_budget=settings.prompt_budget,
                 stream_interval_s=settings.stream_interval_s),
-                on_outcome=metrics.count_outcome if metrics is not None else None)
+                on_outcome=metrics.count_outcome if metrics is not None else None,
+                crash_hook=crash_hook)
             yield Core(settings, store, generator, chat, metrics)
         finally:
             if metrics is not None:
@@ -101,7 +113,7 @@ async def open_core(settings: Settings, metrics: Metrics | None = None) -> Async
         await store.close()
 
 
-async def serve(settings: Settings, command: str) -> int:
+async def serve(settings: Settings, command: str, crash_hook: CrashHook | None = None) -> int:
     from bot.retention import retention
 
     async with contextlib.AsyncExitStack() as stack:
@@ -113,7 +125,7 @@ async def serve(settings: Settings, command: str) -> int:
             server = await MetricsServer(metrics, settings.metrics_host,
                                          settings.metrics_port).start()
             stack.push_async_callback(server.close)
-        core = await stack.enter_async_context(open_core(settings, metrics))
+        core = await stack.enter_async_context(open_core(settings, metrics, crash_hook))
         await stack.enter_async_context(retention(core.store, settings.retention_days))
         platforms = settings.discord_enabled or settings.slack_enabled
         if command == "chat" or not platforms:
@@ -130,7 +142,9 @@ async def run_platforms(core: Core) -> None:
     """Run every configured platform until a signal arrives or one of them stops."""
     settings = core.settings
     stops: list[Callable[[], Awaitable[None]]] = []
+    intake_stops: list[Callable[[], Awaitable[None]]] = []
     tasks: list[asyncio.Task[None]] = []
+    recoveries: list[asyncio.Task[object]] = []
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -148,6 +162,13 @@ async def run_platforms(core: Core) -> None:
             stops.append(bot.close)
             tasks.append(asyncio.create_task(
                 bot.start(settings.discord_token.get_secret_value()), name="discord"))
+
+            async def recover_discord() -> None:
+                await bot.wait_until_ready()
+                await core.chat.recover("discord", bot.recovery_sink,
+                                        max_age_s=settings.recover_max_age_s)
+
+            recoveries.append(asyncio.create_task(recover_discord(), name="discord-recovery"))
         if settings.slack_enabled:
             from adapters.slack_app import build_slack_service
 
@@ -156,12 +177,25 @@ async def run_platforms(core: Core) -> None:
                 core.metrics.watch_platform("slack", lambda: slack.connected)
             await slack.start()
             stops.append(slack.close)
+            intake_stops.append(slack.stop_intake)
+            # Redeliveries may arrive meanwhile: the chat service answers each message once.
+            recoveries.append(asyncio.create_task(core.chat.recover(
+                "slack", slack.handlers.recovery_sink, max_age_s=settings.recover_max_age_s),
+                name="slack-recovery"))
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if (error := task.exception()) is not None:
                 raise error
     finally:
         log.info("shutting down")
+        for stop in intake_stops:  # no new events; the platforms' clients stay up for replies
+            await stop()
+        await core.chat.shutdown(settings.shutdown_grace_s)
+        for task in recoveries:
+            task.cancel()
+        for result in await asyncio.gather(*recoveries, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("recovery failed", exc_info=result)
         for stop in reversed(stops):
             await stop()
         for task in tasks:
@@ -196,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", help="forget, export: the person's Discord or Slack user id")
     parser.add_argument("--platform", choices=["discord", "slack", "console"],
                         help="forget, export: only this platform's messages (default: all)")
+    # Fault injection for the crash tests: the process kills itself (SIGKILL) the Nth time it
+    # passes the named point (bot/chat.py `_point`). Never set in service.
+    parser.add_argument("--crash-at", metavar="POINT[:N]", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.command in ("forget", "export") and not args.user:
         parser.error(f"{args.command} needs --user ID")
@@ -207,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except RinnaError as exc:
         print(f"rinna-bot: {exc}", file=sys.stderr)
+        return 2
+    if (args.command == "run" and not (settings.discord_enabled or settings.slack_enabled)
+            and not _stdin_is_terminal()):
+        print(f"rinna-bot: {NO_PLATFORM_NO_TERMINAL}", file=sys.stderr)
         return 2
     secrets = [s.get_secret_value() for s in (settings.discord_token, settings.slack_bot_token,
                settings.slack_app_token, settings.slack_signing_secret) if s is not None]
@@ -222,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return download(settings)
     try:
-        status = asyncio.run(serve(settings, args.command))
+        status = asyncio.run(serve(settings, args.command,
+                                   _crash_hook(args.crash_at) if args.crash_at else None))
     except RinnaError as exc:
         print(f"rinna-bot: {exc}", file=sys.stderr)
         return 1
@@ -239,6 +281,27 @@ def version() -> str:
         return installed("rinna-bot")
     except PackageNotFoundError:
         return "(not installed)"
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):  # closed
+        return False
+
+
+def _crash_hook(spec: str) -> CrashHook:
+    point, _, nth = spec.partition(":")
+    remaining = int(nth or "1")
+
+    def hook(name: str) -> None:
+        nonlocal remaining
+        if name == point:
+            remaining -= 1
+            if remaining == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
 
 
 if __name__ == "__main__":

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     blocked_users: Ids = frozenset()
     allow_dms: bool = True
 
+    # Service: stopping and starting again without losing a message
+    shutdown_grace_s: float = Field(20.0, ge=0.0)  # answers in flight may finish this long
+    recover_max_age_s: float = Field(900.0, ge=0.0)  # older unanswered messages get a notice
+
     # Behaviour and logs
     stream_interval_s: float = Field(1.0, ge=0.0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

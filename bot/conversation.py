@@ -40,7 +40,8 @@ class IncomingMessage:
     """One user message as the adapter saw it.
 
     `delivery_key` identifies the platform message (Discord message id, Slack channel:ts);
-    a second message with the same key on the same platform is a redelivery and is not answered.
+    a second message with the same key on the same platform is a redelivery: it is answered
+    only if the first handling died before it finished, never twice.
     """
 
     text: str
@@ -65,3 +66,16 @@ class ReplySink(Protocol):
     async def finish(self, text: str) -> None: ...
 
     async def fail(self, message: str) -> None: ...
+
+
+class ResumableSink(ReplySink, Protocol):
+    """A sink whose placeholder survives a restart (bot/reply.py's MessageReply).
+
+    After `start`, `placeholder_ref()` is the placeholder's platform handle as a string (Slack
+    ts, Discord channel/message id), which the chat service stores. A new process answering a
+    message the old one took on calls `resume(ref)` first (ref None: look it up by the tag),
+    so its reply edits that placeholder instead of posting another one."""
+
+    def placeholder_ref(self) -> str | None: ...
+
+    async def resume(self, ref: str | None) -> None: ...

@@ -22,16 +22,25 @@ PREVIEW_TAIL = " …"
 
 
 class MessageReply(ABC):
+    """`tag` (the delivery key of the message being answered) marks every message this reply
+    posts, with its part number (0: the placeholder, 1..: further pieces of a long answer), so
+    a retried post and a reply resumed after a restart find what was already posted instead of
+    posting it twice. Platforms that can look messages up by tag implement `find`; those
+    whose handles can be stored implement `ref`/`restore` (the chat service keeps the
+    placeholder's ref in SQLite, and a restart edits that message)."""
+
     limit: ClassVar[int] = 2000
     delivery_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, tag: str | None = None) -> None:
         self._handle: Any = None
+        self.tag = tag
+        self.resumed = False
         self.posted: list[Any] = []  # handles of every message this reply posted
 
     @abstractmethod
-    async def post(self, text: str) -> Any:
-        """Send a new message; return what `edit` needs to change it."""
+    async def post(self, text: str, *, part: int = 0) -> Any:
+        """Send a new message (tagged with `tag` and `part`); return what `edit` needs."""
 
     @abstractmethod
     async def edit(self, handle: Any, text: str, *, final: bool) -> None:
@@ -39,8 +48,34 @@ class MessageReply(ABC):
         which a platform may drop rather than retry (the next preview or the final text
         replaces them anyway)."""
 
+    async def find(self, part: int) -> Any:
+        """The handle of a message already posted with this reply's tag and `part`, or None
+        (also when the platform cannot tell)."""
+        return None
+
+    def ref(self, handle: Any) -> str | None:
+        """A handle as a string that `restore` turns back into a handle (None: cannot)."""
+        return None
+
+    def restore(self, ref: str) -> Any:
+        return None
+
+    def placeholder_ref(self) -> str | None:
+        return None if self._handle is None else self.ref(self._handle)
+
+    async def resume(self, ref: str | None) -> None:
+        """Continue a reply a previous process began: its placeholder from `ref`, or found by
+        its tag; later pieces are looked up before they are posted."""
+        self.resumed = True
+        self._handle = self.restore(ref) if ref is not None else None
+        if self._handle is None:
+            self._handle = await self._find(0)
+
     async def start(self) -> None:
-        self._handle = await self._try_post(PLACEHOLDER)
+        if self._handle is not None:
+            await self._show(PLACEHOLDER)
+            return
+        self._handle = await self._try_post(PLACEHOLDER, 0)
 
     async def waiting(self, position: int) -> None:
         await self._show(WAITING.format(position=position))
@@ -53,8 +88,15 @@ class MessageReply(ABC):
     async def finish(self, text: str) -> None:
         pieces = split_message(text, self.limit) or [text]
         await self._show(pieces[0], final=True)
-        for piece in pieces[1:]:
-            await self._try_post(piece)
+        for part, piece in enumerate(pieces[1:], start=1):
+            earlier = await self._find(part) if self.resumed else None
+            if earlier is not None:
+                try:
+                    await self.edit(earlier, piece, final=True)
+                    continue
+                except self.delivery_errors as exc:
+                    log.warning("could not edit reply: %s", _describe(exc))
+            await self._try_post(piece, part)
 
     async def fail(self, message: str) -> None:
         await self._show(message, final=True)
@@ -70,11 +112,18 @@ class MessageReply(ABC):
                 log.warning("could not edit reply: %s", _describe(exc))
                 if not final:
                     return
-        self._handle = await self._try_post(text)
+        self._handle = await self._try_post(text, 0)
 
-    async def _try_post(self, text: str) -> Any:
+    async def _find(self, part: int) -> Any:
         try:
-            handle = await self.post(text)
+            return await self.find(part)
+        except self.delivery_errors as exc:
+            log.warning("could not look for an earlier reply: %s", _describe(exc))
+            return None
+
+    async def _try_post(self, text: str, part: int = 0) -> Any:
+        try:
+            handle = await self.post(text, part=part)
         except self.delivery_errors as exc:
             log.warning("could not post reply: %s", _describe(exc))
             return None

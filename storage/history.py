@@ -23,7 +23,8 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 
 import aiosqlite
@@ -47,6 +48,48 @@ class Claim:
 
     conversation: int
     stored_turn: int | None = None
+
+
+class DeliveryState(StrEnum):
+    IMPORTED = "imported"  # read in with its thread; its own event, if it comes, is answered
+    ACCEPTED = "accepted"  # taken on; its text is safe in the record
+    ANSWERING = "answering"  # placeholder posted (reply_ref) and/or answer stored (final)
+    ANSWERED = "answered"  # a final answer or a notice is shown: done
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One platform message taken on for answering, as recorded."""
+
+    platform: str
+    delivery_key: str
+    conversation: int
+    key: ConversationKey
+    state: DeliveryState
+    received_at: float
+    turn_id: int | None = None  # its user turn, once stored
+    reply_ref: str | None = None  # the platform handle of its placeholder, once posted
+    final: str | None = None  # the final text, once the answer is stored
+    author: str | None = None  # the writer's platform user id
+    # recorded by this very `accept` (False: an earlier handling began it, then died)
+    fresh: bool = field(default=False, compare=False)
+
+
+_DELIVERY_SELECT = (
+    "SELECT d.platform, d.delivery_key, d.conversation_id, c.workspace, c.channel, c.thread,"
+    " d.state, d.received_at, d.turn_id, d.reply_ref, d.final, d.author"
+    " FROM deliveries d JOIN conversations c ON c.id = d.conversation_id")
+
+
+def _delivery(row: Sequence[object]) -> Delivery:
+    (platform, key, conversation, workspace, channel, thread, state, received, turn, ref, final,
+     author) = row
+    return Delivery(str(platform), str(key), int(conversation),  # type: ignore[call-overload]
+                    ConversationKey(str(platform), str(workspace), str(channel), str(thread)),
+                    DeliveryState(str(state)), float(received),  # type: ignore[arg-type]
+                    None if turn is None else int(turn),  # type: ignore[call-overload]
+                    None if ref is None else str(ref), None if final is None else str(final),
+                    None if author is None else str(author))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,22 +252,115 @@ class HistoryStore:
 
     # ----- deliveries and turns --------------------------------------------------------
     async def claim(self, key: ConversationKey, delivery_key: str) -> Claim | None:
-        """Take on a platform message for answering. None if it was taken on before (a retry or
-        a redelivery: do not answer it again). A message first read in as thread history is
-        taken on once, with its stored turn."""
+        """Take on a platform message whose handling is one write (a reset): recorded as
+        answered at once. None if it was taken on before. A message first read in as thread
+        history is taken on once, with its stored turn."""
         async with self._transaction() as db:
             conversation = await self._conversation_id(db, key)
             cursor = await db.execute(
                 "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
-                " received_at) VALUES (?, ?, ?, ?)",
+                " received_at, state) VALUES (?, ?, ?, ?, 'answered')",
                 (key.platform, delivery_key, conversation, self._clock()))
             if cursor.rowcount == 1:
                 return Claim(conversation)
             row = await (await db.execute(
-                "UPDATE deliveries SET imported = 0 WHERE platform=? AND delivery_key=?"
-                " AND imported = 1 RETURNING conversation_id, turn_id",
+                "UPDATE deliveries SET imported = 0, state = 'answered' WHERE platform=?"
+                " AND delivery_key=? AND state = 'imported' RETURNING conversation_id, turn_id",
                 (key.platform, delivery_key))).fetchone()
             return None if row is None else Claim(int(row[0]), row[1])
+
+    async def accept(self, key: ConversationKey, delivery_key: str, text: str,
+                     author: str | None = None) -> Delivery | None:
+        """Record a platform message as taken on, with its text, in one transaction: from here
+        on a crash cannot lose it. Returns its record, or None when it was answered before
+        (a retry or a redelivery of a finished message). A record that is not finished (its
+        first handling died) is returned as it stands, for the caller to take over."""
+        async with self._transaction() as db:
+            conversation = await self._conversation_id(db, key)
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
+                " received_at, state, text, author) VALUES (?, ?, ?, ?, 'accepted', ?, ?)",
+                (key.platform, delivery_key, conversation, self._clock(), text, author or None))
+            fresh = cursor.rowcount == 1
+            if not fresh:
+                # read in with its thread before its own event came: answer it, once
+                cursor = await db.execute(
+                    "UPDATE deliveries SET imported = 0, state = 'accepted' WHERE platform=?"
+                    " AND delivery_key=? AND state = 'imported'", (key.platform, delivery_key))
+                fresh = cursor.rowcount == 1
+            row = await (await db.execute(
+                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
+                (key.platform, delivery_key))).fetchone()
+        delivery = replace(_delivery(row), fresh=fresh)
+        return None if delivery.state is DeliveryState.ANSWERED else delivery
+
+    async def delivery(self, platform: str, delivery_key: str) -> Delivery | None:
+        row = await (await self._db.execute(
+            _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
+            (platform, delivery_key))).fetchone()
+        return None if row is None else _delivery(row)
+
+    async def unfinished(self, platform: str) -> list[Delivery]:
+        """Messages of `platform` taken on but not answered yet, oldest first."""
+        rows = await (await self._db.execute(
+            _DELIVERY_SELECT + " WHERE d.platform=? AND d.state IN ('accepted', 'answering')"
+            " ORDER BY d.received_at", (platform,))).fetchall()
+        return [_delivery(row) for row in rows]
+
+    async def store_user_turn(self, delivery: Delivery) -> int:
+        """Move the message's text from its record into the history (once): one transaction."""
+        async with self._transaction() as db:
+            row = await (await db.execute(
+                "SELECT turn_id, text, author FROM deliveries WHERE platform=? AND delivery_key=?",
+                (delivery.platform, delivery.delivery_key))).fetchone()
+            if row is None:
+                raise sqlite3.IntegrityError("the delivery is gone")
+            if row[0] is not None:
+                return int(row[0])
+            cursor = await db.execute(
+                "INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
+                " VALUES (?,?,?,?,?)",
+                (delivery.conversation, str(Speaker.USER), row[1] or "", self._clock(), row[2]))
+            turn_id = int(cursor.lastrowid)
+            await db.execute(
+                "UPDATE deliveries SET turn_id=?, text=NULL WHERE platform=? AND delivery_key=?",
+                (turn_id, delivery.platform, delivery.delivery_key))
+            return turn_id
+
+    async def set_reply_ref(self, delivery: Delivery, ref: str) -> None:
+        """Remember where the reply's placeholder is (a restart edits it, not a new one)."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE deliveries SET reply_ref=?, state = CASE state WHEN 'accepted'"
+                " THEN 'answering' ELSE state END WHERE platform=? AND delivery_key=?",
+                (ref, delivery.platform, delivery.delivery_key))
+
+    async def store_answer(self, delivery: Delivery, answer: str, final: str) -> None:
+        """The answer turn (unless empty) and the final text to show, in one transaction."""
+        async with self._transaction() as db:
+            if answer:
+                await db.execute(
+                    "INSERT INTO turns (conversation_id, speaker, text, created_at)"
+                    " VALUES (?,?,?,?)",
+                    (delivery.conversation, str(Speaker.SYSTEM), answer, self._clock()))
+            await db.execute(
+                "UPDATE deliveries SET final=?, state = CASE state WHEN 'accepted'"
+                " THEN 'answering' ELSE state END WHERE platform=? AND delivery_key=?",
+                (final, delivery.platform, delivery.delivery_key))
+
+    async def mark_answered(self, delivery: Delivery) -> None:
+        """The final text or a notice is shown: the message is done."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE deliveries SET state='answered', final=NULL, text=NULL"
+                " WHERE platform=? AND delivery_key=?",
+                (delivery.platform, delivery.delivery_key))
+
+    async def has_turns(self, conversation: int) -> bool:
+        """Whether anything was ever stored in the conversation (resets included)."""
+        row = await (await self._db.execute(
+            "SELECT 1 FROM turns WHERE conversation_id=? LIMIT 1", (conversation,))).fetchone()
+        return row is not None
 
     async def seen(self, platform: str, delivery_key: str) -> bool:
         row = await (await self._db.execute(
@@ -267,7 +403,8 @@ class HistoryStore:
                 if delivery_key is not None:
                     cursor = await db.execute(
                         "INSERT OR IGNORE INTO deliveries (platform, delivery_key,"
-                        " conversation_id, received_at, imported) VALUES (?, ?, ?, ?, 1)",
+                        " conversation_id, received_at, imported, state)"
+                        " VALUES (?, ?, ?, ?, 1, 'imported')",
                         (key.platform, delivery_key, conversation, self._clock()))
                     if cursor.rowcount != 1:
                         continue  # seen before: already in some history

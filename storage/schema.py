@@ -37,13 +37,29 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deliveries ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
     """,
-    # (private data) who wrote each user turn (the platform's user id; NULL for the bot's turns
+    # 3: who wrote each user turn (the platform's user id; NULL for the bot's turns
     # and for turns stored before this), so one person's messages can be exported or forgotten;
     # and turns by age, for RETENTION_DAYS. Touches only `turns`: independent of other migrations
     """
     ALTER TABLE turns ADD COLUMN author TEXT;
     CREATE INDEX turns_by_author ON turns (author) WHERE author IS NOT NULL;
     CREATE INDEX turns_by_age ON turns (created_at);
+    """,
+    # 4: delivery states, so a message is answered exactly once through crashes and restarts:
+    # imported (read in with its thread) -> accepted (recorded, its text held in `text` until
+    # the user turn is stored) -> answering (placeholder posted: `reply_ref` is its platform
+    # handle; `final` is the answer to show once it is stored) -> answered (final text or a
+    # notice shown). Rows from before this version were answered (or read in as history).
+    """
+    ALTER TABLE deliveries ADD COLUMN state TEXT NOT NULL DEFAULT 'answered'
+        CHECK (state IN ('imported', 'accepted', 'answering', 'answered'));
+    ALTER TABLE deliveries ADD COLUMN text TEXT;
+    ALTER TABLE deliveries ADD COLUMN reply_ref TEXT;
+    ALTER TABLE deliveries ADD COLUMN final TEXT;
+    ALTER TABLE deliveries ADD COLUMN author TEXT;  -- the writer's user id, for its user turn
+    UPDATE deliveries SET state = 'imported' WHERE imported = 1;
+    CREATE INDEX deliveries_unfinished ON deliveries (platform, state, received_at)
+        WHERE state IN ('accepted', 'answering');
     """,
 )
 

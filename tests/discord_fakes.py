@@ -70,6 +70,9 @@ class FakeDiscord:
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     identify: dict[str, Any] = field(default_factory=dict)  # the bot's IDENTIFY payload
     reject_token: bool = False  # answer the login with 401, as Discord does for a bad token
+    # Sends that create their message and then answer 500 (Discord's retry is the client's)
+    fail_after_create: int = 0
+    nonces: dict[tuple[int, str], int] = field(default_factory=dict)  # enforce_nonce: (channel, nonce) -> id
 
     # --- lifecycle
     async def start(self) -> None:
@@ -118,6 +121,11 @@ class FakeDiscord:
             return self._json({"message": "401: Unauthorized", "code": 0}, status=401)
         if handler is None:
             return self._json({"message": "404: Not Found", "code": 0}, status=404)
+        if (self.fail_after_create and request.method == "POST"
+                and path.endswith("/messages") and path.startswith("/channels/")):
+            self.fail_after_create -= 1
+            handler(path, body)  # created; the answer is lost
+            return self._json({"message": "500: Internal Server Error", "code": 0}, status=500)
         result = handler(path, body)
         if result is None:
             return web.Response(status=204)
@@ -144,12 +152,25 @@ class FakeDiscord:
             if method == "POST" and parts[2:] == ["typing"]:
                 return lambda *_: None
             if method == "POST" and parts[2:] == ["messages"]:
-                return lambda _path, body: self._message(channel_id, body["content"])
+                return lambda _path, body: self._create(channel_id, body)
             if method == "PATCH" and parts[2] == "messages" and len(parts) == 4:
                 return lambda _path, body: self._edit(channel_id, int(parts[3]), body)
             if method == "POST" and parts[2] == "messages" and parts[4:] == ["threads"]:
                 return lambda _path, body: self._thread(channel_id, int(parts[3]), body["name"])
         return None
+
+    def _create(self, channel_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        """A message sent by the bot; a repeated nonce with enforce_nonce returns the first."""
+        nonce = body.get("nonce")
+        if nonce is not None and body.get("enforce_nonce"):
+            earlier = self.nonces.get((channel_id, str(nonce)))
+            if earlier is not None:
+                return self.messages[earlier]
+        message = self._message(channel_id, body["content"])
+        if nonce is not None:
+            message["nonce"] = str(nonce)
+            self.nonces[(channel_id, str(nonce))] = int(message["id"])
+        return message
 
     @staticmethod
     def _application() -> dict[str, Any]:

@@ -47,10 +47,16 @@ class Failure:
     error: str
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    applied: bool = False  # the call took effect before the error (a 5xx after the write)
 
 
 class FakeSlack:
-    def __init__(self) -> None:
+    """`keep_messages`: posted messages (with their metadata) are kept in `threads` (by
+    channel and thread ts; a message outside a thread under (channel, "")) and returned by
+    conversations.replies / conversations.history, and chat.update changes them."""
+
+    def __init__(self, *, keep_messages: bool = False) -> None:
+        self.keep_messages = keep_messages
         self.calls: list[ApiCall] = []
         self.acks: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []  # what was posted to response_urls
@@ -91,9 +97,9 @@ class FakeSlack:
 
     # ----- scripting -----
     def fail(self, method: str, error: str, *, status: int = 200, times: int = 1,
-             headers: dict[str, str] | None = None) -> None:
+             headers: dict[str, str] | None = None, applied: bool = False) -> None:
         self.failures.setdefault(method, []).extend(
-            [Failure(error, status, headers or {})] * times)
+            [Failure(error, status, headers or {}, applied)] * times)
 
     # ----- waiting and reading -----
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
@@ -150,6 +156,8 @@ class FakeSlack:
         token = auth.removeprefix("Bearer ") or params.get("token")
         failure = self._failure(method)
         if failure is not None:
+            if failure.applied:
+                self._answer(method, params)
             params["_error"] = failure.error
             await self._record(lambda: self.calls.append(ApiCall(method, params, token)))
             return web.json_response({"ok": False, "error": failure.error},
@@ -172,13 +180,27 @@ class FakeSlack:
                     "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID}
         if method == "chat.postMessage":
             ts = f"1800000000.{next(self._ts):06d}"
+            if self.keep_messages:
+                kept = {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "ts": ts,
+                        "text": params.get("text")}
+                if isinstance(params.get("metadata"), dict):
+                    kept["metadata"] = params["metadata"]
+                place = (str(params.get("channel")), str(params.get("thread_ts") or ""))
+                self.threads.setdefault(place, []).append(kept)
             return {"ok": True, "channel": params.get("channel"), "ts": ts,
                     "message": {"text": params.get("text"), "ts": ts}}
         if method == "chat.update":
+            for messages in self.threads.values():
+                for kept in messages:
+                    if kept.get("ts") == params.get("ts"):
+                        kept["text"] = params.get("text")
             return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts"),
                     "text": params.get("text")}
         if method == "conversations.replies":
             return self._replies(params)
+        if method == "conversations.history":
+            return {"ok": True, "messages": self._visible(
+                self.threads.get((str(params.get("channel")), ""), []), params), "has_more": False}
         if method == "users.info":
             user = str(params.get("user"))
             if user not in USERS:
@@ -199,15 +221,27 @@ class FakeSlack:
         start = int(params.get("cursor") or 0)
         limit = int(params.get("limit") or 1000)
         page, more = messages[start:start + limit], start + limit < len(messages)
-        body: dict[str, Any] = {"ok": True, "messages": page, "has_more": more}
+        body: dict[str, Any] = {"ok": True, "messages": self._visible(page, params),
+                                "has_more": more}
         if more:
             body["response_metadata"] = {"next_cursor": str(start + limit)}
         return body
+
+    @staticmethod
+    def _visible(messages: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Like Slack: message metadata only with include_all_metadata."""
+        if _flag(params.get("include_all_metadata")):
+            return messages
+        return [{k: v for k, v in m.items() if k != "metadata"} for m in messages]
 
     async def _record(self, change: Callable[[], None]) -> None:
         async with self._changed:
             change()
             self._changed.notify_all()
+
+
+def _flag(value: Any) -> bool:
+    return value is True or str(value).lower() in ("1", "true")
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = WAIT_S,

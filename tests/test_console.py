@@ -64,12 +64,16 @@ def test_bad_input_on_stdin_does_not_crash(env: dict[str, str], tmp_path: Path) 
     assert "先頭の一部だけ" in out  # the 1 MB line was shortened and the user told
 
 
-def test_run_without_platforms_starts_the_console_and_says_how_to_connect(
+def test_run_without_platforms_or_a_terminal_is_one_line_and_fails(
         env: dict[str, str], tmp_path: Path) -> None:
+    """As systemd or Docker run it (stdin not a terminal): a service that cannot serve says
+    so and fails, before loading the model, instead of chatting with an empty pipe."""
     result = run_cli(["run"], "やあ\n".encode(), tmp_path, **env)
-    assert result.returncode == 0
-    assert "DISCORD_TOKEN" in result.stderr.decode() and "SLACK_BOT_TOKEN" in result.stderr.decode()
-    assert len(replies(result.stdout)) == 1
+    assert result.returncode != 0
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "DISCORD_TOKEN" in lines[0] and "SLACK_BOT_TOKEN" in lines[0] and "chat" in lines[0]
+    assert "model ready" not in result.stderr.decode() and not replies(result.stdout)
 
 
 def test_unwritable_database_path_is_one_clear_line(env: dict[str, str], tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from bot.conversation import ConversationKey, Speaker, Turn
 from bot.errors import StorageError
-from storage.history import HistoryStore
+from storage.history import DeliveryState, HistoryStore
 from storage.schema import SCHEMA_VERSION
 
 KEY = ConversationKey("discord", "guild", "channel", "thread")
@@ -150,7 +150,8 @@ async def test_a_version_one_database_is_migrated_in_place(tmp_path: Path) -> No
         assert await store.claim(ConversationKey("slack", "T", "C", "1.0"), "C:1.0") is None
         with sqlite3.connect(path) as raw:
             assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-            assert raw.execute("SELECT imported FROM deliveries").fetchone()[0] == 0
+            assert raw.execute("SELECT imported, state FROM deliveries").fetchone() == (
+                0, "answered")
     finally:
         await store.close()
 
@@ -166,3 +167,58 @@ async def test_a_write_cancelled_mid_transaction_leaves_the_store_usable(
     assert claim is not None
     await store.add_turn(claim.conversation, Turn(Speaker.USER, "まだ書ける"))
     assert await _texts(store, claim.conversation) == ["まだ書ける"]
+
+
+async def test_a_version_two_database_keeps_answered_and_imported_messages_apart(
+        tmp_path: Path) -> None:
+    """Existing records carry forward: a message answered before the upgrade is not answered
+    again; one read in as history is still answered once when its own event comes."""
+    from storage.schema import MIGRATIONS
+
+    path = tmp_path / "v2.sqlite3"
+    key = ConversationKey("slack", "T", "C", "1.0")
+    with sqlite3.connect(path) as raw:
+        raw.executescript(MIGRATIONS[0])
+        raw.executescript(MIGRATIONS[1])
+        raw.execute("INSERT INTO conversations VALUES (1, 'slack', 'T', 'C', '1.0', 0, 0)")
+        raw.execute("INSERT INTO turns VALUES (1, 1, 'ユーザー', '前の話', 0)")
+        raw.execute("INSERT INTO deliveries VALUES ('slack', 'C:1.0', 1, NULL, 0, 0)")
+        raw.execute("INSERT INTO deliveries VALUES ('slack', 'C:2.0', 1, 1, 0, 1)")
+        raw.execute("PRAGMA user_version = 2")
+    store = await HistoryStore.open(path)
+    try:
+        assert await store.accept(key, "C:1.0", "もう一度") is None
+        imported = await store.accept(key, "C:2.0", "前の話")
+        assert imported is not None and imported.turn_id == 1
+        assert await store.unfinished("slack") == [imported]
+        assert await store.store_user_turn(imported) == 1  # not stored a second time
+    finally:
+        await store.close()
+
+
+async def test_a_delivery_moves_through_its_states_and_survives_a_reopen(
+        tmp_path: Path) -> None:
+    path = tmp_path / "states.sqlite3"
+    store = await HistoryStore.open(path)
+    accepted = await store.accept(KEY, "m1", "質問")
+    assert accepted is not None and accepted.state is DeliveryState.ACCEPTED
+    assert accepted.turn_id is None and accepted.reply_ref is None
+    again = await store.accept(KEY, "m1", "質問")  # a redelivery before it was answered
+    assert again == accepted
+    await store.close()
+
+    store = await HistoryStore.open(path)  # a restart
+    (pending,) = await store.unfinished("discord")
+    assert pending.delivery_key == "m1" and pending.key == KEY
+    turn = await store.store_user_turn(pending)
+    assert await store.store_user_turn(pending) == turn  # once only
+    await store.set_reply_ref(pending, "123/456")
+    await store.store_answer(pending, "答え", "答え")
+    current = await store.delivery("discord", "m1")
+    assert current is not None and current.state is DeliveryState.ANSWERING
+    assert (current.turn_id, current.reply_ref, current.final) == (turn, "123/456", "答え")
+    await store.mark_answered(current)
+    assert await store.unfinished("discord") == []
+    assert await store.accept(KEY, "m1", "質問") is None  # done: never again
+    assert await _texts(store, pending.conversation) == ["質問", "答え"]
+    await store.close()
