@@ -245,17 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     except RinnaError as exc:
         print(f"rinna-bot: {exc}", file=sys.stderr)
         return 2
-    if (args.command == "run" and not (settings.discord_enabled or settings.slack_enabled)
-            and not _stdin_is_terminal()):
-        print(f"rinna-bot: {NO_PLATFORM_NO_TERMINAL}", file=sys.stderr)
-        return 2
     secrets = [s.get_secret_value() for s in (settings.discord_token, settings.slack_bot_token,
-               settings.slack_app_token, settings.slack_signing_secret) if s is not None]
+               settings.slack_app_token, settings.slack_signing_secret,
+               settings.engine_api_key) if s is not None]
     # The terminal chat keeps INFO lines off the conversation unless LOG_LEVEL asks for them.
     quiet = args.command == "chat" and "log_level" not in settings.model_fields_set
     setup_logging("WARNING" if quiet else settings.log_level, secrets)
     for line in unknown_keys():  # a misspelt key would otherwise be silently ignored
         log.warning("%s", line)
+    if (args.command == "run" and not (settings.discord_enabled or settings.slack_enabled)
+            and not _stdin_is_terminal()):
+        print(f"rinna-bot: {NO_PLATFORM_NO_TERMINAL}", file=sys.stderr)
+        return 2
     if args.command in ("forget", "export"):
         return private_command(settings, args.command, args.user, args.platform)
     if args.command == "download":

@@ -104,7 +104,7 @@ def test_the_command_reports_the_typo_at_start(settings: Settings, tmp_path: Pat
     saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
     handlers = logging.getLogger().handlers[:]
     try:
-        assert cli.main(["run"]) == 0
+        assert cli.main(["chat"]) == 0
     finally:
         logging.getLogger().handlers[:] = handlers
         for logger, level in saved:
