@@ -11,12 +11,20 @@ from bot.errors import ConfigError
 from bot.logs import RedactSecrets
 
 ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+README = ENV_EXAMPLE.parent / "README.md"
 
 
 def test_every_setting_is_documented_in_env_example() -> None:
     keys = {line.split("=", 1)[0].lstrip("# ").strip()
             for line in ENV_EXAMPLE.read_text().splitlines() if "=" in line}
     assert {name.upper() for name in Settings.model_fields} <= keys
+
+
+def test_every_setting_is_in_the_readme_settings_table() -> None:
+    rows = {line.split("|")[1].strip().strip("`") for line in
+            README.read_text(encoding="utf-8").splitlines() if line.startswith("| `")}
+    assert sorted(name.upper() for name in Settings.model_fields
+                  if name.upper() not in rows) == []
 
 
 def test_defaults_match_the_model_card(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
