@@ -30,7 +30,6 @@ class Settings(BaseSettings):
     model_id: str = DEFAULT_MODEL_ID
     model_revision: str = "main"  # hub branch, tag or commit of MODEL_ID (pin a commit hash)
     quantization: Literal["4bit", "8bit", "none"] = "4bit"
-    model_revision: str = "main"  # a branch, tag or commit of MODEL_ID on the hub
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # auto, cpu, cuda, cuda:N
     max_new_tokens: int = Field(128, ge=1, le=1024)
     temperature: float = Field(0.7, gt=0.0, le=5.0)

@@ -20,6 +20,13 @@ def test_every_setting_is_documented_in_env_example() -> None:
     assert {name.upper() for name in Settings.model_fields} <= keys
 
 
+def test_every_setting_is_set_once_in_env_example() -> None:
+    # A key set twice in .env means the first value is silently overridden by the second.
+    keys = [line.split("=", 1)[0].strip() for line in ENV_EXAMPLE.read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith("#")]
+    assert sorted(k for k in set(keys) if keys.count(k) > 1) == []
+
+
 def test_every_setting_is_in_the_readme_settings_table() -> None:
     rows = {line.split("|")[1].strip().strip("`") for line in
             README.read_text(encoding="utf-8").splitlines() if line.startswith("| `")}
