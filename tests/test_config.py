@@ -110,8 +110,8 @@ def test_the_command_reports_the_typo_at_start(settings: Settings, tmp_path: Pat
 
     (tmp_path / ".env").write_text("DISCORD_TOKN=abc\n")
 
-    async def no_serve(*_: object) -> None:
-        return None
+    async def no_serve(*_: object) -> int:
+        return 0  # serve() returns the exit status (the terminal chat's 0 or 130)
 
     monkeypatch.setattr(cli, "serve", no_serve)
     names = ["", "discord", "slack_bolt", "slack_sdk", "aiohttp.access", "httpx", "websockets",
