@@ -133,6 +133,17 @@ class Settings(BaseSettings):
         return tuple(u.strip() for u in self.engine_url.split(",") if u.strip())
 
     @property
+    def secret_fields(self) -> tuple[str, ...]:
+        """Every secret setting's field name (each SecretStr field), set or not."""
+        return tuple(name for name, field in type(self).model_fields.items()
+                     if SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ())))
+
+    def secret_values(self) -> list[str]:
+        """The values of every secret that is set: what logs must never show."""
+        return [value.get_secret_value() for name in self.secret_fields
+                if isinstance(value := getattr(self, name), SecretStr)]
+
+    @property
     def discord_enabled(self) -> bool:
         return self.discord_token is not None
 

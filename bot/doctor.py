@@ -20,9 +20,6 @@ from bot.download import cached_model, check_model_dir, is_local
 from bot.errors import RinnaError
 from bot.logs import setup_logging
 
-SECRETS = ("discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret")
-
-
 @dataclass(frozen=True, slots=True)
 class Check:
     ok: bool
@@ -43,8 +40,7 @@ def doctor(out: TextIO = sys.stdout) -> int:
         print(Check(False, f"settings: {exc}", "fix the keys named in .env or the "
                     "environment (see .env.example)").line(), file=out)
         return 1
-    setup_logging("WARNING", [s.get_secret_value() for name in SECRETS
-                              if (s := getattr(settings, name)) is not None])
+    setup_logging("WARNING", settings.secret_values())
     failed = 0
     for check in checks(settings):
         print(check.line(), file=out, flush=True)
@@ -66,7 +62,7 @@ def checks(settings: Settings) -> Iterator[Check]:
 
 def _settings(settings: Settings) -> Check:
     tokens = ", ".join(f"{name.upper()} {'set' if getattr(settings, name) else 'unset'}"
-                       for name in SECRETS)
+                       for name in settings.secret_fields)
     where = ".env and the environment" if Path(".env").is_file() else "the environment (no .env)"
     return Check(True, f"settings read from {where}: MODEL_ID={settings.model_id}, "
                  f"QUANTIZATION={settings.quantization}, DEVICE={settings.device}; {tokens}")

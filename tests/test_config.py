@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pydantic import SecretStr
+
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.logs import RedactSecrets
@@ -133,3 +135,39 @@ def test_log_level_is_case_insensitive(settings: Settings, monkeypatch: pytest.M
                                        value: str) -> None:
     monkeypatch.setenv("LOG_LEVEL", value)
     assert load_settings().log_level == value.strip().upper()
+
+
+def test_every_secret_setting_is_listed_for_redaction(settings: Settings) -> None:
+    secret = settings.model_copy(update={
+        name: SecretStr(f"value-of-{name}") for name, field in Settings.model_fields.items()
+        if "SecretStr" in str(field.annotation)})
+    assert set(secret.secret_fields) >= {"discord_token", "slack_bot_token", "slack_app_token",
+                                         "slack_signing_secret", "engine_api_key"}
+    assert sorted(secret.secret_values()) == sorted(f"value-of-{n}" for n in secret.secret_fields)
+    assert settings.secret_values() == []  # unset secrets are not "redact the empty string"
+
+
+def test_the_command_redacts_the_engine_api_key(settings: Settings, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from bot import cli
+
+    key = "vllm-key-0123456789"
+    (tmp_path / ".env").write_text(f"ENGINE_URL=http://127.0.0.1:9/v1\nENGINE_API_KEY={key}\n")
+
+    async def logs_the_key(*_: object) -> int:
+        logging.getLogger("aiohttp.client").error("request failed: Authorization=%s", key)
+        return 0
+
+    monkeypatch.setattr(cli, "serve", logs_the_key)
+    handlers = logging.getLogger().handlers[:]
+    level = logging.getLogger().level
+    try:
+        assert cli.main(["run"]) == 0
+    finally:
+        logging.getLogger().handlers[:] = handlers
+        logging.getLogger().setLevel(level)
+    err = capsys.readouterr().err
+    assert "request failed: Authorization=***" in err and key not in err
