@@ -47,8 +47,8 @@ EXPOSE 3000 9100
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10m --retries=3 \
     CMD ["python", "-m", "bot.healthcheck"]
 
-# SIGTERM (docker stop) lets answers in flight finish; give it more than SHUTDOWN_GRACE_S:
-# docker stop --time 30 / compose's stop_grace_period.
+# SIGTERM (docker stop) lets answers in flight finish for a few seconds (Slack: up to 5 s);
+# give it well more: docker stop --time 30 / compose's stop_grace_period.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["rinna-bot"]
 CMD ["run"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,24 @@ def test_log_level_is_case_insensitive(settings: Settings, monkeypatch: pytest.M
                                        value: str) -> None:
     monkeypatch.setenv("LOG_LEVEL", value)
     assert load_settings().log_level == value.strip().upper()
+
+
+# Environment variables the guides name that are not settings of ours (other tools' own).
+OUTSIDE_VARIABLES = {"APPLICATION_ID", "DEBIAN_FRONTEND", "HF_HOME", "HF_HUB_OFFLINE",
+                     "HF_ENDPOINT", "TRANSFORMERS_OFFLINE", "PIP_NO_CACHE_DIR",
+                     "PIP_DISABLE_PIP_VERSION_CHECK", "PYTEST_ARGS", "SLACK_CLIENT_ID",
+                     "SLACK_CLIENT_SECRET"}
+
+
+def test_every_key_the_guides_name_is_a_setting() -> None:
+    # A documented key that Settings lacks is "unknown setting ... (ignored)" when set.
+    root = ENV_EXAMPLE.parent
+    guides = [root / n for n in ("README.md", "compose.yaml", "Dockerfile", ".env.example")]
+    known = {name.upper() for name in Settings.model_fields} | OUTSIDE_VARIABLES
+    named = {(key, path.name) for path in [*guides, *sorted((root / "docs").glob("*.md"))]
+             for key in re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b",
+                                   path.read_text(encoding="utf-8"))}
+    assert sorted((key, where) for key, where in named if key not in known) == []
 
 
 def test_every_secret_setting_is_listed_for_redaction(settings: Settings) -> None:
