@@ -61,14 +61,14 @@ def check_model_dir(path: Path) -> ModelFiles:
         problems.append("config.json is missing")
     except (ValueError, OSError) as exc:
         problems.append(f"config.json is unreadable ({type(exc).__name__})")
-    problems += _check_tokenizer(path / "spiece.model")
+    problems += check_tokenizer(path / "spiece.model")
     problems += _check_weights(path)
     files = [p for p in path.iterdir() if p.is_file()]
     size = sum(p.stat().st_size for p in files)  # stat follows the cache's symlinks to blobs
     return ModelFiles(path, len(files), size, tuple(problems))
 
 
-def _check_tokenizer(spiece: Path) -> list[str]:
+def check_tokenizer(spiece: Path) -> list[str]:
     if not spiece.is_file():
         return ["spiece.model is missing"]
     import sentencepiece as spm
