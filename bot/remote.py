@@ -541,11 +541,7 @@ async def load_remote_generator(settings: Settings) -> RemoteGenerator:
     started = time.monotonic()
     path = await asyncio.to_thread(tokenizer_file, settings.model_id, settings.model_revision)
     tokenizer = await asyncio.to_thread(Tokenizer.from_file, path)
-    params = GenerationParams(
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        repetition_penalty=settings.repetition_penalty,
-    )
+    params = GenerationParams.from_settings(settings)
     generator = RemoteGenerator(
         settings.engine_urls, tokenizer,
         model=settings.engine_model or settings.model_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where it is used: the parameters need none of it
     import torch
@@ -21,6 +21,12 @@ class GenerationParams:
     do_sample: bool = True
     seed: int | None = None
     timeout_s: float | None = None  # None: the generator's REQUEST_TIMEOUT_S
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> GenerationParams:
+        """MAX_NEW_TOKENS, TEMPERATURE and REPETITION_PENALTY: every engine's defaults."""
+        return cls(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                   repetition_penalty=settings.repetition_penalty)
 
 
 def next_tokens(

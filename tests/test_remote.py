@@ -382,7 +382,8 @@ async def test_load_generator_picks_the_remote_engine_from_settings(
     two = await make_fake(reply=replying(tokenizer, REPLY))
     remote = await load_generator(settings.model_copy(update={
         "engine_url": f"{one.url}, {two.url.removesuffix('/v1')}/",
-        "engine_model": "rinna-test", "engine_concurrency": 4}))
+        "engine_model": "rinna-test", "engine_concurrency": 4, "temperature": 0.9,
+        "repetition_penalty": 1.2}))
     try:
         assert isinstance(remote, RemoteGenerator)
         chat = ChatService(store, remote, remote.tokenizer,
@@ -398,6 +399,7 @@ async def test_load_generator_picks_the_remote_engine_from_settings(
         got = (one.received + two.received)[0].body
         assert got["prompt"] == tokenizer.encode(PROMPT)
         assert got["max_tokens"] == settings.max_new_tokens
+        assert (got["temperature"], got["repetition_penalty"]) == (0.9, 1.2)  # from settings
     finally:
         await remote.aclose()
 
