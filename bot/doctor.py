@@ -119,8 +119,8 @@ def _tokenizer(settings: Settings) -> Check:
         path = Path(found) if isinstance(found, str) else None
     if path is None or not path.is_file():
         return Check(False, f"tokenizer: spiece.model of {settings.model_id} (revision "
-                     f"{settings.model_revision}) is not there", "run `rinna-bot run` once with "
-                     "the network (it fetches spiece.model alone), or set MODEL_ID to a "
+                     f"{settings.model_revision}) is not there", "run `rinna-bot download` (with "
+                     "ENGINE_URL set it fetches spiece.model alone), or set MODEL_ID to a "
                      "directory holding it")
     problems = check_tokenizer(path)
     if problems:

@@ -274,3 +274,18 @@ async def test_doctor_with_engine_url_checks_the_engines_not_a_local_model(
     assert "ENGINE_API_KEY set" in lines[0]
     assert "doctor-engine-key" not in done.stdout + done.stderr
     assert lines[-1] == "1 to fix; `rinna-bot run` may not work as intended"
+
+
+def test_download_with_engine_url_fetches_the_tokenizer_only(tiny_model_dir: Path,
+                                                             tmp_path: Path) -> None:
+    snapshot = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)  # what the bot fetched for a remote engine: spiece.model alone
+    shutil.copy(tiny_model_dir / "spiece.model", snapshot / "spiece.model")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
+    done = rinna_bot("download", tmp_path, MODEL_ID=REPO, ENGINE_URL="http://127.0.0.1:9/v1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"✓ tokenizer: {snapshot / 'spiece.model'}; ENGINE_URL is set")
+    missing = rinna_bot("download", tmp_path, MODEL_ID="test-org/other",
+                        ENGINE_URL="http://127.0.0.1:9/v1")
+    assert missing.returncode == 1 and "spiece.model is not in the local cache" in missing.stdout
