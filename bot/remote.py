@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -64,7 +64,7 @@ class _NoTokenIds(Exception):
 
 @dataclass(slots=True, eq=False)
 class _Endpoint:
-    url: str  # base URL ending in /v1
+    url: str = field(repr=False)  # base URL ending in /v1 (may hold user:password: `shown`)
     limit: int
     inflight: int = 0
     started: int = 0  # requests sent, for the tie-break and the benchmarks
@@ -75,6 +75,9 @@ class _Endpoint:
     @property
     def shown(self) -> str:
         return display_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"_Endpoint({self.shown}, inflight={self.inflight}/{self.limit})"
 
 
 @dataclass(slots=True, eq=False)

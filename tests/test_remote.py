@@ -375,6 +375,14 @@ async def test_the_api_key_is_sent_as_bearer_and_never_shown(
         assert key not in shown and "sk-wrong-key" not in shown
 
 
+def test_a_password_in_engine_url_is_never_shown(tokenizer: Tokenizer) -> None:
+    remote = RemoteGenerator(["http://bot:pw-remote-9931@vllm.example:8000/v1"], tokenizer,
+                             model="rinna")
+    for shown in (repr(remote), repr(remote._endpoints), str(remote._endpoints),
+                  str(remote.load())):
+        assert "pw-remote-9931" not in shown and "vllm.example:8000" in shown, shown
+
+
 async def test_load_generator_picks_the_remote_engine_from_settings(
         make_fake: Callable[..., Awaitable[FakeOpenAI]], tokenizer: Tokenizer,
         settings: Settings, store: HistoryStore) -> None:
