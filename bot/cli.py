@@ -245,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     except RinnaError as exc:
         print(f"rinna-bot: {exc}", file=sys.stderr)
         return 2
-    secrets = [s.get_secret_value() for s in (settings.discord_token, settings.slack_bot_token,
-               settings.slack_app_token, settings.slack_signing_secret,
-               settings.engine_api_key) if s is not None]
+    secrets = settings.secret_values()  # ENGINE_API_KEY and every other secret setting
     # The terminal chat keeps INFO lines off the conversation unless LOG_LEVEL asks for them.
     quiet = args.command == "chat" and "log_level" not in settings.model_fields_set
     setup_logging("WARNING" if quiet else settings.log_level, secrets)

@@ -30,7 +30,6 @@ class Settings(BaseSettings):
     model_id: str = DEFAULT_MODEL_ID
     model_revision: str = "main"  # hub branch, tag or commit of MODEL_ID (pin a commit hash)
     quantization: Literal["4bit", "8bit", "none"] = "4bit"
-    model_revision: str = "main"  # a branch, tag or commit of MODEL_ID on the hub
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # auto, cpu, cuda, cuda:N
     max_new_tokens: int = Field(128, ge=1, le=1024)
     temperature: float = Field(0.7, gt=0.0, le=5.0)
@@ -137,6 +136,17 @@ class Settings(BaseSettings):
         if self.engine_url is None:
             return ()
         return tuple(u.strip() for u in self.engine_url.split(",") if u.strip())
+
+    @property
+    def secret_fields(self) -> tuple[str, ...]:
+        """Every secret setting's field name (each SecretStr field), set or not."""
+        return tuple(name for name, field in type(self).model_fields.items()
+                     if SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ())))
+
+    def secret_values(self) -> list[str]:
+        """The values of every secret that is set: what logs must never show."""
+        return [value.get_secret_value() for name in self.secret_fields
+                if isinstance(value := getattr(self, name), SecretStr)]
 
     @property
     def discord_enabled(self) -> bool:

@@ -7,8 +7,11 @@ Tokens are shown as set or unset, never their values.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import urllib.error
+import urllib.request
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +19,9 @@ from pathlib import Path
 from typing import TextIO
 
 from bot.config import Settings, load_settings
-from bot.download import cached_model, check_model_dir, is_local
+from bot.download import cached_model, check_model_dir, check_tokenizer, is_local
 from bot.errors import RinnaError
 from bot.logs import setup_logging
-
-SECRETS = ("discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret")
-
 
 @dataclass(frozen=True, slots=True)
 class Check:
@@ -43,8 +43,7 @@ def doctor(out: TextIO = sys.stdout) -> int:
         print(Check(False, f"settings: {exc}", "fix the keys named in .env or the "
                     "environment (see .env.example)").line(), file=out)
         return 1
-    setup_logging("WARNING", [s.get_secret_value() for name in SECRETS
-                              if (s := getattr(settings, name)) is not None])
+    setup_logging("WARNING", settings.secret_values())
     failed = 0
     for check in checks(settings):
         print(check.line(), file=out, flush=True)
@@ -57,16 +56,20 @@ def doctor(out: TextIO = sys.stdout) -> int:
 def checks(settings: Settings) -> Iterator[Check]:
     yield _settings(settings)
     yield _platforms(settings)
-    yield _model(settings)
-    yield _device(settings)
-    yield _bitsandbytes(settings)
+    if settings.engine_urls:  # the model runs on the engine: no weights, GPU or bitsandbytes
+        yield _tokenizer(settings)
+        yield from (_engine(settings, url) for url in settings.engine_urls)
+    else:
+        yield _model(settings)
+        yield _device(settings)
+        yield _bitsandbytes(settings)
     yield _database(settings.database_path)
     yield _metrics(settings)
 
 
 def _settings(settings: Settings) -> Check:
     tokens = ", ".join(f"{name.upper()} {'set' if getattr(settings, name) else 'unset'}"
-                       for name in SECRETS)
+                       for name in settings.secret_fields)
     where = ".env and the environment" if Path(".env").is_file() else "the environment (no .env)"
     return Check(True, f"settings read from {where}: MODEL_ID={settings.model_id}, "
                  f"QUANTIZATION={settings.quantization}, DEVICE={settings.device}; {tokens}")
@@ -102,6 +105,54 @@ def _model(settings: Settings) -> Check:
         return Check(False, f"model {where} {found.path}: " + "; ".join(found.problems),
                      "run `rinna-bot download` again, or copy the directory again")
     return Check(True, f"model {where}: {found.describe()}")
+
+
+def _tokenizer(settings: Settings) -> Check:
+    """With ENGINE_URL, `run` needs only MODEL_ID's spiece.model (looked for, not fetched)."""
+    if is_local(settings):
+        path: Path | None = Path(settings.model_id).expanduser() / "spiece.model"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(settings.model_id, "spiece.model",
+                                       revision=settings.model_revision)
+        path = Path(found) if isinstance(found, str) else None
+    if path is None or not path.is_file():
+        return Check(False, f"tokenizer: spiece.model of {settings.model_id} (revision "
+                     f"{settings.model_revision}) is not there", "run `rinna-bot download` (with "
+                     "ENGINE_URL set it fetches spiece.model alone), or set MODEL_ID to a "
+                     "directory holding it")
+    problems = check_tokenizer(path)
+    if problems:
+        return Check(False, f"tokenizer {path}: {problems[0]}", "fetch it again")
+    return Check(True, f"tokenizer {path}; ENGINE_URL is set, so no local model, GPU or "
+                 "bitsandbytes is needed")
+
+
+def _engine(settings: Settings, url: str) -> Check:
+    """What the engine at `url` serves (`GET /v1/models`), as `run` asks at start."""
+    from bot.remote import base_url, display_url
+
+    shown, model = display_url(url), settings.engine_model or settings.model_id
+    headers = {}
+    if settings.engine_api_key is not None:
+        headers["Authorization"] = f"Bearer {settings.engine_api_key.get_secret_value()}"
+    request = urllib.request.Request(base_url(url) + "/models", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - http(s) only
+            served = [m.get("id") for m in json.load(response).get("data", [])]
+    except urllib.error.HTTPError as exc:
+        fix = ("check ENGINE_API_KEY (vllm serve --api-key)" if exc.code in (401, 403)
+               else "check ENGINE_URL")
+        return Check(False, f"engine {shown}: GET /models answered {exc.code}", fix)
+    except (urllib.error.URLError, OSError, ValueError, AttributeError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        return Check(False, f"engine {shown}: not reachable ({reason})", "start the vLLM "
+                     "server (docs/vllm.md) or fix ENGINE_URL; `run` starts anyway and retries")
+    if model not in served:
+        return Check(False, f"engine {shown} serves {served}, not {model!r}",
+                     "set ENGINE_MODEL to the served name (vllm serve --served-model-name)")
+    return Check(True, f"engine {shown}: serves {model}")
 
 
 def _torch_device(settings: Settings) -> tuple[object, str | None]:

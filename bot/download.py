@@ -61,14 +61,14 @@ def check_model_dir(path: Path) -> ModelFiles:
         problems.append("config.json is missing")
     except (ValueError, OSError) as exc:
         problems.append(f"config.json is unreadable ({type(exc).__name__})")
-    problems += _check_tokenizer(path / "spiece.model")
+    problems += check_tokenizer(path / "spiece.model")
     problems += _check_weights(path)
     files = [p for p in path.iterdir() if p.is_file()]
     size = sum(p.stat().st_size for p in files)  # stat follows the cache's symlinks to blobs
     return ModelFiles(path, len(files), size, tuple(problems))
 
 
-def _check_tokenizer(spiece: Path) -> list[str]:
+def check_tokenizer(spiece: Path) -> list[str]:
     if not spiece.is_file():
         return ["spiece.model is missing"]
     import sentencepiece as spm
@@ -157,6 +157,8 @@ def download(settings: Settings, out: TextIO = sys.stdout) -> int:
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    if settings.engine_urls:
+        return _download_tokenizer(settings, out)
     if is_local(settings):
         found = check_model_dir(Path(settings.model_id).expanduser())
         return _report(found, "local directory, nothing to download", out)
@@ -185,6 +187,26 @@ def download(settings: Settings, out: TextIO = sys.stdout) -> int:
                            tuple(hub_checksums(settings)))
         return _report(found, "checksums match the hub", out)
     return _report(found, "offline: files checked, checksums not compared with the hub", out)
+
+
+def _download_tokenizer(settings: Settings, out: TextIO) -> int:
+    """With ENGINE_URL the model runs on the engine: `run` needs MODEL_ID's spiece.model only."""
+    from bot.errors import ModelLoadError
+    from bot.remote import tokenizer_file
+
+    try:
+        path = tokenizer_file(settings.model_id, settings.model_revision)
+    except ModelLoadError as exc:
+        print(f"✗ {exc}", file=out)
+        return 1
+    problems = check_tokenizer(path)
+    if problems:
+        print(f"✗ {path}: {problems[0]} → delete it and run `rinna-bot download` again",
+              file=out)
+        return 1
+    print(f"✓ tokenizer: {path}; ENGINE_URL is set, so the model's weights are not needed "
+          "here (they are the engine's)", file=out)
+    return 0
 
 
 def _report(found: ModelFiles, note: str, out: TextIO) -> int:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,12 @@ class GenerationParams:
     do_sample: bool = True
     seed: int | None = None
     timeout_s: float | None = None  # None: the generator's REQUEST_TIMEOUT_S
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> GenerationParams:
+        """MAX_NEW_TOKENS, TEMPERATURE and REPETITION_PENALTY: every engine's defaults."""
+        return cls(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                   repetition_penalty=settings.repetition_penalty)
 
 
 @dataclass(frozen=True, slots=True)

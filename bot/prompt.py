@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-
-import regex
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import regex
 
 from bot.conversation import Speaker, Turn
 from bot.tokenizer import NEWLINE_SYMBOL, Tokenizer

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -64,7 +64,7 @@ class _NoTokenIds(Exception):
 
 @dataclass(slots=True, eq=False)
 class _Endpoint:
-    url: str  # base URL ending in /v1
+    url: str = field(repr=False)  # base URL ending in /v1 (may hold user:password: `shown`)
     limit: int
     inflight: int = 0
     started: int = 0  # requests sent, for the tie-break and the benchmarks
@@ -75,6 +75,9 @@ class _Endpoint:
     @property
     def shown(self) -> str:
         return display_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"_Endpoint({self.shown}, inflight={self.inflight}/{self.limit})"
 
 
 @dataclass(slots=True, eq=False)
@@ -511,9 +514,9 @@ async def _error_message(response: aiohttp.ClientResponse) -> str:
     return str(message)[:300]
 
 
-def tokenizer_file(model_id: str) -> Path:
-    """`spiece.model` of MODEL_ID: a local directory's, or fetched alone from the hub (no
-    weights: the model runs on the engine)."""
+def tokenizer_file(model_id: str, revision: str = "main") -> Path:
+    """`spiece.model` of MODEL_ID: a local directory's, or fetched alone from the hub at
+    `revision` (MODEL_REVISION; no weights: the model runs on the engine)."""
     local = Path(model_id).expanduser()
     if local.is_dir():
         if not (local / "spiece.model").is_file():
@@ -523,11 +526,12 @@ def tokenizer_file(model_id: str) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(model_id, "spiece.model"))
+        return Path(hf_hub_download(model_id, "spiece.model", revision=revision))
     except LocalEntryNotFoundError:
         raise ModelLoadError(
-            f"MODEL_ID={model_id}: spiece.model is not in the local cache and the hub cannot "
-            "be reached; connect once, or set MODEL_ID to a local directory with spiece.model"
+            f"MODEL_ID={model_id} (MODEL_REVISION={revision}): spiece.model is not in the "
+            "local cache and the hub cannot be reached; connect once, or set MODEL_ID to a "
+            "local directory with spiece.model"
         ) from None
     except (HfHubHTTPError, ValueError, OSError) as exc:
         raise ModelLoadError(
@@ -538,13 +542,9 @@ async def load_remote_generator(settings: Settings) -> RemoteGenerator:
     """The tokenizer from MODEL_ID (no torch, no weights), one session, a first look at
     every ENGINE_URL; the generator serves even if a URL is not up yet (it is retried)."""
     started = time.monotonic()
-    path = await asyncio.to_thread(tokenizer_file, settings.model_id)
+    path = await asyncio.to_thread(tokenizer_file, settings.model_id, settings.model_revision)
     tokenizer = await asyncio.to_thread(Tokenizer.from_file, path)
-    params = GenerationParams(
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        repetition_penalty=settings.repetition_penalty,
-    )
+    params = GenerationParams.from_settings(settings)
     generator = RemoteGenerator(
         settings.engine_urls, tokenizer,
         model=settings.engine_model or settings.model_id,

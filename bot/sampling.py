@@ -12,7 +12,6 @@ from bot.generation import GenerationParams
 
 __all__ = ["GenerationParams", "next_tokens"]
 
-
 def next_tokens(
     logits: torch.Tensor,  # [B, V] float32, last position of each row
     seen: torch.Tensor,  # [B, V] bool, ids already in each row (prompt and reply)

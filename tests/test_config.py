@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+
+from pydantic import SecretStr
 
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.logs import RedactSecrets
 
 ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+README = ENV_EXAMPLE.parent / "README.md"
 
 
 def test_every_setting_is_documented_in_env_example() -> None:
     keys = {line.split("=", 1)[0].lstrip("# ").strip()
             for line in ENV_EXAMPLE.read_text().splitlines() if "=" in line}
     assert {name.upper() for name in Settings.model_fields} <= keys
+
+
+def test_every_setting_is_set_once_in_env_example() -> None:
+    # A key set twice in .env means the first value is silently overridden by the second.
+    keys = [line.split("=", 1)[0].strip() for line in ENV_EXAMPLE.read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith("#")]
+    assert sorted(k for k in set(keys) if keys.count(k) > 1) == []
+
+
+def test_every_setting_is_in_the_readme_settings_table() -> None:
+    rows = {line.split("|")[1].strip().strip("`") for line in
+            README.read_text(encoding="utf-8").splitlines() if line.startswith("| `")}
+    assert sorted(name.upper() for name in Settings.model_fields
+                  if name.upper() not in rows) == []
 
 
 def test_defaults_match_the_model_card(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,7 +114,7 @@ def test_the_command_reports_the_typo_at_start(settings: Settings, tmp_path: Pat
     (tmp_path / ".env").write_text("DISCORD_TOKN=abc\n")
 
     async def no_serve(*_: object) -> int:
-        return 0
+        return 0  # serve() returns the exit status (the terminal chat's 0 or 130)
 
     monkeypatch.setattr(cli, "serve", no_serve)
     names = ["", "discord", "slack_bolt", "slack_sdk", "aiohttp.access", "httpx", "websockets",
@@ -118,3 +136,57 @@ def test_log_level_is_case_insensitive(settings: Settings, monkeypatch: pytest.M
                                        value: str) -> None:
     monkeypatch.setenv("LOG_LEVEL", value)
     assert load_settings().log_level == value.strip().upper()
+
+
+# Environment variables the guides name that are not settings of ours (other tools' own).
+OUTSIDE_VARIABLES = {"APPLICATION_ID", "DEBIAN_FRONTEND", "HF_HOME", "HF_HUB_OFFLINE",
+                     "HF_ENDPOINT", "TRANSFORMERS_OFFLINE", "PIP_NO_CACHE_DIR",
+                     "PIP_DISABLE_PIP_VERSION_CHECK", "PYTEST_ARGS", "SLACK_CLIENT_ID",
+                     "SLACK_CLIENT_SECRET"}
+
+
+def test_every_key_the_guides_name_is_a_setting() -> None:
+    # A documented key that Settings lacks is "unknown setting ... (ignored)" when set.
+    root = ENV_EXAMPLE.parent
+    guides = [root / n for n in ("README.md", "compose.yaml", "Dockerfile", ".env.example")]
+    known = {name.upper() for name in Settings.model_fields} | OUTSIDE_VARIABLES
+    named = {(key, path.name) for path in [*guides, *sorted((root / "docs").glob("*.md"))]
+             for key in re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b",
+                                   path.read_text(encoding="utf-8"))}
+    assert sorted((key, where) for key, where in named if key not in known) == []
+
+
+def test_every_secret_setting_is_listed_for_redaction(settings: Settings) -> None:
+    secret = settings.model_copy(update={
+        name: SecretStr(f"value-of-{name}") for name, field in Settings.model_fields.items()
+        if "SecretStr" in str(field.annotation)})
+    assert set(secret.secret_fields) >= {"discord_token", "slack_bot_token", "slack_app_token",
+                                         "slack_signing_secret", "engine_api_key"}
+    assert sorted(secret.secret_values()) == sorted(f"value-of-{n}" for n in secret.secret_fields)
+    assert settings.secret_values() == []  # unset secrets are not "redact the empty string"
+
+
+def test_the_command_redacts_the_engine_api_key(settings: Settings, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from bot import cli
+
+    key = "vllm-key-0123456789"
+    (tmp_path / ".env").write_text(f"ENGINE_URL=http://127.0.0.1:9/v1\nENGINE_API_KEY={key}\n")
+
+    async def logs_the_key(*_: object) -> int:
+        logging.getLogger("aiohttp.client").error("request failed: Authorization=%s", key)
+        return 0
+
+    monkeypatch.setattr(cli, "serve", logs_the_key)
+    handlers = logging.getLogger().handlers[:]
+    level = logging.getLogger().level
+    try:
+        assert cli.main(["run"]) == 0
+    finally:
+        logging.getLogger().handlers[:] = handlers
+        logging.getLogger().setLevel(level)
+    err = capsys.readouterr().err
+    assert "request failed: Authorization=***" in err and key not in err

@@ -239,3 +239,53 @@ async def test_download_from_the_hub_checks_checksums(
     else:
         assert done.returncode == 1
         assert f"✗ {snapshot}: {lie}: checksum differs from the hub's" in done.stdout
+
+
+async def test_doctor_with_engine_url_checks_the_engines_not_a_local_model(
+        tiny_model_dir: Path, tmp_path: Path, database: Path, tokenizer: object) -> None:
+    import asyncio
+    import socket
+
+    from tests.fake_openai import FakeOpenAI
+
+    snapshot = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)  # the tokenizer alone: no weights are needed
+    shutil.copy(tiny_model_dir / "spiece.model", snapshot / "spiece.model")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    fake = await FakeOpenAI(tokenizer, model="rinna-served", api_key="doctor-engine-key").start()
+    try:
+        done = await asyncio.to_thread(
+            rinna_bot, "doctor", tmp_path, MODEL_ID=REPO, DEVICE="cuda:99",
+            DATABASE_PATH=str(database), ENGINE_URL=f"{fake.url},{closed}",
+            ENGINE_API_KEY="doctor-engine-key", ENGINE_MODEL="rinna-served",
+            DISCORD_TOKEN="doctor-discord-token")
+    finally:
+        await fake.close()
+    lines = done.stdout.splitlines()
+    assert f"✓ engine {fake.url}: serves rinna-served" in lines, done.stdout + done.stderr
+    assert any(line.startswith(f"✗ engine {closed}: not reachable") for line in lines)
+    assert f"✓ tokenizer {snapshot / 'spiece.model'}; ENGINE_URL is set, so no local model, " \
+        "GPU or bitsandbytes is needed" in lines
+    assert not any(line.startswith(("✗ model", "✗ DEVICE", "✗ bitsandbytes")) for line in lines)
+    assert "ENGINE_API_KEY set" in lines[0]
+    assert "doctor-engine-key" not in done.stdout + done.stderr
+    assert lines[-1] == "1 to fix; `rinna-bot run` may not work as intended"
+
+
+def test_download_with_engine_url_fetches_the_tokenizer_only(tiny_model_dir: Path,
+                                                             tmp_path: Path) -> None:
+    snapshot = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)  # what the bot fetched for a remote engine: spiece.model alone
+    shutil.copy(tiny_model_dir / "spiece.model", snapshot / "spiece.model")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
+    done = rinna_bot("download", tmp_path, MODEL_ID=REPO, ENGINE_URL="http://127.0.0.1:9/v1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"✓ tokenizer: {snapshot / 'spiece.model'}; ENGINE_URL is set")
+    missing = rinna_bot("download", tmp_path, MODEL_ID="test-org/other",
+                        ENGINE_URL="http://127.0.0.1:9/v1")
+    assert missing.returncode == 1 and "spiece.model is not in the local cache" in missing.stdout

@@ -53,6 +53,15 @@ def test_model_revision_picks_the_snapshot(hub_cache: Path) -> None:
         resolve_model_dir(REPO, "c" * 40)
 
 
+def test_the_remote_engine_takes_its_tokenizer_at_model_revision(hub_cache: Path) -> None:
+    from bot.remote import tokenizer_file
+
+    assert tokenizer_file(REPO).parent.name == MAIN
+    assert tokenizer_file(REPO, PINNED).parent.name == PINNED
+    with pytest.raises(ModelLoadError, match="MODEL_REVISION=" + "c" * 40):
+        tokenizer_file(REPO, "c" * 40)
+
+
 def test_load_model_downloads_at_model_revision(hub_cache: Path, settings: Settings) -> None:
     pinned = settings.model_copy(update={"model_id": REPO, "model_revision": PINNED})
     *_, info = load_model(pinned)

@@ -271,6 +271,47 @@ async def test_a_per_url_limit_queues_the_rest_with_positions(
     assert (2, 1) in positions  # moved up when the first finished
 
 
+async def test_a_request_cancelled_while_waiting_leaves_the_queue(
+        make_fake: Callable[..., Awaitable[FakeOpenAI]],
+        make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
+    fake = await make_fake(reply=replying(tokenizer, REPLY), pause_after=1)
+    remote = await make_remote([fake.url], per_url_limit=1, queue_size=4)
+    positions: list[int] = []
+    running = asyncio.create_task(collect(remote.stream(PROMPT)))
+    await fake.until(lambda: fake.active == 1)
+    gone = asyncio.create_task(collect(remote.stream(PROMPT)))
+    await eventually(lambda: remote.waiting == 1)
+    kept = asyncio.create_task(collect(remote.stream(PROMPT, on_wait=positions.append)))
+    await eventually(lambda: positions == [2])
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    assert remote.waiting == 1
+    await eventually(lambda: positions == [2, 1])  # moved up at once
+    fake.hold.set()
+    assert ["".join(r) for r in await asyncio.gather(running, kept)] == [SHOWN] * 2
+    assert (remote.running, remote.waiting) == (0, 0)
+
+
+async def test_a_slot_granted_to_a_request_cancelled_before_it_ran_is_given_back(
+        make_fake: Callable[..., Awaitable[FakeOpenAI]],
+        make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
+    fake = await make_fake(reply=replying(tokenizer, REPLY), pause_after=1)
+    remote = await make_remote([fake.url], per_url_limit=1)
+    first = remote.stream(PROMPT)
+    shown = [await anext(first)]
+    waiting = asyncio.create_task(collect(remote.stream(PROMPT)))
+    await eventually(lambda: remote.waiting == 1)
+    fake.hold.set()
+    shown += [delta async for delta in first]  # its end hands the slot to the waiting one...
+    waiting.cancel()  # ...which is cancelled before it could run
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert "".join(shown) == SHOWN
+    assert (remote.running, remote.waiting) == (0, 0)
+    positions: list[int] = []
+    assert "".join(await collect(remote.stream(PROMPT, on_wait=positions.append))) == SHOWN
+    assert positions == []  # served at once: the slot was not lost
+
+
 async def test_a_failing_url_is_skipped_for_a_while(
         make_fake: Callable[..., Awaitable[FakeOpenAI]],
         make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
@@ -334,6 +375,14 @@ async def test_the_api_key_is_sent_as_bearer_and_never_shown(
         assert key not in shown and "sk-wrong-key" not in shown
 
 
+def test_a_password_in_engine_url_is_never_shown(tokenizer: Tokenizer) -> None:
+    remote = RemoteGenerator(["http://bot:pw-remote-9931@vllm.example:8000/v1"], tokenizer,
+                             model="rinna")
+    for shown in (repr(remote), repr(remote._endpoints), str(remote._endpoints),
+                  str(remote.load())):
+        assert "pw-remote-9931" not in shown and "vllm.example:8000" in shown, shown
+
+
 async def test_load_generator_picks_the_remote_engine_from_settings(
         make_fake: Callable[..., Awaitable[FakeOpenAI]], tokenizer: Tokenizer,
         settings: Settings, store: HistoryStore) -> None:
@@ -341,7 +390,8 @@ async def test_load_generator_picks_the_remote_engine_from_settings(
     two = await make_fake(reply=replying(tokenizer, REPLY))
     remote = await load_generator(settings.model_copy(update={
         "engine_url": f"{one.url}, {two.url.removesuffix('/v1')}/",
-        "engine_model": "rinna-test", "engine_concurrency": 4}))
+        "engine_model": "rinna-test", "engine_concurrency": 4, "temperature": 0.9,
+        "repetition_penalty": 1.2}))
     try:
         assert isinstance(remote, RemoteGenerator)
         chat = ChatService(store, remote, remote.tokenizer,
@@ -357,6 +407,7 @@ async def test_load_generator_picks_the_remote_engine_from_settings(
         got = (one.received + two.received)[0].body
         assert got["prompt"] == tokenizer.encode(PROMPT)
         assert got["max_tokens"] == settings.max_new_tokens
+        assert (got["temperature"], got["repetition_penalty"]) == (0.9, 1.2)  # from settings
     finally:
         await remote.aclose()
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.reply import PLACEHOLDER, PREVIEW_TAIL
@@ -192,5 +193,29 @@ def test_compose_matches_the_image() -> None:
     port = service["environment"]["METRICS_PORT"]
     assert port in re.search(r"^EXPOSE (.*)$", DOCKERFILE, re.M).group(1).split()
     assert any(p.endswith(f":{port}:{port}") for p in service["ports"])
-    assert int(service["stop_grace_period"].removesuffix("s")) > 20  # SHUTDOWN_GRACE_S
+    # well above the few seconds that answers in flight get
+    assert int(service["stop_grace_period"].removesuffix("s")) > 20
     assert re.search(r"^USER \d+:\d+$", DOCKERFILE, re.M)  # not root
+
+
+def test_the_vllm_guides_compose_example_runs_the_image_as_built() -> None:
+    """docs/vllm.md's bot service: a command the entry point (`rinna-bot`) takes, and the
+    image's volumes (a mount elsewhere loses the history or the model at each upgrade)."""
+    import yaml
+
+    from bot.cli import main
+
+    guide = (ROOT / "docs" / "vllm.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", guide, re.S) if "ENGINE_URL" in b]
+    services = yaml.safe_load(block)["services"]
+    (bot,) = [s for s in services.values() if "ENGINE_URL" in s.get("environment", {})]
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", DOCKERFILE, re.M).group(1))
+    assert entry == ["rinna-bot"]
+    command = bot.get("command", json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.M)
+                                            .group(1)))
+    args = command.split() if isinstance(command, str) else command
+    with pytest.raises(SystemExit) as parsed:
+        main([*args, "--help"])  # argparse: 0 for a command it takes, 2 for one it does not
+    assert parsed.value.code == 0, args
+    volumes = json.loads(re.search(r"^VOLUME (\[.*\])$", DOCKERFILE, re.M).group(1))
+    assert sorted(v.split(":", 1)[1] for v in bot["volumes"]) == sorted(volumes)

@@ -80,6 +80,18 @@ def test_closing_brackets_go_with_the_sentence() -> None:
     assert parts[0].endswith("。」") and parts[1][0] not in KINSOKU_START
 
 
+@pytest.mark.parametrize("text", [
+    "ああああああああああああああああ 」いいいいいいいいいいいいい",  # a space before a closer
+    "ああああああああああああああ\n」いいいいいいいいいいいいいいい",  # a line break before one
+    "abc def ghi jkl mno , pqr stu vwx",  # a space before a comma
+])
+def test_no_part_starts_with_a_closer_after_a_space_or_line_break(text: str) -> None:
+    parts = split_message(text, 20)
+    assert len(parts) == 2 and all(len(p) <= 20 for p in parts)
+    assert parts[1][0] not in KINSOKU_START, parts
+    assert "".join("".join(parts).split()) == "".join(text.split())
+
+
 def test_an_ascii_question_mark_inside_a_url_is_not_a_sentence_end() -> None:
     text = "検索はこちらです https://example.com/search?q=" + "a" * 40 + " をご覧ください。"
     parts = split_message(text, 60)
