@@ -363,6 +363,7 @@ class ChatCog(commands.Cog):
         if not self._permits(access_request(message.channel, guild_id, message.author)):
             return
         if not self.recent.add(str(message.id)):
+            self.chat.note(PLATFORM, Outcome.DUPLICATE)
             return
         try:
             await self._on_message(message, me)

@@ -462,6 +462,7 @@ class SlackHandlers:
     async def _answer(self, message: SlackMessage, bot: BotIdentity, *, addressed: bool,
                       via_mention: bool = False, ack: Ack | None = None) -> str:
         if not self.recent.add(message.delivery_key):
+            self.chat.note(PLATFORM, Outcome.DUPLICATE)
             return DUPLICATE
         key = message.key
         sink = SlackReply(self.api, message.channel, key.thread, tag=message.delivery_key)

@@ -170,6 +170,12 @@ class ChatService:
             start -= 1
         return await self.store.import_turns(key, cleaned[start:])
 
+    def note(self, platform: str, outcome: Outcome) -> None:
+        """An outcome an adapter decided before the message reached `handle` (a redelivery
+        dropped by its cheap in-memory check): counted like the others."""
+        if self._on_outcome is not None:
+            self._on_outcome(platform, outcome)
+
     async def handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                      *, earlier: EarlierLoader | None = None, addressed: bool = True,
                      accepted: Callable[[], Awaitable[None]] | None = None,

@@ -333,7 +333,7 @@ def test_the_run_command_applies_retention_days_at_start(tiny_model_dir: Path,
     env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "DATABASE_PATH": str(db),
                 "MODEL_ID": str(tiny_model_dir), "QUANTIZATION": "none", "DEVICE": "cpu",
                 "RETENTION_DAYS": "30"})
-    result = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "chat"], cwd=tmp_path, env=env,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
