@@ -332,7 +332,7 @@ def test_the_run_command_applies_retention_days_at_start(tiny_model_dir: Path,
            if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "RETENTION_"))}
     env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "DATABASE_PATH": str(db),
                 "MODEL_ID": str(tiny_model_dir), "QUANTIZATION": "none", "DEVICE": "cpu",
-                "RETENTION_DAYS": "30"})
+                "RETENTION_DAYS": "30", "LOG_LEVEL": "INFO"})
     result = subprocess.run([sys.executable, "-m", "bot.cli", "chat"], cwd=tmp_path, env=env,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             timeout=300)
