@@ -469,7 +469,7 @@ class SlackHandlers:
         async with self._boundary(sink, f"message {message.delivery_key} in {key}"):
             text = await self._plain(message.text, bot)
             if addressed and text.lower() in RESET_WORDS:
-                return await self._reset(key, message.delivery_key, sink)
+                return await self._reset(key, message, sink, ack)
             if not text and not (via_mention or message.is_dm):
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
             earlier = (self._earlier(message, bot)
@@ -480,11 +480,14 @@ class SlackHandlers:
                 accepted=ack))
         return outcome
 
-    async def _reset(self, key: ConversationKey, delivery_key: str, sink: SlackReply) -> str:
-        # Claimed like any message, so a retry or the double delivery resets and says so once.
-        if not await self.chat.reset(key, delivery_key):
+    async def _reset(self, key: ConversationKey, message: SlackMessage, sink: SlackReply,
+                     ack: Ack | None) -> str:
+        # Recorded with its confirmation like any message (acknowledged then), so a retry or
+        # the double delivery resets once, and a crash before the confirmation is shown is
+        # finished by the redelivery or the start-up recovery (the tagged reply is found).
+        if not await self.chat.reset(key, message.delivery_key, sink=sink, notice=RESET_DONE,
+                                     author=message.user, accepted=ack):
             return str(Outcome.DUPLICATE)
-        await sink.finish(RESET_DONE)
         return RESET
 
     async def _plain(self, text: str, bot: BotIdentity) -> str:
