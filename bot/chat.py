@@ -332,6 +332,7 @@ class ChatService:
             current = await self.store.delivery(delivery.platform, delivery.delivery_key)
             if current is None or current.state is DeliveryState.ANSWERED:
                 return Outcome.DUPLICATE
+            delivery = current = await self._locate(current, sink)
             if recovering:
                 await _resume(sink, current.reply_ref)
             if current.final is not None:
@@ -377,6 +378,21 @@ class ChatService:
             self._inflight.discard(marker)
             if me is not None:
                 self._active.pop(me, None)
+
+    async def _locate(self, delivery: Delivery, sink: ReplySink) -> Delivery:
+        """A message recorded before its conversation existed (a slash command: recorded
+        first, then its question posted, which starts the thread): a sink that can `locate`
+        posts the question (or finds it, after a crash) and names the conversation; the
+        record moves there before anything is stored in it."""
+        locate = getattr(sink, "locate", None)
+        if not callable(locate):
+            return delivery
+        key = await locate()
+        if key is None or key == delivery.key:
+            return delivery
+        moved = await self.store.move_delivery(delivery, key)
+        self._point("located")
+        return moved
 
     async def _show_final(self, delivery: Delivery, sink: ReplySink, final: str) -> Outcome:
         await sink.finish(final)

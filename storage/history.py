@@ -331,6 +331,28 @@ class HistoryStore:
             return delivery if fresh else None
         return delivery
 
+    async def move_delivery(self, delivery: Delivery, key: ConversationKey) -> Delivery:
+        """Attach a message recorded before its conversation was known (a slash command is
+        recorded before its question is posted, the thread it starts) to conversation `key`,
+        in one transaction; the placeholder conversation it was recorded in goes if empty."""
+        async with self._transaction() as db:
+            conversation = await self._conversation_id(db, key)
+            row = await (await db.execute(
+                "UPDATE deliveries SET conversation_id=? WHERE platform=? AND delivery_key=?"
+                " RETURNING 1", (conversation, delivery.platform, delivery.delivery_key))
+                         ).fetchone()
+            if row is None:
+                raise sqlite3.IntegrityError("the delivery is gone")
+            if conversation != delivery.conversation:
+                await db.execute(
+                    "DELETE FROM conversations WHERE id=? AND NOT EXISTS (SELECT 1 FROM"
+                    " deliveries WHERE conversation_id=?) AND NOT EXISTS (SELECT 1 FROM turns"
+                    " WHERE conversation_id=?)", (delivery.conversation,) * 3)
+            row = await (await db.execute(
+                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
+                (delivery.platform, delivery.delivery_key))).fetchone()
+        return replace(_delivery(row), fresh=delivery.fresh)
+
     async def delivery(self, platform: str, delivery_key: str) -> Delivery | None:
         row = await (await self._db.execute(
             _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
