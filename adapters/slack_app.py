@@ -347,19 +347,30 @@ class SlackCommandReply(SlackReply):
     async def _post_question(self) -> str:
         shown = self.question if len(self.question) <= QUESTION_SHOWN_CHARS else (
             self.question[:QUESTION_SHOWN_CHARS] + "…")
-        try:
-            posted = await self.api.call(
-                "chat_postMessage", channel=self.channel, unfurl_links=False,
-                text=ASKED.format(user=self.user, question=escape(shown)),
-                metadata={"event_type": REPLY_EVENT,
-                          "event_payload": {"delivery": self.tag, "part": QUESTION_PART}})
-        except DELIVERY_ERRORS as exc:
-            log.warning("slack %s: could not post the question in %s: %s", COMMAND,
-                        self.channel, _describe(exc))
-            if self.respond is not None:
-                await _tell(self.respond, POST_FAILED)
-            raise QuestionNotPosted() from None
-        return str(posted["ts"])
+        arguments: dict[str, Any] = dict(
+            channel=self.channel, unfurl_links=False,
+            text=ASKED.format(user=self.user, question=escape(shown)),
+            metadata={"event_type": REPLY_EVENT,
+                      "event_payload": {"delivery": self.tag, "part": QUESTION_PART}})
+        attempt = 0
+        while True:  # a retry after a 5xx or a timeout (maybe posted) looks for it first
+            try:
+                posted = await self.api.call("chat_postMessage", retry=False, **arguments)
+                return str(posted["ts"])
+            except DELIVERY_ERRORS as exc:
+                delay = self.api.post_retry_delay(exc, attempt)
+                if delay is None:
+                    log.warning("slack %s: could not post the question in %s: %s", COMMAND,
+                                self.channel, _describe(exc))
+                    if self.respond is not None:
+                        await _tell(self.respond, POST_FAILED)
+                    raise QuestionNotPosted() from None
+                maybe_posted = not (isinstance(exc, SlackApiError) and (
+                    exc.response.status_code < 500 or exc.response.get("error") == "ratelimited"))
+            attempt += 1
+            await self.api.sleep(delay)
+            if maybe_posted and (found := await self._find(QUESTION_PART)) is not None:
+                return str(found)
 
     async def fail(self, message: str) -> None:
         if self.thread_ts is None:  # no question in the channel: no thread to say it in

@@ -13,7 +13,7 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_app import BotIdentity, SlackApi, SlackHandlers, UserNames
+from adapters.slack_app import POST_FAILED, BotIdentity, SlackApi, SlackHandlers, UserNames
 from bot.chat import ChatConfig, ChatService
 from bot.conversation import ConversationKey, Speaker
 from bot.reply import PLACEHOLDER
@@ -106,3 +106,27 @@ async def test_a_command_is_acknowledged_only_once_recorded(
         await handlers(fake, chat).on_command(COMMAND, respond, BOT, ack)
     assert acked == [True]  # acknowledged with the command already recorded
     assert not fake.threads  # recorded before anything was posted
+
+
+async def test_a_question_post_retried_after_a_5xx_that_created_it_is_posted_once(
+        store: HistoryStore, tokenizer: Tokenizer, fake: FakeSlack) -> None:
+    fake.fail("chat.postMessage", "internal_error", status=500, applied=True)
+    chat = ChatService(store, ScriptedGenerator(default="答えです。"), tokenizer,
+                       ChatConfig(stream_interval_s=0.0))
+    assert await handlers(fake, chat).on_command(COMMAND, respond, BOT) == "answered"
+    (question,) = fake.threads[("C1", "")]
+    assert [m["text"] for m in fake.threads[("C1", question["ts"])]] == ["答えです。"]
+
+
+async def test_a_question_that_cannot_be_posted_is_told_ephemerally_and_finished(
+        store: HistoryStore, tokenizer: Tokenizer, fake: FakeSlack) -> None:
+    fake.fail("chat.postMessage", "not_in_channel")
+    told: list[dict[str, Any]] = []
+
+    async def tell(**reply: Any) -> None:
+        told.append(reply)
+
+    chat = ChatService(store, ScriptedGenerator(), tokenizer, ChatConfig(stream_interval_s=0))
+    assert await handlers(fake, chat).on_command(COMMAND, tell, BOT) == "failed"
+    assert [r["text"] for r in told] == [POST_FAILED] and not fake.threads
+    assert await store.unfinished("slack") == []  # not tried again at every start
