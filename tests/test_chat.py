@@ -518,3 +518,16 @@ async def test_a_reset_with_its_sink_shows_the_notice_and_a_redelivery_does_noth
     assert board.visible() == ["答え", RESET_NOTICE]
     conversation = await store.find(KEY)
     assert conversation is not None and await store.recent_turns(conversation, 10) == []
+
+
+async def test_an_old_message_whose_answer_was_stored_gets_that_answer_not_the_notice(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    board = Board()
+    first = ChatService(store, ScriptedGenerator(default="答えです。"), tokenizer,
+                        ChatConfig(stream_interval_s=0), crash_hook=crashing_at("answer_stored"))
+    with pytest.raises(Crash):
+        await first.handle(KEY, IncomingMessage("古い質問", "old"), BoardReply(board, "old"))
+    report = await service(store, tokenizer, ScriptedGenerator()).recover(
+        "test", lambda d: BoardReply(board, d.delivery_key), max_age_s=0.0)
+    assert report.stale == 1 and board.visible() == ["答えです。"]
+    assert await store.unfinished("test") == []
