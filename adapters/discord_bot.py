@@ -482,8 +482,15 @@ class ChatCog(commands.Cog):
                 await interaction.response.send_message(RESET_WHERE, ephemeral=True)
                 return
             await interaction.response.defer(thinking=True)
-            await self.chat.reset(conversation_key(channel, interaction.guild_id))
-            await interaction.edit_original_response(content=RESET_DONE)
+            # Recorded with its confirmation, then shown, then marked: a restart in between
+            # shows the confirmation in the conversation (recovery_sink) and resets nothing.
+            sink = DiscordReply(InteractionDestination(interaction), tag=str(interaction.id))
+            try:
+                await self.chat.reset(conversation_key(channel, interaction.guild_id),
+                                      str(interaction.id), sink=sink, notice=RESET_DONE,
+                                      author=str(interaction.user.id))
+            finally:
+                sink.stop_typing()
         except DELIVERY_ERRORS as exc:
             log.warning("/reset %s: %s", interaction.id, _describe(exc), exc_info=exc)
         except Exception:

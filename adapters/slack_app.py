@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import time
+import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -115,6 +116,8 @@ SOCKET_CONNECT_TIMEOUT_S = 60.0
 CLOSE_GRACE_S = 5.0
 SIGNATURE_MAX_AGE_S = 5 * 60
 REPLY_EVENT = "rinna_reply"  # the metadata event type that tags the bot's replies
+COMMAND_KEY = "command:"  # a /rinna command's delivery key: this and its trigger id
+QUESTION_PART = -1  # the metadata part of the question a /rinna command posts
 FIND_PAGES = 10
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -316,6 +319,66 @@ class SlackReply(MessageReply):
                             text=escape(text))
 
 
+class QuestionNotPosted(RinnaError):
+    """A /rinna question could not be posted in its channel (the bot not invited, say)."""
+
+    user_message = POST_FAILED
+
+
+class SlackCommandReply(SlackReply):
+    """The reply to a /rinna question, recorded before the question is posted: `locate` posts
+    the question in the channel (tagged with the command's key, part QUESTION_PART) or, after
+    a restart, finds it there; the answer then goes in its thread."""
+
+    def __init__(self, api: SlackApi, team: str, channel: str, user: str, question: str, *,
+                 tag: str, respond: AsyncRespond | None = None) -> None:
+        super().__init__(api, channel, None, tag=tag)
+        self.team = team
+        self.user = user
+        self.question = question
+        self.respond = respond
+
+    async def locate(self) -> ConversationKey:
+        if self.thread_ts is None:
+            found = await self._find(QUESTION_PART)
+            self.thread_ts = str(found) if found is not None else await self._post_question()
+        return ConversationKey(PLATFORM, self.team, self.channel, self.thread_ts)
+
+    async def _post_question(self) -> str:
+        shown = self.question if len(self.question) <= QUESTION_SHOWN_CHARS else (
+            self.question[:QUESTION_SHOWN_CHARS] + "…")
+        arguments: dict[str, Any] = dict(
+            channel=self.channel, unfurl_links=False,
+            text=ASKED.format(user=self.user, question=escape(shown)),
+            metadata={"event_type": REPLY_EVENT,
+                      "event_payload": {"delivery": self.tag, "part": QUESTION_PART}})
+        attempt = 0
+        while True:  # a retry after a 5xx or a timeout (maybe posted) looks for it first
+            try:
+                posted = await self.api.call("chat_postMessage", retry=False, **arguments)
+                return str(posted["ts"])
+            except DELIVERY_ERRORS as exc:
+                delay = self.api.post_retry_delay(exc, attempt)
+                if delay is None:
+                    log.warning("slack %s: could not post the question in %s: %s", COMMAND,
+                                self.channel, _describe(exc))
+                    if self.respond is not None:
+                        await _tell(self.respond, POST_FAILED)
+                    raise QuestionNotPosted() from None
+                maybe_posted = not (isinstance(exc, SlackApiError) and (
+                    exc.response.status_code < 500 or exc.response.get("error") == "ratelimited"))
+            attempt += 1
+            await self.api.sleep(delay)
+            if maybe_posted and (found := await self._find(QUESTION_PART)) is not None:
+                return str(found)
+
+    async def fail(self, message: str) -> None:
+        if self.thread_ts is None:  # no question in the channel: no thread to say it in
+            log.info("slack %s %s: ended before its question was posted", COMMAND, self.tag)
+            return
+        await super().fail(message)
+
+
 # ----- events as values -----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class BotIdentity:
@@ -430,32 +493,34 @@ class SlackHandlers:
 
     def recovery_sink(self, delivery: Delivery) -> SlackReply:
         """A sink for a message taken on before a restart (its thread is in its key)."""
+        if delivery.key.thread.startswith(COMMAND_KEY):  # a command whose question may be unposted
+            return SlackCommandReply(self.api, delivery.key.workspace, delivery.key.channel,
+                                     delivery.author or "", delivery.text or "",
+                                     tag=delivery.delivery_key)
         return SlackReply(self.api, delivery.key.channel, delivery.key.thread or None,
                           tag=delivery.delivery_key)
 
     async def on_command(self, command: Mapping[str, Any], respond: AsyncRespond,
                          bot: BotIdentity, ack: Ack | None = None) -> str:
+        # Slack does not retry a command: it is recorded (under its trigger id, with its text)
+        # before the question is posted, so a crash in between loses nothing; the sink posts
+        # the question (or finds it by its metadata after a restart) and the record moves to
+        # the thread it starts (ChatService._locate).
         channel, user = str(command["channel_id"]), str(command["user_id"])
+        team = str(command.get("team_id") or "")
         question = await self._plain(str(command.get("text") or "")[:MAX_TEXT_CHARS], bot)
-        shown = question if len(question) <= QUESTION_SHOWN_CHARS else (
-            question[:QUESTION_SHOWN_CHARS] + "…")
-        try:
-            posted = await self.api.call(
-                "chat_postMessage", channel=channel, text=ASKED.format(
-                    user=user, question=escape(shown)), unfurl_links=False)
-        except DELIVERY_ERRORS as exc:
-            log.warning("slack %s: could not post the question in %s: %s", COMMAND, channel,
-                        _describe(exc))
+        if not question:  # only a mention, say: nothing to post
             if ack is not None:
                 await ack()
-            await _tell(respond, POST_FAILED)
-            return FAILED
-        ts = str(posted["ts"])
-        key = ConversationKey(PLATFORM, str(command.get("team_id") or ""), channel, ts)
-        sink = SlackReply(self.api, channel, ts, tag=f"{channel}:{ts}")
+            await _tell(respond, USAGE_MESSAGE)
+            return str(Outcome.EMPTY)
+        tag = COMMAND_KEY + (str(command.get("trigger_id") or "") or uuid.uuid4().hex)
+        key = ConversationKey(PLATFORM, team, channel, tag)  # until the question is posted
+        sink = SlackCommandReply(self.api, team, channel, user, question, tag=tag,
+                                 respond=respond)
         outcome = FAILED
-        async with self._boundary(sink, f"{COMMAND} in {key}"):
-            incoming = IncomingMessage(question, f"{channel}:{ts}", user)
+        async with self._boundary(sink, f"{COMMAND} {tag} in {channel}"):
+            incoming = IncomingMessage(question, tag, user)
             outcome = str(await self.chat.handle(key, incoming, sink, accepted=ack))
         return outcome
 
@@ -470,7 +535,7 @@ class SlackHandlers:
         async with self._boundary(sink, f"message {message.delivery_key} in {key}"):
             text = await self._plain(message.text, bot)
             if addressed and text.lower() in RESET_WORDS:
-                return await self._reset(key, message.delivery_key, sink)
+                return await self._reset(key, message, sink, ack)
             if not text and not (via_mention or message.is_dm):
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
             earlier = (self._earlier(message, bot)
@@ -481,11 +546,14 @@ class SlackHandlers:
                 accepted=ack))
         return outcome
 
-    async def _reset(self, key: ConversationKey, delivery_key: str, sink: SlackReply) -> str:
-        # Claimed like any message, so a retry or the double delivery resets and says so once.
-        if not await self.chat.reset(key, delivery_key):
+    async def _reset(self, key: ConversationKey, message: SlackMessage, sink: SlackReply,
+                     ack: Ack | None) -> str:
+        # Recorded with its confirmation like any message (acknowledged then), so a retry or
+        # the double delivery resets once, and a crash before the confirmation is shown is
+        # finished by the redelivery or the start-up recovery (the tagged reply is found).
+        if not await self.chat.reset(key, message.delivery_key, sink=sink, notice=RESET_DONE,
+                                     author=message.user, accepted=ack):
             return str(Outcome.DUPLICATE)
-        await sink.finish(RESET_DONE)
         return RESET
 
     async def _plain(self, text: str, bot: BotIdentity) -> str:

@@ -140,14 +140,38 @@ class ChatService:
         """Whether the bot already takes part in this conversation."""
         return await self.store.find(key) is not None
 
-    async def reset(self, key: ConversationKey, delivery_key: str | None = None) -> bool:
+    async def reset(self, key: ConversationKey, delivery_key: str | None = None, *,
+                    sink: ReplySink | None = None, notice: str | None = None,
+                    author: str | None = None,
+                    accepted: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Start the conversation afresh. With a `delivery_key` (the platform message that asked
-        for it), a redelivery of that message resets nothing: returns False."""
-        if delivery_key is not None and await self.store.claim(key, delivery_key) is None:
+        for it), a redelivery of that message resets nothing: returns False.
+
+        With a `sink` and a `notice` (the confirmation), the reset is exactly once like an
+        answer: recorded together with the reset (one transaction), then the notice shown,
+        then marked done; a redelivery or the start-up recovery of a reset whose confirmation
+        was lost shows it (returns True) without resetting again. `accepted` is awaited once
+        the request is recorded (the adapter acknowledges the platform there)."""
+        if delivery_key is None:
+            async with self._conversation(key):
+                await self.store.reset(key)
+            if sink is not None and notice is not None:
+                await sink.finish(notice)
+            return True
+        shown = notice if sink is not None else None
+        try:
+            async with self._conversation(key):
+                delivery = await self.store.accept_reset(key, delivery_key, shown, author)
+            self._point("accepted")
+        finally:
+            if accepted is not None:
+                await accepted()
+        if delivery is None:
             return False
-        async with self._conversation(key):
-            await self.store.reset(key)
-        return True
+        if sink is None or shown is None:
+            return delivery.fresh
+        outcome = await self._process(delivery, sink, recovering=not delivery.fresh)
+        return outcome is Outcome.ANSWERED
 
     async def import_history(
         self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
@@ -242,7 +266,7 @@ class ChatService:
             await acknowledge()
         # Not recorded just now: an earlier handling died; carry on with what it posted.
         return await self._process(delivery, sink, earlier=earlier, interval=stream_interval_s,
-                                   recovering=not delivery.fresh)
+                                   recovering=not delivery.fresh, text=text)
 
     async def recover(self, platform: str, make_sink: SinkFactory, *,
                       max_age_s: float = 900.0) -> Recovered:
@@ -283,8 +307,11 @@ class ChatService:
             current = await self.store.delivery(delivery.platform, delivery.delivery_key)
             if current is None or current.state is DeliveryState.ANSWERED:
                 return Outcome.DUPLICATE
-            await _resume(sink, delivery.reply_ref)
-            await sink.fail(STALE_NOTICE)
+            await _resume(sink, current.reply_ref)
+            if current.final is not None:  # its answer (or reset) was done: show it, not a notice
+                await sink.finish(current.final)
+            else:
+                await sink.fail(STALE_NOTICE)
             await self.store.mark_answered(delivery)
         except Exception:
             log.exception("%s: could not end message %s", delivery.key, delivery.delivery_key)
@@ -295,8 +322,9 @@ class ChatService:
 
     async def _process(self, delivery: Delivery, sink: ReplySink, *,
                        earlier: EarlierLoader | None = None, interval: float | None = None,
-                       recovering: bool = False) -> Outcome:
-        """Answer a recorded message: its placeholder, user turn, answer, final text."""
+                       recovering: bool = False, text: str | None = None) -> Outcome:
+        """Answer a recorded message: its placeholder, user turn, answer, final text.
+        `text` is the message's text when the platform just delivered it (else the record's)."""
         key = delivery.key
         marker = (delivery.platform, delivery.delivery_key)
         if marker in self._inflight:
@@ -310,8 +338,19 @@ class ChatService:
             current = await self.store.delivery(delivery.platform, delivery.delivery_key)
             if current is None or current.state is DeliveryState.ANSWERED:
                 return Outcome.DUPLICATE
+            delivery = current = await self._locate(current, sink)
             if recovering:
-                await _resume(sink, delivery.reply_ref)
+                await _resume(sink, current.reply_ref)
+            if current.final is not None:
+                # Answered (or reset) before a crash: only showing it was left. Straight to
+                # the final text, without the placeholder again.
+                return await self._show_final(current, sink, current.final)
+            if current.turn_id is None and not (
+                    current.text if text is None else text).strip():
+                # An empty message (only a mention, say) recovered: the usage hint, as live.
+                await sink.finish(USAGE_MESSAGE)
+                await self.store.mark_answered(current)
+                return Outcome.EMPTY
             # The placeholder goes out at once (its handle is kept as soon as it is known), but
             # the turn waits for the conversation's lock, taken here in arrival order.
             starting = asyncio.ensure_future(self._start(delivery, sink))
@@ -328,11 +367,7 @@ class ChatService:
                     await sink.fail(INTERRUPTED_NOTICE)
                     return Outcome.INTERRUPTED
                 raise
-            await sink.finish(final)
-            self._point("shown")
-            await self.store.mark_answered(delivery)
-            self._point("answered")
-            return Outcome.ANSWERED
+            return await self._show_final(delivery, sink, final)
         except RinnaError as exc:
             if isinstance(exc, QueueFullError) or "busy" in type(exc).__name__.lower():
                 log.warning("%s: busy, message %s not answered: %s", key,
@@ -349,6 +384,28 @@ class ChatService:
             self._inflight.discard(marker)
             if me is not None:
                 self._active.pop(me, None)
+
+    async def _locate(self, delivery: Delivery, sink: ReplySink) -> Delivery:
+        """A message recorded before its conversation existed (a slash command: recorded
+        first, then its question posted, which starts the thread): a sink that can `locate`
+        posts the question (or finds it, after a crash) and names the conversation; the
+        record moves there before anything is stored in it."""
+        locate = getattr(sink, "locate", None)
+        if not callable(locate):
+            return delivery
+        key = await locate()
+        if key is None or key == delivery.key:
+            return delivery
+        moved = await self.store.move_delivery(delivery, key)
+        self._point("located")
+        return moved
+
+    async def _show_final(self, delivery: Delivery, sink: ReplySink, final: str) -> Outcome:
+        await sink.finish(final)
+        self._point("shown")
+        await self.store.mark_answered(delivery)
+        self._point("answered")
+        return Outcome.ANSWERED
 
     async def _fail(self, delivery: Delivery, sink: ReplySink, message: str) -> None:
         await sink.fail(message)

@@ -71,25 +71,26 @@ class Delivery:
     reply_ref: str | None = None  # the platform handle of its placeholder, once posted
     final: str | None = None  # the final text, once the answer is stored
     author: str | None = None  # the writer's platform user id
+    text: str | None = None  # the message's text until its user turn is stored
     # recorded by this very `accept` (False: an earlier handling began it, then died)
     fresh: bool = field(default=False, compare=False)
 
 
 _DELIVERY_SELECT = (
     "SELECT d.platform, d.delivery_key, d.conversation_id, c.workspace, c.channel, c.thread,"
-    " d.state, d.received_at, d.turn_id, d.reply_ref, d.final, d.author"
+    " d.state, d.received_at, d.turn_id, d.reply_ref, d.final, d.author, d.text"
     " FROM deliveries d JOIN conversations c ON c.id = d.conversation_id")
 
 
 def _delivery(row: Sequence[object]) -> Delivery:
     (platform, key, conversation, workspace, channel, thread, state, received, turn, ref, final,
-     author) = row
+     author, text) = row
     return Delivery(str(platform), str(key), int(conversation),  # type: ignore[call-overload]
                     ConversationKey(str(platform), str(workspace), str(channel), str(thread)),
                     DeliveryState(str(state)), float(received),  # type: ignore[arg-type]
                     None if turn is None else int(turn),  # type: ignore[call-overload]
                     None if ref is None else str(ref), None if final is None else str(final),
-                    None if author is None else str(author))
+                    None if author is None else str(author), None if text is None else str(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +294,64 @@ class HistoryStore:
                 (key.platform, delivery_key))).fetchone()
         delivery = replace(_delivery(row), fresh=fresh)
         return None if delivery.state is DeliveryState.ANSWERED else delivery
+
+    async def accept_reset(self, key: ConversationKey, delivery_key: str, notice: str | None,
+                           author: str | None = None) -> Delivery | None:
+        """Take on a reset request and carry it out, in one transaction: the record (with
+        `notice`, the confirmation to show, as its final text) and the moved history start, so
+        a crash leaves either nothing or a done reset whose confirmation is still to be shown.
+        Returns the record, or None when it was finished before. A record that is not finished
+        is returned as it stands (not fresh): the reset was made then; never made twice.
+        With `notice` None the request is recorded as finished at once (the caller shows it)."""
+        state = "answered" if notice is None else "answering"
+        async with self._transaction() as db:
+            conversation = await self._conversation_id(db, key)
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
+                " received_at, state, final, author) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key.platform, delivery_key, conversation, self._clock(), state, notice,
+                 author or None))
+            fresh = cursor.rowcount == 1
+            if not fresh:
+                # read in with its thread before its own event came: carry it out, once
+                cursor = await db.execute(
+                    "UPDATE deliveries SET imported = 0, state = ?, final = ? WHERE platform=?"
+                    " AND delivery_key=? AND state = 'imported'",
+                    (state, notice, key.platform, delivery_key))
+                fresh = cursor.rowcount == 1
+            if fresh:
+                await db.execute(
+                    "UPDATE conversations SET history_start ="
+                    " (SELECT COALESCE(MAX(id), 0) FROM turns) WHERE id=?", (conversation,))
+            row = await (await db.execute(
+                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
+                (key.platform, delivery_key))).fetchone()
+        delivery = replace(_delivery(row), fresh=fresh)
+        if delivery.state is DeliveryState.ANSWERED:
+            return delivery if fresh else None
+        return delivery
+
+    async def move_delivery(self, delivery: Delivery, key: ConversationKey) -> Delivery:
+        """Attach a message recorded before its conversation was known (a slash command is
+        recorded before its question is posted, the thread it starts) to conversation `key`,
+        in one transaction; the placeholder conversation it was recorded in goes if empty."""
+        async with self._transaction() as db:
+            conversation = await self._conversation_id(db, key)
+            row = await (await db.execute(
+                "UPDATE deliveries SET conversation_id=? WHERE platform=? AND delivery_key=?"
+                " RETURNING 1", (conversation, delivery.platform, delivery.delivery_key))
+                         ).fetchone()
+            if row is None:
+                raise sqlite3.IntegrityError("the delivery is gone")
+            if conversation != delivery.conversation:
+                await db.execute(
+                    "DELETE FROM conversations WHERE id=? AND NOT EXISTS (SELECT 1 FROM"
+                    " deliveries WHERE conversation_id=?) AND NOT EXISTS (SELECT 1 FROM turns"
+                    " WHERE conversation_id=?)", (delivery.conversation,) * 3)
+            row = await (await db.execute(
+                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
+                (delivery.platform, delivery.delivery_key))).fetchone()
+        return replace(_delivery(row), fresh=delivery.fresh)
 
     async def delivery(self, platform: str, delivery_key: str) -> Delivery | None:
         row = await (await self._db.execute(

@@ -416,3 +416,118 @@ async def test_the_service_decides_the_thread_import_and_unaddressed_messages(
     assert loads == [1]  # read once, when the bot joined
     assert generator.prompts[-1] == (
         "ユーザー: 前からの話<NL>ユーザー: 質問<NL>システム: 答え<NL>ユーザー: 続き<NL>システム: ")
+
+
+class ShownReply(BoardReply):
+    """A BoardReply that also records every text it puts on the board, in order."""
+
+    def __init__(self, board: Board, tag: str | None, shown: list[str]) -> None:
+        super().__init__(board, tag)
+        self.shown = shown
+
+    async def post(self, text: str, *, part: int = 0) -> int:
+        self.shown.append(text)
+        return await super().post(text, part=part)
+
+    async def edit(self, handle: object, text: str, *, final: bool) -> None:
+        self.shown.append(text)
+        await super().edit(handle, text, final=final)
+
+
+@pytest.mark.parametrize("redelivered", [False, True], ids=["recovery", "redelivery"])
+@pytest.mark.parametrize("point", ["accepted", "acknowledged"])
+async def test_an_empty_message_recovered_after_a_crash_gets_the_usage_hint(
+        store: HistoryStore, tokenizer: Tokenizer, point: str, redelivered: bool) -> None:
+    board = Board()
+    first = ChatService(store, ScriptedGenerator(), tokenizer, ChatConfig(stream_interval_s=0),
+                        crash_hook=crashing_at(point))
+    message = IncomingMessage("  ", "m1")  # only a mention, say: nothing left once cleaned
+    with pytest.raises(Crash):
+        await first.handle(KEY, message, BoardReply(board, "m1"))
+    generator = ScriptedGenerator()
+    second = service(store, tokenizer, generator)
+    if redelivered:
+        assert await second.handle(KEY, message, BoardReply(board, "m1")) is Outcome.EMPTY
+    await second.recover("test", lambda d: BoardReply(board, d.delivery_key))
+    assert board.visible() == [USAGE_MESSAGE]
+    assert generator.prompts == []
+    assert await history(store) == []  # no empty user turn stored
+    assert await store.unfinished("test") == []
+
+
+@pytest.mark.parametrize("point", ["answer_stored", "shown"])
+async def test_a_resumed_reply_with_its_answer_stored_goes_straight_to_the_answer(
+        store: HistoryStore, tokenizer: Tokenizer, point: str) -> None:
+    board = Board()
+    first = ChatService(store, ScriptedGenerator(default="答えです。"), tokenizer,
+                        ChatConfig(stream_interval_s=0), crash_hook=crashing_at(point))
+    with pytest.raises(Crash):
+        await first.handle(KEY, IncomingMessage("質問", "m1"), BoardReply(board, "m1"))
+    shown: list[str] = []
+    report = await service(store, tokenizer, ScriptedGenerator()).recover(
+        "test", lambda d: ShownReply(board, d.delivery_key, shown))
+    assert report.answered == 1
+    assert shown == ["答えです。"]  # no 「考え中…」 in between
+    assert board.visible() == ["答えです。"]
+
+
+RESET_NOTICE = "会話をリセットしました。"
+RESET_POINTS = ["accepted", "shown", "answered"]
+
+
+@pytest.mark.parametrize("redelivered", [False, True], ids=["recovery", "redelivery"])
+@pytest.mark.parametrize("point", RESET_POINTS)
+async def test_a_reset_through_a_crash_is_made_once_and_confirmed_once(
+        store: HistoryStore, tokenizer: Tokenizer, point: str, redelivered: bool) -> None:
+    board = Board()
+    chat = service(store, tokenizer, ScriptedGenerator(default="前の答え"))
+    await chat.handle(KEY, IncomingMessage("前の質問", "m0"), BoardReply(board, "m0"))
+    first = ChatService(store, ScriptedGenerator(), tokenizer, ChatConfig(stream_interval_s=0),
+                        crash_hook=crashing_at(point))
+    acked: list[bool] = []
+
+    async def ack() -> None:
+        acked.append(True)
+
+    with pytest.raises(Crash):
+        await first.reset(KEY, "r1", sink=BoardReply(board, "r1"), notice=RESET_NOTICE,
+                          accepted=ack)
+    assert acked  # acknowledged once recorded
+    # after the restart, a new turn before the reset's recovery: it must stay in the history
+    second = service(store, tokenizer, ScriptedGenerator(default="新しい答え"))
+    await second.handle(KEY, IncomingMessage("新しい質問", "m1"), BoardReply(board, "m1"))
+    if redelivered:
+        assert await second.reset(KEY, "r1", sink=BoardReply(board, "r1"),
+                                  notice=RESET_NOTICE) is (point != "answered")
+    await second.recover("test", lambda d: BoardReply(board, d.delivery_key))
+    assert await second.reset(KEY, "r1", sink=BoardReply(board, "r1"),
+                              notice=RESET_NOTICE) is False
+    # one confirmation (shown late, after the new answer, when it was lost in the crash)
+    assert sorted(board.visible()) == sorted(["前の答え", RESET_NOTICE, "新しい答え"])
+    assert await history(store) == [(Speaker.USER, "新しい質問"), (Speaker.SYSTEM, "新しい答え")]
+    assert await store.unfinished("test") == []
+
+
+async def test_a_reset_with_its_sink_shows_the_notice_and_a_redelivery_does_nothing(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    board = Board()
+    chat = service(store, tokenizer, ScriptedGenerator(default="答え"))
+    await chat.handle(KEY, IncomingMessage("質問", "m0"), BoardReply(board, "m0"))
+    assert await chat.reset(KEY, "r1", sink=BoardReply(board, "r1"), notice=RESET_NOTICE)
+    assert not await chat.reset(KEY, "r1", sink=BoardReply(board, "r1"), notice=RESET_NOTICE)
+    assert board.visible() == ["答え", RESET_NOTICE]
+    conversation = await store.find(KEY)
+    assert conversation is not None and await store.recent_turns(conversation, 10) == []
+
+
+async def test_an_old_message_whose_answer_was_stored_gets_that_answer_not_the_notice(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    board = Board()
+    first = ChatService(store, ScriptedGenerator(default="答えです。"), tokenizer,
+                        ChatConfig(stream_interval_s=0), crash_hook=crashing_at("answer_stored"))
+    with pytest.raises(Crash):
+        await first.handle(KEY, IncomingMessage("古い質問", "old"), BoardReply(board, "old"))
+    report = await service(store, tokenizer, ScriptedGenerator()).recover(
+        "test", lambda d: BoardReply(board, d.delivery_key), max_age_s=0.0)
+    assert report.stale == 1 and board.visible() == ["答えです。"]
+    assert await store.unfinished("test") == []

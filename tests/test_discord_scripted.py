@@ -349,3 +349,22 @@ async def test_a_storage_failure_still_gets_a_japanese_reply(
     assert result.response.content == RinnaError.user_message
     await user.send_dm("まだいる?")
     assert [m.content for m in user.dm_channel.history()][-1] == RinnaError.user_message
+
+
+async def test_a_reset_is_recorded_and_marked_done_like_an_answer(
+        simcord_env: simcord.Env, store: HistoryStore) -> None:
+    """/reset goes through the chat service's exactly-once reset: recorded under the
+    interaction (with the confirmation to show, so a restart re-shows it and resets nothing
+    twice), then shown, then marked answered."""
+    import sqlite3
+
+    user = simcord_env.create_user("fay")
+    await user.send_dm("覚えておいて: 赤")
+    result = await user.slash("reset")
+    assert result.response.content == RESET_DONE
+    with sqlite3.connect(store.path) as db:
+        rows = db.execute("SELECT state, turn_id IS NULL, final FROM deliveries"
+                          " WHERE platform='discord' AND author=? ORDER BY received_at",
+                          (str(user.id),)).fetchall()
+    assert rows == [("answered", 0, None), ("answered", 1, None)]  # the message, the reset
+    assert await store.unfinished("discord") == []
