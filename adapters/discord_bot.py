@@ -124,13 +124,20 @@ def readable_text(message: discord.Message, me_id: int) -> str:
     return _SPACES.sub(" ", _MENTION.sub(replace, content)).strip()
 
 
-def history_turn(message: discord.Message, me_id: int) -> Turn | None:
-    """A thread message as a stored turn: people -> ユーザー, the bot -> システム; others None."""
+def _history_source(message: discord.Message) -> discord.Message | None:
+    """The message a thread message stands for: a thread's starter, the message it started
+    from (None if Discord did not resolve it); any other, itself."""
     if message.type == discord.MessageType.thread_starter_message and message.reference:
         resolved = message.reference.resolved
-        if not isinstance(resolved, discord.Message):
-            return None
-        message = resolved
+        return resolved if isinstance(resolved, discord.Message) else None
+    return message
+
+
+def history_turn(message: discord.Message, me_id: int) -> Turn | None:
+    """A thread message as a stored turn: people -> ユーザー, the bot -> システム; others None."""
+    if (source := _history_source(message)) is None:
+        return None
+    message = source
     if message.type not in _ANSWERED_TYPES:
         return None
     text = readable_text(message, me_id)
@@ -145,12 +152,18 @@ def history_turn(message: discord.Message, me_id: int) -> Turn | None:
 
 async def read_thread_history(
     thread: discord.Thread, before: discord.abc.Snowflake | None, me_id: int
-) -> list[tuple[Turn, str | None]]:
+) -> list[tuple[Turn, str | None, str | None]]:
     """The thread's recent messages before `before`, oldest first (the chat service keeps
-    the newest that fit the prompt)."""
-    picked = [(turn, str(message.id))
-              async for message in thread.history(limit=HISTORY_SCAN_LIMIT, before=before)
-              if (turn := history_turn(message, me_id)) is not None]
+    the newest that fit the prompt), each with its message id and, for a person's message,
+    the author's user id (so `forget --user` finds imported messages too)."""
+    picked: list[tuple[Turn, str | None, str | None]] = []
+    async for message in thread.history(limit=HISTORY_SCAN_LIMIT, before=before):
+        if (turn := history_turn(message, me_id)) is None:
+            continue
+        source = _history_source(message)
+        author = (str(source.author.id)
+                  if turn.speaker is Speaker.USER and source is not None else None)
+        picked.append((turn, str(message.id), author))
     picked.reverse()
     return picked
 
@@ -408,7 +421,7 @@ class ChatCog(commands.Cog):
         bot joins the thread mid-way (and only then)."""
         me_id = self.bot.user.id if self.bot.user else 0
 
-        async def load() -> list[tuple[Turn, str | None]]:
+        async def load() -> list[tuple[Turn, str | None, str | None]]:
             return await read_thread_history(thread, before, me_id)
 
         return load

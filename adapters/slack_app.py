@@ -565,12 +565,13 @@ class SlackHandlers:
         """A loader of the thread's earlier messages (as far back as the prompt budget
         reaches): the chat service calls it when the bot joins the thread (and only then)."""
 
-        async def load() -> list[tuple[Turn, str | None]]:
-            turns: list[tuple[Turn, str | None]] = []
+        async def load() -> list[tuple[Turn, str | None, str | None]]:
+            turns: list[tuple[Turn, str | None, str | None]] = []
             for item in self._within_budget(await self._thread_messages(message), bot):
                 turn = await self._history_turn(item, bot)
-                if turn is not None:
-                    turns.append((turn, f"{message.channel}:{item['ts']}"))
+                if turn is not None:  # a person's turn keeps its user id (forget/export)
+                    author = str(item["user"]) if turn.speaker is Speaker.USER else None
+                    turns.append((turn, f"{message.channel}:{item['ts']}", author))
             return turns
 
         return load

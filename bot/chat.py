@@ -28,7 +28,7 @@ from bot.generator import Generator
 from bot.prompt import clean_text, fit_prompt, turn_cost
 from bot.reply import PLACEHOLDER, WAITING
 from bot.tokenizer import Tokenizer
-from storage.history import Delivery, DeliveryState, HistoryStore
+from storage.history import Delivery, DeliveryState, HistoryStore, ImportedTurn
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ class Outcome(StrEnum):
 
 # The earlier messages of a thread the bot joins mid-way, oldest first, each with its delivery
 # key (or None); read from the platform only when the service decides it needs them.
-EarlierLoader = Callable[[], Awaitable[Sequence[tuple[Turn, str | None]]]]
+# (turn, delivery key) or (turn, delivery key, author's platform user id): see import_turns
+EarlierLoader = Callable[[], Awaitable[Sequence[ImportedTurn]]]
 # A sink for a recorded message, built by its platform's adapter (start-up recovery).
 SinkFactory = Callable[[Delivery], ReplySink]
 CrashHook = Callable[[str], None]
@@ -174,18 +175,19 @@ class ChatService:
         return outcome is Outcome.ANSWERED
 
     async def import_history(
-        self, key: ConversationKey, turns: Sequence[tuple[Turn, str | None]]
+        self, key: ConversationKey, turns: Sequence[ImportedTurn]
     ) -> int:
-        """Store a thread's earlier messages (oldest first) before the bot joins it."""
+        """Store a thread's earlier messages (oldest first) before the bot joins it; an
+        item's third element, the author's platform user id, is stored (forget/export)."""
         async with self._conversation(key):
             return await self._import(key, turns)
 
-    async def _import(self, key: ConversationKey,
-                      turns: Sequence[tuple[Turn, str | None]]) -> int:
+    async def _import(self, key: ConversationKey, turns: Sequence[ImportedTurn]) -> int:
         """Cleaned, the bot's notices left out, only the newest that fit the prompt budget.
         Runs under the conversation's lock."""
-        cleaned = [(kept, delivery) for turn, delivery in turns
-                   if (kept := as_history(turn)) is not None]
+        cleaned: list[ImportedTurn] = [
+            (kept, item[1], item[2] if len(item) > 2 else None)
+            for item in turns if (kept := as_history(item[0])) is not None]
         used, start = 0, len(cleaned)
         while start > 0:
             used += turn_cost(cleaned[start - 1][0], self.tokenizer, self.config.prompt_budget)

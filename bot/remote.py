@@ -8,8 +8,9 @@ stop filter and eos rule as the local engine (`bot.stops.ReplyText`): the same b
 
 Closing a stream (cancel, stop at a turn start, timeout) closes its connection, and vLLM
 aborts a request whose client disconnects. Several URLs are used least-loaded, each with
-its own limit of requests in flight; requests beyond every limit wait in one bounded FIFO
-queue (with position notices, like the local queue). A URL that fails is skipped for a
+its own limit of requests in flight; requests beyond every limit wait in the local
+generator's scheduler (`bot.scheduler`: a queue per owner admitted round-robin, MAX_PER_USER
+and QUEUE_SIZE bounds, positions as admitted), so one user's flood cannot shut others out. A URL that fails is skipped for a
 while; one that says 429/503 is skipped briefly and the request tries the next one.
 Importing this module does not import torch.
 """
@@ -17,10 +18,10 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import aiohttp
 from bot.errors import (
     GenerationTimeout, GeneratorClosed, GeneratorError, ModelLoadError, QueueFullError)
 from bot.generation import GenerationParams
+from bot.scheduler import Scheduler
 from bot.stops import ReplyText
 from bot.tokenizer import Tokenizer
 
@@ -82,8 +84,9 @@ class _Endpoint:
 
 @dataclass(slots=True, eq=False)
 class _Waiter:
+    id: int
     inbox: asyncio.Queue[int | _Endpoint]  # new positions, then the endpoint granted
-    position: int
+    position: int = 0  # the last position put in the inbox (0: none yet)
 
 
 def display_url(url: str) -> str:
@@ -118,6 +121,8 @@ class RemoteGenerator:
         request_timeout_s: float = 180.0,
         per_url_limit: int = 64,
         queue_size: int = 64,
+        max_per_user: int = 2,
+        fair: bool = True,
         cooldown_s: float = 5.0,
         connect_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -130,12 +135,14 @@ class RemoteGenerator:
         self._api_key = api_key
         self._context_tokens = context_tokens
         self._request_timeout_s = request_timeout_s
-        self._queue_size = queue_size
         self._cooldown_s = cooldown_s
         self._connect_timeout_s = connect_timeout_s
         self._clock = clock
         self._endpoints = [_Endpoint(base_url(u), per_url_limit) for u in urls]
-        self._waiters: deque[_Waiter] = deque()
+        # Who waits for a URL and who holds one, per owner (running = granted an endpoint).
+        self._scheduler: Scheduler[_Waiter] = Scheduler(
+            max_per_user=max_per_user, max_waiting=queue_size, fair=fair)
+        self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self.tokens_generated = 0
@@ -158,7 +165,7 @@ class RemoteGenerator:
 
     async def aclose(self) -> None:
         self._closed = True
-        for waiter in self._waiters:
+        for waiter in self._scheduler.items():
             waiter.inbox.put_nowait(-1)  # wakes it to find the generator closed
         if self._session is not None:
             await self._session.close()
@@ -200,7 +207,7 @@ class RemoteGenerator:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return self._scheduler.waiting
 
     def load(self) -> dict[str, int]:
         """Requests in flight per URL (for logs, tests and benchmarks)."""
@@ -212,7 +219,8 @@ class RemoteGenerator:
         owner: str | None = None, on_wait: WaitCallback | None = None,
     ) -> AsyncIterator[str]:
         """Text deltas of the reply; closing or cancelling it closes the connection.
-        `owner` is accepted for the protocol; waiting requests are served in arrival order."""
+        `owner` (who asked) bounds and orders the request among everyone else's (round-robin
+        when every URL is at its limit); `on_wait` hears the queue position (1 = next)."""
         params = params or self.default_params
         self._open()  # GeneratorClosed before anything is queued
         try:
@@ -227,7 +235,7 @@ class RemoteGenerator:
             raise GeneratorError(f"prompt of {len(ids)} tokens does not fit the "
                                  f"{self._context_tokens}-token context")
         max_tokens = min(params.max_new_tokens, room)
-        endpoint = await self._acquire(on_wait)
+        rid, endpoint = await self._acquire(owner, on_wait)
         tried: list[_Endpoint] = []
         busy = False
         try:
@@ -265,6 +273,7 @@ class RemoteGenerator:
                     previous, endpoint = endpoint, self._take(following)
                     self._release(previous)
         finally:
+            self._scheduler.remove(rid)  # no longer counts against its owner
             self._release(endpoint)
 
     def _body(self, endpoint: _Endpoint, ids: list[int], params: GenerationParams,
@@ -398,40 +407,52 @@ class RemoteGenerator:
         endpoint.started += 1
         return endpoint
 
-    async def _acquire(self, on_wait: WaitCallback | None) -> _Endpoint:
-        if not self._waiters and (endpoint := self._pick()) is not None:
-            return self._take(endpoint)
-        if len(self._waiters) >= self._queue_size:
-            raise QueueFullError(f"queue full ({self._queue_size} waiting)")
-        waiter = _Waiter(asyncio.Queue(), len(self._waiters) + 1)
-        self._waiters.append(waiter)
-        waiter.inbox.put_nowait(waiter.position)
+    async def _acquire(self, owner: str | None,
+                       on_wait: WaitCallback | None) -> tuple[int, _Endpoint]:
+        """A URL for a new request: at once if one has room and nobody waits, else when the
+        scheduler admits it. Raises UserBusyError / QueueFullError at the bounds."""
+        waiter = _Waiter(next(self._ids), asyncio.Queue())
+        self._scheduler.add(waiter.id, owner, waiter)  # raises at the user's or queue's bound
+        self._admit()
         try:
             while True:
                 item = await waiter.inbox.get()
                 if isinstance(item, _Endpoint):
-                    return item
+                    return waiter.id, item
                 self._open()  # closed while waiting: GeneratorClosed
                 if on_wait is not None and item == waiter.position:
                     if (waited := on_wait(item)) is not None:
                         await waited
         except BaseException:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-                self._announce()
+            self._scheduler.remove(waiter.id)
             while not waiter.inbox.empty():  # granted, but nobody will use it
                 if isinstance(item := waiter.inbox.get_nowait(), _Endpoint):
-                    self._release(item)
+                    self._release(item)  # admits the next one, announces positions
+            self._announce()
             raise
+
+    def _grant(self, waiter: _Waiter) -> bool:
+        """The scheduler's `fits`: give the next waiter a URL with room, if there is one."""
+        endpoint = self._pick()
+        if endpoint is None:
+            return False
+        waiter.inbox.put_nowait(self._take(endpoint))
+        return True
+
+    def _admit(self) -> None:
+        """Hand free URLs to waiters in the scheduler's (round-robin) order, then tell the
+        others their new positions."""
+        self._scheduler.schedule(lambda admitted, waiter: self._grant(waiter))
+        self._announce()
 
     def _release(self, endpoint: _Endpoint) -> None:
         endpoint.inflight -= 1
-        while self._waiters and (free := self._pick()) is not None:
-            self._waiters.popleft().inbox.put_nowait(self._take(free))
-        self._announce()
+        self._admit()
 
     def _announce(self) -> None:
-        for position, waiter in enumerate(self._waiters, start=1):
+        waiters = {w.id: w for w in self._scheduler.items()}
+        for rid, position in self._scheduler.positions().items():
+            waiter = waiters[rid]
             if waiter.position != position:
                 waiter.position = position
                 waiter.inbox.put_nowait(position)
@@ -554,6 +575,7 @@ async def load_remote_generator(settings: Settings) -> RemoteGenerator:
         request_timeout_s=settings.request_timeout_s,
         per_url_limit=settings.engine_concurrency,
         queue_size=settings.queue_size,
+        max_per_user=settings.max_per_user,
     )
     await generator.start()
     await generator.check()

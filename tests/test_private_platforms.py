@@ -14,10 +14,11 @@ import simcord
 from adapters.discord_bot import RinnaDiscordBot, build_discord_bot
 from bot.chat import ChatService
 from bot.config import Settings
+from bot.privacy import forget_user
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
-from tests.slack_fakes import BOT_USER, FakeSlack, mention, message
+from tests.slack_fakes import BOT_ID, BOT_USER, FakeSlack, mention, message
 from tests.test_slack_app import (  # noqa: F401  (fixtures)
     Slack,
     fake,
@@ -25,6 +26,7 @@ from tests.test_slack_app import (  # noqa: F401  (fixtures)
     scripted_chat,
     slack_settings,
 )
+from tests.test_private import command
 
 CARD = "カード番号 4111 1111 1111 1111"
 C1 = "C1"
@@ -122,6 +124,34 @@ async def test_slack_a_deleted_thread_start_becomes_a_tombstone_and_leaves_stora
     assert "4111" not in scripted[1].prompts[-1] and "続き" in scripted[1].prompts[-1]
 
 
+async def test_slack_forget_reaches_messages_imported_when_joining_a_thread_midway(
+        slack: Slack, scripted: tuple[ChatService, ScriptedGenerator], store: HistoryStore,
+        settings: Settings, tmp_path: Path) -> None:
+    """A thread's earlier messages are stored with their author's Slack user id (not the
+    display name), so `rinna-bot forget --user` deletes them like any other."""
+    generator = scripted[1]
+    slack.fake.threads[(C1, T0)] = [
+        {"type": "message", "user": "U2", "text": CARD, "ts": T0, "thread_ts": T0},
+        {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "ts": T1, "thread_ts": T0,
+         "text": "承知しました。"},
+        {"type": "message", "user": "U1", "text": "献立の相談です", "ts": T2, "thread_ts": T0},
+    ]
+    await slack.event(mention(C1, T3, "それで?", thread_ts=T0))
+    await slack.settled(1)
+    assert CARD in generator.prompts[-1]  # imported
+    assert [t.text for t in await store.author_turns("U2")] == [CARD]
+    assert [t.text for t in await store.author_turns("U1")] == ["献立の相談です", "それで?"]
+    assert await store.author_turns("はなこ") == []  # the id, not the display name
+
+    result = command("forget", "--user", "U2", db=settings.database_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "deleted 1 stored messages" in result.stderr
+    assert b"4111" not in on_disk(settings.database_path)
+    await slack.event(message(C1, "1710000000.000500", "続けて", thread_ts=T0))
+    await slack.settled(2)
+    assert "4111" not in generator.prompts[-1] and "献立の相談です" in generator.prompts[-1]
+
+
 # ----- Discord --------------------------------------------------------------------------------
 @pytest.fixture
 def simcord_bot(scripted: tuple[ChatService, ScriptedGenerator],
@@ -166,3 +196,30 @@ async def test_discord_a_dm_deleted_is_forgotten(
     await bob.send_dm("覚えていますか")
     await env.settle()
     assert "4111" not in generator.prompts[-1]
+
+
+@pytest.mark.simcord(settle_timeout=60)
+async def test_discord_forget_reaches_messages_imported_when_joining_a_thread_midway(
+        simcord_env: simcord.Env, scripted: tuple[ChatService, ScriptedGenerator],
+        store: HistoryStore, settings: Settings) -> None:
+    env, generator = simcord_env, scripted[1]
+    guild = env.create_guild()
+    channel = guild.create_text_channel("general")
+    alice = guild.add_member(env.create_user("alice"))
+    bob = guild.add_member(env.create_user("bob"))
+    thread = simcord.ChannelHandle(
+        env, guild, env.backend.create_thread(channel.id, "雑談", alice.id))
+    await alice.send(thread, CARD)
+    env.backend.create_message(thread.id, env.bot.user.id, "以前の回答です。")
+    await bob.send(thread, "献立を考えて")
+    await bob.send(thread, f"{env.bot.user.mention} どうですか")  # the bot joins here
+    await env.settle()
+    assert CARD in generator.prompts[-1]  # imported
+    assert [t.text for t in await store.author_turns(str(alice.id))] == [CARD]
+    assert [t.text for t in await store.author_turns(str(bob.id))] == ["献立を考えて", "どうですか"]
+
+    assert await forget_user(settings.database_path, str(alice.id), "discord") == 1
+    assert b"4111" not in on_disk(settings.database_path)
+    await bob.send(thread, "続けて")
+    await env.settle()
+    assert "4111" not in generator.prompts[-1] and "献立を考えて" in generator.prompts[-1]

@@ -19,7 +19,8 @@ from pydantic import SecretStr
 from bot.chat import ChatConfig, ChatService
 from bot.config import Settings, load_settings
 from bot.conversation import ConversationKey, IncomingMessage
-from bot.errors import ConfigError, GenerationTimeout, GeneratorError, QueueFullError
+from bot.errors import (
+    ConfigError, GenerationTimeout, GeneratorError, QueueFullError, UserBusyError)
 from bot.generator import load_generator
 from bot.remote import RemoteGenerator
 from bot.sampling import GenerationParams
@@ -312,6 +313,62 @@ async def test_a_slot_granted_to_a_request_cancelled_before_it_ran_is_given_back
     assert positions == []  # served at once: the slot was not lost
 
 
+async def test_one_owner_flooding_does_not_push_back_another_owners_first_request(
+        make_fake: Callable[..., Awaitable[FakeOpenAI]],
+        make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
+    """Round-robin across owners (bot.scheduler): B's first request waits behind at most one
+    of A's, not behind A's whole backlog, and B is told the position it really has."""
+    fake = await make_fake(reply=replying(tokenizer, REPLY), pause_after=1)
+    remote = await make_remote([fake.url], per_url_limit=1, queue_size=16, max_per_user=8)
+    flood = [asyncio.create_task(collect(remote.stream(PROMPT, owner="A"))) for _ in range(6)]
+    await eventually(lambda: fake.active == 1 and remote.waiting == 5)
+    b_prompt = "ユーザー: 犬は?<NL>システム: "
+    b_positions: list[int] = []
+    b = asyncio.create_task(collect(remote.stream(b_prompt, owner="B",
+                                                  on_wait=b_positions.append)))
+    await eventually(lambda: remote.waiting == 6)
+    await eventually(lambda: b_positions == [2])  # FIFO would say 6
+    fake.hold.set()
+    results = await asyncio.gather(b, *flood)
+    assert ["".join(r) for r in results] == [SHOWN] * 7
+    assert fake.max_active == 1
+    order = ["B" if r.body["prompt"] == tokenizer.encode(b_prompt) else "A"
+             for r in fake.received]
+    assert order == ["A", "A", "B", "A", "A", "A", "A"]
+    assert b_positions == [2, 1]  # moved up once, then admitted
+
+
+async def test_one_owner_beyond_max_per_user_is_told_to_wait(
+        make_fake: Callable[..., Awaitable[FakeOpenAI]],
+        make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
+    """MAX_PER_USER counts an owner's requests running on a URL and waiting for one."""
+    fake = await make_fake(reply=replying(tokenizer, REPLY), pause_after=1)
+    remote = await make_remote([fake.url], per_url_limit=1, queue_size=16, max_per_user=2)
+    running = asyncio.create_task(collect(remote.stream(PROMPT, owner="A")))
+    await fake.until(lambda: fake.active == 1)
+    waiting = asyncio.create_task(collect(remote.stream(PROMPT, owner="A")))
+    await eventually(lambda: remote.waiting == 1)
+    with pytest.raises(UserBusyError):  # at once, without reaching the engine
+        await collect(remote.stream(PROMPT, owner="A"))
+    other = asyncio.create_task(collect(remote.stream(PROMPT, owner="B")))  # others still may
+    await eventually(lambda: remote.waiting == 2)
+    assert len(fake.received) == 1
+    fake.hold.set()
+    assert ["".join(r) for r in await asyncio.gather(running, waiting, other)] == [SHOWN] * 3
+    assert "".join(await collect(remote.stream(PROMPT, owner="A"))) == SHOWN  # freed again
+
+    both = await make_remote([fake.url], per_url_limit=2, max_per_user=2)  # both running
+    fake.hold.clear()
+    started = len(fake.received)
+    first = [asyncio.create_task(collect(both.stream(PROMPT, owner="A"))) for _ in range(2)]
+    await fake.until(lambda: fake.active == 2)
+    with pytest.raises(UserBusyError):
+        await collect(both.stream(PROMPT, owner="A"))
+    fake.hold.set()
+    assert ["".join(r) for r in await asyncio.gather(*first)] == [SHOWN] * 2
+    assert len(fake.received) == started + 2
+
+
 async def test_a_failing_url_is_skipped_for_a_while(
         make_fake: Callable[..., Awaitable[FakeOpenAI]],
         make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
@@ -391,9 +448,10 @@ async def test_load_generator_picks_the_remote_engine_from_settings(
     remote = await load_generator(settings.model_copy(update={
         "engine_url": f"{one.url}, {two.url.removesuffix('/v1')}/",
         "engine_model": "rinna-test", "engine_concurrency": 4, "temperature": 0.9,
-        "repetition_penalty": 1.2}))
+        "repetition_penalty": 1.2, "max_per_user": 3}))
     try:
         assert isinstance(remote, RemoteGenerator)
+        assert remote._scheduler.max_per_user == 3  # MAX_PER_USER reaches the remote engine
         chat = ChatService(store, remote, remote.tokenizer,
                            ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0))
         sink = RecordingSink()
