@@ -184,7 +184,7 @@ def test_the_command_redacts_the_engine_api_key(settings: Settings, tmp_path: Pa
     handlers = logging.getLogger().handlers[:]
     level = logging.getLogger().level
     try:
-        assert cli.main(["run"]) == 0
+        assert cli.main(["chat"]) == 0
     finally:
         logging.getLogger().handlers[:] = handlers
         logging.getLogger().setLevel(level)
