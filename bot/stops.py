@@ -150,6 +150,7 @@ class ReplyText:
         self._decoder = decoder
         self._eos_id = eos_id
         self._stop = StopFilter()
+        self._space = ""  # trailing whitespace held back until text follows it
         self.ended = False
 
     def feed(self, token_id: int) -> str:
@@ -160,9 +161,19 @@ class ReplyText:
             return ""
         text = self._stop.push(self._decoder.feed(token_id))
         self.ended = self._stop.stopped
-        return text
+        return self._hold_space(text)
 
     def finish(self) -> str:
         """A reply that ends without eos or a turn start was cut (token limit): it is trimmed
-        to its last sentence end, or ends with 「…」."""
-        return self._stop.push(self._decoder.flush()) + self._stop.flush(truncated=not self.ended)
+        to its last sentence end, or ends with 「…」, right after the last word (never " …",
+        which is how a preview still streaming ends)."""
+        text = self._stop.push(self._decoder.flush()) + self._stop.flush(truncated=not self.ended)
+        if not text.strip() or text.lstrip() == ELLIPSIS:
+            return text.lstrip()  # the held space was the reply's end: drop it
+        return self._space + text.rstrip()
+
+    def _hold_space(self, text: str) -> str:
+        text = self._space + text
+        shown = text.rstrip()
+        self._space = text[len(shown):]
+        return shown

@@ -136,3 +136,18 @@ def test_adversarial_replies_pass_the_filter_in_linear_time(unit: str) -> None:
         stop = StopFilter()
         "".join(stop.push(text[i:i + 7]) for i in range(0, len(text), 7)) + stop.flush(truncated)
     assert time.perf_counter() - started < 5.0
+
+
+def test_a_cut_reply_never_ends_like_a_streaming_preview(tokenizer) -> None:  # noqa: ANN001
+    """A reply cut by the token limit ends with 「…」 right after its last word: " …" is how a
+    preview still streaming ends (bot/reply.py PREVIEW_TAIL), and the two must differ."""
+    from bot.reply import PREVIEW_TAIL
+    from bot.stops import ReplyText
+
+    for text in ["猫は とても かわいい ", "猫は とても かわいい", "猫は とても\n"]:
+        reply = ReplyText(tokenizer.decoder(), tokenizer.eos_id)
+        shown = [reply.feed(token) for token in tokenizer.encode(text)]
+        shown.append(reply.finish())  # no eos: cut by the limit
+        whole = "".join(shown)
+        assert whole.endswith(ELLIPSIS) and not whole.endswith(PREVIEW_TAIL), whole
+        assert whole.removesuffix(ELLIPSIS) == text.rstrip()
