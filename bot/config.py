@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Service: Prometheus metrics and the health check (unset port = off)
-    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_port: int | None = Field(None, ge=1, le=65535)  # 0 would pick a random port no health check finds
     metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="before")

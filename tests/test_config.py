@@ -54,7 +54,7 @@ def test_environment_and_dotenv_are_read(settings: Settings, monkeypatch: pytest
 
 @pytest.mark.parametrize(("key", "value"), [
     ("MAX_NEW_TOKENS", "many"), ("QUANTIZATION", "3bit"), ("DEVICE", "tpu"),
-    ("SLACK_PORT", "70000"), ("CONTEXT_TOKENS", "4096"),
+    ("SLACK_PORT", "70000"), ("CONTEXT_TOKENS", "4096"), ("METRICS_PORT", "0"),
 ])
 def test_invalid_values_name_the_key(settings: Settings, monkeypatch: pytest.MonkeyPatch,
                                      key: str, value: str) -> None:
