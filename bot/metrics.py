@@ -17,7 +17,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
@@ -26,21 +25,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 
 from bot.errors import ConfigError
+from bot.generation import GeneratorStats
 
 log = logging.getLogger(__name__)
 
 # Seconds. First tokens come in well under a second on a GPU, but a queue can make it minutes.
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 180.0)
 ANSWER_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0)
-
-
-@runtime_checkable
-class GeneratorStats(Protocol):
-    """What `LocalGenerator.stats()` returns: requests waiting, rows decoding, tokens so far."""
-
-    waiting: int
-    running: int
-    generated_tokens: int
 
 
 @runtime_checkable
@@ -76,10 +67,6 @@ class Metrics:
         """Read queue depth, batch size and tokens from `generator.stats()` at each scrape."""
         if isinstance(generator, HasStats):
             self._stats = generator.stats
-        elif all(hasattr(generator, a) for a in ("waiting", "running", "tokens_generated")):
-            # LocalGenerator before stats() existed: the same numbers as attributes
-            self._stats = lambda: _Stats(generator.waiting, generator.running,  # type: ignore[attr-defined]
-                                         generator.tokens_generated)  # type: ignore[attr-defined]
         else:
             log.info("metrics: the generator reports no stats(); no queue, batch or token "
                      "metrics")
@@ -104,13 +91,6 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-@dataclass(frozen=True, slots=True)
-class _Stats:
-    waiting: int
-    running: int
-    generated_tokens: int
 
 
 class _StatsCollector:

@@ -33,7 +33,7 @@ import aiohttp
 
 from bot.errors import (
     GenerationTimeout, GeneratorClosed, GeneratorError, ModelLoadError, QueueFullError)
-from bot.generation import GenerationParams
+from bot.generation import GenerationParams, GeneratorStats
 from bot.scheduler import Scheduler
 from bot.stops import ReplyText
 from bot.tokenizer import Tokenizer
@@ -200,6 +200,11 @@ class RemoteGenerator:
         if self._closed or self._session is None:
             raise GeneratorClosed("generator is not running")
         return self._session
+
+    def stats(self) -> GeneratorStats:
+        """The same snapshot as the local generator's, for metrics."""
+        return GeneratorStats(waiting=self.waiting, running=self.running,
+                              generated_tokens=self.tokens_generated)
 
     @property
     def running(self) -> int:
