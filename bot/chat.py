@@ -68,9 +68,9 @@ def as_history(turn: Turn) -> Turn | None:
 
 
 def owner_of(delivery: Delivery) -> str | None:
-    """Who asked, for the generator's per-user bound and turns: the platform and the author's
-    user id (None when the adapter names no author: then only the queue bounds the request)."""
-    return f"{delivery.platform}:{delivery.author}" if delivery.author else None
+    """Who asked, for the generator's per-user bound and turns: the platform and the asker's
+    user id (None when the adapter names nobody: then only the queue bounds the request)."""
+    return f"{delivery.platform}:{delivery.who_asked}" if delivery.who_asked else None
 
 
 class Outcome(StrEnum):
@@ -246,7 +246,8 @@ class ChatService:
             if not addressed and (not text or not await self.follows(key)):
                 return Outcome.IGNORED
             delivery = await self.store.accept(key, message.delivery_key, text,
-                                                message.author or None)
+                                                message.author or None,
+                                                message.asker or None)
             self._point("accepted")
             await acknowledge()
             self._point("acknowledged")
@@ -586,7 +587,7 @@ class ChatService:
 
     # ----- the buttons on an answer ---------------------------------------------------------
     async def answer_at(self, platform: str, reply_ref: str) -> Delivery | None:
-        """The recorded answer behind a message (its `key`, its asker: `author`)."""
+        """The recorded answer behind a message (its `key`, its asker: `who_asked`)."""
         return await self.store.answer_at(platform, reply_ref)
 
     async def stop(self, platform: str, reply_ref: str, user: str, *,
@@ -598,7 +599,7 @@ class ChatService:
         answer = await self.store.answer_at(platform, reply_ref)
         if answer is None:
             return ControlResult.NOT_FOUND
-        if not moderator and user != answer.author:
+        if not moderator and user != answer.who_asked:
             return ControlResult.NOT_ALLOWED
         marker = (answer.platform, answer.delivery_key)
         if marker not in self._answering or marker in self._stopping:
@@ -620,7 +621,7 @@ class ChatService:
         answer = await self.store.answer_at(platform, reply_ref)
         if answer is None or answer.turn_id is None:
             return ControlResult.NOT_FOUND
-        if not moderator and user != answer.author:
+        if not moderator and user != answer.who_asked:
             return ControlResult.NOT_ALLOWED
         if self._closing:
             return ControlResult.NOT_LATEST

@@ -47,6 +47,9 @@ class IncomingMessage:
     text: str
     delivery_key: str
     author: str = ""  # the writer's platform user id (stored: `forget --user`, `export --user`)
+    # Who asked the bot, when not the writer (「rinna に聞く」 on someone else's message): they
+    # may stop or redo the answer, and their share of the generator is used. "": the writer.
+    asker: str = ""
 
 
 class ReplySink(Protocol):

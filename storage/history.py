@@ -74,20 +74,26 @@ class Delivery:
     text: str | None = None  # the message's text until its user turn is stored
     answer_id: int | None = None  # its answer turn, once stored (None: an empty answer)
     replaces: str | None = None  # a regeneration: the delivery key whose answer it redoes
+    asker: str | None = None  # who asked the bot about this message, when not its writer
     # recorded by this very `accept` (False: an earlier handling began it, then died)
     fresh: bool = field(default=False, compare=False)
+
+    @property
+    def who_asked(self) -> str | None:
+        """The person the answer is for: may stop or redo it; their share of the generator."""
+        return self.asker or self.author
 
 
 _DELIVERY_SELECT = (
     "SELECT d.platform, d.delivery_key, d.conversation_id, c.workspace, c.channel, c.thread,"
     " d.state, d.received_at, d.turn_id, d.reply_ref, d.final, d.author, d.text,"
-    " d.answer_id, d.replaces"
+    " d.answer_id, d.replaces, d.asker"
     " FROM deliveries d JOIN conversations c ON c.id = d.conversation_id")
 
 
 def _delivery(row: Sequence[object]) -> Delivery:
     (platform, key, conversation, workspace, channel, thread, state, received, turn, ref, final,
-     author, text, answer, replaces) = row
+     author, text, answer, replaces, asker) = row
     return Delivery(str(platform), str(key), int(conversation),  # type: ignore[call-overload]
                     ConversationKey(str(platform), str(workspace), str(channel), str(thread)),
                     DeliveryState(str(state)), float(received),  # type: ignore[arg-type]
@@ -95,7 +101,8 @@ def _delivery(row: Sequence[object]) -> Delivery:
                     None if ref is None else str(ref), None if final is None else str(final),
                     None if author is None else str(author), None if text is None else str(text),
                     None if answer is None else int(answer),  # type: ignore[call-overload]
-                    None if replaces is None else str(replaces))
+                    None if replaces is None else str(replaces),
+                    None if asker is None else str(asker))
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +293,7 @@ class HistoryStore:
             return None if row is None else Claim(int(row[0]), row[1])
 
     async def accept(self, key: ConversationKey, delivery_key: str, text: str,
-                     author: str | None = None) -> Delivery | None:
+                     author: str | None = None, asker: str | None = None) -> Delivery | None:
         """Record a platform message as taken on, with its text, in one transaction: from here
         on a crash cannot lose it. Returns its record, or None when it was answered before
         (a retry or a redelivery of a finished message). A record that is not finished (its
@@ -295,8 +302,10 @@ class HistoryStore:
             conversation = await self._conversation_id(db, key)
             cursor = await db.execute(
                 "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
-                " received_at, state, text, author) VALUES (?, ?, ?, ?, 'accepted', ?, ?)",
-                (key.platform, delivery_key, conversation, self._clock(), text, author or None))
+                " received_at, state, text, author, asker)"
+                " VALUES (?, ?, ?, ?, 'accepted', ?, ?, ?)",
+                (key.platform, delivery_key, conversation, self._clock(), text, author or None,
+                 asker or None))
             fresh = cursor.rowcount == 1
             if not fresh:
                 # read in with its thread before its own event came: answer it, once
@@ -559,9 +568,10 @@ class HistoryStore:
                 return None
             await db.execute(
                 "INSERT INTO deliveries (platform, delivery_key, conversation_id, received_at,"
-                " state, turn_id, author, replaces) VALUES (?, ?, ?, ?, 'accepted', ?, ?, ?)",
+                " state, turn_id, author, asker, replaces)"
+                " VALUES (?, ?, ?, ?, 'accepted', ?, ?, ?, ?)",
                 (answer.platform, request_key, answer.conversation, self._clock(), current[1],
-                 answer.author, answer.delivery_key))
+                 answer.author, answer.asker, answer.delivery_key))
             row = await (await db.execute(
                 _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
                 (answer.platform, request_key))).fetchone()

@@ -63,12 +63,14 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 5: the buttons on an answer. `answer_id` is a message's answer turn; a regeneration is a
     # delivery of its own (`replaces`: the delivery whose answer it redoes, same user turn), and
-    # the answer it replaces stays, marked `superseded` (left out of prompts). One vote per
+    # the answer it replaces stays, marked `superseded` (left out of prompts). `asker`: who
+    # asked about someone else's message (they may stop or redo it). One vote per
     # person per answer in `feedback`. Answers are found by their message (`reply_ref`).
     """
     ALTER TABLE turns ADD COLUMN superseded INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE deliveries ADD COLUMN answer_id INTEGER REFERENCES turns(id) ON DELETE SET NULL;
     ALTER TABLE deliveries ADD COLUMN replaces TEXT;
+    ALTER TABLE deliveries ADD COLUMN asker TEXT;  -- who asked, when not the writer (`author`)
     CREATE INDEX deliveries_by_reply ON deliveries (platform, reply_ref)
         WHERE reply_ref IS NOT NULL;
     CREATE INDEX deliveries_by_answer ON deliveries (answer_id) WHERE answer_id IS NOT NULL;

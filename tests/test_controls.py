@@ -70,6 +70,7 @@ class HeldGenerator(ScriptedGenerator):
                      owner: str | None = None,
                      on_wait: WaitCallback | None = None) -> AsyncIterator[str]:
         self.prompts.append(prompt)
+        self.owners.append(owner)
         try:
             yield self.first
             await self.release.wait()
@@ -158,11 +159,11 @@ async def test_stop_frees_the_engine_row_within_a_step(
     answering = asyncio.create_task(chat.handle(KEY, ask("猫は何ですか?", "m1"), sink))
     await sink.updated.wait()
     assert generator.stats().running == 1
-    pressed = generator.stats().generated_tokens
     assert await chat.stop("test", sink.ref, "alice") is ControlResult.DONE
+    stopped = generator.stats().generated_tokens  # the answer was found, its generation cancelled
     await wait_until(lambda: generator.stats().running == 0)
     # The row left the batch at the worker's next step: one row decodes one token a step.
-    assert generator.stats().generated_tokens - pressed <= STEP_SLACK
+    assert generator.stats().generated_tokens - stopped <= STEP_SLACK
     await answering
     final = sink.final()
     assert isinstance(final, str) and final.endswith(STOPPED_MARK)
@@ -325,3 +326,25 @@ async def test_a_database_from_before_the_buttons_is_migrated(tmp_path: Path) ->
         assert await store.feedback_counts() == {"good": 0, "bad": 0}
     finally:
         await store.close()
+
+
+async def test_asking_about_someone_elses_message_keeps_it_theirs(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    """「rinna に聞く」: the text is the writer's (forget/export find it under their id); the
+    person who asked may stop or redo the answer, and the generator counts it as theirs."""
+    generator = HeldGenerator()
+    chat = service(store, tokenizer, generator)
+    sink = ButtonSink()
+    message = IncomingMessage("誰かの投稿", "m1", author="writer", asker="presser")
+    answering = asyncio.create_task(chat.handle(KEY, message, sink))
+    await sink.updated.wait()
+    assert generator.owners == ["test:presser"]
+    assert await chat.stop("test", sink.ref, "writer") is ControlResult.NOT_ALLOWED
+    assert await chat.stop("test", sink.ref, "presser") is ControlResult.DONE
+    await answering
+    assert [t.text for t in await store.author_turns("writer")] == ["誰かの投稿"]
+    assert await store.author_turns("presser") == []
+    generator.release.set()
+    again = ButtonSink()
+    assert await chat.regenerate("test", sink.ref, "p", "presser", again) is ControlResult.DONE
+    assert generator.owners == ["test:presser", "test:presser"]
