@@ -54,6 +54,7 @@ DEFAULT_THREAD_NAME = "rinna との会話"
 HISTORY_SCAN_LIMIT = 200  # messages read back at most when joining a thread mid-way
 TYPING_EVERY_S = 8.0  # Discord shows the indicator for about 10 s per trigger
 MAX_TEXT_CHARS = 4000  # Discord's own limit (with Nitro): longer text is not Discord's
+THREAD_ALREADY_CREATED = 160004  # Discord's error code: the message already has a thread
 
 HELP_MESSAGE = (
     "**rinna の使い方**\n"
@@ -65,6 +66,10 @@ HELP_MESSAGE = (
 RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
               "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
 RESET_WHERE = "`/reset` はスレッドか DM の中で使ってください（チャンネルでの質問は毎回新しいスレッドになります）。"
+ASK_ABOUT = "rinna に聞く"  # the message context menu's name, as people see it
+ASK_ABOUT_WHERE = "{where} で答えます。"
+ASK_ABOUT_HERE = "この DM で答えます。"
+ASK_ABOUT_UNREADABLE = "このメッセージには読める文章がありません。"
 
 # Linear patterns (user text): a fixed-length id between fixed delimiters; runs of blanks.
 _MENTION = re.compile(r"<(@[!&]?|#)([0-9]{15,21})>")
@@ -151,16 +156,21 @@ def history_turn(message: discord.Message, me_id: int) -> Turn | None:
 
 
 async def read_thread_history(
-    thread: discord.Thread, before: discord.abc.Snowflake | None, me_id: int
+    thread: discord.Thread, before: discord.abc.Snowflake | None, me_id: int,
+    skip: int | None = None,
 ) -> list[tuple[Turn, str | None, str | None]]:
     """The thread's recent messages before `before`, oldest first (the chat service keeps
     the newest that fit the prompt), each with its message id and, for a person's message,
-    the author's user id (so `forget --user` finds imported messages too)."""
+    the author's user id (so `forget --user` finds imported messages too). A message whose
+    source is `skip` (the one being asked about) is left out: it comes as the question."""
     picked: list[tuple[Turn, str | None, str | None]] = []
     async for message in thread.history(limit=HISTORY_SCAN_LIMIT, before=before):
         if (turn := history_turn(message, me_id)) is None:
             continue
         source = _history_source(message)
+        if skip is not None and (message.id == skip or (source is not None
+                                                         and source.id == skip)):
+            continue
         author = (str(source.author.id)
                   if turn.speaker is Speaker.USER and source is not None else None)
         picked.append((turn, str(message.id), author))
@@ -345,6 +355,14 @@ class ChatCog(commands.Cog):
         self.chat = bot.chat
         self.policy = bot.policy
         self.recent = RecentKeys()  # message ids taken up lately: the cheap duplicate check
+        # discord.py cannot declare context menus inside a cog: made here, added on load
+        self.ask_about_menu = app_commands.ContextMenu(name=ASK_ABOUT, callback=self.ask_about)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.ask_about_menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.ask_about_menu.name, type=self.ask_about_menu.type)
 
     def _permits(self, request: AccessRequest) -> bool:
         denial = self.policy.check(request)
@@ -415,14 +433,14 @@ class ChatCog(commands.Cog):
         key = ConversationKey(key.platform, key.workspace, key.channel, str(message.id))
         await self._answer(key, incoming, NewThreadDestination(message, thread_name(text)))
 
-    def _earlier(self, thread: discord.Thread,
-                 before: discord.abc.Snowflake | None) -> EarlierLoader:
+    def _earlier(self, thread: discord.Thread, before: discord.abc.Snowflake | None,
+                 skip: int | None = None) -> EarlierLoader:
         """A loader of the thread's earlier messages, for the chat service to call when the
         bot joins the thread mid-way (and only then)."""
         me_id = self.bot.user.id if self.bot.user else 0
 
         async def load() -> list[tuple[Turn, str | None, str | None]]:
-            return await read_thread_history(thread, before, me_id)
+            return await read_thread_history(thread, before, me_id, skip)
 
         return load
 
@@ -482,6 +500,79 @@ class ChatCog(commands.Cog):
                                                auto_archive_duration=THREAD_ARCHIVE_MINUTES)
         except DELIVERY_ERRORS as exc:
             log.warning("could not open a thread on the /ask answer %s (%s)",
+                        message.id, _describe(exc))
+            return None
+
+    # --- the message context menu 「rinna に聞く」
+    async def ask_about(self, interaction: discord.Interaction,
+                        message: discord.Message) -> None:
+        """Answer about `message` in a thread on it (the thread it is in, if any), the
+        message as the question; the person who pressed is told where, ephemerally."""
+        if await self._refuse(interaction):
+            return
+        if not self.recent.add(str(interaction.id)):  # a replayed interaction: once per press
+            self.chat.note(PLATFORM, Outcome.DUPLICATE)
+            return
+        try:
+            # Acknowledged first: Discord refuses a second response to the same press, so a
+            # replay that slipped past the check above ends here.
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            await self._ask_about(interaction, message)
+        except DELIVERY_ERRORS as exc:
+            log.warning("%s %s: %s", ASK_ABOUT, interaction.id, _describe(exc), exc_info=exc)
+        except Exception:
+            log.exception("%s %s: could not handle it", ASK_ABOUT, interaction.id)
+            await _tell_failure(interaction)
+
+    async def _ask_about(self, interaction: discord.Interaction,
+                         message: discord.Message) -> None:
+        me_id = self.bot.user.id if self.bot.user else 0
+        text = readable_text(message, me_id)
+        if not clean_text(text).strip():
+            await interaction.edit_original_response(content=ASK_ABOUT_UNREADABLE)
+            return
+        incoming = IncomingMessage(text, str(interaction.id), str(interaction.user.id))
+        channel = interaction.channel
+        guild_id = interaction.guild_id
+        if guild_id is None or isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
+            key = conversation_key(channel, None)
+            await interaction.edit_original_response(content=ASK_ABOUT_HERE)
+            await self._answer(key, incoming, ChannelDestination(channel))
+            return
+        if isinstance(channel, discord.Thread):  # also a forum post: answer in it
+            key = conversation_key(channel, guild_id)
+            await interaction.edit_original_response(
+                content=ASK_ABOUT_WHERE.format(where=channel.mention))
+            await self._answer(key, incoming, ChannelDestination(channel),
+                               earlier=self._earlier(channel, before=message, skip=message.id))
+            return
+        # A channel message: the thread on it (opened now, or the one people already use).
+        base = conversation_key(channel, guild_id)
+        key = ConversationKey(base.platform, base.workspace, base.channel, str(message.id))
+        thread = await self._thread_on(message, thread_name(text))
+        target: discord.abc.Messageable = thread if thread is not None else channel
+        await interaction.edit_original_response(
+            content=ASK_ABOUT_WHERE.format(where=f"<#{getattr(target, 'id', channel.id)}>"))
+        earlier = (self._earlier(thread, before=None, skip=message.id)
+                   if isinstance(thread, discord.Thread) else None)
+        await self._answer(key, incoming, ChannelDestination(target), earlier=earlier)
+
+    async def _thread_on(self, message: discord.Message,
+                         name: str) -> discord.Thread | discord.PartialMessageable | None:
+        """The thread on a channel message: the known one, a new one, or (when Discord says
+        one exists that this client has not seen) that one; None if none can be opened."""
+        guild = message.guild
+        known = guild.get_thread(message.id) if guild is not None else None
+        if known is not None:
+            return known
+        try:
+            return await message.create_thread(name=name,
+                                               auto_archive_duration=THREAD_ARCHIVE_MINUTES)
+        except discord.HTTPException as exc:
+            if exc.code == THREAD_ALREADY_CREATED:
+                return self.bot.get_partial_messageable(message.id, guild_id=message.guild.id
+                                                        if guild is not None else None)
+            log.warning("could not open a thread on message %s (%s); answering in the channel",
                         message.id, _describe(exc))
             return None
 
