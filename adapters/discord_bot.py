@@ -32,10 +32,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from adapters.discord_controls import AnswerControls, ControlsView, controls_view
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.config import Settings
-from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
+from bot.conversation import RETIRED, ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
 from bot.privacy import PrivateData
 from bot.prompt import clean_text
@@ -193,13 +194,15 @@ def access_request(channel: Any, guild_id: int | None, user: Any) -> AccessReque
 
 
 class Destination(Protocol):
-    async def send(self, text: str, nonce: str | None = None) -> Any: ...
+    async def send(self, text: str, nonce: str | None = None,
+                   view: discord.ui.View | None = None) -> Any: ...
 
 
-async def _send(channel: Any, text: str, nonce: str | None) -> Any:
+async def _send(channel: Any, text: str, nonce: str | None,
+                view: discord.ui.View | None = None) -> Any:
     if nonce is None:
-        return await channel.send(text)
-    return await channel.send(text, nonce=nonce)  # discord.py also sets enforce_nonce
+        return await channel.send(text, view=view)
+    return await channel.send(text, nonce=nonce, view=view)  # discord.py also sets enforce_nonce
 
 
 def reply_nonce(delivery_key: str, part: int) -> str:
@@ -213,8 +216,9 @@ class ChannelDestination:
     def __init__(self, channel: discord.abc.Messageable) -> None:
         self.channel = channel
 
-    async def send(self, text: str, nonce: str | None = None) -> discord.Message:
-        return await _send(self.channel, text, nonce)
+    async def send(self, text: str, nonce: str | None = None,
+                   view: discord.ui.View | None = None) -> discord.Message:
+        return await _send(self.channel, text, nonce, view)
 
 
 class NewThreadDestination:
@@ -226,10 +230,11 @@ class NewThreadDestination:
         self.name = name
         self.target: discord.abc.Messageable | None = None
 
-    async def send(self, text: str, nonce: str | None = None) -> discord.Message:
+    async def send(self, text: str, nonce: str | None = None,
+                   view: discord.ui.View | None = None) -> discord.Message:
         if self.target is None:
             self.target = await self._open()
-        return await _send(self.target, text, nonce)
+        return await _send(self.target, text, nonce, view)
 
     async def _open(self) -> discord.abc.Messageable:
         try:
@@ -251,13 +256,16 @@ class InteractionDestination:
         self.then = then
         self._original_used = False
 
-    async def send(self, text: str, nonce: str | None = None) -> Any:
+    async def send(self, text: str, nonce: str | None = None,
+                   view: discord.ui.View | None = None) -> Any:
         if not self._original_used:
             self._original_used = True
-            return await self.interaction.edit_original_response(content=text)
+            return await self.interaction.edit_original_response(content=text, view=view)
         if self.then is not None:
-            return await _send(self.then, text, nonce)
-        return await self.interaction.followup.send(text, wait=True)
+            return await _send(self.then, text, nonce, view)
+        if view is None:
+            return await self.interaction.followup.send(text, wait=True)
+        return await self.interaction.followup.send(text, wait=True, view=view)
 
 
 async def _tell_failure(interaction: discord.Interaction) -> None:
@@ -279,7 +287,9 @@ def _describe(exc: BaseException) -> str:
 
 
 class DiscordReply(MessageReply):
-    """A reply as Discord messages: placeholder, edits, split pieces; typing while it runs."""
+    """A reply as Discord messages: placeholder, edits, split pieces; typing while it runs.
+    The main message (part 0) carries the buttons the chat service offers (停止 while it
+    streams; もう一度 and 👍/👎 once answered); `retire` takes もう一度 off an earlier answer."""
 
     limit = 2000
     # discord.py turns API errors into HTTPException, but lets some network failures through
@@ -293,9 +303,11 @@ class DiscordReply(MessageReply):
         self._typing: asyncio.Task[None] | None = None
 
     async def post(self, text: str, *, part: int = 0) -> Any:
+        view = controls_view(self.controls_for(part))
+        buttons = {} if view is None else {"view": view}  # a new message: none is no buttons
         if self.tag is None:
-            return await self.destination.send(text)
-        return await self.destination.send(text, reply_nonce(self.tag, part))
+            return await self.destination.send(text, **buttons)
+        return await self.destination.send(text, reply_nonce(self.tag, part), **buttons)
 
     def ref(self, handle: Any) -> str | None:
         channel = getattr(handle, "channel", None)
@@ -311,7 +323,16 @@ class DiscordReply(MessageReply):
         return self._locate(int(channel_id), int(message_id))
 
     async def edit(self, handle: Any, text: str, *, final: bool) -> None:
-        await handle.edit(content=text)  # discord.py paces edits within the rate limit itself
+        # Only the main message has buttons; view=None removes any it had.
+        view = controls_view(self.controls_for(0 if handle is self._handle else 1))
+        await handle.edit(content=text, view=view)  # discord.py paces edits itself
+
+    async def retire(self, ref: str) -> None:
+        """An earlier answer's main message keeps its text and 👍/👎, loses もう一度."""
+        if (message := self.restore(ref)) is None:
+            log.warning("cannot retire the answer at %r: not a Discord message reference", ref)
+            return
+        await message.edit(view=controls_view(RETIRED))
 
     async def start(self) -> None:
         await super().start()
@@ -372,16 +393,7 @@ class ChatCog(commands.Cog):
         return denial is None
 
     async def _refuse(self, interaction: discord.Interaction) -> bool:
-        """True (after telling the user, ephemerally) when the command is not allowed here."""
-        request = access_request(interaction.channel, interaction.guild_id, interaction.user)
-        if self._permits(request):
-            return False
-        try:
-            await interaction.response.send_message(DENIED_MESSAGE, ephemeral=True)
-        except DELIVERY_ERRORS as exc:
-            log.warning("interaction %s: could not refuse it: %s", interaction.id,
-                        _describe(exc))
-        return True
+        return await self.bot.refuse(interaction)
 
     # --- messages
     @commands.Cog.listener()
@@ -448,7 +460,8 @@ class ChatCog(commands.Cog):
                       destination: Destination, *, addressed: bool = True,
                       earlier: EarlierLoader | None = None) -> Outcome | None:
         """The one place a Discord event reaches the chat service."""
-        sink = DiscordReply(destination, tag=incoming.delivery_key)
+        sink = DiscordReply(destination, tag=incoming.delivery_key,
+                            locate=self.bot.partial_message)
         try:
             return await self.chat.handle(key, incoming, sink, addressed=addressed,
                                           earlier=earlier)
@@ -588,7 +601,8 @@ class ChatCog(commands.Cog):
             await interaction.response.defer(thinking=True)
             # Recorded with its confirmation, then shown, then marked: a restart in between
             # shows the confirmation in the conversation (recovery_sink) and resets nothing.
-            sink = DiscordReply(InteractionDestination(interaction), tag=str(interaction.id))
+            sink = DiscordReply(InteractionDestination(interaction), tag=str(interaction.id),
+                                locate=self.bot.partial_message)
             try:
                 await self.chat.reset(conversation_key(channel, interaction.guild_id),
                                       str(interaction.id), sink=sink, notice=RESET_DONE,
@@ -672,6 +686,9 @@ class RinnaDiscordBot(commands.Bot):
     async def setup_hook(self) -> None:
         await self.add_cog(ChatCog(self))
         await self.add_cog(MessageEditsCog(self))
+        # One persistent view receives the buttons of every answer, also of answers posted
+        # before this process started (stable custom_ids; nothing per message is kept).
+        self.add_view(ControlsView(AnswerControls(self)))
         try:
             synced = await self.tree.sync()
         except discord.HTTPException as exc:
@@ -683,6 +700,30 @@ class RinnaDiscordBot(commands.Bot):
     async def on_message(self, message: discord.Message, /) -> None:
         """No prefix commands: the cog answers messages."""
 
+    async def refuse(self, interaction: discord.Interaction) -> bool:
+        """True (after telling the user, ephemerally) when the access policy refuses this
+        interaction (a command or a button) here."""
+        request = access_request(interaction.channel, interaction.guild_id, interaction.user)
+        denial = self.policy.check(request)
+        if denial is None:
+            return False
+        log.debug("user %s in %s/%s refused: %s", request.user, request.workspace,
+                  request.channel, denial)
+        try:
+            await interaction.response.send_message(DENIED_MESSAGE, ephemeral=True)
+        except DELIVERY_ERRORS as exc:
+            log.warning("interaction %s: could not refuse it: %s", interaction.id,
+                        _describe(exc))
+        return True
+
+    def partial_message(self, channel_id: int, message_id: int) -> discord.PartialMessage:
+        """A message of this bot's by ids, to edit without fetching it."""
+        return self.get_partial_messageable(channel_id).get_partial_message(message_id)
+
+    def reply_in(self, channel: Any, tag: str) -> DiscordReply:
+        """A new reply in `channel` (a regenerated answer, tagged with the press)."""
+        return DiscordReply(ChannelDestination(channel), tag=tag, locate=self.partial_message)
+
     @property
     def connected(self) -> bool:
         """For the health check: logged in and the gateway websocket open."""
@@ -693,10 +734,8 @@ class RinnaDiscordBot(commands.Bot):
         (or posts in the conversation's thread, DM or channel when there is none)."""
         key = delivery.key
         channel = self.get_partial_messageable(int(key.thread or key.channel))
-        return DiscordReply(
-            ChannelDestination(channel), tag=delivery.delivery_key,
-            locate=lambda channel_id, message_id: self.get_partial_messageable(
-                channel_id).get_partial_message(message_id))
+        return DiscordReply(ChannelDestination(channel), tag=delivery.delivery_key,
+                            locate=self.partial_message)
 
     async def on_ready(self) -> None:
         log.info("Discord: logged in as %s (%s) in %d servers",
