@@ -32,7 +32,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from adapters.discord_controls import AnswerControls, ControlsView, controls_view
+from adapters.discord_controls import AnswerControls, ControlsView, StatusCog, controls_view
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.config import Settings
@@ -42,6 +42,7 @@ from bot.privacy import PrivateData
 from bot.prompt import clean_text
 from bot.reply import MessageReply
 from bot.seen import RecentKeys
+from bot.status import StatusSource
 from storage.history import Delivery
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,10 @@ HELP_MESSAGE = (
     "・チャンネルでメンションして質問すると、スレッドを作ってそこで答えます。\n"
     "・スレッドの中ではメンションなしで続けて話せます。\n"
     "・DM ではそのまま話しかけてください。\n"
-    "・`/ask 質問` でも質問できます。`/reset` でスレッドや DM の会話を最初からやり直します。"
+    "・`/ask 質問` でも質問できます。`/reset` でスレッドや DM の会話を最初からやり直します。\n"
+    "・メッセージのメニュー（アプリ）の「rinna に聞く」で、そのメッセージについて質問できます。\n"
+    "・回答の「停止」「もう一度」👍 👎 で、止める・答え直す・評価ができます。"
+    "`/status` で今の状態を表示します。"
 )
 RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
               "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
@@ -675,17 +679,19 @@ class RinnaDiscordBot(commands.Bot):
     """The Discord client. Takes the core services; builds nothing at import time."""
 
     def __init__(self, chat: ChatService, settings: Settings, *, message_content: bool = True,
-                 **options: Any) -> None:
+                 status: StatusSource | None = None, **options: Any) -> None:
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, help_command=None,
                          intents=bot_intents(message_content), **options)
         self.chat = chat
         self.settings = settings
         self.policy = AccessPolicy.from_settings(settings)
+        self.status_source = status  # what /status shows (discord.Client.status is presence)
 
     async def setup_hook(self) -> None:
         await self.add_cog(ChatCog(self))
         await self.add_cog(MessageEditsCog(self))
+        await self.add_cog(StatusCog(self))
         # One persistent view receives the buttons of every answer, also of answers posted
         # before this process started (stable custom_ids; nothing per message is kept).
         self.add_view(ControlsView(AnswerControls(self)))
@@ -783,11 +789,13 @@ class DiscordConnectError(RinnaError):
     """Discord could not be reached at start."""
 
 
-def build_discord_bot(chat: ChatService, settings: Settings, **options: Any) -> RinnaDiscordBot:
-    """The bot `rinna-bot run` starts. `options` go to RinnaDiscordBot / discord.py's client
+def build_discord_bot(chat: ChatService, settings: Settings, *,
+                      status: StatusSource | None = None, **options: Any) -> RinnaDiscordBot:
+    """The bot `rinna-bot run` starts. `status` is what `/status` shows (None: it says it
+    cannot tell). `options` go to RinnaDiscordBot / discord.py's client
     (`message_content=False` runs without the privileged intent; tests lower timeouts)."""
     options.setdefault("message_content", settings.discord_message_content)
-    return RinnaDiscordBot(chat, settings, **options)
+    return RinnaDiscordBot(chat, settings, status=status, **options)
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Buttons on Discord answers: 停止 / もう一度 / 👍 / 👎.
+"""Buttons on Discord answers (停止 / もう一度 / 👍 / 👎) and the `/status` command.
 
 Two kinds of views, on purpose:
 - `controls_view(controls)` renders the buttons a message should show. It is a stopped view,
@@ -16,10 +16,14 @@ from typing import Any, Protocol
 
 import aiohttp
 import discord
+from discord import app_commands
+from discord.ext import commands
 
 from bot.chat import ChatService
 from bot.controls import ControlResult, control_message
 from bot.errors import RinnaError
+from bot.status import UNAVAILABLE as STATUS_UNAVAILABLE
+from bot.status import StatusSource, render_status
 from bot.conversation import NO_CONTROLS, Controls
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,7 @@ class ControlHost(Protocol):
     """What the controls need from the bot (RinnaDiscordBot), without importing it."""
 
     chat: ChatService
+    status_source: StatusSource | None
 
     async def refuse(self, interaction: discord.Interaction) -> bool: ...
 
@@ -181,3 +186,28 @@ class ControlsView(discord.ui.View):
     async def bad_pressed(self, interaction: discord.Interaction,
                           _button: discord.ui.Button[Any]) -> None:
         await self.controls.feedback(interaction, "bad")
+class StatusCog(commands.Cog):
+    """`/status`: how the bot is doing, shown only to the person who asked."""
+
+    def __init__(self, host: ControlHost) -> None:
+        self.host = host
+
+    @app_commands.command(name="status", description="rinna の状態を表示します")
+    async def status(self, interaction: discord.Interaction) -> None:
+        try:
+            if await self.host.refuse(interaction):
+                return
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            await interaction.edit_original_response(content=await self._text())
+        except _ERRORS as exc:
+            log.warning("/status %s: %s", interaction.id, exc, exc_info=exc)
+
+    async def _text(self) -> str:
+        source = self.host.status_source
+        if source is None:
+            return STATUS_UNAVAILABLE
+        try:
+            return render_status(await source.report())
+        except Exception:
+            log.exception("/status: could not read the status")
+            return STATUS_UNAVAILABLE

@@ -262,3 +262,48 @@ async def test_each_controls_value_renders_its_buttons() -> None:
     assert rendered == {"streaming": [STOP_ID], "answered": ANSWERED_BUTTONS,
                         "retired": RETIRED_BUTTONS}
     assert all(controls_view(c).is_finished() for c in (STREAMING, ANSWERED))  # type: ignore
+
+
+# ----- /status -------------------------------------------------------------------------------
+async def test_status_shows_the_report_only_to_the_person_who_asked(
+        fake_discord: FakeDiscord, store: HistoryStore, generator: LocalGenerator,  # noqa: F811
+        tokenizer: Tokenizer, settings: Settings) -> None:
+    from bot.status import Status
+
+    fake = fake_discord
+    chat = scripted_chat(store, tokenizer, settings, ScriptedGenerator())
+    status = Status(model="rinna/tiny", device="cpu", quantisation="none",
+                    generator=generator, store=store)
+    async with connected(fake, build_discord_bot(chat, settings, status=status,
+                                                 guild_ready_timeout=0.05)):
+        question = await fake.user_says("こんにちは", mention_bot=True)
+        (answer,) = await fake.wait_for(lambda: answers(fake, question))
+        await fake.wait_for(lambda: buttons(answer) == ANSWERED_BUTTONS)
+        vote = await fake.press(int(answer["id"]), GOOD_ID)
+        await fake.wait_for(lambda: said_to(fake, vote))
+        asked = await fake.slash("status")
+        shown = await fake.wait_for(lambda: next(
+            (m["content"] for m in fake.replies_to(asked) if m["content"]), None))
+
+    assert fake.callbacks[asked]["data"]["flags"] & EPHEMERAL
+    assert fake.response_to(asked)["flags"] & EPHEMERAL
+    lines = shown.splitlines()
+    assert lines[0] == "rinna の状態"
+    assert "・モデル：rinna/tiny" in lines and "・実行環境：cpu（量子化なし）" in lines
+    assert "・今日の回答：1件" in lines and "・評価：👍 1　👎 0" in lines
+
+
+async def test_status_without_a_source_says_it_cannot_tell(
+        fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
+        settings: Settings) -> None:
+    from bot.status import UNAVAILABLE
+
+    fake = fake_discord
+    chat = scripted_chat(store, tokenizer, settings, ScriptedGenerator())
+    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+        asked = await fake.slash("status")
+        await fake.wait_for(lambda: (fake.response_to(asked) or {}).get("content"))
+
+    response = fake.response_to(asked)
+    assert response["content"] == UNAVAILABLE == "状態を取得できません。"
+    assert response["flags"] & EPHEMERAL
