@@ -726,8 +726,10 @@ class RinnaDiscordBot(commands.Bot):
         """A message of this bot's by ids, to edit without fetching it."""
         return self.get_partial_messageable(channel_id).get_partial_message(message_id)
 
-    def reply_in(self, channel: Any, tag: str) -> DiscordReply:
-        """A new reply in `channel` (a regenerated answer, tagged with the press)."""
+    def reply_in(self, key: ConversationKey, tag: str) -> DiscordReply:
+        """A new reply in a conversation's thread, DM or channel (a regenerated answer,
+        tagged with the press; also a reply resumed after a restart)."""
+        channel = self.get_partial_messageable(int(key.thread or key.channel))
         return DiscordReply(ChannelDestination(channel), tag=tag, locate=self.partial_message)
 
     @property
@@ -738,10 +740,7 @@ class RinnaDiscordBot(commands.Bot):
     def recovery_sink(self, delivery: Delivery) -> DiscordReply:
         """A sink for a message taken on before a restart: it edits the stored placeholder
         (or posts in the conversation's thread, DM or channel when there is none)."""
-        key = delivery.key
-        channel = self.get_partial_messageable(int(key.thread or key.channel))
-        return DiscordReply(ChannelDestination(channel), tag=delivery.delivery_key,
-                            locate=self.partial_message)
+        return self.reply_in(delivery.key, delivery.delivery_key)
 
     async def on_ready(self) -> None:
         log.info("Discord: logged in as %s (%s) in %d servers",

@@ -24,7 +24,7 @@ from bot.controls import ControlResult, control_message
 from bot.errors import RinnaError
 from bot.status import UNAVAILABLE as STATUS_UNAVAILABLE
 from bot.status import StatusSource, render_status
-from bot.conversation import NO_CONTROLS, Controls
+from bot.conversation import NO_CONTROLS, ConversationKey, Controls
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class ControlHost(Protocol):
 
     async def refuse(self, interaction: discord.Interaction) -> bool: ...
 
-    def reply_in(self, channel: Any, tag: str) -> Any: ...
+    def reply_in(self, key: ConversationKey, tag: str) -> Any: ...
 
 
 class AnswerControls:
@@ -132,9 +132,13 @@ class AnswerControls:
     async def _regenerate(self, interaction: discord.Interaction, ref: str) -> None:
         # Long-running (streams a whole answer): acknowledged first, refusals as follow-ups.
         await interaction.response.defer()
-        channel = interaction.channel if interaction.channel is not None else (
-            interaction.message.channel if interaction.message is not None else None)
-        sink = self.host.reply_in(channel, str(interaction.id))
+        answer = await self.host.chat.answer_at(PLATFORM, ref)
+        if answer is None:
+            await _tell(interaction, control_message("regenerate", ControlResult.NOT_FOUND))
+            return
+        # Into the conversation: its thread (an /ask answer sits in the channel, its
+        # conversation in the thread opened on it), else its channel or DM.
+        sink = self.host.reply_in(answer.key, str(interaction.id))
         try:
             result = await self.host.chat.regenerate(
                 PLATFORM, ref, str(interaction.id), str(interaction.user.id), sink,

@@ -193,6 +193,33 @@ async def test_regenerate_posts_a_new_answer_that_replaces_the_old_in_the_histor
     assert buttons(new) == RETIRED_BUTTONS
 
 
+async def test_regenerating_an_ask_answer_posts_in_its_thread(
+        fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
+        settings: Settings) -> None:
+    """An /ask answer is the command's response in the channel, its conversation the thread
+    opened on it: the new answer goes to that thread."""
+    fake = fake_discord
+    script = ScriptedGenerator()
+    script.replies = ["東京です。", "東京都です。"]
+    chat = scripted_chat(store, tokenizer, settings, script)
+    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+        asked = await fake.slash("ask", options={"質問": "日本の首都は?"})
+        original = await fake.wait_for(lambda: (m := fake.response_to(asked)) is not None
+                                       and buttons(m) == ANSWERED_BUTTONS and m)
+        thread_id = int(original["id"])
+        assert thread_id in fake.channels  # the thread on the answer
+        press = await fake.press(thread_id, REGENERATE_ID)
+        (new,) = await fake.wait_for(lambda: answers(fake, thread_id))
+        await fake.wait_for(lambda: buttons(new) == ANSWERED_BUTTONS
+                            and buttons(original) == RETIRED_BUTTONS)
+
+    assert fake.callbacks[press]["type"] == 6
+    assert original["content"] == "東京です。" and new["content"] == "東京都です。"
+    assert [m["content"] for m in fake.posted_in(CHANNEL_ID)] == ["東京です。"]
+    assert [t for s, t in await turns(store, thread_key(thread_id)) if s is Speaker.SYSTEM] == [
+        "東京都です。"]
+
+
 # ----- 👍 / 👎 --------------------------------------------------------------------------------
 async def test_feedback_is_one_vote_per_person_and_a_second_press_changes_it(
         fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
