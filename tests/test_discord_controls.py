@@ -241,6 +241,26 @@ async def test_feedback_is_one_vote_per_person_and_a_second_press_changes_it(
     assert await store.feedback_counts() == {"good": 1, "bad": 1}  # alice changed hers
 
 
+async def test_a_press_by_someone_the_access_policy_refuses_is_told_so_and_does_nothing(
+        fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
+        settings: Settings) -> None:
+    from bot.access import DENIED_MESSAGE
+    from tests.discord_fakes import USER_ID
+
+    fake = fake_discord
+    only_alice = settings.model_copy(update={"allowed_users": frozenset({str(USER_ID)})})
+    chat = scripted_chat(store, tokenizer, only_alice, ScriptedGenerator())
+    async with connected(fake, build_discord_bot(chat, only_alice, guild_ready_timeout=0.05)):
+        question = await fake.user_says("こんにちは", mention_bot=True)
+        (answer,) = await fake.wait_for(lambda: answers(fake, question))
+        await fake.wait_for(lambda: buttons(answer) == ANSWERED_BUTTONS)
+        press = await fake.press(int(answer["id"]), GOOD_ID, user_id=OTHER_USER_ID, name="bob")
+        await fake.wait_for(lambda: said_to(fake, press))
+
+    assert said_to(fake, press) == [DENIED_MESSAGE]
+    assert await store.feedback_counts() == {"good": 0, "bad": 0}
+
+
 # ----- after a restart -----------------------------------------------------------------------
 async def test_buttons_posted_before_a_restart_work_in_the_new_process(
         fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
