@@ -148,6 +148,28 @@ async def test_only_the_asker_or_a_moderator_may_stop(
     assert control_message("stop", ControlResult.NOT_ALLOWED) == said_to(fake, refused)[0]
 
 
+async def test_a_failed_answer_loses_its_stop_button(
+        fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
+        settings: Settings) -> None:
+    from bot.errors import GeneratorError
+
+    fake = fake_discord
+    script = ScriptedGenerator()
+    script.replies = ["途中まで"]
+    script.error = GeneratorError("the engine broke")
+    chat = scripted_chat(store, tokenizer, settings, script)
+    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+        question = await fake.user_says("壊れる質問", mention_bot=True)
+        failed = await fake.wait_for(lambda: next(
+            (m for m in fake.posted_in(question) if m["content"] == GeneratorError.user_message),
+            None))
+
+    assert failed["components"] == []  # 停止 was shown while it ran, and is gone
+    streamed = [r.body for r in fake.requests if r.method == "PATCH"
+                and r.path.endswith(f"/messages/{failed['id']}")]
+    assert any(buttons(body) == [STOP_ID] for body in streamed)
+
+
 # ----- もう一度 ------------------------------------------------------------------------------
 async def test_regenerate_posts_a_new_answer_that_replaces_the_old_in_the_history(
         fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
