@@ -32,15 +32,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from adapters.discord_controls import AnswerControls, ControlsView, StatusCog, controls_view
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.config import Settings
-from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
+from bot.conversation import RETIRED, ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
 from bot.privacy import PrivateData
 from bot.prompt import clean_text
 from bot.reply import MessageReply
 from bot.seen import RecentKeys
+from bot.status import StatusSource
 from storage.history import Delivery
 
 log = logging.getLogger(__name__)
@@ -54,17 +56,25 @@ DEFAULT_THREAD_NAME = "rinna との会話"
 HISTORY_SCAN_LIMIT = 200  # messages read back at most when joining a thread mid-way
 TYPING_EVERY_S = 8.0  # Discord shows the indicator for about 10 s per trigger
 MAX_TEXT_CHARS = 4000  # Discord's own limit (with Nitro): longer text is not Discord's
+THREAD_ALREADY_CREATED = 160004  # Discord's error code: the message already has a thread
 
 HELP_MESSAGE = (
     "**rinna の使い方**\n"
     "・チャンネルでメンションして質問すると、スレッドを作ってそこで答えます。\n"
     "・スレッドの中ではメンションなしで続けて話せます。\n"
     "・DM ではそのまま話しかけてください。\n"
-    "・`/ask 質問` でも質問できます。`/reset` でスレッドや DM の会話を最初からやり直します。"
+    "・`/ask 質問` でも質問できます。`/reset` でスレッドや DM の会話を最初からやり直します。\n"
+    "・メッセージのメニュー（アプリ）の「rinna に聞く」で、そのメッセージについて質問できます。\n"
+    "・回答の「停止」「もう一度」👍 👎 で、止める・答え直す・評価ができます。"
+    "`/status` で今の状態を表示します。"
 )
 RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
               "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
 RESET_WHERE = "`/reset` はスレッドか DM の中で使ってください（チャンネルでの質問は毎回新しいスレッドになります）。"
+ASK_ABOUT = "rinna に聞く"  # the message context menu's name, as people see it
+ASK_ABOUT_WHERE = "{where} で答えます。"
+ASK_ABOUT_HERE = "この DM で答えます。"
+ASK_ABOUT_UNREADABLE = "このメッセージには読める文章がありません。"
 
 # Linear patterns (user text): a fixed-length id between fixed delimiters; runs of blanks.
 _MENTION = re.compile(r"<(@[!&]?|#)([0-9]{15,21})>")
@@ -151,16 +161,21 @@ def history_turn(message: discord.Message, me_id: int) -> Turn | None:
 
 
 async def read_thread_history(
-    thread: discord.Thread, before: discord.abc.Snowflake | None, me_id: int
+    thread: discord.Thread, before: discord.abc.Snowflake | None, me_id: int,
+    skip: int | None = None,
 ) -> list[tuple[Turn, str | None, str | None]]:
     """The thread's recent messages before `before`, oldest first (the chat service keeps
     the newest that fit the prompt), each with its message id and, for a person's message,
-    the author's user id (so `forget --user` finds imported messages too)."""
+    the author's user id (so `forget --user` finds imported messages too). A message whose
+    source is `skip` (the one being asked about) is left out: it comes as the question."""
     picked: list[tuple[Turn, str | None, str | None]] = []
     async for message in thread.history(limit=HISTORY_SCAN_LIMIT, before=before):
         if (turn := history_turn(message, me_id)) is None:
             continue
         source = _history_source(message)
+        if skip is not None and (message.id == skip or (source is not None
+                                                         and source.id == skip)):
+            continue
         author = (str(source.author.id)
                   if turn.speaker is Speaker.USER and source is not None else None)
         picked.append((turn, str(message.id), author))
@@ -183,13 +198,15 @@ def access_request(channel: Any, guild_id: int | None, user: Any) -> AccessReque
 
 
 class Destination(Protocol):
-    async def send(self, text: str, nonce: str | None = None) -> Any: ...
+    async def send(self, text: str, nonce: str | None = None,
+                   view: discord.ui.View | None = None) -> Any: ...
 
 
-async def _send(channel: Any, text: str, nonce: str | None) -> Any:
+async def _send(channel: Any, text: str, nonce: str | None,
+                view: discord.ui.View | None = None) -> Any:
     if nonce is None:
-        return await channel.send(text)
-    return await channel.send(text, nonce=nonce)  # discord.py also sets enforce_nonce
+        return await channel.send(text, view=view)
+    return await channel.send(text, nonce=nonce, view=view)  # discord.py also sets enforce_nonce
 
 
 def reply_nonce(delivery_key: str, part: int) -> str:
@@ -203,8 +220,9 @@ class ChannelDestination:
     def __init__(self, channel: discord.abc.Messageable) -> None:
         self.channel = channel
 
-    async def send(self, text: str, nonce: str | None = None) -> discord.Message:
-        return await _send(self.channel, text, nonce)
+    async def send(self, text: str, nonce: str | None = None,
+                   view: discord.ui.View | None = None) -> discord.Message:
+        return await _send(self.channel, text, nonce, view)
 
 
 class NewThreadDestination:
@@ -216,10 +234,11 @@ class NewThreadDestination:
         self.name = name
         self.target: discord.abc.Messageable | None = None
 
-    async def send(self, text: str, nonce: str | None = None) -> discord.Message:
+    async def send(self, text: str, nonce: str | None = None,
+                   view: discord.ui.View | None = None) -> discord.Message:
         if self.target is None:
             self.target = await self._open()
-        return await _send(self.target, text, nonce)
+        return await _send(self.target, text, nonce, view)
 
     async def _open(self) -> discord.abc.Messageable:
         try:
@@ -241,13 +260,16 @@ class InteractionDestination:
         self.then = then
         self._original_used = False
 
-    async def send(self, text: str, nonce: str | None = None) -> Any:
+    async def send(self, text: str, nonce: str | None = None,
+                   view: discord.ui.View | None = None) -> Any:
         if not self._original_used:
             self._original_used = True
-            return await self.interaction.edit_original_response(content=text)
+            return await self.interaction.edit_original_response(content=text, view=view)
         if self.then is not None:
-            return await _send(self.then, text, nonce)
-        return await self.interaction.followup.send(text, wait=True)
+            return await _send(self.then, text, nonce, view)
+        if view is None:
+            return await self.interaction.followup.send(text, wait=True)
+        return await self.interaction.followup.send(text, wait=True, view=view)
 
 
 async def _tell_failure(interaction: discord.Interaction) -> None:
@@ -269,7 +291,9 @@ def _describe(exc: BaseException) -> str:
 
 
 class DiscordReply(MessageReply):
-    """A reply as Discord messages: placeholder, edits, split pieces; typing while it runs."""
+    """A reply as Discord messages: placeholder, edits, split pieces; typing while it runs.
+    The main message (part 0) carries the buttons the chat service offers (停止 while it
+    streams; もう一度 and 👍/👎 once answered); `retire` takes もう一度 off an earlier answer."""
 
     limit = 2000
     # discord.py turns API errors into HTTPException, but lets some network failures through
@@ -283,9 +307,11 @@ class DiscordReply(MessageReply):
         self._typing: asyncio.Task[None] | None = None
 
     async def post(self, text: str, *, part: int = 0) -> Any:
+        view = controls_view(self.controls_for(part))
+        buttons = {} if view is None else {"view": view}  # a new message: none is no buttons
         if self.tag is None:
-            return await self.destination.send(text)
-        return await self.destination.send(text, reply_nonce(self.tag, part))
+            return await self.destination.send(text, **buttons)
+        return await self.destination.send(text, reply_nonce(self.tag, part), **buttons)
 
     def ref(self, handle: Any) -> str | None:
         channel = getattr(handle, "channel", None)
@@ -301,7 +327,16 @@ class DiscordReply(MessageReply):
         return self._locate(int(channel_id), int(message_id))
 
     async def edit(self, handle: Any, text: str, *, final: bool) -> None:
-        await handle.edit(content=text)  # discord.py paces edits within the rate limit itself
+        # Only the main message has buttons; view=None removes any it had.
+        view = controls_view(self.controls_for(0 if handle is self._handle else 1))
+        await handle.edit(content=text, view=view)  # discord.py paces edits itself
+
+    async def retire(self, ref: str) -> None:
+        """An earlier answer's main message keeps its text and 👍/👎, loses もう一度."""
+        if (message := self.restore(ref)) is None:
+            log.warning("cannot retire the answer at %r: not a Discord message reference", ref)
+            return
+        await message.edit(view=controls_view(RETIRED))
 
     async def start(self) -> None:
         await super().start()
@@ -345,6 +380,14 @@ class ChatCog(commands.Cog):
         self.chat = bot.chat
         self.policy = bot.policy
         self.recent = RecentKeys()  # message ids taken up lately: the cheap duplicate check
+        # discord.py cannot declare context menus inside a cog: made here, added on load
+        self.ask_about_menu = app_commands.ContextMenu(name=ASK_ABOUT, callback=self.ask_about)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.ask_about_menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.ask_about_menu.name, type=self.ask_about_menu.type)
 
     def _permits(self, request: AccessRequest) -> bool:
         denial = self.policy.check(request)
@@ -354,16 +397,7 @@ class ChatCog(commands.Cog):
         return denial is None
 
     async def _refuse(self, interaction: discord.Interaction) -> bool:
-        """True (after telling the user, ephemerally) when the command is not allowed here."""
-        request = access_request(interaction.channel, interaction.guild_id, interaction.user)
-        if self._permits(request):
-            return False
-        try:
-            await interaction.response.send_message(DENIED_MESSAGE, ephemeral=True)
-        except DELIVERY_ERRORS as exc:
-            log.warning("interaction %s: could not refuse it: %s", interaction.id,
-                        _describe(exc))
-        return True
+        return await self.bot.refuse(interaction)
 
     # --- messages
     @commands.Cog.listener()
@@ -415,14 +449,14 @@ class ChatCog(commands.Cog):
         key = ConversationKey(key.platform, key.workspace, key.channel, str(message.id))
         await self._answer(key, incoming, NewThreadDestination(message, thread_name(text)))
 
-    def _earlier(self, thread: discord.Thread,
-                 before: discord.abc.Snowflake | None) -> EarlierLoader:
+    def _earlier(self, thread: discord.Thread, before: discord.abc.Snowflake | None,
+                 skip: int | None = None) -> EarlierLoader:
         """A loader of the thread's earlier messages, for the chat service to call when the
         bot joins the thread mid-way (and only then)."""
         me_id = self.bot.user.id if self.bot.user else 0
 
         async def load() -> list[tuple[Turn, str | None, str | None]]:
-            return await read_thread_history(thread, before, me_id)
+            return await read_thread_history(thread, before, me_id, skip)
 
         return load
 
@@ -430,7 +464,8 @@ class ChatCog(commands.Cog):
                       destination: Destination, *, addressed: bool = True,
                       earlier: EarlierLoader | None = None) -> Outcome | None:
         """The one place a Discord event reaches the chat service."""
-        sink = DiscordReply(destination, tag=incoming.delivery_key)
+        sink = DiscordReply(destination, tag=incoming.delivery_key,
+                            locate=self.bot.partial_message)
         try:
             return await self.chat.handle(key, incoming, sink, addressed=addressed,
                                           earlier=earlier)
@@ -485,6 +520,79 @@ class ChatCog(commands.Cog):
                         message.id, _describe(exc))
             return None
 
+    # --- the message context menu 「rinna に聞く」
+    async def ask_about(self, interaction: discord.Interaction,
+                        message: discord.Message) -> None:
+        """Answer about `message` in a thread on it (the thread it is in, if any), the
+        message as the question; the person who pressed is told where, ephemerally."""
+        if await self._refuse(interaction):
+            return
+        if not self.recent.add(str(interaction.id)):  # a replayed interaction: once per press
+            self.chat.note(PLATFORM, Outcome.DUPLICATE)
+            return
+        try:
+            # Acknowledged first: Discord refuses a second response to the same press, so a
+            # replay that slipped past the check above ends here.
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            await self._ask_about(interaction, message)
+        except DELIVERY_ERRORS as exc:
+            log.warning("%s %s: %s", ASK_ABOUT, interaction.id, _describe(exc), exc_info=exc)
+        except Exception:
+            log.exception("%s %s: could not handle it", ASK_ABOUT, interaction.id)
+            await _tell_failure(interaction)
+
+    async def _ask_about(self, interaction: discord.Interaction,
+                         message: discord.Message) -> None:
+        me_id = self.bot.user.id if self.bot.user else 0
+        text = readable_text(message, me_id)
+        if not clean_text(text).strip():
+            await interaction.edit_original_response(content=ASK_ABOUT_UNREADABLE)
+            return
+        incoming = IncomingMessage(text, str(interaction.id), str(interaction.user.id))
+        channel = interaction.channel
+        guild_id = interaction.guild_id
+        if guild_id is None or isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
+            key = conversation_key(channel, None)
+            await interaction.edit_original_response(content=ASK_ABOUT_HERE)
+            await self._answer(key, incoming, ChannelDestination(channel))
+            return
+        if isinstance(channel, discord.Thread):  # also a forum post: answer in it
+            key = conversation_key(channel, guild_id)
+            await interaction.edit_original_response(
+                content=ASK_ABOUT_WHERE.format(where=channel.mention))
+            await self._answer(key, incoming, ChannelDestination(channel),
+                               earlier=self._earlier(channel, before=message, skip=message.id))
+            return
+        # A channel message: the thread on it (opened now, or the one people already use).
+        base = conversation_key(channel, guild_id)
+        key = ConversationKey(base.platform, base.workspace, base.channel, str(message.id))
+        thread = await self._thread_on(message, thread_name(text))
+        target: discord.abc.Messageable = thread if thread is not None else channel
+        await interaction.edit_original_response(
+            content=ASK_ABOUT_WHERE.format(where=f"<#{getattr(target, 'id', channel.id)}>"))
+        earlier = (self._earlier(thread, before=None, skip=message.id)
+                   if isinstance(thread, discord.Thread) else None)
+        await self._answer(key, incoming, ChannelDestination(target), earlier=earlier)
+
+    async def _thread_on(self, message: discord.Message,
+                         name: str) -> discord.Thread | discord.PartialMessageable | None:
+        """The thread on a channel message: the known one, a new one, or (when Discord says
+        one exists that this client has not seen) that one; None if none can be opened."""
+        guild = message.guild
+        known = guild.get_thread(message.id) if guild is not None else None
+        if known is not None:
+            return known
+        try:
+            return await message.create_thread(name=name,
+                                               auto_archive_duration=THREAD_ARCHIVE_MINUTES)
+        except discord.HTTPException as exc:
+            if exc.code == THREAD_ALREADY_CREATED:
+                return self.bot.get_partial_messageable(message.id, guild_id=message.guild.id
+                                                        if guild is not None else None)
+            log.warning("could not open a thread on message %s (%s); answering in the channel",
+                        message.id, _describe(exc))
+            return None
+
     @app_commands.command(name="reset", description="このスレッド（または DM）の会話を最初からやり直します")
     async def reset(self, interaction: discord.Interaction) -> None:
         if await self._refuse(interaction):
@@ -497,7 +605,8 @@ class ChatCog(commands.Cog):
             await interaction.response.defer(thinking=True)
             # Recorded with its confirmation, then shown, then marked: a restart in between
             # shows the confirmation in the conversation (recovery_sink) and resets nothing.
-            sink = DiscordReply(InteractionDestination(interaction), tag=str(interaction.id))
+            sink = DiscordReply(InteractionDestination(interaction), tag=str(interaction.id),
+                                locate=self.bot.partial_message)
             try:
                 await self.chat.reset(conversation_key(channel, interaction.guild_id),
                                       str(interaction.id), sink=sink, notice=RESET_DONE,
@@ -570,17 +679,22 @@ class RinnaDiscordBot(commands.Bot):
     """The Discord client. Takes the core services; builds nothing at import time."""
 
     def __init__(self, chat: ChatService, settings: Settings, *, message_content: bool = True,
-                 **options: Any) -> None:
+                 status: StatusSource | None = None, **options: Any) -> None:
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, help_command=None,
                          intents=bot_intents(message_content), **options)
         self.chat = chat
         self.settings = settings
         self.policy = AccessPolicy.from_settings(settings)
+        self.status_source = status  # what /status shows (discord.Client.status is presence)
 
     async def setup_hook(self) -> None:
         await self.add_cog(ChatCog(self))
         await self.add_cog(MessageEditsCog(self))
+        await self.add_cog(StatusCog(self))
+        # One persistent view receives the buttons of every answer, also of answers posted
+        # before this process started (stable custom_ids; nothing per message is kept).
+        self.add_view(ControlsView(AnswerControls(self)))
         try:
             synced = await self.tree.sync()
         except discord.HTTPException as exc:
@@ -592,6 +706,32 @@ class RinnaDiscordBot(commands.Bot):
     async def on_message(self, message: discord.Message, /) -> None:
         """No prefix commands: the cog answers messages."""
 
+    async def refuse(self, interaction: discord.Interaction) -> bool:
+        """True (after telling the user, ephemerally) when the access policy refuses this
+        interaction (a command or a button) here."""
+        request = access_request(interaction.channel, interaction.guild_id, interaction.user)
+        denial = self.policy.check(request)
+        if denial is None:
+            return False
+        log.debug("user %s in %s/%s refused: %s", request.user, request.workspace,
+                  request.channel, denial)
+        try:
+            await interaction.response.send_message(DENIED_MESSAGE, ephemeral=True)
+        except DELIVERY_ERRORS as exc:
+            log.warning("interaction %s: could not refuse it: %s", interaction.id,
+                        _describe(exc))
+        return True
+
+    def partial_message(self, channel_id: int, message_id: int) -> discord.PartialMessage:
+        """A message of this bot's by ids, to edit without fetching it."""
+        return self.get_partial_messageable(channel_id).get_partial_message(message_id)
+
+    def reply_in(self, key: ConversationKey, tag: str) -> DiscordReply:
+        """A new reply in a conversation's thread, DM or channel (a regenerated answer,
+        tagged with the press; also a reply resumed after a restart)."""
+        channel = self.get_partial_messageable(int(key.thread or key.channel))
+        return DiscordReply(ChannelDestination(channel), tag=tag, locate=self.partial_message)
+
     @property
     def connected(self) -> bool:
         """For the health check: logged in and the gateway websocket open."""
@@ -600,12 +740,7 @@ class RinnaDiscordBot(commands.Bot):
     def recovery_sink(self, delivery: Delivery) -> DiscordReply:
         """A sink for a message taken on before a restart: it edits the stored placeholder
         (or posts in the conversation's thread, DM or channel when there is none)."""
-        key = delivery.key
-        channel = self.get_partial_messageable(int(key.thread or key.channel))
-        return DiscordReply(
-            ChannelDestination(channel), tag=delivery.delivery_key,
-            locate=lambda channel_id, message_id: self.get_partial_messageable(
-                channel_id).get_partial_message(message_id))
+        return self.reply_in(delivery.key, delivery.delivery_key)
 
     async def on_ready(self) -> None:
         log.info("Discord: logged in as %s (%s) in %d servers",
@@ -653,11 +788,13 @@ class DiscordConnectError(RinnaError):
     """Discord could not be reached at start."""
 
 
-def build_discord_bot(chat: ChatService, settings: Settings, **options: Any) -> RinnaDiscordBot:
-    """The bot `rinna-bot run` starts. `options` go to RinnaDiscordBot / discord.py's client
+def build_discord_bot(chat: ChatService, settings: Settings, *,
+                      status: StatusSource | None = None, **options: Any) -> RinnaDiscordBot:
+    """The bot `rinna-bot run` starts. `status` is what `/status` shows (None: it says it
+    cannot tell). `options` go to RinnaDiscordBot / discord.py's client
     (`message_content=False` runs without the privileged intent; tests lower timeouts)."""
     options.setdefault("message_content", settings.discord_message_content)
-    return RinnaDiscordBot(chat, settings, **options)
+    return RinnaDiscordBot(chat, settings, status=status, **options)
 
 
 __all__ = [
