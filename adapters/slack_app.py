@@ -37,6 +37,8 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from adapters.slack_blocks import actions_block, any_control, message_blocks
+from adapters.slack_stream import NativeStream, StreamSupport
 from adapters.slack_text import (
     escape,
     mentions,
@@ -246,19 +248,87 @@ class SlackReply(MessageReply):
     delivery_errors: ClassVar[tuple[type[BaseException], ...]] = DELIVERY_ERRORS
 
     def __init__(self, api: SlackApi, channel: str, thread_ts: str | None,
-                 tag: str | None = None) -> None:
+                 tag: str | None = None, *, streams: StreamSupport | None = None,
+                 user: str | None = None, team: str | None = None) -> None:
         super().__init__(tag)
         self.api = api
         self.channel = channel
         self.thread_ts = thread_ts or None
+        # Native streaming (in a thread, where the workspace takes it): see slack_stream.py.
+        self.streams = streams
+        self.user = user
+        self.team = team
+        self.stream: NativeStream | None = None  # the answer being streamed, until stopped
+
+    def _metadata(self, part: int) -> dict[str, Any] | None:
+        if self.tag is None:
+            return None
+        return {"event_type": REPLY_EVENT, "event_payload": {"delivery": self.tag, "part": part}}
+
+    def _controls(self, part: int) -> Any:
+        """The controls offered for message `part` (bot/reply.py's MessageReply.offer), or
+        None where the core offers none."""
+        controls_for = getattr(self, "controls_for", None)
+        return controls_for(part) if callable(controls_for) else None
+
+    def _blocks(self, text: str, part: int) -> dict[str, Any]:
+        """The `blocks` argument for a post or an edit of `part` showing `text`: the text
+        and its buttons, [] to clear buttons shown before, nothing where the core offers no
+        controls at all."""
+        controls = self._controls(part)
+        if controls is None:
+            return {}
+        return {"blocks": message_blocks(text, controls)}
+
+    async def start(self) -> None:
+        if self._handle is None and self.streams is not None and self.thread_ts is not None:
+            stream = NativeStream(self.api, self.streams, self.channel, self.thread_ts,
+                                  user=self.user, team=self.team, limit=self.limit)
+            controls = self._controls(0)
+            actions = actions_block(controls) if controls is not None else None
+            ts = await stream.start([actions] if actions is not None else None)
+            if ts is not None:
+                self.stream, self._handle = stream, ts
+                self.posted.append(ts)
+                return
+        await super().start()
+
+    async def resume(self, ref: str | None) -> None:
+        await super().resume(ref)
+        if self._handle is not None and self.streams is not None and self.streams.enabled:
+            # A stream the previous process left running cannot be edited until it is
+            # stopped; for any other message Slack just says it is not streaming.
+            try:
+                await self.api.call("chat_stopStream", retry=False, channel=self.channel,
+                                    ts=self._handle)
+            except DELIVERY_ERRORS as exc:
+                log.debug("slack chat.stopStream on resume: %s", _describe(exc))
+
+    async def update(self, text: str) -> None:
+        if self.stream is not None:
+            await self.stream.append(text)
+            return
+        await super().update(text)
+
+    async def _show(self, text: str, final: bool = False) -> None:
+        stream = self.stream
+        if stream is not None:
+            if not final:
+                return  # a queue position: a stream only grows, it cannot show one and drop it
+            self.stream = None
+            shown = await stream.stop(text, metadata=self._metadata(0))
+            if shown and not any_control(self._controls(0)) and not stream.started_with_blocks:
+                return
+            # The buttons (or a text that is not the streamed one plus more): the stopped
+            # stream's message is an ordinary one now, and chat.update sets it whole.
+        await super()._show(text, final)
 
     async def post(self, text: str, *, part: int = 0) -> str:
         arguments: dict[str, Any] = dict(
             channel=self.channel, thread_ts=self.thread_ts, text=escape(text),
-            unfurl_links=False, unfurl_media=False)
-        if self.tag is not None:
-            arguments["metadata"] = {"event_type": REPLY_EVENT,
-                                     "event_payload": {"delivery": self.tag, "part": part}}
+            unfurl_links=False, unfurl_media=False, **self._blocks(text, part))
+        if (metadata := self._metadata(part)) is not None:
+            arguments["metadata"] = metadata
         attempt = 0
         while True:
             try:
@@ -315,8 +385,9 @@ class SlackReply(MessageReply):
     async def edit(self, handle: Any, text: str, *, final: bool) -> None:
         # chat.update is rate-limited (Tier 3): a preview that hits the limit is dropped, not
         # waited out, so the stream never stalls; the final text is retried.
+        part = 0 if handle == self._handle else 1
         await self.api.call("chat_update", retry=final, channel=self.channel, ts=handle,
-                            text=escape(text))
+                            text=escape(text), **self._blocks(text, part))
 
 
 class QuestionNotPosted(RinnaError):
@@ -331,10 +402,9 @@ class SlackCommandReply(SlackReply):
     a restart, finds it there; the answer then goes in its thread."""
 
     def __init__(self, api: SlackApi, team: str, channel: str, user: str, question: str, *,
-                 tag: str, respond: AsyncRespond | None = None) -> None:
-        super().__init__(api, channel, None, tag=tag)
-        self.team = team
-        self.user = user
+                 tag: str, respond: AsyncRespond | None = None,
+                 streams: StreamSupport | None = None) -> None:
+        super().__init__(api, channel, None, tag=tag, streams=streams, user=user, team=team)
         self.question = question
         self.respond = respond
 
@@ -466,6 +536,14 @@ class SlackHandlers:
     # How each event ended ("answered", "duplicate", "ignored", "reset", ...): for logs,
     # metrics and tests that wait until every delivered event has been dealt with.
     outcomes: Counter[str] = field(default_factory=Counter)
+    # Whether replies stream natively (chat.startStream); off for good once Slack refuses.
+    streams: StreamSupport = field(default_factory=StreamSupport)
+
+    def reply(self, channel: str, thread_ts: str | None, tag: str | None, *,
+              user: str | None = None, team: str | None = None) -> SlackReply:
+        """A reply sink in `thread_ts` of `channel`, streamed where Slack takes it."""
+        return SlackReply(self.api, channel, thread_ts, tag=tag, streams=self.streams,
+                          user=user, team=team)
 
     def permits(self, requests: Sequence[AccessRequest]) -> bool:
         for request in requests:
@@ -497,8 +575,9 @@ class SlackHandlers:
             return SlackCommandReply(self.api, delivery.key.workspace, delivery.key.channel,
                                      delivery.author or "", delivery.text or "",
                                      tag=delivery.delivery_key)
-        return SlackReply(self.api, delivery.key.channel, delivery.key.thread or None,
-                          tag=delivery.delivery_key)
+        return self.reply(delivery.key.channel, delivery.key.thread or None,
+                          delivery.delivery_key, user=delivery.author,
+                          team=delivery.key.workspace)
 
     async def on_command(self, command: Mapping[str, Any], respond: AsyncRespond,
                          bot: BotIdentity, ack: Ack | None = None) -> str:
@@ -517,7 +596,7 @@ class SlackHandlers:
         tag = COMMAND_KEY + (str(command.get("trigger_id") or "") or uuid.uuid4().hex)
         key = ConversationKey(PLATFORM, team, channel, tag)  # until the question is posted
         sink = SlackCommandReply(self.api, team, channel, user, question, tag=tag,
-                                 respond=respond)
+                                 respond=respond, streams=self.streams)
         outcome = FAILED
         async with self._boundary(sink, f"{COMMAND} {tag} in {channel}"):
             incoming = IncomingMessage(question, tag, user)
@@ -530,7 +609,8 @@ class SlackHandlers:
             self.chat.note(PLATFORM, Outcome.DUPLICATE)
             return DUPLICATE
         key = message.key
-        sink = SlackReply(self.api, message.channel, key.thread, tag=message.delivery_key)
+        sink = self.reply(message.channel, key.thread, message.delivery_key,
+                          user=message.user, team=message.team)
         outcome = FAILED
         async with self._boundary(sink, f"message {message.delivery_key} in {key}"):
             text = await self._plain(message.text, bot)
