@@ -828,7 +828,14 @@ def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
 
 def register(app: AsyncApp, services: SlackHandlers) -> None:
     """Every Slack listener of the bot. Each acks first; the work runs after the ack."""
+    # Imported here: these modules use this one's listener helpers.
+    from adapters.slack_assistant import build_assistant, register_shortcut
+
+    # The AI-app view first: its middleware takes assistant-thread messages (DM threads)
+    # before the `message` listener; everything else passes through it.
+    app.assistant(build_assistant(services))
     register_edits(app, services)  # first: see register_edits
+    register_shortcut(app, services)
 
     @app.event("app_mention")
     async def app_mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],

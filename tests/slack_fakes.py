@@ -412,3 +412,54 @@ def command_form(text: str, *, channel: str = "C1", user: str = "U1",
     })
 
 
+
+
+def interaction_form(payload: dict[str, Any]) -> str:
+    """An interactivity request (shortcut, block_actions) as Slack posts it: a form whose
+    `payload` is the JSON."""
+    return urlencode({"payload": json.dumps(payload)})
+
+
+_triggers = itertools.count(1)
+
+
+def message_shortcut(channel: str, message: dict[str, Any], *, user: str = "U1",
+                     callback_id: str = "rinna_ask") -> dict[str, Any]:
+    return {
+        "type": "message_action", "token": "legacy", "callback_id": callback_id,
+        "trigger_id": f"{next(_triggers)}.1.shortcut", "action_ts": f"{time.time():.6f}",
+        "team": {"id": TEAM, "domain": "test"}, "user": {"id": user, "name": f"name-{user}"},
+        "channel": {"id": channel, "name": "general"}, "is_enterprise_install": False,
+        "message_ts": message["ts"], "message": message,
+        "response_url": "http://127.0.0.1:1/unused",
+    }
+
+
+def block_action(channel: str, message: dict[str, Any], action_id: str, value: str, *,
+                 user: str = "U1", response_url: str = "http://127.0.0.1:1/unused"
+                 ) -> dict[str, Any]:
+    """A button press on a bot message (`message`: its ts, text, blocks, thread_ts)."""
+    action: dict[str, Any] = {"action_id": action_id, "block_id": "rinna_controls",
+                              "value": value, "type": "button",
+                              "action_ts": f"{time.time():.6f}"}
+    if action_id == "rinna_feedback":
+        action["type"] = "feedback_buttons"
+    return {
+        "type": "block_actions", "token": "legacy", "api_app_id": "A1",
+        "trigger_id": f"{next(_triggers)}.1.action",
+        "team": {"id": TEAM, "domain": "test"},
+        "user": {"id": user, "username": f"name-{user}", "team_id": TEAM},
+        "container": {"type": "message", "message_ts": message["ts"], "channel_id": channel,
+                      "is_ephemeral": False, "thread_ts": message.get("thread_ts")},
+        "channel": {"id": channel, "name": "general"}, "message": message,
+        "response_url": response_url, "actions": [action],
+    }
+
+
+def assistant_thread_started(channel: str, thread_ts: str, *, user: str = "U1"
+                             ) -> dict[str, Any]:
+    return {"type": "assistant_thread_started", "event_ts": thread_ts,
+            "assistant_thread": {"user_id": user, "channel_id": channel,
+                                 "thread_ts": thread_ts,
+                                 "context": {"channel_id": "C1", "team_id": TEAM,
+                                             "enterprise_id": None}}}
