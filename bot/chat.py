@@ -21,7 +21,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.conversation import ConversationKey, IncomingMessage, ReplySink, Speaker, Turn
+from bot.controls import STOPPED_MARK, ControlResult, Feedback
+from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey, Controls,
+                              IncomingMessage, ReplySink, Speaker, Turn)
 from bot.errors import QueueFullError, RinnaError
 from bot.generation import GenerationParams
 from bot.generator import Generator
@@ -61,7 +63,7 @@ def as_history(turn: Turn) -> Turn | None:
     if turn.speaker is Speaker.SYSTEM:
         if text in _NOTICES or text.startswith((WAITING.split("{", 1)[0], _OLD_WAITING)):
             return None
-        text = text.removesuffix(SHORTENED_NOTICE).strip()
+        text = text.removesuffix(SHORTENED_NOTICE).strip().removesuffix(STOPPED_MARK).strip()
     return Turn(turn.speaker, text) if text else None
 
 
@@ -116,6 +118,7 @@ class ChatService:
         clock: Callable[[], float] = time.monotonic,
         on_outcome: Callable[[str, Outcome], None] | None = None,  # (platform, outcome): metrics
         crash_hook: CrashHook | None = None,
+        on_feedback: Callable[[str, str], None] | None = None,  # (platform, value): metrics
     ) -> None:
         self.store = store
         self.generator = generator
@@ -128,6 +131,10 @@ class ChatService:
         self._inflight: set[tuple[str, str]] = set()  # (platform, delivery key) being answered
         self._active: dict[asyncio.Task[object], asyncio.Future[object] | None] = {}
         self._closing = False
+        self._on_feedback = on_feedback
+        # (platform, delivery key) -> its generation task while it runs (None: not begun yet)
+        self._answering: dict[tuple[str, str], asyncio.Task[None] | None] = {}
+        self._stopping: set[tuple[str, str]] = set()  # asked to stop by its 「停止」 button
 
     def _point(self, name: str) -> None:
         if self._crash is not None:
@@ -252,16 +259,19 @@ class ChatService:
                          key, message.delivery_key)
                 return Outcome.DEFERRED
             if not text and delivery.turn_id is None:
+                _offer(sink, NO_CONTROLS)
                 await sink.finish(USAGE_MESSAGE)
                 await self.store.mark_answered(delivery)
                 return Outcome.EMPTY
         except RinnaError as exc:
             log.warning("%s: could not take on message %s: %s", key, message.delivery_key,
                         type(exc).__name__, exc_info=exc)
+            _offer(sink, NO_CONTROLS)
             await sink.fail(exc.user_message)
             return Outcome.FAILED
         except Exception:
             log.exception("%s: unexpected failure while taking on a message", key)
+            _offer(sink, NO_CONTROLS)
             await sink.fail(UNEXPECTED_ERROR)
             return Outcome.FAILED
         finally:
@@ -311,8 +321,10 @@ class ChatService:
                 return Outcome.DUPLICATE
             await _resume(sink, current.reply_ref)
             if current.final is not None:  # its answer (or reset) was done: show it, not a notice
+                _offer(sink, ANSWERED if current.turn_id is not None else NO_CONTROLS)
                 await sink.finish(current.final)
             else:
+                _offer(sink, NO_CONTROLS)
                 await sink.fail(STALE_NOTICE)
             await self.store.mark_answered(delivery)
         except Exception:
@@ -332,6 +344,7 @@ class ChatService:
         if marker in self._inflight:
             return Outcome.DUPLICATE
         self._inflight.add(marker)
+        self._answering[marker] = None
         me = asyncio.current_task()
         if me is not None:
             self._active[me] = None
@@ -346,10 +359,12 @@ class ChatService:
             if current.final is not None:
                 # Answered (or reset) before a crash: only showing it was left. Straight to
                 # the final text, without the placeholder again.
-                return await self._show_final(current, sink, current.final)
+                return await self._show_final(current, sink, current.final,
+                                              answer=current.turn_id is not None)
             if current.turn_id is None and not (
                     current.text if text is None else text).strip():
                 # An empty message (only a mention, say) recovered: the usage hint, as live.
+                _offer(sink, NO_CONTROLS)
                 await sink.finish(USAGE_MESSAGE)
                 await self.store.mark_answered(current)
                 return Outcome.EMPTY
@@ -366,10 +381,11 @@ class ChatService:
                 if work.cancelled() and self._closing and (me is None or not me.cancelling()):
                     log.info("%s: stopping; message %s will be answered after the restart",
                              key, delivery.delivery_key)
+                    _offer(sink, NO_CONTROLS)
                     await sink.fail(INTERRUPTED_NOTICE)
                     return Outcome.INTERRUPTED
                 raise
-            return await self._show_final(delivery, sink, final)
+            return await self._show_final(delivery, sink, final, answer=True)
         except RinnaError as exc:
             if isinstance(exc, QueueFullError) or "busy" in type(exc).__name__.lower():
                 log.warning("%s: busy, message %s not answered: %s", key,
@@ -384,6 +400,8 @@ class ChatService:
             return Outcome.FAILED
         finally:
             self._inflight.discard(marker)
+            self._answering.pop(marker, None)
+            self._stopping.discard(marker)
             if me is not None:
                 self._active.pop(me, None)
 
@@ -402,7 +420,9 @@ class ChatService:
         self._point("located")
         return moved
 
-    async def _show_final(self, delivery: Delivery, sink: ReplySink, final: str) -> Outcome:
+    async def _show_final(self, delivery: Delivery, sink: ReplySink, final: str, *,
+                          answer: bool) -> Outcome:
+        _offer(sink, ANSWERED if answer else NO_CONTROLS)
         await sink.finish(final)
         self._point("shown")
         await self.store.mark_answered(delivery)
@@ -410,6 +430,7 @@ class ChatService:
         return Outcome.ANSWERED
 
     async def _fail(self, delivery: Delivery, sink: ReplySink, message: str) -> None:
+        _offer(sink, NO_CONTROLS)
         await sink.fail(message)
         try:
             await self.store.mark_answered(delivery)  # ended with a clear notice: done
@@ -418,6 +439,7 @@ class ChatService:
                           delivery.delivery_key)
 
     async def _start(self, delivery: Delivery, sink: ReplySink) -> None:
+        _offer(sink, STREAMING)
         await sink.start()
         self._point("placeholder")
         ref = placeholder_ref(sink)
@@ -456,12 +478,16 @@ class ChatService:
                 log.info("%s: joined with %d earlier messages", delivery.key, stored)
         turn_id = await self.store.store_user_turn(delivery)
         self._point("user_turn")
-        answer, shortened = await self._answer(delivery.conversation, turn_id, sink, interval,
-                                               owner_of(delivery))
-        if not answer:
-            final = EMPTY_ANSWER
-        else:
-            final = f"{answer}\n\n{SHORTENED_NOTICE}" if shortened else answer
+        if current is not None and current.turn_id is None:  # a new question: the answer
+            await self._retire_previous(delivery, sink)  # before it is no longer the newest
+        answer, shortened, stopped = await self._answer(
+            delivery.conversation, turn_id, sink, interval, owner_of(delivery),
+            (delivery.platform, delivery.delivery_key))
+        final = answer or ("" if stopped else EMPTY_ANSWER)
+        if shortened and answer:
+            final = f"{final}\n\n{SHORTENED_NOTICE}"
+        if stopped:
+            final = f"{final}\n\n{STOPPED_MARK}".strip()
         await self.store.store_answer(delivery, answer, final)
         self._point("answer_stored")
         return final
@@ -487,8 +513,22 @@ class ChatService:
                 task.cancel()
         await asyncio.wait(late, timeout=10.0)
 
+    async def _retire_previous(self, delivery: Delivery, sink: ReplySink) -> None:
+        """The conversation's previous answer loses 「もう一度」: it is no longer the newest."""
+        retire = getattr(sink, "retire", None)
+        if not callable(retire):
+            return
+        previous = await self.store.previous_answer(delivery.conversation, delivery.delivery_key)
+        if previous is None or previous.reply_ref is None:
+            return
+        await _retire(retire, previous.reply_ref)
+
     async def _answer(self, conversation: int, upto: int, sink: ReplySink,
-                      interval: float | None, owner: str | None = None) -> tuple[str, bool]:
+                      interval: float | None, owner: str | None = None,
+                      marker: tuple[str, str] | None = None) -> tuple[str, bool, bool]:
+        """Generate the answer to turn `upto`, streaming it into `sink`. Returns the answer,
+        whether the prompt was shortened, and whether its 「停止」 button stopped it (the
+        generation is aborted at once; what was written so far is the answer)."""
         if interval is None:
             interval = self.config.stream_interval_s
         history = await self._history(conversation, upto)
@@ -509,20 +549,104 @@ class ChatService:
             shown_wait = (position, now)
             await sink.waiting(position)
 
-        async for delta in self.generator.stream(fitted.prompt, self.config.params,
-                                                 owner=owner, on_wait=on_wait):
-            parts.append(delta)
-            now = self._clock()
-            if now - last_update >= interval:
-                last_update = now
-                await sink.update(clean_text("".join(parts)).strip())
-                self._point("streaming")
+        async def consume() -> None:
+            nonlocal last_update
+            async for delta in self.generator.stream(fitted.prompt, self.config.params,
+                                                     owner=owner, on_wait=on_wait):
+                parts.append(delta)
+                now = self._clock()
+                if now - last_update >= interval:
+                    last_update = now
+                    await sink.update(clean_text("".join(parts)).strip())
+                    self._point("streaming")
+
+        stopped = marker is not None and marker in self._stopping
+        if not stopped:
+            generation = asyncio.ensure_future(consume())
+            if marker is not None:
+                self._answering[marker] = generation
+            try:
+                await generation
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                # Cancelled by `stop` (not this task cancelled by a shutdown): keep the text.
+                if not (generation.cancelled() and marker in self._stopping
+                        and (me is None or not me.cancelling())):
+                    raise
+                stopped = True
+            finally:
+                if marker is not None:
+                    self._answering.pop(marker, None)
         answer = clean_text("".join(parts)).strip()
         log.info("answered: %d prompt tokens (%d turns, %d dropped), %d chars in %.2f s",
                  len(fitted.ids), len(fitted.turns), fitted.dropped, len(answer),
                  self._clock() - started)
         log.debug("prompt=%r answer=%r", fitted.prompt, answer)
-        return answer, fitted.shortened
+        return answer, fitted.shortened, stopped
+
+    # ----- the buttons on an answer ---------------------------------------------------------
+    async def answer_at(self, platform: str, reply_ref: str) -> Delivery | None:
+        """The recorded answer behind a message (its `key`, its asker: `author`)."""
+        return await self.store.answer_at(platform, reply_ref)
+
+    async def stop(self, platform: str, reply_ref: str, user: str, *,
+                   moderator: bool = False) -> ControlResult:
+        """「停止」: abort the answer streaming into the message `reply_ref` at once (its row
+        leaves the engine's batch). The answering task keeps what was written, shows it with
+        「（停止しました）」 and stores it as the turn. Only the person who asked, or a
+        moderator (the adapter says), may stop it."""
+        answer = await self.store.answer_at(platform, reply_ref)
+        if answer is None:
+            return ControlResult.NOT_FOUND
+        if not moderator and user != answer.author:
+            return ControlResult.NOT_ALLOWED
+        marker = (answer.platform, answer.delivery_key)
+        if marker not in self._answering or marker in self._stopping:
+            return ControlResult.NOT_RUNNING
+        self._stopping.add(marker)
+        generation = self._answering[marker]
+        if generation is not None:
+            generation.cancel()
+        log.info("%s: answer to %s stopped by its button", answer.key, answer.delivery_key)
+        return ControlResult.DONE
+
+    async def regenerate(self, platform: str, reply_ref: str, request_key: str, user: str,
+                         sink: ReplySink, *, moderator: bool = False) -> ControlResult:
+        """「もう一度」: a new answer to the question answered in message `reply_ref`, into
+        `sink` (a new reply in the same conversation), exactly once per `request_key` (the
+        press). Only on the conversation's newest answer, by its asker or a moderator. The
+        old answer stays stored, superseded (left out of prompts), its message retired.
+        Returns when the new answer is shown; refusals return at once."""
+        answer = await self.store.answer_at(platform, reply_ref)
+        if answer is None or answer.turn_id is None:
+            return ControlResult.NOT_FOUND
+        if not moderator and user != answer.author:
+            return ControlResult.NOT_ALLOWED
+        if self._closing:
+            return ControlResult.NOT_LATEST
+        async with self._conversation(answer.key):
+            request = await self.store.accept_regenerate(answer, request_key)
+        if request is None:
+            return ControlResult.NOT_LATEST
+        if request.fresh:
+            await _retire(getattr(sink, "retire", None), reply_ref)
+        outcome = await self._process(request, sink, recovering=not request.fresh)
+        if self._on_outcome is not None:
+            self._on_outcome(platform, outcome)
+        return ControlResult.DONE
+
+    async def feedback(self, platform: str, reply_ref: str, user: str,
+                       value: Feedback | str) -> ControlResult:
+        """👍/👎 on the answer in message `reply_ref`: one vote per person, a second press
+        changes it."""
+        vote = Feedback(value)
+        answer = await self.store.answer_at(platform, reply_ref)
+        if answer is None or answer.turn_id is None:
+            return ControlResult.NOT_FOUND
+        previous = await self.store.set_feedback(answer, user, vote)
+        if previous != vote and self._on_feedback is not None:
+            self._on_feedback(platform, vote)
+        return ControlResult.DONE
 
     async def _history(self, conversation: int, upto: int | None = None) -> list[Turn]:
         """The newest turns up to turn `upto` whose formatted size reaches the prompt budget
@@ -562,6 +686,24 @@ def placeholder_ref(sink: ReplySink) -> str | None:
     bot.conversation.ResumableSink)."""
     ref = getattr(sink, "placeholder_ref", None)
     return ref() if callable(ref) else None
+
+
+def _offer(sink: ReplySink, controls: Controls) -> None:
+    """Tell a sink with buttons (bot.conversation.ControlledSink) which ones to show next."""
+    offer = getattr(sink, "offer", None)
+    if callable(offer):
+        offer(controls)
+
+
+async def _retire(retire: Callable[[str], Awaitable[None]] | None, ref: str) -> None:
+    """An earlier answer's message loses 「もう一度」; a failure only costs that button."""
+    if not callable(retire):
+        return
+    try:
+        await retire(ref)
+    except Exception as exc:  # cosmetic: the answer itself is not affected
+        log.warning("could not update the buttons of an earlier answer: %s",
+                    type(exc).__name__)
 
 
 async def _resume(sink: ReplySink, ref: str | None) -> None:

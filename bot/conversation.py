@@ -68,6 +68,35 @@ class ReplySink(Protocol):
     async def fail(self, message: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """The buttons a reply's main message shows (the adapter renders them; bot/controls.py
+    says what pressing them does)."""
+
+    stop: bool = False  # 「停止」 while the answer streams
+    regenerate: bool = False  # 「もう一度」 on the newest finished answer of the conversation
+    feedback: bool = False  # 👍 / 👎 on every finished answer
+
+
+NO_CONTROLS = Controls()
+STREAMING = Controls(stop=True)
+ANSWERED = Controls(regenerate=True, feedback=True)
+RETIRED = Controls(feedback=True)  # an older answer: a newer one exists
+
+
+class ControlledSink(ReplySink, Protocol):
+    """A sink whose main message (the placeholder, part 0) carries buttons.
+
+    The chat service calls `offer` before `start` (STREAMING), before the `finish` of a real
+    answer (ANSWERED) and before a notice (NO_CONTROLS); the next post or edit of the main
+    message shows them. `retire(ref)` shows RETIRED on an earlier answer's main message (same
+    channel): a newer question or a regeneration made it old."""
+
+    def offer(self, controls: Controls) -> None: ...
+
+    async def retire(self, ref: str) -> None: ...
+
+
 class ResumableSink(ReplySink, Protocol):
     """A sink whose placeholder survives a restart (bot/reply.py's MessageReply).
 

@@ -12,6 +12,7 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from bot.conversation import NO_CONTROLS, Controls
 from bot.text import split_message
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,11 @@ class MessageReply(ABC):
     a retried post and a reply resumed after a restart find what was already posted instead of
     posting it twice. Platforms that can look messages up by tag implement `find`; those
     whose handles can be stored implement `ref`/`restore` (the chat service keeps the
-    placeholder's ref in SQLite, and a restart edits that message)."""
+    placeholder's ref in SQLite, and a restart edits that message).
+
+    Buttons: the chat service `offer`s the controls for the main message (part 0); adapters
+    render `controls_for(part)` in `post` and `edit`, and implement `retire` (an earlier
+    answer's main message loses 「もう一度」) where their platform can edit an old message."""
 
     limit: ClassVar[int] = 2000
     delivery_errors: ClassVar[tuple[type[BaseException], ...]] = ()
@@ -37,6 +42,19 @@ class MessageReply(ABC):
         self.tag = tag
         self.resumed = False
         self.posted: list[Any] = []  # handles of every message this reply posted
+        self.controls: Controls = NO_CONTROLS
+
+    def offer(self, controls: Controls) -> None:
+        """The buttons the main message shows from its next post or edit on."""
+        self.controls = controls
+
+    def controls_for(self, part: int) -> Controls:
+        return self.controls if part == 0 else NO_CONTROLS
+
+    async def retire(self, ref: str) -> None:
+        """Show RETIRED controls on the earlier answer whose main message is `ref`
+        (platforms without buttons: nothing to do)."""
+        return None
 
     @abstractmethod
     async def post(self, text: str, *, part: int = 0) -> Any:

@@ -72,25 +72,30 @@ class Delivery:
     final: str | None = None  # the final text, once the answer is stored
     author: str | None = None  # the writer's platform user id
     text: str | None = None  # the message's text until its user turn is stored
+    answer_id: int | None = None  # its answer turn, once stored (None: an empty answer)
+    replaces: str | None = None  # a regeneration: the delivery key whose answer it redoes
     # recorded by this very `accept` (False: an earlier handling began it, then died)
     fresh: bool = field(default=False, compare=False)
 
 
 _DELIVERY_SELECT = (
     "SELECT d.platform, d.delivery_key, d.conversation_id, c.workspace, c.channel, c.thread,"
-    " d.state, d.received_at, d.turn_id, d.reply_ref, d.final, d.author, d.text"
+    " d.state, d.received_at, d.turn_id, d.reply_ref, d.final, d.author, d.text,"
+    " d.answer_id, d.replaces"
     " FROM deliveries d JOIN conversations c ON c.id = d.conversation_id")
 
 
 def _delivery(row: Sequence[object]) -> Delivery:
     (platform, key, conversation, workspace, channel, thread, state, received, turn, ref, final,
-     author, text) = row
+     author, text, answer, replaces) = row
     return Delivery(str(platform), str(key), int(conversation),  # type: ignore[call-overload]
                     ConversationKey(str(platform), str(workspace), str(channel), str(thread)),
                     DeliveryState(str(state)), float(received),  # type: ignore[arg-type]
                     None if turn is None else int(turn),  # type: ignore[call-overload]
                     None if ref is None else str(ref), None if final is None else str(final),
-                    None if author is None else str(author), None if text is None else str(text))
+                    None if author is None else str(author), None if text is None else str(text),
+                    None if answer is None else int(answer),  # type: ignore[call-overload]
+                    None if replaces is None else str(replaces))
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,17 +400,25 @@ class HistoryStore:
                 (ref, delivery.platform, delivery.delivery_key))
 
     async def store_answer(self, delivery: Delivery, answer: str, final: str) -> None:
-        """The answer turn (unless empty) and the final text to show, in one transaction."""
+        """The answer turn (unless empty) and the final text to show, in one transaction. A
+        regeneration's answer supersedes the answer it redoes (kept, left out of prompts)."""
         async with self._transaction() as db:
+            answer_id = None
             if answer:
-                await db.execute(
+                cursor = await db.execute(
                     "INSERT INTO turns (conversation_id, speaker, text, created_at)"
                     " VALUES (?,?,?,?)",
                     (delivery.conversation, str(Speaker.SYSTEM), answer, self._clock()))
+                answer_id = cursor.lastrowid
             await db.execute(
-                "UPDATE deliveries SET final=?, state = CASE state WHEN 'accepted'"
+                "UPDATE deliveries SET final=?, answer_id=?, state = CASE state WHEN 'accepted'"
                 " THEN 'answering' ELSE state END WHERE platform=? AND delivery_key=?",
-                (final, delivery.platform, delivery.delivery_key))
+                (final, answer_id, delivery.platform, delivery.delivery_key))
+            if delivery.replaces is not None:
+                await db.execute(
+                    "UPDATE turns SET superseded = 1 WHERE id = (SELECT answer_id FROM"
+                    " deliveries WHERE platform=? AND delivery_key=?)",
+                    (delivery.platform, delivery.replaces))
 
     async def mark_answered(self, delivery: Delivery) -> None:
         """The final text or a notice is shown: the message is done."""
@@ -485,10 +498,96 @@ class HistoryStore:
         cursor = await self._db.execute(
             "SELECT t.id, t.speaker, t.text FROM turns t JOIN conversations c"
             " ON c.id = t.conversation_id WHERE t.conversation_id = ?"
-            " AND t.id > c.history_start AND t.id < ? ORDER BY t.id DESC LIMIT ?",
+            " AND t.id > c.history_start AND t.id < ? AND NOT t.superseded"
+            " ORDER BY t.id DESC LIMIT ?",
             (conversation, before if before is not None else 2**62, limit))
         rows = await cursor.fetchall()
         return [StoredTurn(int(i), Turn(Speaker(s), t)) for i, s, t in rows]
+
+    # ----- answers: the buttons on them, feedback, counts ---------------------------------
+    async def answer_at(self, platform: str, reply_ref: str) -> Delivery | None:
+        """The message answered by the reply whose main message is `reply_ref`."""
+        row = await (await self._db.execute(
+            _DELIVERY_SELECT + " WHERE d.platform=? AND d.reply_ref=?"
+            " ORDER BY d.received_at DESC LIMIT 1", (platform, reply_ref))).fetchone()
+        return None if row is None else _delivery(row)
+
+    async def previous_answer(self, conversation: int, delivery_key: str) -> Delivery | None:
+        """The newest finished answer of the conversation other than `delivery_key`'s, with
+        a message (the one whose 「もう一度」 goes when a newer question comes)."""
+        row = await (await self._db.execute(
+            _DELIVERY_SELECT + " WHERE d.conversation_id=? AND d.delivery_key != ?"
+            " AND d.reply_ref IS NOT NULL AND d.turn_id IS NOT NULL AND d.state = 'answered'"
+            " ORDER BY COALESCE(d.answer_id, d.turn_id) DESC, d.received_at DESC LIMIT 1",
+            (conversation, delivery_key))).fetchone()
+        return None if row is None else _delivery(row)
+
+    async def accept_regenerate(self, answer: Delivery, request_key: str) -> Delivery | None:
+        """Take on a request (`request_key`, unique per press) to answer `answer`'s question
+        again, in one transaction, only while that answer is the newest thing in its
+        conversation's history and nothing there is being answered. Returns the new record,
+        the existing one for a repeated request (not fresh), or None when refused."""
+        async with self._transaction() as db:
+            row = await (await db.execute(
+                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
+                (answer.platform, request_key))).fetchone()
+            if row is not None:
+                return _delivery(row)
+            busy = await (await db.execute(
+                "SELECT 1 FROM deliveries WHERE conversation_id=? AND state IN"
+                " ('accepted', 'answering') LIMIT 1", (answer.conversation,))).fetchone()
+            newest = await (await db.execute(
+                "SELECT MAX(t.id) FROM turns t JOIN conversations c ON c.id = t.conversation_id"
+                " WHERE t.conversation_id=? AND t.id > c.history_start AND NOT t.superseded",
+                (answer.conversation,))).fetchone()
+            current = await (await db.execute(
+                "SELECT answer_id, turn_id, state FROM deliveries WHERE platform=?"
+                " AND delivery_key=?", (answer.platform, answer.delivery_key))).fetchone()
+            if busy is not None or current is None or current[2] != "answered" \
+                    or current[1] is None or newest is None \
+                    or newest[0] != (current[0] if current[0] is not None else current[1]):
+                return None
+            await db.execute(
+                "INSERT INTO deliveries (platform, delivery_key, conversation_id, received_at,"
+                " state, turn_id, author, replaces) VALUES (?, ?, ?, ?, 'accepted', ?, ?, ?)",
+                (answer.platform, request_key, answer.conversation, self._clock(), current[1],
+                 answer.author, answer.delivery_key))
+            row = await (await db.execute(
+                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
+                (answer.platform, request_key))).fetchone()
+        return replace(_delivery(row), fresh=True)
+
+    async def set_feedback(self, answer: Delivery, user: str, value: str) -> str | None:
+        """One person's vote on an answer ("good" or "bad"); a second vote replaces the first.
+        Returns the vote it replaced (None: a first vote)."""
+        async with self._transaction() as db:
+            row = await (await db.execute(
+                "SELECT value FROM feedback WHERE platform=? AND delivery_key=? AND user=?",
+                (answer.platform, answer.delivery_key, user))).fetchone()
+            await db.execute(
+                "INSERT INTO feedback (platform, delivery_key, user, value, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (platform, delivery_key, user)"
+                " DO UPDATE SET value = excluded.value, created_at = excluded.created_at",
+                (answer.platform, answer.delivery_key, user, value, self._clock()))
+        return None if row is None else str(row[0])
+
+    async def feedback_counts(self, platform: str | None = None,
+                              delivery_key: str | None = None) -> dict[str, int]:
+        """Votes by value ("good", "bad"): all, one platform's, or one answer's."""
+        rows = await (await self._db.execute(
+            "SELECT value, COUNT(*) FROM feedback WHERE (? IS NULL OR platform = ?)"
+            " AND (? IS NULL OR delivery_key = ?) GROUP BY value",
+            (platform, platform, delivery_key, delivery_key))).fetchall()
+        counts = {"good": 0, "bad": 0}
+        counts.update({str(value): int(count) for value, count in rows})
+        return counts
+
+    async def answers_since(self, since: float) -> int:
+        """Answers the bot gave (regenerations included) since `since` (epoch seconds)."""
+        row = await (await self._db.execute(
+            "SELECT COUNT(*) FROM deliveries d JOIN turns t ON t.id = d.answer_id"
+            " WHERE t.created_at >= ?", (since,))).fetchone()
+        return int(row[0]) if row else 0
 
     # ----- private data: platform deletions and edits, forget, export, retention ------------
     async def delete_delivered(self, platform: str, delivery_key: str) -> int:
@@ -535,6 +634,9 @@ class HistoryStore:
                 " (SELECT id FROM conversations WHERE platform = ?))",
                 (author, platform, platform))
             deleted = cursor.rowcount
+            await db.execute(
+                "DELETE FROM feedback WHERE user = ? AND (? IS NULL OR platform = ?)",
+                (author, platform, platform))
         await self.scrub()
         return deleted
 

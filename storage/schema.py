@@ -61,6 +61,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_unfinished ON deliveries (platform, state, received_at)
         WHERE state IN ('accepted', 'answering');
     """,
+    # 5: the buttons on an answer. `answer_id` is a message's answer turn; a regeneration is a
+    # delivery of its own (`replaces`: the delivery whose answer it redoes, same user turn), and
+    # the answer it replaces stays, marked `superseded` (left out of prompts). One vote per
+    # person per answer in `feedback`. Answers are found by their message (`reply_ref`).
+    """
+    ALTER TABLE turns ADD COLUMN superseded INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN answer_id INTEGER REFERENCES turns(id) ON DELETE SET NULL;
+    ALTER TABLE deliveries ADD COLUMN replaces TEXT;
+    CREATE INDEX deliveries_by_reply ON deliveries (platform, reply_ref)
+        WHERE reply_ref IS NOT NULL;
+    CREATE INDEX deliveries_by_answer ON deliveries (answer_id) WHERE answer_id IS NOT NULL;
+    CREATE TABLE feedback (
+        platform     TEXT NOT NULL,
+        delivery_key TEXT NOT NULL,
+        user         TEXT NOT NULL,
+        value        TEXT NOT NULL CHECK (value IN ('good', 'bad')),
+        created_at   REAL NOT NULL,
+        PRIMARY KEY (platform, delivery_key, user),
+        FOREIGN KEY (platform, delivery_key) REFERENCES deliveries (platform, delivery_key)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    CREATE INDEX feedback_by_user ON feedback (user);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
