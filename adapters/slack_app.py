@@ -37,7 +37,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_blocks import actions_block, any_control, message_blocks
+from adapters.slack_blocks import actions_block, any_control, message_blocks, without_actions
 from adapters.slack_stream import NativeStream, StreamSupport
 from adapters.slack_text import (
     escape,
@@ -51,7 +51,7 @@ from adapters.slack_text import (
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import USAGE_MESSAGE, ChatService, EarlierLoader, Outcome
 from bot.config import Settings
-from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
+from bot.conversation import RETIRED, ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
 from bot.privacy import PrivateData
 from bot.prompt import turn_cost
@@ -265,27 +265,47 @@ class SlackReply(MessageReply):
             return None
         return {"event_type": REPLY_EVENT, "event_payload": {"delivery": self.tag, "part": part}}
 
-    def _controls(self, part: int) -> Any:
-        """The controls offered for message `part` (bot/reply.py's MessageReply.offer), or
-        None where the core offers none."""
-        controls_for = getattr(self, "controls_for", None)
-        return controls_for(part) if callable(controls_for) else None
+    def _blocks(self, text: str, part: int, *, edit: bool) -> dict[str, Any]:
+        """The `blocks` argument for a post or an edit of `part` showing `text`: the text and
+        the buttons offered (bot/reply.py's `offer`); on an edit of the main message, [] to
+        take away buttons it showed before (chat.update keeps blocks it is not given)."""
+        blocks = message_blocks(text, self.controls_for(part))
+        return {"blocks": blocks} if blocks or (edit and part == 0) else {}
 
-    def _blocks(self, text: str, part: int) -> dict[str, Any]:
-        """The `blocks` argument for a post or an edit of `part` showing `text`: the text
-        and its buttons, [] to clear buttons shown before, nothing where the core offers no
-        controls at all."""
-        controls = self._controls(part)
-        if controls is None:
-            return {}
-        return {"blocks": message_blocks(text, controls)}
+    async def retire(self, ref: str) -> None:
+        """The answer in message `ref` is no longer the newest: its buttons become RETIRED
+        (👍/👎 only), its text and other blocks as Slack has them (read back)."""
+        found = await self._read(ref)
+        if found is None:
+            log.info("slack: answer %s to retire not found", ref)
+            return
+        text = str(found.get("text") or "")
+        blocks = found.get("blocks")
+        if isinstance(blocks, list) and blocks:
+            kept = without_actions(blocks, RETIRED)
+        else:  # a plain message: its (already escaped) text as a section, then the buttons
+            kept = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000] or " "}},
+                    *without_actions([], RETIRED)]
+        await self.api.call("chat_update", channel=self.channel, ts=ref, text=text,
+                            blocks=kept)
+
+    async def _read(self, ts: str) -> Mapping[str, Any] | None:
+        """One message of this reply's thread (or DM) as Slack has it."""
+        window = dict(channel=self.channel, latest=ts, oldest=ts, inclusive=True, limit=1)
+        if self.thread_ts is not None:
+            page = await self.api.call("conversations_replies", ts=self.thread_ts, **window)
+        else:
+            page = await self.api.call("conversations_history", **window)
+        for item in page.get("messages") or []:
+            if isinstance(item, Mapping) and item.get("ts") == ts:
+                return item
+        return None
 
     async def start(self) -> None:
         if self._handle is None and self.streams is not None and self.thread_ts is not None:
             stream = NativeStream(self.api, self.streams, self.channel, self.thread_ts,
                                   user=self.user, team=self.team, limit=self.limit)
-            controls = self._controls(0)
-            actions = actions_block(controls) if controls is not None else None
+            actions = actions_block(self.controls_for(0))
             ts = await stream.start([actions] if actions is not None else None)
             if ts is not None:
                 self.stream, self._handle = stream, ts
@@ -317,7 +337,7 @@ class SlackReply(MessageReply):
                 return  # a queue position: a stream only grows, it cannot show one and drop it
             self.stream = None
             shown = await stream.stop(text, metadata=self._metadata(0))
-            if shown and not any_control(self._controls(0)) and not stream.started_with_blocks:
+            if shown and not any_control(self.controls_for(0)) and not stream.started_with_blocks:
                 return
             # The buttons (or a text that is not the streamed one plus more): the stopped
             # stream's message is an ordinary one now, and chat.update sets it whole.
@@ -326,7 +346,7 @@ class SlackReply(MessageReply):
     async def post(self, text: str, *, part: int = 0) -> str:
         arguments: dict[str, Any] = dict(
             channel=self.channel, thread_ts=self.thread_ts, text=escape(text),
-            unfurl_links=False, unfurl_media=False, **self._blocks(text, part))
+            unfurl_links=False, unfurl_media=False, **self._blocks(text, part, edit=False))
         if (metadata := self._metadata(part)) is not None:
             arguments["metadata"] = metadata
         attempt = 0
@@ -387,7 +407,7 @@ class SlackReply(MessageReply):
         # waited out, so the stream never stalls; the final text is retried.
         part = 0 if handle == self._handle else 1
         await self.api.call("chat_update", retry=final, channel=self.channel, ts=handle,
-                            text=escape(text), **self._blocks(text, part))
+                            text=escape(text), **self._blocks(text, part, edit=True))
 
 
 class QuestionNotPosted(RinnaError):
@@ -538,6 +558,8 @@ class SlackHandlers:
     outcomes: Counter[str] = field(default_factory=Counter)
     # Whether replies stream natively (chat.startStream); off for good once Slack refuses.
     streams: StreamSupport = field(default_factory=StreamSupport)
+    moderators: Any = None  # slack_controls.Moderators, made by register_controls if unset
+    status: Any = None  # bot.status.StatusSource for `/rinna status` (None: not available)
 
     def reply(self, channel: str, thread_ts: str | None, tag: str | None, *,
               user: str | None = None, team: str | None = None) -> SlackReply:
@@ -830,12 +852,14 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     """Every Slack listener of the bot. Each acks first; the work runs after the ack."""
     # Imported here: these modules use this one's listener helpers.
     from adapters.slack_assistant import build_assistant, register_shortcut
+    from adapters.slack_controls import register_controls
 
     # The AI-app view first: its middleware takes assistant-thread messages (DM threads)
     # before the `message` listener; everything else passes through it.
     app.assistant(build_assistant(services))
     register_edits(app, services)  # first: see register_edits
     register_shortcut(app, services)
+    register_controls(app, services)
 
     @app.event("app_mention")
     async def app_mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],

@@ -22,7 +22,6 @@ from slack_sdk.errors import SlackApiError
 from adapters.slack_blocks import FEEDBACK, REGENERATE, STOP
 from bot.access import AccessRequest
 from bot.controls import ControlResult, control_message
-from bot.status import StatusSource, render_status
 
 if TYPE_CHECKING:
     from adapters.slack_app import SlackApi, SlackHandlers
@@ -100,6 +99,9 @@ async def tell(api: SlackApi, channel: str, user: str, text: str,
 def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
     from adapters.slack_app import PLATFORM
 
+    if services.moderators is None:
+        services.moderators = Moderators(services.api)
+
     def allowed(body: Mapping[str, Any], channel: str) -> bool:
         user, team = _presser(body)
         return services.permits([AccessRequest(team, channel, user,
@@ -167,13 +169,3 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
         task = asyncio.create_task(work())
         services.background.add(task)
         task.add_done_callback(services.background.discard)
-
-
-async def status_text(status: StatusSource | None) -> str:
-    if status is None:
-        return NO_STATUS
-    try:
-        return render_status(await status.report())
-    except Exception:
-        log.exception("slack: could not read the status")
-        return NO_STATUS

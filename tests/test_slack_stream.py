@@ -70,11 +70,18 @@ async def answer_once(store: HistoryStore, tokenizer: Tokenizer, settings: Setti
 async def test_a_streamed_answer_takes_a_few_calls_where_edits_take_one_per_update(
         store: HistoryStore, tokenizer: Tokenizer, settings: Settings) -> None:
     streamed, calls = await answer_once(store, tokenizer, settings, streaming=True)
-    assert calls[0] == "chat.startStream" and calls[-1] == "chat.stopStream"
-    assert "chat.postMessage" not in calls and "chat.update" not in calls
+    # start (with the 「停止」 button inside), appends, stop, then one chat.update that sets
+    # the finished answer's buttons (「もう一度」, 👍/👎) in place of 「停止」
+    assert calls[0] == "chat.startStream" and calls[-2:] == ["chat.stopStream", "chat.update"]
+    assert set(calls[1:-2]) == {"chat.appendStream"} and "chat.postMessage" not in calls
     (message,) = streamed.messages.values()
     assert message["text"] == LONG and not message["streaming"]
     start = streamed.called("chat.startStream")[0].params
+    (stop_button,) = start["chunks"][0]["blocks"][0]["elements"]
+    assert stop_button["action_id"] == "rinna_stop"
+    actions = message["blocks"][-1]["elements"]
+    assert [e["action_id"] for e in actions] == ["rinna_regenerate", "rinna_feedback"]
+    assert "".join(b["text"]["text"] for b in message["blocks"][:-1]) == LONG
     assert start["thread_ts"] == T0
     assert (start["recipient_user_id"], start["recipient_team_id"]) == ("U1", TEAM)
     # tagged like a posted reply, so a restart finds it
@@ -87,7 +94,7 @@ async def test_a_streamed_answer_takes_a_few_calls_where_edits_take_one_per_upda
     assert answer["text"] == LONG
     # ~45 previews of 20 characters: one chat.update each, against 256-character appends
     assert fallback.count("chat.update") > 40
-    assert len(calls) <= 2 + len(LONG) // 256 + 1
+    assert len(calls) <= 3 + len(LONG) // 256 + 1
     assert len(calls) * 5 < len(fallback)
     print(f"\nWeb API calls per {len(LONG)}-character answer: streamed {len(calls)}, "
           f"chat.update fallback {len(fallback)}")
