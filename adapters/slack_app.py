@@ -559,6 +559,7 @@ class SlackHandlers:
     # Whether replies stream natively (chat.startStream); off for good once Slack refuses.
     streams: StreamSupport = field(default_factory=StreamSupport)
     moderators: Any = None  # slack_controls.Moderators, made by register_controls if unset
+    pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
     status: Any = None  # bot.status.StatusSource for `/rinna status` (None: not available)
 
     def reply(self, channel: str, thread_ts: str | None, tag: str | None, *,

@@ -117,7 +117,7 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
             result = await call(True)
         if result is not ControlResult.DONE or action == "feedback":
             await tell(services.api, channel, user, control_message(action, result), thread)
-        services.outcomes[f"{action}:{result}"] += 1
+        services.pressed[f"{action}:{result}"] += 1
         return result
 
     @app.action(STOP)
@@ -126,7 +126,7 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
         channel, ts, thread = pressed_on(body)
         user, _ = _presser(body)
         if not allowed(body, channel):
-            services.outcomes["denied"] += 1
+            services.pressed["denied"] += 1
             return
         await decide("stop", body, channel, ts, thread, lambda moderator: services.chat.stop(
             PLATFORM, ts, user, moderator=moderator))
@@ -138,7 +138,7 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
         user, _ = _presser(body)
         value = str(action.get("value") or "")
         if not allowed(body, channel) or value not in ("good", "bad"):
-            services.outcomes["denied" if value in ("good", "bad") else "ignored"] += 1
+            services.pressed["denied" if value in ("good", "bad") else "ignored"] += 1
             return
         await decide("feedback", body, channel, ts, thread,
                      lambda _: services.chat.feedback(PLATFORM, ts, user, value))
@@ -150,7 +150,7 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
         channel, ts, thread = pressed_on(body)
         user, team = _presser(body)
         if not allowed(body, channel):
-            services.outcomes["denied"] += 1
+            services.pressed["denied"] += 1
             return
         press = str(body.get("trigger_id") or action.get("action_ts") or "")
         request_key = ACTION_KEY + press
