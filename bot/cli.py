@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # imported where used: `--help`, `--version` and `doctor` sta
     from bot.chat import ChatService, CrashHook
     from bot.generator import LocalGenerator
     from bot.metrics import Metrics
+    from bot.status import Status
     from storage.history import HistoryStore
 
 log = logging.getLogger("rinna-bot")
@@ -54,6 +55,7 @@ class Core:
     generator: LocalGenerator
     chat: ChatService
     metrics: Metrics | None = None
+    status: Status | None = None
 
 
 WARM_UP_QUESTION = "こんにちは"
@@ -103,14 +105,32 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                 prompt_budget=settings.prompt_budget,
                 stream_interval_s=settings.stream_interval_s),
                 on_outcome=metrics.count_outcome if metrics is not None else None,
+                on_feedback=metrics.count_feedback if metrics is not None else None,
                 crash_hook=crash_hook)
-            yield Core(settings, store, generator, chat, metrics)
+            yield Core(settings, store, generator, chat, metrics,
+                       build_status(settings, generator, store))
         finally:
             if metrics is not None:
                 metrics.model_loaded = False
             await generator.aclose()
     finally:
         await store.close()
+
+
+def build_status(settings: Settings, generator: Any, store: HistoryStore) -> Status:
+    """What /status shows: the model and where it runs (the device DEVICE=auto chose)."""
+    from bot.status import Status
+
+    if settings.engine_url is not None:
+        return Status(model=settings.engine_model or settings.model_id,
+                      device=f"リモートエンジン（{len(settings.engine_urls)}台）",
+                      quantisation="サーバー側の設定", generator=generator, store=store)
+    device = settings.device
+    torch = sys.modules.get("torch")  # loaded with the model by now
+    if device == "auto" and torch is not None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Status(model=settings.model_id, device=device, quantisation=settings.quantization,
+                  generator=generator, store=store)
 
 
 async def serve(settings: Settings, command: str, crash_hook: CrashHook | None = None) -> int:
@@ -151,6 +171,8 @@ async def run_platforms(core: Core) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopped.set)
     tasks.append(asyncio.create_task(stopped.wait(), name="signal"))
+    if core.status is not None:  # tokens per second over the last minute, for /status
+        recoveries.append(asyncio.create_task(core.status.run(), name="status-sampler"))
     try:
         if settings.discord_enabled:
             from adapters.discord_bot import build_discord_bot

@@ -57,6 +57,9 @@ class Metrics:
         self.generation_errors = Counter(
             "rinna_generation_errors", "Generations that ended in an error, by error type",
             ["error"], registry=self.registry)
+        self.feedback = Counter(
+            "rinna_feedback", "👍/👎 votes on answers (a changed vote counts under its new value)",
+            ["platform", "value"], registry=self.registry)
         self._stats: Callable[[], GeneratorStats | None] = lambda: None
         self.registry.register(_StatsCollector(lambda: self._stats()))
         self.model_loaded = False
@@ -74,6 +77,10 @@ class Metrics:
     def count_outcome(self, platform: str, outcome: str) -> None:
         """The chat service's `on_outcome` hook."""
         self.requests.labels(platform=platform, outcome=str(outcome)).inc()
+
+    def count_feedback(self, platform: str, value: str) -> None:
+        """The chat service's `on_feedback` hook."""
+        self.feedback.labels(platform=platform, value=str(value)).inc()
 
     def watch_platform(self, name: str, connected: Callable[[], bool]) -> None:
         """A platform that must be connected for /healthz to say ok."""

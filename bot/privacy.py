@@ -16,7 +16,7 @@ from typing import TextIO
 
 from bot.errors import StorageError
 from bot.prompt import clean_text
-from storage.history import CHECKPOINT_TRIES, AuthoredTurn, HistoryStore
+from storage.history import CHECKPOINT_TRIES, AuthoredTurn, HistoryStore, Vote
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,15 @@ def export_line(turn: AuthoredTurn) -> str:
     }, ensure_ascii=False)
 
 
+def vote_line(vote: Vote) -> str:
+    """One 👍/👎 as a JSON line: the answer it rated is named by the message it answered."""
+    return json.dumps({
+        "platform": vote.platform, "answer_to": vote.delivery_key, "feedback": vote.value,
+        "created_at": datetime.fromtimestamp(vote.created_at, UTC).isoformat(
+            timespec="seconds"),
+    }, ensure_ascii=False)
+
+
 async def _open_existing(path: Path) -> HistoryStore:
     if str(path) != ":memory:" and not path.is_file():
         raise StorageError(f"DATABASE_PATH={path}: no database there (nothing is stored); "
@@ -69,15 +78,18 @@ async def _open_existing(path: Path) -> HistoryStore:
 
 
 async def export_user(path: Path, user: str, platform: str | None, out: TextIO) -> int:
-    """`rinna-bot export --user ID`: that person's stored messages as JSON lines on `out`.
-    Returns how many."""
+    """`rinna-bot export --user ID`: that person's stored messages, then their 👍/👎 votes,
+    as JSON lines on `out`. Returns how many messages."""
     store = await _open_existing(path)
     try:
         turns = await store.author_turns(user, platform)
+        votes = await store.author_votes(user, platform)
     finally:
         await store.close()
     for turn in turns:
         out.write(export_line(turn) + "\n")
+    for vote in votes:
+        out.write(vote_line(vote) + "\n")
     out.flush()
     return len(turns)
 

@@ -117,6 +117,16 @@ class AuthoredTurn:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """One person's 👍/👎 on an answer (for `export --user`)."""
+
+    platform: str
+    delivery_key: str  # the message the answer answered
+    value: str
+    created_at: float
+
+
 # A thread's earlier message for import_turns: (turn, delivery key) or (turn, key, author id).
 ImportedTurn = tuple[Turn, str | None] | tuple[Turn, str | None, str | None]
 
@@ -624,6 +634,14 @@ class HistoryStore:
         rows = await cursor.fetchall()
         return [AuthoredTurn(int(i), p, w, c, th, float(at), text)
                 for i, p, w, c, th, at, text in rows]
+
+    async def author_votes(self, author: str, platform: str | None = None) -> list[Vote]:
+        """Every 👍/👎 of one person (oldest first), on one platform or all."""
+        cursor = await self._db.execute(
+            "SELECT platform, delivery_key, value, created_at FROM feedback WHERE user = ?"
+            " AND (? IS NULL OR platform = ?) ORDER BY created_at",
+            (author, platform, platform))
+        return [Vote(str(p), str(k), str(v), float(at)) for p, k, v, at in await cursor.fetchall()]
 
     async def forget_author(self, author: str, platform: str | None = None) -> int:
         """Delete every stored message of one person, their text overwritten in the files.

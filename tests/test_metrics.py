@@ -157,3 +157,28 @@ async def test_a_taken_port_is_one_clear_error() -> None:
             await MetricsServer(Metrics(), "127.0.0.1", first.port).start()  # type: ignore[arg-type]
     finally:
         await first.close()
+
+
+async def test_votes_are_counted_by_platform_and_value(store, tokenizer) -> None:
+    """The chat service's feedback hook feeds rinna_feedback_total; a repeated vote is not
+    counted again, a changed one counts under its new value."""
+    from bot.chat import ChatConfig
+    from bot.conversation import ConversationKey, IncomingMessage
+    from tests.fakes import ScriptedGenerator
+    from tests.test_controls import ButtonSink
+
+    metrics = Metrics()
+    chat = ChatService(store, ScriptedGenerator(), tokenizer, ChatConfig(stream_interval_s=0),
+                       on_feedback=metrics.count_feedback)
+    sink = ButtonSink()
+    await chat.handle(ConversationKey("slack", "T", "C", "1.0"),
+                      IncomingMessage("質問", "m1", "U1"), sink)
+    for value in ("good", "good", "bad"):
+        await chat.feedback("slack", sink.ref, "U2", value)
+
+    def votes(value: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "rinna_feedback_total", {"platform": "slack", "value": value})
+
+    assert (votes("good"), votes("bad")) == (1, 1)
+    assert b"rinna_feedback_total" in metrics.exposition()

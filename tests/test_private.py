@@ -178,11 +178,18 @@ async def test_export_prints_a_users_messages_as_json_lines(tmp_path: Path) -> N
     store = await HistoryStore.open(db)
     try:
         await _fill(store)
+        answered = await store.delivery("slack", "C1:100.000001")
+        assert answered is not None
+        await store.set_feedback(answered, ALICE, "bad")  # her vote is hers too
+        await store.set_feedback(answered, BOB, "good")
         result = command("export", "--user", ALICE, db=db, cwd=tmp_path)
     finally:
         await store.close()
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
+    vote = lines.pop()
+    assert (vote["platform"], vote["answer_to"], vote["feedback"]) == (
+        "slack", "C1:100.000001", "bad")
     assert [(x["platform"], x["channel"], x["thread"], x["text"]) for x in lines] == [
         ("slack", "C1", "100.000001", SECRET), ("discord", "555", "", "DM の秘密 4111")]
     assert all(x["created_at"].endswith("+00:00") for x in lines)

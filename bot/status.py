@@ -1,0 +1,116 @@
+"""What `/status` (Discord) and `/rinna status` (Slack) show people: the model, where it runs,
+how busy it is, how fast it writes, how many answers today and how they were rated.
+
+Platform-free and torch-free. Tokens per second are measured over the last minute from the
+generator's token counter, sampled every few seconds (`run`) and when a report is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from bot.generation import GeneratorStats
+from storage.history import HistoryStore
+
+WINDOW_S = 60.0
+SAMPLE_EVERY_S = 5.0
+UNAVAILABLE = "状態を取得できません。"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    model: str
+    device: str  # "cuda:0", "cpu", or the remote engine's description
+    quantisation: str  # "4bit", "8bit", "none" (local) or the engine's
+    uptime_s: float
+    running: int  # requests decoding now
+    waiting: int  # requests queued
+    tokens_per_s: float  # over the last minute (0.0 until there are two samples)
+    answers_today: int  # since local midnight, regenerations included
+    good: int  # 👍 votes, all time
+    bad: int  # 👎 votes, all time
+
+
+class StatusSource(Protocol):
+    async def report(self) -> StatusReport: ...
+
+
+class HasStats(Protocol):
+    def stats(self) -> GeneratorStats: ...
+
+
+class Status:
+    def __init__(self, *, model: str, device: str, quantisation: str, generator: HasStats,
+                 store: HistoryStore, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, window_s: float = WINDOW_S) -> None:
+        self.model, self.device, self.quantisation = model, device, quantisation
+        self._generator = generator
+        self._store = store
+        self._clock = clock
+        self._wall = wall
+        self._window = window_s
+        self._started = clock()
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def sample(self) -> None:
+        """Note the generator's token count now; keep one sample older than the window, so
+        the rate always spans (about) the last minute."""
+        now = self._clock()
+        self._samples.append((now, self._generator.stats().generated_tokens))
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self._window:
+            self._samples.popleft()
+
+    def tokens_per_s(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (then, before), (now, after) = self._samples[0], self._samples[-1]
+        return (after - before) / (now - then) if now > then else 0.0
+
+    async def run(self, every_s: float = SAMPLE_EVERY_S) -> None:
+        """Sample until cancelled (a task the service starts next to the platforms)."""
+        while True:
+            self.sample()
+            await asyncio.sleep(every_s)
+
+    async def report(self) -> StatusReport:
+        self.sample()
+        stats = self._generator.stats()
+        midnight = datetime.fromtimestamp(self._wall()).replace(
+            hour=0, minute=0, second=0, microsecond=0).timestamp()
+        votes = await self._store.feedback_counts()
+        return StatusReport(
+            model=self.model, device=self.device, quantisation=self.quantisation,
+            uptime_s=self._clock() - self._started, running=stats.running,
+            waiting=stats.waiting, tokens_per_s=self.tokens_per_s(),
+            answers_today=await self._store.answers_since(midnight),
+            good=votes["good"], bad=votes["bad"])
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds) // 60
+    days, hours, minutes = minutes // 1440, minutes // 60 % 24, minutes % 60
+    if days:
+        return f"{days}日{hours}時間{minutes}分"
+    if hours:
+        return f"{hours}時間{minutes}分"
+    return f"{minutes}分"
+
+
+def render_status(report: StatusReport) -> str:
+    quantised = {"4bit": "4ビット量子化", "8bit": "8ビット量子化", "none": "量子化なし"}
+    return "\n".join([
+        "rinna の状態",
+        f"・モデル：{report.model}",
+        f"・実行環境：{report.device}（{quantised.get(report.quantisation, report.quantisation)}）",
+        f"・稼働時間：{_duration(report.uptime_s)}",
+        f"・処理中：{report.running}件／順番待ち：{report.waiting}件",
+        f"・生成速度：{report.tokens_per_s:.1f} トークン/秒（直近1分）",
+        f"・今日の回答：{report.answers_today}件",
+        f"・評価：👍 {report.good}　👎 {report.bad}",
+    ])
