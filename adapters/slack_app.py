@@ -57,6 +57,7 @@ from bot.privacy import PrivateData
 from bot.prompt import turn_cost
 from bot.reply import MessageReply
 from bot.seen import RecentKeys
+from bot.status import StatusSource
 from storage.history import Delivery
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ DENIED = "denied"  # refused by the access policy: nothing said (commands: told 
 DUPLICATE = str(Outcome.DUPLICATE)
 RESET = "reset"
 HELP = "help"
+STATUS = "status"
 FAILED = str(Outcome.FAILED)
 DELETED = "deleted"
 EDITED = "edited"
@@ -98,6 +100,9 @@ HELP_MESSAGE = (
     "• ボットが答えているスレッドでは、メンションなしで続けて質問できます。\n"
     "• スレッドで `@rinna リセット` … そのスレッドの会話を最初からやり直します。\n"
     "• DM でもそのまま話しかけられます（`リセット` でやり直し）。\n"
+    "• メッセージのメニューの「rinna に聞く」… そのメッセージについてスレッドで答えます。\n"
+    "• 回答の「停止」「もう一度」👍👎 ボタン … 止める・答え直す・評価する。\n"
+    "• `/rinna status` … ボットの状態（あなたにだけ表示）。\n"
     f"{USAGE_MESSAGE}"
 )
 
@@ -560,7 +565,7 @@ class SlackHandlers:
     streams: StreamSupport = field(default_factory=StreamSupport)
     moderators: Any = None  # slack_controls.Moderators, made by register_controls if unset
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
-    status: Any = None  # bot.status.StatusSource for `/rinna status` (None: not available)
+    status: StatusSource | None = None  # for `/rinna status` (None: not available)
 
     def reply(self, channel: str, thread_ts: str | None, tag: str | None, *,
               user: str | None = None, team: str | None = None) -> SlackReply:
@@ -853,7 +858,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     """Every Slack listener of the bot. Each acks first; the work runs after the ack."""
     # Imported here: these modules use this one's listener helpers.
     from adapters.slack_assistant import build_assistant, register_shortcut
-    from adapters.slack_controls import register_controls
+    from adapters.slack_controls import STATUS_WORDS, register_controls, status_text
 
     # The AI-app view first: its middleware takes assistant-thread messages (DM threads)
     # before the `message` listener; everything else passes through it.
@@ -895,6 +900,10 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             services.outcomes[DENIED] += 1
             return
         word = str(command.get("text") or "")[:MAX_TEXT_CHARS].strip().lower()
+        if word in STATUS_WORDS:
+            await ack(text=await status_text(services.status), response_type="ephemeral")
+            services.outcomes[STATUS] += 1
+            return
         if word in HELP_WORDS or word in RESET_WORDS:
             # Each /rinna starts a new thread, so there is nothing to reset: say how instead.
             hint = RESET_HINT if word in RESET_WORDS else HELP_MESSAGE
@@ -1067,6 +1076,7 @@ def _check_shape(body: str, content_type: str) -> None:
 
 
 def build_slack_service(chat: ChatService, settings: Settings, *,
+                        status: StatusSource | None = None,
                         host: str = "0.0.0.0") -> SlackService:
     """The Slack app over the core services, ready to `start()`; nothing connects yet."""
     if settings.slack_bot_token is None:
@@ -1088,6 +1098,7 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
                    logger=logging.getLogger("slack_bolt"), process_before_response=True,
                    signing_secret=secret.get_secret_value() if secret is not None else "")
     api = SlackApi(client)
-    handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings))
+    handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings),
+                             status=status)
     register(app, handlers)
     return SlackService(app, handlers, settings, host)

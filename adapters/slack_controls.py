@@ -22,6 +22,7 @@ from slack_sdk.errors import SlackApiError
 from adapters.slack_blocks import FEEDBACK, REGENERATE, STOP
 from bot.access import AccessRequest
 from bot.controls import ControlResult, control_message
+from bot.status import UNAVAILABLE, StatusSource, render_status
 
 if TYPE_CHECKING:
     from adapters.slack_app import SlackApi, SlackHandlers
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_WORDS = frozenset({"status", "状態", "ステータス"})
-NO_STATUS = "状態を取得できません。"
 ACTION_KEY = "action:"  # a regenerate press's request key: this and its trigger id
 MODERATOR_TTL_S = 600.0
 MODERATOR_CACHE = 1000
@@ -169,3 +169,14 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
         task = asyncio.create_task(work())
         services.background.add(task)
         task.add_done_callback(services.background.discard)
+
+
+async def status_text(status: StatusSource | None) -> str:
+    """What `/rinna status` shows (to the asker alone)."""
+    if status is None:
+        return UNAVAILABLE
+    try:
+        return render_status(await status.report())
+    except Exception:
+        log.exception("slack: could not read the status")
+        return UNAVAILABLE

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from pydantic import SecretStr
 
@@ -256,3 +257,29 @@ async def test_the_buttons_work_after_a_restart(
                                      for m in fake.messages.values()))
         turns = await slack.turns(KEY)
         assert [t.text for t in turns] == ["質問です", "新しい答えです。"]
+
+
+# ----- /rinna status --------------------------------------------------------------------------
+async def test_rinna_status_is_shown_to_the_asker_alone(
+        chat: ChatService, settings: Settings, fake: FakeSlack) -> None:
+    import json
+
+    from adapters.slack_app import build_slack_service
+    from bot.status import Status
+
+    status = Status(model="tiny-neox", device="cpu", quantisation="none",
+                    generator=chat.generator, store=chat.store)  # type: ignore[arg-type]
+    for source, expected in ((status, "・モデル：tiny-neox"), (None, "状態を取得できません。")):
+        service = build_slack_service(chat, slack_settings(settings, fake), status=source,
+                                      host="127.0.0.1")
+        await service.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                slack = Slack(service, fake, chat, http)
+                code, body = await slack.command("status")
+        finally:
+            await service.close()
+        assert code == 200
+        reply = json.loads(body)
+        assert reply["response_type"] == "ephemeral" and expected in reply["text"]
+    assert not fake.posts()  # nothing in the channel
