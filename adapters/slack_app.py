@@ -37,7 +37,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_blocks import actions_block, any_control, message_blocks, without_actions
+from adapters.slack_blocks import any_control, control_blocks, message_blocks, without_actions
 from adapters.slack_stream import NativeStream, StreamSupport
 from adapters.slack_text import (
     escape,
@@ -310,8 +310,7 @@ class SlackReply(MessageReply):
         if self._handle is None and self.streams is not None and self.thread_ts is not None:
             stream = NativeStream(self.api, self.streams, self.channel, self.thread_ts,
                                   user=self.user, team=self.team, limit=self.limit)
-            actions = actions_block(self.controls_for(0))
-            ts = await stream.start([actions] if actions is not None else None)
+            ts = await stream.start(control_blocks(self.controls_for(0)))
             if ts is not None:
                 self.stream, self._handle = stream, ts
                 self.posted.append(ts)

@@ -11,7 +11,6 @@ from adapters.slack_text import escape
 STOP = "rinna_stop"
 REGENERATE = "rinna_regenerate"
 FEEDBACK = "rinna_feedback"
-ACTIONS_BLOCK = "rinna_controls"  # the block_id of the actions block
 OUR_ACTIONS = frozenset({STOP, REGENERATE, FEEDBACK})
 SECTION_CHARS = 3000  # Slack's limit on a section block's text
 
@@ -31,26 +30,28 @@ def any_control(controls: ShownControls | None) -> bool:
     return controls is not None and (controls.stop or controls.regenerate or controls.feedback)
 
 
-def actions_block(controls: ShownControls) -> dict[str, Any] | None:
-    """The buttons for `controls` (None when there are none)."""
-    elements: list[dict[str, Any]] = []
+def control_blocks(controls: ShownControls) -> list[dict[str, Any]]:
+    """The blocks for `controls`: an actions block with 「停止」 / 「もう一度」 and a
+    context_actions block with Slack's feedback buttons (that element lives only there)."""
+    blocks: list[dict[str, Any]] = []
+    buttons: list[dict[str, Any]] = []
     if controls.stop:
-        elements.append({"type": "button", "action_id": STOP, "value": "stop", "style": "danger",
-                         "text": {"type": "plain_text", "text": "停止"}})
+        buttons.append({"type": "button", "action_id": STOP, "value": "stop", "style": "danger",
+                        "text": {"type": "plain_text", "text": "停止"}})
     if controls.regenerate:
-        elements.append({"type": "button", "action_id": REGENERATE, "value": "regenerate",
-                         "text": {"type": "plain_text", "text": "もう一度"}})
+        buttons.append({"type": "button", "action_id": REGENERATE, "value": "regenerate",
+                        "text": {"type": "plain_text", "text": "もう一度"}})
+    if buttons:
+        blocks.append({"type": "actions", "elements": buttons})
     if controls.feedback:
-        # Slack's feedback buttons element: one action_id, the value tells which was pressed.
-        elements.append({
+        # One action_id for both: the pressed button's value (good / bad) says which.
+        blocks.append({"type": "context_actions", "elements": [{
             "type": "feedback_buttons", "action_id": FEEDBACK,
             "positive_button": {"text": {"type": "plain_text", "text": "👍"}, "value": "good",
                                 "accessibility_label": "良い回答"},
             "negative_button": {"text": {"type": "plain_text", "text": "👎"}, "value": "bad",
-                                "accessibility_label": "良くない回答"}})
-    if not elements:
-        return None
-    return {"type": "actions", "block_id": ACTIONS_BLOCK, "elements": elements}
+                                "accessibility_label": "良くない回答"}}]})
+    return blocks
 
 
 def text_sections(text: str) -> list[dict[str, Any]]:
@@ -77,24 +78,19 @@ def _section(mrkdwn: str) -> dict[str, Any]:
 
 def message_blocks(text: str, controls: ShownControls | None) -> list[dict[str, Any]]:
     """The blocks of a reply message: [] (plain text only) without controls."""
-    if controls is None or (actions := actions_block(controls)) is None:
+    if controls is None or not (controls_shown := control_blocks(controls)):
         return []
-    return [*text_sections(text), actions]
+    return [*text_sections(text), *controls_shown]
 
 
 def without_actions(blocks: Sequence[Mapping[str, Any]],
                     controls: ShownControls) -> list[dict[str, Any]]:
-    """A message's blocks as read back, with our actions block replaced by `controls`' (its
-    text blocks, whatever Slack made of the streamed text, kept)."""
-    kept = [dict(block) for block in blocks if not _ours(block)]
-    if (actions := actions_block(controls)) is not None:
-        kept.append(actions)
-    return kept
+    """A message's blocks as read back, with our buttons replaced by `controls`' (its text
+    blocks, whatever Slack made of the streamed text, kept)."""
+    return [*(dict(block) for block in blocks if not _ours(block)), *control_blocks(controls)]
 
 
 def _ours(block: Mapping[str, Any]) -> bool:
-    if block.get("block_id") == ACTIONS_BLOCK:
-        return True
-    return block.get("type") == "actions" and any(
+    return block.get("type") in ("actions", "context_actions") and any(
         isinstance(e, Mapping) and e.get("action_id") in OUR_ACTIONS
         for e in block.get("elements") or ())

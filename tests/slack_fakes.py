@@ -183,6 +183,12 @@ class FakeSlack:
         return queued.pop(0) if queued else None
 
     def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        blocks = list(_json(params.get("blocks") or []))
+        for chunk in _json(params.get("chunks") or []):
+            if chunk.get("type") == "blocks":
+                blocks += chunk.get("blocks") or []
+        if method.startswith("chat.") and (problem := _invalid_blocks(blocks)) is not None:
+            return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
         if method == "auth.test":
             return {"ok": True, "url": "https://test.slack.com/", "team": "Test", "user": "rinna",
                     "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID}
@@ -335,6 +341,37 @@ class FakeSlack:
         async with self._changed:
             change()
             self._changed.notify_all()
+
+
+# Which elements each Block Kit block takes (the subset the bot uses), per Slack's reference.
+_ELEMENTS = {"actions": {"button", "static_select", "overflow", "datepicker"},
+             "context_actions": {"feedback_buttons", "icon_button"}}
+
+
+def _invalid_blocks(blocks: list[dict[str, Any]]) -> str | None:
+    """Why Slack would refuse these blocks (the rules the bot's blocks meet), or None."""
+    if len(blocks) > 50:
+        return "more than 50 blocks"
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "section":
+            text = block.get("text") or {}
+            if text.get("type") not in ("mrkdwn", "plain_text") or not text.get("text"):
+                return "section without text"
+            if len(text["text"]) > 3000:
+                return "section text over 3000 characters"
+        elif kind in _ELEMENTS:
+            elements = block.get("elements") or []
+            if not elements or len(elements) > (25 if kind == "actions" else 5):
+                return f"{kind}: bad number of elements"
+            ids = [e.get("action_id") for e in elements]
+            if len(set(ids)) != len(ids):
+                return f"{kind}: action_ids not unique"
+            if any(e.get("type") not in _ELEMENTS[kind] for e in elements):
+                return f"{kind}: an element that does not go there"
+        elif kind not in ("markdown", "rich_text", "context", "divider", "header"):
+            return f"unknown block type {kind}"
+    return None
 
 
 def _json(value: Any) -> Any:

@@ -102,8 +102,8 @@ def ephemerals(fake: FakeSlack, user: str) -> list[str]:
 
 
 def buttons(fake: FakeSlack, ts: str) -> list[str]:
-    return [e["action_id"] for b in fake.messages[ts]["blocks"] if b["type"] == "actions"
-            for e in b["elements"]]
+    return [e["action_id"] for b in fake.messages[ts]["blocks"]
+            if b["type"] in ("actions", "context_actions") for e in b["elements"]]
 
 
 async def ask(slack: Slack, ts: str = T0, text: str = "質問です", *, settled: int = 1,

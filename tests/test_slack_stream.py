@@ -79,9 +79,10 @@ async def test_a_streamed_answer_takes_a_few_calls_where_edits_take_one_per_upda
     start = streamed.called("chat.startStream")[0].params
     (stop_button,) = start["chunks"][0]["blocks"][0]["elements"]
     assert stop_button["action_id"] == "rinna_stop"
-    actions = message["blocks"][-1]["elements"]
-    assert [e["action_id"] for e in actions] == ["rinna_regenerate", "rinna_feedback"]
-    assert "".join(b["text"]["text"] for b in message["blocks"][:-1]) == LONG
+    *text, regenerate, feedback = message["blocks"]
+    assert [e["action_id"] for e in regenerate["elements"]] == ["rinna_regenerate"]
+    assert [e["type"] for e in feedback["elements"]] == ["feedback_buttons"]
+    assert "".join(b["text"]["text"] for b in text) == LONG
     assert start["thread_ts"] == T0
     assert (start["recipient_user_id"], start["recipient_team_id"]) == ("U1", TEAM)
     # tagged like a posted reply, so a restart finds it
