@@ -4,6 +4,7 @@ chat service (scripted model) over SQLite."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from collections.abc import AsyncIterator
@@ -12,10 +13,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from bot.chat import ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker, Turn
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
+from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (
     BOT_TOKEN,
     SIGNING_SECRET,
@@ -99,6 +102,24 @@ async def test_the_shortcut_answers_in_the_messages_thread_with_it_as_the_questi
     assert len(slack.fake.posts("C1", T0)) == 2
 
 
+async def test_the_shortcut_is_acknowledged_before_the_answer_is_written(
+        store: HistoryStore, tokenizer: Tokenizer, settings: Settings, fake: FakeSlack) -> None:
+    settings = settings.model_copy(update={
+        "slack_bot_token": SecretStr(BOT_TOKEN), "slack_signing_secret": SecretStr(SIGNING_SECRET),
+        "slack_port": 0, "slack_api_url": fake.api_url})
+    gate = asyncio.Event()
+    generator = ScriptedGenerator(default="はい。", gate=gate)
+    chat = ChatService(store, generator, tokenizer, ChatConfig(stream_interval_s=0.0))
+    async with running(chat, settings, fake) as slack:
+        target = {"type": "message", "user": "U2", "ts": T0, "text": "質問"}
+        # Slack has its 200 while the model is held (an ack after the answer never comes)
+        assert await asyncio.wait_for(interact(slack, message_shortcut("C1", target)), 10) == 200
+        assert slack.outcomes() == {}
+        gate.set()
+        await slack.settled(1)
+        assert slack.outcomes() == {"answered": 1}
+
+
 async def test_the_shortcut_in_a_thread_answers_in_that_thread(slack: Slack) -> None:
     slack.fake.threads[("C1", T0)] = [
         {"type": "message", "user": "U2", "ts": T0, "thread_ts": T0, "text": "旅行の相談です"},
@@ -151,6 +172,13 @@ async def test_an_assistant_thread_greets_suggests_titles_and_answers(slack: Sla
     turns = await slack.turns(ConversationKey("slack", TEAM, D1, T0))  # the assistant thread
     assert [t.text for t in turns if t.speaker is Speaker.USER] == [
         "日本で一番高い山は?", "その高さは?"]
+
+
+async def test_a_changed_assistant_context_is_acknowledged(slack: Slack) -> None:
+    changed = assistant_thread_started(D1, T0)
+    changed["type"] = "assistant_thread_context_changed"
+    assert await slack.event(changed) == 200
+    assert not slack.fake.posts()
 
 
 async def test_a_deleted_message_in_an_assistant_thread_leaves_the_history(

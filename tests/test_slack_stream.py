@@ -170,3 +170,21 @@ async def test_a_stream_cut_by_a_crash_is_finished_with_chat_update_after_the_re
     assert conversation is not None
     turns = [s.turn for s in reversed(await store.recent_turns(conversation, 10))]
     assert [t.speaker for t in turns] == [Speaker.USER, Speaker.SYSTEM]
+
+
+async def test_a_rinna_command_streams_its_answer_into_the_questions_thread(
+        store: HistoryStore, tokenizer: Tokenizer, fake: FakeSlack) -> None:
+    command = {"team_id": TEAM, "channel_id": C1, "channel_name": "general", "user_id": "U1",
+               "command": "/rinna", "text": "長く話して", "trigger_id": "7.8.9"}
+
+    async def respond(**_: Any) -> None:
+        return None
+
+    services = handlers(fake, chat_for(store, tokenizer))
+    assert await services.on_command(command, respond, BOT) == "answered"
+    (question,) = fake.threads[(C1, "")]
+    (start,) = fake.called("chat.startStream")
+    assert start.params["thread_ts"] == question["ts"]
+    assert start.params["recipient_user_id"] == "U1"
+    (answer,) = fake.threads[(C1, question["ts"])]
+    assert answer["text"] == LONG and answer["metadata"]["event_payload"]["part"] == 0
