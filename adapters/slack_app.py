@@ -601,7 +601,7 @@ class SlackHandlers:
         if delivery.key.thread.startswith(COMMAND_KEY):  # a command whose question may be unposted
             return SlackCommandReply(self.api, delivery.key.workspace, delivery.key.channel,
                                      delivery.author or "", delivery.text or "",
-                                     tag=delivery.delivery_key)
+                                     tag=delivery.delivery_key, streams=self.streams)
         return self.reply(delivery.key.channel, delivery.key.thread or None,
                           delivery.delivery_key, user=delivery.author,
                           team=delivery.key.workspace)

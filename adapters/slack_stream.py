@@ -10,6 +10,11 @@ a final text that is not the streamed text plus more, the controls changing).
 
 A workspace that refuses chat.startStream (the method unknown, not allowed, not enabled) is
 remembered in `StreamSupport`, so later answers go straight to chat.postMessage + chat.update.
+
+Exactly once: chat.startStream takes no metadata (chat.stopStream does), so a stream cannot be
+found by its tag until it stops. A process that dies after Slack started the stream but before
+the chat service stored its ts (one SQLite write) leaves that empty stream behind, and the
+restart posts a new placeholder: the one window where an answer can show twice.
 """
 
 from __future__ import annotations
