@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FLUSH_CHARS = 256  # slack_sdk's chat_stream buffer default
-FLUSH_S = 2.0  # at most one append per this many seconds while text keeps coming
+FLUSH_CHARS = 256  # slack_sdk's chat_stream buffer default: sent once this much has gathered
+FLUSH_S = 2.0  # ... or once the oldest unsent text is this old
+MIN_APPEND_GAP_S = 1.0  # never more than one append a second, however fast the model writes
 STREAM_ERRORS: tuple[type[BaseException], ...] = (
     SlackClientError, aiohttp.ClientError, TimeoutError)
 # Errors of chat.startStream that are about this one message (its channel or thread), not
@@ -50,9 +51,11 @@ MESSAGE_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived"
 class StreamSupport:
     """Whether chat.startStream is worth trying in this process (one per Slack app)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.enabled = enabled
         self.refused: str | None = None  # the error that turned it off
+        self.clock = clock  # paces the appends of every stream
 
     def refuse(self, error: str) -> None:
         if self.enabled:
@@ -79,7 +82,7 @@ class NativeStream:
     def __init__(self, api: SlackApi, support: StreamSupport, channel: str, thread_ts: str,
                  *, user: str | None, team: str | None, limit: int,
                  flush_chars: int = FLUSH_CHARS, flush_s: float = FLUSH_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 min_gap_s: float = MIN_APPEND_GAP_S) -> None:
         self.api = api
         self.support = support
         self.channel = channel
@@ -89,7 +92,8 @@ class NativeStream:
         self.limit = limit
         self.flush_chars = flush_chars
         self.flush_s = flush_s
-        self.clock = clock
+        self.min_gap_s = min_gap_s
+        self.clock = support.clock
         self.ts: str | None = None
         self.sent = ""  # the text streamed so far (plain, unescaped)
         self.broken = False  # an append failed or the text diverged: nothing more appended
@@ -133,8 +137,9 @@ class NativeStream:
             return
         text = text[:self.limit]
         pending = text[len(self.sent):]
-        if not pending or (len(pending) < self.flush_chars
-                           and self.clock() - self._last_flush < self.flush_s):
+        waited = self.clock() - self._last_flush
+        if not pending or waited < self.min_gap_s or (
+                len(pending) < self.flush_chars and waited < self.flush_s):
             return
         try:
             await self.api.call("chat_appendStream", retry=False, channel=self.channel,

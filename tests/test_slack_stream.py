@@ -50,13 +50,31 @@ def chat_for(store: HistoryStore, tokenizer: Tokenizer, reply: str = LONG, **kwa
                        ChatConfig(stream_interval_s=0.0), **kwargs)
 
 
+class StepClock:
+    """Time for the stream's pacing: `step` seconds pass at every look (each preview the chat
+    service hands over looks once), so 55 previews of a fast fake model span 5.5 s."""
+
+    def __init__(self, step: float = 0.1) -> None:
+        self.now = 1000.0
+        self.step = step
+        self.looks = 0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        self.looks += 1
+        return self.now
+
+
 async def answer_once(store: HistoryStore, tokenizer: Tokenizer, settings: Settings, *,
-                      streaming: bool, ts: str = T0) -> tuple[FakeSlack, list[str]]:
+                      streaming: bool, ts: str = T0, clock: StepClock | None = None
+                      ) -> tuple[FakeSlack, list[str]]:
     """One mention answered by a fresh app; the Web API methods it called for the answer."""
     fake = await FakeSlack(streaming=streaming, keep_messages=True).start()
     try:
         chat = chat_for(store, tokenizer)
         async with running(chat, settings_for(settings, fake), fake) as slack:
+            if clock is not None:
+                slack.service.handlers.streams.clock = clock
             before = len(fake.calls)
             assert await slack.event(mention(C1, ts, "長く話して")) == 200
             await slack.settled(1)
@@ -69,7 +87,8 @@ async def answer_once(store: HistoryStore, tokenizer: Tokenizer, settings: Setti
 
 async def test_a_streamed_answer_takes_a_few_calls_where_edits_take_one_per_update(
         store: HistoryStore, tokenizer: Tokenizer, settings: Settings) -> None:
-    streamed, calls = await answer_once(store, tokenizer, settings, streaming=True)
+    clock = StepClock()
+    streamed, calls = await answer_once(store, tokenizer, settings, streaming=True, clock=clock)
     # start (with the 「停止」 button inside), appends, stop, then one chat.update that sets
     # the finished answer's buttons (「もう一度」, 👍/👎) in place of 「停止」
     assert calls[0] == "chat.startStream" and calls[-2:] == ["chat.stopStream", "chat.update"]
@@ -95,10 +114,13 @@ async def test_a_streamed_answer_takes_a_few_calls_where_edits_take_one_per_upda
     assert answer["text"] == LONG
     # ~45 previews of 20 characters: one chat.update each, against 256-character appends
     assert fallback.count("chat.update") > 40
-    assert len(calls) <= 3 + len(LONG) // 256 + 1
+    # paced: at most one append a second, and text waits at most 2 s (or 256 characters)
+    seconds = clock.looks * clock.step
+    appends = calls.count("chat.appendStream")
+    assert seconds / 2 - 1 <= appends <= seconds + 1
     assert len(calls) * 5 < len(fallback)
-    print(f"\nWeb API calls per {len(LONG)}-character answer: streamed {len(calls)}, "
-          f"chat.update fallback {len(fallback)}")
+    print(f"\nWeb API calls per {len(LONG)}-character answer ({len(fallback) - 2} previews, "
+          f"{seconds:.1f} s paced): streamed {len(calls)}, chat.update fallback {len(fallback)}")
 
 
 async def test_a_workspace_without_streaming_is_asked_once_per_process(
@@ -188,3 +210,24 @@ async def test_a_rinna_command_streams_its_answer_into_the_questions_thread(
     assert start.params["recipient_user_id"] == "U1"
     (answer,) = fake.threads[(C1, question["ts"])]
     assert answer["text"] == LONG and answer["metadata"]["event_payload"]["part"] == 0
+
+
+async def test_appends_are_paced_to_one_a_second_however_fast_the_text_comes(
+        fake: FakeSlack) -> None:
+    from adapters.slack_stream import NativeStream, StreamSupport
+
+    clock = StepClock(step=0.1)
+    api = SlackApi(AsyncWebClient(token=BOT_TOKEN, base_url=fake.api_url), sleep=no_wait)
+    stream = NativeStream(api, StreamSupport(clock=clock), C1, T0, user="U1", team=TEAM,
+                          limit=100_000)
+    assert await stream.start() is not None
+    text = ""
+    for n in range(50):  # 300 new characters every 0.1 s: past the 256-character mark each time
+        text += f"{n:03d}" * 100
+        await stream.append(text)
+    assert await stream.stop(text + "。", metadata=None)
+    appends = len(fake.called("chat.appendStream"))
+    seconds = clock.looks * clock.step
+    assert 1 <= appends <= seconds + 1
+    (message,) = fake.messages.values()
+    assert message["text"] == text + "。" and not message["streaming"]
