@@ -283,3 +283,24 @@ async def test_rinna_status_is_shown_to_the_asker_alone(
         reply = json.loads(body)
         assert reply["response_type"] == "ephemeral" and expected in reply["text"]
     assert not fake.posts()  # nothing in the channel
+
+
+async def test_one_regenerate_press_delivered_twice_answers_once(
+        tokenizer: Tokenizer, settings: Settings, fake: FakeSlack) -> None:
+    generator = scripted(["最初の答えです。", "二つ目の答えです。"])
+    async with app(settings.database_path, tokenizer, settings, fake, generator) as slack:
+        await ask(slack)
+        first = await the_answer(slack)
+        message = {"type": "message", "ts": first, "thread_ts": T0,
+                   "text": fake.messages[first]["text"], "blocks": fake.messages[first]["blocks"]}
+        body = interaction_form(block_action(C1, message, "rinna_regenerate", "regenerate"))
+        for _ in range(2):
+            status, _ = await slack.raw(body, {"Content-Type": "application/x-www-form-urlencoded",
+                                               **sign(body)})
+            assert status == 200
+        await eventually(lambda: sum(slack.service.handlers.pressed.values()) == 2)
+        assert len(fake.messages) == 2  # one new answer
+        assert len(generator.prompts) == 2
+        # the repeat is recognised as the same press (not refused as a second one)
+        assert slack.service.handlers.pressed == {"regenerate:done": 2}
+        assert ephemerals(fake, "U1") == []
