@@ -37,6 +37,8 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from adapters.slack_blocks import any_control, control_blocks, message_blocks, without_actions
+from adapters.slack_stream import NativeStream, StreamSupport
 from adapters.slack_text import (
     escape,
     mentions,
@@ -49,12 +51,13 @@ from adapters.slack_text import (
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import USAGE_MESSAGE, ChatService, EarlierLoader, Outcome
 from bot.config import Settings
-from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
+from bot.conversation import RETIRED, ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
 from bot.privacy import PrivateData
 from bot.prompt import turn_cost
 from bot.reply import MessageReply
 from bot.seen import RecentKeys
+from bot.status import StatusSource
 from storage.history import Delivery
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ DENIED = "denied"  # refused by the access policy: nothing said (commands: told 
 DUPLICATE = str(Outcome.DUPLICATE)
 RESET = "reset"
 HELP = "help"
+STATUS = "status"
 FAILED = str(Outcome.FAILED)
 DELETED = "deleted"
 EDITED = "edited"
@@ -96,6 +100,9 @@ HELP_MESSAGE = (
     "• ボットが答えているスレッドでは、メンションなしで続けて質問できます。\n"
     "• スレッドで `@rinna リセット` … そのスレッドの会話を最初からやり直します。\n"
     "• DM でもそのまま話しかけられます（`リセット` でやり直し）。\n"
+    "• メッセージのメニューの「rinna に聞く」… そのメッセージについてスレッドで答えます。\n"
+    "• 回答の「停止」「もう一度」👍👎 ボタン … 止める・答え直す・評価する。\n"
+    "• `/rinna status` … ボットの状態（あなたにだけ表示）。\n"
     f"{USAGE_MESSAGE}"
 )
 
@@ -246,19 +253,106 @@ class SlackReply(MessageReply):
     delivery_errors: ClassVar[tuple[type[BaseException], ...]] = DELIVERY_ERRORS
 
     def __init__(self, api: SlackApi, channel: str, thread_ts: str | None,
-                 tag: str | None = None) -> None:
+                 tag: str | None = None, *, streams: StreamSupport | None = None,
+                 user: str | None = None, team: str | None = None) -> None:
         super().__init__(tag)
         self.api = api
         self.channel = channel
         self.thread_ts = thread_ts or None
+        # Native streaming (in a thread, where the workspace takes it): see slack_stream.py.
+        self.streams = streams
+        self.user = user
+        self.team = team
+        self.stream: NativeStream | None = None  # the answer being streamed, until stopped
+
+    def _metadata(self, part: int) -> dict[str, Any] | None:
+        if self.tag is None:
+            return None
+        return {"event_type": REPLY_EVENT, "event_payload": {"delivery": self.tag, "part": part}}
+
+    def _blocks(self, text: str, part: int, *, edit: bool) -> dict[str, Any]:
+        """The `blocks` argument for a post or an edit of `part` showing `text`: the text and
+        the buttons offered (bot/reply.py's `offer`); on an edit of the main message, [] to
+        take away buttons it showed before (chat.update keeps blocks it is not given)."""
+        blocks = message_blocks(text, self.controls_for(part))
+        return {"blocks": blocks} if blocks or (edit and part == 0) else {}
+
+    async def retire(self, ref: str) -> None:
+        """The answer in message `ref` is no longer the newest: its buttons become RETIRED
+        (👍/👎 only), its text and other blocks as Slack has them (read back)."""
+        found = await self._read(ref)
+        if found is None:
+            log.info("slack: answer %s to retire not found", ref)
+            return
+        text = str(found.get("text") or "")
+        blocks = found.get("blocks")
+        if isinstance(blocks, list) and blocks:
+            kept = without_actions(blocks, RETIRED)
+        else:  # a plain message: its (already escaped) text as a section, then the buttons
+            kept = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000] or " "}},
+                    *without_actions([], RETIRED)]
+        await self.api.call("chat_update", channel=self.channel, ts=ref, text=text,
+                            blocks=kept)
+
+    async def _read(self, ts: str) -> Mapping[str, Any] | None:
+        """One message of this reply's thread (or DM) as Slack has it."""
+        window = dict(channel=self.channel, latest=ts, oldest=ts, inclusive=True, limit=1)
+        if self.thread_ts is not None:
+            page = await self.api.call("conversations_replies", ts=self.thread_ts, **window)
+        else:
+            page = await self.api.call("conversations_history", **window)
+        for item in page.get("messages") or []:
+            if isinstance(item, Mapping) and item.get("ts") == ts:
+                return item
+        return None
+
+    async def start(self) -> None:
+        if self._handle is None and self.streams is not None and self.thread_ts is not None:
+            stream = NativeStream(self.api, self.streams, self.channel, self.thread_ts,
+                                  user=self.user, team=self.team, limit=self.limit)
+            ts = await stream.start(control_blocks(self.controls_for(0)))
+            if ts is not None:
+                self.stream, self._handle = stream, ts
+                self.posted.append(ts)
+                return
+        await super().start()
+
+    async def resume(self, ref: str | None) -> None:
+        await super().resume(ref)
+        if self._handle is not None and self.streams is not None and self.streams.enabled:
+            # A stream the previous process left running cannot be edited until it is
+            # stopped; for any other message Slack just says it is not streaming.
+            try:
+                await self.api.call("chat_stopStream", retry=False, channel=self.channel,
+                                    ts=self._handle)
+            except DELIVERY_ERRORS as exc:
+                log.debug("slack chat.stopStream on resume: %s", _describe(exc))
+
+    async def update(self, text: str) -> None:
+        if self.stream is not None:
+            await self.stream.append(text)
+            return
+        await super().update(text)
+
+    async def _show(self, text: str, final: bool = False) -> None:
+        stream = self.stream
+        if stream is not None:
+            if not final:
+                return  # a queue position: a stream only grows, it cannot show one and drop it
+            self.stream = None
+            shown = await stream.stop(text, metadata=self._metadata(0))
+            if shown and not any_control(self.controls_for(0)) and not stream.started_with_blocks:
+                return
+            # The buttons (or a text that is not the streamed one plus more): the stopped
+            # stream's message is an ordinary one now, and chat.update sets it whole.
+        await super()._show(text, final)
 
     async def post(self, text: str, *, part: int = 0) -> str:
         arguments: dict[str, Any] = dict(
             channel=self.channel, thread_ts=self.thread_ts, text=escape(text),
-            unfurl_links=False, unfurl_media=False)
-        if self.tag is not None:
-            arguments["metadata"] = {"event_type": REPLY_EVENT,
-                                     "event_payload": {"delivery": self.tag, "part": part}}
+            unfurl_links=False, unfurl_media=False, **self._blocks(text, part, edit=False))
+        if (metadata := self._metadata(part)) is not None:
+            arguments["metadata"] = metadata
         attempt = 0
         while True:
             try:
@@ -315,8 +409,9 @@ class SlackReply(MessageReply):
     async def edit(self, handle: Any, text: str, *, final: bool) -> None:
         # chat.update is rate-limited (Tier 3): a preview that hits the limit is dropped, not
         # waited out, so the stream never stalls; the final text is retried.
+        part = 0 if handle == self._handle else 1
         await self.api.call("chat_update", retry=final, channel=self.channel, ts=handle,
-                            text=escape(text))
+                            text=escape(text), **self._blocks(text, part, edit=True))
 
 
 class QuestionNotPosted(RinnaError):
@@ -331,10 +426,9 @@ class SlackCommandReply(SlackReply):
     a restart, finds it there; the answer then goes in its thread."""
 
     def __init__(self, api: SlackApi, team: str, channel: str, user: str, question: str, *,
-                 tag: str, respond: AsyncRespond | None = None) -> None:
-        super().__init__(api, channel, None, tag=tag)
-        self.team = team
-        self.user = user
+                 tag: str, respond: AsyncRespond | None = None,
+                 streams: StreamSupport | None = None) -> None:
+        super().__init__(api, channel, None, tag=tag, streams=streams, user=user, team=team)
         self.question = question
         self.respond = respond
 
@@ -466,6 +560,17 @@ class SlackHandlers:
     # How each event ended ("answered", "duplicate", "ignored", "reset", ...): for logs,
     # metrics and tests that wait until every delivered event has been dealt with.
     outcomes: Counter[str] = field(default_factory=Counter)
+    # Whether replies stream natively (chat.startStream); off for good once Slack refuses.
+    streams: StreamSupport = field(default_factory=StreamSupport)
+    moderators: Any = None  # slack_controls.Moderators, made by register_controls if unset
+    pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
+    status: StatusSource | None = None  # for `/rinna status` (None: not available)
+
+    def reply(self, channel: str, thread_ts: str | None, tag: str | None, *,
+              user: str | None = None, team: str | None = None) -> SlackReply:
+        """A reply sink in `thread_ts` of `channel`, streamed where Slack takes it."""
+        return SlackReply(self.api, channel, thread_ts, tag=tag, streams=self.streams,
+                          user=user, team=team)
 
     def permits(self, requests: Sequence[AccessRequest]) -> bool:
         for request in requests:
@@ -496,9 +601,10 @@ class SlackHandlers:
         if delivery.key.thread.startswith(COMMAND_KEY):  # a command whose question may be unposted
             return SlackCommandReply(self.api, delivery.key.workspace, delivery.key.channel,
                                      delivery.author or "", delivery.text or "",
-                                     tag=delivery.delivery_key)
-        return SlackReply(self.api, delivery.key.channel, delivery.key.thread or None,
-                          tag=delivery.delivery_key)
+                                     tag=delivery.delivery_key, streams=self.streams)
+        return self.reply(delivery.key.channel, delivery.key.thread or None,
+                          delivery.delivery_key, user=delivery.author,
+                          team=delivery.key.workspace)
 
     async def on_command(self, command: Mapping[str, Any], respond: AsyncRespond,
                          bot: BotIdentity, ack: Ack | None = None) -> str:
@@ -517,7 +623,7 @@ class SlackHandlers:
         tag = COMMAND_KEY + (str(command.get("trigger_id") or "") or uuid.uuid4().hex)
         key = ConversationKey(PLATFORM, team, channel, tag)  # until the question is posted
         sink = SlackCommandReply(self.api, team, channel, user, question, tag=tag,
-                                 respond=respond)
+                                 respond=respond, streams=self.streams)
         outcome = FAILED
         async with self._boundary(sink, f"{COMMAND} {tag} in {channel}"):
             incoming = IncomingMessage(question, tag, user)
@@ -530,7 +636,8 @@ class SlackHandlers:
             self.chat.note(PLATFORM, Outcome.DUPLICATE)
             return DUPLICATE
         key = message.key
-        sink = SlackReply(self.api, message.channel, key.thread, tag=message.delivery_key)
+        sink = self.reply(message.channel, key.thread, message.delivery_key,
+                          user=message.user, team=message.team)
         outcome = FAILED
         async with self._boundary(sink, f"message {message.delivery_key} in {key}"):
             text = await self._plain(message.text, bot)
@@ -748,7 +855,16 @@ def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
 
 def register(app: AsyncApp, services: SlackHandlers) -> None:
     """Every Slack listener of the bot. Each acks first; the work runs after the ack."""
+    # Imported here: these modules use this one's listener helpers.
+    from adapters.slack_assistant import build_assistant, register_shortcut
+    from adapters.slack_controls import STATUS_WORDS, register_controls, status_text
+
+    # The AI-app view first: its middleware takes assistant-thread messages (DM threads)
+    # before the `message` listener; everything else passes through it.
+    app.assistant(build_assistant(services))
     register_edits(app, services)  # first: see register_edits
+    register_shortcut(app, services)
+    register_controls(app, services)
 
     @app.event("app_mention")
     async def app_mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
@@ -783,6 +899,10 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             services.outcomes[DENIED] += 1
             return
         word = str(command.get("text") or "")[:MAX_TEXT_CHARS].strip().lower()
+        if word in STATUS_WORDS:
+            await ack(text=await status_text(services.status), response_type="ephemeral")
+            services.outcomes[STATUS] += 1
+            return
         if word in HELP_WORDS or word in RESET_WORDS:
             # Each /rinna starts a new thread, so there is nothing to reset: say how instead.
             hint = RESET_HINT if word in RESET_WORDS else HELP_MESSAGE
@@ -955,6 +1075,7 @@ def _check_shape(body: str, content_type: str) -> None:
 
 
 def build_slack_service(chat: ChatService, settings: Settings, *,
+                        status: StatusSource | None = None,
                         host: str = "0.0.0.0") -> SlackService:
     """The Slack app over the core services, ready to `start()`; nothing connects yet."""
     if settings.slack_bot_token is None:
@@ -976,6 +1097,7 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
                    logger=logging.getLogger("slack_bolt"), process_before_response=True,
                    signing_secret=secret.get_secret_value() if secret is not None else "")
     api = SlackApi(client)
-    handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings))
+    handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings),
+                             status=status)
     register(app, handlers)
     return SlackService(app, handlers, settings, host)

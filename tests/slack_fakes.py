@@ -55,8 +55,16 @@ class FakeSlack:
     channel and thread ts; a message outside a thread under (channel, "")) and returned by
     conversations.replies / conversations.history, and chat.update changes them."""
 
-    def __init__(self, *, keep_messages: bool = False) -> None:
+    def __init__(self, *, keep_messages: bool = False, streaming: bool = False,
+                 admins: frozenset[str] = frozenset()) -> None:
         self.keep_messages = keep_messages
+        # chat.startStream / appendStream / stopStream as Slack's reference describes them;
+        # without `streaming`, chat.startStream answers as a Slack that does not have it.
+        self.streaming = streaming
+        self.admins = admins  # users.info says is_admin for these
+        # Every message the bot made, by ts: its current text (a stream's: what was streamed),
+        # blocks, metadata and whether it is still streaming.
+        self.messages: dict[str, dict[str, Any]] = {}
         self.calls: list[ApiCall] = []
         self.acks: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []  # what was posted to response_urls
@@ -175,27 +183,56 @@ class FakeSlack:
         return queued.pop(0) if queued else None
 
     def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        blocks = list(_json(params.get("blocks") or []))
+        for chunk in _json(params.get("chunks") or []):
+            if chunk.get("type") == "blocks":
+                blocks += chunk.get("blocks") or []
+        if method.startswith("chat.") and (problem := _invalid_blocks(blocks)) is not None:
+            return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
         if method == "auth.test":
             return {"ok": True, "url": "https://test.slack.com/", "team": "Test", "user": "rinna",
                     "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID}
         if method == "chat.postMessage":
             ts = f"1800000000.{next(self._ts):06d}"
+            self.messages[ts] = {"channel": params.get("channel"), "text": params.get("text"),
+                                 "blocks": _json(params.get("blocks") or []),
+                                 "metadata": params.get("metadata"), "streaming": False,
+                                 "thread_ts": params.get("thread_ts")}
             if self.keep_messages:
                 kept = {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "ts": ts,
                         "text": params.get("text")}
                 if isinstance(params.get("metadata"), dict):
                     kept["metadata"] = params["metadata"]
+                if params.get("blocks"):
+                    kept["blocks"] = _json(params["blocks"])
                 place = (str(params.get("channel")), str(params.get("thread_ts") or ""))
                 self.threads.setdefault(place, []).append(kept)
             return {"ok": True, "channel": params.get("channel"), "ts": ts,
                     "message": {"text": params.get("text"), "ts": ts}}
         if method == "chat.update":
+            current = self.messages.get(str(params.get("ts")))
+            if current is not None and current.get("streaming"):
+                return {"ok": False, "error": "cant_update_message"}
+            changes: dict[str, Any] = {"text": params.get("text")}
+            if "blocks" in params:
+                changes["blocks"] = _json(params["blocks"])
+            if current is not None:
+                current.update(changes)
             for messages in self.threads.values():
                 for kept in messages:
                     if kept.get("ts") == params.get("ts"):
-                        kept["text"] = params.get("text")
+                        kept.update(changes)
             return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts"),
                     "text": params.get("text")}
+        if method in ("chat.startStream", "chat.appendStream", "chat.stopStream"):
+            return self._stream(method, params)
+        if method == "chat.postEphemeral":
+            return {"ok": True, "message_ts": f"1800000000.{next(self._ts):06d}"}
+        if method.startswith("assistant.threads."):
+            missing = [name for name in ("channel_id", "thread_ts") if not params.get(name)]
+            if method == "assistant.threads.setSuggestedPrompts":
+                missing = [] if params.get("channel_id") and params.get("prompts") else ["x"]
+            return {"ok": True} if not missing else {"ok": False, "error": "invalid_arguments"}
         if method == "conversations.replies":
             return self._replies(params)
         if method == "conversations.history":
@@ -206,18 +243,84 @@ class FakeSlack:
             if user not in USERS:
                 return {"ok": False, "error": "user_not_found"}
             return {"ok": True, "user": {"id": user, "name": f"name-{user}",
+                                         "is_admin": user in self.admins, "is_owner": False,
                                          "profile": {"display_name": USERS[user]}}}
         if method == "apps.connections.open":
             return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link"}
         return {"ok": False, "error": "unknown_method"}
 
+    def _stream(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """chat.startStream / appendStream / stopStream, per Slack's reference: a stream is a
+        message in a thread (recipient user and team required outside DMs) that grows by
+        markdown_text or chunks until stopped; stopStream may add blocks and metadata."""
+        if not self.streaming:
+            return {"ok": False, "error": "unknown_method"}
+        channel = str(params.get("channel") or "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if method == "chat.startStream":
+            if not params.get("thread_ts"):
+                return {"ok": False, "error": "invalid_arguments"}
+            if not channel.startswith("D") and not (
+                    params.get("recipient_user_id") and params.get("recipient_team_id")):
+                return {"ok": False, "error": "missing_recipient_user_id"}
+            ts = f"1800000000.{next(self._ts):06d}"
+            self.messages[ts] = {"channel": channel, "text": "", "blocks": [],
+                                 "metadata": None, "streaming": True,
+                                 "thread_ts": params.get("thread_ts")}
+            self._grow(self.messages[ts], params)
+            if self.keep_messages:
+                place = (channel, str(params.get("thread_ts")))
+                self.threads.setdefault(place, []).append(
+                    {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "ts": ts,
+                     "text": ""})
+            return {"ok": True, "channel": channel, "ts": ts}
+        ts = str(params.get("ts") or "")
+        current = self.messages.get(ts)
+        if current is None:
+            return {"ok": False, "error": "message_not_found"}
+        if not current["streaming"]:
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        self._grow(current, params)
+        if method == "chat.stopStream":
+            current["streaming"] = False
+            if params.get("blocks"):
+                current["blocks"] = current["blocks"] + list(_json(params["blocks"]))
+            if params.get("metadata"):
+                current["metadata"] = _json(params["metadata"])
+        for messages in self.threads.values():
+            for kept in messages:
+                if kept.get("ts") == ts:
+                    kept["text"] = current["text"]
+                    kept["blocks"] = current["blocks"]
+                    if current.get("metadata"):
+                        kept["metadata"] = current["metadata"]
+        body: dict[str, Any] = {"ok": True, "channel": channel, "ts": ts}
+        if method == "chat.stopStream":
+            body["message"] = {"text": current["text"], "ts": ts, "blocks": current["blocks"]}
+        return body
+
+    @staticmethod
+    def _grow(message: dict[str, Any], params: dict[str, Any]) -> None:
+        if isinstance(params.get("markdown_text"), str):
+            message["text"] += params["markdown_text"]
+        for chunk in _json(params.get("chunks") or []):
+            if chunk.get("type") == "markdown_text":
+                message["text"] += str(chunk.get("text", ""))
+            elif chunk.get("type") == "blocks":
+                message["blocks"] = message["blocks"] + list(chunk.get("blocks") or [])
+
     def _replies(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Like Slack: oldest first, up to `latest`, `limit` per page, paged by cursor."""
+        """Like Slack: oldest first, from `oldest` up to `latest`, `limit` per page, paged by
+        cursor."""
         messages = self.threads.get((str(params.get("channel")), str(params.get("ts"))), [])
+        inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
         if latest := params.get("latest"):
-            inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
             messages = [m for m in messages
                         if (m["ts"] <= latest if inclusive else m["ts"] < latest)]
+        if oldest := params.get("oldest"):
+            messages = [m for m in messages
+                        if (m["ts"] >= oldest if inclusive else m["ts"] > oldest)]
         start = int(params.get("cursor") or 0)
         limit = int(params.get("limit") or 1000)
         page, more = messages[start:start + limit], start + limit < len(messages)
@@ -238,6 +341,42 @@ class FakeSlack:
         async with self._changed:
             change()
             self._changed.notify_all()
+
+
+# Which elements each Block Kit block takes (the subset the bot uses), per Slack's reference.
+_ELEMENTS = {"actions": {"button", "static_select", "overflow", "datepicker"},
+             "context_actions": {"feedback_buttons", "icon_button"}}
+
+
+def _invalid_blocks(blocks: list[dict[str, Any]]) -> str | None:
+    """Why Slack would refuse these blocks (the rules the bot's blocks meet), or None."""
+    if len(blocks) > 50:
+        return "more than 50 blocks"
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "section":
+            text = block.get("text") or {}
+            if text.get("type") not in ("mrkdwn", "plain_text") or not text.get("text"):
+                return "section without text"
+            if len(text["text"]) > 3000:
+                return "section text over 3000 characters"
+        elif kind in _ELEMENTS:
+            elements = block.get("elements") or []
+            if not elements or len(elements) > (25 if kind == "actions" else 5):
+                return f"{kind}: bad number of elements"
+            ids = [e.get("action_id") for e in elements]
+            if len(set(ids)) != len(ids):
+                return f"{kind}: action_ids not unique"
+            if any(e.get("type") not in _ELEMENTS[kind] for e in elements):
+                return f"{kind}: an element that does not go there"
+        elif kind not in ("markdown", "rich_text", "context", "divider", "header"):
+            return f"unknown block type {kind}"
+    return None
+
+
+def _json(value: Any) -> Any:
+    """A JSON argument as Slack takes it: inline in a JSON body, or a string in a form."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _flag(value: Any) -> bool:
@@ -310,3 +449,54 @@ def command_form(text: str, *, channel: str = "C1", user: str = "U1",
     })
 
 
+
+
+def interaction_form(payload: dict[str, Any]) -> str:
+    """An interactivity request (shortcut, block_actions) as Slack posts it: a form whose
+    `payload` is the JSON."""
+    return urlencode({"payload": json.dumps(payload)})
+
+
+_triggers = itertools.count(1)
+
+
+def message_shortcut(channel: str, message: dict[str, Any], *, user: str = "U1",
+                     callback_id: str = "rinna_ask") -> dict[str, Any]:
+    return {
+        "type": "message_action", "token": "legacy", "callback_id": callback_id,
+        "trigger_id": f"{next(_triggers)}.1.shortcut", "action_ts": f"{time.time():.6f}",
+        "team": {"id": TEAM, "domain": "test"}, "user": {"id": user, "name": f"name-{user}"},
+        "channel": {"id": channel, "name": "general"}, "is_enterprise_install": False,
+        "message_ts": message["ts"], "message": message,
+        "response_url": "http://127.0.0.1:1/unused",
+    }
+
+
+def block_action(channel: str, message: dict[str, Any], action_id: str, value: str, *,
+                 user: str = "U1", response_url: str = "http://127.0.0.1:1/unused"
+                 ) -> dict[str, Any]:
+    """A button press on a bot message (`message`: its ts, text, blocks, thread_ts)."""
+    action: dict[str, Any] = {"action_id": action_id, "block_id": "rinna_controls",
+                              "value": value, "type": "button",
+                              "action_ts": f"{time.time():.6f}"}
+    if action_id == "rinna_feedback":
+        action["type"] = "feedback_buttons"
+    return {
+        "type": "block_actions", "token": "legacy", "api_app_id": "A1",
+        "trigger_id": f"{next(_triggers)}.1.action",
+        "team": {"id": TEAM, "domain": "test"},
+        "user": {"id": user, "username": f"name-{user}", "team_id": TEAM},
+        "container": {"type": "message", "message_ts": message["ts"], "channel_id": channel,
+                      "is_ephemeral": False, "thread_ts": message.get("thread_ts")},
+        "channel": {"id": channel, "name": "general"}, "message": message,
+        "response_url": response_url, "actions": [action],
+    }
+
+
+def assistant_thread_started(channel: str, thread_ts: str, *, user: str = "U1"
+                             ) -> dict[str, Any]:
+    return {"type": "assistant_thread_started", "event_ts": thread_ts,
+            "assistant_thread": {"user_id": user, "channel_id": channel,
+                                 "thread_ts": thread_ts,
+                                 "context": {"channel_id": "C1", "team_id": TEAM,
+                                             "enterprise_id": None}}}

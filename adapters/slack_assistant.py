@@ -1,0 +1,167 @@
+"""Slack's AI-app split view (slack-bolt's AsyncAssistant) and the 「rinna に聞く」 message
+shortcut: two more ways into the same chat service.
+
+The assistant: `assistant_thread_started` -> a greeting and suggested prompts (Japanese);
+each user message in the assistant thread -> 「考え中…」 status, the thread titled after its
+first question, then `chat.handle` with the assistant thread as the conversation (the same
+listener work as a DM, so acknowledgement-once-recorded, resets and recovery are the same).
+Workspaces without the AI-app feature never send these events: nothing changes there (a
+thread reply in a DM still reaches this listener; the status/title calls it makes then fail
+quietly).
+
+The shortcut: on any message, answer in that message's thread, the message as the user
+turn; acknowledged first; exactly once per press (its trigger id is the delivery key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncAssistant, AsyncBoltContext
+from slack_bolt.context.set_status.async_set_status import AsyncSetStatus
+from slack_bolt.context.set_title.async_set_title import AsyncSetTitle
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.request.payload_utils import is_other_message_sub_event_in_assistant_thread
+from slack_bolt.response import BoltResponse
+
+from bot.access import AccessRequest
+from bot.conversation import ConversationKey, IncomingMessage
+
+if TYPE_CHECKING:
+    from adapters.slack_app import SlackHandlers
+
+log = logging.getLogger(__name__)
+
+GREETING = "こんにちは、rinna です。なんでも気軽に質問してください。"
+PROMPTS_TITLE = "たとえば、こんなことを聞けます"
+SUGGESTED_PROMPTS = (
+    {"title": "日本で一番高い山は？", "message": "日本で一番高い山はどこですか？"},
+    {"title": "おすすめの本", "message": "最近おすすめの本を教えてください。"},
+    {"title": "俳句を作って", "message": "春をテーマに俳句を一つ作ってください。"},
+)
+THINKING = "考え中…"
+TITLE_CHARS = 60
+SHORTCUT = "rinna_ask"  # the message shortcut's callback_id (slack-manifest.yml)
+SHORTCUT_KEY = "shortcut:"  # a shortcut press's delivery key: this and its trigger id
+
+
+async def _quietly(call: Awaitable[Any], what: str) -> None:
+    """An assistant nicety (status, title, prompts) that must never stop an answer."""
+    try:
+        await call
+    except Exception as exc:  # not an assistant thread, scope missing, Slack down
+        log.info("slack %s: %s", what, f"{type(exc).__name__}: {exc}"[:200])
+
+
+def title_of(question: str) -> str:
+    line = " ".join(question.split())
+    return line if len(line) <= TITLE_CHARS else line[:TITLE_CHARS - 1] + "…"
+
+
+class _Assistant(AsyncAssistant):
+    """AsyncAssistant that lets edits and deletes in DM threads through to the listeners
+    (bolt's acknowledges and drops them; here they change the stored turns, see
+    slack_app.register_edits)."""
+
+    async def async_process(self, *, req: AsyncBoltRequest, resp: BoltResponse,
+                            next: Callable[[], Awaitable[BoltResponse]]) -> BoltResponse | None:
+        if is_other_message_sub_event_in_assistant_thread(req.body):
+            return await next()
+        return await super().async_process(req=req, resp=resp, next=next)
+
+
+def build_assistant(services: SlackHandlers) -> AsyncAssistant:
+    from adapters.slack_app import DENIED, IGNORED, _acknowledge_when_recorded, _bot, parse_message
+
+    assistant = _Assistant()
+
+    @assistant.thread_started
+    async def started(payload: dict[str, Any], body: dict[str, Any], say: Any,
+                      set_suggested_prompts: Any) -> None:
+        thread = payload.get("assistant_thread") or {}
+        request = AccessRequest(str(body.get("team_id") or ""), str(thread.get("channel_id")),
+                                str(thread.get("user_id") or ""), is_dm=True)
+        if not services.permits([request]):
+            services.outcomes[DENIED] += 1
+            return
+        await _quietly(say(GREETING), "assistant greeting")
+        await _quietly(set_suggested_prompts(prompts=list(SUGGESTED_PROMPTS),
+                                             title=PROMPTS_TITLE), "suggested prompts")
+        services.outcomes["greeted"] += 1
+
+    @assistant.user_message
+    async def user_message(ack: AsyncAck, payload: dict[str, Any], body: dict[str, Any],
+                           context: AsyncBoltContext, set_status: AsyncSetStatus,
+                           set_title: AsyncSetTitle) -> None:
+        async def work(accepted: Any) -> str:
+            if (message := parse_message(body, payload)) is None:
+                return IGNORED
+            if not services.permits(message.access()):
+                return DENIED
+            bot = _bot(context)
+            if not await services.chat.follows(message.key):  # its first question
+                question = await services._plain(message.text, bot)
+                if question:
+                    await _quietly(set_title(title_of(question)), "assistant title")
+            await _quietly(set_status(THINKING), "assistant status")
+            return await services.on_message(message, bot, accepted)
+
+        await _acknowledge_when_recorded(services, ack, work, IGNORED)
+
+    return assistant
+
+
+def register_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
+    from adapters.slack_app import DENIED, FAILED, IGNORED, SlackMessage, _bot
+
+    @app.shortcut(SHORTCUT)
+    async def ask(ack: AsyncAck, shortcut: dict[str, Any], context: AsyncBoltContext) -> None:
+        await ack()  # at once: Slack shows an error after 3 s; the answer goes in the thread
+        target = shortcut.get("message") or {}
+        team = str((shortcut.get("team") or {}).get("id") or context.team_id or "")
+        channel = str((shortcut.get("channel") or {}).get("id") or "")
+        user = str((shortcut.get("user") or {}).get("id") or "")
+        ts = target.get("ts")
+        if not (channel and user and isinstance(ts, str)):
+            services.outcomes[IGNORED] += 1
+            return
+        thread_ts = str(target.get("thread_ts") or "")
+        message = SlackMessage(team, channel, ts, thread_ts, user,
+                               str(target.get("text") or ""), channel.startswith("D"))
+        if not services.permits(message.access()):
+            services.outcomes[DENIED] += 1
+            return
+
+        async def body() -> None:
+            outcome = FAILED
+            try:
+                outcome = await answer_about(services, message, shortcut, _bot(context))
+            finally:
+                services.outcomes[outcome] += 1
+
+        task = asyncio.create_task(body())
+        services.background.add(task)
+        task.add_done_callback(services.background.discard)
+
+
+async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[str, Any],
+                       bot: Any) -> str:
+    """Answer `message` (the one the shortcut was used on) in its thread, for the presser."""
+    from adapters.slack_app import FAILED, PLATFORM
+
+    trigger = str(shortcut.get("trigger_id") or shortcut.get("action_ts") or message.ts)
+    tag = SHORTCUT_KEY + trigger
+    thread = message.thread_ts or message.ts
+    key = ConversationKey(PLATFORM, message.team, message.channel, thread)
+    sink = services.reply(message.channel, thread, tag, user=message.user, team=message.team)
+    outcome = FAILED
+    async with services._boundary(sink, f"shortcut {tag} in {key}"):
+        text = await services._plain(message.text, bot)
+        earlier = (services._earlier(message, bot)
+                   if message.thread_ts and not message.is_dm else None)
+        outcome = str(await services.chat.handle(
+            key, IncomingMessage(text, tag, message.user), sink, earlier=earlier))
+    return outcome
