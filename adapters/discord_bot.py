@@ -548,7 +548,9 @@ class ChatCog(commands.Cog):
         if not clean_text(text).strip():
             await interaction.edit_original_response(content=ASK_ABOUT_UNREADABLE)
             return
-        incoming = IncomingMessage(text, str(interaction.id), str(interaction.user.id))
+        # The text stays its writer's (forget/export); the presser may stop or redo the answer.
+        incoming = IncomingMessage(text, str(interaction.id), author=str(message.author.id),
+                                   asker=str(interaction.user.id))
         channel = interaction.channel
         guild_id = interaction.guild_id
         if guild_id is None or isinstance(channel, (discord.DMChannel, discord.GroupChannel)):

@@ -162,6 +162,8 @@ async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[
         text = await services._plain(message.text, bot)
         earlier = (services._earlier(message, bot)
                    if message.thread_ts and not message.is_dm else None)
-        outcome = str(await services.chat.handle(
-            key, IncomingMessage(text, tag, message.user), sink, earlier=earlier))
+        # The text stays its writer's (forget/export); the presser may stop or redo the answer.
+        writer = str((shortcut.get("message") or {}).get("user") or message.user)
+        incoming = IncomingMessage(text, tag, author=writer, asker=message.user)
+        outcome = str(await services.chat.handle(key, incoming, sink, earlier=earlier))
     return outcome

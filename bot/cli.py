@@ -178,7 +178,7 @@ async def run_platforms(core: Core) -> None:
             from adapters.discord_bot import build_discord_bot
 
             assert settings.discord_token is not None
-            bot = build_discord_bot(core.chat, settings)
+            bot = build_discord_bot(core.chat, settings, status=core.status)
             if core.metrics is not None:
                 core.metrics.watch_platform("discord", lambda: bot.connected)
             stops.append(bot.close)
@@ -194,7 +194,7 @@ async def run_platforms(core: Core) -> None:
         if settings.slack_enabled:
             from adapters.slack_app import build_slack_service
 
-            slack = build_slack_service(core.chat, settings)
+            slack = build_slack_service(core.chat, settings, status=core.status)
             if core.metrics is not None:
                 core.metrics.watch_platform("slack", lambda: slack.connected)
             await slack.start()

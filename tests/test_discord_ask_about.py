@@ -87,7 +87,10 @@ async def test_ask_about_a_channel_message_answers_in_a_thread_on_it_once_per_pr
     assert await turns(store, key) == [(Speaker.USER, "桜はいつ咲きますか"),
                                        (Speaker.SYSTEM, "三月です。")]
     delivery = await store.delivery("discord", str(press))
-    assert delivery is not None and delivery.author == str(USER_ID)  # the person who asked: they may stop it
+    assert delivery is not None and delivery.who_asked == str(USER_ID)  # they may stop it
+    # The text stays its writer's: `forget --user` / `export --user` for bob find it.
+    assert [t.text for t in await store.author_turns(str(OTHER_USER_ID))] == ["桜はいつ咲きますか"]
+    assert "桜はいつ咲きますか" not in [t.text for t in await store.author_turns(str(USER_ID))]
 
 
 async def test_ask_about_a_message_in_a_thread_answers_in_that_thread(

@@ -90,7 +90,10 @@ async def test_the_shortcut_answers_in_the_messages_thread_with_it_as_the_questi
     assert turns == [Turn(Speaker.USER, "@たろう 富士山の高さは?"),
                      Turn(Speaker.SYSTEM, "はい、お答えします。")]
     delivery = await slack.chat.store.delivery("slack", f"shortcut:{press['trigger_id']}")
-    assert delivery is not None and delivery.author == "U1"  # the presser asked
+    assert delivery is not None and delivery.who_asked == "U1"  # the presser asked
+    # The text stays its writer's: `forget --user` / `export --user` for U2 find it.
+    assert [t.text for t in await slack.chat.store.author_turns("U2")] == ["@たろう 富士山の高さは?"]
+    assert await slack.chat.store.author_turns("U1") == []
 
     # The same press delivered again is not answered again; a second press is.
     assert await interact(slack, press) == 200
