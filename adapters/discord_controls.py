@@ -21,10 +21,9 @@ from discord.ext import commands
 
 from bot.chat import ChatService
 from bot.controls import ControlResult, control_message
-from bot.errors import RinnaError
-from bot.status import UNAVAILABLE as STATUS_UNAVAILABLE
-from bot.status import StatusSource, render_status
 from bot.conversation import NO_CONTROLS, ConversationKey, Controls
+from bot.errors import RinnaError
+from bot.status import StatusSource, status_text
 
 log = logging.getLogger(__name__)
 
@@ -202,16 +201,8 @@ class StatusCog(commands.Cog):
             if await self.host.refuse(interaction):
                 return
             await interaction.response.defer(ephemeral=True, thinking=True)
-            await interaction.edit_original_response(content=await self._text())
+            await interaction.edit_original_response(
+                content=await status_text(self.host.status_source))
         except _ERRORS as exc:
             log.warning("/status %s: %s", interaction.id, exc, exc_info=exc)
 
-    async def _text(self) -> str:
-        source = self.host.status_source
-        if source is None:
-            return STATUS_UNAVAILABLE
-        try:
-            return render_status(await source.report())
-        except Exception:
-            log.exception("/status: could not read the status")
-            return STATUS_UNAVAILABLE

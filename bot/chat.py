@@ -24,7 +24,7 @@ from enum import StrEnum
 from bot.controls import STOPPED_MARK, ControlResult, Feedback
 from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey, Controls,
                               IncomingMessage, ReplySink, Speaker, Turn)
-from bot.errors import QueueFullError, RinnaError
+from bot.errors import OutdatedRequest, QueueFullError, RinnaError
 from bot.generation import GenerationParams
 from bot.generator import Generator
 from bot.prompt import clean_text, fit_prompt, turn_cost
@@ -135,6 +135,8 @@ class ChatService:
         # (platform, delivery key) -> its generation task while it runs (None: not begun yet)
         self._answering: dict[tuple[str, str], asyncio.Task[None] | None] = {}
         self._stopping: set[tuple[str, str]] = set()  # asked to stop by its 「停止」 button
+        # (platform, delivery key) -> the earlier answer's message to retire once it is shown
+        self._to_retire: dict[tuple[str, str], str] = {}
 
     def _point(self, name: str) -> None:
         if self._crash is not None:
@@ -386,11 +388,15 @@ class ChatService:
                     await sink.fail(INTERRUPTED_NOTICE)
                     return Outcome.INTERRUPTED
                 raise
-            return await self._show_final(delivery, sink, final, answer=True)
+            outcome = await self._show_final(delivery, sink, final, answer=True)
+            if (older := self._to_retire.pop(marker, None)) is not None:
+                await _retire(getattr(sink, "retire", None), older)
+            return outcome
         except RinnaError as exc:
-            if isinstance(exc, QueueFullError) or "busy" in type(exc).__name__.lower():
-                log.warning("%s: busy, message %s not answered: %s", key,
-                            delivery.delivery_key, type(exc).__name__)
+            if isinstance(exc, (QueueFullError, OutdatedRequest)) \
+                    or "busy" in type(exc).__name__.lower():
+                log.warning("%s: message %s not answered: %s", key, delivery.delivery_key,
+                            type(exc).__name__)
             else:
                 log.warning("%s: answer failed: %s", key, type(exc).__name__, exc_info=exc)
             await self._fail(delivery, sink, exc.user_message)
@@ -403,6 +409,7 @@ class ChatService:
             self._inflight.discard(marker)
             self._answering.pop(marker, None)
             self._stopping.discard(marker)
+            self._to_retire.pop(marker, None)
             if me is not None:
                 self._active.pop(me, None)
 
@@ -479,8 +486,7 @@ class ChatService:
                 log.info("%s: joined with %d earlier messages", delivery.key, stored)
         turn_id = await self.store.store_user_turn(delivery)
         self._point("user_turn")
-        if current is not None and current.turn_id is None:  # a new question: the answer
-            await self._retire_previous(delivery, sink)  # before it is no longer the newest
+        await self._note_retired(current, delivery)
         answer, shortened, stopped = await self._answer(
             delivery.conversation, turn_id, sink, interval, owner_of(delivery),
             (delivery.platform, delivery.delivery_key))
@@ -514,15 +520,26 @@ class ChatService:
                 task.cancel()
         await asyncio.wait(late, timeout=10.0)
 
-    async def _retire_previous(self, delivery: Delivery, sink: ReplySink) -> None:
-        """The conversation's previous answer loses 「もう一度」: it is no longer the newest."""
-        retire = getattr(sink, "retire", None)
-        if not callable(retire):
+    async def _note_retired(self, current: Delivery | None, delivery: Delivery) -> None:
+        """Which earlier answer loses 「もう一度」 once this answer is shown (decided here,
+        under the lock, so it is the one this answer follows): a new question's previous
+        answer, or the answer a regeneration redoes. A regeneration whose answer is no longer
+        the newest (a new question got there first) ends here, with a notice."""
+        if current is None:
             return
-        previous = await self.store.previous_answer(delivery.conversation, delivery.delivery_key)
-        if previous is None or previous.reply_ref is None:
+        marker = (delivery.platform, delivery.delivery_key)
+        if current.replaces is not None:
+            replaced = await self.store.still_newest(current)
+            if replaced is None:
+                raise OutdatedRequest("a newer question came before the regeneration's turn")
+            older = replaced
+        elif current.turn_id is None:  # a new question
+            older = await self.store.previous_answer(delivery.conversation,
+                                                     delivery.delivery_key)
+        else:
             return
-        await _retire(retire, previous.reply_ref)
+        if older is not None and older.reply_ref is not None:
+            self._to_retire[marker] = older.reply_ref
 
     async def _answer(self, conversation: int, upto: int, sink: ReplySink,
                       interval: float | None, owner: str | None = None,
@@ -586,17 +603,20 @@ class ChatService:
         return answer, fitted.shortened, stopped
 
     # ----- the buttons on an answer ---------------------------------------------------------
-    async def answer_at(self, platform: str, reply_ref: str) -> Delivery | None:
-        """The recorded answer behind a message (its `key`, its asker: `who_asked`)."""
-        return await self.store.answer_at(platform, reply_ref)
+    async def answer_at(self, platform: str, reply_ref: str,
+                        channel: str | None = None) -> Delivery | None:
+        """The recorded answer behind a message (its `key`, its asker: `who_asked`).
+        `channel` (here and below): where the button was pressed, for platforms whose message
+        handles are unique only within a channel (Slack's ts)."""
+        return await self.store.answer_at(platform, reply_ref, channel)
 
     async def stop(self, platform: str, reply_ref: str, user: str, *,
-                   moderator: bool = False) -> ControlResult:
+                   moderator: bool = False, channel: str | None = None) -> ControlResult:
         """「停止」: abort the answer streaming into the message `reply_ref` at once (its row
         leaves the engine's batch). The answering task keeps what was written, shows it with
         「（停止しました）」 and stores it as the turn. Only the person who asked, or a
         moderator (the adapter says), may stop it."""
-        answer = await self.store.answer_at(platform, reply_ref)
+        answer = await self.store.answer_at(platform, reply_ref, channel)
         if answer is None:
             return ControlResult.NOT_FOUND
         if not moderator and user != answer.who_asked:
@@ -612,36 +632,35 @@ class ChatService:
         return ControlResult.DONE
 
     async def regenerate(self, platform: str, reply_ref: str, request_key: str, user: str,
-                         sink: ReplySink, *, moderator: bool = False) -> ControlResult:
+                         sink: ReplySink, *, moderator: bool = False,
+                         channel: str | None = None) -> ControlResult:
         """「もう一度」: a new answer to the question answered in message `reply_ref`, into
         `sink` (a new reply in the same conversation), exactly once per `request_key` (the
         press). Only on the conversation's newest answer, by its asker or a moderator. The
         old answer stays stored, superseded (left out of prompts), its message retired.
         Returns when the new answer is shown; refusals return at once."""
-        answer = await self.store.answer_at(platform, reply_ref)
+        answer = await self.store.answer_at(platform, reply_ref, channel)
         if answer is None or answer.turn_id is None:
             return ControlResult.NOT_FOUND
         if not moderator and user != answer.who_asked:
             return ControlResult.NOT_ALLOWED
         if self._closing:
-            return ControlResult.NOT_LATEST
+            return ControlResult.CLOSING
         async with self._conversation(answer.key):
             request = await self.store.accept_regenerate(answer, request_key)
         if request is None:
             return ControlResult.NOT_LATEST
-        if request.fresh:
-            await _retire(getattr(sink, "retire", None), reply_ref)
         outcome = await self._process(request, sink, recovering=not request.fresh)
         if self._on_outcome is not None:
             self._on_outcome(platform, outcome)
         return ControlResult.DONE
 
     async def feedback(self, platform: str, reply_ref: str, user: str,
-                       value: Feedback | str) -> ControlResult:
+                       value: Feedback | str, *, channel: str | None = None) -> ControlResult:
         """👍/👎 on the answer in message `reply_ref`: one vote per person, a second press
         changes it."""
         vote = Feedback(value)
-        answer = await self.store.answer_at(platform, reply_ref)
+        answer = await self.store.answer_at(platform, reply_ref, channel)
         if answer is None or answer.turn_id is None:
             return ControlResult.NOT_FOUND
         previous = await self.store.set_feedback(answer, user, vote)

@@ -21,6 +21,7 @@ class ControlResult(StrEnum):
     NOT_FOUND = "not_found"  # no answer is recorded for that message
     NOT_RUNNING = "not_running"  # stop: the answer is already finished
     NOT_LATEST = "not_latest"  # regenerate: a newer question or answer exists, or one runs
+    CLOSING = "closing"  # regenerate: the bot is shutting down (restarting)
 
 
 class Feedback(StrEnum):
@@ -39,6 +40,8 @@ _MESSAGES: dict[tuple[Action, ControlResult], str] = {
         "もう一度回答させられるのは質問した人だけです。",
     (Action.REGENERATE, ControlResult.NOT_LATEST):
         "もう一度回答できるのは、いちばん新しい回答だけです。",
+    (Action.REGENERATE, ControlResult.CLOSING):
+        "ボットの再起動中です。しばらくしてからもう一度お試しください。",
     (Action.FEEDBACK, ControlResult.DONE): "フィードバックをありがとうございます。",
 }
 _NOT_FOUND = "この回答の記録が見つかりません。"

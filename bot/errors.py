@@ -21,6 +21,13 @@ class StorageError(RinnaError):
     """The history database could not be opened or written."""
 
 
+class OutdatedRequest(RinnaError):
+    """A 「もう一度」 whose answer is no longer the newest when its turn comes (a new question
+    got there first)."""
+
+    user_message = "新しい質問が先に届いたため、もう一度の回答は取りやめました。"
+
+
 class GeneratorError(RinnaError):
     """Generation failed inside the worker."""
 

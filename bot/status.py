@@ -8,6 +8,7 @@ generator's token counter, sampled every few seconds (`run`) and when a report i
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from typing import Protocol
 
 from bot.generation import GeneratorStats
 from storage.history import HistoryStore
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
 SAMPLE_EVERY_S = 5.0
@@ -90,6 +93,18 @@ class Status:
             waiting=stats.waiting, tokens_per_s=self.tokens_per_s(),
             answers_today=await self._store.answers_since(midnight),
             good=votes["good"], bad=votes["bad"])
+
+
+async def status_text(source: StatusSource | None) -> str:
+    """What /status shows: the rendered report, or a short notice when there is none (or it
+    could not be read; logged)."""
+    if source is None:
+        return UNAVAILABLE
+    try:
+        return render_status(await source.report())
+    except Exception:  # the status is a convenience: never an error for the person asking
+        log.exception("could not read the status")
+        return UNAVAILABLE
 
 
 def _duration(seconds: float) -> str:

@@ -524,11 +524,14 @@ class HistoryStore:
         return [StoredTurn(int(i), Turn(Speaker(s), t)) for i, s, t in rows]
 
     # ----- answers: the buttons on them, feedback, counts ---------------------------------
-    async def answer_at(self, platform: str, reply_ref: str) -> Delivery | None:
-        """The message answered by the reply whose main message is `reply_ref`."""
+    async def answer_at(self, platform: str, reply_ref: str,
+                        channel: str | None = None) -> Delivery | None:
+        """The message answered by the reply whose main message is `reply_ref` (in `channel`:
+        for platforms whose message handles are unique only within a channel)."""
         row = await (await self._db.execute(
             _DELIVERY_SELECT + " WHERE d.platform=? AND d.reply_ref=?"
-            " ORDER BY d.received_at DESC LIMIT 1", (platform, reply_ref))).fetchone()
+            " AND (? IS NULL OR c.channel = ?) ORDER BY d.received_at DESC LIMIT 1",
+            (platform, reply_ref, channel, channel))).fetchone()
         return None if row is None else _delivery(row)
 
     async def previous_answer(self, conversation: int, delivery_key: str) -> Delivery | None:
@@ -555,27 +558,45 @@ class HistoryStore:
             busy = await (await db.execute(
                 "SELECT 1 FROM deliveries WHERE conversation_id=? AND state IN"
                 " ('accepted', 'answering') LIMIT 1", (answer.conversation,))).fetchone()
-            newest = await (await db.execute(
-                "SELECT MAX(t.id) FROM turns t JOIN conversations c ON c.id = t.conversation_id"
-                " WHERE t.conversation_id=? AND t.id > c.history_start AND NOT t.superseded",
-                (answer.conversation,))).fetchone()
-            current = await (await db.execute(
-                "SELECT answer_id, turn_id, state FROM deliveries WHERE platform=?"
-                " AND delivery_key=?", (answer.platform, answer.delivery_key))).fetchone()
-            if busy is not None or current is None or current[2] != "answered" \
-                    or current[1] is None or newest is None \
-                    or newest[0] != (current[0] if current[0] is not None else current[1]):
+            question = await self._newest_question(db, answer.platform, answer.delivery_key)
+            if busy is not None or question is None:
                 return None
             await db.execute(
                 "INSERT INTO deliveries (platform, delivery_key, conversation_id, received_at,"
                 " state, turn_id, author, asker, replaces)"
                 " VALUES (?, ?, ?, ?, 'accepted', ?, ?, ?, ?)",
-                (answer.platform, request_key, answer.conversation, self._clock(), current[1],
+                (answer.platform, request_key, answer.conversation, self._clock(), question,
                  answer.author, answer.asker, answer.delivery_key))
             row = await (await db.execute(
                 _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
                 (answer.platform, request_key))).fetchone()
         return replace(_delivery(row), fresh=True)
+
+    async def still_newest(self, request: Delivery) -> Delivery | None:
+        """For a regeneration about to run: the answer it redoes, if that is still the newest
+        turn of the conversation (None: a newer question got there first)."""
+        if request.replaces is None:
+            return None
+        question = await self._newest_question(self._db, request.platform, request.replaces)
+        return None if question is None else await self.delivery(request.platform,
+                                                                  request.replaces)
+
+    @staticmethod
+    async def _newest_question(db: aiosqlite.Connection, platform: str,
+                               delivery_key: str) -> int | None:
+        """The user turn of the answered message `delivery_key`, if its answer (or, for an
+        empty answer, the question itself) is the newest turn of the current history."""
+        row = await (await db.execute(
+            "SELECT d.answer_id, d.turn_id, d.state, (SELECT MAX(t.id) FROM turns t"
+            " WHERE t.conversation_id = c.id AND t.id > c.history_start AND NOT t.superseded)"
+            " FROM deliveries d JOIN conversations c ON c.id = d.conversation_id"
+            " WHERE d.platform=? AND d.delivery_key=?", (platform, delivery_key))).fetchone()
+        if row is None:
+            return None
+        answer, question, state, newest = row
+        if state != "answered" or question is None or newest is None:
+            return None
+        return int(question) if newest == (answer if answer is not None else question) else None
 
     async def set_feedback(self, answer: Delivery, user: str, value: str) -> str | None:
         """One person's vote on an answer ("good" or "bad"); a second vote replaces the first.
@@ -665,6 +686,10 @@ class HistoryStore:
             await db.execute(
                 "DELETE FROM feedback WHERE user = ? AND (? IS NULL OR platform = ?)",
                 (author, platform, platform))
+            for column in ("author", "asker"):  # who asked what, in the delivery records
+                await db.execute(
+                    f"UPDATE deliveries SET {column} = NULL WHERE {column} = ?"
+                    " AND (? IS NULL OR platform = ?)", (author, platform, platform))
         await self.scrub()
         return deleted
 

@@ -16,6 +16,7 @@ from bot.chat import EMPTY_ANSWER, ChatConfig, ChatService, Outcome
 from bot.controls import STOPPED_MARK, Action, ControlResult, control_message
 from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey, Controls,
                               IncomingMessage, Speaker)
+from bot.errors import OutdatedRequest, QueueFullError
 from bot.generation import GenerationParams
 from bot.generator import LocalGenerator, WaitCallback
 from bot.tokenizer import Tokenizer
@@ -348,3 +349,87 @@ async def test_asking_about_someone_elses_message_keeps_it_theirs(
     again = ButtonSink()
     assert await chat.regenerate("test", sink.ref, "p", "presser", again) is ControlResult.DONE
     assert generator.owners == ["test:presser", "test:presser"]
+
+
+class HeldLocate(ButtonSink):
+    """Holds the regeneration between its record and its turn (where `locate` runs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.go = asyncio.Event(), asyncio.Event()
+
+    async def locate(self) -> None:
+        self.entered.set()
+        await self.go.wait()
+
+
+async def test_a_question_that_overtakes_a_regeneration_wins(store: HistoryStore,
+                                                             tokenizer: Tokenizer) -> None:
+    """もう一度 pressed, then a new question answered before the regeneration's turn: the
+    regeneration ends with a notice instead of answering an old question after a new one."""
+    generator = ScriptedGenerator(["A1", "A2", "unused"])
+    chat = service(store, tokenizer, generator)
+    first = ButtonSink()
+    await chat.handle(KEY, ask("Q1", "m1"), first)
+    again = HeldLocate()
+    redo = asyncio.create_task(chat.regenerate("test", first.ref, "press", "alice", again))
+    await again.entered.wait()
+    second = ButtonSink()
+    assert await chat.handle(KEY, ask("Q2", "m2"), second) is Outcome.ANSWERED
+    assert second.retired == [first.ref]
+    again.go.set()
+    assert await redo is ControlResult.DONE
+    assert again.kinds()[-1] == "fail" and again.offered[-1] == NO_CONTROLS
+    assert again.final() == OutdatedRequest.user_message
+    assert again.retired == []
+    assert await history(store) == [(Speaker.USER, "Q1"), (Speaker.SYSTEM, "A1"),
+                                     (Speaker.USER, "Q2"), (Speaker.SYSTEM, "A2")]
+    assert len(generator.prompts) == 2
+    assert await chat.regenerate("test", second.ref, "p2", "alice", ButtonSink()) is \
+        ControlResult.DONE  # the newest answer can still be redone
+
+
+async def test_a_failed_regeneration_leaves_the_old_answer_redoable(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    generator = ScriptedGenerator(["A1", QueueFullError("full"), "A1 again"])
+    chat = service(store, tokenizer, generator)
+    first = ButtonSink()
+    await chat.handle(KEY, ask("Q1", "m1"), first)
+    failed = ButtonSink()
+    assert await chat.regenerate("test", first.ref, "p1", "alice", failed) is ControlResult.DONE
+    assert failed.kinds()[-1] == "fail" and failed.retired == []  # 「もう一度」 stays on A1
+    retry = ButtonSink()
+    assert await chat.regenerate("test", first.ref, "p2", "alice", retry) is ControlResult.DONE
+    assert retry.final() == "A1 again" and retry.retired == [first.ref]
+    # Shutting down: no new regeneration, said as such.
+    await chat.shutdown(0)
+    assert await chat.regenerate("test", retry.ref, "p3", "alice", ButtonSink()) is \
+        ControlResult.CLOSING
+
+
+async def test_a_handle_unique_only_per_channel_is_looked_up_in_its_channel(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    """Slack's ts names a message only within its channel: a press in another channel with
+    the same ts finds nothing (and stops nothing)."""
+    chat = service(store, tokenizer, ScriptedGenerator())
+    sink = ButtonSink()
+    await chat.handle(KEY, ask("質問", "m1"), sink)
+    assert (await chat.answer_at("test", sink.ref, channel="c")) is not None
+    assert await chat.answer_at("test", sink.ref, channel="elsewhere") is None
+    assert await chat.feedback("test", sink.ref, "bob", "good", channel="elsewhere") is \
+        ControlResult.NOT_FOUND
+    assert await chat.feedback("test", sink.ref, "bob", "good", channel="c") is \
+        ControlResult.DONE
+
+
+async def test_forget_clears_who_asked_from_the_records(store: HistoryStore,
+                                                        tokenizer: Tokenizer) -> None:
+    chat = service(store, tokenizer, ScriptedGenerator())
+    sink = ButtonSink()
+    await chat.handle(KEY, IncomingMessage("誰かの投稿", "m1", author="writer", asker="presser"),
+                      sink)
+    await store.forget_author("presser")
+    await store.forget_author("writer")
+    rows = sqlite3.connect(store.path).execute(
+        "SELECT author, asker FROM deliveries").fetchall()
+    assert rows == [(None, None)]

@@ -196,6 +196,8 @@ async def test_regenerate_posts_a_new_answer_that_replaces_the_old_in_the_histor
 
         await fake.person_says(question, "それは何年の映画?")
         await fake.wait_for(lambda: len(answers(fake, question)) == 3)
+        # The answer before the follow-up is no longer the newest: もう一度 goes from it.
+        await fake.wait_for(lambda: buttons(new) == RETIRED_BUTTONS)
         # Buttons are rendered, not remembered per message: one persistent view serves all.
         store_of_views = bot._connection._view_store
         assert store_of_views._synced_message_views == {}
@@ -309,6 +311,7 @@ async def test_buttons_posted_before_a_restart_work_in_the_new_process(
             again = await fake.press(int(old["id"]), REGENERATE_ID)
             await fake.wait_for(lambda: len(answers(fake, question)) == 2
                                 and buttons(answers(fake, question)[1]) == ANSWERED_BUTTONS)
+            await fake.wait_for(lambda: buttons(old) == RETIRED_BUTTONS)  # once it is shown
         assert said_to(fake, vote) == [control_message("feedback", ControlResult.DONE)]
         assert await reopened.feedback_counts() == {"good": 1, "bad": 0}
         assert fake.callbacks[again]["type"] == 6
