@@ -279,7 +279,18 @@ class SlackReply(MessageReply):
 
     async def retire(self, ref: str) -> None:
         """The answer in message `ref` is no longer the newest: its buttons become RETIRED
-        (👍/👎 only), its text and other blocks as Slack has them (read back)."""
+        (👍/👎 only), its text and other blocks as Slack has them (read back).
+
+        Cosmetic (the old answer only keeps its 「もう一度」, which the chat service refuses
+        anyway): one try each for the read and the edit, never a rate limit waited out; a
+        failure costs that button and one log line."""
+        try:
+            await self._retire(ref)
+        except DELIVERY_ERRORS as exc:
+            log.info("slack: the buttons of earlier answer %s stay as they were: %s", ref,
+                     _describe(exc))
+
+    async def _retire(self, ref: str) -> None:
         found = await self._read(ref)
         if found is None:
             log.info("slack: answer %s to retire not found", ref)
@@ -291,16 +302,17 @@ class SlackReply(MessageReply):
         else:  # a plain message: its (already escaped) text as a section, then the buttons
             kept = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000] or " "}},
                     *without_actions([], RETIRED)]
-        await self.api.call("chat_update", channel=self.channel, ts=ref, text=text,
-                            blocks=kept)
+        await self.api.call("chat_update", retry=False, channel=self.channel, ts=ref,
+                            text=text, blocks=kept)
 
     async def _read(self, ts: str) -> Mapping[str, Any] | None:
         """One message of this reply's thread (or DM) as Slack has it."""
         window = dict(channel=self.channel, latest=ts, oldest=ts, inclusive=True, limit=1)
         if self.thread_ts is not None:
-            page = await self.api.call("conversations_replies", ts=self.thread_ts, **window)
+            page = await self.api.call("conversations_replies", retry=False,
+                                       ts=self.thread_ts, **window)
         else:
-            page = await self.api.call("conversations_history", **window)
+            page = await self.api.call("conversations_history", retry=False, **window)
         for item in page.get("messages") or []:
             if isinstance(item, Mapping) and item.get("ts") == ts:
                 return item

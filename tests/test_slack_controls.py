@@ -259,6 +259,35 @@ async def test_the_buttons_work_after_a_restart(
         assert [t.text for t in turns] == ["質問です", "新しい答えです。"]
 
 
+@pytest.mark.parametrize("method", ["conversations.replies", "chat.update"])
+async def test_a_rate_limit_on_retiring_the_old_answer_costs_only_its_button(
+        tokenizer: Tokenizer, settings: Settings, fake: FakeSlack, method: str) -> None:
+    """Retiring is cosmetic: a rate limit on reading the old answer back or on editing it is
+    not waited out (up to 3 x 30 s before the new answer starts); the new answer goes on."""
+    generator = scripted(["最初の答えです。", "二つ目の答えです。"])
+    async with app(settings.database_path, tokenizer, settings, fake, generator) as slack:
+        await ask(slack)
+        first = await the_answer(slack)
+        waits: list[float] = []
+
+        async def no_wait(seconds: float) -> None:
+            waits.append(seconds)
+
+        slack.service.handlers.api.sleep = no_wait
+        fake.fail(method, "ratelimited", status=429, headers={"Retry-After": "30"})
+        await press(slack, first, "rinna_regenerate", "regenerate")
+        await eventually(lambda: len(fake.messages) == 2
+                         and not any(m["streaming"] for m in fake.messages.values()))
+        second = [ts for ts in fake.messages if ts != first][0]
+        await eventually(lambda: fake.messages[second]["text"] == "二つ目の答えです。"
+                         and bool(buttons(fake, second)))
+        await eventually(lambda: slack.service.handlers.pressed == {"regenerate:done": 1})
+        assert waits == []  # the rate limit was not waited out
+        # the old answer keeps 「もう一度」 (the chat service refuses it there anyway)
+        assert buttons(fake, first) == ["rinna_regenerate", "rinna_feedback"]
+        assert buttons(fake, second) == ["rinna_regenerate", "rinna_feedback"]
+
+
 # ----- /rinna status --------------------------------------------------------------------------
 async def test_rinna_status_is_shown_to_the_asker_alone(
         chat: ChatService, settings: Settings, fake: FakeSlack) -> None:
