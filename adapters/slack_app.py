@@ -37,7 +37,14 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_blocks import any_control, control_blocks, message_blocks, without_actions
+from adapters.slack_blocks import (
+    FeedbackSupport,
+    any_control,
+    control_blocks,
+    has_native_feedback,
+    message_blocks,
+    without_actions,
+)
 from adapters.slack_stream import NativeStream, StreamSupport
 from adapters.slack_text import (
     escape,
@@ -254,7 +261,8 @@ class SlackReply(MessageReply):
 
     def __init__(self, api: SlackApi, channel: str, thread_ts: str | None,
                  tag: str | None = None, *, streams: StreamSupport | None = None,
-                 user: str | None = None, team: str | None = None) -> None:
+                 user: str | None = None, team: str | None = None,
+                 feedback: FeedbackSupport | None = None) -> None:
         super().__init__(tag)
         self.api = api
         self.channel = channel
@@ -264,18 +272,37 @@ class SlackReply(MessageReply):
         self.user = user
         self.team = team
         self.stream: NativeStream | None = None  # the answer being streamed, until stopped
+        # Whether 👍/👎 go as Slack's feedback_buttons (the process's memory: SlackHandlers').
+        self.feedback = feedback if feedback is not None else FeedbackSupport()
 
     def _metadata(self, part: int) -> dict[str, Any] | None:
         if self.tag is None:
             return None
         return {"event_type": REPLY_EVENT, "event_payload": {"delivery": self.tag, "part": part}}
 
-    def _blocks(self, text: str, part: int, *, edit: bool) -> dict[str, Any]:
+    def _blocks(self, text: str, part: int, *, edit: bool,
+                native: bool = True) -> dict[str, Any]:
         """The `blocks` argument for a post or an edit of `part` showing `text`: the text and
         the buttons offered (bot/reply.py's `offer`); on an edit of the main message, [] to
         take away buttons it showed before (chat.update keeps blocks it is not given)."""
-        blocks = message_blocks(text, self.controls_for(part))
+        blocks = message_blocks(text, self.controls_for(part), native_feedback=native)
         return {"blocks": blocks} if blocks or (edit and part == 0) else {}
+
+    async def _with_blocks(self, method: str, arguments: Mapping[str, Any],
+                           blocks_for: Callable[[bool], Mapping[str, Any]], *,
+                           retry: bool) -> AsyncSlackResponse:
+        """`method` with `arguments` and the blocks `blocks_for(native feedback buttons?)`
+        gives. If Slack refuses blocks holding its feedback_buttons element (invalid_blocks),
+        once more with plain 👍/👎, and plain ones from then on in this process."""
+        shown = blocks_for(self.feedback.native)
+        try:
+            return await self.api.call(method, retry=retry, **arguments, **shown)
+        except SlackApiError as exc:
+            if exc.response.get("error") != "invalid_blocks" or not has_native_feedback(
+                    shown.get("blocks")):
+                raise
+            self.feedback.refuse()
+        return await self.api.call(method, retry=retry, **arguments, **blocks_for(False))
 
     async def retire(self, ref: str) -> None:
         """The answer in message `ref` is no longer the newest: its buttons become RETIRED
@@ -297,13 +324,15 @@ class SlackReply(MessageReply):
             return
         text = str(found.get("text") or "")
         blocks = found.get("blocks")
-        if isinstance(blocks, list) and blocks:
-            kept = without_actions(blocks, RETIRED)
-        else:  # a plain message: its (already escaped) text as a section, then the buttons
-            kept = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000] or " "}},
-                    *without_actions([], RETIRED)]
-        await self.api.call("chat_update", retry=False, channel=self.channel, ts=ref,
-                            text=text, blocks=kept)
+        if not (isinstance(blocks, list) and blocks):
+            # a plain message: its (already escaped) text as a section, then the buttons
+            blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000] or " "}}]
+
+        def kept(native: bool) -> dict[str, Any]:
+            return {"blocks": without_actions(blocks, RETIRED, native_feedback=native)}
+
+        await self._with_blocks("chat_update", dict(channel=self.channel, ts=ref, text=text),
+                                kept, retry=False)
 
     async def _read(self, ts: str) -> Mapping[str, Any] | None:
         """One message of this reply's thread (or DM) as Slack has it."""
@@ -322,7 +351,8 @@ class SlackReply(MessageReply):
         if self._handle is None and self.streams is not None and self.thread_ts is not None:
             stream = NativeStream(self.api, self.streams, self.channel, self.thread_ts,
                                   user=self.user, team=self.team, limit=self.limit)
-            ts = await stream.start(control_blocks(self.controls_for(0)))
+            ts = await stream.start(control_blocks(self.controls_for(0),
+                                                   native_feedback=self.feedback.native))
             if ts is not None:
                 self.stream, self._handle = stream, ts
                 self.posted.append(ts)
@@ -362,13 +392,16 @@ class SlackReply(MessageReply):
     async def post(self, text: str, *, part: int = 0) -> str:
         arguments: dict[str, Any] = dict(
             channel=self.channel, thread_ts=self.thread_ts, text=escape(text),
-            unfurl_links=False, unfurl_media=False, **self._blocks(text, part, edit=False))
+            unfurl_links=False, unfurl_media=False)
         if (metadata := self._metadata(part)) is not None:
             arguments["metadata"] = metadata
         attempt = 0
         while True:
             try:
-                response = await self.api.call("chat_postMessage", retry=False, **arguments)
+                response = await self._with_blocks(
+                    "chat_postMessage", arguments,
+                    lambda native: self._blocks(text, part, edit=False, native=native),
+                    retry=False)
                 return str(response["ts"])
             except DELIVERY_ERRORS as exc:
                 delay = self.api.post_retry_delay(exc, attempt)
@@ -422,8 +455,9 @@ class SlackReply(MessageReply):
         # chat.update is rate-limited (Tier 3): a preview that hits the limit is dropped, not
         # waited out, so the stream never stalls; the final text is retried.
         part = 0 if handle == self._handle else 1
-        await self.api.call("chat_update", retry=final, channel=self.channel, ts=handle,
-                            text=escape(text), **self._blocks(text, part, edit=True))
+        await self._with_blocks(
+            "chat_update", dict(channel=self.channel, ts=handle, text=escape(text)),
+            lambda native: self._blocks(text, part, edit=True, native=native), retry=final)
 
 
 class QuestionNotPosted(RinnaError):
@@ -439,8 +473,10 @@ class SlackCommandReply(SlackReply):
 
     def __init__(self, api: SlackApi, team: str, channel: str, user: str, question: str, *,
                  tag: str, respond: AsyncRespond | None = None,
-                 streams: StreamSupport | None = None) -> None:
-        super().__init__(api, channel, None, tag=tag, streams=streams, user=user, team=team)
+                 streams: StreamSupport | None = None,
+                 feedback: FeedbackSupport | None = None) -> None:
+        super().__init__(api, channel, None, tag=tag, streams=streams, user=user, team=team,
+                         feedback=feedback)
         self.question = question
         self.respond = respond
 
@@ -574,6 +610,8 @@ class SlackHandlers:
     outcomes: Counter[str] = field(default_factory=Counter)
     # Whether replies stream natively (chat.startStream); off for good once Slack refuses.
     streams: StreamSupport = field(default_factory=StreamSupport)
+    # Whether 👍/👎 go as feedback_buttons; plain buttons for good once Slack refuses them.
+    feedback: FeedbackSupport = field(default_factory=FeedbackSupport)
     moderators: Any = None  # slack_controls.Moderators, made by register_controls if unset
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
     status: StatusSource | None = None  # for `/rinna status` (None: not available)
@@ -582,7 +620,7 @@ class SlackHandlers:
               user: str | None = None, team: str | None = None) -> SlackReply:
         """A reply sink in `thread_ts` of `channel`, streamed where Slack takes it."""
         return SlackReply(self.api, channel, thread_ts, tag=tag, streams=self.streams,
-                          user=user, team=team)
+                          user=user, team=team, feedback=self.feedback)
 
     def permits(self, requests: Sequence[AccessRequest]) -> bool:
         for request in requests:
@@ -613,7 +651,8 @@ class SlackHandlers:
         if delivery.key.thread.startswith(COMMAND_KEY):  # a command whose question may be unposted
             return SlackCommandReply(self.api, delivery.key.workspace, delivery.key.channel,
                                      delivery.author or "", delivery.text or "",
-                                     tag=delivery.delivery_key, streams=self.streams)
+                                     tag=delivery.delivery_key, streams=self.streams,
+                                     feedback=self.feedback)
         return self.reply(delivery.key.channel, delivery.key.thread or None,
                           delivery.delivery_key, user=delivery.author,
                           team=delivery.key.workspace)
@@ -635,7 +674,8 @@ class SlackHandlers:
         tag = COMMAND_KEY + (str(command.get("trigger_id") or "") or uuid.uuid4().hex)
         key = ConversationKey(PLATFORM, team, channel, tag)  # until the question is posted
         sink = SlackCommandReply(self.api, team, channel, user, question, tag=tag,
-                                 respond=respond, streams=self.streams)
+                                 respond=respond, streams=self.streams,
+                                 feedback=self.feedback)
         outcome = FAILED
         async with self._boundary(sink, f"{COMMAND} {tag} in {channel}"):
             incoming = IncomingMessage(question, tag, user)
