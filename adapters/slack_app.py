@@ -133,6 +133,9 @@ REPLY_EVENT = "rinna_reply"  # the metadata event type that tags the bot's repli
 COMMAND_KEY = "command:"  # a /rinna command's delivery key: this and its trigger id
 QUESTION_PART = -1  # the metadata part of the question a /rinna command posts
 FIND_PAGES = 10
+# chat.postMessage errors that say the bot cannot post in this conversation at all (not a
+# member of the channel, a DM or group DM it is not in)
+CANNOT_POST = frozenset({"not_in_channel", "channel_not_found"})
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -274,6 +277,9 @@ class SlackReply(MessageReply):
         self.stream: NativeStream | None = None  # the answer being streamed, until stopped
         # Whether 👍/👎 go as Slack's feedback_buttons (the process's memory: SlackHandlers').
         self.feedback = feedback if feedback is not None else FeedbackSupport()
+        # Called once, with Slack's error, when a post shows the bot cannot post here at all.
+        self.on_cannot_post: Callable[[str], Awaitable[None]] | None = None
+        self.cannot_post: str | None = None  # that error, once seen
 
     def _metadata(self, part: int) -> dict[str, Any] | None:
         if self.tag is None:
@@ -406,6 +412,7 @@ class SlackReply(MessageReply):
             except DELIVERY_ERRORS as exc:
                 delay = self.api.post_retry_delay(exc, attempt)
                 if delay is None:
+                    await self._cannot_post(exc)
                     raise
                 log.warning("slack chat.postMessage: %s; retry %d in %.1f s", _describe(exc),
                             attempt + 1, delay)
@@ -418,6 +425,18 @@ class SlackReply(MessageReply):
                 if found is not None:
                     log.info("slack chat.postMessage: the failed attempt had posted; not again")
                     return str(found)
+
+    async def _cannot_post(self, exc: BaseException) -> None:
+        """The first time a post is refused because the bot cannot post here, say so."""
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) else None
+        if error not in CANNOT_POST or self.cannot_post is not None:
+            return
+        self.cannot_post = str(error)
+        if self.on_cannot_post is not None:
+            try:
+                await self.on_cannot_post(self.cannot_post)
+            except Exception:
+                log.exception("slack: could not say that %s cannot be posted in", self.channel)
 
     async def find(self, part: int) -> str | None:
         """The ts of this reply's message `part` in the thread (or the DM), if posted."""
