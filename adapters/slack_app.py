@@ -37,7 +37,14 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_blocks import any_control, control_blocks, message_blocks, without_actions
+from adapters.slack_blocks import (
+    FeedbackSupport,
+    any_control,
+    control_blocks,
+    has_native_feedback,
+    message_blocks,
+    without_actions,
+)
 from adapters.slack_stream import NativeStream, StreamSupport
 from adapters.slack_text import (
     escape,
@@ -126,6 +133,9 @@ REPLY_EVENT = "rinna_reply"  # the metadata event type that tags the bot's repli
 COMMAND_KEY = "command:"  # a /rinna command's delivery key: this and its trigger id
 QUESTION_PART = -1  # the metadata part of the question a /rinna command posts
 FIND_PAGES = 10
+# chat.postMessage errors that say the bot cannot post in this conversation at all (not a
+# member of the channel, a DM or group DM it is not in)
+CANNOT_POST = frozenset({"not_in_channel", "channel_not_found"})
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -254,7 +264,8 @@ class SlackReply(MessageReply):
 
     def __init__(self, api: SlackApi, channel: str, thread_ts: str | None,
                  tag: str | None = None, *, streams: StreamSupport | None = None,
-                 user: str | None = None, team: str | None = None) -> None:
+                 user: str | None = None, team: str | None = None,
+                 feedback: FeedbackSupport | None = None) -> None:
         super().__init__(tag)
         self.api = api
         self.channel = channel
@@ -264,43 +275,79 @@ class SlackReply(MessageReply):
         self.user = user
         self.team = team
         self.stream: NativeStream | None = None  # the answer being streamed, until stopped
+        # Whether 👍/👎 go as Slack's feedback_buttons (the process's memory: SlackHandlers').
+        self.feedback = feedback if feedback is not None else FeedbackSupport()
+        # Called once, with Slack's error, when a post shows the bot cannot post here at all.
+        self.on_cannot_post: Callable[[str], Awaitable[None]] | None = None
+        self.cannot_post: str | None = None  # that error, once seen
 
     def _metadata(self, part: int) -> dict[str, Any] | None:
         if self.tag is None:
             return None
         return {"event_type": REPLY_EVENT, "event_payload": {"delivery": self.tag, "part": part}}
 
-    def _blocks(self, text: str, part: int, *, edit: bool) -> dict[str, Any]:
+    def _blocks(self, text: str, part: int, *, edit: bool,
+                native: bool = True) -> dict[str, Any]:
         """The `blocks` argument for a post or an edit of `part` showing `text`: the text and
         the buttons offered (bot/reply.py's `offer`); on an edit of the main message, [] to
         take away buttons it showed before (chat.update keeps blocks it is not given)."""
-        blocks = message_blocks(text, self.controls_for(part))
+        blocks = message_blocks(text, self.controls_for(part), native_feedback=native)
         return {"blocks": blocks} if blocks or (edit and part == 0) else {}
+
+    async def _with_blocks(self, method: str, arguments: Mapping[str, Any],
+                           blocks_for: Callable[[bool], Mapping[str, Any]], *,
+                           retry: bool) -> AsyncSlackResponse:
+        """`method` with `arguments` and the blocks `blocks_for(native feedback buttons?)`
+        gives. If Slack refuses blocks holding its feedback_buttons element (invalid_blocks),
+        once more with plain 👍/👎, and plain ones from then on in this process."""
+        shown = blocks_for(self.feedback.native)
+        try:
+            return await self.api.call(method, retry=retry, **arguments, **shown)
+        except SlackApiError as exc:
+            if exc.response.get("error") != "invalid_blocks" or not has_native_feedback(
+                    shown.get("blocks")):
+                raise
+            self.feedback.refuse()
+        return await self.api.call(method, retry=retry, **arguments, **blocks_for(False))
 
     async def retire(self, ref: str) -> None:
         """The answer in message `ref` is no longer the newest: its buttons become RETIRED
-        (👍/👎 only), its text and other blocks as Slack has them (read back)."""
+        (👍/👎 only), its text and other blocks as Slack has them (read back).
+
+        Cosmetic (the old answer only keeps its 「もう一度」, which the chat service refuses
+        anyway): one try each for the read and the edit, never a rate limit waited out; a
+        failure costs that button and one log line."""
+        try:
+            await self._retire(ref)
+        except DELIVERY_ERRORS as exc:
+            log.info("slack: the buttons of earlier answer %s stay as they were: %s", ref,
+                     _describe(exc))
+
+    async def _retire(self, ref: str) -> None:
         found = await self._read(ref)
         if found is None:
             log.info("slack: answer %s to retire not found", ref)
             return
         text = str(found.get("text") or "")
         blocks = found.get("blocks")
-        if isinstance(blocks, list) and blocks:
-            kept = without_actions(blocks, RETIRED)
-        else:  # a plain message: its (already escaped) text as a section, then the buttons
-            kept = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000] or " "}},
-                    *without_actions([], RETIRED)]
-        await self.api.call("chat_update", channel=self.channel, ts=ref, text=text,
-                            blocks=kept)
+        if not (isinstance(blocks, list) and blocks):
+            # a plain message: its (already escaped) text as a section, then the buttons
+            blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000] or " "}}]
+
+        def kept(native: bool) -> dict[str, Any]:
+            return {"blocks": without_actions(blocks, RETIRED, native_feedback=native)}
+
+        await self._with_blocks("chat_update", dict(channel=self.channel, ts=ref, text=text),
+                                kept, retry=False)
 
     async def _read(self, ts: str) -> Mapping[str, Any] | None:
         """One message of this reply's thread (or DM) as Slack has it."""
         window = dict(channel=self.channel, latest=ts, oldest=ts, inclusive=True, limit=1)
         if self.thread_ts is not None:
-            page = await self.api.call("conversations_replies", ts=self.thread_ts, **window)
+            page = await self.api.call("conversations_replies", retry=False,
+                                       ts=self.thread_ts, **window)
         else:
-            page = await self.api.call("conversations_history", **window)
+            page = await self.api.call("conversations_history", retry=False, **window)
         for item in page.get("messages") or []:
             if isinstance(item, Mapping) and item.get("ts") == ts:
                 return item
@@ -310,7 +357,8 @@ class SlackReply(MessageReply):
         if self._handle is None and self.streams is not None and self.thread_ts is not None:
             stream = NativeStream(self.api, self.streams, self.channel, self.thread_ts,
                                   user=self.user, team=self.team, limit=self.limit)
-            ts = await stream.start(control_blocks(self.controls_for(0)))
+            ts = await stream.start(control_blocks(self.controls_for(0),
+                                                   native_feedback=self.feedback.native))
             if ts is not None:
                 self.stream, self._handle = stream, ts
                 self.posted.append(ts)
@@ -350,17 +398,21 @@ class SlackReply(MessageReply):
     async def post(self, text: str, *, part: int = 0) -> str:
         arguments: dict[str, Any] = dict(
             channel=self.channel, thread_ts=self.thread_ts, text=escape(text),
-            unfurl_links=False, unfurl_media=False, **self._blocks(text, part, edit=False))
+            unfurl_links=False, unfurl_media=False)
         if (metadata := self._metadata(part)) is not None:
             arguments["metadata"] = metadata
         attempt = 0
         while True:
             try:
-                response = await self.api.call("chat_postMessage", retry=False, **arguments)
+                response = await self._with_blocks(
+                    "chat_postMessage", arguments,
+                    lambda native: self._blocks(text, part, edit=False, native=native),
+                    retry=False)
                 return str(response["ts"])
             except DELIVERY_ERRORS as exc:
                 delay = self.api.post_retry_delay(exc, attempt)
                 if delay is None:
+                    await self._cannot_post(exc)
                     raise
                 log.warning("slack chat.postMessage: %s; retry %d in %.1f s", _describe(exc),
                             attempt + 1, delay)
@@ -373,6 +425,18 @@ class SlackReply(MessageReply):
                 if found is not None:
                     log.info("slack chat.postMessage: the failed attempt had posted; not again")
                     return str(found)
+
+    async def _cannot_post(self, exc: BaseException) -> None:
+        """The first time a post is refused because the bot cannot post here, say so."""
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) else None
+        if error not in CANNOT_POST or self.cannot_post is not None:
+            return
+        self.cannot_post = str(error)
+        if self.on_cannot_post is not None:
+            try:
+                await self.on_cannot_post(self.cannot_post)
+            except Exception:
+                log.exception("slack: could not say that %s cannot be posted in", self.channel)
 
     async def find(self, part: int) -> str | None:
         """The ts of this reply's message `part` in the thread (or the DM), if posted."""
@@ -410,8 +474,9 @@ class SlackReply(MessageReply):
         # chat.update is rate-limited (Tier 3): a preview that hits the limit is dropped, not
         # waited out, so the stream never stalls; the final text is retried.
         part = 0 if handle == self._handle else 1
-        await self.api.call("chat_update", retry=final, channel=self.channel, ts=handle,
-                            text=escape(text), **self._blocks(text, part, edit=True))
+        await self._with_blocks(
+            "chat_update", dict(channel=self.channel, ts=handle, text=escape(text)),
+            lambda native: self._blocks(text, part, edit=True, native=native), retry=final)
 
 
 class QuestionNotPosted(RinnaError):
@@ -427,8 +492,10 @@ class SlackCommandReply(SlackReply):
 
     def __init__(self, api: SlackApi, team: str, channel: str, user: str, question: str, *,
                  tag: str, respond: AsyncRespond | None = None,
-                 streams: StreamSupport | None = None) -> None:
-        super().__init__(api, channel, None, tag=tag, streams=streams, user=user, team=team)
+                 streams: StreamSupport | None = None,
+                 feedback: FeedbackSupport | None = None) -> None:
+        super().__init__(api, channel, None, tag=tag, streams=streams, user=user, team=team,
+                         feedback=feedback)
         self.question = question
         self.respond = respond
 
@@ -562,6 +629,8 @@ class SlackHandlers:
     outcomes: Counter[str] = field(default_factory=Counter)
     # Whether replies stream natively (chat.startStream); off for good once Slack refuses.
     streams: StreamSupport = field(default_factory=StreamSupport)
+    # Whether 👍/👎 go as feedback_buttons; plain buttons for good once Slack refuses them.
+    feedback: FeedbackSupport = field(default_factory=FeedbackSupport)
     moderators: Any = None  # slack_controls.Moderators, made by register_controls if unset
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
     status: StatusSource | None = None  # for `/rinna status` (None: not available)
@@ -570,7 +639,7 @@ class SlackHandlers:
               user: str | None = None, team: str | None = None) -> SlackReply:
         """A reply sink in `thread_ts` of `channel`, streamed where Slack takes it."""
         return SlackReply(self.api, channel, thread_ts, tag=tag, streams=self.streams,
-                          user=user, team=team)
+                          user=user, team=team, feedback=self.feedback)
 
     def permits(self, requests: Sequence[AccessRequest]) -> bool:
         for request in requests:
@@ -601,7 +670,8 @@ class SlackHandlers:
         if delivery.key.thread.startswith(COMMAND_KEY):  # a command whose question may be unposted
             return SlackCommandReply(self.api, delivery.key.workspace, delivery.key.channel,
                                      delivery.author or "", delivery.text or "",
-                                     tag=delivery.delivery_key, streams=self.streams)
+                                     tag=delivery.delivery_key, streams=self.streams,
+                                     feedback=self.feedback)
         return self.reply(delivery.key.channel, delivery.key.thread or None,
                           delivery.delivery_key, user=delivery.author,
                           team=delivery.key.workspace)
@@ -623,7 +693,8 @@ class SlackHandlers:
         tag = COMMAND_KEY + (str(command.get("trigger_id") or "") or uuid.uuid4().hex)
         key = ConversationKey(PLATFORM, team, channel, tag)  # until the question is posted
         sink = SlackCommandReply(self.api, team, channel, user, question, tag=tag,
-                                 respond=respond, streams=self.streams)
+                                 respond=respond, streams=self.streams,
+                                 feedback=self.feedback)
         outcome = FAILED
         async with self._boundary(sink, f"{COMMAND} {tag} in {channel}"):
             incoming = IncomingMessage(question, tag, user)

@@ -10,7 +10,9 @@ thread reply in a DM still reaches this listener; the status/title calls it make
 quietly).
 
 The shortcut: on any message, answer in that message's thread, the message as the user
-turn; acknowledged first; exactly once per press (its trigger id is the delivery key).
+turn; acknowledged first; exactly once per press (its trigger id is the delivery key). Where
+the bot cannot post (a channel, DM or group DM it is not in), the presser is told so, only
+them: through the shortcut's response_url, else chat.postEphemeral.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncAssistant, AsyncBoltContext
+from slack_bolt.async_app import (
+    AsyncAck,
+    AsyncApp,
+    AsyncAssistant,
+    AsyncBoltContext,
+    AsyncRespond,
+)
 from slack_bolt.context.set_status.async_set_status import AsyncSetStatus
 from slack_bolt.context.set_title.async_set_title import AsyncSetTitle
 from slack_bolt.request.async_request import AsyncBoltRequest
@@ -46,6 +54,9 @@ THINKING = "考え中…"
 TITLE_CHARS = 60
 SHORTCUT = "rinna_ask"  # the message shortcut's callback_id (slack-manifest.yml)
 SHORTCUT_KEY = "shortcut:"  # a shortcut press's delivery key: this and its trigger id
+CANNOT_ANSWER = "このチャンネルでは回答できません。rinna をチャンネルに招待してください。"
+CANNOT_ANSWER_DM = ("この会話では回答できません。rinna との DM か、"
+                    "rinna を招待したチャンネルでお使いください。")
 
 
 async def _quietly(call: Awaitable[Any], what: str) -> None:
@@ -118,7 +129,8 @@ def register_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
     from adapters.slack_app import DENIED, FAILED, IGNORED, SlackMessage, _bot
 
     @app.shortcut(SHORTCUT)
-    async def ask(ack: AsyncAck, shortcut: dict[str, Any], context: AsyncBoltContext) -> None:
+    async def ask(ack: AsyncAck, shortcut: dict[str, Any], context: AsyncBoltContext,
+                  respond: AsyncRespond | None = None) -> None:
         await ack()  # at once: Slack shows an error after 3 s; the answer goes in the thread
         target = shortcut.get("message") or {}
         team = str((shortcut.get("team") or {}).get("id") or context.team_id or "")
@@ -138,7 +150,8 @@ def register_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
         async def body() -> None:
             outcome = FAILED
             try:
-                outcome = await answer_about(services, message, shortcut, _bot(context))
+                outcome = await answer_about(services, message, shortcut, _bot(context),
+                                             respond=respond)
             finally:
                 services.outcomes[outcome] += 1
 
@@ -148,7 +161,7 @@ def register_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
 
 
 async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[str, Any],
-                       bot: Any) -> str:
+                       bot: Any, *, respond: AsyncRespond | None = None) -> str:
     """Answer `message` (the one the shortcut was used on) in its thread, for the presser."""
     from adapters.slack_app import FAILED, PLATFORM
 
@@ -157,6 +170,11 @@ async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[
     thread = message.thread_ts or message.ts
     key = ConversationKey(PLATFORM, message.team, message.channel, thread)
     sink = services.reply(message.channel, thread, tag, user=message.user, team=message.team)
+
+    async def cannot_post(error: str) -> None:
+        await tell_cannot_answer(services, message, respond, error)
+
+    sink.on_cannot_post = cannot_post
     outcome = FAILED
     async with services._boundary(sink, f"shortcut {tag} in {key}"):
         text = await services._plain(message.text, bot)
@@ -167,3 +185,21 @@ async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[
         incoming = IncomingMessage(text, tag, author=writer, asker=message.user)
         outcome = str(await services.chat.handle(key, incoming, sink, earlier=earlier))
     return outcome
+
+
+async def tell_cannot_answer(services: SlackHandlers, message: Any,
+                             respond: AsyncRespond | None, error: str) -> None:
+    """The bot cannot post where the shortcut was used: tell the presser alone (the
+    response_url works where the bot is not a member; chat.postEphemeral may not)."""
+    from adapters.slack_controls import tell
+
+    text = CANNOT_ANSWER_DM if message.is_dm else CANNOT_ANSWER
+    log.info("slack shortcut in %s: the bot cannot post there (%s)", message.channel, error)
+    if respond is not None:
+        try:
+            await respond(text=text, response_type="ephemeral", replace_original=False)
+            return
+        except Exception as exc:  # an expired or unreachable response_url
+            log.info("slack shortcut response_url failed: %s",
+                     f"{type(exc).__name__}: {exc}"[:200])
+    await tell(services.api, message.channel, message.user, text)

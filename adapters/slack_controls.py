@@ -1,5 +1,7 @@
 """The answer's buttons on Slack (block_actions): 「停止」 (rinna_stop), 「もう一度」
-(rinna_regenerate), 👍/👎 (rinna_feedback, value good/bad), and `/rinna status`.
+(rinna_regenerate), 👍/👎 (rinna_feedback, value good/bad; or, where the workspace refuses
+Slack's feedback_buttons, plain buttons rinna_feedback_good / rinna_feedback_bad), and
+`/rinna status`.
 
 Every handler acknowledges first, finds the answer by the message the button is on (its ts is
 the stored reply_ref, so the buttons work after a restart), lets the chat service decide, and
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 
-from adapters.slack_blocks import FEEDBACK, REGENERATE, STOP
+from adapters.slack_blocks import FEEDBACK_ACTIONS, REGENERATE, STOP
 from bot.access import AccessRequest
 from bot.controls import ControlResult, control_message
 from bot.status import UNAVAILABLE, StatusSource, render_status
@@ -33,6 +36,8 @@ STATUS_WORDS = frozenset({"status", "状態", "ステータス"})
 ACTION_KEY = "action:"  # a regenerate press's request key: this and its trigger id
 MODERATOR_TTL_S = 600.0
 MODERATOR_CACHE = 1000
+# 👍/👎: the feedback_buttons element, or the plain buttons (the value says which either way)
+FEEDBACK_PRESS = re.compile("^(?:" + "|".join(sorted(map(re.escape, FEEDBACK_ACTIONS))) + ")$")
 
 
 class Moderators:
@@ -131,7 +136,7 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
         await decide("stop", body, channel, ts, thread, lambda moderator: services.chat.stop(
             PLATFORM, ts, user, moderator=moderator))
 
-    @app.action(FEEDBACK)
+    @app.action(FEEDBACK_PRESS)
     async def feedback(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         channel, ts, thread = pressed_on(body)

@@ -56,8 +56,12 @@ class FakeSlack:
     conversations.replies / conversations.history, and chat.update changes them."""
 
     def __init__(self, *, keep_messages: bool = False, streaming: bool = False,
-                 admins: frozenset[str] = frozenset()) -> None:
+                 admins: frozenset[str] = frozenset(),
+                 feedback_buttons: bool = True) -> None:
         self.keep_messages = keep_messages
+        # Without `feedback_buttons`, blocks holding that element are refused (invalid_blocks),
+        # as by a workspace that does not have it.
+        self.feedback_buttons = feedback_buttons
         # chat.startStream / appendStream / stopStream as Slack's reference describes them;
         # without `streaming`, chat.startStream answers as a Slack that does not have it.
         self.streaming = streaming
@@ -171,6 +175,8 @@ class FakeSlack:
             return web.json_response({"ok": False, "error": failure.error},
                                      status=failure.status, headers=failure.headers)
         body = self._answer(method, params)
+        if not body.get("ok"):
+            params["_error"] = body.get("error")
         if method == "chat.postMessage" and body.get("ok"):
             params["_ts"] = body["ts"]
         await self._record(lambda: self.calls.append(ApiCall(method, params, token)))
@@ -187,7 +193,8 @@ class FakeSlack:
         for chunk in _json(params.get("chunks") or []):
             if chunk.get("type") == "blocks":
                 blocks += chunk.get("blocks") or []
-        if method.startswith("chat.") and (problem := _invalid_blocks(blocks)) is not None:
+        if method.startswith("chat.") and (problem := _invalid_blocks(
+                blocks, feedback_buttons=self.feedback_buttons)) is not None:
             return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
         if method == "auth.test":
             return {"ok": True, "url": "https://test.slack.com/", "team": "Test", "user": "rinna",
@@ -348,8 +355,10 @@ _ELEMENTS = {"actions": {"button", "static_select", "overflow", "datepicker"},
              "context_actions": {"feedback_buttons", "icon_button"}}
 
 
-def _invalid_blocks(blocks: list[dict[str, Any]]) -> str | None:
-    """Why Slack would refuse these blocks (the rules the bot's blocks meet), or None."""
+def _invalid_blocks(blocks: list[dict[str, Any]], *,
+                    feedback_buttons: bool = True) -> str | None:
+    """Why Slack would refuse these blocks (the rules the bot's blocks meet), or None;
+    without `feedback_buttons`, that element is refused too."""
     if len(blocks) > 50:
         return "more than 50 blocks"
     for block in blocks:
@@ -369,6 +378,9 @@ def _invalid_blocks(blocks: list[dict[str, Any]]) -> str | None:
                 return f"{kind}: action_ids not unique"
             if any(e.get("type") not in _ELEMENTS[kind] for e in elements):
                 return f"{kind}: an element that does not go there"
+            if not feedback_buttons and any(e.get("type") == "feedback_buttons"
+                                            for e in elements):
+                return f"{kind}: feedback_buttons is not available"
         elif kind not in ("markdown", "rich_text", "context", "divider", "header"):
             return f"unknown block type {kind}"
     return None

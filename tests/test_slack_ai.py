@@ -24,6 +24,7 @@ from tests.slack_fakes import (
     SIGNING_SECRET,
     TEAM,
     FakeSlack,
+    Failure,
     assistant_thread_started,
     eventually,
     interaction_form,
@@ -134,6 +135,41 @@ async def test_the_shortcut_in_a_thread_answers_in_that_thread(slack: Slack) -> 
     assert [p.params["thread_ts"] for p in slack.fake.posts("C1")] == [T0]
     turns = await slack.turns(ConversationKey("slack", TEAM, "C1", T0))
     assert [t.text for t in turns][:2] == ["旅行の相談です", "京都はどう?"]
+
+
+CANNOT_ANSWER = "このチャンネルでは回答できません。rinna をチャンネルに招待してください。"
+
+
+@pytest.mark.parametrize(("channel", "error", "told"), [
+    ("C9", "not_in_channel", CANNOT_ANSWER),
+    ("D9", "channel_not_found", "この会話では回答できません。"),
+    ("G9", "channel_not_found", CANNOT_ANSWER),
+], ids=["channel", "dm", "group-dm"])
+async def test_the_shortcut_where_the_bot_cannot_post_tells_the_presser(
+        slack: Slack, channel: str, error: str, told: str) -> None:
+    slack.fake.always_fail["chat.postMessage"] = Failure(error)
+    target = {"type": "message", "user": "U2", "ts": T0, "text": "質問"}
+    press = {**message_shortcut(channel, target, user="U1"),
+             "response_url": slack.fake.response_url("shortcut")}
+    assert await interact(slack, press) == 200
+    await slack.settled(1)
+    await slack.fake.wait_for(lambda: bool(slack.fake.responses))
+    (response,) = slack.fake.responses  # once, though the placeholder and answer both failed
+    assert response["text"].startswith(told) and response["response_type"] == "ephemeral"
+    assert not slack.fake.posts() and not slack.fake.called("chat.postEphemeral")
+
+
+async def test_the_shortcut_without_a_response_url_tells_the_presser_ephemerally(
+        slack: Slack) -> None:
+    slack.fake.always_fail["chat.postMessage"] = Failure("not_in_channel")
+    target = {"type": "message", "user": "U2", "ts": T0, "text": "質問"}
+    press = {k: v for k, v in message_shortcut("C9", target, user="U1").items()
+             if k != "response_url"}
+    assert await interact(slack, press) == 200
+    await slack.settled(1)
+    await eventually(lambda: bool(slack.fake.called("chat.postEphemeral")))
+    (told,) = slack.fake.called("chat.postEphemeral")
+    assert (told.params["channel"], told.params["user"], told.text) == ("C9", "U1", CANNOT_ANSWER)
 
 
 async def test_the_shortcut_is_refused_by_the_access_policy(

@@ -54,3 +54,26 @@ def test_retiring_keeps_the_text_blocks_and_swaps_the_buttons() -> None:
     retired = without_actions(answered, RETIRED)
     assert retired == streamed + control_blocks(RETIRED)
     assert "rinna_regenerate" not in str(retired) and "rinna_feedback" in str(retired)
+
+
+@pytest.mark.parametrize("controls", [ANSWERED, RETIRED])
+def test_plain_feedback_buttons_are_valid_block_kit_in_the_actions_block(
+        controls: Controls) -> None:
+    """Where a workspace refuses Slack's feedback_buttons: 👍/👎 as two plain buttons."""
+    blocks = control_blocks(controls, native_feedback=False)
+    assert [b["type"] for b in blocks] == ["actions"]
+    for raw in blocks:
+        parsed = Block.parse(raw)
+        assert parsed is not None
+        parsed.validate_json()
+        assert parsed.to_dict() == raw
+    assert [(e["action_id"], e["value"]) for e in blocks[0]["elements"]][-2:] == [
+        ("rinna_feedback_good", "good"), ("rinna_feedback_bad", "bad")]
+
+
+def test_plain_feedback_buttons_are_recognised_as_ours() -> None:
+    """A message showing only the plain 👍/👎 gets them replaced, not doubled."""
+    text = [{"type": "section", "text": {"type": "mrkdwn", "text": "答えです。"}}]
+    shown = text + control_blocks(RETIRED, native_feedback=False)
+    assert without_actions(shown, RETIRED, native_feedback=False) == shown
+    assert without_actions(shown, RETIRED) == text + control_blocks(RETIRED)

@@ -259,6 +259,79 @@ async def test_the_buttons_work_after_a_restart(
         assert [t.text for t in turns] == ["質問です", "新しい答えです。"]
 
 
+@pytest.mark.parametrize("method", ["conversations.replies", "chat.update"])
+async def test_a_rate_limit_on_retiring_the_old_answer_costs_only_its_button(
+        tokenizer: Tokenizer, settings: Settings, fake: FakeSlack, method: str) -> None:
+    """Retiring is cosmetic: a rate limit on reading the old answer back or on editing it is
+    not waited out (up to 3 x 30 s before the new answer starts); the new answer goes on."""
+    generator = scripted(["最初の答えです。", "二つ目の答えです。"])
+    async with app(settings.database_path, tokenizer, settings, fake, generator) as slack:
+        await ask(slack)
+        first = await the_answer(slack)
+        waits: list[float] = []
+
+        async def no_wait(seconds: float) -> None:
+            waits.append(seconds)
+
+        slack.service.handlers.api.sleep = no_wait
+        fake.fail(method, "ratelimited", status=429, headers={"Retry-After": "30"})
+        await press(slack, first, "rinna_regenerate", "regenerate")
+        await eventually(lambda: len(fake.messages) == 2
+                         and not any(m["streaming"] for m in fake.messages.values()))
+        second = [ts for ts in fake.messages if ts != first][0]
+        await eventually(lambda: fake.messages[second]["text"] == "二つ目の答えです。"
+                         and bool(buttons(fake, second)))
+        await eventually(lambda: slack.service.handlers.pressed == {"regenerate:done": 1})
+        assert waits == []  # the rate limit was not waited out
+        # the old answer keeps 「もう一度」 (the chat service refuses it there anyway)
+        assert buttons(fake, first) == ["rinna_regenerate", "rinna_feedback"]
+        assert buttons(fake, second) == ["rinna_regenerate", "rinna_feedback"]
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["native-stream", "chat.update"])
+async def test_a_workspace_without_feedback_buttons_gets_plain_thumbs(
+        tokenizer: Tokenizer, settings: Settings, streaming: bool) -> None:
+    """Slack refuses the feedback_buttons element (invalid_blocks): the answer is shown with
+    plain 👍/👎 buttons, later answers use them straight away, and they vote like the others."""
+    fake = await FakeSlack(keep_messages=True, streaming=streaming,
+                           feedback_buttons=False).start()
+    generator = scripted(["答えです。", "二つ目の答えです。", "三つ目です。"])
+    plain = ["rinna_feedback_good", "rinna_feedback_bad"]
+    try:
+        async with app(settings.database_path, tokenizer, settings, fake, generator) as slack:
+            await ask(slack)
+            first = await the_answer(slack)
+            await eventually(lambda: fake.messages[first]["text"] == "答えです。"
+                             and bool(buttons(fake, first)))
+            assert buttons(fake, first) == ["rinna_regenerate", *plain]
+            refused = [c for c in fake.calls if c.params.get("_error") == "invalid_blocks"]
+            assert len(refused) == 1  # tried once, then plain buttons
+
+            # remembered: the next answer (another thread) is not refused first
+            await ask(slack, T1, "別の質問", settled=2)
+            other = await the_answer(slack, f"{C1}:{T1}")
+            await eventually(lambda: fake.messages[other]["text"] == "二つ目の答えです。"
+                             and bool(buttons(fake, other)))
+            assert buttons(fake, other) == ["rinna_regenerate", *plain]
+            assert [c for c in fake.calls if c.params.get("_error") == "invalid_blocks"] \
+                == refused
+
+            store = slack.chat.store
+            await press(slack, first, "rinna_feedback_good", "good")
+            await eventually(lambda: len(ephemerals(fake, "U1")) == 1)
+            assert await store.feedback_counts("slack") == {"good": 1, "bad": 0}
+            await press(slack, first, "rinna_feedback_bad", "bad", user="U2")
+            await eventually(lambda: len(ephemerals(fake, "U2")) == 1)
+            assert await store.feedback_counts("slack") == {"good": 1, "bad": 1}
+            assert ephemerals(fake, "U1") == ["フィードバックをありがとうございます。"]
+
+            # 「もう一度」: the old answer keeps only the plain 👍/👎
+            await press(slack, first, "rinna_regenerate", "regenerate")
+            await eventually(lambda: buttons(fake, first) == plain)
+    finally:
+        await fake.close()
+
+
 # ----- /rinna status --------------------------------------------------------------------------
 async def test_rinna_status_is_shown_to_the_asker_alone(
         chat: ChatService, settings: Settings, fake: FakeSlack) -> None:
