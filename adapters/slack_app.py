@@ -928,7 +928,8 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     """Every Slack listener of the bot. Each acks first; the work runs after the ack."""
     # Imported here: these modules use this one's listener helpers.
     from adapters.slack_assistant import build_assistant, register_shortcut
-    from adapters.slack_controls import STATUS_WORDS, register_controls, status_text
+    from adapters.slack_controls import STATUS_WORDS, register_controls
+    from bot.status import status_text
 
     # The AI-app view first: its middleware takes assistant-thread messages (DM threads)
     # before the `message` listener; everything else passes through it.

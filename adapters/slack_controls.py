@@ -25,7 +25,6 @@ from slack_sdk.errors import SlackApiError
 from adapters.slack_blocks import FEEDBACK_ACTIONS, REGENERATE, STOP
 from bot.access import AccessRequest
 from bot.controls import ControlResult, control_message
-from bot.status import UNAVAILABLE, StatusSource, render_status
 
 if TYPE_CHECKING:
     from adapters.slack_app import SlackApi, SlackHandlers
@@ -134,7 +133,7 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
             services.pressed["denied"] += 1
             return
         await decide("stop", body, channel, ts, thread, lambda moderator: services.chat.stop(
-            PLATFORM, ts, user, moderator=moderator))
+            PLATFORM, ts, user, moderator=moderator, channel=channel))
 
     @app.action(FEEDBACK_PRESS)
     async def feedback(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -146,7 +145,8 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
             services.pressed["denied" if value in ("good", "bad") else "ignored"] += 1
             return
         await decide("feedback", body, channel, ts, thread,
-                     lambda _: services.chat.feedback(PLATFORM, ts, user, value))
+                     lambda _: services.chat.feedback(PLATFORM, ts, user, value,
+                                                      channel=channel))
 
     @app.action(REGENERATE)
     async def regenerate(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any],
@@ -159,7 +159,7 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
             return
         press = str(body.get("trigger_id") or action.get("action_ts") or "")
         request_key = ACTION_KEY + press
-        answer = await services.chat.answer_at(PLATFORM, ts)
+        answer = await services.chat.answer_at(PLATFORM, ts, channel)
         where = answer.key.thread if answer is not None else (thread or "")
         sink = services.reply(channel, where or None, request_key, user=user, team=team)
 
@@ -167,7 +167,8 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
             try:
                 await decide("regenerate", body, channel, ts, thread,
                              lambda moderator: services.chat.regenerate(
-                                 PLATFORM, ts, request_key, user, sink, moderator=moderator))
+                                 PLATFORM, ts, request_key, user, sink, moderator=moderator,
+                                 channel=channel))
             except Exception:
                 log.exception("slack: regenerate %s failed", request_key)
 
@@ -175,13 +176,3 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
         services.background.add(task)
         task.add_done_callback(services.background.discard)
 
-
-async def status_text(status: StatusSource | None) -> str:
-    """What `/rinna status` shows (to the asker alone)."""
-    if status is None:
-        return UNAVAILABLE
-    try:
-        return render_status(await status.report())
-    except Exception:
-        log.exception("slack: could not read the status")
-        return UNAVAILABLE

@@ -48,6 +48,7 @@ class Failure:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     applied: bool = False  # the call took effect before the error (a 5xx after the write)
+    ts: str | None = None  # only a call about this message (its `ts` argument)
 
 
 class FakeSlack:
@@ -109,9 +110,10 @@ class FakeSlack:
 
     # ----- scripting -----
     def fail(self, method: str, error: str, *, status: int = 200, times: int = 1,
-             headers: dict[str, str] | None = None, applied: bool = False) -> None:
+             headers: dict[str, str] | None = None, applied: bool = False,
+             ts: str | None = None) -> None:
         self.failures.setdefault(method, []).extend(
-            [Failure(error, status, headers or {}, applied)] * times)
+            [Failure(error, status, headers or {}, applied, ts)] * times)
 
     # ----- waiting and reading -----
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
@@ -166,7 +168,7 @@ class FakeSlack:
                 params.update(await request.post())
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") or params.get("token")
-        failure = self._failure(method)
+        failure = self._failure(method, params)
         if failure is not None:
             if failure.applied:
                 self._answer(method, params)
@@ -182,11 +184,14 @@ class FakeSlack:
         await self._record(lambda: self.calls.append(ApiCall(method, params, token)))
         return web.json_response(body)
 
-    def _failure(self, method: str) -> Failure | None:
+    def _failure(self, method: str, params: dict[str, Any]) -> Failure | None:
         if method in self.always_fail:
             return self.always_fail[method]
-        queued = self.failures.get(method)
-        return queued.pop(0) if queued else None
+        queued = self.failures.get(method) or []
+        for n, failure in enumerate(queued):
+            if failure.ts is None or failure.ts == params.get("ts"):
+                return queued.pop(n)
+        return None
 
     def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         blocks = list(_json(params.get("blocks") or []))

@@ -88,10 +88,11 @@ async def app(database: Path, tokenizer: Tokenizer, settings: Settings, fake: Fa
         await store.close()
 
 
-async def press(slack: Slack, ts: str, action_id: str, value: str, *, user: str = "U1") -> None:
+async def press(slack: Slack, ts: str, action_id: str, value: str, *, user: str = "U1",
+                channel: str = C1) -> None:
     message = {"type": "message", "ts": ts, "thread_ts": T0,
                **{k: v for k, v in slack.fake.messages[ts].items() if k in ("text", "blocks")}}
-    body = interaction_form(block_action(C1, message, action_id, value, user=user))
+    body = interaction_form(block_action(channel, message, action_id, value, user=user))
     status, _ = await slack.raw(body, {"Content-Type": "application/x-www-form-urlencoded",
                                        **sign(body)})
     assert status == 200
@@ -236,6 +237,12 @@ async def test_feedback_is_one_vote_per_person_and_a_second_press_changes_it(
         await eventually(lambda: len(ephemerals(fake, "U2")) == 1)
         assert await store.feedback_counts("slack") == {"good": 1, "bad": 1}
         assert set(ephemerals(fake, "U1")) == {"フィードバックをありがとうございます。"}
+        # A ts names a message only within its channel: the same ts pressed elsewhere is not
+        # this answer.
+        await press(slack, ts, "rinna_feedback", "good", user="U3", channel="C9")
+        await eventually(lambda: len(ephemerals(fake, "U3")) == 1)
+        assert ephemerals(fake, "U3") == ["この回答の記録が見つかりません。"]
+        assert await store.feedback_counts("slack") == {"good": 1, "bad": 1}
 
 
 async def test_the_buttons_work_after_a_restart(
@@ -274,7 +281,9 @@ async def test_a_rate_limit_on_retiring_the_old_answer_costs_only_its_button(
             waits.append(seconds)
 
         slack.service.handlers.api.sleep = no_wait
-        fake.fail(method, "ratelimited", status=429, headers={"Retry-After": "30"})
+        # The old answer's read-back or edit (retiring is the only call about it now).
+        fake.fail(method, "ratelimited", status=429, headers={"Retry-After": "30"},
+                  ts=first if method == "chat.update" else None)
         await press(slack, first, "rinna_regenerate", "regenerate")
         await eventually(lambda: len(fake.messages) == 2
                          and not any(m["streaming"] for m in fake.messages.values()))
@@ -282,7 +291,8 @@ async def test_a_rate_limit_on_retiring_the_old_answer_costs_only_its_button(
         await eventually(lambda: fake.messages[second]["text"] == "二つ目の答えです。"
                          and bool(buttons(fake, second)))
         await eventually(lambda: slack.service.handlers.pressed == {"regenerate:done": 1})
-        assert waits == []  # the rate limit was not waited out
+        assert not fake.failures[method]  # the rate limit was met
+        assert waits == []  # and not waited out
         # the old answer keeps 「もう一度」 (the chat service refuses it there anyway)
         assert buttons(fake, first) == ["rinna_regenerate", "rinna_feedback"]
         assert buttons(fake, second) == ["rinna_regenerate", "rinna_feedback"]
