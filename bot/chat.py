@@ -393,10 +393,12 @@ class ChatService:
                 await _retire(getattr(sink, "retire", None), older)
             return outcome
         except RinnaError as exc:
-            if isinstance(exc, (QueueFullError, OutdatedRequest)) \
-                    or "busy" in type(exc).__name__.lower():
-                log.warning("%s: message %s not answered: %s", key, delivery.delivery_key,
-                            type(exc).__name__)
+            if isinstance(exc, QueueFullError) or "busy" in type(exc).__name__.lower():
+                log.warning("%s: busy, message %s not answered: %s", key,
+                            delivery.delivery_key, type(exc).__name__)
+            elif isinstance(exc, OutdatedRequest):
+                log.info("%s: regeneration %s overtaken by a newer question", key,
+                         delivery.delivery_key)
             else:
                 log.warning("%s: answer failed: %s", key, type(exc).__name__, exc_info=exc)
             await self._fail(delivery, sink, exc.user_message)
