@@ -181,6 +181,11 @@ class ChatService:
         if sink is None or shown is None:
             return delivery.fresh
         outcome = await self._process(delivery, sink, recovering=not delivery.fresh)
+        if outcome is Outcome.ANSWERED:  # the answer before the reset can no longer be redone
+            previous = await self.store.previous_answer(delivery.conversation,
+                                                        delivery.delivery_key)
+            if previous is not None and previous.reply_ref is not None:
+                await _retire(getattr(sink, "retire", None), previous.reply_ref)
         return outcome is Outcome.ANSWERED
 
     async def import_history(

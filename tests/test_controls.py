@@ -433,3 +433,17 @@ async def test_forget_clears_who_asked_from_the_records(store: HistoryStore,
     rows = sqlite3.connect(store.path).execute(
         "SELECT author, asker FROM deliveries").fetchall()
     assert rows == [(None, None)]
+
+
+async def test_a_reset_retires_the_last_answer(store: HistoryStore,
+                                               tokenizer: Tokenizer) -> None:
+    """After a reset the last answer is out of the history: もう一度 goes from it (a press
+    would be refused anyway)."""
+    chat = service(store, tokenizer, ScriptedGenerator())
+    answered = ButtonSink()
+    await chat.handle(KEY, ask("質問", "m1"), answered)
+    confirm = ButtonSink()
+    assert await chat.reset(KEY, "r1", sink=confirm, notice="リセットしました。")
+    assert confirm.retired == [answered.ref] and confirm.offered == [NO_CONTROLS]
+    assert await chat.regenerate("test", answered.ref, "p", "alice", ButtonSink()) is \
+        ControlResult.NOT_LATEST
