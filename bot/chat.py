@@ -137,6 +137,9 @@ class ChatService:
         self._stopping: set[tuple[str, str]] = set()  # asked to stop by its 「停止」 button
         # (platform, delivery key) -> the earlier answer's message to retire once it is shown
         self._to_retire: dict[tuple[str, str], str] = {}
+        # (platform, placeholder ref) -> its record, from the post until the ref is stored: a
+        # 「停止」 pressed in that instant still finds the answer
+        self._posted: dict[tuple[str, str], Delivery] = {}
 
     def _point(self, name: str) -> None:
         if self._crash is not None:
@@ -459,7 +462,11 @@ class ChatService:
         self._point("placeholder")
         ref = placeholder_ref(sink)
         if ref is not None and ref != delivery.reply_ref:
-            await self.store.set_reply_ref(delivery, ref)
+            self._posted[(delivery.platform, ref)] = delivery
+            try:
+                await self.store.set_reply_ref(delivery, ref)
+            finally:
+                self._posted.pop((delivery.platform, ref), None)
             self._point("reply_ref")
 
     async def _locked_turn(self, delivery: Delivery, sink: ReplySink,
@@ -623,8 +630,9 @@ class ChatService:
         leaves the engine's batch). The answering task keeps what was written, shows it with
         「（停止しました）」 and stores it as the turn. Only the person who asked, or a
         moderator (the adapter says), may stop it."""
-        answer = await self.store.answer_at(platform, reply_ref, channel)
-        if answer is None:
+        answer = await self.store.answer_at(platform, reply_ref, channel) \
+            or self._posted.get((platform, reply_ref))
+        if answer is None or (channel is not None and answer.key.channel != channel):
             return ControlResult.NOT_FOUND
         if not moderator and user != answer.who_asked:
             return ControlResult.NOT_ALLOWED

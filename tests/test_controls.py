@@ -20,7 +20,7 @@ from bot.errors import OutdatedRequest, QueueFullError
 from bot.generation import GenerationParams
 from bot.generator import LocalGenerator, WaitCallback
 from bot.tokenizer import Tokenizer
-from storage.history import HistoryStore
+from storage.history import Delivery, HistoryStore
 from storage.schema import MIGRATIONS
 from tests.fakes import RecordingSink, ScriptedGenerator
 
@@ -447,3 +447,34 @@ async def test_a_reset_retires_the_last_answer(store: HistoryStore,
     assert confirm.retired == [answered.ref] and confirm.offered == [NO_CONTROLS]
     assert await chat.regenerate("test", answered.ref, "p", "alice", ButtonSink()) is \
         ControlResult.NOT_LATEST
+
+
+class GatedStore(HistoryStore):
+    """Holds the storing of a placeholder's handle until `go` is set."""
+
+    entered: asyncio.Event
+    go: asyncio.Event
+
+    async def set_reply_ref(self, delivery: Delivery, ref: str) -> None:
+        self.entered.set()
+        await self.go.wait()
+        await super().set_reply_ref(delivery, ref)
+
+
+async def test_stop_pressed_before_the_placeholder_is_recorded_still_stops(
+        tmp_path: Path, tokenizer: Tokenizer) -> None:
+    store = await GatedStore.open(tmp_path / "gated.sqlite3")
+    store.entered, store.go = asyncio.Event(), asyncio.Event()
+    try:
+        generator = HeldGenerator()
+        chat = service(store, tokenizer, generator)
+        sink = ButtonSink()
+        answering = asyncio.create_task(chat.handle(KEY, ask("質問", "m1"), sink))
+        await store.entered.wait()  # the placeholder (with 「停止」) is up, its handle not stored
+        assert await chat.stop("test", sink.ref, "mallory") is ControlResult.NOT_ALLOWED
+        assert await chat.stop("test", sink.ref, "alice") is ControlResult.DONE
+        store.go.set()
+        assert await answering is Outcome.ANSWERED
+        assert sink.final() == STOPPED_MARK and generator.prompts == []
+    finally:
+        await store.close()
