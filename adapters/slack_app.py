@@ -7,47 +7,29 @@ delivery, redeliveries after a restart) is the chat service's: delivery_key = "c
 Events are acknowledged only once the chat service has recorded them, and the bot's replies
 carry that key in Slack message metadata, so a retried chat.postMessage or a reply resumed
 after a restart finds its earlier message instead of posting a second one.
+
+This module parses events and holds the listeners; the Web API calls are in slack_api.py,
+the reply sinks in slack_reply.py, the HTTP / Socket Mode runtime in slack_service.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import logging
-import time
 import uuid
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-import aiohttp
-from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response
-from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
-from slack_bolt.middleware.authorization.async_single_team_authorization import (
-    AsyncSingleTeamAuthorization,
-)
-from slack_bolt.request.async_request import AsyncBoltRequest
-from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.web.async_client import AsyncWebClient
-from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_blocks import (
-    FeedbackSupport,
-    any_control,
-    control_blocks,
-    has_native_feedback,
-    message_blocks,
-    without_actions,
-)
-from adapters.slack_stream import NativeStream, StreamSupport
+from adapters.slack_api import HISTORY_PAGE, PLATFORM, SlackApi, UserNames
+from adapters.slack_blocks import FeedbackSupport
+from adapters.slack_reply import COMMAND, SlackCommandReply, SlackReply, _tell
+from adapters.slack_stream import StreamSupport
 from adapters.slack_text import (
-    escape,
     mentions,
     strip_mention,
     to_plain,
@@ -57,21 +39,15 @@ from adapters.slack_text import (
 )
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import USAGE_MESSAGE, ChatService, EarlierLoader, Outcome
-from bot.config import Settings
-from bot.conversation import RETIRED, ConversationKey, IncomingMessage, Speaker, Turn
-from bot.errors import ConfigError, RinnaError
+from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
+from bot.errors import RinnaError
 from bot.privacy import PrivateData
 from bot.prompt import turn_cost
-from bot.reply import MessageReply
 from bot.seen import RecentKeys
 from bot.status import StatusSource
 from storage.history import Delivery
 
 log = logging.getLogger(__name__)
-
-PLATFORM = "slack"
-EVENTS_PATH = "/slack/events"
-COMMAND = "/rinna"
 
 IGNORED = "ignored"
 DENIED = "denied"  # refused by the access policy: nothing said (commands: told ephemerally)
@@ -88,18 +64,12 @@ HELP_WORDS = frozenset({"", "help", "ヘルプ", "使い方"})
 # Message subtypes that are still a person writing; every other subtype (edits, deletes,
 # joins, bot messages, ...) is ignored.
 USER_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
-AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
-                         "token_expired", "not_allowed_token_type"})
 
 RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
               "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
 RESET_HINT = ("スラッシュコマンドはスレッドの中では使えません。"
               "リセットしたいスレッドで `@rinna リセット` と書いてください。")
 FAILURE_MESSAGE = RinnaError.user_message
-POST_FAILED = ("質問をチャンネルに投稿できませんでした。"
-               "ボットをこのチャンネルに招待してから、もう一度お試しください。")
-ASKED = "<@{user}> さんの質問：\n{question}"
-QUESTION_SHOWN_CHARS = 2800
 HELP_MESSAGE = (
     "*rinna の使い方*\n"
     "• `/rinna 質問` … 質問をチャンネルに投稿し、そのスレッドで答えます。\n"
@@ -113,10 +83,6 @@ HELP_MESSAGE = (
     f"{USAGE_MESSAGE}"
 )
 
-DELIVERY_ERRORS: tuple[type[BaseException], ...] = (
-    SlackClientError, aiohttp.ClientError, TimeoutError)
-
-HISTORY_PAGE = 200
 HISTORY_MAX_PAGES = 100  # a thread is read to its end (newest last), at most 20,000 messages
 # A turn costs at least 2 tokens (label and separator): more messages than budget / 2 can never
 # fit the prompt. Before names are looked up, the newest messages are counted in tokens with
@@ -125,419 +91,7 @@ HISTORY_MAX_PAGES = 100  # a thread is read to its end (newest last), at most 20
 MIN_TURN_TOKENS = 2
 BUDGET_SLACK = 1.5
 MAX_TEXT_CHARS = 40_000  # Slack cuts message text at 40,000 characters; more is not Slack's
-NAME_CACHE_SIZE = 10_000
-SOCKET_CONNECT_TIMEOUT_S = 60.0
-CLOSE_GRACE_S = 5.0
-SIGNATURE_MAX_AGE_S = 5 * 60
-REPLY_EVENT = "rinna_reply"  # the metadata event type that tags the bot's replies
 COMMAND_KEY = "command:"  # a /rinna command's delivery key: this and its trigger id
-QUESTION_PART = -1  # the metadata part of the question a /rinna command posts
-FIND_PAGES = 10
-# chat.postMessage errors that say the bot cannot post in this conversation at all (not a
-# member of the channel, a DM or group DM it is not in)
-CANNOT_POST = frozenset({"not_in_channel", "channel_not_found"})
-
-Sleep = Callable[[float], Awaitable[None]]
-
-
-class SlackConnectError(RinnaError):
-    """Slack could not be reached at start (Socket Mode connection)."""
-
-
-# ----- Web API calls with bounded retries -----------------------------------------------------
-class SlackApi:
-    """Calls AsyncWebClient methods by name, retrying `ratelimited` (after Retry-After) and
-    5xx answers a bounded number of times; any other error is raised to the caller."""
-
-    def __init__(self, client: AsyncWebClient, *, max_retries: int = 3,
-                 max_wait_s: float = 30.0, sleep: Sleep = asyncio.sleep) -> None:
-        self.client = client
-        self.max_retries = max_retries
-        self.max_wait_s = max_wait_s
-        self.sleep = sleep
-
-    async def call(self, method: str, *, retry: bool = True, **kwargs: Any) -> AsyncSlackResponse:
-        attempt = 0
-        while True:
-            try:
-                return await getattr(self.client, method)(**kwargs)
-            except SlackApiError as exc:
-                delay = self._retry_delay(exc.response, attempt) if retry else None
-                if delay is None:
-                    raise
-                log.warning("slack %s: %s (HTTP %s); retry %d in %.1f s", method,
-                            exc.response.get("error", "error"), exc.response.status_code,
-                            attempt + 1, delay)
-            attempt += 1
-            await self.sleep(delay)
-
-    def post_retry_delay(self, exc: BaseException, attempt: int) -> float | None:
-        """How long to wait before posting again after `exc`, or None to give up. Besides what
-        `call` retries, network failures and timeouts (the message may exist: look first)."""
-        if isinstance(exc, SlackApiError):
-            return self._retry_delay(exc.response, attempt)
-        if isinstance(exc, (aiohttp.ClientError, TimeoutError)) and attempt < self.max_retries:
-            return min(float(2**attempt), self.max_wait_s)
-        return None
-
-    def _retry_delay(self, response: AsyncSlackResponse, attempt: int) -> float | None:
-        if attempt >= self.max_retries:
-            return None
-        if response.status_code == 429 or response.get("error") == "ratelimited":
-            return min(_retry_after(response), self.max_wait_s)
-        if response.status_code >= 500:
-            return min(float(2**attempt), self.max_wait_s)
-        return None
-
-
-def _retry_after(response: AsyncSlackResponse) -> float:
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "1")))
-    except (TypeError, ValueError):
-        return 1.0
-
-
-class UserNames:
-    """User id -> display name through users.info; the id itself when unknown.
-
-    Bounded (least recently used names go first) and single-flight: however many events ask
-    for the same user at once, one users.info call is made and every asker gets its answer."""
-
-    def __init__(self, api: SlackApi, size: int = NAME_CACHE_SIZE) -> None:
-        self._api = api
-        self.size = size
-        self._names: OrderedDict[str, str] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[str]] = {}
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    async def lookup(self, ids: Sequence[str] | set[str]) -> dict[str, str]:
-        users = list(ids)
-        names = await asyncio.gather(*(self.name(user) for user in users))
-        return dict(zip(users, names, strict=True))
-
-    async def name(self, user: str) -> str:
-        if (known := self._names.get(user)) is not None:
-            self._names.move_to_end(user)
-            return known
-        pending = self._pending.get(user)
-        if pending is None:
-            pending = asyncio.ensure_future(self._fetch(user))
-            self._pending[user] = pending
-            pending.add_done_callback(lambda _: self._pending.pop(user, None))
-        # shielded: one asker giving up does not cancel the lookup the others wait for
-        return await asyncio.shield(pending)
-
-    def _remember(self, user: str, name: str) -> None:
-        self._names[user] = name
-        self._names.move_to_end(user)
-        while len(self._names) > self.size:
-            self._names.popitem(last=False)
-
-    async def _fetch(self, user: str) -> str:
-        try:
-            info = await self._api.call("users_info", user=user)
-        except SlackApiError as exc:  # unknown user, missing users:read: do not ask again
-            log.warning("slack users.info %s: %s", user, exc.response.get("error", "error"))
-            self._remember(user, user)
-            return user
-        except DELIVERY_ERRORS as exc:
-            log.warning("slack users.info %s failed: %s", user, _describe(exc))
-            return user
-        profile = info.get("user") or {}
-        details = profile.get("profile") or {}
-        name = (details.get("display_name") or details.get("real_name")
-                or profile.get("real_name") or profile.get("name") or user)
-        self._remember(user, name)
-        return name
-
-
-# ----- the reply sink -------------------------------------------------------------------------
-class SlackReply(MessageReply):
-    """Posts in a thread (chat.postMessage) and edits by ts (chat.update). With a tag, each
-    post carries message metadata {delivery, part}; a post retried after a 5xx or a timeout
-    (which Slack may have carried out) first looks for that message in the thread."""
-
-    limit: ClassVar[int] = 3000
-    delivery_errors: ClassVar[tuple[type[BaseException], ...]] = DELIVERY_ERRORS
-
-    def __init__(self, api: SlackApi, channel: str, thread_ts: str | None,
-                 tag: str | None = None, *, streams: StreamSupport | None = None,
-                 user: str | None = None, team: str | None = None,
-                 feedback: FeedbackSupport | None = None) -> None:
-        super().__init__(tag)
-        self.api = api
-        self.channel = channel
-        self.thread_ts = thread_ts or None
-        # Native streaming (in a thread, where the workspace takes it): see slack_stream.py.
-        self.streams = streams
-        self.user = user
-        self.team = team
-        self.stream: NativeStream | None = None  # the answer being streamed, until stopped
-        # Whether 👍/👎 go as Slack's feedback_buttons (the process's memory: SlackHandlers').
-        self.feedback = feedback if feedback is not None else FeedbackSupport()
-        # Called once, with Slack's error, when a post shows the bot cannot post here at all.
-        self.on_cannot_post: Callable[[str], Awaitable[None]] | None = None
-        self.cannot_post: str | None = None  # that error, once seen
-
-    def _metadata(self, part: int) -> dict[str, Any] | None:
-        if self.tag is None:
-            return None
-        return {"event_type": REPLY_EVENT, "event_payload": {"delivery": self.tag, "part": part}}
-
-    def _blocks(self, text: str, part: int, *, edit: bool,
-                native: bool = True) -> dict[str, Any]:
-        """The `blocks` argument for a post or an edit of `part` showing `text`: the text and
-        the buttons offered (bot/reply.py's `offer`); on an edit of the main message, [] to
-        take away buttons it showed before (chat.update keeps blocks it is not given)."""
-        blocks = message_blocks(text, self.controls_for(part), native_feedback=native)
-        return {"blocks": blocks} if blocks or (edit and part == 0) else {}
-
-    async def _with_blocks(self, method: str, arguments: Mapping[str, Any],
-                           blocks_for: Callable[[bool], Mapping[str, Any]], *,
-                           retry: bool) -> AsyncSlackResponse:
-        """`method` with `arguments` and the blocks `blocks_for(native feedback buttons?)`
-        gives. If Slack refuses blocks holding its feedback_buttons element (invalid_blocks),
-        once more with plain 👍/👎, and plain ones from then on in this process."""
-        shown = blocks_for(self.feedback.native)
-        try:
-            return await self.api.call(method, retry=retry, **arguments, **shown)
-        except SlackApiError as exc:
-            if exc.response.get("error") != "invalid_blocks" or not has_native_feedback(
-                    shown.get("blocks")):
-                raise
-            self.feedback.refuse()
-        return await self.api.call(method, retry=retry, **arguments, **blocks_for(False))
-
-    async def retire(self, ref: str) -> None:
-        """The answer in message `ref` is no longer the newest: its buttons become RETIRED
-        (👍/👎 only), its text and other blocks as Slack has them (read back).
-
-        Cosmetic (the old answer only keeps its 「もう一度」, which the chat service refuses
-        anyway): one try each for the read and the edit, never a rate limit waited out; a
-        failure costs that button and one log line."""
-        try:
-            await self._retire(ref)
-        except DELIVERY_ERRORS as exc:
-            log.info("slack: the buttons of earlier answer %s stay as they were: %s", ref,
-                     _describe(exc))
-
-    async def _retire(self, ref: str) -> None:
-        found = await self._read(ref)
-        if found is None:
-            log.info("slack: answer %s to retire not found", ref)
-            return
-        text = str(found.get("text") or "")
-        blocks = found.get("blocks")
-        if not (isinstance(blocks, list) and blocks):
-            # a plain message: its (already escaped) text as a section, then the buttons
-            blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000] or " "}}]
-
-        def kept(native: bool) -> dict[str, Any]:
-            return {"blocks": without_actions(blocks, RETIRED, native_feedback=native)}
-
-        await self._with_blocks("chat_update", dict(channel=self.channel, ts=ref, text=text),
-                                kept, retry=False)
-
-    async def _read(self, ts: str) -> Mapping[str, Any] | None:
-        """One message of this reply's thread (or DM) as Slack has it."""
-        window = dict(channel=self.channel, latest=ts, oldest=ts, inclusive=True, limit=1)
-        if self.thread_ts is not None:
-            page = await self.api.call("conversations_replies", retry=False,
-                                       ts=self.thread_ts, **window)
-        else:
-            page = await self.api.call("conversations_history", retry=False, **window)
-        for item in page.get("messages") or []:
-            if isinstance(item, Mapping) and item.get("ts") == ts:
-                return item
-        return None
-
-    async def start(self) -> None:
-        if self._handle is None and self.streams is not None and self.thread_ts is not None:
-            stream = NativeStream(self.api, self.streams, self.channel, self.thread_ts,
-                                  user=self.user, team=self.team, limit=self.limit)
-            ts = await stream.start(control_blocks(self.controls_for(0),
-                                                   native_feedback=self.feedback.native))
-            if ts is not None:
-                self.stream, self._handle = stream, ts
-                self.posted.append(ts)
-                return
-        await super().start()
-
-    async def resume(self, ref: str | None) -> None:
-        await super().resume(ref)
-        if self._handle is not None and self.streams is not None and self.streams.enabled:
-            # A stream the previous process left running cannot be edited until it is
-            # stopped; for any other message Slack just says it is not streaming.
-            try:
-                await self.api.call("chat_stopStream", retry=False, channel=self.channel,
-                                    ts=self._handle)
-            except DELIVERY_ERRORS as exc:
-                log.debug("slack chat.stopStream on resume: %s", _describe(exc))
-
-    async def update(self, text: str) -> None:
-        if self.stream is not None:
-            await self.stream.append(text)
-            return
-        await super().update(text)
-
-    async def _show(self, text: str, final: bool = False) -> None:
-        stream = self.stream
-        if stream is not None:
-            if not final:
-                return  # a queue position: a stream only grows, it cannot show one and drop it
-            self.stream = None
-            shown = await stream.stop(text, metadata=self._metadata(0))
-            if shown and not any_control(self.controls_for(0)) and not stream.started_with_blocks:
-                return
-            # The buttons (or a text that is not the streamed one plus more): the stopped
-            # stream's message is an ordinary one now, and chat.update sets it whole.
-        await super()._show(text, final)
-
-    async def post(self, text: str, *, part: int = 0) -> str:
-        arguments: dict[str, Any] = dict(
-            channel=self.channel, thread_ts=self.thread_ts, text=escape(text),
-            unfurl_links=False, unfurl_media=False)
-        if (metadata := self._metadata(part)) is not None:
-            arguments["metadata"] = metadata
-        attempt = 0
-        while True:
-            try:
-                response = await self._with_blocks(
-                    "chat_postMessage", arguments,
-                    lambda native: self._blocks(text, part, edit=False, native=native),
-                    retry=False)
-                return str(response["ts"])
-            except DELIVERY_ERRORS as exc:
-                delay = self.api.post_retry_delay(exc, attempt)
-                if delay is None:
-                    await self._cannot_post(exc)
-                    raise
-                log.warning("slack chat.postMessage: %s; retry %d in %.1f s", _describe(exc),
-                            attempt + 1, delay)
-                maybe_posted = not (isinstance(exc, SlackApiError) and (
-                    exc.response.status_code < 500 or exc.response.get("error") == "ratelimited"))
-            attempt += 1
-            await self.api.sleep(delay)
-            if maybe_posted and self.tag is not None:
-                found = await self.find(part)
-                if found is not None:
-                    log.info("slack chat.postMessage: the failed attempt had posted; not again")
-                    return str(found)
-
-    async def _cannot_post(self, exc: BaseException) -> None:
-        """The first time a post is refused because the bot cannot post here, say so."""
-        error = exc.response.get("error") if isinstance(exc, SlackApiError) else None
-        if error not in CANNOT_POST or self.cannot_post is not None:
-            return
-        self.cannot_post = str(error)
-        if self.on_cannot_post is not None:
-            try:
-                await self.on_cannot_post(self.cannot_post)
-            except Exception:
-                log.exception("slack: could not say that %s cannot be posted in", self.channel)
-
-    async def find(self, part: int) -> str | None:
-        """The ts of this reply's message `part` in the thread (or the DM), if posted."""
-        if self.tag is None:
-            return None
-        cursor: str | None = None
-        for _ in range(FIND_PAGES):
-            if self.thread_ts is not None:
-                page = await self.api.call(
-                    "conversations_replies", channel=self.channel, ts=self.thread_ts,
-                    include_all_metadata=True, limit=HISTORY_PAGE, cursor=cursor)
-            else:
-                page = await self.api.call(
-                    "conversations_history", channel=self.channel, include_all_metadata=True,
-                    limit=HISTORY_PAGE, cursor=cursor)
-            for item in page.get("messages") or []:
-                metadata = item.get("metadata") or {}
-                payload = metadata.get("event_payload") or {}
-                if (metadata.get("event_type") == REPLY_EVENT
-                        and payload.get("delivery") == self.tag and payload.get("part") == part
-                        and isinstance(item.get("ts"), str)):
-                    return str(item["ts"])
-            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
-            if not page.get("has_more") or cursor is None:
-                return None
-        return None
-
-    def ref(self, handle: Any) -> str | None:
-        return None if handle is None else str(handle)
-
-    def restore(self, ref: str) -> str:
-        return ref
-
-    async def edit(self, handle: Any, text: str, *, final: bool) -> None:
-        # chat.update is rate-limited (Tier 3): a preview that hits the limit is dropped, not
-        # waited out, so the stream never stalls; the final text is retried.
-        part = 0 if handle == self._handle else 1
-        await self._with_blocks(
-            "chat_update", dict(channel=self.channel, ts=handle, text=escape(text)),
-            lambda native: self._blocks(text, part, edit=True, native=native), retry=final)
-
-
-class QuestionNotPosted(RinnaError):
-    """A /rinna question could not be posted in its channel (the bot not invited, say)."""
-
-    user_message = POST_FAILED
-
-
-class SlackCommandReply(SlackReply):
-    """The reply to a /rinna question, recorded before the question is posted: `locate` posts
-    the question in the channel (tagged with the command's key, part QUESTION_PART) or, after
-    a restart, finds it there; the answer then goes in its thread."""
-
-    def __init__(self, api: SlackApi, team: str, channel: str, user: str, question: str, *,
-                 tag: str, respond: AsyncRespond | None = None,
-                 streams: StreamSupport | None = None,
-                 feedback: FeedbackSupport | None = None) -> None:
-        super().__init__(api, channel, None, tag=tag, streams=streams, user=user, team=team,
-                         feedback=feedback)
-        self.question = question
-        self.respond = respond
-
-    async def locate(self) -> ConversationKey:
-        if self.thread_ts is None:
-            found = await self._find(QUESTION_PART)
-            self.thread_ts = str(found) if found is not None else await self._post_question()
-        return ConversationKey(PLATFORM, self.team, self.channel, self.thread_ts)
-
-    async def _post_question(self) -> str:
-        shown = self.question if len(self.question) <= QUESTION_SHOWN_CHARS else (
-            self.question[:QUESTION_SHOWN_CHARS] + "…")
-        arguments: dict[str, Any] = dict(
-            channel=self.channel, unfurl_links=False,
-            text=ASKED.format(user=self.user, question=escape(shown)),
-            metadata={"event_type": REPLY_EVENT,
-                      "event_payload": {"delivery": self.tag, "part": QUESTION_PART}})
-        attempt = 0
-        while True:  # a retry after a 5xx or a timeout (maybe posted) looks for it first
-            try:
-                posted = await self.api.call("chat_postMessage", retry=False, **arguments)
-                return str(posted["ts"])
-            except DELIVERY_ERRORS as exc:
-                delay = self.api.post_retry_delay(exc, attempt)
-                if delay is None:
-                    log.warning("slack %s: could not post the question in %s: %s", COMMAND,
-                                self.channel, _describe(exc))
-                    if self.respond is not None:
-                        await _tell(self.respond, POST_FAILED)
-                    raise QuestionNotPosted() from None
-                maybe_posted = not (isinstance(exc, SlackApiError) and (
-                    exc.response.status_code < 500 or exc.response.get("error") == "ratelimited"))
-            attempt += 1
-            await self.api.sleep(delay)
-            if maybe_posted and (found := await self._find(QUESTION_PART)) is not None:
-                return str(found)
-
-    async def fail(self, message: str) -> None:
-        if self.thread_ts is None:  # no question in the channel: no thread to say it in
-            log.info("slack %s %s: ended before its question was posted", COMMAND, self.tag)
-            return
-        await super().fail(message)
 
 
 # ----- events as values -----------------------------------------------------------------------
@@ -831,16 +385,6 @@ class SlackHandlers:
                 self.inflight.discard(task)
 
 
-async def _tell(respond: AsyncRespond, text: str) -> None:
-    try:
-        await respond(text=text, response_type="ephemeral", replace_original=False)
-    except (*DELIVERY_ERRORS, ValueError) as exc:
-        log.warning("slack: could not send an ephemeral reply: %s", _describe(exc))
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]
-
 
 def _bot(context: AsyncBoltContext) -> BotIdentity:
     return BotIdentity(context.bot_user_id, context.bot_id)
@@ -986,190 +530,3 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             return await services.on_command(command, respond, _bot(context), accepted)
 
         await _acknowledge_when_recorded(services, ack, work, FAILED)
-
-
-# ----- the service that `rinna-bot run` starts ----------------------------------------------
-class SlackService:
-    """The Bolt app served over Socket Mode (SLACK_APP_TOKEN) or HTTP (SLACK_SIGNING_SECRET)."""
-
-    def __init__(self, app: AsyncApp, handlers: SlackHandlers, settings: Settings,
-                 host: str) -> None:
-        self.app = app
-        self.handlers = handlers
-        self._app_token = settings.slack_app_token
-        self._signing_secret = (settings.slack_signing_secret.get_secret_value().encode()
-                                if settings.slack_signing_secret is not None else None)
-        self._port = settings.slack_port
-        self._host = host
-        self.port: int | None = None  # the HTTP port actually bound (HTTP mode)
-        self._runner: web.AppRunner | None = None
-        self._socket: AsyncSocketModeHandler | None = None
-
-    @property
-    def mode(self) -> str:
-        return "socket" if self._app_token is not None else "http"
-
-    @property
-    def connected(self) -> bool:
-        """For the health check: the Socket Mode websocket is open, or HTTP mode is listening."""
-        if self._socket is not None:
-            session = self._socket.client.current_session
-            return session is not None and not session.closed
-        return self._runner is not None
-
-    async def start(self) -> None:
-        await self._check_bot_token()
-        if self._app_token is not None:
-            await self._start_socket_mode(self._app_token.get_secret_value())
-        else:
-            await self._start_http()
-
-    async def stop_intake(self) -> None:
-        """Stop taking events (the answers in flight go on)."""
-        if self._socket is not None:
-            await self._socket.close_async()
-            self._socket = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
-        """Stop taking events, let answers in flight finish for `grace_s`, cancel the rest."""
-        await self.stop_intake()
-        pending = set(self.handlers.inflight) | set(self.handlers.background)
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=grace_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-
-    async def _check_bot_token(self) -> None:
-        try:
-            auth = await self.app.client.auth_test()
-        except SlackApiError as exc:
-            if exc.response.get("error") in AUTH_ERRORS:
-                raise ConfigError(
-                    f"SLACK_BOT_TOKEN was rejected by Slack ({exc.response.get('error')}); "
-                    "set it to the app's Bot User OAuth Token (xoxb-...)") from None
-            log.warning("slack auth.test failed: %s; starting anyway", _describe(exc))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("slack auth.test failed: %s; starting anyway", _describe(exc))
-        else:
-            log.info("slack: signed in as %s in %s", auth.get("user"), auth.get("team"))
-            # Bolt asks auth.test on the first event, and again for every event that arrives
-            # before that answer: hand it this one instead, so no event calls it.
-            for middleware in getattr(self.app, "_async_middleware_list", ()):
-                if isinstance(middleware, AsyncSingleTeamAuthorization):
-                    middleware.auth_test_result = auth
-
-    async def _start_http(self) -> None:
-        web_app = web.Application()
-        web_app.router.add_post(EVENTS_PATH, self._events)
-        runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=CLOSE_GRACE_S)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigError(f"SLACK_PORT={self._port}: cannot listen ({exc.strerror})") from None
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
-        log.info("slack: HTTP mode, listening on %s:%d%s", self._host, self.port, EVENTS_PATH)
-
-    async def _events(self, request: web.Request) -> web.Response:
-        """Verify the signature on the raw bytes first; only a signed request is parsed. Any
-        request that is not Slack's gets a 4xx and at most one log line, never a traceback."""
-        raw = await request.read()
-        if self._signing_secret is None or not verify_signature(
-                self._signing_secret, raw, request.headers.get("X-Slack-Request-Timestamp"),
-                request.headers.get("X-Slack-Signature")):
-            log.info("slack: refused a request with a missing, bad or stale signature")
-            return web.json_response({"error": "invalid request"}, status=401)
-        try:
-            body = raw.decode("utf-8")
-            _check_shape(body, request.content_type)
-            bolt_request = AsyncBoltRequest(body=body, query=request.query_string,
-                                            headers=request.headers)  # type: ignore[arg-type]
-            response = await self.app.async_dispatch(bolt_request)
-        except Exception as exc:  # signed, but not a request Slack sends
-            log.warning("slack: refused a malformed signed request (%s)", type(exc).__name__)
-            return web.json_response({"error": "malformed request"}, status=400)
-        return await to_aiohttp_response(response)
-
-    async def _start_socket_mode(self, app_token: str) -> None:
-        handler = AsyncSocketModeHandler(self.app, app_token=app_token)
-        self._socket = handler
-        try:
-            handler.client.wss_uri = await handler.client.issue_new_wss_url()
-            await asyncio.wait_for(handler.connect_async(), SOCKET_CONNECT_TIMEOUT_S)
-        except SlackApiError as exc:
-            await self.close()
-            error = exc.response.get("error")
-            if error in AUTH_ERRORS:
-                raise ConfigError(
-                    f"SLACK_APP_TOKEN was rejected by Slack ({error}); set it to an app-level "
-                    "token (xapp-...) with the connections:write scope") from None
-            raise SlackConnectError(f"Slack Socket Mode: apps.connections.open failed "
-                                    f"({error or exc.response.status_code})") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            await self.close()
-            raise SlackConnectError(
-                f"Slack Socket Mode: could not connect ({type(exc).__name__})") from None
-        log.info("slack: Socket Mode connected")
-
-
-def verify_signature(secret: bytes, body: bytes, timestamp: str | None,
-                     signature: str | None, *, now: float | None = None) -> bool:
-    """Slack's v0 request signature over the raw body, within 5 minutes; False for anything
-    malformed (a non-numeric timestamp, a missing header) rather than an exception."""
-    if not timestamp or not signature or not timestamp.isascii() or not timestamp.isdigit():
-        return False
-    if abs((time.time() if now is None else now) - int(timestamp)) > SIGNATURE_MAX_AGE_S:
-        return False
-    expected = "v0=" + hmac.new(secret, b"v0:" + timestamp.encode() + b":" + body,
-                                hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
-
-
-def _check_shape(body: str, content_type: str) -> None:
-    """Raise ValueError unless the body is what Slack sends: a JSON object, or a form whose
-    `payload` (if any) is a JSON object."""
-    if content_type == "application/json" or body.lstrip().startswith("{"):
-        if not isinstance(json.loads(body), dict):
-            raise ValueError("not a JSON object")
-        return
-    from urllib.parse import parse_qs
-
-    form = parse_qs(body, keep_blank_values=True, strict_parsing=bool(body))
-    if "payload" in form and not isinstance(json.loads(form["payload"][0]), dict):
-        raise ValueError("payload is not a JSON object")
-
-
-def build_slack_service(chat: ChatService, settings: Settings, *,
-                        status: StatusSource | None = None,
-                        host: str = "0.0.0.0") -> SlackService:
-    """The Slack app over the core services, ready to `start()`; nothing connects yet."""
-    if settings.slack_bot_token is None:
-        raise ConfigError("SLACK_BOT_TOKEN is not set")
-    secret = settings.slack_signing_secret
-    if settings.slack_app_token is None and secret is None:
-        raise ConfigError("SLACK_BOT_TOKEN is set: also set SLACK_APP_TOKEN (Socket Mode) "
-                          "or SLACK_SIGNING_SECRET (HTTP mode)")
-    client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(),
-                            base_url=settings.slack_api_url)
-    # Bolt's loggers take their level from the logger given here (setup_logging keeps
-    # "slack_bolt" at WARNING unless LOG_LEVEL=DEBUG); left alone, each copies the root's INFO
-    # and, for one, logs whole request bodies (message text) on a signature failure.
-    # The app's name names its loggers too (set up on every request): keep them under
-    # "slack_bolt", away from the project's own "rinna-bot" logger.
-    # process_before_response: Slack gets its 200 when the listener returns, and listeners
-    # return once the chat service has recorded the message (the answer goes on after it).
-    app = AsyncApp(client=client, name="slack_bolt.rinna-bot",
-                   logger=logging.getLogger("slack_bolt"), process_before_response=True,
-                   signing_secret=secret.get_secret_value() if secret is not None else "")
-    api = SlackApi(client)
-    handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings),
-                             status=status)
-    register(app, handlers)
-    return SlackService(app, handlers, settings, host)

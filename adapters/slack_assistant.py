@@ -35,6 +35,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.request.payload_utils import is_other_message_sub_event_in_assistant_thread
 from slack_bolt.response import BoltResponse
 
+from adapters.slack_api import PLATFORM
 from bot.access import AccessRequest
 from bot.conversation import ConversationKey, IncomingMessage
 
@@ -163,7 +164,7 @@ def register_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
 async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[str, Any],
                        bot: Any, *, respond: AsyncRespond | None = None) -> str:
     """Answer `message` (the one the shortcut was used on) in its thread, for the presser."""
-    from adapters.slack_app import FAILED, PLATFORM
+    from adapters.slack_app import FAILED
 
     trigger = str(shortcut.get("trigger_id") or shortcut.get("action_ts") or message.ts)
     tag = SHORTCUT_KEY + trigger

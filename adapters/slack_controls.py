@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 
+from adapters.slack_api import PLATFORM
 from adapters.slack_blocks import FEEDBACK_ACTIONS, REGENERATE, STOP
 from bot.access import AccessRequest
 from bot.controls import ControlResult, control_message
 
 if TYPE_CHECKING:
-    from adapters.slack_app import SlackApi, SlackHandlers
+    from adapters.slack_api import SlackApi
+    from adapters.slack_app import SlackHandlers
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,6 @@ async def tell(api: SlackApi, channel: str, user: str, text: str,
 
 
 def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
-    from adapters.slack_app import PLATFORM
-
     if services.moderators is None:
         services.moderators = Moderators(services.api)
 

@@ -30,7 +30,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from adapters.slack_text import escape
 
 if TYPE_CHECKING:
-    from adapters.slack_app import SlackApi
+    from adapters.slack_api import SlackApi
 
 log = logging.getLogger(__name__)
 

@@ -192,7 +192,7 @@ async def run_platforms(core: Core) -> None:
 
             recoveries.append(asyncio.create_task(recover_discord(), name="discord-recovery"))
         if settings.slack_enabled:
-            from adapters.slack_app import build_slack_service
+            from adapters.slack_service import build_slack_service
 
             slack = build_slack_service(core.chat, settings, status=core.status)
             if core.metrics is not None:

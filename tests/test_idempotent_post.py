@@ -16,7 +16,8 @@ from discord.gateway import DiscordWebSocket
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.discord_bot import build_discord_bot
-from adapters.slack_app import SlackApi, SlackReply
+from adapters.slack_api import SlackApi
+from adapters.slack_reply import SlackReply
 from bot.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from adapters.slack_app import build_slack_service
+from adapters.slack_service import build_slack_service
 from bot.chat import ChatService
 from bot.config import Settings
 from bot.errors import GeneratorClosed

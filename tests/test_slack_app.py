@@ -19,14 +19,9 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from adapters.slack_app import (
-    HELP_MESSAGE,
-    POST_FAILED,
-    RESET_DONE,
-    RESET_HINT,
-    SlackService,
-    build_slack_service,
-)
+from adapters.slack_app import HELP_MESSAGE, RESET_DONE, RESET_HINT
+from adapters.slack_reply import POST_FAILED
+from adapters.slack_service import SlackService, build_slack_service
 from adapters.slack_text import escape
 from bot.chat import EMPTY_ANSWER, ChatConfig, ChatService
 from bot.config import Settings

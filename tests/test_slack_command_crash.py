@@ -13,7 +13,9 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_app import POST_FAILED, BotIdentity, SlackApi, SlackHandlers, UserNames
+from adapters.slack_api import SlackApi, UserNames
+from adapters.slack_app import BotIdentity, SlackHandlers
+from adapters.slack_reply import POST_FAILED
 from bot.chat import ChatConfig, ChatService
 from bot.conversation import ConversationKey, Speaker
 from bot.reply import PLACEHOLDER

@@ -347,7 +347,7 @@ async def test_rinna_status_is_shown_to_the_asker_alone(
         chat: ChatService, settings: Settings, fake: FakeSlack) -> None:
     import json
 
-    from adapters.slack_app import build_slack_service
+    from adapters.slack_service import build_slack_service
     from bot.status import Status
 
     status = Status(model="tiny-neox", device="cpu", quantisation="none",

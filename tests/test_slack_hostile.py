@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from adapters.slack_app import build_slack_service
+from adapters.slack_service import build_slack_service
 from bot.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker

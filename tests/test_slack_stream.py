@@ -11,7 +11,8 @@ import pytest
 from pydantic import SecretStr
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack_app import BotIdentity, SlackApi, SlackHandlers, UserNames, parse_message
+from adapters.slack_api import SlackApi, UserNames
+from adapters.slack_app import BotIdentity, SlackHandlers, parse_message
 from bot.chat import ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import Speaker

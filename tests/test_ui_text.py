@@ -8,7 +8,7 @@ import re
 import pytest
 
 from adapters.console import HELP as CONSOLE_HELP
-from adapters.slack_app import ASKED
+from adapters.slack_reply import ASKED
 from bot.chat import EMPTY_ANSWER, USAGE_MESSAGE, as_history
 from bot.conversation import Speaker, Turn
 from bot.errors import GeneratorClosed, GeneratorError, QueueFullError, RinnaError
