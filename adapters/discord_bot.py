@@ -32,7 +32,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from adapters.discord_controls import AnswerControls, ControlsView, StatusCog, controls_view
+from adapters.discord_controls import (AnswerControls, ControlsView, StatusCog, controls_view,
+                                       message_ref)
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.config import Settings
@@ -314,11 +315,7 @@ class DiscordReply(MessageReply):
         return await self.destination.send(text, reply_nonce(self.tag, part), **buttons)
 
     def ref(self, handle: Any) -> str | None:
-        channel = getattr(handle, "channel", None)
-        ident, channel_id = getattr(handle, "id", None), getattr(channel, "id", None)
-        if isinstance(ident, int) and isinstance(channel_id, int):
-            return f"{channel_id}/{ident}"
-        return None
+        return message_ref(handle)
 
     def restore(self, ref: str) -> Any:
         channel_id, _, message_id = ref.partition("/")

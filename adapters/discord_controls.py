@@ -60,11 +60,14 @@ def controls_view(controls: Controls) -> discord.ui.View | None:
     return view
 
 
-def message_ref(message: discord.Message | None) -> str | None:
-    """The reply_ref the chat service stored for a message the bot posted."""
-    if message is None:
-        return None
-    return f"{message.channel.id}/{message.id}"
+def message_ref(message: Any) -> str | None:
+    """A message (or partial message) as the reply_ref the chat service stores for the bot's
+    messages: "channel id/message id" (None: not a Discord message)."""
+    ident = getattr(message, "id", None)
+    channel_id = getattr(getattr(message, "channel", None), "id", None)
+    if isinstance(ident, int) and isinstance(channel_id, int):
+        return f"{channel_id}/{ident}"
+    return None
 
 
 class ControlHost(Protocol):
@@ -189,6 +192,8 @@ class ControlsView(discord.ui.View):
     async def bad_pressed(self, interaction: discord.Interaction,
                           _button: discord.ui.Button[Any]) -> None:
         await self.controls.feedback(interaction, "bad")
+
+
 class StatusCog(commands.Cog):
     """`/status`: how the bot is doing, shown only to the person who asked."""
 

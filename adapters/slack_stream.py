@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from adapters.slack_api import _describe
 from adapters.slack_text import escape
 
 if TYPE_CHECKING:
@@ -172,7 +173,3 @@ class NativeStream:
         if fits:
             self.sent = text
         return fits
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]

@@ -18,6 +18,7 @@ from bot.config import Settings, load_settings
 from bot.generator import LocalGenerator, load_generator
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
+from tests.discord_fakes import ScriptedGenerator as DiscordScript
 from tests.tiny_model import build_tiny_model
 
 
@@ -72,3 +73,17 @@ async def chat(
         ChatConfig(prompt_budget=settings.prompt_budget,
                    stream_interval_s=settings.stream_interval_s),
     )
+
+
+@pytest.fixture
+def script() -> DiscordScript:
+    """The Discord tests' scripted generator (reply 「はい。」 unless told otherwise)."""
+    return DiscordScript()
+
+
+@pytest.fixture
+def scripted(store: HistoryStore, script: DiscordScript, tokenizer: Tokenizer,
+             settings: Settings) -> ChatService:
+    """The real chat service over `script`, streaming every delta (no interval)."""
+    return ChatService(store, script, tokenizer,
+                       ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0))

@@ -10,29 +10,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import discord
-import pytest
 import simcord
 
 from adapters.discord_bot import build_discord_bot
 from bot.access import DENIED_MESSAGE
-from bot.chat import ChatConfig, ChatService
+from bot.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey
-from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
-from tests.discord_fakes import ScriptedGenerator
-
-
-@pytest.fixture
-def script() -> ScriptedGenerator:
-    return ScriptedGenerator()
-
-
-@pytest.fixture
-def scripted(store: HistoryStore, script: ScriptedGenerator, tokenizer: Tokenizer,
-             settings: Settings) -> ChatService:
-    return ChatService(store, script, tokenizer,
-                       ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0))
 
 
 def configured(settings: Settings, **access: Any) -> Settings:

@@ -3,7 +3,6 @@ the local fake Discord (REST + gateway on 127.0.0.1), with the real chat service
 
 from __future__ import annotations
 
-import pytest
 
 from adapters.discord_bot import (
     ASK_ABOUT,
@@ -12,11 +11,8 @@ from adapters.discord_bot import (
     build_discord_bot,
 )
 from bot.access import DENIED_MESSAGE
-from bot.chat import ChatConfig, ChatService
-from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
 from bot.reply import PLACEHOLDER, PREVIEW_TAIL
-from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.discord_fakes import (
     CHANNEL_ID,
@@ -25,22 +21,9 @@ from tests.discord_fakes import (
     OTHER_USER_ID,
     USER_ID,
     FakeDiscord,
-    ScriptedGenerator,
     connected,
 )
 from tests.test_discord_wire import fake_discord  # noqa: F401
-
-
-@pytest.fixture
-def script() -> ScriptedGenerator:
-    return ScriptedGenerator()
-
-
-@pytest.fixture
-def scripted(store: HistoryStore, script: ScriptedGenerator, tokenizer: Tokenizer,
-             settings: Settings) -> ChatService:
-    return ChatService(store, script, tokenizer,
-                       ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0))
 
 
 def answered(fake: FakeDiscord, channel_id: int) -> list[str]:

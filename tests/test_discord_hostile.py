@@ -10,12 +10,8 @@ import pytest
 
 from adapters import discord_bot
 from adapters.discord_bot import MAX_TEXT_CHARS, build_discord_bot
-from bot.chat import ChatConfig, ChatService
-from bot.config import Settings
 from bot.conversation import ConversationKey
-from bot.tokenizer import Tokenizer
-from storage.history import HistoryStore
-from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord, ScriptedGenerator
+from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord
 from tests.slack_fakes import eventually
 from tests.test_discord_wire import fake_discord  # noqa: F401
 
@@ -31,18 +27,6 @@ def test_patterns_are_linear_on_100k_adversarial_text(text: str) -> None:
     discord_bot._MENTION.sub(lambda m: "", text)
     discord_bot._SPACES.sub(" ", text)
     assert time.perf_counter() - start < 0.5  # a few ms when linear; generous for loaded CI
-
-
-@pytest.fixture
-def script() -> ScriptedGenerator:
-    return ScriptedGenerator()
-
-
-@pytest.fixture
-def scripted(store: HistoryStore, script: ScriptedGenerator, tokenizer: Tokenizer,
-             settings: Settings) -> ChatService:
-    return ChatService(store, script, tokenizer,
-                       ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0))
 
 
 async def test_text_is_cut_to_discords_limit_before_parsing(

@@ -9,12 +9,11 @@ import simcord
 from simcord.enums import MessageType
 
 from adapters.discord_bot import RESET_DONE, RinnaDiscordBot, build_discord_bot
-from bot.chat import USAGE_MESSAGE, ChatConfig, ChatService
+from bot.chat import USAGE_MESSAGE, ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
 from bot.errors import GenerationTimeout, GeneratorError, QueueFullError
 from bot.reply import PLACEHOLDER
-from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.discord_fakes import ScriptedGenerator, sentences
 
@@ -22,20 +21,8 @@ pytestmark = pytest.mark.simcord(settle_timeout=30)
 
 
 @pytest.fixture
-def script() -> ScriptedGenerator:
-    return ScriptedGenerator()
-
-
-@pytest.fixture
-def scripted_chat(store: HistoryStore, script: ScriptedGenerator, tokenizer: Tokenizer,
-                  settings: Settings) -> ChatService:
-    return ChatService(store, script, tokenizer,
-                       ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0))
-
-
-@pytest.fixture
-def simcord_bot(scripted_chat: ChatService, settings: Settings) -> RinnaDiscordBot:
-    return build_discord_bot(scripted_chat, settings)
+def simcord_bot(scripted: ChatService, settings: Settings) -> RinnaDiscordBot:
+    return build_discord_bot(scripted, settings)
 
 
 @pytest.fixture
@@ -294,8 +281,8 @@ async def test_a_deleted_placeholder_is_replaced_by_a_new_message(
 
 
 async def test_without_the_message_content_intent_mentions_still_work(
-        scripted_chat: ChatService, settings: Settings, script: ScriptedGenerator) -> None:
-    bot = build_discord_bot(scripted_chat, settings, message_content=False)
+        scripted: ChatService, settings: Settings, script: ScriptedGenerator) -> None:
+    bot = build_discord_bot(scripted, settings, message_content=False)
     assert not bot.intents.message_content
     async with simcord.run(bot, settle_timeout=30,
                            approved_intents=discord.Intents.default()) as env:
