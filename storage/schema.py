@@ -74,6 +74,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_by_reply ON deliveries (platform, reply_ref)
         WHERE reply_ref IS NOT NULL;
     CREATE INDEX deliveries_by_answer ON deliveries (answer_id) WHERE answer_id IS NOT NULL;
+    CREATE INDEX deliveries_by_conversation ON deliveries (conversation_id, state);
     CREATE TABLE feedback (
         platform     TEXT NOT NULL,
         delivery_key TEXT NOT NULL,
