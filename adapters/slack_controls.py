@@ -23,9 +23,11 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 
 from adapters.slack_api import PLATFORM
+from adapters.slack_api import _describe
 from adapters.slack_blocks import FEEDBACK_ACTIONS, REGENERATE, STOP
 from bot.access import AccessRequest
 from bot.controls import ControlResult, control_message
+from bot.errors import RinnaError
 
 if TYPE_CHECKING:
     from adapters.slack_api import SlackApi
@@ -99,7 +101,7 @@ async def tell(api: SlackApi, channel: str, user: str, text: str,
     try:
         await api.call("chat_postEphemeral", **arguments)
     except Exception as exc:
-        log.warning("slack chat.postEphemeral failed: %s", f"{type(exc).__name__}: {exc}"[:200])
+        log.warning("slack chat.postEphemeral failed: %s", _describe(exc))
 
 
 def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
@@ -112,13 +114,19 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
                                                is_dm=channel.startswith("D"))])
 
     async def decide(action: str, body: Mapping[str, Any], channel: str, ts: str,
-                     thread: str | None, call: Any) -> ControlResult:
+                     thread: str | None, call: Any) -> ControlResult | None:
         """Run the chat service's `call(moderator)`: as the presser first, and only if that
         is refused, once more as a moderator if users.info says they are one."""
         user, _ = _presser(body)
-        result = await call(False)
-        if result is ControlResult.NOT_ALLOWED and await services.moderators.check(user):
-            result = await call(True)
+        try:
+            result = await call(False)
+            if result is ControlResult.NOT_ALLOWED and await services.moderators.check(user):
+                result = await call(True)
+        except Exception:  # the press's error boundary: logged, the presser told in short
+            log.exception("slack: %s on %s failed", action, ts)
+            await tell(services.api, channel, user, RinnaError.user_message, thread)
+            services.pressed[f"{action}:failed"] += 1
+            return None
         if result is not ControlResult.DONE or action == "feedback":
             await tell(services.api, channel, user, control_message(action, result), thread)
         services.pressed[f"{action}:{result}"] += 1
@@ -164,13 +172,10 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
         sink = services.reply(channel, where or None, request_key, user=user, team=team)
 
         async def work() -> None:
-            try:
-                await decide("regenerate", body, channel, ts, thread,
-                             lambda moderator: services.chat.regenerate(
-                                 PLATFORM, ts, request_key, user, sink, moderator=moderator,
-                                 channel=channel))
-            except Exception:
-                log.exception("slack: regenerate %s failed", request_key)
+            await decide("regenerate", body, channel, ts, thread,
+                         lambda moderator: services.chat.regenerate(
+                             PLATFORM, ts, request_key, user, sink, moderator=moderator,
+                             channel=channel))
 
         task = asyncio.create_task(work())
         services.background.add(task)

@@ -18,6 +18,7 @@ from bot.chat import ChatConfig, ChatService
 from bot.config import Settings
 from bot.controls import STOPPED_MARK
 from bot.conversation import ConversationKey, Speaker
+from bot.errors import RinnaError
 from bot.generation import GenerationParams
 from bot.generator import WaitCallback
 from bot.tokenizer import Tokenizer
@@ -387,3 +388,18 @@ async def test_one_regenerate_press_delivered_twice_answers_once(
         # the repeat is recognised as the same press (not refused as a second one)
         assert slack.service.handlers.pressed == {"regenerate:done": 2}
         assert ephemerals(fake, "U1") == []
+
+
+async def test_a_press_that_fails_inside_tells_the_presser_in_short(
+        tokenizer: Tokenizer, settings: Settings, fake: FakeSlack) -> None:
+    """The press's error boundary: the database gone mid-press is logged and the presser gets
+    the generic line (ephemeral), not silence and not the exception's text."""
+    async with app(settings.database_path, tokenizer, settings, fake,
+                   scripted(["答えです。"])) as slack:
+        await ask(slack)
+        ts = await the_answer(slack)
+        await slack.chat.store.close()
+        await press(slack, ts, "rinna_feedback", "good")
+        await eventually(lambda: len(ephemerals(fake, "U1")) == 1)
+        assert ephemerals(fake, "U1") == [RinnaError.user_message]
+        assert slack.service.handlers.pressed == {"feedback:failed": 1}
