@@ -46,7 +46,7 @@ REAL_SHAPE = dict(vocab_size=32000, hidden_size=2816, num_hidden_layers=36,
                   num_attention_heads=22, intermediate_size=11264)
 TINY_SHAPE = dict(vocab_size=32000, hidden_size=128, num_hidden_layers=2,
                   num_attention_heads=2, intermediate_size=512)
-QUANT = {"nf4": "4bit", "fp16": "none", "int8": "8bit"}
+QUANT = {"nf4": "nf4", "fp16": "fp16", "int8": "int8"}  # QUANTIZATION values
 SHORT, LONG = 64, 1500
 
 

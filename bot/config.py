@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (Field, PrivateAttr, SecretStr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot import models, precision
 from bot.access import parse_ids
 from bot.errors import ConfigError
 
 Ids = Annotated[frozenset[str], NoDecode]  # comma-separated in the environment
 
-DEFAULT_MODEL_ID = "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
+DEFAULT_MODEL_ID = models.ALIASES["ppo"].repo  # the original; new installs default to MODEL=ppo-4bit
 MIN_PROMPT_TOKENS = 64  # CONTEXT_TOKENS - MAX_NEW_TOKENS must leave at least this for the prompt
 
 
@@ -26,10 +29,11 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
-    # Model and generation
-    model_id: str = DEFAULT_MODEL_ID
+    # Model and generation (bot/models.py: the alias table; bot/precision.py: the value set)
+    model: Literal["ppo", "ppo-4bit"] | None = None  # an alias; MODEL_ID wins when both are set
+    model_id: str = ""  # hub id or local folder; unset: MODEL's, or the default (bot/models.py)
     model_revision: str = "main"  # hub branch, tag or commit of MODEL_ID (pin a commit hash)
-    quantization: Literal["4bit", "8bit", "none"] = "4bit"
+    quantization: str = "auto"  # auto|nf4|int8|fp16|bf16|fp32, or the older 4bit, 8bit, none
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # auto, cpu, cuda, cuda:N
     max_new_tokens: int = Field(128, ge=1, le=1024)
     temperature: float = Field(0.7, gt=0.0, le=5.0)
@@ -82,6 +86,8 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=1, le=65535)  # 0 would pick a random port no health check finds
     metrics_host: str = "127.0.0.1"
 
+    _model_reason: tuple[str, str] = PrivateAttr(("", ""))  # (model_id, why it was chosen)
+
     @model_validator(mode="before")
     @classmethod
     def _blank_is_unset(cls, data: Any) -> Any:
@@ -95,6 +101,33 @@ class Settings(BaseSettings):
     @classmethod
     def _id_list(cls, value: Any) -> frozenset[str]:
         return parse_ids(value)
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _precision_value(cls, value: Any) -> Any:
+        return precision.normalise(value) if isinstance(value, str) else value
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_alias(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() not in models.ALIASES:
+            raise ValueError(f"{value!r} is not one of {', '.join(models.ALIASES)} "
+                             "(or set MODEL_ID to any hub id or local folder)")
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _choose_model(self) -> Settings:
+        repo, why = models.resolve(self.model, self.model_id or None,
+                                   models.hub_cache_dir(os.environ))
+        object.__setattr__(self, "model_id", repo)  # frozen: set once, here, while building
+        self._model_reason = (repo, why)
+        return self
+
+    @property
+    def model_reason(self) -> str:
+        """Why MODEL_ID is this repository (MODEL_ID, MODEL=..., or the default and why)."""
+        repo, why = self._model_reason
+        return why if repo == self.model_id else "MODEL_ID"
 
     @field_validator("log_level", mode="before")
     @classmethod

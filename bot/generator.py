@@ -99,6 +99,7 @@ class LocalGenerator:
         self._ready: asyncio.Future[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
         self.tokenizer: Tokenizer | None = None  # set once the model is loaded
+        self.model_info: object | None = None  # bot.model_loader.ModelInfo once loaded
         self.tokens_generated = 0  # written by the worker after each step
 
     # ----- lifecycle (event loop side) -------------------------------------------------
@@ -215,6 +216,7 @@ class LocalGenerator:
             self._send(_set_result, self._stopped)
             return
         self.tokenizer = engine.tokenizer  # sentencepiece only, no torch: safe to share
+        self.model_info = getattr(engine, "model_info", None)  # a frozen value: safe to share
         self._send(_set_result, self._ready)
         try:
             self._serve(engine)

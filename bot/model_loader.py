@@ -5,12 +5,14 @@ Runs inside the generator's worker thread: all torch work happens in that one th
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,6 +21,8 @@ from bot.download import BIN_FILES as _BIN_FILES
 from bot.download import REPO_FILES as _REPO_FILES
 from bot.engine import BatchEngine, EngineConfig
 from bot.errors import ModelLoadError
+from bot.precision import (Choice, Precision, choose, fp16_weight_bytes,
+                           read_checkpoint_quant)
 from bot.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -28,13 +32,16 @@ log = logging.getLogger(__name__)
 class ModelInfo:
     model_id: str
     device: str
-    quantization: str
+    precision: Precision  # what was loaded, read back from the loaded modules
+    reason: str  # why, in a few words (the checkpoint, QUANTIZATION, or auto's rule)
     memory_bytes: int
     seconds: float
+    checkpoint: str | None = None  # the checkpoint's own quantisation, described; None: unquantised
 
     def describe(self) -> str:
-        return (f"model ready: {self.model_id} on {self.device}, {self.quantization}, "
-                f"{self.memory_bytes / 1024**3:.2f} GiB, loaded in {self.seconds:.1f} s")
+        return (f"model ready: {self.model_id} on {self.device}, {self.precision.label} "
+                f"({self.reason}), {self.memory_bytes / 1024**3:.2f} GiB, "
+                f"loaded in {self.seconds:.1f} s")
 
 
 CPU_WARNING = ("DEVICE=auto found no CUDA device, so the model runs on the CPU: expect each "
@@ -93,18 +100,62 @@ def resolve_model_dir(model_id: str, revision: str = "main") -> Path:
         ) from None
 
 
-def quantization_config(quantization: str, device: torch.device):  # noqa: ANN201
+def read_config(directory: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{directory}/config.json is unreadable ({type(exc).__name__})"
+                             ) from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{directory}/config.json is not a JSON object")
+    return config
+
+
+def choose_precision(settings: Settings, device: torch.device, config: dict[str, Any]) -> Choice:
+    """QUANTIZATION against the checkpoint's own quantization_config and the device (read
+    before loading); raises ConfigError where the setting contradicts the checkpoint."""
+    total = None
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device.index or 0).total_memory
+    return choose(settings.quantization, model=settings.model_id, device_type=device.type,
+                  checkpoint=read_checkpoint_quant(config), gpu_total_bytes=total,
+                  fp16_weight_bytes=fp16_weight_bytes(config), kv_cache_gb=settings.kv_cache_gb)
+
+
+def load_plan(choice: Choice, device: torch.device) -> tuple[torch.dtype, Any]:
+    """(dtype of the unquantised parts, BitsAndBytesConfig or None) for `choice`. A checkpoint
+    saved quantised brings its own config (None here: transformers reads it)."""
     from transformers import BitsAndBytesConfig
 
-    if quantization == "4bit":
-        compute = torch.float16 if device.type == "cuda" else torch.float32
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
-    if quantization == "8bit":
+    wide = torch.float16 if device.type == "cuda" else torch.float32
+    if choice.prequantised:
+        return wide, None
+    if choice.precision is Precision.NF4:
+        return wide, BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                        bnb_4bit_use_double_quant=True,
+                                        bnb_4bit_compute_dtype=wide)
+    if choice.precision is Precision.INT8:
         # bitsandbytes casts 8-bit matmul inputs to fp16 and warns about it on every call
         warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return None
+        return wide, BitsAndBytesConfig(load_in_8bit=True)
+    dtypes = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16,
+              Precision.FP32: torch.float32}
+    return dtypes[choice.precision], None
+
+
+def loaded_precision(model: torch.nn.Module) -> Precision:
+    """What the loaded modules really are: bitsandbytes layers and their quant type, or the
+    embeddings' dtype."""
+    for module in model.modules():
+        kind = type(module).__name__
+        if kind == "Linear4bit":
+            state = getattr(module.weight, "quant_state", None)
+            return Precision.FP4 if getattr(state, "quant_type", "nf4") == "fp4" else Precision.NF4
+        if kind == "Linear8bitLt":
+            return Precision.INT8
+    dtype = model.get_input_embeddings().weight.dtype
+    return {torch.float16: Precision.FP16, torch.bfloat16: Precision.BF16}.get(dtype,
+                                                                               Precision.FP32)
 
 
 def load_model(settings: Settings) -> tuple[torch.nn.Module, Tokenizer, ModelInfo]:
@@ -113,14 +164,15 @@ def load_model(settings: Settings) -> tuple[torch.nn.Module, Tokenizer, ModelInf
     started = time.monotonic()
     device = resolve_device(settings.device)
     directory = resolve_model_dir(settings.model_id, settings.model_revision)
+    choice = choose_precision(settings, device, read_config(directory))
     tokenizer = Tokenizer.from_file(directory / "spiece.model")
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype, quantization = load_plan(choice, device)
     try:
         model = GPTNeoXForCausalLM.from_pretrained(
             directory,
             dtype=dtype,
             device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
-            quantization_config=quantization_config(settings.quantization, device),
+            quantization_config=quantization,
             # safetensors where the repository has them; pickled weights only as tensors
             use_safetensors=any(directory.glob("*.safetensors")),
             weights_only=True,
@@ -128,10 +180,15 @@ def load_model(settings: Settings) -> tuple[torch.nn.Module, Tokenizer, ModelInf
     except (OSError, ValueError, RuntimeError, ImportError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"MODEL_ID={settings.model_id}: could not load the model: {exc}") from exc
     model.eval()
+    loaded = loaded_precision(model)
+    if loaded is not choice.precision:  # the truth is what loaded: never report a wish
+        raise ModelLoadError(f"MODEL_ID={settings.model_id}: asked for {choice.precision.label} "
+                             f"({choice.reason}) but the model loaded as {loaded.label}")
     memory = (torch.cuda.memory_allocated(device) if device.type == "cuda"
               else model.get_memory_footprint())
-    info = ModelInfo(settings.model_id, str(device), settings.quantization, memory,
-                     time.monotonic() - started)
+    info = ModelInfo(settings.model_id, str(device), loaded, choice.reason, memory,
+                     time.monotonic() - started,
+                     choice.checkpoint.describe() if choice.checkpoint else None)
     return model, tokenizer, info
 
 
@@ -145,5 +202,6 @@ def build_engine(settings: Settings) -> BatchEngine:
         request_timeout_s=settings.request_timeout_s,
     )
     engine = BatchEngine(model, tokenizer, config)
+    engine.model_info = info  # type: ignore[attr-defined]  # read by the generator for /status
     log.info(info.describe())
     return engine
