@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings, load_settings, unknown_keys
-from bot.errors import RinnaError
+from bot.errors import ConfigError, RinnaError
 from bot.logs import setup_logging
 
 if TYPE_CHECKING:  # imported where used: `--help`, `--version` and `doctor` start fast
@@ -125,11 +125,8 @@ def build_status(settings: Settings, generator: Any, store: HistoryStore) -> Sta
         return Status(model=settings.engine_model or settings.model_id,
                       device=f"リモートエンジン（{len(settings.engine_urls)}台）",
                       quantisation="サーバー側の設定", generator=generator, store=store)
-    device = settings.device
-    torch = sys.modules.get("torch")  # loaded with the model by now
-    if device == "auto" and torch is not None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Status(model=settings.model_id, device=device, quantisation=settings.quantization,
+    info = generator.model_info  # what loaded (bot.model_loader.ModelInfo), not what was asked
+    return Status(model=info.model_id, device=info.device, quantisation=info.precision.value,
                   generator=generator, store=store)
 
 
@@ -286,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = asyncio.run(serve(settings, args.command,
                                    _crash_hook(args.crash_at) if args.crash_at else None))
+    except ConfigError as exc:  # e.g. QUANTIZATION against the checkpoint's own: a setting
+        print(f"rinna-bot: {exc}", file=sys.stderr)
+        return 2
     except RinnaError as exc:
         print(f"rinna-bot: {exc}", file=sys.stderr)
         return 1

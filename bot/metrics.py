@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
@@ -60,6 +60,10 @@ class Metrics:
         self.feedback = Counter(
             "rinna_feedback", "👍/👎 votes on answers (a changed vote counts under its new value)",
             ["platform", "value"], registry=self.registry)
+        self.model = Gauge(
+            "rinna_model_info", "The model that loaded: precision (bot/precision.py values: nf4, "
+            "fp4, int8, fp16, bf16, fp32) as loaded, and whether the checkpoint was saved so",
+            ["model", "device", "precision", "source"], registry=self.registry)
         self._stats: Callable[[], GeneratorStats | None] = lambda: None
         self.registry.register(_StatsCollector(lambda: self._stats()))
         self.model_loaded = False
@@ -67,7 +71,14 @@ class Metrics:
 
     # ----- feeding it -----------------------------------------------------------------
     def watch_generator(self, generator: object) -> None:
-        """Read queue depth, batch size and tokens from `generator.stats()` at each scrape."""
+        """Read queue depth, batch size and tokens from `generator.stats()` at each scrape, and
+        label the loaded model from its `model_info` (bot.model_loader.ModelInfo)."""
+        info = getattr(generator, "model_info", None)
+        if info is not None:
+            source = ("checkpoint" if info.checkpoint else
+                      "quantised at load" if info.precision.quantised else "unquantised")
+            self.model.labels(model=info.model_id, device=info.device,
+                              precision=info.precision.value, source=source).set(1)
         if isinstance(generator, HasStats):
             self._stats = generator.stats
         else:

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Protocol
 
 from bot.generation import GeneratorStats
+from bot.precision import ALIASES, Precision
 from storage.history import HistoryStore
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ UNAVAILABLE = "状態を取得できません。"
 class StatusReport:
     model: str
     device: str  # "cuda:0", "cpu", or the remote engine's description
-    quantisation: str  # "4bit", "8bit", "none" (local) or the engine's
+    quantisation: str  # what loaded, a bot.precision value ("nf4", "bf16", ...), or the engine's
     uptime_s: float
     running: int  # requests decoding now
     waiting: int  # requests queued
@@ -117,12 +118,19 @@ def _duration(seconds: float) -> str:
     return f"{minutes}分"
 
 
+def _precision_ja(value: str) -> str:
+    """A precision value (or an older QUANTIZATION name) in Japanese; anything else as given."""
+    try:
+        return Precision(ALIASES.get(value, value)).label_ja
+    except ValueError:
+        return value
+
+
 def render_status(report: StatusReport) -> str:
-    quantised = {"4bit": "4ビット量子化", "8bit": "8ビット量子化", "none": "量子化なし"}
     return "\n".join([
         "rinna の状態",
         f"・モデル：{report.model}",
-        f"・実行環境：{report.device}（{quantised.get(report.quantisation, report.quantisation)}）",
+        f"・実行環境：{report.device}（{_precision_ja(report.quantisation)}）",
         f"・稼働時間：{_duration(report.uptime_s)}",
         f"・処理中：{report.running}件／順番待ち：{report.waiting}件",
         f"・生成速度：{report.tokens_per_s:.1f} トークン/秒（直近1分）",
