@@ -239,7 +239,13 @@ def private_command(settings: Settings, command: str, user: str, platform: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rinna-bot", description=__doc__.splitlines()[0])
+    from bot.models import alias_table
+
+    parser = argparse.ArgumentParser(
+        prog="rinna-bot", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="models (MODEL=...; MODEL_ID, any hub id or local folder, wins when both are "
+               "set):\n" + alias_table())
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("command", nargs="?", default="run",
                         choices=["run", "chat", "download", "doctor", "forget", "export"],

@@ -21,6 +21,7 @@ from typing import TextIO
 from bot.config import Settings, load_settings
 from bot.download import cached_model, check_model_dir, check_tokenizer, is_local
 from bot.errors import RinnaError
+from bot.doctor_model import _planned_precision, _precision, engine_vocabulary
 from bot.logs import setup_logging
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class Check:
     ok: bool
     what: str
     fix: str = ""
+    path: Path | None = None  # what a check found, for the next check (the tokenizer file)
 
     def line(self) -> str:
         if self.ok:
@@ -57,11 +59,18 @@ def checks(settings: Settings) -> Iterator[Check]:
     yield _settings(settings)
     yield _platforms(settings)
     if settings.engine_urls:  # the model runs on the engine: no weights, GPU or bitsandbytes
-        yield _tokenizer(settings)
-        yield from (_engine(settings, url) for url in settings.engine_urls)
+        yield (tokenizer := _tokenizer(settings))
+        for url in settings.engine_urls:
+            yield (engine := _engine(settings, url))
+            if tokenizer.ok and engine.ok and tokenizer.path is not None:
+                yield engine_vocabulary(settings, url, tokenizer.path)
     else:
+        yield _model_choice(settings)
         yield _model(settings)
         yield _device(settings)
+        precision = _precision(settings)
+        if precision is not None:
+            yield precision
         yield _bitsandbytes(settings)
     yield _database(settings.database_path)
     yield _metrics(settings)
@@ -87,6 +96,13 @@ def _platforms(settings: Settings) -> Check:
                      "set DISCORD_TOKEN, or SLACK_BOT_TOKEN with SLACK_APP_TOKEN or "
                      "SLACK_SIGNING_SECRET")
     return Check(True, "platforms that will start: " + ", ".join(started))
+
+
+def _model_choice(settings: Settings) -> Check:
+    from bot.models import ALIASES
+
+    others = ", ".join(f"MODEL={a.name} ({a.download})" for a in ALIASES.values())
+    return Check(True, f"model: {settings.model_id} ({settings.model_reason}); aliases: {others}")
 
 
 def _model(settings: Settings) -> Check:
@@ -126,7 +142,7 @@ def _tokenizer(settings: Settings) -> Check:
     if problems:
         return Check(False, f"tokenizer {path}: {problems[0]}", "fetch it again")
     return Check(True, f"tokenizer {path}; ENGINE_URL is set, so no local model, GPU or "
-                 "bitsandbytes is needed")
+                 "bitsandbytes is needed", path=path)
 
 
 def _engine(settings: Settings, url: str) -> Check:
@@ -194,31 +210,37 @@ def _device(settings: Settings) -> Check:
 
 
 def _bitsandbytes(settings: Settings) -> Check:
-    if settings.quantization == "none":
-        return Check(True, "bitsandbytes: not used (QUANTIZATION=none)")
+    """A layer of the precision that will load (the checkpoint's own where it is saved
+    quantised, whatever QUANTIZATION says), quantised and run on the device."""
+    from bot.precision import Precision
+
     device, problem = _torch_device(settings)
+    wanted = _planned_precision(settings, device)
+    if wanted is not None and not wanted.quantised:
+        return Check(True, f"bitsandbytes: not used ({wanted.label})")
     if problem is not None:
         return Check(False, f"bitsandbytes: not tried ({problem})", "fix DEVICE first")
+    wanted = wanted or Precision.NF4  # the model is not here yet: what MODEL=ppo-4bit needs
     try:
         import bitsandbytes as bnb
         import torch
 
         dtype = torch.float16 if device.type == "cuda" else torch.float32  # type: ignore[attr-defined]
-        if settings.quantization == "4bit":
-            layer = bnb.nn.Linear4bit(64, 64, compute_dtype=dtype, quant_type="nf4")
-        else:
+        if wanted is Precision.INT8:
             layer = bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False)
+        else:
+            layer = bnb.nn.Linear4bit(64, 64, compute_dtype=dtype, quant_type=wanted.value)
         layer = layer.to(device)  # quantizes the weights on that device
         with torch.no_grad():
             result = layer(torch.ones(2, 64, dtype=dtype, device=device))
         if not bool(torch.isfinite(result).all()):
             raise RuntimeError("non-finite output")
     except Exception as exc:  # noqa: BLE001 - any failure here is the answer to the check
-        return Check(False, f"bitsandbytes {settings.quantization} on {device}: "
+        return Check(False, f"bitsandbytes {wanted.label} on {device}: "
                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                     "reinstall bitsandbytes for this CUDA, or set QUANTIZATION=none")
-    return Check(True, f"bitsandbytes {bnb.__version__}: {settings.quantization} works on "
-                 f"{device}")
+                     "reinstall bitsandbytes for this CUDA, or choose an unquantised model "
+                     "and precision (MODEL=ppo with QUANTIZATION=auto)")
+    return Check(True, f"bitsandbytes {bnb.__version__}: {wanted.label} works on {device}")
 
 
 def _database(path: Path) -> Check:

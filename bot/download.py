@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import struct
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import TextIO
 
 from bot.config import Settings
 
-# What a model repository needs (the same patterns the loader downloads).
+# What a model repository needs, as patterns over the cache when offline (online, `fetch`
+# reads the repository's file list and picks the same files by name: `needed_files`).
 REPO_FILES = ["config.json", "spiece.model", "tokenizer_config.json", "*.safetensors",
               "*.safetensors.index.json"]
 BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
@@ -130,17 +133,44 @@ def cached_model(settings: Settings) -> Path | None:
         return None
 
 
-def fetch(settings: Settings) -> Path:
-    """snapshot_download with its progress bars; safetensors when the repository has them."""
-    from huggingface_hub import snapshot_download
+def needed_files(names: Iterable[str]) -> list[str]:
+    """Of a repository's files, what the loader needs: config.json, spiece.model,
+    tokenizer_config.json, and one set of weights (safetensors where there are any, else
+    pickled .bin), with their index. Other files (tokenizer.json, READMEs, other formats) are
+    left on the hub."""
+    top = {n for n in names if "/" not in n}
+    wanted = sorted(top & {"config.json", "spiece.model", "tokenizer_config.json"})
+    weights = sorted(n for n in top if fnmatch(n, "*.safetensors"))
+    index = "model.safetensors.index.json"
+    if not weights:
+        weights = sorted(n for n in top if fnmatch(n, "pytorch_model*.bin"))
+        index = "pytorch_model.bin.index.json"
+    return wanted + weights + ([index] if index in top else [])
 
-    revision = settings.model_revision
-    path = Path(snapshot_download(settings.model_id, revision=revision,
-                                  allow_patterns=REPO_FILES))
-    if not any(path.glob("*.safetensors")):
-        path = Path(snapshot_download(settings.model_id, revision=revision,
-                                      allow_patterns=REPO_FILES + BIN_FILES))
-    return path
+
+def missing_essentials(files: list[str]) -> list[str]:
+    lacking = [n for n in ("config.json", "spiece.model") if n not in files]
+    if not any(n.endswith((".safetensors", ".bin")) for n in files):
+        lacking.append("weights (*.safetensors or pytorch_model*.bin)")
+    return lacking
+
+
+def fetch(model_id: str, revision: str) -> Path:
+    """Ask the hub for the repository's file list at `revision`, then download what the loader
+    needs (with progress bars). Offline: the cache's copy, as the same patterns found it."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    if constants.HF_HUB_OFFLINE:
+        path = Path(snapshot_download(model_id, revision=revision, allow_patterns=REPO_FILES))
+        if not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(model_id, revision=revision,
+                                          allow_patterns=REPO_FILES + BIN_FILES))
+        return path
+    info = HfApi().model_info(model_id, revision=revision)
+    files = needed_files(s.rfilename for s in info.siblings or [])
+    if lacking := missing_essentials(files):
+        raise ValueError(f"the repository has no {', '.join(lacking)}")
+    return Path(snapshot_download(model_id, revision=revision, allow_patterns=files))
 
 
 def hub_checksums(settings: Settings) -> list[str]:
@@ -166,7 +196,7 @@ def download(settings: Settings, out: TextIO = sys.stdout) -> int:
     print(f"rinna-bot: fetching {settings.model_id} (revision {settings.model_revision}) into "
           f"{constants.HF_HUB_CACHE}", file=out, flush=True)
     try:
-        path = fetch(settings)
+        path = fetch(settings.model_id, settings.model_revision)
     except LocalEntryNotFoundError:
         if offline:
             print(f"✗ {settings.model_id} is not in the cache and HF_HUB_OFFLINE=1 forbids "

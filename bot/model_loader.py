@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from bot.config import Settings
-from bot.download import BIN_FILES as _BIN_FILES
-from bot.download import REPO_FILES as _REPO_FILES
+from bot.download import fetch
 from bot.engine import BatchEngine, EngineConfig
 from bot.errors import ModelLoadError
 from bot.precision import (Choice, Precision, choose, fp16_weight_bytes,
@@ -76,17 +75,12 @@ def resolve_model_dir(model_id: str, revision: str = "main") -> Path:
         if not (local / "spiece.model").is_file() or not (local / "config.json").is_file():
             raise ModelLoadError(f"MODEL_ID={model_id}: directory lacks spiece.model or config.json")
         return local
-    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         log.info("fetching %s at revision %s from the hub (cached after the first run)",
                  model_id, revision)
-        path = Path(snapshot_download(model_id, revision=revision, allow_patterns=_REPO_FILES))
-        if not any(path.glob("*.safetensors")):
-            path = Path(snapshot_download(model_id, revision=revision,
-                                          allow_patterns=_REPO_FILES + _BIN_FILES))
-        return path
+        return fetch(model_id, revision)
     except LocalEntryNotFoundError:
         raise ModelLoadError(
             f"MODEL_ID={model_id} (MODEL_REVISION={revision}): not in the local cache and the "

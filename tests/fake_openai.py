@@ -81,11 +81,13 @@ class FakeOpenAI:
     _runner: web.AppRunner | None = None
     _tasks: set[asyncio.Task] = field(default_factory=set)
     url: str = ""
+    tokenize_with: Tokenizer | None = None  # POST /tokenize with another vocabulary than ours
 
     async def start(self) -> FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/tokenize", self._tokenize)  # vLLM serves it beside /v1
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -124,6 +126,14 @@ class FakeOpenAI:
         return web.json_response({"object": "list", "data": [
             {"id": self.model, "object": "model", "created": int(time.time()),
              "owned_by": "vllm", "root": self.model, "max_model_len": self.max_model_len}]})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        body = await request.json()
+        tokens = (self.tokenize_with or self.tokenizer).encode(body["prompt"])
+        return web.json_response({"count": len(tokens), "max_model_len": self.max_model_len,
+                                  "tokens": tokens})
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):

@@ -114,12 +114,15 @@ def test_doctor_reads_the_checkpoint_and_runs_the_bitsandbytes_check(
     lines = done.stdout.splitlines()
     assert any(line.startswith(f"✗ precision: QUANTIZATION=none contradicts the checkpoint: "
                                f"MODEL_ID={REPO} is saved 4-bit NF4") for line in lines), lines
-    bnb = [line for line in lines if "bitsandbytes" in line and "4-bit NF4" in line]
-    assert len(bnb) == 1 and bnb[0].startswith("✓ bitsandbytes ") and "works on cpu" in bnb[0]
+    bnb = [line for line in lines if line.startswith(("✓ bitsandbytes", "✗ bitsandbytes"))]
+    assert len(bnb) == 1 and bnb[0].startswith("✓ bitsandbytes ")
+    assert bnb[0].endswith(": 4-bit NF4 works on cpu")
     fine = rinna_bot("doctor", tmp_path, DATABASE_PATH=str(tmp_path / "d.sqlite3"))
     assert (f"✓ precision: 4-bit NF4 on cpu (the checkpoint is saved 4-bit NF4; QUANTIZATION="
             "auto)") in fine.stdout.splitlines(), fine.stdout
-    assert f"✓ model: {REPO} (default for new installs: MODEL=ppo-4bit)" in fine.stdout
+    assert any(line.startswith(f"✓ model: {REPO} (default: MODEL=ppo-4bit, already "
+                               "downloaded); aliases: MODEL=ppo (~7.4 GB")
+               for line in fine.stdout.splitlines()), fine.stdout
 
 
 async def test_the_committed_checkpoint_gives_the_greedy_tokens_of_quantising_at_load(
@@ -143,3 +146,36 @@ async def test_the_committed_checkpoint_gives_the_greedy_tokens_of_quantising_at
             await generator.aclose()
     assert any(replies["saved"]), replies
     assert replies["saved"] == replies["at load"]
+
+
+async def test_download_lists_the_repository_and_fetches_what_the_loader_needs(
+        tmp_path: Path) -> None:
+    """`rinna-bot download` (MODEL=ppo-4bit) against a local fake hub over real HTTP: it asks
+    for the file list, fetches config, tokenizer and the weights the repository holds, leaves
+    the rest, and the checksums match."""
+    import asyncio
+
+    from tests.fake_hub import FakeHub
+
+    hub = await FakeHub.of_folder(REPO, COMMIT, SAVED, **{
+        "tokenizer.json": b"{}", "README.md": b"# 4-bit", "pytorch_model.bin": b"old"}).start()
+    try:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("MODEL", "QUANTIZATION", "HF_", "TRANSFORMERS_"))}
+        env.update({"PYTHONPATH": str(ROOT), "HF_ENDPOINT": hub.url, "MODEL": "ppo-4bit",
+                    "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                    "HF_HUB_DISABLE_TELEMETRY": "1"})
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "download", cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 240)
+    finally:
+        await hub.close()
+    assert process.returncode == 0, out.decode() + err.decode()
+    assert ("GET", f"/api/models/{REPO}/revision/main") in hub.requests
+    assert hub.fetched() == ["config.json", "model.safetensors", "spiece.model",
+                             "tokenizer_config.json"]
+    snapshot = tmp_path / "hub" / ("models--" + REPO.replace("/", "--")) / "snapshots" / COMMIT
+    assert sorted(p.name for p in snapshot.iterdir()) == hub.fetched()
+    assert f"✓ model files: {snapshot} (" in out.decode()
+    assert "checksums match the hub" in out.decode()
