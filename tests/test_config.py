@@ -40,7 +40,7 @@ def test_every_setting_is_in_the_readme_settings_table() -> None:
 def test_defaults_match_the_model_card(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = load_settings()
     assert (defaults.max_new_tokens, defaults.temperature, defaults.repetition_penalty,
-            defaults.context_tokens, defaults.quantization) == (128, 0.7, 1.1, 2048, "4bit")
+            defaults.context_tokens, defaults.quantization) == (128, 0.7, 1.1, 2048, "auto")
 
 
 def test_environment_and_dotenv_are_read(settings: Settings, monkeypatch: pytest.MonkeyPatch,

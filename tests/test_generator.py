@@ -345,14 +345,18 @@ async def test_a_prompt_longer_than_the_context_is_refused(generator: LocalGener
         await collect(generator.stream("猫" * 3000, GREEDY))
 
 
-@pytest.mark.parametrize(("quantization", "layer"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
-async def test_quantized_paths_on_cpu(settings: Settings, quantization: str, layer: str) -> None:
+@pytest.mark.parametrize(("quantization", "layer", "loaded"), [
+    ("4bit", "Linear4bit", "nf4"), ("8bit", "Linear8bitLt", "int8"),
+    ("nf4", "Linear4bit", "nf4"), ("int8", "Linear8bitLt", "int8")])
+async def test_quantized_paths_on_cpu(settings: Settings, quantization: str, layer: str,
+                                      loaded: str) -> None:
     quantized = settings.model_copy(update={"quantization": quantization})
     model, _, info = load_model(quantized)
     import bitsandbytes as bnb
 
     assert any(isinstance(m, getattr(bnb.nn, layer)) for m in model.modules())
-    assert info.quantization == quantization and info.device == "cpu"
+    assert info.precision.value == loaded and info.device == "cpu"
+    assert info.checkpoint is None and info.reason == f"QUANTIZATION={quantization}"
     del model
     generator = await load_generator(quantized)
     try:
@@ -360,6 +364,25 @@ async def test_quantized_paths_on_cpu(settings: Settings, quantization: str, lay
         assert deltas and "".join(deltas)
         together = await asyncio.gather(*[collect(generator.stream(p, GREEDY)) for p in PROMPTS[:3]])
         assert all(together)
+    finally:
+        await generator.aclose()
+
+
+@pytest.mark.parametrize(("quantization", "loaded"), [
+    ("bf16", "bf16"), ("fp32", "fp32"), ("fp16", "fp16"), ("none", "bf16"), ("auto", "bf16")])
+async def test_unquantised_precisions_on_cpu(settings: Settings, quantization: str,
+                                             loaded: str) -> None:
+    """Each value loads what it names; on a CPU `none` and `auto` load bf16 (measured fastest,
+    benchmarks/RESULTS.md section 7), and the ready line says why."""
+    generator = await load_generator(settings.model_copy(update={"quantization": quantization}))
+    try:
+        info = generator.model_info
+        assert info.precision.value == loaded
+        assert info.model_id in info.describe() and f"{loaded} (" in info.describe()
+        if quantization in ("none", "auto"):
+            assert "fastest on CPU as measured" in info.reason
+        if quantization != "fp16":  # fp16 matmuls on a CPU: loading is the point here
+            assert "".join(await collect(generator.stream(PROMPTS[0], GREEDY)))
     finally:
         await generator.aclose()
 
