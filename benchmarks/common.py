@@ -35,7 +35,7 @@ def prompt(i: int) -> str:
 def tiny_settings(**overrides: object) -> Settings:
     directory = Path(tempfile.mkdtemp(prefix="rinna-bench-"))
     build_tiny_model(directory)
-    base = {"model_id": str(directory), "quantization": "none", "device": "cpu",
+    base = {"model_id": str(directory), "quantization": "fp32", "device": "cpu",
             "database_path": directory / "bench.sqlite3", "max_batch": 32, "queue_size": 256}
     return load_settings(**{**base, **overrides})
 

@@ -80,7 +80,7 @@ def worker(case: str, kind: str, model_dir: Path, rev: str) -> dict[str, object]
     from bot.sampling import GenerationParams
 
     torch.set_num_threads(1)
-    settings = load_settings(model_id=str(model_dir), quantization="none", device="cpu",
+    settings = load_settings(model_id=str(model_dir), quantization="fp32", device="cpu",
                              database_path=model_dir / "unused.sqlite3")
     model, tokenizer, _ = load_model(settings)
     if kind == "card":

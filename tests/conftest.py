@@ -42,7 +42,7 @@ def settings(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
             monkeypatch.delenv(key)
     return load_settings(
         model_id=str(tiny_model_dir),
-        quantization="none",
+        quantization="fp32",  # as "none" meant on a CPU before bf16 became its choice
         device="cpu",
         database_path=tmp_path / "history.sqlite3",
         max_new_tokens=24,
