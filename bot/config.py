@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _choose_model(self) -> Settings:
         repo, why = models.resolve(self.model, self.model_id or None,
-                                   models.hub_cache_dir(os.environ))
+                                   models.hub_cache_dir(os.environ), remote=bool(self.engine_url))
         object.__setattr__(self, "model_id", repo)  # frozen: set once, here, while building
         self._model_reason = (repo, why)
         return self

@@ -1,4 +1,6 @@
-"""Loading MODEL_ID (hub id or local directory) with the chosen quantisation and device.
+"""Loading MODEL_ID (hub id or local directory) on the chosen device, at the precision
+bot/precision.py decides from QUANTIZATION and the checkpoint's own config.json (read before
+loading). What is reported is read back from the loaded modules, never the setting.
 
 Runs inside the generator's worker thread: all torch work happens in that one thread.
 """

@@ -43,13 +43,18 @@ def alias_of(repo: str) -> str | None:
     return next((a.name for a in ALIASES.values() if a.repo == repo), None)
 
 
-def resolve(model: str | None, model_id: str | None, cache_dir: Path | None) -> tuple[str, str]:
+def resolve(model: str | None, model_id: str | None, cache_dir: Path | None,
+            remote: bool = False) -> tuple[str, str]:
     """(repository or folder, why) from MODEL and MODEL_ID; `cache_dir` is the hub cache that
-    decides the default for installs that already hold a model."""
+    decides the default for installs that already hold a model. With a remote engine
+    (`remote`) the default is the original: the repository vLLM serves (docs/vllm.md), whose
+    name is also the served model's unless ENGINE_MODEL says otherwise."""
     if model_id:
         return model_id, "MODEL_ID" + (f" (MODEL={model} ignored)" if model else "")
     if model:
         return ALIASES[model].repo, f"MODEL={model}"
+    if remote:
+        return ALIASES["ppo"].repo, "default with ENGINE_URL: MODEL=ppo, what vLLM serves"
     return default_choice(cache_dir)
 
 

@@ -113,6 +113,9 @@ def test_model_aliases_and_model_id(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert both.model_id == "/models/mine" and both.model_reason == "MODEL_ID (MODEL=ppo ignored)"
     with pytest.raises(ConfigError, match="MODEL: .*'ppo-8bit' is not one of ppo, ppo-4bit"):
         load_settings(model="ppo-8bit")
+    remote = load_settings(engine_url="http://vllm:8000/v1")  # vLLM cannot serve the 4-bit one
+    assert remote.model_id == models.ALIASES["ppo"].repo
+    assert remote.model_reason == "default with ENGINE_URL: MODEL=ppo, what vLLM serves"
 
 
 def test_an_install_with_the_original_cached_keeps_it(tmp_path: Path, settings: Settings,
