@@ -128,3 +128,14 @@ def test_an_install_with_the_original_cached_keeps_it(tmp_path: Path, settings: 
     assert kept.model_id == original
     assert kept.model_reason == "default: MODEL=ppo, already downloaded; MODEL=ppo-4bit to move"
     assert load_settings(model="ppo-4bit").model_id == models.ALIASES["ppo-4bit"].repo
+
+
+def test_help_shows_the_model_table() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "--help"], cwd=root,
+                          capture_output=True, text=True, timeout=60, check=True)
+    for alias in models.ALIASES.values():
+        assert f"MODEL={alias.name:<9} {alias.repo}: download {alias.download}" in done.stdout
