@@ -112,9 +112,13 @@ def _model(settings: Settings) -> Check:
     else:
         path = cached_model(settings)
         if path is None:
+            from bot.models import ALIASES, alias_of
+
+            alias = alias_of(settings.model_id)
+            size = ALIASES[alias].download.split(" (")[0] if alias else "about 7 GB"
             return Check(False, f"model {settings.model_id} (revision "
                          f"{settings.model_revision}) is not in the Hugging Face cache",
-                         "run `rinna-bot download` (about 7 GB) before `run`")
+                         f"run `rinna-bot download` ({size}) before `run`")
         found = check_model_dir(path)
         where = "in the cache"
     if not found.ok:
