@@ -120,6 +120,8 @@ def _duration(seconds: float) -> str:
 
 def _precision_ja(value: str) -> str:
     """A precision value (or an older QUANTIZATION name) in Japanese; anything else as given."""
+    if value == "none":  # unquantised, dtype not known to the caller
+        return "量子化なし"
     try:
         return Precision(ALIASES.get(value, value)).label_ja
     except ValueError:
