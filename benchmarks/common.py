@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bot.config import Settings, load_settings  # noqa: E402
-from tests.tiny_model import build_tiny_model  # noqa: E402
+from bot.tiny_model import build_tiny_model  # noqa: E402
 
 QUESTIONS = [
     "日本で一番高い山は何ですか?", "猫と犬はどちらが好きですか?", "東京から大阪まで電車で何時間?",

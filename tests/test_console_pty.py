@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 LEFT, UP = "\x1b[D", "\x1b[A"
 
 
-def spawn(cwd: Path, **env: str) -> pexpect.spawn:
+def spawn(cwd: Path, args: list[str] | None = None, **env: str) -> pexpect.spawn:
     environment = {k: v for k, v in os.environ.items()
                    if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "LOG_"))}
     environment.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "QUANTIZATION": "none",
                         "DEVICE": "cpu", "MAX_NEW_TOKENS": "12", "TERM": "xterm",
                         "PROMPT_TOOLKIT_NO_CPR": "1", **env})
-    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", "chat"], cwd=str(cwd),
+    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", "chat", *(args or [])], cwd=str(cwd),
                           env=environment, encoding="utf-8", timeout=240, dimensions=(40, 200))
     child.logfile_read = io.StringIO()  # everything the terminal showed
     child.expect_exact(HELP)
@@ -103,7 +103,7 @@ def endless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from tests.tiny_model import build_tiny_model
+    from bot.tiny_model import build_tiny_model
 
     directory = build_tiny_model(tmp_path_factory.mktemp("endless"), layers=4, hidden=256)
     cat = Tokenizer.from_file(directory / "spiece.model").encode("猫")
@@ -136,3 +136,58 @@ def test_a_key_in_the_middle_of_an_answer(env: dict[str, str], tmp_path: Path,
     else:
         assert status == 0, output[-2000:]  # the answer ends, then Ctrl-D ends the chat
         assert system_turns(Path(env["DATABASE_PATH"])) == ["猫" * 60 + "…"]
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ")
+NOISE = ("Loading weights", "%|", "it/s]", "PyNaCl", "davey", "As you gave", "Warning:")
+
+
+def test_with_the_example_env_the_chat_shows_answers_only(env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    """The README's `cp .env.example .env` (LOG_LEVEL=INFO in it), then `rinna-bot chat`: no
+    log line and no progress bar on the screen; the log is in the state directory's file."""
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text(encoding="utf-8"),
+                                   encoding="utf-8")
+    state = tmp_path / "state"
+    child = spawn(tmp_path, XDG_STATE_HOME=str(state), **env)
+    child.sendline("こんにちは")
+    child.expect_exact(THINKING)
+    child.expect_exact(PROMPT.strip())
+    child.sendline("/exit")
+    status, output = finish(child)
+    assert status == 0, output
+    assert not LOG_LINE.search(output), output
+    assert not any(noise in output for noise in NOISE), output
+    assert len(system_turns(Path(env["DATABASE_PATH"]))) <= 1  # answered (or empty: random)
+    log = (state / "rinna-bot" / "rinna-bot.log").read_text(encoding="utf-8")
+    assert "model ready" in log and "answered:" in log  # INFO, as .env's LOG_LEVEL asks
+
+
+def test_log_level_on_the_command_line_brings_log_lines_to_the_screen(
+        env: dict[str, str], tmp_path: Path) -> None:
+    child = spawn(tmp_path, XDG_STATE_HOME=str(tmp_path / "state"), **env,
+                  args=["--log-level", "info"])
+    child.sendline("/exit")
+    status, output = finish(child)
+    assert status == 0, output
+    assert re.search(LOG_LINE.pattern + r"bot.model_loader: model ready", output), output
+
+
+def test_a_piped_chat_prints_answers_only_on_stdout(env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text(encoding="utf-8"),
+                                   encoding="utf-8")
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "LOG_"))}
+    environment.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "QUANTIZATION": "none",
+                        "DEVICE": "cpu", "MAX_NEW_TOKENS": "12",
+                        "XDG_STATE_HOME": str(tmp_path / "state"), **env})
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "chat"], cwd=tmp_path,
+                          env=environment, input="こんにちは\n今日は\n", capture_output=True,
+                          text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("rinna> "), done.stdout  # no greeting before the answers
+    assert done.stdout.count("rinna> ") == 2 and HELP not in done.stdout
+    assert done.stderr == "", done.stderr  # no log line, bar or library warning either
