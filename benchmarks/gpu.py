@@ -1,4 +1,4 @@
-"""GPU: the real model's shape (DESIGN.md's config: 36 layers, hidden 2816, 22 heads, vocab
+"""GPU: the real model's shape (docs/model.md's config: 36 layers, hidden 2816, 22 heads, vocab
 32,000) with random weights, through the bot's own loader and engine, on CUDA.
 
 For each quantisation (bitsandbytes NF4 as shipped, fp16, bitsandbytes 8-bit):
