@@ -40,6 +40,9 @@ def demo_settings(settings: Settings, directory: Path) -> Settings:
 def run_demo(settings: Settings, chat: Callable[[Settings], Awaitable[int]],
              notice_to: TextIO | None = None) -> int:
     """Build the tiny model, say what it is, and run `chat` on it; its exit status."""
+    from bot.logs import quiet_model_libraries
+
+    quiet_model_libraries()  # saving the tiny model draws a progress bar too
     with tempfile.TemporaryDirectory(prefix="rinna-bot-demo-") as directory:
         demo = demo_settings(settings, Path(directory))
         print(NOTICE, file=notice_to or sys.stderr, flush=True)

@@ -21,13 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 LEFT, UP = "\x1b[D", "\x1b[A"
 
 
-def spawn(cwd: Path, args: list[str] | None = None, **env: str) -> pexpect.spawn:
+def spawn(cwd: Path, args: list[str] | None = None, command: str = "chat",
+          **env: str) -> pexpect.spawn:
     environment = {k: v for k, v in os.environ.items()
                    if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "LOG_"))}
     environment.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "QUANTIZATION": "none",
                         "DEVICE": "cpu", "MAX_NEW_TOKENS": "12", "TERM": "xterm",
                         "PROMPT_TOOLKIT_NO_CPR": "1", **env})
-    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", "chat", *(args or [])], cwd=str(cwd),
+    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", command, *(args or [])], cwd=str(cwd),
                           env=environment, encoding="utf-8", timeout=240, dimensions=(40, 200))
     child.logfile_read = io.StringIO()  # everything the terminal showed
     child.expect_exact(HELP)
@@ -191,3 +192,20 @@ def test_a_piped_chat_prints_answers_only_on_stdout(env: dict[str, str],
     assert done.stdout.startswith("rinna> "), done.stdout  # no greeting before the answers
     assert done.stdout.count("rinna> ") == 2 and HELP not in done.stdout
     assert done.stderr == "", done.stderr  # no log line, bar or library warning either
+
+
+def test_the_demo_chats_on_a_tiny_model_built_on_the_spot(tmp_path: Path) -> None:
+    """`rinna-bot demo` with nothing set up: no model, no .env, no network (HF_HUB_OFFLINE)."""
+    from bot.demo import NOTICE
+
+    child = spawn(tmp_path, command="demo", XDG_STATE_HOME=str(tmp_path / "state"))
+    assert NOTICE.splitlines()[0] in child.logfile_read.getvalue()  # before the first prompt
+    child.sendline("こんにちは")
+    child.expect_exact(THINKING)
+    child.expect_exact(PROMPT.strip())
+    child.sendline("/exit")
+    status, output = finish(child)
+    assert status == 0, output
+    assert "デモ: ランダムな重みの小さなモデルです。" in output
+    assert not LOG_LINE.search(output) and not any(noise in output for noise in NOISE), output
+    assert not (tmp_path / "data").exists()  # the real DATABASE_PATH is left alone
