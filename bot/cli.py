@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
         _say(exc)
         return EXIT_CONFIG
     platforms = settings.discord_enabled or settings.slack_enabled
-    _setup_logging(settings, args.command in ("chat", "demo") or not platforms, args.log_level)
+    terminal_chat = args.command in ("chat", "demo") or (args.command == "run" and not platforms)
+    _setup_logging(settings, terminal_chat, args.log_level)
     for line in unknown_keys():  # a misspelt key would otherwise be silently ignored
         log.warning("%s", line)
     if args.command == "run" and not platforms and not _stdin_is_terminal():

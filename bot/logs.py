@@ -81,15 +81,16 @@ class DropNoise(logging.Filter):
 
 def setup_logging(level: str, secrets: Iterable[str] = (), *, screen_level: str | None = None,
                   log_file: Path | None = None) -> Path | None:
-    """Records at `level` go to stderr (`run`: journald, docker logs), or, with `log_file`, to
-    that file while stderr shows only `screen_level` and above (the chat's screen). Returns
-    the log file in use (None: none, or it could not be opened)."""
+    """Records at `level` go to stderr (`run`: journald, docker logs). With `screen_level`
+    (the chat's screen), stderr shows only that level and above, and records at `level` go to
+    `log_file` if one is given. Returns the log file in use (None: none, or it could not be
+    opened)."""
     level = level.upper()
     screen = (screen_level or level).upper()
     redact_filter, noise = RedactSecrets(secrets), DropNoise()
     handlers: list[logging.Handler] = []
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setLevel(screen if log_file is not None else level)
+    stderr.setLevel(screen)
     handlers.append(stderr)
     opened = None
     if log_file is not None:

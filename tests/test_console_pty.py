@@ -8,6 +8,7 @@ import io
 import os
 import re
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -174,20 +175,25 @@ def test_log_level_on_the_command_line_brings_log_lines_to_the_screen(
     assert re.search(LOG_LINE.pattern + r"bot.model_loader: model ready", output), output
 
 
-def test_a_piped_chat_prints_answers_only_on_stdout(env: dict[str, str],
-                                                    tmp_path: Path) -> None:
-    import subprocess
-
-    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text(encoding="utf-8"),
-                                   encoding="utf-8")
+def piped_chat(tmp_path: Path, env: dict[str, str], dotenv: str = "",
+               lines: str = "こんにちは\n今日は\n") -> subprocess.CompletedProcess[str]:
+    """`rinna-bot chat` reading `lines` from a pipe, with `.env.example` (plus `dotenv`) as
+    its .env."""
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text(encoding="utf-8")
+                                   + dotenv, encoding="utf-8")
     environment = {k: v for k, v in os.environ.items()
                    if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "LOG_"))}
     environment.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "QUANTIZATION": "none",
                         "DEVICE": "cpu", "MAX_NEW_TOKENS": "12",
                         "XDG_STATE_HOME": str(tmp_path / "state"), **env})
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "chat"], cwd=tmp_path,
-                          env=environment, input="こんにちは\n今日は\n", capture_output=True,
-                          text=True, timeout=240, check=False)
+    return subprocess.run([sys.executable, "-m", "bot.cli", "chat"], cwd=tmp_path,
+                          env=environment, input=lines, capture_output=True, text=True,
+                          timeout=240, check=False)
+
+
+def test_a_piped_chat_prints_answers_only_on_stdout(env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    done = piped_chat(tmp_path, env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("rinna> "), done.stdout  # no greeting before the answers
     assert done.stdout.count("rinna> ") == 2 and HELP not in done.stdout
@@ -209,3 +215,17 @@ def test_the_demo_chats_on_a_tiny_model_built_on_the_spot(tmp_path: Path) -> Non
     assert "デモ: ランダムな重みの小さなモデルです。" in output
     assert not LOG_LINE.search(output) and not any(noise in output for noise in NOISE), output
     assert not (tmp_path / "data").exists()  # the real DATABASE_PATH is left alone
+
+
+@pytest.mark.parametrize("where", ["a path", "off"])
+def test_log_file_names_where_the_chat_logs(env: dict[str, str], tmp_path: Path,
+                                            where: str) -> None:
+    chosen = tmp_path / "logs" / "chat.log"
+    done = piped_chat(tmp_path, env, f"LOG_FILE={chosen if where == 'a path' else 'off'}\n",
+                      lines="/exit\n")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert not (tmp_path / "state").exists()  # the default place is not used either way
+    if where == "a path":
+        assert "model ready" in chosen.read_text(encoding="utf-8")
+    else:
+        assert not chosen.exists()
