@@ -90,7 +90,9 @@ async def warm_up(generator: Any) -> None:
 @contextlib.asynccontextmanager
 async def open_core(settings: Settings, metrics: Metrics | None = None,
                     crash_hook: CrashHook | None = None,
-                    parts: StartParts = StartParts()) -> AsyncIterator[Core]:
+                    parts: StartParts = StartParts(),
+                    checks: asyncio.Task[Any] | None = None) -> AsyncIterator[Core]:
+    """The store, then the model (while `checks` run: their failure cancels the load)."""
     from bot.chat import ChatConfig, ChatService
     from storage.history import HistoryStore
 
@@ -99,7 +101,8 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
     except StorageError as exc:
         raise as_config_error(exc) from None
     try:
-        generator = await parts.load_generator(settings)
+        loading = parts.load_generator(settings)
+        generator = await (while_checking(checks, loading) if checks is not None else loading)
         try:
             assert generator.tokenizer is not None
             if settings.engine_url is None:  # a remote engine warms up its own kernels
@@ -160,8 +163,8 @@ async def serve(settings: Settings, command: str, crash_hook: CrashHook | None =
             server = await MetricsServer(metrics, settings.metrics_host,
                                          settings.metrics_port).start()
             stack.push_async_callback(server.close)
-        core = await while_checking(checks, stack.enter_async_context(
-            open_core(settings, metrics, crash_hook, parts)))
+        core = await stack.enter_async_context(
+            open_core(settings, metrics, crash_hook, parts, checks))
         await checks  # loaded first: the answers are due before any platform starts
         await stack.enter_async_context(retention(core.store, settings.retention_days))
         platforms = settings.discord_enabled or settings.slack_enabled
