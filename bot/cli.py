@@ -23,9 +23,9 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.config import (Settings, default_log_file, load_settings, log_level_from_environment,
@@ -348,7 +348,7 @@ def _setup_logging(settings: Settings, terminal_chat: bool, asked: str | None) -
         setup_logging(asked or settings.log_level, secrets)
         return
     on_screen = asked or log_level_from_environment()
-    where = None if settings.log_file == "off" else (
+    where = None if (settings.log_file or "").strip().lower() == "off" else (
         Path(settings.log_file).expanduser() if settings.log_file else default_log_file())
     setup_logging(on_screen or settings.log_level, secrets, log_file=where,
                   screen_level=on_screen or "WARNING")
