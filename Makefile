@@ -1,10 +1,11 @@
-# Two commands: `make run` and `make test`. Both create .venv and install the project first.
+# Two commands: `make run` and `make test` (and `make demo` to try it without the model). Each
+# creates .venv and installs the project first.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test chat bench bench-gpu clean lock
+.PHONY: run test chat demo bench bench-gpu clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,10 @@ run: $(STAMP)
 
 chat: $(STAMP)
 	$(VENV)/bin/rinna-bot chat
+
+# The terminal chat on a tiny random model built on the spot: seconds, no download.
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rinna-bot demo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)

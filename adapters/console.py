@@ -134,7 +134,8 @@ async def run_console(chat: ChatService, stdin: BinaryIO | None = None,
     for handler in handlers:
         handler.addFilter(fresh)
     try:
-        screen.write(HELP + "\n")
+        if terminal:  # piped: stdout holds the answers only
+            screen.write(HELP + "\n")
         typed = _TypeAhead()
         lines = _terminal_lines(typed) if terminal else _piped_lines(stdin or sys.stdin.buffer)
         async for line in lines:

@@ -1,8 +1,9 @@
-"""Shared set-up for the benchmarks: the tiny model of DESIGN.md, prompts, the baseline.
+"""Shared set-up for the benchmarks: the tiny model of docs/model.md, prompts, the baseline.
 
-Ordering matters on CPU (DESIGN.md): a live thread that has run torch ops slows torch work in
-other threads, so each benchmark runs the generator (whose worker thread ends on close) first
-and the model card's one-at-a-time `generate` in the main thread afterwards.
+Ordering matters on CPU (docs/model.md, "Where torch runs"): a live thread that has run torch
+ops slows torch work in other threads, so each benchmark runs the generator (whose worker
+thread ends on close) first and the model card's one-at-a-time `generate` in the main thread
+afterwards.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bot.config import Settings, load_settings  # noqa: E402
-from tests.tiny_model import build_tiny_model  # noqa: E402
+from bot.tiny_model import build_tiny_model  # noqa: E402
 
 QUESTIONS = [
     "日本で一番高い山は何ですか?", "猫と犬はどちらが好きですか?", "東京から大阪まで電車で何時間?",

@@ -1,4 +1,4 @@
-"""GPU: the real model's shape (DESIGN.md's config: 36 layers, hidden 2816, 22 heads, vocab
+"""GPU: the real model's shape (docs/model.md's config: 36 layers, hidden 2816, 22 heads, vocab
 32,000) with random weights, through the bot's own loader and engine, on CUDA.
 
 For each quantisation (bitsandbytes NF4 as shipped, fp16, bitsandbytes 8-bit):
@@ -40,7 +40,7 @@ from bot.config import load_settings
 from bot.engine import BatchEngine, EngineConfig, Request
 from bot.model_loader import load_model
 from bot.sampling import GenerationParams
-from tests.tiny_model import build_tokenizer
+from bot.tiny_model import build_tokenizer
 
 REAL_SHAPE = dict(vocab_size=32000, hidden_size=2816, num_hidden_layers=36,
                   num_attention_heads=22, intermediate_size=11264)

@@ -115,7 +115,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    from tests.tiny_model import build_tiny_model
+    from bot.tiny_model import build_tiny_model
 
     directory = Path(tempfile.mkdtemp(prefix="rinna-bench-remote-"))
     build_tiny_model(directory)

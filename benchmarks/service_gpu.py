@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.tiny_model import build_tiny_model
+from bot.tiny_model import build_tiny_model
 
 CHILD = r'''
 import asyncio, io, logging, sys, time

@@ -18,7 +18,7 @@ from bot.prompt import fit_prompt
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
-from tests.tiny_model import build_tokenizer
+from bot.tiny_model import build_tokenizer
 
 TURNS = 10_000
 RUNS = 300

@@ -1,8 +1,11 @@
-"""The `rinna-bot` command: `run` (every platform), `chat` (the terminal), `download`, `doctor`.
+"""The `rinna-bot` command: `run` (every platform), `chat` (the terminal), `demo`, `download`,
+`doctor`.
 
 Objects are built here, in order, and passed in: settings, the database, the generator (one
 model, one worker thread), the chat service, then each platform. Start-up failures print one
-line naming what to set and exit non-zero.
+line naming what to set and exit with the contract's code (bot/startup.py: 2 for what the
+operator must fix, 1 for what a restart may fix). `run` asks each platform whether its token is
+accepted while the model loads, so a rejected token stops the start in seconds.
 
 `run` answers every message exactly once through stops and crashes: at start it finishes the
 messages a previous process took on but never answered (`ChatService.recover`); on SIGTERM or
@@ -22,11 +25,15 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.config import Settings, load_settings, unknown_keys
-from bot.errors import ConfigError, RinnaError
+from bot.config import (Settings, default_log_file, load_settings, log_level_from_environment,
+                        unknown_keys)
+from bot.errors import RinnaError, StorageError
 from bot.logs import setup_logging
+from bot.startup import (EXIT_CONFIG, StartParts, as_config_error, check_credentials,
+                         exit_code, while_checking)
 
 if TYPE_CHECKING:  # imported where used: `--help`, `--version` and `doctor` start fast
     from bot.chat import ChatService, CrashHook
@@ -82,14 +89,20 @@ async def warm_up(generator: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def open_core(settings: Settings, metrics: Metrics | None = None,
-                    crash_hook: CrashHook | None = None) -> AsyncIterator[Core]:
+                    crash_hook: CrashHook | None = None,
+                    parts: StartParts = StartParts(),
+                    checks: asyncio.Task[Any] | None = None) -> AsyncIterator[Core]:
+    """The store, then the model (while `checks` run: their failure cancels the load)."""
     from bot.chat import ChatConfig, ChatService
-    from bot.generator import load_generator
     from storage.history import HistoryStore
 
-    store = await HistoryStore.open(settings.database_path)  # fails fast, before the model
+    try:  # fails fast, before the model: a path or permission the operator must fix
+        store = await HistoryStore.open(settings.database_path)
+    except StorageError as exc:
+        raise as_config_error(exc) from None
     try:
-        generator = await load_generator(settings)
+        loading = parts.load_generator(settings)
+        generator = await (while_checking(checks, loading) if checks is not None else loading)
         try:
             assert generator.tokenizer is not None
             if settings.engine_url is None:  # a remote engine warms up its own kernels
@@ -130,10 +143,15 @@ def build_status(settings: Settings, generator: Any, store: HistoryStore) -> Sta
                   generator=generator, store=store)
 
 
-async def serve(settings: Settings, command: str, crash_hook: CrashHook | None = None) -> int:
+async def serve(settings: Settings, command: str, crash_hook: CrashHook | None = None,
+                parts: StartParts = StartParts()) -> int:
     from bot.retention import retention
 
     async with contextlib.AsyncExitStack() as stack:
+        # The platforms' identity calls run while the model loads (bot/startup.py).
+        checks = asyncio.create_task(check_credentials(settings, parts) if command == "run"
+                                     else _nothing(), name="credential-checks")
+        stack.push_async_callback(_cancelled, checks)
         metrics = None
         if command == "run" and settings.metrics_port is not None:
             from bot.metrics import Metrics, MetricsServer
@@ -142,7 +160,9 @@ async def serve(settings: Settings, command: str, crash_hook: CrashHook | None =
             server = await MetricsServer(metrics, settings.metrics_host,
                                          settings.metrics_port).start()
             stack.push_async_callback(server.close)
-        core = await stack.enter_async_context(open_core(settings, metrics, crash_hook))
+        core = await stack.enter_async_context(
+            open_core(settings, metrics, crash_hook, parts, checks))
+        await checks  # loaded first: the answers are due before any platform starts
         await stack.enter_async_context(retention(core.store, settings.retention_days))
         platforms = settings.discord_enabled or settings.slack_enabled
         if command == "chat" or not platforms:
@@ -238,7 +258,17 @@ def private_command(settings: Settings, command: str, user: str, platform: str |
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+async def _nothing() -> list[str]:
+    return []
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int:
     from bot.models import alias_table
 
     parser = argparse.ArgumentParser(
@@ -248,10 +278,18 @@ def main(argv: list[str] | None = None) -> int:
                "set):\n" + alias_table())
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("command", nargs="?", default="run",
-                        choices=["run", "chat", "download", "doctor", "forget", "export"],
+                        choices=["run", "chat", "demo", "download", "doctor", "forget",
+                                 "export"],
                         help="run: every platform with credentials set; chat: the terminal; "
+                             "demo: the terminal chat on a tiny random model (no download); "
                              "download: fetch and check the model; doctor: what run will do; "
                              "forget/export --user ID: delete/print a person's messages")
+    parser.add_argument("--log-level", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log at this level on the terminal (chat and demo show answers "
+                             "only otherwise, and log to LOG_FILE); overrides LOG_LEVEL")
+    parser.add_argument("--offline", action="store_true",
+                        help="doctor: skip the calls to Discord and Slack")
     parser.add_argument("--user", help="forget, export: the person's Discord or Slack user id")
     parser.add_argument("--platform", choices=["discord", "slack", "console"],
                         help="forget, export: only this platform's messages (default: all)")
@@ -264,22 +302,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from bot.doctor import doctor
 
-        return doctor()
+        return doctor(offline=args.offline)
     try:
         settings = load_settings()
     except RinnaError as exc:
-        print(f"rinna-bot: {exc}", file=sys.stderr)
-        return 2
-    secrets = settings.secret_values()  # ENGINE_API_KEY and every other secret setting
-    # The terminal chat keeps INFO lines off the conversation unless LOG_LEVEL asks for them.
-    quiet = args.command == "chat" and "log_level" not in settings.model_fields_set
-    setup_logging("WARNING" if quiet else settings.log_level, secrets)
+        _say(exc)
+        return EXIT_CONFIG
+    platforms = settings.discord_enabled or settings.slack_enabled
+    terminal_chat = args.command in ("chat", "demo") or (args.command == "run" and not platforms)
+    _setup_logging(settings, terminal_chat, args.log_level)
     for line in unknown_keys():  # a misspelt key would otherwise be silently ignored
         log.warning("%s", line)
-    if (args.command == "run" and not (settings.discord_enabled or settings.slack_enabled)
-            and not _stdin_is_terminal()):
+    if args.command == "run" and not platforms and not _stdin_is_terminal():
         print(f"rinna-bot: {NO_PLATFORM_NO_TERMINAL}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.command in ("forget", "export"):
         return private_command(settings, args.command, args.user, args.platform)
     if args.command == "download":
@@ -287,17 +323,38 @@ def main(argv: list[str] | None = None) -> int:
 
         return download(settings)
     try:
-        status = asyncio.run(serve(settings, args.command,
-                                   _crash_hook(args.crash_at) if args.crash_at else None))
-    except ConfigError as exc:  # e.g. QUANTIZATION against the checkpoint's own: a setting
-        print(f"rinna-bot: {exc}", file=sys.stderr)
-        return 2
+        if args.command == "demo":
+            from bot.demo import run_demo
+
+            return run_demo(settings, lambda demo: serve(demo, "chat", parts=parts))
+        return asyncio.run(serve(settings, args.command,
+                                 _crash_hook(args.crash_at) if args.crash_at else None, parts))
     except RinnaError as exc:
-        print(f"rinna-bot: {exc}", file=sys.stderr)
-        return 1
+        _say(exc)
+        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
-    return status
+
+
+def _say(error: RinnaError) -> None:
+    """An error that ends the command: one `rinna-bot: ...` line per problem, no traceback."""
+    for line in str(error).splitlines():
+        print(f"rinna-bot: {line}", file=sys.stderr)
+
+
+def _setup_logging(settings: Settings, terminal_chat: bool, asked: str | None) -> None:
+    """`run` logs to stderr at LOG_LEVEL (journald, docker logs). The terminal chat shows
+    answers only: its log goes to LOG_FILE and the screen gets warnings, unless a level is
+    asked for on the command line (--log-level, or LOG_LEVEL in the environment, not .env)."""
+    secrets = settings.secret_values()  # ENGINE_API_KEY and every other secret setting
+    if not terminal_chat:
+        setup_logging(asked or settings.log_level, secrets)
+        return
+    on_screen = asked or log_level_from_environment()
+    where = None if (settings.log_file or "").strip().lower() == "off" else (
+        Path(settings.log_file).expanduser() if settings.log_file else default_log_file())
+    setup_logging(on_screen or settings.log_level, secrets, log_file=where,
+                  screen_level=on_screen or "WARNING")
 
 
 def version() -> str:

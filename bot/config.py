@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -81,6 +82,9 @@ class Settings(BaseSettings):
     # Behaviour and logs
     stream_interval_s: float = Field(1.0, ge=0.0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Where `chat` and `demo` write their log (the terminal shows answers only); "off": nowhere.
+    # Unset: $XDG_STATE_HOME/rinna-bot/rinna-bot.log (~/.local/state/rinna-bot/rinna-bot.log).
+    log_file: str | None = None
 
     # Service: Prometheus metrics and the health check (unset port = off)
     metrics_port: int | None = Field(None, ge=1, le=65535)  # 0 would pick a random port no health check finds
@@ -134,13 +138,30 @@ class Settings(BaseSettings):
     def _level_any_case(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
+    @field_validator("discord_token", "slack_bot_token", "slack_app_token",
+                     "slack_signing_secret")
+    @classmethod
+    def _token_shape(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
+        # Caught here, a pasted wrong value costs a second, not a model load.
+        if value is not None:
+            shape, what = TOKEN_SHAPES[info.field_name]
+            if not shape.fullmatch(value.get_secret_value().strip()):
+                raise ValueError(what)
+            return SecretStr(value.get_secret_value().strip())
+        return value
+
     @model_validator(mode="after")
     def _slack_mode_complete(self) -> Settings:
         if self.slack_bot_token and not self.slack_app_token and not self.slack_signing_secret:
             raise ValueError(
-                "SLACK_BOT_TOKEN is set: also set SLACK_APP_TOKEN (Socket Mode) "
-                "or SLACK_SIGNING_SECRET (HTTP mode)"
+                "SLACK_BOT_TOKEN is set but no mode: also set SLACK_APP_TOKEN (Socket Mode, "
+                "e.g. SLACK_APP_TOKEN=xapp-1-A0123-456-abc) or SLACK_SIGNING_SECRET (HTTP mode)"
             )
+        for name in ("slack_app_token", "slack_signing_secret"):
+            if getattr(self, name) is not None and self.slack_bot_token is None:
+                raise ValueError(
+                    f"{name.upper()} is set but SLACK_BOT_TOKEN is missing: set it to the app's "
+                    "Bot User OAuth Token (e.g. SLACK_BOT_TOKEN=xoxb-1234-5678-abcd)")
         return self
 
     @model_validator(mode="after")
@@ -148,7 +169,8 @@ class Settings(BaseSettings):
         if self.context_tokens - self.max_new_tokens < MIN_PROMPT_TOKENS:
             raise ValueError(
                 f"CONTEXT_TOKENS ({self.context_tokens}) must exceed MAX_NEW_TOKENS "
-                f"({self.max_new_tokens}) by at least {MIN_PROMPT_TOKENS} tokens for the prompt"
+                f"({self.max_new_tokens}) by at least {MIN_PROMPT_TOKENS} tokens for the prompt "
+                "(for example CONTEXT_TOKENS=2048 with MAX_NEW_TOKENS=128)"
             )
         return self
 
@@ -158,9 +180,11 @@ class Settings(BaseSettings):
             for url in self.engine_urls:
                 parsed = urlsplit(url)
                 if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                    raise ValueError(f"ENGINE_URL: {url!r} is not an http(s) URL")
+                    raise ValueError(f"ENGINE_URL: {url!r} is not an http(s) URL (for "
+                                     "example ENGINE_URL=http://vllm:8000/v1)")
             if not self.engine_urls:
-                raise ValueError("ENGINE_URL: no URL given")
+                raise ValueError("ENGINE_URL: no URL given (for example "
+                                 "ENGINE_URL=http://vllm:8000/v1)")
         return self
 
     @property
@@ -196,15 +220,95 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build Settings, turning validation errors into one ConfigError naming each key."""
+    """Build Settings; validation errors become one ConfigError with one plain line per
+    problem (see `plain_error`)."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = "_".join(str(p) for p in err["loc"]).upper() or "settings"
-            problems.append(f"{key}: {err['msg']}")
-        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+        raise ConfigError("\n".join(plain_error(err) for err in exc.errors())) from None
+
+
+def plain_error(err: Any) -> str:
+    """One line: the setting, what is wrong with it, and an example of a right value. Secret
+    values are never repeated."""
+    if not err["loc"]:  # a rule between settings: its message names them already
+        return str(err.get("ctx", {}).get("error", err["msg"]))
+    name = str(err["loc"][0])
+    key = name.upper()
+    field = Settings.model_fields.get(name)
+    given = "" if name in _SECRET_NAMES or not isinstance(err.get("input"), str | int | float) else (
+        f"={err['input']}")
+    problem = _PROBLEMS.get(err["type"], "{msg}").format(msg=err["msg"], **{
+        k: v for k, v in err.get("ctx", {}).items() if k != "error"},
+        error=err.get("ctx", {}).get("error", ""))
+    if name == "device":
+        problem = "must be auto, cpu, cuda or cuda:N (N: the GPU's number)"
+    example = EXAMPLES.get(name)
+    if example is None and field is not None and field.default not in (None, Ellipsis):
+        example = str(field.default)
+    joint = " " if not given and problem.startswith("is ") else ": "
+    return f"{key}{given}{joint}{problem}" + (f" (for example {key}={example})" if example else "")
+
+
+# What each pydantic error type means, in plain words ({...}: the error's own details).
+_PROBLEMS = {
+    "literal_error": "must be one of {expected}",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false",
+    "greater_than": "must be more than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "string_pattern_mismatch": "has the wrong form",
+    "value_error": "{error}",
+    "path_type": "must be a file path",
+}
+_SECRET_NAMES = frozenset({"discord_token", "slack_bot_token", "slack_app_token",
+                           "slack_signing_secret", "engine_api_key"})
+
+# Right values to show next to an error, where the default is none or not a good example.
+EXAMPLES = {
+    "device": "cuda",
+    "discord_token": "MTIzNDU2Nzg5MDEyMzQ1Njc4.GAbCdE.abcdefghijklmnopqrstuvwxyz0123",
+    "slack_bot_token": "xoxb-1234-5678-abcd",
+    "slack_app_token": "xapp-1-A0123-456-abc",
+    "slack_signing_secret": "8f742231b10e8888abcd99aaabbb85a5",
+    "engine_url": "http://vllm:8000/v1",
+    "retention_days": "30",
+    "metrics_port": "9100",
+    "allow_dms": "false",
+}
+
+# Token shapes, checked before anything connects: (pattern, what a right value looks like).
+TOKEN_SHAPES = {
+    "discord_token": (re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"),
+                      "is not a Discord bot token (three parts separated by dots; copy it from "
+                      "the Developer Portal, Bot > Reset Token)"),
+    "slack_bot_token": (re.compile(r"(xoxe\.)?xoxb-[A-Za-z0-9-]+"),
+                        "is not a Slack bot token (it starts with xoxb-, or xoxe.xoxb- when "
+                        "rotating: OAuth & Permissions > Bot User OAuth Token)"),
+    "slack_app_token": (re.compile(r"xapp-[A-Za-z0-9-]+"),
+                        "is not a Slack app-level token (it starts with xapp-: Basic "
+                        "Information > App-Level Tokens, scope connections:write)"),
+    "slack_signing_secret": (re.compile(r"[0-9a-fA-F]{32}"),
+                             "is not a Slack signing secret (32 hex digits: Basic Information "
+                             "> App Credentials > Signing Secret)"),
+}
+
+
+def default_log_file() -> Path:
+    """The chat's log when LOG_FILE is unset: under the user's state directory (XDG)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "rinna-bot" / "rinna-bot.log"
+
+
+def log_level_from_environment() -> str | None:
+    """LOG_LEVEL as given in the process environment (`LOG_LEVEL=INFO rinna-bot chat`), not
+    from `.env`: only such a request brings log lines onto the chat's screen."""
+    value = os.environ.get("LOG_LEVEL", "").strip().upper()
+    return value or None
 
 
 def unknown_keys(env_file: str | Path | None = None) -> list[str]:

@@ -1,8 +1,9 @@
 """`rinna-bot doctor`: one screen saying what `run` will do, each line ✓ or ✗ with the fix.
 
-Reads the settings like `run`, looks for the model without downloading anything, tries CUDA
-and bitsandbytes on the configured device, and opens the database without changing it.
-Tokens are shown as set or unset, never their values.
+Reads the settings like `run` (and reports `.env` typos like it), asks Discord and Slack whether
+the tokens are accepted (the calls `run` makes; `--offline` skips them), looks for the model
+without downloading anything, tries CUDA and bitsandbytes on the configured device, and opens
+the database without changing it. Tokens are shown as set or unset, never their values.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from bot.config import Settings, load_settings
+from bot.config import Settings, load_settings, unknown_keys
 from bot.download import cached_model, check_model_dir, check_tokenizer, is_local
 from bot.errors import RinnaError
 from bot.doctor_model import _planned_precision, _precision, engine_vocabulary
@@ -37,17 +38,21 @@ class Check:
         return f"✗ {self.what}" + (f" → {self.fix}" if self.fix else "")
 
 
-def doctor(out: TextIO = sys.stdout) -> int:
-    """Print every check; 0 when all pass, 1 otherwise."""
+def doctor(out: TextIO = sys.stdout, *, offline: bool = False) -> int:
+    """Print every check; 0 when all pass, 1 otherwise. `offline`: no calls to the platforms."""
+    typos = [Check(False, line, "correct the key's name (see .env.example)")
+             for line in unknown_keys()]
     try:
         settings = load_settings()
     except RinnaError as exc:
-        print(Check(False, f"settings: {exc}", "fix the keys named in .env or the "
-                    "environment (see .env.example)").line(), file=out)
+        for problem in [*typos, *(Check(False, f"settings: {line}", "fix it in .env or the "
+                                        "environment (see .env.example)")
+                                  for line in str(exc).splitlines())]:
+            print(problem.line(), file=out)
         return 1
     setup_logging("WARNING", settings.secret_values())
     failed = 0
-    for check in checks(settings):
+    for check in [*typos, *checks(settings, offline=offline)]:
         print(check.line(), file=out, flush=True)
         failed += not check.ok
     print(f"{'all checks passed' if not failed else f'{failed} to fix'}; "
@@ -55,9 +60,11 @@ def doctor(out: TextIO = sys.stdout) -> int:
     return 1 if failed else 0
 
 
-def checks(settings: Settings) -> Iterator[Check]:
+def checks(settings: Settings, *, offline: bool = False) -> Iterator[Check]:
     yield _settings(settings)
     yield _platforms(settings)
+    if not offline:
+        yield from _credentials(settings)
     if settings.engine_urls:  # the model runs on the engine: no weights, GPU or bitsandbytes
         yield (tokenizer := _tokenizer(settings))
         for url in settings.engine_urls:
@@ -103,6 +110,31 @@ def _model_choice(settings: Settings) -> Check:
 
     others = ", ".join(f"MODEL={a.name} ({a.download})" for a in ALIASES.values())
     return Check(True, f"model: {settings.model_id} ({settings.model_reason}); aliases: {others}")
+
+
+def _credentials(settings: Settings) -> list[Check]:
+    """The identity calls `run` makes while the model loads (adapters/credentials.py)."""
+    import asyncio
+
+    from adapters.credentials import PlatformUnreachable, check_discord, check_slack
+    from bot.errors import ConfigError
+
+    async def ask() -> list[Check]:
+        found = []
+        for enabled, check in ((settings.discord_enabled, check_discord),
+                               (settings.slack_enabled, check_slack)):
+            if not enabled:
+                continue
+            try:
+                found.append(Check(True, await check(settings)))
+            except ConfigError as exc:
+                found.append(Check(False, str(exc)))
+            except PlatformUnreachable as exc:
+                found.append(Check(False, str(exc), "check the network or the platform's "
+                                   "status page; `rinna-bot doctor --offline` skips this"))
+        return found
+
+    return asyncio.run(ask())
 
 
 def _model(settings: Settings) -> Check:

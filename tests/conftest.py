@@ -4,9 +4,12 @@ generator and chat service over them. No network: HF_HUB_OFFLINE is set before a
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# The terminal chat logs under the user's state directory: never the developer's own, in tests.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="rinna-bot-test-state-")
 
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +22,7 @@ from bot.generator import LocalGenerator, load_generator
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.discord_fakes import ScriptedGenerator as DiscordScript
-from tests.tiny_model import build_tiny_model
+from bot.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="session")

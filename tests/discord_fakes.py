@@ -110,6 +110,7 @@ class FakeDiscord:
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     identify: dict[str, Any] = field(default_factory=dict)  # the bot's IDENTIFY payload
     reject_token: bool = False  # answer the login with 401, as Discord does for a bad token
+    login_gate: asyncio.Event | None = None  # the login waits for it before being answered
     # Sends that create their message and then answer 500 (Discord's retry is the client's)
     fail_after_create: int = 0
     nonces: dict[tuple[int, str], int] = field(default_factory=dict)  # enforce_nonce: (channel, nonce) -> id
@@ -165,6 +166,8 @@ class FakeDiscord:
         body = await request.json() if request.can_read_body else None
         self._record(request.method, path, body)
         handler = self._route(request.method, path)
+        if self.login_gate is not None and path == "/users/@me":
+            await self.login_gate.wait()
         if self.reject_token and path == "/users/@me":
             return self._json({"message": "401: Unauthorized", "code": 0}, status=401)
         if handler is None:

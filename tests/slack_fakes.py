@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 TEAM = "T0TEAM"
 BOT_USER = "UBOT"
 BOT_ID = "BBOT"
-SIGNING_SECRET = "test-signing-secret"
+SIGNING_SECRET = "5e1ec7ab1e5ec2e75e1ec7ab1e5ec2e7"  # 32 hex digits, as Slack's are
 BOT_TOKEN = "xoxb-test-token"
 APP_TOKEN = "xapp-test-token"
 USERS = {"U1": "たろう", "U2": "はなこ"}
@@ -76,6 +76,8 @@ class FakeSlack:
         self.threads: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.failures: dict[str, list[Failure]] = {}
         self.always_fail: dict[str, Failure] = {}
+        # method -> an event its calls wait for before being answered (a slow Slack)
+        self.held: dict[str, asyncio.Event] = {}
         self.sockets: list[web.WebSocketResponse] = []
         self._ts = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -160,6 +162,8 @@ class FakeSlack:
     # ----- the Web API side -----
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
+        if (gate := self.held.get(method)) is not None:
+            await gate.wait()
         params: dict[str, Any] = dict(request.query)
         if request.can_read_body:
             if request.content_type == "application/json":

@@ -70,10 +70,11 @@ def test_slack_needs_a_mode(settings: Settings, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_secrets_never_print(settings: Settings) -> None:
-    loaded = load_settings(discord_token="super-secret-token", slack_bot_token="xoxb-secret",
-                           slack_signing_secret="sign-secret")
+    loaded = load_settings(discord_token="super.secret.token", slack_bot_token="xoxb-secret",
+                           slack_signing_secret="5ec7e75ec7e75ec7e75ec7e75ec7e75e")
     for shown in (repr(loaded), str(loaded), repr(loaded.discord_token), loaded.model_dump_json()):
-        assert "super-secret-token" not in shown and "xoxb-secret" not in shown
+        assert "super.secret.token" not in shown and "xoxb-secret" not in shown
+        assert "5ec7e75ec7e75ec7e75ec7e75ec7e75e" not in shown
 
 
 def test_log_filter_redacts_secrets() -> None:
@@ -142,7 +143,7 @@ def test_log_level_is_case_insensitive(settings: Settings, monkeypatch: pytest.M
 OUTSIDE_VARIABLES = {"APPLICATION_ID", "DEBIAN_FRONTEND", "HF_HOME", "HF_HUB_OFFLINE",
                      "HF_ENDPOINT", "TRANSFORMERS_OFFLINE", "PIP_NO_CACHE_DIR",
                      "PIP_DISABLE_PIP_VERSION_CHECK", "PYTEST_ARGS", "SLACK_CLIENT_ID",
-                     "SLACK_CLIENT_SECRET"}
+                     "SLACK_CLIENT_SECRET", "XDG_STATE_HOME"}
 
 
 def test_every_key_the_guides_name_is_a_setting() -> None:

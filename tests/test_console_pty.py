@@ -8,6 +8,7 @@ import io
 import os
 import re
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,13 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 LEFT, UP = "\x1b[D", "\x1b[A"
 
 
-def spawn(cwd: Path, **env: str) -> pexpect.spawn:
+def spawn(cwd: Path, args: list[str] | None = None, command: str = "chat",
+          **env: str) -> pexpect.spawn:
     environment = {k: v for k, v in os.environ.items()
                    if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "LOG_"))}
     environment.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "QUANTIZATION": "none",
                         "DEVICE": "cpu", "MAX_NEW_TOKENS": "12", "TERM": "xterm",
                         "PROMPT_TOOLKIT_NO_CPR": "1", **env})
-    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", "chat"], cwd=str(cwd),
+    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", command, *(args or [])], cwd=str(cwd),
                           env=environment, encoding="utf-8", timeout=240, dimensions=(40, 200))
     child.logfile_read = io.StringIO()  # everything the terminal showed
     child.expect_exact(HELP)
@@ -103,7 +105,7 @@ def endless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from tests.tiny_model import build_tiny_model
+    from bot.tiny_model import build_tiny_model
 
     directory = build_tiny_model(tmp_path_factory.mktemp("endless"), layers=4, hidden=256)
     cat = Tokenizer.from_file(directory / "spiece.model").encode("猫")
@@ -136,3 +138,94 @@ def test_a_key_in_the_middle_of_an_answer(env: dict[str, str], tmp_path: Path,
     else:
         assert status == 0, output[-2000:]  # the answer ends, then Ctrl-D ends the chat
         assert system_turns(Path(env["DATABASE_PATH"])) == ["猫" * 60 + "…"]
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ")
+NOISE = ("Loading weights", "%|", "it/s]", "PyNaCl", "davey", "As you gave", "Warning:")
+
+
+def test_with_the_example_env_the_chat_shows_answers_only(env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    """The README's `cp .env.example .env` (LOG_LEVEL=INFO in it), then `rinna-bot chat`: no
+    log line and no progress bar on the screen; the log is in the state directory's file."""
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text(encoding="utf-8"),
+                                   encoding="utf-8")
+    state = tmp_path / "state"
+    child = spawn(tmp_path, XDG_STATE_HOME=str(state), **env)
+    child.sendline("こんにちは")
+    child.expect_exact(THINKING)
+    child.expect_exact(PROMPT.strip())
+    child.sendline("/exit")
+    status, output = finish(child)
+    assert status == 0, output
+    assert not LOG_LINE.search(output), output
+    assert not any(noise in output for noise in NOISE), output
+    assert len(system_turns(Path(env["DATABASE_PATH"]))) <= 1  # answered (or empty: random)
+    log = (state / "rinna-bot" / "rinna-bot.log").read_text(encoding="utf-8")
+    assert "model ready" in log and "answered:" in log  # INFO, as .env's LOG_LEVEL asks
+
+
+def test_log_level_on_the_command_line_brings_log_lines_to_the_screen(
+        env: dict[str, str], tmp_path: Path) -> None:
+    child = spawn(tmp_path, XDG_STATE_HOME=str(tmp_path / "state"), **env,
+                  args=["--log-level", "info"])
+    child.sendline("/exit")
+    status, output = finish(child)
+    assert status == 0, output
+    assert re.search(LOG_LINE.pattern + r"bot.model_loader: model ready", output), output
+
+
+def piped_chat(tmp_path: Path, env: dict[str, str], dotenv: str = "",
+               lines: str = "こんにちは\n今日は\n") -> subprocess.CompletedProcess[str]:
+    """`rinna-bot chat` reading `lines` from a pipe, with `.env.example` (plus `dotenv`) as
+    its .env."""
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text(encoding="utf-8")
+                                   + dotenv, encoding="utf-8")
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "LOG_"))}
+    environment.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "QUANTIZATION": "none",
+                        "DEVICE": "cpu", "MAX_NEW_TOKENS": "12",
+                        "XDG_STATE_HOME": str(tmp_path / "state"), **env})
+    return subprocess.run([sys.executable, "-m", "bot.cli", "chat"], cwd=tmp_path,
+                          env=environment, input=lines, capture_output=True, text=True,
+                          timeout=240, check=False)
+
+
+def test_a_piped_chat_prints_answers_only_on_stdout(env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    done = piped_chat(tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("rinna> "), done.stdout  # no greeting before the answers
+    assert done.stdout.count("rinna> ") == 2 and HELP not in done.stdout
+    assert done.stderr == "", done.stderr  # no log line, bar or library warning either
+
+
+def test_the_demo_chats_on_a_tiny_model_built_on_the_spot(tmp_path: Path) -> None:
+    """`rinna-bot demo` with nothing set up: no model, no .env, no network (HF_HUB_OFFLINE)."""
+    from bot.demo import NOTICE
+
+    child = spawn(tmp_path, command="demo", XDG_STATE_HOME=str(tmp_path / "state"))
+    assert NOTICE.splitlines()[0] in child.logfile_read.getvalue()  # before the first prompt
+    child.sendline("こんにちは")
+    child.expect_exact(THINKING)
+    child.expect_exact(PROMPT.strip())
+    child.sendline("/exit")
+    status, output = finish(child)
+    assert status == 0, output
+    assert "デモ: ランダムな重みの小さなモデルです。" in output
+    assert not LOG_LINE.search(output) and not any(noise in output for noise in NOISE), output
+    assert not (tmp_path / "data").exists()  # the real DATABASE_PATH is left alone
+
+
+@pytest.mark.parametrize("where", ["a path", "off"])
+def test_log_file_names_where_the_chat_logs(env: dict[str, str], tmp_path: Path,
+                                            where: str) -> None:
+    chosen = tmp_path / "logs" / "chat.log"
+    done = piped_chat(tmp_path, env, f"LOG_FILE={chosen if where == 'a path' else 'off'}\n",
+                      lines="/exit\n")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert not (tmp_path / "state").exists()  # the default place is not used either way
+    if where == "a path":
+        assert "model ready" in chosen.read_text(encoding="utf-8")
+    else:
+        assert not chosen.exists()

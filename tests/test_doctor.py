@@ -26,7 +26,7 @@ def rinna_bot(command: str, cwd: Path, **env: str) -> subprocess.CompletedProces
                                   "DEVICE", "QUANTIZATION", "HF_"))}
     clean.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
                   "HF_HUB_CACHE": str(cwd / "hub"), **env})
-    return subprocess.run([sys.executable, "-m", "bot.cli", command], cwd=cwd, env=clean,
+    return subprocess.run([sys.executable, "-m", "bot.cli", *command.split()], cwd=cwd, env=clean,
                           capture_output=True, text=True, timeout=240, check=False)
 
 
@@ -84,7 +84,8 @@ def database(tmp_path: Path) -> Path:
 def test_doctor_all_good(tiny_model_dir: Path, tmp_path: Path, database: Path) -> None:
     snapshot = hub_cache(tmp_path, tiny_model_dir)
     secrets = {"SLACK_BOT_TOKEN": "xoxb-doctor-secret", "SLACK_APP_TOKEN": "xapp-doctor-secret"}
-    done = rinna_bot("doctor", tmp_path, MODEL_ID=REPO, DEVICE="cpu", QUANTIZATION="4bit",
+    # --offline: no call to Slack (test_doctor_asks_slack makes them against a fake)
+    done = rinna_bot("doctor --offline", tmp_path, MODEL_ID=REPO, DEVICE="cpu", QUANTIZATION="4bit",
                      DATABASE_PATH=str(database), METRICS_PORT="9100", **secrets)
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stdout + done.stderr
@@ -128,7 +129,8 @@ def test_doctor_says_what_to_fix(tmp_path: Path, database: Path) -> None:
 def test_doctor_names_an_invalid_setting(tmp_path: Path) -> None:
     done = rinna_bot("doctor", tmp_path, DEVICE="cuda:x")
     assert done.returncode == 1
-    assert done.stdout.startswith("✗ settings: invalid settings: DEVICE: ")
+    assert done.stdout.startswith("✗ settings: DEVICE=cuda:x: must be auto, cpu, cuda or cuda:N")
+    assert "(for example DEVICE=cuda)" in done.stdout.splitlines()[0]
 
 
 def test_device_accepts_a_gpu_index(settings: object) -> None:
@@ -260,10 +262,10 @@ async def test_doctor_with_engine_url_checks_the_engines_not_a_local_model(
     fake = await FakeOpenAI(tokenizer, model="rinna-served", api_key="doctor-engine-key").start()
     try:
         done = await asyncio.to_thread(
-            rinna_bot, "doctor", tmp_path, MODEL_ID=REPO, DEVICE="cuda:99",
+            rinna_bot, "doctor --offline", tmp_path, MODEL_ID=REPO, DEVICE="cuda:99",
             DATABASE_PATH=str(database), ENGINE_URL=f"{fake.url},{closed}",
             ENGINE_API_KEY="doctor-engine-key", ENGINE_MODEL="rinna-served",
-            DISCORD_TOKEN="doctor-discord-token")
+            DISCORD_TOKEN="doctor.discord.token")
     finally:
         await fake.close()
     lines = done.stdout.splitlines()
@@ -290,3 +292,37 @@ def test_download_with_engine_url_fetches_the_tokenizer_only(tiny_model_dir: Pat
     missing = rinna_bot("download", tmp_path, MODEL_ID="test-org/other",
                         ENGINE_URL="http://127.0.0.1:9/v1")
     assert missing.returncode == 1 and "spiece.model is not in the local cache" in missing.stdout
+
+
+async def test_doctor_asks_slack_whether_the_tokens_are_accepted(tmp_path: Path) -> None:
+    """The identity calls `run` makes (auth.test, apps.connections.open), against a fake Web
+    API: accepted tokens are a ✓ line naming the bot; a rejected one is ✗ with Slack's reason."""
+    import asyncio
+
+    from tests.slack_fakes import APP_TOKEN, BOT_TOKEN, FakeSlack
+
+    fake = await FakeSlack().start()
+    try:
+        env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN,
+               "SLACK_API_URL": fake.api_url, "DATABASE_PATH": str(tmp_path / "d.sqlite3")}
+        good = await asyncio.to_thread(rinna_bot, "doctor", tmp_path, **env)
+        assert [c.method for c in fake.calls] == ["auth.test", "apps.connections.open"]
+        fake.fail("apps.connections.open", "invalid_auth")
+        bad = await asyncio.to_thread(rinna_bot, "doctor", tmp_path, **env)
+        offline = await asyncio.to_thread(rinna_bot, "doctor --offline", tmp_path, **env)
+    finally:
+        await fake.close()
+    assert "✓ Slack: the tokens are accepted (signed in as rinna in Test)" in good.stdout.splitlines()
+    assert ("✗ SLACK_APP_TOKEN was rejected by Slack (apps.connections.open: invalid_auth); set "
+            "it to an app-level token (xapp-...) with connections:write") in bad.stdout.splitlines()
+    assert bad.returncode == 1
+    assert "Slack:" not in offline.stdout and "SLACK_APP_TOKEN was" not in offline.stdout
+    assert len(fake.calls) == 4  # --offline asked nothing
+
+
+def test_doctor_reports_a_dotenv_typo_like_run(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DISCORD_TOKNE=a.b.c\n")
+    done = rinna_bot("doctor --offline", tmp_path)
+    assert done.returncode == 1
+    assert (".env: unknown setting DISCORD_TOKNE (ignored); did you mean DISCORD_TOKEN? → "
+            "correct the key's name (see .env.example)") in done.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,31 @@ def test_setup_logging_redacts_what_reaches_stderr(capsys: pytest.CaptureFixture
             logging.getLogger(name).setLevel(logging.NOTSET)
     err = capsys.readouterr().err
     assert "ValueError" in err and SIGNING not in err and BOT_TOKEN not in err
+
+
+def test_library_lines_that_say_nothing_stay_out_of_the_service_log(tmp_path: Path) -> None:
+    """discord.py's voice warnings (PyNaCl, davey) and slack-bolt's "As you gave client"
+    (it reads SLACK_BOT_TOKEN from the environment itself) are dropped; our lines are not."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from bot.logs import setup_logging\n"
+        "setup_logging('INFO')\n"
+        "import discord\n"
+        "discord.Client(intents=discord.Intents.none())\n"
+        "from slack_bolt.async_app import AsyncApp\n"
+        "from slack_sdk.web.async_client import AsyncWebClient\n"
+        "AsyncApp(client=AsyncWebClient(token='xoxb-1'), signing_secret='x',\n"
+        "         logger=logging.getLogger('slack_bolt'))\n"
+        "logging.getLogger('discord.client').warning('a real discord warning')\n"
+        "logging.getLogger('rinna-bot').info('still here')\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "SLACK_BOT_TOKEN": "xoxb-from-the-environment"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert "rinna-bot: still here" in done.stderr and "a real discord warning" in done.stderr
+    for noise in ("PyNaCl", "davey", "As you gave"):
+        assert noise not in done.stderr, done.stderr

@@ -134,7 +134,7 @@ def test_fit_never_exceeds_the_budget(tokenizer: Tokenizer, texts: list[str], bu
 def nfkc_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     """A tokenizer that normalises with NFKC (sentencepiece's default rule), as the real
     model's may: width variants fold to `<NL>` and `システム:` inside the tokenizer."""
-    from tests.tiny_model import build_tokenizer
+    from bot.tiny_model import build_tokenizer
 
     return Tokenizer.from_file(build_tokenizer(tmp_path_factory.mktemp("nfkc"),
                                                normalization="nmt_nfkc"))
@@ -166,7 +166,7 @@ def lenient_turns(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def identity_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
-    from tests.tiny_model import build_tokenizer
+    from bot.tiny_model import build_tokenizer
 
     return Tokenizer.from_file(build_tokenizer(tmp_path_factory.mktemp("identity"),
                                                normalization="identity"))

@@ -77,3 +77,4 @@ async def test_run_serves_slack_answers_a_mention_and_stops_cleanly(
     assert process.returncode == 0, log[-3000:]
     assert "model ready:" in log and "shutting down" in log
     assert BOT_TOKEN not in log and SIGNING_SECRET not in log
+    assert "As you gave" not in log  # bolt's note on the token it read itself (bot/logs.py)

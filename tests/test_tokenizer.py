@@ -86,7 +86,7 @@ def test_any_text_round_trips_and_streams_append_only(tokenizer: Tokenizer, text
 @pytest.mark.parametrize("rule", ["identity", "nmt_nfkc", "nfkc"])
 def test_the_normalisation_rule_is_read_from_the_model_file(
         tmp_path: Path, rule: str) -> None:
-    from tests.tiny_model import build_tokenizer
+    from bot.tiny_model import build_tokenizer
 
     loaded = Tokenizer.from_file(build_tokenizer(tmp_path, normalization=rule))
     assert loaded.normalization == rule

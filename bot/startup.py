@@ -1,0 +1,122 @@
+"""Start-up: the parts `run` starts with (swappable, for tests), the credential checks made
+while the model loads, and the exit-code contract (docs/operations.md):
+
+- 0: a clean stop (SIGTERM/SIGINT, /exit);
+- 2: configuration the operator must fix (settings, paths, permissions, rejected tokens, no
+  platform without a terminal): restarting cannot help (systemd's RestartPreventExitStatus=2);
+- 1: anything transient (network, hub, a platform outage): a restart may help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from bot.config import Settings
+from bot.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from bot.generator import Generator
+
+log = logging.getLogger("rinna-bot")
+
+EXIT_OK, EXIT_TRANSIENT, EXIT_CONFIG = 0, 1, 2
+
+T = TypeVar("T")
+Check = Callable[[Settings], Awaitable[str]]
+
+
+def exit_code(error: BaseException) -> int:
+    """The contract's code for an error that ended the start or the service."""
+    if isinstance(error, ConfigError):
+        return EXIT_CONFIG
+    return EXIT_TRANSIENT
+
+
+def as_config_error(error: StorageError) -> ConfigError:
+    """The database could not be opened at start: a path or a permission to fix (2)."""
+    return ConfigError(str(error))
+
+
+async def _load_generator(settings: Settings) -> Generator:
+    from bot.generator import load_generator
+    from bot.logs import quiet_model_libraries
+
+    if settings.engine_url is None:
+        quiet_model_libraries()
+
+    return await load_generator(settings)
+
+
+async def _check_slack(settings: Settings) -> str:
+    from adapters.credentials import check_slack
+
+    return await check_slack(settings)
+
+
+async def _check_discord(settings: Settings) -> str:
+    from adapters.credentials import check_discord
+
+    return await check_discord(settings)
+
+
+@dataclass(frozen=True, slots=True)
+class StartParts:
+    """What start-up calls to load the model and to ask each platform who the tokens are.
+    Tests pass their own (a loader that never finishes, say); `main()` uses these."""
+
+    load_generator: Callable[[Settings], Awaitable[Any]] = _load_generator
+    check_slack: Check = _check_slack
+    check_discord: Check = _check_discord
+
+
+def platform_checks(settings: Settings, parts: StartParts) -> list[Awaitable[str]]:
+    checks = []
+    if settings.discord_enabled:
+        checks.append(parts.check_discord(settings))
+    if settings.slack_enabled:
+        checks.append(parts.check_slack(settings))
+    return checks
+
+
+async def check_credentials(settings: Settings, parts: StartParts) -> list[str]:
+    """Every configured platform's identity call, at once. A rejected token raises its
+    ConfigError; an unreachable platform is logged and left to the platform's own start
+    (which retries or fails transiently). Returns one line per platform checked."""
+    from adapters.credentials import PlatformUnreachable
+
+    lines = []
+    results = await asyncio.gather(*platform_checks(settings, parts), return_exceptions=True)
+    for result in results:
+        if isinstance(result, ConfigError):
+            raise result
+        if isinstance(result, PlatformUnreachable):
+            log.warning("%s; starting anyway", result)
+            lines.append(str(result))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            log.info("%s", result)
+            lines.append(result)
+    return lines
+
+
+async def while_checking(checks: asyncio.Task[Any], work: Awaitable[T]) -> T:
+    """Run `work` (the model load) while `checks` run. If the checks fail first, `work` is
+    cancelled and their error raised at once: a rejected token costs no model load."""
+    job = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait({checks, job}, return_when=asyncio.FIRST_COMPLETED)
+        if checks.done() and not checks.cancelled() and checks.exception() is not None:
+            raise checks.exception()  # type: ignore[misc]
+        return await job
+    except BaseException:
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await job
+        raise
