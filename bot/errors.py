@@ -50,3 +50,10 @@ class UserBusyError(GeneratorError):
     """One user already has MAX_PER_USER requests running or waiting: a notice, not an answer."""
 
     user_message = "前の質問に答えています。終わるまでお待ちください。"
+
+
+class PromptRefused(RinnaError):
+    """A message that would still read as a new turn to the model after escaping, so it is
+    not sent to the model at all (it stays stored as written)."""
+
+    user_message = "この文面はそのままではモデルに渡せません。書き方を変えてもう一度お試しください。"

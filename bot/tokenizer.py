@@ -56,6 +56,17 @@ class Tokenizer:
         """Ids for `text`, with nothing prepended or appended (add_special_tokens=False)."""
         return self._sp.encode(text, out_type=int, add_bos=False, add_eos=False)
 
+    @property
+    def newline_id(self) -> int:
+        """The id of the `<NL>` symbol (a user-defined piece: always one token)."""
+        return self._sp.piece_to_id(NEWLINE_SYMBOL)
+
+    def normalize(self, text: str) -> str:
+        """The text as the model reads it: sentencepiece's own normaliser (its rule, which may
+        delete, fold or compose characters), with its `▁` shown as the space it stands for.
+        This makes the tokenizer the prompt builder's and the stop filter's `Normalizer`."""
+        return self._sp.normalize(text).replace("\u2581", " ")
+
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
