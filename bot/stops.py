@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 TURN_STARTS = tuple(f"\n{label}{colon}" for label in LABELS for colon in (":", "："))
 ELLIPSIS = "…"
-_MAX_TURN_START = 40  # a held line whose view is longer than this starts no turn
-_MAX_RAW_LINE = 400  # nor one this long as written (characters the normaliser deletes)
+_MAX_RAW_LINE = 400  # a held line longer than this starts no turn (a flood of spaces or of
+# characters the normaliser deletes is released, not held for ever)
 _CLOSERS = "」』）)】〕〉》”’\"'"
 # A sentence end with its closing brackets (ASCII only before whitespace), or a newline.
 _SENTENCE_END = re.compile(
@@ -134,7 +134,7 @@ class StopFilter:
         if 0 <= line and len(buffer) - line <= _MAX_RAW_LINE:
             tail = buffer[line + 1:len(buffer) - keep]
             view = self._normalizer.normalize(tail)
-            if len(view) < _MAX_TURN_START and could_start_turn(view):
+            if could_start_turn(view):
                 keep = len(buffer) - line
         return keep
 
