@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings, load_settings, unknown_keys
-from bot.errors import RinnaError
+from bot.errors import ConfigError, RinnaError
 from bot.logs import setup_logging
 
 if TYPE_CHECKING:  # imported where used: `--help`, `--version` and `doctor` start fast
@@ -237,7 +237,7 @@ def private_command(settings: Settings, command: str, user: str, platform: str |
             print(f"rinna-bot: deleted {deleted} stored messages of user {user}", file=sys.stderr)
     except RinnaError as exc:
         print(f"rinna-bot: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1
     return 0
 
 
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                                    _crash_hook(args.crash_at) if args.crash_at else None))
     except RinnaError as exc:
         print(f"rinna-bot: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1  # DATABASE_PATH refused, ...
     except KeyboardInterrupt:
         return 130
     return status

@@ -13,6 +13,11 @@ class ConfigError(RinnaError):
     """A setting is missing or invalid; the message names the environment key."""
 
 
+class DatabasePathError(ConfigError):
+    """DATABASE_PATH names something that is not a SQLite database (a device, a FIFO, another
+    kind of file): refused before it is touched, like any invalid setting."""
+
+
 class ModelLoadError(RinnaError):
     """The model or tokenizer could not be loaded."""
 

@@ -9,6 +9,7 @@ overwritten in the database file and the WAL is emptied (storage/history.py).
 from __future__ import annotations
 
 import json
+import os
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,7 +72,7 @@ def vote_line(vote: Vote) -> str:
 
 
 async def _open_existing(path: Path) -> HistoryStore:
-    if str(path) != ":memory:" and not path.is_file():
+    if str(path) != ":memory:" and not os.path.lexists(path):  # what is there: judged by open
         raise StorageError(f"DATABASE_PATH={path}: no database there (nothing is stored); "
                            "set DATABASE_PATH to the bot's database file")
     return await HistoryStore.open(path)

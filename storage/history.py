@@ -5,8 +5,8 @@ transactions from interleaving on it. A redelivered platform message is recognis
 (platform, delivery_key) row and never stored or answered twice; a reset moves the point where
 the history starts and keeps every old row.
 
-Private data: the directory the store creates is 0700 and the database with its -wal/-shm 0600
-(whatever the umask; looser modes on existing files are tightened). Deleted text is overwritten
+Private data: the store opens only a SQLite database or a path that does not exist yet, and
+keeps its files private (storage/files.py). Deleted text is overwritten
 (`secure_delete`) and, after every deletion or edit, the WAL is checkpointed and truncated, so
 the text is gone from the files, not only unlinked. Each user turn keeps its author's platform
 id, so one person's messages can be exported or forgotten.
@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -30,14 +29,12 @@ from pathlib import Path
 import aiosqlite
 
 from bot.conversation import ConversationKey, Speaker, Turn
-from bot.errors import StorageError
+from bot.errors import DatabasePathError, StorageError
+from storage.files import prepare_database_file
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
-DIRECTORY_MODE = 0o700
-FILE_MODE = 0o600
-_SIDE_FILES = ("-wal", "-shm", "-journal")
 CHECKPOINT_TRIES = 5  # for `forget`: a busy WAL is waited for this many busy timeouts
 
 
@@ -138,45 +135,6 @@ class Vote:
 ImportedTurn = tuple[Turn, str | None] | tuple[Turn, str | None, str | None]
 
 
-def _private_directory(directory: Path) -> None:
-    """Create `directory` and any missing parents as 0700; existing ones are left as they are
-    (the database may live in a shared directory the operator chose)."""
-    missing: list[Path] = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for new in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            new.mkdir(mode=DIRECTORY_MODE)
-            os.chmod(new, DIRECTORY_MODE)  # mkdir's mode passes through the umask
-
-
-def _private_file(path: Path) -> None:
-    """Create the database file 0600 before SQLite does (SQLite gives its -wal and -shm the
-    database file's mode), and take group/other access away from existing files."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        _tighten(path, os.fstat(fd).st_mode, lambda mode: os.fchmod(fd, mode))
-    finally:
-        os.close(fd)
-    for suffix in _SIDE_FILES:
-        side = path.with_name(path.name + suffix)
-        try:
-            mode = side.stat().st_mode
-        except FileNotFoundError:
-            continue
-        _tighten(side, mode, lambda mode, side=side: os.chmod(side, mode))
-
-
-def _tighten(path: Path, mode: int, chmod: Callable[[int], None]) -> None:
-    if stat.S_IMODE(mode) & 0o077:
-        try:
-            chmod(stat.S_IMODE(mode) & ~0o077 | 0o600)
-        except OSError as exc:
-            log.warning("%s is readable by other users and could not be made private (%s)",
-                        path, exc.strerror)
-
-
 class HistoryStore:
     def __init__(self, connection: aiosqlite.Connection, path: Path,
                  clock: Callable[[], float] = time.time) -> None:
@@ -193,9 +151,10 @@ class HistoryStore:
         path = Path(path)
         try:
             if str(path) != ":memory:":
-                _private_directory(path.parent)
-                _private_file(path)
+                prepare_database_file(path)
             db = await aiosqlite.connect(path, isolation_level=None)
+        except DatabasePathError:
+            raise
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(
                 f"DATABASE_PATH={path}: cannot open the database ({exc}); "
