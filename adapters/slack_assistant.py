@@ -187,7 +187,8 @@ async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[
                    if message.thread_ts and not message.is_dm else None)
         # The text stays its writer's (forget/export); the presser may stop or redo the answer.
         writer = str((shortcut.get("message") or {}).get("user") or message.user)
-        incoming = IncomingMessage(text, tag, author=writer, asker=message.user)
+        incoming = IncomingMessage(text, tag, author=writer, asker=message.user,
+                                   sources=(message.delivery_key,))  # its delete reaches it
         outcome = str(await services.chat.handle(key, incoming, sink, earlier=earlier))
     return outcome
 

@@ -26,6 +26,13 @@ class StorageError(RinnaError):
     """The history database could not be opened or written."""
 
 
+class MessageWithdrawn(RinnaError):
+    """The message was deleted (or its writer's data forgotten) while it waited to be
+    answered: its text is gone, and its placeholder ends with this notice."""
+
+    user_message = "元のメッセージが削除されたため、回答を取りやめました。"
+
+
 class OutdatedRequest(RinnaError):
     """A 「もう一度」 whose answer is no longer the newest when its turn comes (a new question
     got there first)."""
