@@ -190,8 +190,13 @@ async def test_deleting_a_message_asked_about_deletes_its_stored_text(
                                                  guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "カード番号 4111 1111 1111 1111",
                                         user_id=OTHER_USER_ID, name="bob")
-        await fake.message_command(ASK_ABOUT, target)
+        press = await fake.message_command(ASK_ABOUT, target)
         await fake.wait_for(lambda: answered(fake, target))
+
+        async def done() -> bool:  # recorded as answered: nothing of it is still being written
+            delivery = await store.delivery("discord", str(press))
+            return delivery is not None and delivery.state == "answered"
+        await eventually(done)
         key = ConversationKey("discord", str(GUILD_ID), str(CHANNEL_ID), str(target))
         assert (Speaker.USER, "カード番号 4111 1111 1111 1111") in await turns(store, key)
         await fake._dispatch("MESSAGE_DELETE", {"id": str(target), "channel_id": str(CHANNEL_ID),
