@@ -18,14 +18,21 @@ from dataclasses import dataclass
 
 from bot.conversation import Speaker, Turn
 from bot.errors import PromptRefused
-from bot.normalizer import IDENTITY, TURN_LINE, Normalizer, label_of, starts_turn
+from bot.normalizer import (
+    IDENTITY,
+    TURN_LINE,
+    Normalizer,
+    could_start_turn,
+    label_of,
+    starts_turn,
+)
 from bot.tokenizer import NEWLINE_SYMBOL, Tokenizer
 
 SEPARATOR = NEWLINE_SYMBOL
 REPLY_CUE = f"{Speaker.SYSTEM}: "
 SHORTENED_MARK = "…（以下省略）"
 MAX_PIECE_CHARS = 32  # no token covers more characters (sentencepiece's own cap is 16)
-_SEGMENT_TOKENS = 24  # how many tokens after a `<NL>` are read to see whether a label follows
+_SEGMENT_TOKENS = 8  # tokens after a `<NL>` read first to see whether a label follows
 
 # Control characters other than newline and tab are dropped (NUL included), and so are lone
 # surrogates (JSON can carry "\ud800"; neither sentencepiece nor SQLite can take one).
@@ -88,12 +95,18 @@ def boundary_labels(ids: Sequence[int], tokenizer: Tokenizer) -> list[str]:
     token, whatever pieces spell them (`▁`-prefixed, byte pieces, hidden characters)."""
     newline = tokenizer.newline_id
     starts = [0, *(i + 1 for i, token in enumerate(ids) if token == newline)]
+    ends = [*(s - 1 for s in starts[1:]), len(ids)]
     labels = []
-    for start in starts:
-        end = start
-        while end < len(ids) and end - start < _SEGMENT_TOKENS and ids[end] != newline:
-            end += 1
-        label = label_of(tokenizer.decode(ids[start:end]))
+    for start, end in zip(starts, ends, strict=True):
+        # Read a few pieces; read on only while what is read may still become a label (a
+        # long run of spaces or hidden characters before one is read to its end).
+        size = _SEGMENT_TOKENS
+        while True:
+            text = tokenizer.text_of(ids[start:min(end, start + size)])
+            label = label_of(text)
+            if label is not None or start + size >= end or not could_start_turn(text):
+                break
+            size *= 2
         if label is not None:
             labels.append(label)
     return labels
