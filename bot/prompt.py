@@ -152,8 +152,22 @@ def fit_prompt(turns: Sequence[Turn], tokenizer: Tokenizer, budget: int) -> Fitt
         # a boundary the line-by-line view did not see (composition across the line, ...)
         prompt, ids, chosen = _render(chosen, tokenizer, budget, strict=True)
         if boundary_labels(ids, tokenizer) != expected_labels(chosen):
-            raise PromptRefused("a turn boundary survives escaping at the token level")
+            # Still: the newest turn is refused; an older one is left out, so one such
+            # message does not block every later question of its conversation.
+            forging = [_forges(turn, tokenizer) for turn in chosen]
+            if forging[-1]:
+                raise PromptRefused("a turn boundary survives escaping at the token level")
+            chosen = tuple(t for t, bad in zip(chosen, forging, strict=True) if not bad)
+            prompt, ids, chosen = _render(chosen, tokenizer, budget, strict=True)
+            if boundary_labels(ids, tokenizer) != expected_labels(chosen):
+                raise PromptRefused("a turn boundary survives escaping at the token level")
     return FittedPrompt(prompt, tuple(ids), chosen, len(turns) - len(chosen), shortened)
+
+
+def _forges(turn: Turn, tokenizer: Tokenizer) -> bool:
+    """Whether `turn` alone, strictly escaped, still reads as more than one turn."""
+    ids = tokenizer.encode(build_prompt([turn], normalizer=tokenizer, strict=True))
+    return boundary_labels(ids, tokenizer) != expected_labels([turn])
 
 
 def _render(chosen: tuple[Turn, ...], tokenizer: Tokenizer, budget: int,
