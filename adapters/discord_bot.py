@@ -547,7 +547,8 @@ class ChatCog(commands.Cog):
             return
         # The text stays its writer's (forget/export); the presser may stop or redo the answer.
         incoming = IncomingMessage(text, str(interaction.id), author=str(message.author.id),
-                                   asker=str(interaction.user.id))
+                                   asker=str(interaction.user.id),
+                                   sources=(str(message.id),))  # its delete reaches it
         channel = interaction.channel
         guild_id = interaction.guild_id
         if guild_id is None or isinstance(channel, (discord.DMChannel, discord.GroupChannel)):

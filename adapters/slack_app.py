@@ -121,9 +121,9 @@ class SlackMessage:
         return frozenset({self.team, *self.other_teams}) - {""}
 
     def access(self) -> list[AccessRequest]:
-        """What the access policy judges: one request per team the event comes from."""
-        return [AccessRequest(team, self.channel, self.user, is_dm=self.is_dm)
-                for team in sorted(self.teams or {""})]
+        """What the access policy judges: the event's team and the sender's own."""
+        return [AccessRequest.from_teams(self.team, self.channel, self.user, self.other_teams,
+                                         is_dm=self.is_dm)]
 
     @property
     def delivery_key(self) -> str:
@@ -161,7 +161,9 @@ def command_access(command: Mapping[str, Any]) -> list[AccessRequest]:
     channel = str(command.get("channel_id") or "")
     is_dm = channel.startswith("D") or command.get("channel_name") == "directmessage"
     team = str(command.get("team_id") or "")
-    return [AccessRequest(team, channel, str(command.get("user_id") or ""), is_dm=is_dm)]
+    return [AccessRequest.from_teams(team, channel, str(command.get("user_id") or ""),
+                                     (command.get("user_team"), command.get("user_team_id")),
+                                     is_dm=is_dm)]
 
 
 # ----- what the listeners do ------------------------------------------------------------------

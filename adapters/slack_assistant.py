@@ -94,8 +94,9 @@ def build_assistant(services: SlackHandlers) -> AsyncAssistant:
     async def started(payload: dict[str, Any], body: dict[str, Any], say: Any,
                       set_suggested_prompts: Any) -> None:
         thread = payload.get("assistant_thread") or {}
-        request = AccessRequest(str(body.get("team_id") or ""), str(thread.get("channel_id")),
-                                str(thread.get("user_id") or ""), is_dm=True)
+        request = AccessRequest.from_teams(
+            str(body.get("team_id") or ""), str(thread.get("channel_id")),
+            str(thread.get("user_id") or ""), (payload.get("user_team"),), is_dm=True)
         if not services.permits([request]):
             services.outcomes[DENIED] += 1
             return
@@ -142,8 +143,11 @@ def register_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
             services.outcomes[IGNORED] += 1
             return
         thread_ts = str(target.get("thread_ts") or "")
+        own_team = (shortcut.get("user") or {}).get("team_id")  # Slack Connect: theirs
         message = SlackMessage(team, channel, ts, thread_ts, user,
-                               str(target.get("text") or ""), channel.startswith("D"))
+                               str(target.get("text") or ""), channel.startswith("D"),
+                               AccessRequest.from_teams(team, channel, user,
+                                                        (own_team,)).other_teams)
         if not services.permits(message.access()):
             services.outcomes[DENIED] += 1
             return
@@ -183,7 +187,8 @@ async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[
                    if message.thread_ts and not message.is_dm else None)
         # The text stays its writer's (forget/export); the presser may stop or redo the answer.
         writer = str((shortcut.get("message") or {}).get("user") or message.user)
-        incoming = IncomingMessage(text, tag, author=writer, asker=message.user)
+        incoming = IncomingMessage(text, tag, author=writer, asker=message.user,
+                                   sources=(message.delivery_key,))  # its delete reaches it
         outcome = str(await services.chat.handle(key, incoming, sink, earlier=earlier))
     return outcome
 

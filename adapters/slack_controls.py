@@ -86,6 +86,15 @@ def pressed_on(body: Mapping[str, Any]) -> tuple[str, str, str | None]:
     return channel, ts, str(thread) if thread else None
 
 
+def press_access(body: Mapping[str, Any], channel: str) -> AccessRequest:
+    """What the access policy judges for a button press: the workspace it happened in and
+    the presser's own team (Slack Connect), by the one rule of bot/access.py."""
+    user = body.get("user") or {}
+    workspace = str((body.get("team") or {}).get("id") or user.get("team_id") or "")
+    return AccessRequest.from_teams(workspace, channel, str(user.get("id") or ""),
+                                    (user.get("team_id"),), is_dm=channel.startswith("D"))
+
+
 def _presser(body: Mapping[str, Any]) -> tuple[str, str]:
     user = body.get("user") or {}
     team = str((body.get("team") or {}).get("id") or user.get("team_id") or "")
@@ -109,9 +118,7 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
         services.moderators = Moderators(services.api)
 
     def allowed(body: Mapping[str, Any], channel: str) -> bool:
-        user, team = _presser(body)
-        return services.permits([AccessRequest(team, channel, user,
-                                               is_dm=channel.startswith("D"))])
+        return services.permits([press_access(body, channel)])
 
     async def decide(action: str, body: Mapping[str, Any], channel: str, ts: str,
                      thread: str | None, call: Any) -> ControlResult | None:
@@ -120,7 +127,9 @@ def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
         user, _ = _presser(body)
         try:
             result = await call(False)
-            if result is ControlResult.NOT_ALLOWED and await services.moderators.check(user):
+            if (result is ControlResult.NOT_ALLOWED
+                    and services.policy.may_moderate(press_access(body, channel))
+                    and await services.moderators.check(user)):
                 result = await call(True)
         except Exception:  # the press's error boundary: logged, the presser told in short
             log.exception("slack: %s on %s failed", action, ts)

@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -20,8 +21,11 @@ from slack_bolt.middleware.authorization.async_single_team_authorization import 
 )
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters import slack_shapes
 from adapters.slack_api import SlackApi, SlackConnectError, UserNames, _describe
 from adapters.slack_app import SlackHandlers, register
 from bot.access import AccessPolicy
@@ -38,6 +42,7 @@ AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "toke
 SOCKET_CONNECT_TIMEOUT_S = 60.0
 CLOSE_GRACE_S = 5.0
 SIGNATURE_MAX_AGE_S = 5 * 60
+MAX_TIMESTAMP_DIGITS = 16  # Slack sends seconds since the epoch: 10 digits
 
 
 # ----- the service that `rinna-bot run` starts ----------------------------------------------
@@ -150,7 +155,7 @@ class SlackService:
         return await to_aiohttp_response(response)
 
     async def _start_socket_mode(self, app_token: str) -> None:
-        handler = AsyncSocketModeHandler(self.app, app_token=app_token)
+        handler = CheckedSocketModeHandler(self.app, app_token=app_token)
         self._socket = handler
         try:
             handler.client.wss_uri = await handler.client.issue_new_wss_url()
@@ -171,12 +176,31 @@ class SlackService:
         log.info("slack: Socket Mode connected")
 
 
+class CheckedSocketModeHandler(AsyncSocketModeHandler):
+    """Socket Mode without an HTTP layer: a request in a shape Slack does not send is acked
+    (so it is not retried) with one log line, and never reaches bolt, whose own middleware
+    would raise on it."""
+
+    async def handle(self, client: Any, req: SocketModeRequest) -> None:
+        try:
+            if not isinstance(req.payload, dict):
+                raise slack_shapes.MalformedRequest("payload is not an object")
+            slack_shapes.check_body(req.payload)
+        except slack_shapes.MalformedRequest as exc:
+            log.warning("slack: refused a request in the wrong shape (%s)", exc)
+            await client.send_socket_mode_response(
+                SocketModeResponse(envelope_id=req.envelope_id))
+            return
+        await super().handle(client, req)
+
+
 def verify_signature(secret: bytes, body: bytes, timestamp: str | None,
                      signature: str | None, *, now: float | None = None) -> bool:
     """Slack's v0 request signature over the raw body, within 5 minutes; False for anything
     malformed (a non-numeric timestamp, a missing header) rather than an exception."""
-    if not timestamp or not signature or not timestamp.isascii() or not timestamp.isdigit():
-        return False
+    if (not timestamp or not signature or len(timestamp) > MAX_TIMESTAMP_DIGITS
+            or not timestamp.isascii() or not timestamp.isdigit()):
+        return False  # an absurd length is refused before int() (which raises past 4,300)
     if abs((time.time() if now is None else now) - int(timestamp)) > SIGNATURE_MAX_AGE_S:
         return False
     expected = "v0=" + hmac.new(secret, b"v0:" + timestamp.encode() + b":" + body,
@@ -186,16 +210,24 @@ def verify_signature(secret: bytes, body: bytes, timestamp: str | None,
 
 def _check_shape(body: str, content_type: str) -> None:
     """Raise ValueError unless the body is what Slack sends: a JSON object, or a form whose
-    `payload` (if any) is a JSON object."""
+    `payload` (if any) is a JSON object, each in the shape its listeners read
+    (adapters/slack_shapes.py)."""
     if content_type == "application/json" or body.lstrip().startswith("{"):
-        if not isinstance(json.loads(body), dict):
+        data = json.loads(body)
+        if not isinstance(data, dict):
             raise ValueError("not a JSON object")
+        slack_shapes.check_json(data)
         return
     from urllib.parse import parse_qs
 
     form = parse_qs(body, keep_blank_values=True, strict_parsing=bool(body))
-    if "payload" in form and not isinstance(json.loads(form["payload"][0]), dict):
-        raise ValueError("payload is not a JSON object")
+    if "payload" in form:
+        payload = json.loads(form["payload"][0])
+        if not isinstance(payload, dict):
+            raise ValueError("payload is not a JSON object")
+        slack_shapes.check_payload(payload)
+    elif "command" in form:
+        slack_shapes.check_command(form)
 
 
 def build_slack_service(chat: ChatService, settings: Settings, *,

@@ -6,6 +6,13 @@ Slack team ids), ALLOWED_CHANNELS (a thread counts as its parent channel), ALLOW
 ALLOWED_ROLES (Discord; users or roles: either admits), BLOCKED_USERS (never answered, whatever
 else says), ALLOW_DMS (true).
 
+Slack Connect (one rule for every entry point: messages, buttons, shortcuts, commands, the
+assistant): an event names the workspace it happened in (`workspace`) and, for a person from
+another organisation in a shared channel, that person's own team (`other_teams`). With
+ALLOWED_WORKSPACES set, both must be allowed. Such an external person is never a moderator
+unless their own team is listed in ALLOWED_WORKSPACES (`may_moderate`): a users.info that calls
+them an admin speaks for their organisation, not this one.
+
 A DM has no channel to allow: it is governed by ALLOW_DMS, the user lists and (when the
 platform names one, as Slack does) the workspace. A DM carries no roles, so with only
 ALLOWED_ROLES set, DMs are refused.
@@ -41,6 +48,22 @@ class AccessRequest:
     user: str
     roles: frozenset[str] = frozenset()  # Discord role ids of the member
     is_dm: bool = False
+    # Slack Connect: the person's own team(s), where they differ from `workspace`
+    other_teams: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_teams(cls, workspace: str, channel: str, user: str, teams: Iterable[object] = (),
+                   *, is_dm: bool = False) -> AccessRequest:
+        """A request whose event names `workspace` and, maybe, more teams (the person's own:
+        Slack's `user_team`, `user.team_id`, ...); blanks, non-strings and `workspace` itself
+        are left out."""
+        others = frozenset(t for t in teams if isinstance(t, str) and t) - {workspace}
+        return cls(workspace, channel, user, is_dm=is_dm, other_teams=others)
+
+    @property
+    def external(self) -> bool:
+        """The person belongs to another organisation than the workspace of the event."""
+        return bool(self.other_teams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +101,19 @@ class AccessPolicy:
     def allows(self, request: AccessRequest) -> bool:
         return check(self, request) is None
 
+    def may_moderate(self, request: AccessRequest) -> bool:
+        """Whether this person may count as a moderator at all (before asking the platform
+        whether they are an admin): not if they are external and their team is not listed."""
+        return not request.external or (self.restricts_workspaces
+                                         and request.other_teams <= self.workspaces)
+
 
 def check(policy: AccessPolicy, request: AccessRequest) -> Denial | None:
     """The whole policy, as one pure function."""
     if request.user in policy.blocked:
         return Denial.BLOCKED
+    if any(not policy.workspace_allowed(team) for team in request.other_teams):
+        return Denial.WORKSPACE  # Slack Connect: the person's own team must be allowed too
     if request.is_dm:
         if not policy.allow_dms:
             return Denial.DM

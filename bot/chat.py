@@ -24,7 +24,7 @@ from enum import StrEnum
 from bot.controls import STOPPED_MARK, ControlResult, Feedback
 from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey, Controls,
                               IncomingMessage, ReplySink, Speaker, Turn)
-from bot.errors import OutdatedRequest, QueueFullError, RinnaError
+from bot.errors import MessageWithdrawn, OutdatedRequest, QueueFullError, RinnaError
 from bot.generation import GenerationParams
 from bot.generator import Generator
 from bot.prompt import clean_text, fit_prompt, turn_cost
@@ -257,7 +257,7 @@ class ChatService:
                 return Outcome.IGNORED
             delivery = await self.store.accept(key, message.delivery_key, text,
                                                 message.author or None,
-                                                message.asker or None)
+                                                message.asker or None, message.sources)
             self._point("accepted")
             await acknowledge()
             self._point("acknowledged")
@@ -364,6 +364,10 @@ class ChatService:
             current = await self.store.delivery(delivery.platform, delivery.delivery_key)
             if current is None or current.state is DeliveryState.ANSWERED:
                 return Outcome.DUPLICATE
+            if current.withdrawn and current.turn_id is None:
+                if recovering:
+                    await _resume(sink, current.reply_ref)
+                raise MessageWithdrawn("deleted while it waited")
             delivery = current = await self._locate(current, sink)
             if recovering:
                 await _resume(sink, current.reply_ref)
@@ -406,6 +410,9 @@ class ChatService:
                             delivery.delivery_key, type(exc).__name__)
             elif isinstance(exc, OutdatedRequest):
                 log.info("%s: regeneration %s overtaken by a newer question", key,
+                         delivery.delivery_key)
+            elif isinstance(exc, MessageWithdrawn):
+                log.info("%s: message %s was deleted while it waited; not answered", key,
                          delivery.delivery_key)
             else:
                 log.warning("%s: answer failed: %s", key, type(exc).__name__, exc_info=exc)

@@ -252,9 +252,9 @@ def private_command(settings: Settings, command: str, user: str, platform: str |
         else:
             deleted = asyncio.run(forget_user(settings.database_path, user, platform))
             print(f"rinna-bot: deleted {deleted} stored messages of user {user}", file=sys.stderr)
-    except RinnaError as exc:
-        print(f"rinna-bot: {exc}", file=sys.stderr)
-        return 1
+    except RinnaError as exc:  # DATABASE_PATH refused is a ConfigError: 2
+        _say(exc)
+        return exit_code(exc)
     return 0
 
 

@@ -50,6 +50,9 @@ class IncomingMessage:
     # Who asked the bot, when not the writer (「rinna に聞く」 on someone else's message): they
     # may stop or redo the answer, and their share of the generator is used. "": the writer.
     asker: str = ""
+    # The platform messages the text was taken from, when not the delivery itself (「rinna に
+    # 聞く」: the message asked about), so that deleting or editing one reaches the stored text.
+    sources: tuple[str, ...] = ()
 
 
 class ReplySink(Protocol):

@@ -316,7 +316,7 @@ class BatchEngine:
             seed = request.params.seed
             generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         timeout = request.params.timeout_s or self.config.request_timeout_s
-        return _Row(request, ReplyText(self.tokenizer.decoder(), self.tokenizer.eos_id), generator,
+        return _Row(request, ReplyText(self.tokenizer.decoder(), self.tokenizer.eos_id, self.tokenizer), generator,
                     self.clock() + timeout)
 
     @torch.inference_mode()

@@ -13,12 +13,24 @@ class ConfigError(RinnaError):
     """A setting is missing or invalid; the message names the environment key."""
 
 
+class DatabasePathError(ConfigError):
+    """DATABASE_PATH names something that is not a SQLite database (a device, a FIFO, another
+    kind of file): refused before it is touched, like any invalid setting."""
+
+
 class ModelLoadError(RinnaError):
     """The model or tokenizer could not be loaded."""
 
 
 class StorageError(RinnaError):
     """The history database could not be opened or written."""
+
+
+class MessageWithdrawn(RinnaError):
+    """The message was deleted (or its writer's data forgotten) while it waited to be
+    answered: its text is gone, and its placeholder ends with this notice."""
+
+    user_message = "元のメッセージが削除されたため、回答を取りやめました。"
 
 
 class OutdatedRequest(RinnaError):
@@ -50,3 +62,10 @@ class UserBusyError(GeneratorError):
     """One user already has MAX_PER_USER requests running or waiting: a notice, not an answer."""
 
     user_message = "前の質問に答えています。終わるまでお待ちください。"
+
+
+class PromptRefused(RinnaError):
+    """A message that would still read as a new turn to the model after escaping, so it is
+    not sent to the model at all (it stays stored as written)."""
+
+    user_message = "この文面はそのままではモデルに渡せません。書き方を変えてもう一度お試しください。"

@@ -9,6 +9,7 @@ overwritten in the database file and the WAL is emptied (storage/history.py).
 from __future__ import annotations
 
 import json
+import os
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +29,9 @@ class PrivateData:
         self.store = store
 
     async def message_deleted(self, platform: str, delivery_key: str) -> bool:
-        """The platform message is gone: delete the turn stored from it (the next prompt
-        no longer has it). Returns whether a stored turn was deleted."""
+        """The platform message is gone: delete the turns stored from it (its own, and those
+        of 「rinna に聞く」 about it), and drop it if it still waits to be answered. Returns
+        whether any text was deleted."""
         deleted = await self.store.delete_delivered(platform, delivery_key)
         if deleted:
             log.info("%s: message %s was deleted; its stored turn is deleted", platform,
@@ -51,14 +53,18 @@ class PrivateData:
 
 
 def export_line(turn: AuthoredTurn) -> str:
-    """One stored message as a JSON line (UTF-8 text as is)."""
-    return json.dumps({
+    """One message as a JSON line (UTF-8 text as is); one still waiting to be answered has
+    `"waiting": true` and no id yet."""
+    line: dict[str, object] = {
         "platform": turn.platform, "workspace": turn.workspace, "channel": turn.channel,
         "thread": turn.thread, "id": turn.id,
         "created_at": datetime.fromtimestamp(turn.created_at, UTC).isoformat(
             timespec="seconds"),
         "text": turn.text,
-    }, ensure_ascii=False)
+    }
+    if turn.waiting:
+        line["waiting"] = True
+    return json.dumps(line, ensure_ascii=False)
 
 
 def vote_line(vote: Vote) -> str:
@@ -71,18 +77,19 @@ def vote_line(vote: Vote) -> str:
 
 
 async def _open_existing(path: Path) -> HistoryStore:
-    if str(path) != ":memory:" and not path.is_file():
+    if str(path) != ":memory:" and not os.path.lexists(path):  # what is there: judged by open
         raise StorageError(f"DATABASE_PATH={path}: no database there (nothing is stored); "
                            "set DATABASE_PATH to the bot's database file")
     return await HistoryStore.open(path)
 
 
 async def export_user(path: Path, user: str, platform: str | None, out: TextIO) -> int:
-    """`rinna-bot export --user ID`: that person's stored messages, then their 👍/👎 votes,
-    as JSON lines on `out`. Returns how many messages."""
+    """`rinna-bot export --user ID`: that person's stored messages, those still waiting to be
+    answered, then their 👍/👎 votes, as JSON lines on `out`. Returns how many messages."""
     store = await _open_existing(path)
     try:
-        turns = await store.author_turns(user, platform)
+        turns = [*await store.author_turns(user, platform),
+                 *await store.author_waiting(user, platform)]
         votes = await store.author_votes(user, platform)
     finally:
         await store.close()

@@ -331,7 +331,7 @@ class RemoteGenerator:
         try:
             await self._check_status(endpoint, response)
             self._mark_up(endpoint)
-            reply = ReplyText(self.tokenizer.decoder(), self.tokenizer.eos_id)
+            reply = ReplyText(self.tokenizer.decoder(), self.tokenizer.eos_id, self.tokenizer)
             finish: str | None = None
             async for event in _events(response, deadline):
                 if "error" in event or event.get("object") == "error":

@@ -2,8 +2,11 @@
 
 - `<NL>` spelled with ordinary pieces (not the single `<NL>` token) is a newline, as the model
   card replaces it in the decoded text; a partial `<NL` is held back across deltas.
-- A turn start is a newline, optional spaces (half- or full-width), a speaker label, optional
-  spaces and a colon (`:` or `：`). The turn start is never shown; a reply cut right after a
+- A turn start is a newline followed by a line that, as the model reads it (through its
+  tokenizer's normaliser, `bot.normalizer`), starts with a speaker label and a colon: spaces,
+  `▁` and hidden characters around it, characters the normaliser deletes or folds into the
+  label all count. It is the rule the prompt builder escapes by, so what would forge a turn in
+  the next prompt ends the answer now. The turn start is never shown; a reply cut right after a
   label (`\\nユーザー`) has the dangling label trimmed.
 - A reply cut by the token limit ends at its last sentence end when that keeps most of it,
   otherwise with 「…」. To do that without ever changing text already shown, the text since the
@@ -16,19 +19,23 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from bot.conversation import Speaker
+from bot.normalizer import (
+    IDENTITY,
+    LABELS,
+    NEWLINE_SYMBOL,
+    Normalizer,
+    could_start_turn,
+    starts_turn,
+    strip_ignorable,
+)
 
 if TYPE_CHECKING:
     from bot.tokenizer import IncrementalDecoder
 
-NEWLINE_SYMBOL = "<NL>"
-LABELS = (str(Speaker.USER), str(Speaker.SYSTEM))
 TURN_STARTS = tuple(f"\n{label}{colon}" for label in LABELS for colon in (":", "："))
 ELLIPSIS = "…"
-_SPACES = " \t\u3000"
-_TURN_START = re.compile(rf"\n[{_SPACES}]*(?:{'|'.join(LABELS)})[{_SPACES}]*[:：]")
-_DANGLING = re.compile(rf"\n[{_SPACES}]*(?:{'|'.join(LABELS)})[{_SPACES}]*")
-_MAX_TURN_START = 40  # a held newline + spaces + label longer than this starts no turn
+_MAX_RAW_LINE = 400  # a held line longer than this starts no turn (a flood of spaces or of
+# characters the normaliser deletes is released, not held for ever)
 _CLOSERS = "」』）)】〕〉》”’\"'"
 # A sentence end with its closing brackets (ASCII only before whitespace), or a newline.
 _SENTENCE_END = re.compile(
@@ -46,7 +53,8 @@ class StopFilter:
     at the end: `truncated` says the reply stopped on the token limit, not on its own.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, normalizer: Normalizer = IDENTITY) -> None:
+        self._normalizer = normalizer
         self._held = ""  # raw text that may be (part of) `<NL>` or a turn start
         self._tail = ""  # shown-ready text since the last sentence end, held for trimming
         self._shown = 0  # characters released so far
@@ -58,12 +66,12 @@ class StopFilter:
         if self.stopped or not text:
             return ""
         buffer = (self._held + text).replace(NEWLINE_SYMBOL, "\n")
-        match = _TURN_START.search(buffer)
-        if match is not None:
+        start = self._turn_start(buffer)
+        if start is not None:
             self.stopped = True
             self._held = ""
-            return self._release(self._tail + buffer[: match.start()])
-        keep = _unsettled(buffer)
+            return self._release(self._tail + buffer[:start])
+        keep = self._unsettled(buffer)
         self._held = buffer[len(buffer) - keep :]
         return self._hold(buffer[: len(buffer) - keep])
 
@@ -71,7 +79,7 @@ class StopFilter:
         held, self._held = self._held, ""
         if self.stopped:
             return ""
-        if _dangling(held, truncated):
+        if self._dangling(held, truncated):
             held = ""
         tail, self._tail = self._tail + held, ""
         if not truncated:
@@ -106,35 +114,39 @@ class StopFilter:
         return text
 
 
-def _unsettled(buffer: str) -> int:
-    """Length of the tail of `buffer` that may still become `<NL>` or a turn start."""
-    keep = 0
-    for n in range(min(len(NEWLINE_SYMBOL) - 1, len(buffer)), 0, -1):
-        if buffer.endswith(NEWLINE_SYMBOL[:n]):
-            keep = n
-            break
-    line = buffer.rfind("\n")
-    if line >= 0 and len(buffer) - line <= _MAX_TURN_START:
-        tail = buffer[line:]
-        if _could_start_turn(tail[: len(tail) - keep] if keep else tail):
-            keep = len(buffer) - line
-    return keep
+    def _turn_start(self, buffer: str) -> int | None:
+        """Where the first turn start in `buffer` begins (its newline), if there is one."""
+        line = buffer.find("\n")
+        while line >= 0:
+            if starts_turn(self._normalizer.normalize(buffer[line + 1:line + 1 + _MAX_RAW_LINE])):
+                return line
+            line = buffer.find("\n", line + 1)
+        return None
 
+    def _unsettled(self, buffer: str) -> int:
+        """Length of the tail of `buffer` that may still become `<NL>` or a turn start."""
+        keep = 0
+        for n in range(min(len(NEWLINE_SYMBOL) - 1, len(buffer)), 0, -1):
+            if buffer.endswith(NEWLINE_SYMBOL[:n]):
+                keep = n
+                break
+        line = buffer.rfind("\n")
+        if 0 <= line and len(buffer) - line <= _MAX_RAW_LINE:
+            tail = buffer[line + 1:len(buffer) - keep]
+            view = self._normalizer.normalize(tail)
+            if could_start_turn(view):
+                keep = len(buffer) - line
+        return keep
 
-def _could_start_turn(tail: str) -> bool:
-    """Whether `tail` (starting with a newline) is a proper prefix of a turn start."""
-    rest = tail[1:].lstrip(_SPACES)
-    for label in LABELS:
-        if label.startswith(rest) or (rest.startswith(label)
-                                      and not rest[len(label):].strip(_SPACES)):
+    def _dangling(self, held: str, truncated: bool) -> bool:
+        """Whether the text still held at the end is a label left dangling (`\\nユーザー`); on
+        a cut reply, anything held is (a start of) one, or of `<NL>`."""
+        if not held:
+            return False
+        if truncated:
             return True
-    return False
-
-
-def _dangling(held: str, truncated: bool) -> bool:
-    """Whether the text still held at the end is a label left dangling (`\\nユーザー`); on a cut
-    reply, anything held is (a start of) one, or of `<NL>`."""
-    return bool(held) and (truncated or _DANGLING.fullmatch(held) is not None)
+        return (held.startswith("\n")
+                and strip_ignorable(self._normalizer.normalize(held[1:])) in LABELS)
 
 
 class ReplyText:
@@ -146,10 +158,11 @@ class ReplyText:
     The local batch engine and the remote engine both use this, so they show the same bytes.
     """
 
-    def __init__(self, decoder: IncrementalDecoder, eos_id: int) -> None:
+    def __init__(self, decoder: IncrementalDecoder, eos_id: int,
+                 normalizer: Normalizer = IDENTITY) -> None:
         self._decoder = decoder
         self._eos_id = eos_id
-        self._stop = StopFilter()
+        self._stop = StopFilter(normalizer)
         self._space = ""  # trailing whitespace held back until text follows it
         self.ended = False
 

@@ -4,7 +4,9 @@
   whitespace or the end, so `…/search?q=1` is not a sentence end) or line breaks, outside code.
 - 禁則: no part starts with a closing bracket or punctuation (」』）)】〕〉》、。，．！？).
 - A long sentence falls back to its last `、`, then a space, and only then to a hard cut, which
-  never falls inside a grapheme cluster (ZWJ emoji, か+゛, 🇯🇵, ❤+VS16: the `regex` module's `\\X`).
+  never falls inside a grapheme cluster (ZWJ emoji, か+゛, 🇯🇵, ❤+VS16: the `regex` module's `\\X`),
+  unless the cluster alone is longer than a part: then it is cut between code points, each
+  part as full as the limit allows (never a flood of one-character parts).
 - A ``` code block that fits a part is never cut. A longer one is cut between lines: the fence is
   closed at the end of one part and reopened with the same info string and indentation at the
   start of the next; every code line stays whole, indentation included.
@@ -148,12 +150,20 @@ class _Splitter:
                           if self.bounds[c] and self.rank[c] != -1 and self._fits(s, prefix, c)]
         if not candidates:  # a fence line longer than a part: cut anywhere that fits
             candidates = [c for c in range(last, s, -1)
-                          if self.bounds[c] and self._fits(s, prefix, c)] or [s + 1]
-            return candidates[0]
+                          if self.bounds[c] and self._fits(s, prefix, c)]
+            return candidates[0] if candidates else self._code_point_cut(s, prefix, last)
         for c in candidates[:_KINSOKU_STEPS]:
             if self.block_at[c] is not None or not self._kinsoku(c):
                 return c
         return candidates[0]
+
+    def _code_point_cut(self, s: int, prefix: int, last: int) -> int:
+        """A grapheme cluster longer than a part (a base character with thousands of combining
+        marks): cut between its code points, the part as full as the limit allows."""
+        for c in range(last, s, -1):
+            if self._fits(s, prefix, c):
+                return c
+        return s + 1
 
     def _skip_space(self, c: int) -> int:
         """The start of the next part: past the whitespace at the cut, but never past the

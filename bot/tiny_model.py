@@ -72,13 +72,16 @@ def build_tokenizer(directory: Path, seed: int = 0, normalization: str = "identi
     return path
 
 
-def build_tiny_model(directory: Path, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
-    """Write a tiny GPT-NeoX model repository into `directory` and return it."""
+def build_tiny_model(directory: Path, seed: int = 0, layers: int = 2, hidden: int = 64,
+                     normalization: str = "identity") -> Path:
+    """Write a tiny GPT-NeoX model repository into `directory` and return it. `normalization`:
+    the sentencepiece rule of its `spiece.model` (`identity`, or `nmt_nfkc`, sentencepiece's
+    default, which deletes, folds and composes characters as it reads them)."""
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
-    sp_path = build_tokenizer(directory, seed)
+    sp_path = build_tokenizer(directory, seed, normalization)
     vocab = spm.SentencePieceProcessor(model_file=str(sp_path)).get_piece_size()
     config = GPTNeoXConfig(
         vocab_size=vocab,

@@ -56,6 +56,17 @@ class Tokenizer:
         """Ids for `text`, with nothing prepended or appended (add_special_tokens=False)."""
         return self._sp.encode(text, out_type=int, add_bos=False, add_eos=False)
 
+    @property
+    def newline_id(self) -> int:
+        """The id of the `<NL>` symbol (a user-defined piece: always one token)."""
+        return self._sp.piece_to_id(NEWLINE_SYMBOL)
+
+    def normalize(self, text: str) -> str:
+        """The text as the model reads it: sentencepiece's own normaliser (its rule, which may
+        delete, fold or compose characters), with its `▁` shown as the space it stands for.
+        This makes the tokenizer the prompt builder's and the stop filter's `Normalizer`."""
+        return self._sp.normalize(text).replace("\u2581", " ")
+
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
@@ -63,6 +74,12 @@ class Tokenizer:
         """Text for `ids`, with `<NL>` as a real newline and special tokens dropped."""
         decoder = self.decoder()
         return "".join(decoder.feed(i) for i in ids) + decoder.flush()
+
+    def text_of(self, ids: Sequence[int]) -> str:
+        """`decode` for a whole slice at once (no streaming): faster for many short slices."""
+        pieces = self._bytes
+        data = b"".join(pieces[i] for i in ids if 0 <= i < len(pieces))
+        return data.decode("utf-8", errors="ignore")
 
     def decoder(self) -> IncrementalDecoder:
         return IncrementalDecoder(self._bytes)

@@ -5,8 +5,8 @@ transactions from interleaving on it. A redelivered platform message is recognis
 (platform, delivery_key) row and never stored or answered twice; a reset moves the point where
 the history starts and keeps every old row.
 
-Private data: the directory the store creates is 0700 and the database with its -wal/-shm 0600
-(whatever the umask; looser modes on existing files are tightened). Deleted text is overwritten
+Private data: the store opens only a SQLite database or a path that does not exist yet, and
+keeps its files private (storage/files.py). Deleted text is overwritten
 (`secure_delete`) and, after every deletion or edit, the WAL is checkpointed and truncated, so
 the text is gone from the files, not only unlinked. Each user turn keeps its author's platform
 id, so one person's messages can be exported or forgotten.
@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
-import stat
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -30,14 +28,13 @@ from pathlib import Path
 import aiosqlite
 
 from bot.conversation import ConversationKey, Speaker, Turn
-from bot.errors import StorageError
+from bot.errors import DatabasePathError, MessageWithdrawn, StorageError
+from storage.files import prepare_database_file
+from storage.private import AuthoredTurn, PrivateRecords, Vote  # noqa: F401 (re-exported)
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
-DIRECTORY_MODE = 0o700
-FILE_MODE = 0o600
-_SIDE_FILES = ("-wal", "-shm", "-journal")
 CHECKPOINT_TRIES = 5  # for `forget`: a busy WAL is waited for this many busy timeouts
 
 
@@ -75,6 +72,7 @@ class Delivery:
     answer_id: int | None = None  # its answer turn, once stored (None: an empty answer)
     replaces: str | None = None  # a regeneration: the delivery key whose answer it redoes
     asker: str | None = None  # who asked the bot about this message, when not its writer
+    withdrawn: bool = False  # its message was deleted (or forgotten) while it waited
     # recorded by this very `accept` (False: an earlier handling began it, then died)
     fresh: bool = field(default=False, compare=False)
 
@@ -87,13 +85,13 @@ class Delivery:
 _DELIVERY_SELECT = (
     "SELECT d.platform, d.delivery_key, d.conversation_id, c.workspace, c.channel, c.thread,"
     " d.state, d.received_at, d.turn_id, d.reply_ref, d.final, d.author, d.text,"
-    " d.answer_id, d.replaces, d.asker"
+    " d.answer_id, d.replaces, d.asker, d.withdrawn"
     " FROM deliveries d JOIN conversations c ON c.id = d.conversation_id")
 
 
 def _delivery(row: Sequence[object]) -> Delivery:
     (platform, key, conversation, workspace, channel, thread, state, received, turn, ref, final,
-     author, text, answer, replaces, asker) = row
+     author, text, answer, replaces, asker, withdrawn) = row
     return Delivery(str(platform), str(key), int(conversation),  # type: ignore[call-overload]
                     ConversationKey(str(platform), str(workspace), str(channel), str(thread)),
                     DeliveryState(str(state)), float(received),  # type: ignore[arg-type]
@@ -102,7 +100,7 @@ def _delivery(row: Sequence[object]) -> Delivery:
                     None if author is None else str(author), None if text is None else str(text),
                     None if answer is None else int(answer),  # type: ignore[call-overload]
                     None if replaces is None else str(replaces),
-                    None if asker is None else str(asker))
+                    None if asker is None else str(asker), bool(withdrawn))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,73 +109,11 @@ class StoredTurn:
     turn: Turn
 
 
-@dataclass(frozen=True, slots=True)
-class AuthoredTurn:
-    """One stored message of a person, with where and when (for `export --user`)."""
-
-    id: int
-    platform: str
-    workspace: str
-    channel: str
-    thread: str
-    created_at: float  # seconds since the epoch
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Vote:
-    """One person's 👍/👎 on an answer (for `export --user`)."""
-
-    platform: str
-    delivery_key: str  # the message the answer answered
-    value: str
-    created_at: float
-
-
 # A thread's earlier message for import_turns: (turn, delivery key) or (turn, key, author id).
 ImportedTurn = tuple[Turn, str | None] | tuple[Turn, str | None, str | None]
 
 
-def _private_directory(directory: Path) -> None:
-    """Create `directory` and any missing parents as 0700; existing ones are left as they are
-    (the database may live in a shared directory the operator chose)."""
-    missing: list[Path] = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for new in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            new.mkdir(mode=DIRECTORY_MODE)
-            os.chmod(new, DIRECTORY_MODE)  # mkdir's mode passes through the umask
-
-
-def _private_file(path: Path) -> None:
-    """Create the database file 0600 before SQLite does (SQLite gives its -wal and -shm the
-    database file's mode), and take group/other access away from existing files."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        _tighten(path, os.fstat(fd).st_mode, lambda mode: os.fchmod(fd, mode))
-    finally:
-        os.close(fd)
-    for suffix in _SIDE_FILES:
-        side = path.with_name(path.name + suffix)
-        try:
-            mode = side.stat().st_mode
-        except FileNotFoundError:
-            continue
-        _tighten(side, mode, lambda mode, side=side: os.chmod(side, mode))
-
-
-def _tighten(path: Path, mode: int, chmod: Callable[[int], None]) -> None:
-    if stat.S_IMODE(mode) & 0o077:
-        try:
-            chmod(stat.S_IMODE(mode) & ~0o077 | 0o600)
-        except OSError as exc:
-            log.warning("%s is readable by other users and could not be made private (%s)",
-                        path, exc.strerror)
-
-
-class HistoryStore:
+class HistoryStore(PrivateRecords):
     def __init__(self, connection: aiosqlite.Connection, path: Path,
                  clock: Callable[[], float] = time.time) -> None:
         self._db = connection
@@ -193,9 +129,10 @@ class HistoryStore:
         path = Path(path)
         try:
             if str(path) != ":memory:":
-                _private_directory(path.parent)
-                _private_file(path)
+                prepare_database_file(path)
             db = await aiosqlite.connect(path, isolation_level=None)
+        except DatabasePathError:
+            raise
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(
                 f"DATABASE_PATH={path}: cannot open the database ({exc}); "
@@ -293,9 +230,11 @@ class HistoryStore:
             return None if row is None else Claim(int(row[0]), row[1])
 
     async def accept(self, key: ConversationKey, delivery_key: str, text: str,
-                     author: str | None = None, asker: str | None = None) -> Delivery | None:
+                     author: str | None = None, asker: str | None = None,
+                     sources: Sequence[str] = ()) -> Delivery | None:
         """Record a platform message as taken on, with its text, in one transaction: from here
-        on a crash cannot lose it. Returns its record, or None when it was answered before
+        on a crash cannot lose it. `sources`: the platform messages its text was taken from,
+        when not the delivery itself (「rinna に聞く」), so their deletion reaches it. Returns its record, or None when it was answered before
         (a retry or a redelivery of a finished message). A record that is not finished (its
         first handling died) is returned as it stands, for the caller to take over."""
         async with self._transaction() as db:
@@ -313,6 +252,7 @@ class HistoryStore:
                     "UPDATE deliveries SET imported = 0, state = 'accepted' WHERE platform=?"
                     " AND delivery_key=? AND state = 'imported'", (key.platform, delivery_key))
                 fresh = cursor.rowcount == 1
+            await self.record_sources(db, key.platform, delivery_key, sources)
             row = await (await db.execute(
                 _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
                 (key.platform, delivery_key))).fetchone()
@@ -391,15 +331,18 @@ class HistoryStore:
         return [_delivery(row) for row in rows]
 
     async def store_user_turn(self, delivery: Delivery) -> int:
-        """Move the message's text from its record into the history (once): one transaction."""
+        """Move the message's text from its record into the history (once): one transaction.
+        A message deleted while it waited (`withdrawn`) raises MessageWithdrawn instead."""
         async with self._transaction() as db:
             row = await (await db.execute(
-                "SELECT turn_id, text, author FROM deliveries WHERE platform=? AND delivery_key=?",
-                (delivery.platform, delivery.delivery_key))).fetchone()
+                "SELECT turn_id, text, author, withdrawn FROM deliveries WHERE platform=?"
+                " AND delivery_key=?", (delivery.platform, delivery.delivery_key))).fetchone()
             if row is None:
                 raise sqlite3.IntegrityError("the delivery is gone")
             if row[0] is not None:
                 return int(row[0])
+            if row[3]:
+                raise MessageWithdrawn("its message was deleted while it waited")
             cursor = await db.execute(
                 "INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
                 " VALUES (?,?,?,?,?)",
@@ -629,78 +572,6 @@ class HistoryStore:
             "SELECT COUNT(*) FROM deliveries d JOIN turns t ON t.id = d.answer_id"
             " WHERE t.created_at >= ?", (since,))).fetchone()
         return int(row[0]) if row else 0
-
-    # ----- private data: platform deletions and edits, forget, export, retention ------------
-    async def delete_delivered(self, platform: str, delivery_key: str) -> int:
-        """Delete the turn stored from this platform message (it was deleted on the platform).
-        The delivery row stays, so a redelivery is still not answered. Returns turns deleted."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM turns WHERE id = (SELECT turn_id FROM deliveries"
-                " WHERE platform=? AND delivery_key=?)", (platform, delivery_key))
-            deleted = cursor.rowcount
-        if deleted:
-            await self.scrub()
-        return deleted
-
-    async def edit_delivered(self, platform: str, delivery_key: str, text: str) -> bool:
-        """Replace the text of the turn stored from this platform message (edited there).
-        Returns whether a stored text changed."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "UPDATE turns SET text=? WHERE text != ? AND id = (SELECT turn_id FROM deliveries"
-                " WHERE platform=? AND delivery_key=?)", (text, text, platform, delivery_key))
-            changed = cursor.rowcount > 0
-        if changed:
-            await self.scrub()
-        return changed
-
-    async def author_turns(self, author: str, platform: str | None = None) -> list[AuthoredTurn]:
-        """Every stored message of one person (oldest first), on one platform or all."""
-        cursor = await self._db.execute(
-            "SELECT t.id, c.platform, c.workspace, c.channel, c.thread, t.created_at, t.text"
-            " FROM turns t JOIN conversations c ON c.id = t.conversation_id"
-            " WHERE t.author = ? AND (? IS NULL OR c.platform = ?) ORDER BY t.id",
-            (author, platform, platform))
-        rows = await cursor.fetchall()
-        return [AuthoredTurn(int(i), p, w, c, th, float(at), text)
-                for i, p, w, c, th, at, text in rows]
-
-    async def author_votes(self, author: str, platform: str | None = None) -> list[Vote]:
-        """Every 👍/👎 of one person (oldest first), on one platform or all."""
-        cursor = await self._db.execute(
-            "SELECT platform, delivery_key, value, created_at FROM feedback WHERE user = ?"
-            " AND (? IS NULL OR platform = ?) ORDER BY created_at",
-            (author, platform, platform))
-        return [Vote(str(p), str(k), str(v), float(at)) for p, k, v, at in await cursor.fetchall()]
-
-    async def forget_author(self, author: str, platform: str | None = None) -> int:
-        """Delete every stored message of one person, their text overwritten in the files.
-        Returns the number of messages deleted."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM turns WHERE author = ? AND (? IS NULL OR conversation_id IN"
-                " (SELECT id FROM conversations WHERE platform = ?))",
-                (author, platform, platform))
-            deleted = cursor.rowcount
-            await db.execute(
-                "DELETE FROM feedback WHERE user = ? AND (? IS NULL OR platform = ?)",
-                (author, platform, platform))
-            for column in ("author", "asker"):  # who asked what, in the delivery records
-                await db.execute(
-                    f"UPDATE deliveries SET {column} = NULL WHERE {column} = ?"
-                    " AND (? IS NULL OR platform = ?)", (author, platform, platform))
-        await self.scrub()
-        return deleted
-
-    async def delete_older_than(self, cutoff: float) -> int:
-        """Delete every turn stored before `cutoff` (seconds since the epoch): RETENTION_DAYS."""
-        async with self._transaction() as db:
-            cursor = await db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff,))
-            deleted = cursor.rowcount
-        if deleted:
-            await self.scrub()
-        return deleted
 
     async def scrub(self, tries: int = 1) -> bool:
         """Move everything from the WAL into the database file and truncate the WAL, so text

@@ -87,6 +87,24 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX feedback_by_user ON feedback (user);
     """,
+    # 6: deletion follows the text. `sources`: the platform messages a delivery's text was
+    # taken from when it is not the delivery itself (「rinna に聞く」: the delivery is the button
+    # press), so deleting or editing that message reaches the turn. `withdrawn`: the message
+    # was deleted (or its writer forgotten) while it waited to be answered: its text is gone
+    # and it is answered with a short notice, never sent to the model.
+    """
+    CREATE TABLE sources (
+        platform     TEXT NOT NULL,
+        source_key   TEXT NOT NULL,
+        delivery_key TEXT NOT NULL,
+        PRIMARY KEY (platform, source_key, delivery_key),
+        FOREIGN KEY (platform, delivery_key) REFERENCES deliveries (platform, delivery_key)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    ALTER TABLE deliveries ADD COLUMN withdrawn INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX deliveries_waiting_by_author ON deliveries (author)
+        WHERE turn_id IS NULL AND text IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

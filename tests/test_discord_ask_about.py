@@ -175,3 +175,38 @@ async def test_a_mention_in_a_forum_post_answers_in_the_post_with_its_history(
     key = ConversationKey("discord", str(GUILD_ID), str(forum), str(post))
     assert [t for s, t in await turns(store, key) if s is Speaker.USER] == [
         "印刷すると紙が詰まります", "うちでも同じです", "直し方を教えて", "ありがとう、他には?"]
+
+
+async def test_deleting_a_message_asked_about_deletes_its_stored_text(
+        fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
+    """The answer's delivery is the press, but the platform's delete names the message: the
+    message's id is recorded with the answer, so its deletion reaches the stored text."""
+    from tests.slack_fakes import eventually
+
+    fake = fake_discord
+    script.replies = ["三月です。"]
+    key = None
+    async with connected(fake, build_discord_bot(scripted, settings,
+                                                 guild_ready_timeout=0.05)):
+        target = await fake.person_says(CHANNEL_ID, "カード番号 4111 1111 1111 1111",
+                                        user_id=OTHER_USER_ID, name="bob")
+        press = await fake.message_command(ASK_ABOUT, target)
+        await fake.wait_for(lambda: answered(fake, target))
+
+        async def done() -> bool:  # recorded as answered: nothing of it is still being written
+            delivery = await store.delivery("discord", str(press))
+            return delivery is not None and delivery.state == "answered"
+        await eventually(done)
+        key = ConversationKey("discord", str(GUILD_ID), str(CHANNEL_ID), str(target))
+        assert (Speaker.USER, "カード番号 4111 1111 1111 1111") in await turns(store, key)
+        await fake._dispatch("MESSAGE_DELETE", {"id": str(target), "channel_id": str(CHANNEL_ID),
+                                                "guild_id": str(GUILD_ID)})
+
+        def on_disk() -> bytes:
+            return b"".join(p.read_bytes() for p in store.path.parent.glob(store.path.name + "*"))
+
+        # the delete is handled in the background: wait until its text is gone from the files
+        # (the deletion ends by checkpointing and truncating the WAL)
+        await eventually(lambda: b"4111" not in on_disk())
+    assert await store.author_turns(str(OTHER_USER_ID)) == []
+    assert all(speaker is not Speaker.USER for speaker, _ in await turns(store, key))

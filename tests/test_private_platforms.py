@@ -152,6 +152,27 @@ async def test_slack_forget_reaches_messages_imported_when_joining_a_thread_midw
     assert "4111" not in generator.prompts[-1] and "献立の相談です" in generator.prompts[-1]
 
 
+async def test_slack_deleting_a_message_asked_about_with_the_shortcut_deletes_its_text(
+        slack: Slack, scripted: tuple[ChatService, ScriptedGenerator],
+        settings: Settings) -> None:
+    """「rinna に聞く」: the answer's delivery is the press (its trigger id), but the delete
+    event names the message: its id is recorded with the answer, so the deletion reaches it."""
+    from tests.slack_fakes import interaction_form, message_shortcut, sign
+
+    target = {"type": "message", "user": "U2", "ts": T0, "text": CARD}
+    body = interaction_form(message_shortcut(C1, target, user="U1"))
+    status, _ = await slack.raw(body, {"Content-Type": "application/x-www-form-urlencoded",
+                                       **sign(body)})
+    assert status == 200
+    await slack.settled(1)
+    assert CARD in scripted[1].prompts[-1]
+    assert await slack.event(deleted(C1, T0, user="U2", text=CARD)) == 200
+    await slack.settled(2)
+    assert slack.outcomes() == {"answered": 1, "deleted": 1}
+    assert await slack.chat.store.author_turns("U2") == []
+    assert b"4111" not in on_disk(settings.database_path)
+
+
 # ----- Discord --------------------------------------------------------------------------------
 @pytest.fixture
 def simcord_bot(scripted: tuple[ChatService, ScriptedGenerator],

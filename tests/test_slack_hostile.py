@@ -23,7 +23,7 @@ from bot.conversation import ConversationKey, Speaker
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
-from tests.slack_fakes import BOT_USER, SIGNING_SECRET, TEAM, FakeSlack, mention
+from tests.slack_fakes import BOT_USER, SIGNING_SECRET, TEAM, FakeSlack, eventually, mention
 from tests.test_slack_app import Slack, fake, running, scripted_chat, slack_settings  # noqa: F401
 
 C1 = "C1"
@@ -224,3 +224,143 @@ async def test_a_retry_is_dropped_before_its_text_is_parsed(scripted, monkeypatc
     await slack.settled(3)
     assert slack.outcomes() == {"answered": 1, "duplicate": 2}
     assert len(parsed) == 1
+
+
+# ----- signed, but not in the shape Slack sends (issue 22) ---------------------------------------
+def _form(fields: dict[str, str]) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode(fields)
+
+
+def _command_without(field: str) -> str:
+    from urllib.parse import parse_qsl, urlencode
+
+    from tests.slack_fakes import command_form
+
+    return urlencode([(k, v) for k, v in parse_qsl(command_form("質問")) if k != field])
+
+
+def _payload(payload: dict[str, Any]) -> str:
+    from tests.slack_fakes import interaction_form
+
+    return interaction_form(payload)
+
+
+_BOT_MESSAGE = {"ts": "1710000000.000200", "text": "答え", "user": BOT_USER}
+_ACTION_BASE = {"type": "block_actions", "team": {"id": TEAM}, "user": {"id": "U1"},
+                "channel": {"id": C1}, "container": {"type": "message"},
+                "trigger_id": "1.2.3", "response_url": "http://127.0.0.1:1/unused"}
+_SHORTCUT_BASE = {"type": "message_action", "callback_id": "rinna_ask", "team": {"id": TEAM},
+                  "user": {"id": "U1"}, "channel": {"id": C1}, "trigger_id": "1.2.4",
+                  "message_ts": "1710000000.000300", "response_url": "http://127.0.0.1:1/u"}
+MALFORMED: list[tuple[str, str, str]] = [
+    ("event is a string", json.dumps({"type": "event_callback", "team_id": TEAM,
+                                      "event_id": "Ev1", "event": "app_mention"}),
+     "application/json"),
+    ("event is a list", json.dumps({"type": "event_callback", "team_id": TEAM,
+                                    "event_id": "Ev2", "event": [1, 2]}), "application/json"),
+    ("actions not a list", _payload({**_ACTION_BASE, "message": _BOT_MESSAGE,
+                                     "actions": {"action_id": "rinna_stop"}}),
+     "application/x-www-form-urlencoded"),
+    ("action without action_id", _payload({**_ACTION_BASE, "message": _BOT_MESSAGE,
+                                           "actions": [{"value": "good"}]}),
+     "application/x-www-form-urlencoded"),
+    ("action not an object", _payload({**_ACTION_BASE, "message": _BOT_MESSAGE,
+                                       "actions": ["rinna_stop"]}),
+     "application/x-www-form-urlencoded"),
+    ("feedback message not an object", _payload({
+        **_ACTION_BASE, "message": "答え",
+        "actions": [{"action_id": "rinna_feedback", "type": "feedback_buttons",
+                     "value": "good"}]}), "application/x-www-form-urlencoded"),
+    ("shortcut message not an object", _payload({**_SHORTCUT_BASE, "message": ["x"]}),
+     "application/x-www-form-urlencoded"),
+    ("command without channel_id", _command_without("channel_id"),
+     "application/x-www-form-urlencoded"),
+    ("command without user_id", _command_without("user_id"),
+     "application/x-www-form-urlencoded"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "content_type"), MALFORMED,
+                         ids=[m[0] for m in MALFORMED])
+async def test_a_signed_request_in_the_wrong_shape_gets_a_4xx_without_a_traceback(
+        scripted, caplog: pytest.LogCaptureFixture, name: str, body: str,
+        content_type: str) -> None:
+    slack, _ = scripted
+    caplog.set_level(logging.DEBUG)
+    raw = body.encode()
+    status = await post(slack, raw, {"Content-Type": content_type, **signed(raw)})
+    assert 400 <= status < 500, (name, status)
+    records = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(records) <= 1, [r.getMessage() for r in records]
+    assert not any(r.exc_info for r in caplog.records), name
+    assert "Traceback" not in caplog.text
+    assert slack.outcomes() == {}
+    assert slack.fake.posts() == []  # nothing was said to anyone
+
+
+@pytest.mark.parametrize("stamp", ["9" * 5000, "1" + "0" * 4400, "0" * 20 + str(int(time.time()))])
+async def test_an_absurd_timestamp_is_refused_before_it_is_read_as_a_number(
+        scripted, caplog: pytest.LogCaptureFixture, stamp: str) -> None:
+    slack, _ = scripted
+    caplog.set_level(logging.DEBUG)
+    body = json.dumps(event_callback_for_test()).encode()
+    status = await post(slack, body, {"Content-Type": "application/json",
+                                      **signed(body, timestamp=stamp)})
+    assert status == 401
+    assert not any(r.exc_info for r in caplog.records) and "Traceback" not in caplog.text
+    assert len([r for r in caplog.records if r.levelno >= logging.INFO]) <= 1
+
+
+def event_callback_for_test() -> dict[str, Any]:
+    from tests.slack_fakes import event_callback
+
+    return event_callback(mention(C1, T0, "質問"))
+
+
+def _envelope(number: int, body: str, content_type: str) -> dict[str, Any]:
+    """A Socket Mode envelope carrying what the HTTP test posts."""
+    from urllib.parse import parse_qsl
+
+    if content_type == "application/json":
+        return {"envelope_id": f"bad-{number}", "type": "events_api",
+                "accepts_response_payload": False, "payload": json.loads(body)}
+    form = dict(parse_qsl(body))
+    if "payload" in form:
+        return {"envelope_id": f"bad-{number}", "type": "interactive",
+                "accepts_response_payload": False, "payload": json.loads(form["payload"])}
+    return {"envelope_id": f"bad-{number}", "type": "slash_commands",
+            "accepts_response_payload": True, "payload": form}
+
+
+async def test_socket_mode_refuses_the_same_shapes_before_bolt(
+        chat: ChatService, slack_settings: Settings, fake: FakeSlack,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Socket Mode requests have no HTTP layer: each malformed one is acked (no retry), logged
+    once without a traceback, and reaches no listener; a good one after them is answered."""
+    from pydantic import SecretStr
+
+    from tests.slack_fakes import APP_TOKEN, event_callback
+
+    settings = slack_settings.model_copy(update={"slack_app_token": SecretStr(APP_TOKEN),
+                                                 "slack_signing_secret": None})
+    service = build_slack_service(chat, settings, host="127.0.0.1")
+    await asyncio.wait_for(service.start(), 30)
+    caplog.set_level(logging.DEBUG)
+    try:
+        for number, (_, body, content_type) in enumerate(MALFORMED):
+            await fake.push(_envelope(number, body, content_type))
+        envelopes = {f"bad-{n}" for n in range(len(MALFORMED))}
+        await fake.wait_for(lambda: envelopes <= {a.get("envelope_id") for a in fake.acks})
+        assert not any(r.exc_info for r in caplog.records) and "Traceback" not in caplog.text
+        refusals = [r for r in caplog.records if "wrong shape" in r.getMessage()]
+        assert len(refusals) == len(MALFORMED)
+        assert dict(service.handlers.outcomes) == {}
+        await fake.push({"envelope_id": "good", "type": "events_api",
+                         "accepts_response_payload": False,
+                         "payload": event_callback(mention(C1, T0, "やあ"))})
+        await eventually(lambda: service.handlers.outcomes.total() >= 1)
+        assert dict(service.handlers.outcomes) == {"answered": 1}
+    finally:
+        await asyncio.wait_for(service.close(), 30)

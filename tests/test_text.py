@@ -177,3 +177,29 @@ def test_adversarial_input_splits_in_linear_time(unit: str) -> None:
     parts = split_message(text, 2000)
     assert time.perf_counter() - started < 5.0
     assert all(len(p) <= 2000 for p in parts)
+
+
+MARKS = ["\u0301", "\u0308", "\u3099", "\u20dd", "\ufe0f", "\u200d"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(st.sampled_from(list("あいう漢字abc")), max_size=50),
+       st.sampled_from(["a", "か", "👍"]),
+       st.lists(st.sampled_from(MARKS), min_size=1, max_size=6).map("".join),
+       st.text(st.sampled_from(list("えお字xy")), max_size=50),
+       st.integers(min_value=16, max_value=400), st.floats(min_value=1.0, max_value=6.0))
+def test_a_cluster_longer_than_the_limit_is_cut_at_code_points_into_full_parts(
+        head: str, base: str, pattern: str, tail: str, limit: int, times: float) -> None:
+    length = int(limit * times) + 1  # the cluster is always longer than a part
+    marks = (pattern * length)[:length]
+    text = head + base + marks + tail
+    parts = split_message(text, limit)
+    assert "".join(parts) == text  # no whitespace anywhere: nothing lost at the cuts
+    assert all(0 < len(p) <= limit for p in parts)
+    # a cut at the head's end and one at the cluster's end at most, otherwise full parts
+    assert len(parts) <= -(-len(text) // limit) + 2
+
+
+def test_the_reviewed_case_is_three_parts_not_two_thousand() -> None:
+    text = "a" + "\u0301" * 4000  # one grapheme cluster of 4,001 code points
+    assert [len(p) for p in split_message(text, 2000)] == [2000, 2000, 1]
