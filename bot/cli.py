@@ -245,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rinna-bot", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("command", nargs="?", default="run",
-                        choices=["run", "chat", "download", "doctor", "forget", "export"],
+                        choices=["run", "chat", "download", "doctor", "forget", "export", "export-gguf"],
                         help="run: every platform with credentials set; chat: the terminal; "
                              "download: fetch and check the model; doctor: what run will do; "
                              "forget/export --user ID: delete/print a person's messages")
+    parser.add_argument("out", nargs="?", help="export-gguf: the .gguf file to write")
+    parser.add_argument("--dtype", choices=["f16", "f32"], default="f16", help="export-gguf")
     parser.add_argument("--user", help="forget, export: the person's Discord or Slack user id")
     parser.add_argument("--platform", choices=["discord", "slack", "console"],
                         help="forget, export: only this platform's messages (default: all)")
@@ -279,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command in ("forget", "export"):
         return private_command(settings, args.command, args.user, args.platform)
+    if args.command == "export-gguf":  # the model for llama.cpp (docs/llamacpp.md)
+        from bot.gguf_export import export_command
+
+        return export_command(settings, args.out, args.dtype)
     if args.command == "download":
         from bot.download import download
 
