@@ -76,6 +76,7 @@ class LlamaCppWire:
     kind: str = "llamacpp"
     keeps_connection: bool = False
     _seen: int = field(default=0, init=False)
+    _eos: bool = field(default=False, init=False)  # eos came in an event of its own
 
     def url(self, endpoint_url: str, endpoint_root: str) -> str:
         return f"{endpoint_root}/completion"
@@ -108,10 +109,12 @@ class LlamaCppWire:
         if not event.get("stop"):
             if "tokens" not in event:
                 raise GeneratorError("the engine returned no token ids")
-            return Chunk(tuple(tokens))
+            # eos ends the reply: the stop event follows at once, so read on to it
+            self._eos = self._eos or self.eos_id in tokens
+            return Chunk(tuple(tokens), FINISHED if self.eos_id in tokens else None)
         stop_type = str(event.get("stop_type", "none"))
         finish = _FINISH.get(stop_type, stop_type)
-        if stop_type == "eos" and (not tokens or tokens[-1] != self.eos_id):
+        if stop_type == "eos" and not self._eos and self.eos_id not in tokens:
             tokens.append(self.eos_id)  # eos itself is held back after a partial character
         return Chunk(tuple(tokens), finish)
 
