@@ -217,3 +217,29 @@ async def test_the_bot_end_to_end_with_engine_url(
     assert "remote: llamacpp" in log and "(llama-server) serves rinna-test" in log
     (got,) = server.received
     assert got.body["prompt"] == tokenizer.encode(PROMPT)
+
+
+async def test_doctor_names_llama_server_its_model_context_and_vocabulary(
+        make_server: Callable[..., Awaitable[FakeLlamaServer]], tiny_model_dir: Path,
+        tmp_path: Path) -> None:
+    import subprocess
+
+    good = await make_server()
+    other = await make_server(vocab=32000)
+    small = await make_server(slot_context=512)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "ENGINE_"))}
+    env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MODEL_ID": str(tiny_model_dir),
+                "DATABASE_PATH": str(tmp_path / "d.sqlite3"), "ENGINE_MODEL": "tiny.gguf",
+                "ENGINE_URL": f"{good.url},{other.url},{small.url}"})
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot.cli", "doctor"],
+                                   cwd=tmp_path, env=env, capture_output=True, text=True,
+                                   timeout=120)
+    lines = done.stdout.splitlines()
+    assert (f"✓ engine {good.url}: llama-server, model tiny.gguf, 2048 tokens of context per "
+            "slot, vocabulary of 1000 ids as ours") in lines, done.stdout + done.stderr
+    assert any(line.startswith(f"✗ engine {other.url}: llama-server") and
+               "its vocabulary has 32000 ids, ours 1000" in line and "export-gguf" in line
+               for line in lines)
+    assert any(line.startswith(f"✗ engine {small.url}: llama-server") and
+               "-np N -c N*2048" in line for line in lines)
