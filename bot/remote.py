@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from bot.errors import (
-    GenerationTimeout, GeneratorClosed, GeneratorError, ModelLoadError, QueueFullError)
+from bot.errors import GeneratorClosed, GeneratorError, ModelLoadError, QueueFullError
 from bot.generation import GenerationParams, GeneratorStats
-from bot.remote_llamacpp import LlamaCppWire, ServerInfo, server_info
+from bot.remote_llamacpp import LlamaCppWire
+from bot.remote_probe import Expected, probe
 from bot.remote_pool import (
     Endpoint, EndpointPool, Retry, WaitCallback, base_url, display_url)
 from bot.remote_vllm import NoTokenIds, VllmWire
-from bot.remote_wire import Wire, error_message, events, stream_error
-from bot.stops import ReplyText
+from bot.remote_request import Completion
+from bot.remote_wire import Wire
 from bot.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -134,48 +134,8 @@ class RemoteGenerator:
 
     async def _probe(self, endpoint: Endpoint) -> bool:
         """Learn `endpoint`'s engine; False when it could not be reached."""
-        try:
-            async with self._open().get(f"{endpoint.url}/models", headers=self._headers(),
-                                        timeout=aiohttp.ClientTimeout(total=5)) as response:
-                if response.status != 200:
-                    log.warning("engine %s: GET /models answered %d: %s", endpoint.shown,
-                                response.status, await error_message(response))
-                    if response.status in (401, 403):
-                        log.warning("engine %s refuses our key: check ENGINE_API_KEY",
-                                    endpoint.shown)
-                    endpoint.kind = endpoint.kind or "vllm"
-                    return True
-                info = server_info(await response.json())
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
-            self._pool.mark_down(endpoint, f"not reachable ({type(exc).__name__})")
-            return False
-        self._learn(endpoint, info)
-        return True
-
-    def _learn(self, endpoint: Endpoint, info: ServerInfo) -> None:
-        if endpoint.kind is None:
-            endpoint.kind = info.kind
-        elif endpoint.kind != info.kind:
-            log.warning("engine %s looks like %s but ENGINE_KIND=%s", endpoint.shown,
-                        info.kind, endpoint.kind)
-        endpoint.served = ", ".join(info.models)
-        endpoint.slot_context = info.slot_context
-        what = "llama-server" if endpoint.kind == "llamacpp" else "vLLM"
-        if self.model not in info.models:
-            fix = ("start llama-server with --alias" if endpoint.kind == "llamacpp"
-                   else "set ENGINE_MODEL to the served name")
-            log.warning("engine %s (%s) serves %s, not %r: %s", endpoint.shown, what,
-                        list(info.models), self.model, fix)
-        else:
-            log.info("engine %s (%s) serves %s", endpoint.shown, what, self.model)
-        if info.vocab is not None and info.vocab != self.tokenizer.vocab_size:
-            log.warning("engine %s: its model has %d ids, our tokenizer %d: not the same "
-                        "model (export it with `rinna-bot export-gguf`)", endpoint.shown,
-                        info.vocab, self.tokenizer.vocab_size)
-        if info.slot_context is not None and info.slot_context < self._context_tokens:
-            log.warning("engine %s: %d tokens of context per slot, CONTEXT_TOKENS is %d: "
-                        "start llama-server with -c N*%d for -np N", endpoint.shown,
-                        info.slot_context, self._context_tokens, self._context_tokens)
+        return await probe(self._open(), endpoint, self._headers(), self._pool,
+                           Expected(self.model, self.tokenizer.vocab_size, self._context_tokens))
 
     def _open(self) -> aiohttp.ClientSession:
         if self._closed or self._session is None:
@@ -226,6 +186,8 @@ class RemoteGenerator:
                                  f"{self._context_tokens}-token context")
         max_tokens = min(params.max_new_tokens, room)
         rid, endpoint = await self._pool.acquire(owner, on_wait, self._open)
+        deadline = asyncio.get_running_loop().time() + (params.timeout_s
+                                                         or self._request_timeout_s)
         tried: list[Endpoint] = []
         busy = False
         fresh = False
@@ -236,12 +198,15 @@ class RemoteGenerator:
                 try:
                     if endpoint.kind is None and not await self._probe(endpoint):
                         raise Retry("not reachable")
-                    replies = self._request(endpoint, self._wire(endpoint), ids, params,
-                                            max_tokens, fresh=fresh)
-                    async with aclosing(replies):
-                        async for text in replies:
-                            shown = True
-                            yield text
+                    completion = self._completion(endpoint, fresh)
+                    replies = completion.stream(ids, params, max_tokens, deadline)
+                    try:
+                        async with aclosing(replies):
+                            async for text in replies:
+                                shown = True
+                                yield text
+                    finally:
+                        self.tokens_generated += completion.produced
                     return
                 except NoTokenIds:
                     if shown or not endpoint.token_ids:
@@ -276,6 +241,12 @@ class RemoteGenerator:
         finally:
             self._pool.done(rid, endpoint)
 
+    def _completion(self, endpoint: Endpoint, fresh: bool) -> Completion:
+        session = self._fresh if fresh and self._fresh is not None else self._open()
+        return Completion(session, endpoint, self._wire(endpoint), self.tokenizer,
+                          self._headers(), self.model, lambda: self._closed,
+                          self._pool.mark_up)
+
     def _wire(self, endpoint: Endpoint) -> Wire:
         if endpoint.kind == "llamacpp":
             return LlamaCppWire(self.tokenizer.eos_id, self._byte_ids,
@@ -287,100 +258,6 @@ class RemoteGenerator:
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
         return headers
-
-    async def _request(self, endpoint: Endpoint, wire: Wire, ids: list[int],
-                       params: GenerationParams, max_tokens: int, *,
-                       fresh: bool = False) -> AsyncIterator[str]:
-        """One streamed completion. Raises Retry for what another URL (or a fresh
-        connection) may do better, before anything was shown; GeneratorError (or
-        GenerationTimeout) otherwise."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (params.timeout_s or self._request_timeout_s)
-        session = self._fresh if fresh and self._fresh is not None else self._open()
-        produced = 0
-        complete = False  # read to its end: the connection can serve the next request
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await session.post(
-                    wire.url(endpoint.url, endpoint.root),
-                    json=wire.body(ids, params, max_tokens), headers=self._headers())
-        except aiohttp.ClientConnectorError as exc:  # refused, DNS, connect timeout
-            raise Retry(f"{type(exc).__name__}") from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            raise Retry(f"{type(exc).__name__}", reused=True) from None  # a stale connection
-        except aiohttp.ClientError as exc:
-            raise Retry(f"{type(exc).__name__}") from None
-        except TimeoutError:
-            raise GenerationTimeout("timed out waiting for the engine") from None
-        if self._closed:
-            response.close()
-            raise GeneratorClosed("generator stopped")
-        try:
-            await self._check_status(endpoint, response)
-            self._pool.mark_up(endpoint)
-            reply = ReplyText(self.tokenizer.decoder(), self.tokenizer.eos_id)
-            finish: str | None = None
-            async for event in events(response, deadline, GenerationTimeout):
-                if (message := stream_error(event)) is not None:
-                    log.warning("engine %s: error in the stream: %s", endpoint.shown, message)
-                    raise GeneratorError("the engine failed during generation")
-                chunk = wire.read(event, produced == 0)
-                produced += len(chunk.tokens)
-                text = ""
-                for token in chunk.tokens:
-                    text += reply.feed(token)
-                    if reply.ended:
-                        break
-                finish = chunk.finish or finish
-                if reply.ended or finish is not None:
-                    text += reply.finish()
-                if text:
-                    yield text
-                if reply.ended and finish is None:
-                    return  # a turn start or eos: closing the connection aborts the rest
-                if finish in ("abort", "error"):
-                    log.warning("engine %s ended the request: %s", endpoint.shown, finish)
-                    raise GeneratorError(f"the engine ended the request ({finish})")
-            if finish is None:
-                if produced == 0:
-                    raise Retry("the stream ended before any token")
-                raise GeneratorError("the engine's stream ended early")
-            complete = wire.keeps_connection
-        except aiohttp.ClientError as exc:
-            if self._closed:
-                raise GeneratorClosed("generator stopped") from None
-            if produced == 0:
-                raise Retry(f"{type(exc).__name__} while streaming") from None
-            raise GeneratorError(f"lost the engine mid-reply ({type(exc).__name__})") from None
-        except (ValueError, KeyError, TypeError) as exc:  # JSON that is not the engine's shape
-            log.warning("engine %s: cannot read its stream: %s", endpoint.shown, exc)
-            raise GeneratorError("unreadable answer from the engine") from None
-        finally:
-            self.tokens_generated += produced
-            if complete:
-                response.release()
-            else:
-                response.close()  # unfinished (the server aborts), or a server that closes it
-
-    async def _check_status(self, endpoint: Endpoint, response: aiohttp.ClientResponse) -> None:
-        status = response.status
-        if status == 200:
-            return
-        message = await error_message(response)
-        if status in (429, 503):
-            retry_after = response.headers.get("Retry-After", "")
-            cooldown = float(retry_after) if retry_after.isdigit() else None
-            raise Retry(f"{status} {message}", busy=True, cooldown_s=cooldown)
-        if status >= 500 or status == 408:
-            raise Retry(f"{status} {message}")
-        if status in (401, 403):
-            log.error("engine %s refused the request (%d): check ENGINE_API_KEY",
-                      endpoint.shown, status)
-        elif status == 404:
-            log.error("engine %s: %s (ENGINE_MODEL=%r)", endpoint.shown, message, self.model)
-        else:
-            log.warning("engine %s refused the request (%d): %s", endpoint.shown, status, message)
-        raise GeneratorError(f"the engine refused the request ({status})")
 
 
 def tokenizer_file(model_id: str, revision: str = "main") -> Path:
