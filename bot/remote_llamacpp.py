@@ -25,7 +25,7 @@ Temperature 0 keeps only the best id (greedy).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,7 @@ class LlamaCppWire:
 
     eos_id: int
     byte_ids: Mapping[int, int]  # a byte >= 0x80 -> the id of its byte piece
-    piece_bytes: Any  # id -> the bytes of its piece (Tokenizer.piece_bytes)
+    piece_bytes: Callable[[int], bytes]  # id -> the bytes of its piece (Tokenizer.piece_bytes)
     kind: str = "llamacpp"
     keeps_connection: bool = False
     _seen: int = field(default=0, init=False)

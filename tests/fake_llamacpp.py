@@ -58,6 +58,7 @@ class FakeLlamaServer:
     url: str = ""
     _free: asyncio.Semaphore | None = None
     _runner: web.AppRunner | None = None
+    _tasks: set[asyncio.Task] = field(default_factory=set)
 
     async def start(self) -> FakeLlamaServer:
         self._free = asyncio.Semaphore(self.slots)
@@ -139,7 +140,9 @@ class FakeLlamaServer:
                 raise
             finally:
                 self.processing.discard(slot)
-                asyncio.get_running_loop().create_task(self._notify())
+                task = asyncio.get_running_loop().create_task(self._notify())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         if request.transport is not None:  # llama-server closes after a streamed reply
             request.transport.close()
         return response
