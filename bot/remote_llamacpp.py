@@ -8,9 +8,10 @@ closes the connection although it answered keep-alive (`keeps_connection = False
 
 llama-server holds back an id whose text ends inside a UTF-8 character (a byte-fallback
 piece of an emoji or a rare kanji): no event is sent for it, and the next event's `content`
-holds the whole character while its `tokens` holds only the last id. `tokens_predicted`
-shows the gap; the missing ids are byte pieces, recovered here from the leading bytes of
-`content`, so the decoder sees every id as the local engine does. An id prompt also means the
+holds the whole character while its `tokens` holds only the last id (recorded: 「は」 as
+three byte pieces arrives as one event with `tokens` [<0xAF>] and `tokens_predicted` up by
+three). `tokens_predicted` shows the gap; the missing ids are byte pieces, recovered here
+from the leading bytes of `content`, so the decoder sees every id as the local engine does. An id prompt also means the
 server's tokenizer never touches our text.
 
 Sampling as the model card (transformers' generate): `samplers` fixed to penalties, top-k,
@@ -120,12 +121,15 @@ class LlamaCppWire:
 
     def _held_back(self, missing: int, content: str, tokens: list[int]) -> list[int]:
         """The ids llama-server sent no event for: byte pieces, the leading bytes of
-        `content` before the bytes of the ids it did send."""
-        data = content.encode("utf-8")
+        `content` before the bytes of the ids it did send. A byte that began no valid
+        character arrives as U+FFFD (llama-server replaces it in its JSON): it stands for one
+        byte piece of an invalid byte, which every decoder drops as ours does."""
+        data = b"".join(b"\xff" if c == "\ufffd" else c.encode("utf-8") for c in content)
         sent = b"".join(self.piece_bytes(t) for t in tokens)
-        prefix = data[: len(data) - len(sent)] if data.endswith(sent) else b""
-        if len(prefix) != missing or any(b not in self.byte_ids for b in prefix):
-            log.warning("engine held back %d ids that are not byte pieces of its text: "
-                        "they are missing from the reply", missing)
-            return tokens
-        return [self.byte_ids[b] for b in prefix] + tokens
+        prefix = data[: len(data) - len(sent)]
+        if data.endswith(sent) and len(prefix) == missing and all(
+                b in self.byte_ids for b in prefix):
+            return [self.byte_ids[b] for b in prefix] + tokens
+        log.warning("engine held back %d ids that are not byte pieces of its text: "
+                    "they are missing from the reply", missing)
+        return tokens

@@ -6,7 +6,8 @@ from its source (tools/server in the pinned llama.cpp):
   generated id is one event (`content`, `tokens` [id] with `return_tokens`, `stop` false,
   `id_slot`, `tokens_predicted`, `tokens_evaluated`), except that an id whose text ends inside
   a UTF-8 character sends no event: the next event carries the whole character and only its
-  own id. The last event has `stop` true, `stop_type` (`eos`, `limit`), `timings` and the rest.
+  own id; a byte that starts no valid character is sent as U+FFFD with what follows.
+  Partial events say `id_slot: -1`. The last event has `stop` true, `stop_type` (`eos`, `limit`), `timings` and the rest.
   Then the server closes the connection although its headers said keep-alive.
 - A client that goes away cancels the task and frees the slot (`GET /slots`: `is_processing`).
 - Requests beyond `slots` wait for a free slot (llama-server queues; it does not answer 503).
@@ -156,15 +157,11 @@ class FakeLlamaServer:
         for token in self.reply(prompt):
             predicted += 1
             pending += self.tokenizer.piece_bytes(token)
-            try:
-                text = pending.decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-            if text is not None or token == eos:
-                pending = b""
+            if not incomplete(pending) or token == eos:
+                text, pending = pending.decode("utf-8", errors="replace"), b""
                 await self._event(response, {
-                    "index": 0, "content": text or "", "tokens": [token], "stop": False,
-                    "id_slot": slot, "tokens_predicted": predicted,
+                    "index": 0, "content": text, "tokens": [token], "stop": False,
+                    "id_slot": -1, "tokens_predicted": predicted,
                     "tokens_evaluated": len(prompt)})
                 sent += 1
                 if self.pause_after is not None and sent == self.pause_after:
@@ -185,3 +182,15 @@ class FakeLlamaServer:
     async def _event(self, response: web.StreamResponse, event: dict) -> None:
         await response.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
         await asyncio.sleep(0)
+
+
+def incomplete(data: bytes) -> bool:
+    """Whether `data` ends inside a UTF-8 character (llama.cpp's validate_utf8): only the tail
+    counts; an invalid byte before it is sent (as U+FFFD in the JSON)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # a continuation byte: look further back for its lead
+        need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
+        return need > back
+    return False

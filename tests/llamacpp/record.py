@@ -52,6 +52,10 @@ def record(server: LlamaServer, ids: list[int], out: Path) -> None:
     except (http.client.HTTPException, OSError) as exc:
         reuse = f"failed: {type(exc).__name__}"
     (out / "stream.txt").write_bytes(raw)
+    # The same request unstreamed: every id it generated (the stream holds some back)
+    response, _ = _post(port, "/completion", {**base, "n_predict": 12, "seed": 1,
+                                              "stream": False})
+    (out / "stream-ids.json").write_text(json.dumps(json.loads(response.read())["tokens"]))
     (out / "stream-headers.json").write_text(json.dumps({"status": response.status,
                                                         "headers": headers,
                                                         "reuse_after_reply": reuse}, indent=1))
