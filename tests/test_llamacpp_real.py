@@ -28,13 +28,13 @@ from tests.llamacpp.server import LlamaServer, export_with_command
 
 pytestmark = pytest.mark.llamacpp
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = [
-    build_prompt([Turn(Speaker.USER, "猫は何ですか?")]),
-    build_prompt([Turn(Speaker.USER, "東京の天気は?\n明日は  雨ですか"),
+PROMPTS = [  # the bot's prompts over words the tiny vocabulary has (no byte pieces)
+    build_prompt([Turn(Speaker.USER, "東京の天気は晴れでしょうか?")]),
+    build_prompt([Turn(Speaker.USER, "明日の天気は?\n大阪は  雨ですか"),
                   Turn(Speaker.SYSTEM, "晴れです。 OK"), Turn(Speaker.USER, "hello  world")]),
-    build_prompt([Turn(Speaker.USER, "コンタクトレンズを慣れるにはどうすればよいですか?"),
-                  Turn(Speaker.SYSTEM, "これについて具体的に説明していただけますか?"),
-                  Turn(Speaker.USER, "目が痛いのです。")]),
+    build_prompt([Turn(Speaker.USER, "コンタクトレンズは高いですか?"),
+                  Turn(Speaker.SYSTEM, "目が痛い理由です。"),
+                  Turn(Speaker.USER, "目が赤いです。")]),
 ]
 OUTSIDE = build_prompt([Turn(Speaker.USER, "猫😀です")])  # an emoji: byte pieces in sentencepiece
 
@@ -77,9 +77,12 @@ async def slots_busy(server: LlamaServer) -> bool:
 
 async def test_llamacpp_tokenises_the_bots_prompts_as_sentencepiece(
         server: LlamaServer, tokenizer: Tokenizer) -> None:
+    byte_pieces = set(tokenizer.byte_piece_ids().values())
     for prompt in PROMPTS:
+        ours = tokenizer.encode(prompt)
+        assert not byte_pieces & set(ours), prompt  # within the vocabulary, as the real one's
         got = await post(server, "/tokenize", {"content": prompt, "add_special": False})
-        assert got["tokens"] == tokenizer.encode(prompt), prompt
+        assert got["tokens"] == ours, prompt
     # No byte fallback in llama.cpp's unigram tokenizer: the emoji is one [UNK] there, four
     # byte pieces here. The bot sends ids, so this never reaches the model.
     got = (await post(server, "/tokenize", {"content": OUTSIDE, "add_special": False}))["tokens"]
