@@ -121,15 +121,35 @@ class LlamaCppWire:
 
     def _held_back(self, missing: int, content: str, tokens: list[int]) -> list[int]:
         """The ids llama-server sent no event for: byte pieces, the leading bytes of
-        `content` before the bytes of the ids it did send. A byte that began no valid
-        character arrives as U+FFFD (llama-server replaces it in its JSON): it stands for one
-        byte piece of an invalid byte, which every decoder drops as ours does."""
-        data = b"".join(b"\xff" if c == "\ufffd" else c.encode("utf-8") for c in content)
+        `content` before the bytes of the ids it did send. Bytes that form no valid character
+        arrive as U+FFFD (llama-server replaces them in its JSON), one or more bytes each:
+        they stand for byte pieces of an invalid byte, which every decoder drops as ours
+        does, so the text is the same."""
         sent = b"".join(self.piece_bytes(t) for t in tokens)
-        prefix = data[: len(data) - len(sent)]
-        if data.endswith(sent) and len(prefix) == missing and all(
-                b in self.byte_ids for b in prefix):
-            return [self.byte_ids[b] for b in prefix] + tokens
+        prefix: list[int | None] = []  # a byte piece's id, or None for one U+FFFD
+        for char in content:
+            prefix += [None] if char == "\ufffd" else [self.byte_ids.get(b, -1)
+                                                      for b in char.encode("utf-8")]
+        ends = content.encode("utf-8").endswith(sent)  # the sent ids' bytes, one entry each
+        head = prefix[: len(prefix) - len(sent)] if ends else None
+        invalid = self.byte_ids.get(0xFF)
+        if head is None or -1 in head or (None in head and invalid is None):
+            return self._lost(missing, tokens)
+        spare = missing - len(head)  # invalid bytes beyond one per U+FFFD
+        if spare < 0 or (spare and None not in head):
+            return self._lost(missing, tokens)
+        ids: list[int] = []
+        for item in head:
+            if item is None:
+                ids += [invalid] * (1 + spare)  # type: ignore[list-item]
+                spare = 0
+            else:
+                ids.append(item)
+        return ids + tokens
+
+    @staticmethod
+    def _lost(missing: int, tokens: list[int]) -> list[int]:
         log.warning("engine held back %d ids that are not byte pieces of its text: "
                     "they are missing from the reply", missing)
         return tokens
+

@@ -243,3 +243,21 @@ async def test_doctor_names_llama_server_its_model_context_and_vocabulary(
                for line in lines)
     assert any(line.startswith(f"✗ engine {small.url}: llama-server") and
                "-np N -c N*2048" in line for line in lines)
+
+
+async def test_bytes_that_form_no_character_show_as_the_local_engine_shows_them(
+        make_server: Callable[..., Awaitable[FakeLlamaServer]],
+        make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A random model can emit the first two bytes of a 3-byte character and then a word:
+    # llama-server holds both back and sends U+FFFD with the word; the local engine's decoder
+    # drops the broken bytes. Then an emoji cut after three of its four bytes, then eos.
+    byte = tokenizer.byte_piece_ids()
+    ids = ([byte[0xE3], byte[0x81]] + tokenizer.encode("猫です。")
+           + [byte[0xF0], byte[0x9F], byte[0x98]] + tokenizer.encode("犬") + [EOS])
+    server = await make_server(reply=lambda prompt: ids)
+    remote = await make_remote([server.url])
+    shown = "".join(await collect(remote.stream(PROMPT)))
+    assert shown == tokenizer.decode(ids) == "猫です。犬"
+    assert remote.tokens_generated == len(ids)  # every id accounted for
+    assert "missing from the reply" not in caplog.text
