@@ -130,11 +130,15 @@ class RemoteGenerator:
         """Ask every URL what it serves (`GET /v1/models`): its engine (ENGINE_KIND=auto),
         whether the served names hold ours and whether its vocabulary is ours; a URL that does
         not answer is skipped for a while."""
-        await asyncio.gather(*(self._probe(e) for e in self._endpoints))
+        async def one(endpoint: Endpoint) -> None:
+            if (problem := await self._probe(endpoint)) is not None:
+                self._pool.mark_down(endpoint, f"{problem} at start")
 
-    async def _probe(self, endpoint: Endpoint) -> bool:
-        """Learn `endpoint`'s engine; False when it could not be reached."""
-        return await probe(self._open(), endpoint, self._headers(), self._pool,
+        await asyncio.gather(*(one(e) for e in self._endpoints))
+
+    async def _probe(self, endpoint: Endpoint) -> str | None:
+        """Learn `endpoint`'s engine; the problem when it could not be reached."""
+        return await probe(self._open(), endpoint, self._headers(),
                            Expected(self.model, self.tokenizer.vocab_size, self._context_tokens))
 
     def _open(self) -> aiohttp.ClientSession:
@@ -196,8 +200,8 @@ class RemoteGenerator:
                 tried.append(endpoint)
                 shown = False
                 try:
-                    if endpoint.kind is None and not await self._probe(endpoint):
-                        raise Retry("not reachable")
+                    if endpoint.kind is None and (problem := await self._probe(endpoint)):
+                        raise Retry(problem)
                     completion = self._completion(endpoint, fresh)
                     replies = completion.stream(ids, params, max_tokens, deadline)
                     try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from bot.remote_llamacpp import ServerInfo, server_info
-from bot.remote_pool import Endpoint, EndpointPool
+from bot.remote_pool import Endpoint
 from bot.remote_wire import error_message
 
 log = logging.getLogger("bot.remote")
@@ -25,8 +25,8 @@ class Expected:
 
 
 async def probe(session: aiohttp.ClientSession, endpoint: Endpoint, headers: dict[str, str],
-                pool: EndpointPool, expected: Expected) -> bool:
-    """Learn `endpoint`'s engine; False (and the URL skipped a while) when unreachable.
+                expected: Expected) -> str | None:
+    """Learn `endpoint`'s engine; the problem when it could not be reached, else None.
     A server that answers but not with a model list is taken for vLLM."""
     try:
         async with session.get(f"{endpoint.url}/models", headers=headers,
@@ -38,13 +38,12 @@ async def probe(session: aiohttp.ClientSession, endpoint: Endpoint, headers: dic
                     log.warning("engine %s refuses our key: check ENGINE_API_KEY",
                                 endpoint.shown)
                 endpoint.kind = endpoint.kind or "vllm"
-                return True
+                return None
             info = server_info(await response.json())
     except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
-        pool.mark_down(endpoint, f"not reachable ({type(exc).__name__})")
-        return False
+        return f"not reachable ({type(exc).__name__})"
     learn(endpoint, info, expected)
-    return True
+    return None
 
 
 def learn(endpoint: Endpoint, info: ServerInfo, expected: Expected) -> None:
