@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rinna-bot", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("command", nargs="?", default="run",
-                        choices=["run", "chat", "download", "doctor", "forget", "export", "export-gguf"],
+                        choices=["run", "chat", "download", "doctor", "forget", "export",
+                                 "export-gguf"],
                         help="run: every platform with credentials set; chat: the terminal; "
                              "download: fetch and check the model; doctor: what run will do; "
                              "forget/export --user ID: delete/print a person's messages")
