@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test chat demo bench bench-gpu clean lock
+.PHONY: run test test-llamacpp chat demo bench bench-gpu clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Against a real llama-server: builds it once from the pinned llama.cpp source (about 12 minutes
+# on 2 cores; cached in ~/.cache/rinna-bot/llama.cpp), records its answers as the fake's fixtures
+# if they are missing, then the real tests (marked `llamacpp`, left out of `make test`).
+test-llamacpp: $(STAMP)
+	BIN=$$(PYTHON=$(PY) tests/llamacpp/build.sh) && \
+	if [ ! -f tests/fixtures/llamacpp/stream.txt ]; then \
+	    HF_HUB_OFFLINE=1 $(PY) -m tests.llamacpp.record "$$BIN" tests/fixtures/llamacpp; fi && \
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LLAMACPP_BIN="$$BIN" $(PY) -m pytest -q -m llamacpp \
+	    -p no:cacheprovider -rs tests/test_llamacpp_real.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.window

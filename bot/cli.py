@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("command", nargs="?", default="run",
                         choices=["run", "chat", "demo", "download", "doctor", "forget",
-                                 "export"],
+                                 "export", "export-gguf"],
                         help="run: every platform with credentials set; chat: the terminal; "
                              "demo: the terminal chat on a tiny random model (no download); "
                              "download: fetch and check the model; doctor: what run will do; "
@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
                              "only otherwise, and log to LOG_FILE); overrides LOG_LEVEL")
     parser.add_argument("--offline", action="store_true",
                         help="doctor: skip the calls to Discord and Slack")
+    parser.add_argument("out", nargs="?", help="export-gguf: the .gguf file to write")
+    parser.add_argument("--dtype", choices=["f16", "f32"], default="f16", help="export-gguf")
     parser.add_argument("--user", help="forget, export: the person's Discord or Slack user id")
     parser.add_argument("--platform", choices=["discord", "slack", "console"],
                         help="forget, export: only this platform's messages (default: all)")
@@ -318,6 +320,10 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
         return EXIT_CONFIG
     if args.command in ("forget", "export"):
         return private_command(settings, args.command, args.user, args.platform)
+    if args.command == "export-gguf":  # the model for llama.cpp (docs/llamacpp.md)
+        from bot.gguf_export import export_command
+
+        return export_command(settings, args.out, args.dtype)
     if args.command == "download":
         from bot.download import download
 

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     engine_api_key: SecretStr | None = None
     engine_model: str | None = None  # the served model name; unset: MODEL_ID
     engine_concurrency: int = Field(64, ge=1)  # requests in flight per URL
+    engine_kind: Literal["auto", "vllm", "llamacpp"] = "auto"  # auto: asks each server
 
     # Storage
     database_path: Path = Path("data/rinna-bot.sqlite3")

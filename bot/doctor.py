@@ -192,7 +192,8 @@ def _engine(settings: Settings, url: str) -> Check:
     request = urllib.request.Request(base_url(url) + "/models", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - http(s) only
-            served = [m.get("id") for m in json.load(response).get("data", [])]
+            answer = json.load(response)
+            served = [m.get("id") for m in answer.get("data", [])]
     except urllib.error.HTTPError as exc:
         fix = ("check ENGINE_API_KEY (vllm serve --api-key)" if exc.code in (401, 403)
                else "check ENGINE_URL")
@@ -201,10 +202,54 @@ def _engine(settings: Settings, url: str) -> Check:
         reason = getattr(exc, "reason", None) or type(exc).__name__
         return Check(False, f"engine {shown}: not reachable ({reason})", "start the vLLM "
                      "server (docs/vllm.md) or fix ENGINE_URL; `run` starts anyway and retries")
+    if settings.engine_kind != "vllm" and (llamacpp := _llamacpp_engine(settings, shown, answer)):
+        return llamacpp
     if model not in served:
         return Check(False, f"engine {shown} serves {served}, not {model!r}",
                      "set ENGINE_MODEL to the served name (vllm serve --served-model-name)")
     return Check(True, f"engine {shown}: serves {model}")
+
+
+def _llamacpp_engine(settings: Settings, shown: str, answer: dict) -> Check | None:
+    """llama-server's line (None when the server is not llama-server): its model, context
+    per slot, and whether its vocabulary is ours."""
+    from bot.remote_llamacpp import server_info
+
+    info = server_info(answer)
+    if info.kind != "llamacpp":
+        return None
+    model = settings.engine_model or settings.model_id
+    what = (f"engine {shown}: llama-server, model {', '.join(info.models)}, "
+            f"{info.slot_context} tokens of context per slot")
+    ours = _our_vocab(settings)
+    if info.vocab is not None and ours is not None and info.vocab != ours:
+        return Check(False, f"{what}; its vocabulary has {info.vocab} ids, ours {ours}: not "
+                     "this model", "serve the GGUF written by `rinna-bot export-gguf`")
+    if info.slot_context is not None and info.slot_context < settings.context_tokens:
+        return Check(False, f"{what}, less than CONTEXT_TOKENS={settings.context_tokens}",
+                     f"start llama-server with -np N -c N*{settings.context_tokens}")
+    if model not in info.models:
+        return Check(False, f"{what}; it is not named {model!r}",
+                     f"start llama-server with --alias {model} or set ENGINE_MODEL")
+    return Check(True, what + ("" if ours is None else f", vocabulary of {ours} ids as ours"))
+
+
+def _our_vocab(settings: Settings) -> int | None:
+    """The size of MODEL_ID's sentencepiece vocabulary, if spiece.model is at hand."""
+    import sentencepiece as spm
+
+    if is_local(settings):
+        path = Path(settings.model_id).expanduser() / "spiece.model"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(settings.model_id, "spiece.model",
+                                       revision=settings.model_revision)
+        path = Path(found) if isinstance(found, str) else Path("/nonexistent")
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+    except (OSError, RuntimeError):
+        return None
 
 
 def _torch_device(settings: Settings) -> tuple[object, str | None]:

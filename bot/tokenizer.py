@@ -84,6 +84,15 @@ class Tokenizer:
     def decoder(self) -> IncrementalDecoder:
         return IncrementalDecoder(self._bytes)
 
+    def piece_bytes(self, token_id: int) -> bytes:
+        """The bytes one id stands for (b"" for control ids and ids out of range)."""
+        return self._bytes[token_id] if 0 <= token_id < self.vocab_size else b""
+
+    def byte_piece_ids(self) -> dict[int, int]:
+        """Each byte -> the id of its byte-fallback piece `<0xNN>` (none without byte fallback)."""
+        ids = {b: self._sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)}
+        return {b: i for b, i in ids.items() if self._sp.is_byte(i)}
+
 
 class IncrementalDecoder:
     """Turns ids into text one at a time. `feed` returns only complete characters, so text

@@ -73,6 +73,8 @@ class FakeOpenAI:
     pause_before_done: bool = False  # after the last chunk, wait for `hold` before [DONE]
     paused: int = 0  # times a stream stopped to wait for `hold`
     error_after: int | None = None  # after this many chunks, an error event (vLLM's GenerationError)
+    drop_reused: int = 0  # this many requests on a kept-alive connection are dropped unanswered
+    dropped: int = 0
     hold: asyncio.Event = field(default_factory=asyncio.Event)
     received: list[Received] = field(default_factory=list)
     active: int = 0
@@ -139,6 +141,13 @@ class FakeOpenAI:
         if not self._authorized(request):
             return web.json_response({"error": "Unauthorized"}, status=401)
         body = await request.json()
+        peer = request.transport.get_extra_info("peername") if request.transport else ()
+        if self.drop_reused and any(r.peer == peer for r in self.received):
+            self.drop_reused -= 1  # as a server that closed an idle connection as it was reused
+            self.dropped += 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
         got = Received(len(self.received) + 1, body, dict(request.headers),
                        request.transport.get_extra_info("peername") if request.transport else ())
         self.received.append(got)

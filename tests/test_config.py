@@ -143,7 +143,9 @@ def test_log_level_is_case_insensitive(settings: Settings, monkeypatch: pytest.M
 OUTSIDE_VARIABLES = {"APPLICATION_ID", "DEBIAN_FRONTEND", "HF_HOME", "HF_HUB_OFFLINE",
                      "HF_ENDPOINT", "TRANSFORMERS_OFFLINE", "PIP_NO_CACHE_DIR",
                      "PIP_DISABLE_PIP_VERSION_CHECK", "PYTEST_ARGS", "SLACK_CLIENT_ID",
-                     "SLACK_CLIENT_SECRET", "XDG_STATE_HOME"}
+                     "SLACK_CLIENT_SECRET", "XDG_STATE_HOME",
+                     # llama.cpp's quantisation types and build option (docs/llamacpp.md)
+                     "Q4_K_M", "Q8_0", "GGML_NATIVE", "DGGML_NATIVE"}
 
 
 def test_every_key_the_guides_name_is_a_setting() -> None:
