@@ -39,12 +39,11 @@ from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.config import Settings
 from bot.conversation import RETIRED, ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
-from bot.privacy import PrivateData
+from bot.ports.records import Delivery
 from bot.prompt import clean_text
 from bot.reply import MessageReply
 from bot.seen import RecentKeys
 from bot.status import StatusSource
-from storage.history import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -635,7 +634,6 @@ class MessageEditsCog(commands.Cog):
 
     def __init__(self, bot: RinnaDiscordBot) -> None:
         self.bot = bot
-        self.private = PrivateData(bot.chat.store)
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
@@ -651,7 +649,7 @@ class MessageEditsCog(commands.Cog):
         if me is None or message.author.id == me.id or message.author.bot:
             return
         try:
-            await self.private.message_edited(PLATFORM, str(payload.message_id),
+            await self.bot.chat.message_edited(PLATFORM, str(payload.message_id),
                                               readable_text(message, me.id))
         except Exception:  # the error boundary: logged, the client keeps running
             log.exception("message %s: could not apply its edit to the history",
@@ -660,7 +658,7 @@ class MessageEditsCog(commands.Cog):
     async def _deleted(self, message_ids: list[int]) -> None:
         for message_id in message_ids:
             try:
-                await self.private.message_deleted(PLATFORM, str(message_id))
+                await self.bot.chat.message_deleted(PLATFORM, str(message_id))
             except Exception:
                 log.exception("message %s: could not delete it from the history", message_id)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -132,7 +133,7 @@ class UserNames:
             self._remember(user, user)
             return user
         except DELIVERY_ERRORS as exc:
-            log.warning("slack users.info %s failed: %s", user, _describe(exc))
+            log.warning("slack users.info %s failed: %s", user, describe(exc))
             return user
         profile = info.get("user") or {}
         details = profile.get("profile") or {}
@@ -142,5 +143,42 @@ class UserNames:
         return name
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
+
+
+MODERATOR_TTL_S = 600.0
+MODERATOR_CACHE = 1000
+
+
+class Moderators:
+    """Whether a user is a workspace admin or owner (users.info), cached for a while; an
+    unknown user or a failed lookup is not a moderator."""
+
+    def __init__(self, api: SlackApi, ttl_s: float = MODERATOR_TTL_S,
+                 size: int = MODERATOR_CACHE) -> None:
+        self._api = api
+        self.ttl_s = ttl_s
+        self.size = size
+        self._known: OrderedDict[str, tuple[bool, float]] = OrderedDict()
+
+    async def check(self, user: str) -> bool:
+        now = time.monotonic()
+        if (known := self._known.get(user)) is not None and now - known[1] < self.ttl_s:
+            return known[0]
+        try:
+            info = await self._api.call("users_info", user=user)
+        except SlackApiError as exc:
+            log.warning("slack users.info %s: %s", user, exc.response.get("error", "error"))
+            return False
+        except Exception as exc:  # network: not cached, asked again next time
+            log.warning("slack users.info %s failed: %s", user, type(exc).__name__)
+            return False
+        profile = info.get("user") or {}
+        moderator = bool(profile.get("is_admin") or profile.get("is_owner")
+                         or profile.get("is_primary_owner"))
+        self._known[user] = (moderator, now)
+        self._known.move_to_end(user)
+        while len(self._known) > self.size:
+            self._known.popitem(last=False)
+        return moderator

@@ -18,16 +18,23 @@ import asyncio
 import logging
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 
-from adapters.slack_api import HISTORY_PAGE, PLATFORM, SlackApi, UserNames
+from adapters.slack_api import HISTORY_PAGE, PLATFORM, Moderators, SlackApi, UserNames
+from adapters.slack_assistant import build_assistant, register_shortcut
 from adapters.slack_blocks import FeedbackSupport
-from adapters.slack_reply import COMMAND, SlackCommandReply, SlackReply, _tell
+from adapters.slack_controls import STATUS_WORDS, register_controls
+from adapters.slack_events import (DELETED, DENIED, DUPLICATE, EDITED, FAILED, HELP, HELP_WORDS,
+                                   IGNORED, MAX_TEXT_CHARS, RESET, RESET_WORDS, STATUS,
+                                   USER_SUBTYPES, Ack, BotIdentity, SlackMessage,
+                                   acknowledge_when_recorded, bot_identity, command_access,
+                                   parse_message)
+from adapters.slack_reply import COMMAND, SlackCommandReply, SlackReply, respond_ephemeral
 from adapters.slack_stream import StreamSupport
 from adapters.slack_text import (
     mentions,
@@ -41,29 +48,12 @@ from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import USAGE_MESSAGE, ChatService, EarlierLoader, Outcome
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import RinnaError
-from bot.privacy import PrivateData
+from bot.ports.records import Delivery
 from bot.prompt import turn_cost
 from bot.seen import RecentKeys
-from bot.status import StatusSource
-from storage.history import Delivery
+from bot.status import StatusSource, status_text
 
 log = logging.getLogger(__name__)
-
-IGNORED = "ignored"
-DENIED = "denied"  # refused by the access policy: nothing said (commands: told ephemerally)
-DUPLICATE = str(Outcome.DUPLICATE)
-RESET = "reset"
-HELP = "help"
-STATUS = "status"
-FAILED = str(Outcome.FAILED)
-DELETED = "deleted"
-EDITED = "edited"
-
-RESET_WORDS = frozenset({"リセット", "reset"})
-HELP_WORDS = frozenset({"", "help", "ヘルプ", "使い方"})
-# Message subtypes that are still a person writing; every other subtype (edits, deletes,
-# joins, bot messages, ...) is ignored.
-USER_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 
 RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
               "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
@@ -90,80 +80,36 @@ HISTORY_MAX_PAGES = 100  # a thread is read to its end (newest last), at most 20
 # little); the chat service then trims exactly.
 MIN_TURN_TOKENS = 2
 BUDGET_SLACK = 1.5
-MAX_TEXT_CHARS = 40_000  # Slack cuts message text at 40,000 characters; more is not Slack's
+
+
+log = logging.getLogger(__name__)
+
+RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
+              "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
+RESET_HINT = ("スラッシュコマンドはスレッドの中では使えません。"
+              "リセットしたいスレッドで `@rinna リセット` と書いてください。")
+FAILURE_MESSAGE = RinnaError.user_message
+HELP_MESSAGE = (
+    "*rinna の使い方*\n"
+    "• `/rinna 質問` … 質問をチャンネルに投稿し、そのスレッドで答えます。\n"
+    "• チャンネルで `@rinna 質問` … そのメッセージのスレッドで答えます。\n"
+    "• ボットが答えているスレッドでは、メンションなしで続けて質問できます。\n"
+    "• スレッドで `@rinna リセット` … そのスレッドの会話を最初からやり直します。\n"
+    "• DM でもそのまま話しかけられます（`リセット` でやり直し）。\n"
+    "• メッセージのメニューの「rinna に聞く」… そのメッセージについてスレッドで答えます。\n"
+    "• 回答の「停止」「もう一度」👍👎 ボタン … 止める・答え直す・評価する。\n"
+    "• `/rinna status` … ボットの状態（あなたにだけ表示）。\n"
+    f"{USAGE_MESSAGE}"
+)
+
+HISTORY_MAX_PAGES = 100  # a thread is read to its end (newest last), at most 20,000 messages
+# A turn costs at least 2 tokens (label and separator): more messages than budget / 2 can never
+# fit the prompt. Before names are looked up, the newest messages are counted in tokens with
+# mentions unresolved, keeping some slack (names and dropped notices change the count a
+# little); the chat service then trims exactly.
+MIN_TURN_TOKENS = 2
+BUDGET_SLACK = 1.5
 COMMAND_KEY = "command:"  # a /rinna command's delivery key: this and its trigger id
-
-
-# ----- events as values -----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class BotIdentity:
-    user_id: str | None
-    bot_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SlackMessage:
-    """A person's message from an `app_mention` or `message` event."""
-
-    team: str
-    channel: str
-    ts: str
-    thread_ts: str  # "" when not in a thread
-    user: str
-    text: str
-    is_dm: bool
-    # Teams besides `team` the event names (Slack Connect: the sender's team; Enterprise
-    # Grid): each is judged by ALLOWED_WORKSPACES too.
-    other_teams: frozenset[str] = frozenset()
-
-    @property
-    def teams(self) -> frozenset[str]:
-        return frozenset({self.team, *self.other_teams}) - {""}
-
-    def access(self) -> list[AccessRequest]:
-        """What the access policy judges: the event's team and the sender's own."""
-        return [AccessRequest.from_teams(self.team, self.channel, self.user, self.other_teams,
-                                         is_dm=self.is_dm)]
-
-    @property
-    def delivery_key(self) -> str:
-        return f"{self.channel}:{self.ts}"
-
-    @property
-    def key(self) -> ConversationKey:
-        # A channel conversation is a thread (the message starts one); a whole DM is one
-        # conversation unless the message is in a thread there.
-        thread = self.thread_ts if self.is_dm else (self.thread_ts or self.ts)
-        return ConversationKey(PLATFORM, self.team, self.channel, thread)
-
-
-def parse_message(body: Mapping[str, Any], event: Mapping[str, Any]) -> SlackMessage | None:
-    """The message, or None for what the bot ignores: bots, edits, deletes, other subtypes."""
-    if event.get("subtype") not in USER_SUBTYPES or event.get("bot_id") or event.get("hidden"):
-        return None
-    user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
-    if not (isinstance(user, str) and isinstance(channel, str) and isinstance(ts, str)):
-        return None
-    channel_type = event.get("channel_type")
-    is_dm = channel_type == "im" or (channel_type is None and channel.startswith("D"))
-    team = str(body.get("team_id") or event.get("team") or "")
-    others = frozenset(str(t) for t in (event.get("team"), event.get("user_team"),
-                                        event.get("source_team")) if t and isinstance(t, str))
-    # Text is cut to Slack's own limit before anything parses it.
-    text = event.get("text")
-    text = text[:MAX_TEXT_CHARS] if isinstance(text, str) else ""
-    return SlackMessage(team, channel, ts, str(event.get("thread_ts") or ""), user, text, is_dm,
-                        others - {team})
-
-
-def command_access(command: Mapping[str, Any]) -> list[AccessRequest]:
-    """What the access policy judges for a slash command."""
-    channel = str(command.get("channel_id") or "")
-    is_dm = channel.startswith("D") or command.get("channel_name") == "directmessage"
-    team = str(command.get("team_id") or "")
-    return [AccessRequest.from_teams(team, channel, str(command.get("user_id") or ""),
-                                     (command.get("user_team"), command.get("user_team_id")),
-                                     is_dm=is_dm)]
 
 
 # ----- what the listeners do ------------------------------------------------------------------
@@ -187,7 +133,7 @@ class SlackHandlers:
     streams: StreamSupport = field(default_factory=StreamSupport)
     # Whether 👍/👎 go as feedback_buttons; plain buttons for good once Slack refuses them.
     feedback: FeedbackSupport = field(default_factory=FeedbackSupport)
-    moderators: Any = None  # slack_controls.Moderators, made by register_controls if unset
+    moderators: Moderators | None = None  # made by register_controls if unset
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
     status: StatusSource | None = None  # for `/rinna status` (None: not available)
 
@@ -240,11 +186,11 @@ class SlackHandlers:
         # the thread it starts (ChatService._locate).
         channel, user = str(command["channel_id"]), str(command["user_id"])
         team = str(command.get("team_id") or "")
-        question = await self._plain(str(command.get("text") or "")[:MAX_TEXT_CHARS], bot)
+        question = await self.plain(str(command.get("text") or "")[:MAX_TEXT_CHARS], bot)
         if not question:  # only a mention, say: nothing to post
             if ack is not None:
                 await ack()
-            await _tell(respond, USAGE_MESSAGE)
+            await respond_ephemeral(respond, USAGE_MESSAGE)
             return str(Outcome.EMPTY)
         tag = COMMAND_KEY + (str(command.get("trigger_id") or "") or uuid.uuid4().hex)
         key = ConversationKey(PLATFORM, team, channel, tag)  # until the question is posted
@@ -252,7 +198,7 @@ class SlackHandlers:
                                  respond=respond, streams=self.streams,
                                  feedback=self.feedback)
         outcome = FAILED
-        async with self._boundary(sink, f"{COMMAND} {tag} in {channel}"):
+        async with self.boundary(sink, f"{COMMAND} {tag} in {channel}"):
             incoming = IncomingMessage(question, tag, user)
             outcome = str(await self.chat.handle(key, incoming, sink, accepted=ack))
         return outcome
@@ -266,13 +212,13 @@ class SlackHandlers:
         sink = self.reply(message.channel, key.thread, message.delivery_key,
                           user=message.user, team=message.team)
         outcome = FAILED
-        async with self._boundary(sink, f"message {message.delivery_key} in {key}"):
-            text = await self._plain(message.text, bot)
+        async with self.boundary(sink, f"message {message.delivery_key} in {key}"):
+            text = await self.plain(message.text, bot)
             if addressed and text.lower() in RESET_WORDS:
                 return await self._reset(key, message, sink, ack)
             if not text and not (via_mention or message.is_dm):
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
-            earlier = (self._earlier(message, bot)
+            earlier = (self.earlier(message, bot)
                        if message.thread_ts and not message.is_dm else None)
             incoming = IncomingMessage(text, message.delivery_key, message.user)
             outcome = str(await self.chat.handle(
@@ -290,12 +236,12 @@ class SlackHandlers:
             return str(Outcome.DUPLICATE)
         return RESET
 
-    async def _plain(self, text: str, bot: BotIdentity) -> str:
+    async def plain(self, text: str, bot: BotIdentity) -> str:
         text = strip_mention(text, bot.user_id)
         return to_plain(text, await self.names.lookup(user_ids(text))).strip()
 
     # ----- joining a thread mid-way -----
-    def _earlier(self, message: SlackMessage, bot: BotIdentity) -> EarlierLoader:
+    def earlier(self, message: SlackMessage, bot: BotIdentity) -> EarlierLoader:
         """A loader of the thread's earlier messages (as far back as the prompt budget
         reaches): the chat service calls it when the bot joins the thread (and only then)."""
 
@@ -366,12 +312,12 @@ class SlackHandlers:
             return Turn(Speaker.SYSTEM, plain) if plain else None
         if item.get("bot_id") or item.get("subtype") not in USER_SUBTYPES or not item.get("user"):
             return None
-        plain = await self._plain(text, bot)
+        plain = await self.plain(text, bot)
         return Turn(Speaker.USER, plain) if plain else None
 
     # ----- the one error boundary -----
     @asynccontextmanager
-    async def _boundary(self, sink: SlackReply, what: str) -> AsyncIterator[None]:
+    async def boundary(self, sink: SlackReply, what: str) -> AsyncIterator[None]:
         """Track the work for close(); log any failure with its traceback and tell the user
         a short Japanese message (never the exception text)."""
         task = asyncio.current_task()
@@ -388,47 +334,11 @@ class SlackHandlers:
 
 
 
-def _bot(context: AsyncBoltContext) -> BotIdentity:
-    return BotIdentity(context.bot_user_id, context.bot_id)
-
-
-Ack = Callable[[], Awaitable[None]]
-
-
-async def _acknowledge_when_recorded(services: SlackHandlers, ack: AsyncAck,
-                                     work: Callable[[Ack], Awaitable[str]], default: str) -> None:
-    """Run `work` in the background and return (so Bolt answers Slack, which runs with
-    process_before_response) once the chat service has recorded the message, or once the
-    work ends (ignored events, failures). An acknowledged event is never lost."""
-    recorded = asyncio.Event()
-
-    async def accepted() -> None:
-        recorded.set()
-
-    async def body() -> None:
-        outcome = default
-        try:
-            outcome = await work(accepted)
-        finally:
-            recorded.set()
-            services.outcomes[outcome] += 1
-
-    task = asyncio.create_task(body())
-    services.background.add(task)
-    task.add_done_callback(services.background.discard)
-    waiting = asyncio.create_task(recorded.wait())
-    try:
-        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiting.cancel()
-    await ack()
-
-
 # ----- listeners ------------------------------------------------------------------------------
 def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
     """Deleting or editing a message on Slack does the same to the turn stored from it.
     Registered before the `message` listener: bolt runs only the first listener that matches."""
-    private = PrivateData(services.chat.store)
+    chat = services.chat
 
     @app.event({"type": "message", "subtype": "message_deleted"})
     async def message_deleted(ack: AsyncAck, event: dict[str, Any]) -> None:
@@ -438,7 +348,7 @@ def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
             channel = event.get("channel")
             ts = event.get("deleted_ts") or (event.get("previous_message") or {}).get("ts")
             if isinstance(channel, str) and isinstance(ts, str) and (
-                    await private.message_deleted(PLATFORM, f"{channel}:{ts}")):
+                    await chat.message_deleted(PLATFORM, f"{channel}:{ts}")):
                 outcome = DELETED
         except Exception:
             log.exception("slack: could not delete a deleted message from the history")
@@ -452,17 +362,17 @@ def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
         outcome = IGNORED
         try:
             channel, changed = event.get("channel"), event.get("message") or {}
-            ts, bot = changed.get("ts"), _bot(context)
+            ts, bot = changed.get("ts"), bot_identity(context)
             own = bot.user_id is not None and changed.get("user") == bot.user_id
             if not (isinstance(channel, str) and isinstance(ts, str)) or own or (
                     changed.get("bot_id")):
                 pass
             elif changed.get("subtype") == "tombstone":  # a thread's first message, deleted
-                if await private.message_deleted(PLATFORM, f"{channel}:{ts}"):
+                if await chat.message_deleted(PLATFORM, f"{channel}:{ts}"):
                     outcome = DELETED
-            elif await private.message_edited(
+            elif await chat.message_edited(
                     PLATFORM, f"{channel}:{ts}",
-                    await services._plain(str(changed.get("text") or ""), bot)):
+                    await services.plain(str(changed.get("text") or ""), bot)):
                 outcome = EDITED
         except Exception:
             log.exception("slack: could not apply an edited message to the history")
@@ -472,11 +382,6 @@ def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
 
 def register(app: AsyncApp, services: SlackHandlers) -> None:
     """Every Slack listener of the bot. Each acks first; the work runs after the ack."""
-    # Imported here: these modules use this one's listener helpers.
-    from adapters.slack_assistant import build_assistant, register_shortcut
-    from adapters.slack_controls import STATUS_WORDS, register_controls
-    from bot.status import status_text
-
     # The AI-app view first: its middleware takes assistant-thread messages (DM threads)
     # before the `message` listener; everything else passes through it.
     app.assistant(build_assistant(services))
@@ -492,9 +397,9 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
                 return IGNORED
             if not services.permits(message.access()):
                 return DENIED
-            return await services.on_mention(message, _bot(context), accepted)
+            return await services.on_mention(message, bot_identity(context), accepted)
 
-        await _acknowledge_when_recorded(services, ack, work, IGNORED)
+        await acknowledge_when_recorded(services, ack, work, IGNORED)
 
     @app.event("message")
     async def message(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
@@ -504,9 +409,9 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
                 return IGNORED
             if not services.permits(parsed.access()):
                 return DENIED
-            return await services.on_message(parsed, _bot(context), accepted)
+            return await services.on_message(parsed, bot_identity(context), accepted)
 
-        await _acknowledge_when_recorded(services, ack, work, IGNORED)
+        await acknowledge_when_recorded(services, ack, work, IGNORED)
 
     @app.command(COMMAND)
     async def rinna(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond,
@@ -529,6 +434,6 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             return
 
         async def work(accepted: Ack) -> str:
-            return await services.on_command(command, respond, _bot(context), accepted)
+            return await services.on_command(command, respond, bot_identity(context), accepted)
 
-        await _acknowledge_when_recorded(services, ack, work, FAILED)
+        await acknowledge_when_recorded(services, ack, work, FAILED)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_bolt.async_app import (
     AsyncAck,
@@ -36,11 +36,10 @@ from slack_bolt.request.payload_utils import is_other_message_sub_event_in_assis
 from slack_bolt.response import BoltResponse
 
 from adapters.slack_api import PLATFORM
+from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
+                                   acknowledge_when_recorded, bot_identity, parse_message, tell)
 from bot.access import AccessRequest
 from bot.conversation import ConversationKey, IncomingMessage
-
-if TYPE_CHECKING:
-    from adapters.slack_app import SlackHandlers
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +84,7 @@ class _Assistant(AsyncAssistant):
         return await super().async_process(req=req, resp=resp, next=next)
 
 
-def build_assistant(services: SlackHandlers) -> AsyncAssistant:
-    from adapters.slack_app import DENIED, IGNORED, _acknowledge_when_recorded, _bot, parse_message
-
+def build_assistant(services: SlackServices) -> AsyncAssistant:
     assistant = _Assistant()
 
     @assistant.thread_started
@@ -114,22 +111,20 @@ def build_assistant(services: SlackHandlers) -> AsyncAssistant:
                 return IGNORED
             if not services.permits(message.access()):
                 return DENIED
-            bot = _bot(context)
+            bot = bot_identity(context)
             if not await services.chat.follows(message.key):  # its first question
-                question = await services._plain(message.text, bot)
+                question = await services.plain(message.text, bot)
                 if question:
                     await _quietly(set_title(title_of(question)), "assistant title")
             await _quietly(set_status(THINKING), "assistant status")
             return await services.on_message(message, bot, accepted)
 
-        await _acknowledge_when_recorded(services, ack, work, IGNORED)
+        await acknowledge_when_recorded(services, ack, work, IGNORED)
 
     return assistant
 
 
-def register_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
-    from adapters.slack_app import DENIED, FAILED, IGNORED, SlackMessage, _bot
-
+def register_shortcut(app: AsyncApp, services: SlackServices) -> None:
     @app.shortcut(SHORTCUT)
     async def ask(ack: AsyncAck, shortcut: dict[str, Any], context: AsyncBoltContext,
                   respond: AsyncRespond | None = None) -> None:
@@ -155,7 +150,7 @@ def register_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
         async def body() -> None:
             outcome = FAILED
             try:
-                outcome = await answer_about(services, message, shortcut, _bot(context),
+                outcome = await answer_about(services, message, shortcut, bot_identity(context),
                                              respond=respond)
             finally:
                 services.outcomes[outcome] += 1
@@ -165,11 +160,9 @@ def register_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
         task.add_done_callback(services.background.discard)
 
 
-async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[str, Any],
+async def answer_about(services: SlackServices, message: Any, shortcut: Mapping[str, Any],
                        bot: Any, *, respond: AsyncRespond | None = None) -> str:
     """Answer `message` (the one the shortcut was used on) in its thread, for the presser."""
-    from adapters.slack_app import FAILED
-
     trigger = str(shortcut.get("trigger_id") or shortcut.get("action_ts") or message.ts)
     tag = SHORTCUT_KEY + trigger
     thread = message.thread_ts or message.ts
@@ -181,9 +174,9 @@ async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[
 
     sink.on_cannot_post = cannot_post
     outcome = FAILED
-    async with services._boundary(sink, f"shortcut {tag} in {key}"):
-        text = await services._plain(message.text, bot)
-        earlier = (services._earlier(message, bot)
+    async with services.boundary(sink, f"shortcut {tag} in {key}"):
+        text = await services.plain(message.text, bot)
+        earlier = (services.earlier(message, bot)
                    if message.thread_ts and not message.is_dm else None)
         # The text stays its writer's (forget/export); the presser may stop or redo the answer.
         writer = str((shortcut.get("message") or {}).get("user") or message.user)
@@ -193,12 +186,10 @@ async def answer_about(services: SlackHandlers, message: Any, shortcut: Mapping[
     return outcome
 
 
-async def tell_cannot_answer(services: SlackHandlers, message: Any,
+async def tell_cannot_answer(services: SlackServices, message: Any,
                              respond: AsyncRespond | None, error: str) -> None:
     """The bot cannot post where the shortcut was used: tell the presser alone (the
     response_url works where the bot is not a member; chat.postEphemeral may not)."""
-    from adapters.slack_controls import tell
-
     text = CANNOT_ANSWER_DM if message.is_dm else CANNOT_ANSWER
     log.info("slack shortcut in %s: the bot cannot post there (%s)", message.channel, error)
     if respond is not None:

@@ -14,66 +14,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
-from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
-from slack_sdk.errors import SlackApiError
 
-from adapters.slack_api import PLATFORM
-from adapters.slack_api import _describe
+from adapters.slack_api import PLATFORM, Moderators
 from adapters.slack_blocks import FEEDBACK_ACTIONS, REGENERATE, STOP
+from adapters.slack_events import SlackServices, tell
 from bot.access import AccessRequest
 from bot.controls import ControlResult, control_message
 from bot.errors import RinnaError
-
-if TYPE_CHECKING:
-    from adapters.slack_api import SlackApi
-    from adapters.slack_app import SlackHandlers
 
 log = logging.getLogger(__name__)
 
 STATUS_WORDS = frozenset({"status", "状態", "ステータス"})
 ACTION_KEY = "action:"  # a regenerate press's request key: this and its trigger id
-MODERATOR_TTL_S = 600.0
-MODERATOR_CACHE = 1000
 # 👍/👎: the feedback_buttons element, or the plain buttons (the value says which either way)
 FEEDBACK_PRESS = re.compile("^(?:" + "|".join(sorted(map(re.escape, FEEDBACK_ACTIONS))) + ")$")
-
-
-class Moderators:
-    """Whether a user is a workspace admin or owner (users.info), cached for a while; an
-    unknown user or a failed lookup is not a moderator."""
-
-    def __init__(self, api: SlackApi, ttl_s: float = MODERATOR_TTL_S,
-                 size: int = MODERATOR_CACHE) -> None:
-        self._api = api
-        self.ttl_s = ttl_s
-        self.size = size
-        self._known: OrderedDict[str, tuple[bool, float]] = OrderedDict()
-
-    async def check(self, user: str) -> bool:
-        now = time.monotonic()
-        if (known := self._known.get(user)) is not None and now - known[1] < self.ttl_s:
-            return known[0]
-        try:
-            info = await self._api.call("users_info", user=user)
-        except SlackApiError as exc:
-            log.warning("slack users.info %s: %s", user, exc.response.get("error", "error"))
-            return False
-        except Exception as exc:  # network: not cached, asked again next time
-            log.warning("slack users.info %s failed: %s", user, type(exc).__name__)
-            return False
-        profile = info.get("user") or {}
-        moderator = bool(profile.get("is_admin") or profile.get("is_owner")
-                         or profile.get("is_primary_owner"))
-        self._known[user] = (moderator, now)
-        self._known.move_to_end(user)
-        while len(self._known) > self.size:
-            self._known.popitem(last=False)
-        return moderator
 
 
 def pressed_on(body: Mapping[str, Any]) -> tuple[str, str, str | None]:
@@ -101,19 +59,7 @@ def _presser(body: Mapping[str, Any]) -> tuple[str, str]:
     return str(user.get("id") or ""), team
 
 
-async def tell(api: SlackApi, channel: str, user: str, text: str,
-               thread_ts: str | None = None) -> None:
-    """A short message only `user` sees, next to the answer."""
-    arguments: dict[str, Any] = dict(channel=channel, user=user, text=text)
-    if thread_ts:
-        arguments["thread_ts"] = thread_ts
-    try:
-        await api.call("chat_postEphemeral", **arguments)
-    except Exception as exc:
-        log.warning("slack chat.postEphemeral failed: %s", _describe(exc))
-
-
-def register_controls(app: AsyncApp, services: SlackHandlers) -> None:
+def register_controls(app: AsyncApp, services: SlackServices) -> None:
     if services.moderators is None:
         services.moderators = Moderators(services.api)
 

@@ -12,7 +12,7 @@ from slack_bolt.async_app import AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_api import DELIVERY_ERRORS, HISTORY_PAGE, PLATFORM, SlackApi, _describe
+from adapters.slack_api import DELIVERY_ERRORS, HISTORY_PAGE, PLATFORM, SlackApi, describe
 from adapters.slack_blocks import (
     FeedbackSupport,
     any_control,
@@ -111,7 +111,7 @@ class SlackReply(MessageReply):
             await self._retire(ref)
         except DELIVERY_ERRORS as exc:
             log.info("slack: the buttons of earlier answer %s stay as they were: %s", ref,
-                     _describe(exc))
+                     describe(exc))
 
     async def _retire(self, ref: str) -> None:
         found = await self._read(ref)
@@ -164,7 +164,7 @@ class SlackReply(MessageReply):
                 await self.api.call("chat_stopStream", retry=False, channel=self.channel,
                                     ts=self._handle)
             except DELIVERY_ERRORS as exc:
-                log.debug("slack chat.stopStream on resume: %s", _describe(exc))
+                log.debug("slack chat.stopStream on resume: %s", describe(exc))
 
     async def update(self, text: str) -> None:
         if self.stream is not None:
@@ -204,7 +204,7 @@ class SlackReply(MessageReply):
                 if delay is None:
                     await self._cannot_post(exc)
                     raise
-                log.warning("slack chat.postMessage: %s; retry %d in %.1f s", _describe(exc),
+                log.warning("slack chat.postMessage: %s; retry %d in %.1f s", describe(exc),
                             attempt + 1, delay)
                 maybe_posted = not (isinstance(exc, SlackApiError) and (
                     exc.response.status_code < 500 or exc.response.get("error") == "ratelimited"))
@@ -312,9 +312,9 @@ class SlackCommandReply(SlackReply):
                 delay = self.api.post_retry_delay(exc, attempt)
                 if delay is None:
                     log.warning("slack %s: could not post the question in %s: %s", COMMAND,
-                                self.channel, _describe(exc))
+                                self.channel, describe(exc))
                     if self.respond is not None:
-                        await _tell(self.respond, POST_FAILED)
+                        await respond_ephemeral(self.respond, POST_FAILED)
                     raise QuestionNotPosted() from None
                 maybe_posted = not (isinstance(exc, SlackApiError) and (
                     exc.response.status_code < 500 or exc.response.get("error") == "ratelimited"))
@@ -330,9 +330,9 @@ class SlackCommandReply(SlackReply):
         await super().fail(message)
 
 
-async def _tell(respond: AsyncRespond, text: str) -> None:
+async def respond_ephemeral(respond: AsyncRespond, text: str) -> None:
     try:
         await respond(text=text, response_type="ephemeral", replace_original=False)
     except (*DELIVERY_ERRORS, ValueError) as exc:
-        log.warning("slack: could not send an ephemeral reply: %s", _describe(exc))
+        log.warning("slack: could not send an ephemeral reply: %s", describe(exc))
 

@@ -26,7 +26,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters import slack_shapes
-from adapters.slack_api import SlackApi, SlackConnectError, UserNames, _describe
+from adapters.slack_api import SlackApi, SlackConnectError, UserNames, describe
 from adapters.slack_app import SlackHandlers, register
 from bot.access import AccessPolicy
 from bot.chat import ChatService
@@ -108,9 +108,9 @@ class SlackService:
                 raise ConfigError(
                     f"SLACK_BOT_TOKEN was rejected by Slack ({exc.response.get('error')}); "
                     "set it to the app's Bot User OAuth Token (xoxb-...)") from None
-            log.warning("slack auth.test failed: %s; starting anyway", _describe(exc))
+            log.warning("slack auth.test failed: %s; starting anyway", describe(exc))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("slack auth.test failed: %s; starting anyway", _describe(exc))
+            log.warning("slack auth.test failed: %s; starting anyway", describe(exc))
         else:
             log.info("slack: signed in as %s in %s", auth.get("user"), auth.get("team"))
             # Bolt asks auth.test on the first event, and again for every event that arrives

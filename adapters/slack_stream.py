@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from adapters.slack_api import _describe
+from adapters.slack_api import describe
 from adapters.slack_text import escape
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class NativeStream:
                 self.support.refuse(error)
             else:
                 log.warning("slack chat.startStream failed (%s); this answer uses chat.update",
-                            _describe(exc))
+                            describe(exc))
             return None
         ts = response.get("ts")
         if not isinstance(ts, str) or not ts:
@@ -146,7 +146,7 @@ class NativeStream:
             await self.api.call("chat_appendStream", retry=False, channel=self.channel,
                                 ts=self.ts, markdown_text=escape(pending))
         except STREAM_ERRORS as exc:
-            log.warning("slack chat.appendStream failed: %s", _describe(exc))
+            log.warning("slack chat.appendStream failed: %s", describe(exc))
             self.broken = True
             return
         self.sent = text
@@ -166,7 +166,7 @@ class NativeStream:
         try:
             await self.api.call("chat_stopStream", **arguments)
         except STREAM_ERRORS as exc:
-            log.warning("slack chat.stopStream failed: %s", _describe(exc))
+            log.warning("slack chat.stopStream failed: %s", describe(exc))
             return False
         finally:
             self.broken = True  # stopped (or dead): never appended to again

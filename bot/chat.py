@@ -16,21 +16,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.controls import STOPPED_MARK, ControlResult, Feedback
 from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey, Controls,
                               IncomingMessage, ReplySink, Speaker, Turn)
-from bot.errors import MessageWithdrawn, OutdatedRequest, QueueFullError, RinnaError
+from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
 from bot.generation import GenerationParams
+from bot.edits import PrivateData
 from bot.generator import Generator
 from bot.prompt import clean_text, fit_prompt, turn_cost
 from bot.reply import PLACEHOLDER, WAITING
+from bot.ports.locks import ConversationLocks, InProcessLocks
+from bot.ports.records import Delivery, DeliveryState, ImportedTurn
+from bot.ports.sinks import (LocatesConversation, NamesPlaceholder, OffersControls, Resumes,
+                             RetiresAnswers)
+from bot.ports.store import ChatStore
 from bot.tokenizer import Tokenizer
-from storage.history import Delivery, DeliveryState, HistoryStore, ImportedTurn
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +116,7 @@ class Recovered:
 class ChatService:
     def __init__(
         self,
-        store: HistoryStore,
+        store: ChatStore,
         generator: Generator,
         tokenizer: Tokenizer,
         config: ChatConfig,
@@ -119,6 +124,7 @@ class ChatService:
         on_outcome: Callable[[str, Outcome], None] | None = None,  # (platform, outcome): metrics
         crash_hook: CrashHook | None = None,
         on_feedback: Callable[[str, str], None] | None = None,  # (platform, value): metrics
+        locks: ConversationLocks | None = None,  # None: in-process (one process per database)
     ) -> None:
         self.store = store
         self.generator = generator
@@ -127,7 +133,7 @@ class ChatService:
         self._clock = clock
         self._on_outcome = on_outcome
         self._crash = crash_hook  # test-only fault injection at named points; None in service
-        self._locks: dict[ConversationKey, tuple[asyncio.Lock, int]] = {}
+        self._locks: ConversationLocks = locks if locks is not None else InProcessLocks()
         self._inflight: set[tuple[str, str]] = set()  # (platform, delivery key) being answered
         self._active: dict[asyncio.Task[object], asyncio.Future[object] | None] = {}
         self._closing = False
@@ -140,6 +146,7 @@ class ChatService:
         # (platform, placeholder ref) -> its record, from the post until the ref is stored: a
         # 「停止」 pressed in that instant still finds the answer
         self._posted: dict[tuple[str, str], Delivery] = {}
+        self._edits = PrivateData(store)
 
     def _point(self, name: str) -> None:
         if self._crash is not None:
@@ -188,7 +195,7 @@ class ChatService:
             previous = await self.store.previous_answer(delivery.conversation,
                                                         delivery.delivery_key)
             if previous is not None and previous.reply_ref is not None:
-                await _retire(getattr(sink, "retire", None), previous.reply_ref)
+                await _retire(sink, previous.reply_ref)
         return outcome is Outcome.ANSWERED
 
     async def import_history(
@@ -212,6 +219,14 @@ class ChatService:
                 break
             start -= 1
         return await self.store.import_turns(key, cleaned[start:])
+
+    async def message_deleted(self, platform: str, delivery_key: str) -> bool:
+        """A platform message was deleted: its stored text goes (see bot/edits.py)."""
+        return await self._edits.message_deleted(platform, delivery_key)
+
+    async def message_edited(self, platform: str, delivery_key: str, text: str) -> bool:
+        """A platform message was edited: its stored text follows (see bot/edits.py)."""
+        return await self._edits.message_edited(platform, delivery_key, text)
 
     def note(self, platform: str, outcome: Outcome) -> None:
         """An outcome an adapter decided before the message reached `handle` (a redelivery
@@ -402,10 +417,10 @@ class ChatService:
                 raise
             outcome = await self._show_final(delivery, sink, final, answer=True)
             if (older := self._to_retire.pop(marker, None)) is not None:
-                await _retire(getattr(sink, "retire", None), older)
+                await _retire(sink, older)
             return outcome
         except RinnaError as exc:
-            if isinstance(exc, QueueFullError) or "busy" in type(exc).__name__.lower():
+            if isinstance(exc, BusyError):
                 log.warning("%s: busy, message %s not answered: %s", key,
                             delivery.delivery_key, type(exc).__name__)
             elif isinstance(exc, OutdatedRequest):
@@ -435,10 +450,9 @@ class ChatService:
         first, then its question posted, which starts the thread): a sink that can `locate`
         posts the question (or finds it, after a crash) and names the conversation; the
         record moves there before anything is stored in it."""
-        locate = getattr(sink, "locate", None)
-        if not callable(locate):
+        if not isinstance(sink, LocatesConversation):
             return delivery
-        key = await locate()
+        key = await sink.locate()
         if key is None or key == delivery.key:
             return delivery
         moved = await self.store.move_delivery(delivery, key)
@@ -708,47 +722,32 @@ class ChatService:
         turns.reverse()
         return turns
 
-    @asynccontextmanager
-    async def _conversation(self, key: ConversationKey) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+    def _conversation(self, key: ConversationKey) -> AbstractAsyncContextManager[None]:
+        return self._locks.hold(key)
 
 
 def placeholder_ref(sink: ReplySink) -> str | None:
-    """The platform handle of the sink's placeholder, for sinks that can say (see
-    bot.conversation.ResumableSink)."""
-    ref = getattr(sink, "placeholder_ref", None)
-    return ref() if callable(ref) else None
+    """The platform handle of the sink's placeholder, for sinks that can say."""
+    return sink.placeholder_ref() if isinstance(sink, NamesPlaceholder) else None
 
 
 def _offer(sink: ReplySink, controls: Controls) -> None:
-    """Tell a sink with buttons (bot.conversation.ControlledSink) which ones to show next."""
-    offer = getattr(sink, "offer", None)
-    if callable(offer):
-        offer(controls)
+    """Tell a sink with buttons which ones to show next."""
+    if isinstance(sink, OffersControls):
+        sink.offer(controls)
 
 
-async def _retire(retire: Callable[[str], Awaitable[None]] | None, ref: str) -> None:
+async def _retire(sink: ReplySink, ref: str) -> None:
     """An earlier answer's message loses 「もう一度」; a failure only costs that button."""
-    if not callable(retire):
+    if not isinstance(sink, RetiresAnswers):
         return
     try:
-        await retire(ref)
+        await sink.retire(ref)
     except Exception as exc:  # cosmetic: the answer itself is not affected
         log.warning("could not update the buttons of an earlier answer: %s",
                     type(exc).__name__)
 
 
 async def _resume(sink: ReplySink, ref: str | None) -> None:
-    resume = getattr(sink, "resume", None)
-    if callable(resume):
-        await resume(ref)
+    if isinstance(sink, Resumes):
+        await sink.resume(ref)

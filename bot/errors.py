@@ -46,7 +46,11 @@ class GeneratorError(RinnaError):
     user_message = "回答の生成中にエラーが発生しました。もう一度お試しください。"
 
 
-class QueueFullError(GeneratorError):
+class BusyError(GeneratorError):
+    """The generator is at a bound (the queue, or one person's share): a notice, not a fault."""
+
+
+class QueueFullError(BusyError):
     user_message = "ただいま混み合っています。少し待ってからもう一度お試しください。"
 
 
@@ -58,7 +62,7 @@ class GeneratorClosed(GeneratorError):
     user_message = "現在ボットを停止しているため、回答できません。"
 
 
-class UserBusyError(GeneratorError):
+class UserBusyError(BusyError):
     """One user already has MAX_PER_USER requests running or waiting: a notice, not an answer."""
 
     user_message = "前の質問に答えています。終わるまでお待ちください。"

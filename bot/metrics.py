@@ -133,10 +133,8 @@ class _StatsCollector:
 
 
 class MeteredGenerator:
-    """The `Generator` protocol around another generator, timing each request.
-
-    Attributes it does not define (`tokenizer`, `stats`, ...) are the inner generator's.
-    """
+    """The `Generator` protocol around another generator, timing each request. Besides
+    `stream` and `aclose` it passes on only what the service reads: `tokenizer`, `stats()`."""
 
     def __init__(self, inner: Any, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -144,8 +142,12 @@ class MeteredGenerator:
         self._metrics = metrics
         self._clock = clock
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    @property
+    def tokenizer(self) -> Any:
+        return self.inner.tokenizer
+
+    def stats(self) -> GeneratorStats:
+        return self.inner.stats()
 
     async def stream(self, prompt: str, params: Any = None, *, owner: str | None = None,
                      on_wait: Any = None) -> AsyncIterator[str]:

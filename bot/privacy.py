@@ -1,7 +1,7 @@
 """People's stored messages: platform deletions and edits, `forget --user`, `export --user`.
 
-Platform-free: adapters translate "message deleted / edited" events into a (platform,
-delivery key) and call `PrivateData`; the operator's commands run on DATABASE_PATH, also while
+Platform deletions and edits reach the history through the chat service (bot/edits.py);
+the operator's commands run on DATABASE_PATH, also while
 the bot runs (WAL and a busy timeout let both processes use the file). Deleted text is
 overwritten in the database file and the WAL is emptied (storage/history.py).
 """
@@ -10,46 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 from bot.errors import StorageError
-from bot.prompt import clean_text
-from storage.history import CHECKPOINT_TRIES, AuthoredTurn, HistoryStore, Vote
+from bot.ports.records import AuthoredTurn, Vote
+from storage.history import CHECKPOINT_TRIES, HistoryStore
 
-log = logging.getLogger(__name__)
-
-
-class PrivateData:
-    """What a platform's deletions and edits do to the stored history."""
-
-    def __init__(self, store: HistoryStore) -> None:
-        self.store = store
-
-    async def message_deleted(self, platform: str, delivery_key: str) -> bool:
-        """The platform message is gone: delete the turns stored from it (its own, and those
-        of 「rinna に聞く」 about it), and drop it if it still waits to be answered. Returns
-        whether any text was deleted."""
-        deleted = await self.store.delete_delivered(platform, delivery_key)
-        if deleted:
-            log.info("%s: message %s was deleted; its stored turn is deleted", platform,
-                     delivery_key)
-        return bool(deleted)
-
-    async def message_edited(self, platform: str, delivery_key: str, text: str) -> bool:
-        """The platform message was edited: the stored turn takes its new text (cleaned as
-        the chat service cleans what it stores). An edit to nothing readable changes nothing
-        (Discord without the Message Content intent shows no text). Returns whether it changed."""
-        cleaned = clean_text(text).strip()
-        if not cleaned:
-            return False
-        changed = await self.store.edit_delivered(platform, delivery_key, cleaned)
-        if changed:
-            log.info("%s: message %s was edited; its stored turn is updated", platform,
-                     delivery_key)
-        return changed
 
 
 def export_line(turn: AuthoredTurn) -> str:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from storage.history import HistoryStore
+from bot.ports.store import PrivacyStore
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ DAY_S = 86_400.0
 
 
 class RetentionSweeper:
-    def __init__(self, store: HistoryStore, days: int, *,
+    def __init__(self, store: PrivacyStore, days: int, *,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  every_s: float = DAY_S) -> None:
@@ -53,7 +53,7 @@ class RetentionSweeper:
 
 
 @contextlib.asynccontextmanager
-async def retention(store: HistoryStore, days: int | None, *,
+async def retention(store: PrivacyStore, days: int | None, *,
                     clock: Callable[[], float] = time.time,
                     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                     ) -> AsyncIterator[RetentionSweeper | None]:

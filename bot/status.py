@@ -18,7 +18,7 @@ from typing import Protocol
 
 from bot.generation import GeneratorStats
 from bot.precision import ALIASES, Precision
-from storage.history import HistoryStore
+from bot.ports.store import FeedbackStore
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class HasStats(Protocol):
 
 class Status:
     def __init__(self, *, model: str, device: str, quantisation: str, generator: HasStats,
-                 store: HistoryStore, clock: Callable[[], float] = time.monotonic,
+                 store: FeedbackStore, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, window_s: float = WINDOW_S) -> None:
         self.model, self.device, self.quantisation = model, device, quantisation
         self._generator = generator

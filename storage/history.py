@@ -21,65 +21,21 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
 
 import aiosqlite
 
 from bot.conversation import ConversationKey, Speaker, Turn
 from bot.errors import DatabasePathError, MessageWithdrawn, StorageError
+from bot.ports.records import Claim, Delivery, DeliveryState, ImportedTurn, StoredTurn
 from storage.files import prepare_database_file
-from storage.private import AuthoredTurn, PrivateRecords, Vote  # noqa: F401 (re-exported)
+from storage.private import PrivateRecords
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_TRIES = 5  # for `forget`: a busy WAL is waited for this many busy timeouts
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A platform message taken on for answering. `stored_turn` is set when its text is
-    already in the history (it was read in with the thread before its own event arrived)."""
-
-    conversation: int
-    stored_turn: int | None = None
-
-
-class DeliveryState(StrEnum):
-    IMPORTED = "imported"  # read in with its thread; its own event, if it comes, is answered
-    ACCEPTED = "accepted"  # taken on; its text is safe in the record
-    ANSWERING = "answering"  # placeholder posted (reply_ref) and/or answer stored (final)
-    ANSWERED = "answered"  # a final answer or a notice is shown: done
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One platform message taken on for answering, as recorded."""
-
-    platform: str
-    delivery_key: str
-    conversation: int
-    key: ConversationKey
-    state: DeliveryState
-    received_at: float
-    turn_id: int | None = None  # its user turn, once stored
-    reply_ref: str | None = None  # the platform handle of its placeholder, once posted
-    final: str | None = None  # the final text, once the answer is stored
-    author: str | None = None  # the writer's platform user id
-    text: str | None = None  # the message's text until its user turn is stored
-    answer_id: int | None = None  # its answer turn, once stored (None: an empty answer)
-    replaces: str | None = None  # a regeneration: the delivery key whose answer it redoes
-    asker: str | None = None  # who asked the bot about this message, when not its writer
-    withdrawn: bool = False  # its message was deleted (or forgotten) while it waited
-    # recorded by this very `accept` (False: an earlier handling began it, then died)
-    fresh: bool = field(default=False, compare=False)
-
-    @property
-    def who_asked(self) -> str | None:
-        """The person the answer is for: may stop or redo it; their share of the generator."""
-        return self.asker or self.author
 
 
 _DELIVERY_SELECT = (
@@ -101,16 +57,6 @@ def _delivery(row: Sequence[object]) -> Delivery:
                     None if answer is None else int(answer),  # type: ignore[call-overload]
                     None if replaces is None else str(replaces),
                     None if asker is None else str(asker), bool(withdrawn))
-
-
-@dataclass(frozen=True, slots=True)
-class StoredTurn:
-    id: int
-    turn: Turn
-
-
-# A thread's earlier message for import_turns: (turn, delivery key) or (turn, key, author id).
-ImportedTurn = tuple[Turn, str | None] | tuple[Turn, str | None, str | None]
 
 
 class HistoryStore(PrivateRecords):

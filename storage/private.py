@@ -16,36 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from bot.ports.records import AuthoredTurn, Vote
 
 if TYPE_CHECKING:
     import aiosqlite
-
-
-@dataclass(frozen=True, slots=True)
-class AuthoredTurn:
-    """One message of a person, with where and when (for `export --user`): a stored turn, or
-    a message still waiting to be answered (`waiting`; no turn id yet)."""
-
-    id: int | None
-    platform: str
-    workspace: str
-    channel: str
-    thread: str
-    created_at: float  # seconds since the epoch
-    text: str
-    waiting: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Vote:
-    """One person's 👍/👎 on an answer (for `export --user`)."""
-
-    platform: str
-    delivery_key: str  # the message the answer answered
-    value: str
-    created_at: float
 
 
 # The deliveries a platform message reaches: its own, and those built from it.

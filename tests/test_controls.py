@@ -20,7 +20,8 @@ from bot.errors import OutdatedRequest, QueueFullError
 from bot.generation import GenerationParams
 from bot.generator import LocalGenerator, WaitCallback
 from bot.tokenizer import Tokenizer
-from storage.history import Delivery, HistoryStore
+from bot.ports.records import Delivery
+from storage.history import HistoryStore
 from storage.schema import MIGRATIONS
 from tests.fakes import RecordingSink, ScriptedGenerator
 

@@ -72,7 +72,7 @@ async def test_generation_errors_are_counted_and_not_timed(
     metrics = server.metrics
     metrics.watch_generator(generator)
     metered = MeteredGenerator(generator, metrics)
-    assert metered.tokenizer is generator.tokenizer  # the rest is the inner generator's
+    assert metered.tokenizer is generator.tokenizer  # passed on: what the service reads
     text = "".join([d async for d in metered.stream("ユーザー: こんにちは<NL>システム: ")])
     await generator.aclose()
     with pytest.raises(GeneratorClosed):

@@ -248,7 +248,7 @@ async def test_the_chat_service_stores_the_author_and_platform_changes_reach_the
         store: HistoryStore, tokenizer) -> None:  # noqa: ANN001
     from bot.chat import ChatConfig, ChatService
     from bot.conversation import IncomingMessage
-    from bot.privacy import PrivateData
+    from bot.edits import PrivateData
     from tests.fakes import RecordingSink, ScriptedGenerator
 
     generator = ScriptedGenerator()

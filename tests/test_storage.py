@@ -10,7 +10,8 @@ import pytest
 
 from bot.conversation import ConversationKey, Speaker, Turn
 from bot.errors import StorageError
-from storage.history import DeliveryState, HistoryStore
+from bot.ports.records import DeliveryState
+from storage.history import HistoryStore
 from storage.schema import SCHEMA_VERSION
 
 KEY = ConversationKey("discord", "guild", "channel", "thread")

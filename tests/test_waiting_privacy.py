@@ -14,7 +14,8 @@ from pathlib import Path
 from bot.chat import ChatConfig, ChatService, Outcome
 from bot.conversation import ConversationKey, IncomingMessage, Speaker
 from bot.errors import MessageWithdrawn
-from bot.privacy import PrivateData, export_user
+from bot.edits import PrivateData
+from bot.privacy import export_user
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink, ScriptedGenerator

@@ -1,0 +1,191 @@
+"""What the Slack listeners share: events as values, their outcomes, the acknowledgement rule,
+and the shape of the services the listeners use (`SlackServices`, which slack_app's
+SlackHandlers is). slack_app, slack_assistant and slack_controls import this module and not
+each other's listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from slack_bolt.async_app import AsyncAck, AsyncBoltContext
+
+from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
+from adapters.slack_reply import SlackReply
+from bot.access import AccessPolicy, AccessRequest
+from bot.chat import ChatService, EarlierLoader, Outcome
+from bot.conversation import ConversationKey
+
+log = logging.getLogger(__name__)
+
+IGNORED = "ignored"
+DENIED = "denied"  # refused by the access policy: nothing said (commands: told ephemerally)
+DUPLICATE = str(Outcome.DUPLICATE)
+RESET = "reset"
+HELP = "help"
+STATUS = "status"
+FAILED = str(Outcome.FAILED)
+DELETED = "deleted"
+EDITED = "edited"
+
+RESET_WORDS = frozenset({"リセット", "reset"})
+HELP_WORDS = frozenset({"", "help", "ヘルプ", "使い方"})
+# Message subtypes that are still a person writing; every other subtype (edits, deletes,
+# joins, bot messages, ...) is ignored.
+USER_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
+MAX_TEXT_CHARS = 40_000  # Slack cuts message text at 40,000 characters; more is not Slack's
+
+Ack = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BotIdentity:
+    user_id: str | None
+    bot_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SlackMessage:
+    """A person's message from an `app_mention` or `message` event."""
+
+    team: str
+    channel: str
+    ts: str
+    thread_ts: str  # "" when not in a thread
+    user: str
+    text: str
+    is_dm: bool
+    # Teams besides `team` the event names (Slack Connect: the sender's team; Enterprise
+    # Grid): each is judged by ALLOWED_WORKSPACES too.
+    other_teams: frozenset[str] = frozenset()
+
+    @property
+    def teams(self) -> frozenset[str]:
+        return frozenset({self.team, *self.other_teams}) - {""}
+
+    def access(self) -> list[AccessRequest]:
+        """What the access policy judges: the event's team and the sender's own."""
+        return [AccessRequest.from_teams(self.team, self.channel, self.user, self.other_teams,
+                                         is_dm=self.is_dm)]
+
+    @property
+    def delivery_key(self) -> str:
+        return f"{self.channel}:{self.ts}"
+
+    @property
+    def key(self) -> ConversationKey:
+        # A channel conversation is a thread (the message starts one); a whole DM is one
+        # conversation unless the message is in a thread there.
+        thread = self.thread_ts if self.is_dm else (self.thread_ts or self.ts)
+        return ConversationKey(PLATFORM, self.team, self.channel, thread)
+
+
+def parse_message(body: Mapping[str, Any], event: Mapping[str, Any]) -> SlackMessage | None:
+    """The message, or None for what the bot ignores: bots, edits, deletes, other subtypes."""
+    if event.get("subtype") not in USER_SUBTYPES or event.get("bot_id") or event.get("hidden"):
+        return None
+    user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
+    if not (isinstance(user, str) and isinstance(channel, str) and isinstance(ts, str)):
+        return None
+    channel_type = event.get("channel_type")
+    is_dm = channel_type == "im" or (channel_type is None and channel.startswith("D"))
+    team = str(body.get("team_id") or event.get("team") or "")
+    others = frozenset(str(t) for t in (event.get("team"), event.get("user_team"),
+                                        event.get("source_team")) if t and isinstance(t, str))
+    # Text is cut to Slack's own limit before anything parses it.
+    text = event.get("text")
+    text = text[:MAX_TEXT_CHARS] if isinstance(text, str) else ""
+    return SlackMessage(team, channel, ts, str(event.get("thread_ts") or ""), user, text, is_dm,
+                        others - {team})
+
+
+def command_access(command: Mapping[str, Any]) -> list[AccessRequest]:
+    """What the access policy judges for a slash command."""
+    channel = str(command.get("channel_id") or "")
+    is_dm = channel.startswith("D") or command.get("channel_name") == "directmessage"
+    team = str(command.get("team_id") or "")
+    return [AccessRequest.from_teams(team, channel, str(command.get("user_id") or ""),
+                                     (command.get("user_team"), command.get("user_team_id")),
+                                     is_dm=is_dm)]
+
+
+class Tracked(Protocol):
+    """Where listeners count how each event ended and keep their background work."""
+
+    outcomes: Counter[str]
+    background: set[asyncio.Task[Any]]
+
+
+class SlackServices(Tracked, Protocol):
+    """What the listeners of slack_assistant and slack_controls use (slack_app.SlackHandlers)."""
+
+    chat: ChatService
+    api: SlackApi
+    policy: AccessPolicy
+    pressed: Counter[str]
+    moderators: Moderators | None
+
+    def permits(self, requests: Sequence[AccessRequest]) -> bool: ...
+
+    def reply(self, channel: str, thread_ts: str | None, tag: str | None, *,
+              user: str | None = None, team: str | None = None) -> SlackReply: ...
+
+    async def on_message(self, message: SlackMessage, bot: BotIdentity,
+                         ack: Ack | None = None) -> str: ...
+
+    async def plain(self, text: str, bot: BotIdentity) -> str: ...
+
+    def earlier(self, message: SlackMessage, bot: BotIdentity) -> EarlierLoader: ...
+
+    def boundary(self, sink: SlackReply, what: str) -> AbstractAsyncContextManager[None]: ...
+
+
+def bot_identity(context: AsyncBoltContext) -> BotIdentity:
+    return BotIdentity(context.bot_user_id, context.bot_id)
+
+
+async def acknowledge_when_recorded(services: Tracked, ack: AsyncAck,
+                                     work: Callable[[Ack], Awaitable[str]], default: str) -> None:
+    """Run `work` in the background and return (so Bolt answers Slack, which runs with
+    process_before_response) once the chat service has recorded the message, or once the
+    work ends (ignored events, failures). An acknowledged event is never lost."""
+    recorded = asyncio.Event()
+
+    async def accepted() -> None:
+        recorded.set()
+
+    async def body() -> None:
+        outcome = default
+        try:
+            outcome = await work(accepted)
+        finally:
+            recorded.set()
+            services.outcomes[outcome] += 1
+
+    task = asyncio.create_task(body())
+    services.background.add(task)
+    task.add_done_callback(services.background.discard)
+    waiting = asyncio.create_task(recorded.wait())
+    try:
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    await ack()
+
+
+async def tell(api: SlackApi, channel: str, user: str, text: str,
+               thread_ts: str | None = None) -> None:
+    """A short message only `user` sees, next to the answer."""
+    arguments: dict[str, Any] = dict(channel=channel, user=user, text=text)
+    if thread_ts:
+        arguments["thread_ts"] = thread_ts
+    try:
+        await api.call("chat_postEphemeral", **arguments)
+    except Exception as exc:
+        log.warning("slack chat.postEphemeral failed: %s", describe(exc))

@@ -1,0 +1,90 @@
+"""The records a store keeps and hands back: deliveries, turns, a person's messages and votes.
+
+Frozen values only; storage implementations build them, the core reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from bot.conversation import ConversationKey, Turn
+
+
+class DeliveryState(StrEnum):
+    IMPORTED = "imported"  # read in with its thread; its own event, if it comes, is answered
+    ACCEPTED = "accepted"  # taken on; its text is safe in the record
+    ANSWERING = "answering"  # placeholder posted (reply_ref) and/or answer stored (final)
+    ANSWERED = "answered"  # a final answer or a notice is shown: done
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One platform message taken on for answering, as recorded."""
+
+    platform: str
+    delivery_key: str
+    conversation: int
+    key: ConversationKey
+    state: DeliveryState
+    received_at: float
+    turn_id: int | None = None  # its user turn, once stored
+    reply_ref: str | None = None  # the platform handle of its placeholder, once posted
+    final: str | None = None  # the final text, once the answer is stored
+    author: str | None = None  # the writer's platform user id
+    text: str | None = None  # the message's text until its user turn is stored
+    answer_id: int | None = None  # its answer turn, once stored (None: an empty answer)
+    replaces: str | None = None  # a regeneration: the delivery key whose answer it redoes
+    asker: str | None = None  # who asked the bot about this message, when not its writer
+    withdrawn: bool = False  # its message was deleted (or forgotten) while it waited
+    # recorded by this very `accept` (False: an earlier handling began it, then died)
+    fresh: bool = field(default=False, compare=False)
+
+    @property
+    def who_asked(self) -> str | None:
+        """The person the answer is for: may stop or redo it; their share of the generator."""
+        return self.asker or self.author
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A platform message taken on for answering. `stored_turn` is set when its text is
+    already in the history (it was read in with the thread before its own event arrived)."""
+
+    conversation: int
+    stored_turn: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTurn:
+    id: int
+    turn: Turn
+
+
+# A thread's earlier message for import_turns: (turn, delivery key) or (turn, key, author id).
+ImportedTurn = tuple[Turn, str | None] | tuple[Turn, str | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthoredTurn:
+    """One message of a person, with where and when (for `export --user`): a stored turn, or
+    a message still waiting to be answered (`waiting`; no turn id yet)."""
+
+    id: int | None
+    platform: str
+    workspace: str
+    channel: str
+    thread: str
+    created_at: float  # seconds since the epoch
+    text: str
+    waiting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """One person's 👍/👎 on an answer (for `export --user`)."""
+
+    platform: str
+    delivery_key: str  # the message the answer answered
+    value: str
+    created_at: float

@@ -1,0 +1,116 @@
+"""The house's import rules, read from the source with `ast` (every import, also inside
+functions and `if TYPE_CHECKING:` blocks):
+
+- an adapter imports nothing of `storage`;
+- `storage` imports no adapter and nothing of the core's policy (only the vocabulary:
+  conversation values, errors, and the ports' records and Protocols);
+- the core imports no adapter, and only the service (which builds everything) opens storage.
+
+Each rule is also shown to catch a violation in a small made-up tree.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("bot", "adapters", "storage")
+# The service: builds everything in main() and may import adapters and storage.
+SERVICE = frozenset({"bot.cli", "bot.doctor", "bot.startup", "bot.platforms", "bot.privacy"})
+# What storage may use of ours besides itself.
+VOCABULARY = ("bot.conversation", "bot.errors", "bot.ports")
+
+
+def _module_name(root: Path, path: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(root: Path) -> dict[str, set[str]]:
+    """Module name -> the modules it imports (absolute names; `from a import b` counts as
+    both `a` and `a.b`, since b may be a module)."""
+    found: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            module = _module_name(root, path)
+            names: set[str] = set()
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        anchor = module.split(".")[:len(module.split(".")) - node.level]
+                        base = ".".join([*anchor, *([base] if base else [])])
+                    names.add(base)
+                    names.update(f"{base}.{alias.name}" for alias in node.names)
+            found[module] = names
+    return found
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def violations(root: Path) -> list[str]:
+    broken: list[str] = []
+    for module, names in imports_of(root).items():
+        for name in sorted(names):
+            if _within(module, "adapters") and _within(name, "storage"):
+                broken.append(f"adapter {module} imports storage ({name})")
+            if _within(module, "storage"):
+                if _within(name, "adapters"):
+                    broken.append(f"storage {module} imports an adapter ({name})")
+                elif _within(name, "bot") and not any(_within(name, v) for v in VOCABULARY):
+                    broken.append(f"storage {module} imports the core ({name})")
+            if _within(module, "bot") and module not in SERVICE:
+                if _within(name, "adapters"):
+                    broken.append(f"core {module} imports an adapter ({name})")
+                elif _within(name, "storage"):
+                    broken.append(f"core {module} imports storage ({name}): use bot.ports")
+    return broken
+
+
+def test_the_project_keeps_the_import_rules() -> None:
+    assert violations(ROOT) == []
+
+
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"adapters/chat_app.py": "from storage.history import HistoryStore\n"},
+     "adapter adapters.chat_app imports storage (storage.history)"),
+    ({"adapters/chat_app.py": "def f():\n    import storage.history\n"},
+     "adapter adapters.chat_app imports storage (storage.history)"),
+    ({"storage/db.py": "from adapters.slack_app import SlackHandlers\n"},
+     "storage storage.db imports an adapter (adapters.slack_app)"),
+    ({"storage/db.py": "from bot.chat import as_history\n"},
+     "storage storage.db imports the core (bot.chat)"),
+    ({"bot/chat.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                     "    from adapters.discord_bot import DiscordReply\n"},
+     "core bot.chat imports an adapter (adapters.discord_bot)"),
+    ({"bot/chat.py": "from storage import history\n"},
+     "core bot.chat imports storage (storage): use bot.ports"),
+])
+def test_each_rule_catches_its_violation(tmp_path: Path, files: dict[str, str],
+                                         expected: str) -> None:
+    assert expected in violations(_tree(tmp_path, files))
+
+
+def test_what_the_rules_allow(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "storage/db.py": "from bot.ports.records import Delivery\nfrom bot.errors import X\n",
+        "adapters/chat_app.py": "from bot.chat import ChatService\n",
+        "bot/cli.py": "from adapters.console import run_console\nfrom storage import history\n",
+    })
+    assert violations(root) == []
