@@ -74,8 +74,36 @@ def violations(root: Path) -> list[str]:
     return broken
 
 
+def cycles(root: Path, package: str) -> list[list[str]]:
+    """Import cycles among the modules of `package` (imports inside functions and
+    TYPE_CHECKING blocks count: they are how a cycle hides)."""
+    everything = imports_of(root)
+    graph = {module: {name for name in names if name in everything}
+             for module, names in everything.items() if _within(module, package)}
+    found: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for name in sorted(graph.get(module, ())):
+            if state.get(name) == 1:
+                found.append([*path[path.index(name):], name])
+            elif name not in state:
+                visit(name, [*path, name])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return found
+
+
 def test_the_project_keeps_the_import_rules() -> None:
     assert violations(ROOT) == []
+
+
+def test_the_adapters_import_each_other_in_no_loop() -> None:
+    assert cycles(ROOT, "adapters") == []
 
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -105,6 +133,14 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 def test_each_rule_catches_its_violation(tmp_path: Path, files: dict[str, str],
                                          expected: str) -> None:
     assert expected in violations(_tree(tmp_path, files))
+
+
+def test_a_loop_hidden_in_a_function_is_found(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "adapters/one.py": "from adapters.two import x\n",
+        "adapters/two.py": "def f():\n    from adapters.one import y\n",
+    })
+    assert cycles(root, "adapters") == [["adapters.one", "adapters.two", "adapters.one"]]
 
 
 def test_what_the_rules_allow(tmp_path: Path) -> None:

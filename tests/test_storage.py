@@ -1,9 +1,14 @@
-"""The SQLite history: real files, reopened, written concurrently, deduplicated, reset."""
+"""The history store: real files, reopened, written concurrently, deduplicated, reset.
+
+The behavioural tests run against every store implementation listed in `IMPLEMENTATIONS`
+(SQLite today): a new database adds one line there and inherits them. Tests of SQLite's own
+files (WAL, schema versions, migrations) open `HistoryStore` directly."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,14 +21,32 @@ from storage.schema import SCHEMA_VERSION
 
 KEY = ConversationKey("discord", "guild", "channel", "thread")
 
+Opener = Callable[[Path], Awaitable[HistoryStore]]
+# Every implementation of the store ports, opened on a path (a new one: one line here).
+IMPLEMENTATIONS: dict[str, Opener] = {
+    "sqlite": HistoryStore.open,
+}
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def open_store(request: pytest.FixtureRequest) -> Opener:
+    return IMPLEMENTATIONS[request.param]
+
+
+@pytest.fixture
+async def store(open_store: Opener, tmp_path: Path) -> AsyncIterator[HistoryStore]:
+    opened = await open_store(tmp_path / "store.sqlite3")
+    yield opened
+    await opened.close()
+
 
 async def _texts(store: HistoryStore, conversation: int) -> list[str]:
     return [t.turn.text for t in reversed(await store.recent_turns(conversation, 1000))]
 
 
-async def test_turns_survive_a_reopen(tmp_path: Path) -> None:
+async def test_turns_survive_a_reopen(open_store: Opener, tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite3"
-    store = await HistoryStore.open(path)
+    store = await open_store(path)
     claim = await store.claim(KEY, "m1")
     assert claim is not None and claim.stored_turn is None
     conversation = claim.conversation
@@ -31,7 +54,7 @@ async def test_turns_survive_a_reopen(tmp_path: Path) -> None:
     await store.add_turn(conversation, Turn(Speaker.SYSTEM, "こんにちは!"))
     await store.close()
 
-    reopened = await HistoryStore.open(path)
+    reopened = await open_store(path)
     assert await reopened.find(KEY) == conversation
     turns = list(reversed(await reopened.recent_turns(conversation, 10)))
     assert [(t.turn.speaker, t.turn.text) for t in turns] == [
@@ -71,9 +94,9 @@ async def test_the_same_delivery_is_claimed_once_even_concurrently(store: Histor
     assert await store.claim(other, "same") is not None  # keys are per platform
 
 
-async def test_concurrent_writers_on_one_file(tmp_path: Path) -> None:
+async def test_concurrent_writers_on_one_file(open_store: Opener, tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite3"
-    first, second = await HistoryStore.open(path), await HistoryStore.open(path)
+    first, second = await open_store(path), await open_store(path)
     claim = await first.claim(KEY, "start")
     assert claim is not None
     conversation = claim.conversation
@@ -198,9 +221,9 @@ async def test_a_version_two_database_keeps_answered_and_imported_messages_apart
 
 
 async def test_a_delivery_moves_through_its_states_and_survives_a_reopen(
-        tmp_path: Path) -> None:
+        open_store: Opener, tmp_path: Path) -> None:
     path = tmp_path / "states.sqlite3"
-    store = await HistoryStore.open(path)
+    store = await open_store(path)
     accepted = await store.accept(KEY, "m1", "質問")
     assert accepted is not None and accepted.state is DeliveryState.ACCEPTED
     assert accepted.turn_id is None and accepted.reply_ref is None
@@ -208,7 +231,7 @@ async def test_a_delivery_moves_through_its_states_and_survives_a_reopen(
     assert again == accepted
     await store.close()
 
-    store = await HistoryStore.open(path)  # a restart
+    store = await open_store(path)  # a restart
     (pending,) = await store.unfinished("discord")
     assert pending.delivery_key == "m1" and pending.key == KEY
     turn = await store.store_user_turn(pending)
