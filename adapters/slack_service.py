@@ -26,12 +26,14 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters import slack_shapes
-from adapters.slack_api import SlackApi, SlackConnectError, UserNames, describe
+from adapters.slack_api import PLATFORM, SlackApi, SlackConnectError, UserNames, describe
 from adapters.slack_app import SlackHandlers, register
 from bot.access import AccessPolicy
 from bot.chat import ChatService
 from bot.config import Settings
+from bot.conversation import ReplySink
 from bot.errors import ConfigError
+from bot.ports.records import Delivery
 from bot.status import StatusSource
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,10 @@ MAX_TIMESTAMP_DIGITS = 16  # Slack sends seconds since the epoch: 10 digits
 
 # ----- the service that `rinna-bot run` starts ----------------------------------------------
 class SlackService:
-    """The Bolt app served over Socket Mode (SLACK_APP_TOKEN) or HTTP (SLACK_SIGNING_SECRET)."""
+    """The Bolt app served over Socket Mode (SLACK_APP_TOKEN) or HTTP (SLACK_SIGNING_SECRET);
+    a `Platform` (bot/ports/platform.py) for `rinna-bot run`."""
+
+    name = PLATFORM
 
     def __init__(self, app: AsyncApp, handlers: SlackHandlers, settings: Settings,
                  host: str) -> None:
@@ -61,6 +66,7 @@ class SlackService:
         self.port: int | None = None  # the HTTP port actually bound (HTTP mode)
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
+        self._closed = asyncio.Event()
 
     @property
     def mode(self) -> str:
@@ -81,6 +87,16 @@ class SlackService:
         else:
             await self._start_http()
 
+    async def ready(self) -> None:
+        """Slack's Web API answers from the start: recovery may begin at once."""
+
+    async def stopped(self) -> None:
+        """Slack's clients reconnect by themselves: it stops only when closed."""
+        await self._closed.wait()
+
+    def recovery_sink(self, delivery: Delivery) -> ReplySink:
+        return self.handlers.recovery_sink(delivery)
+
     async def stop_intake(self) -> None:
         """Stop taking events (the answers in flight go on)."""
         if self._socket is not None:
@@ -92,6 +108,7 @@ class SlackService:
 
     async def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
         """Stop taking events, let answers in flight finish for `grace_s`, cancel the rest."""
+        self._closed.set()
         await self.stop_intake()
         pending = set(self.handlers.inflight) | set(self.handlers.background)
         if pending:
@@ -257,3 +274,11 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
                              status=status)
     register(app, handlers)
     return SlackService(app, handlers, settings, host)
+
+
+def build_platform(chat: ChatService, settings: Settings,
+                   status: StatusSource | None) -> SlackService | None:
+    """The Slack platform, or None when SLACK_BOT_TOKEN is not set."""
+    if not settings.slack_enabled:
+        return None
+    return build_slack_service(chat, settings, status=status)

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # imported where used: `--help`, `--version` and `doctor` sta
     from bot.chat import ChatService, CrashHook
     from bot.generator import LocalGenerator
     from bot.metrics import Metrics
+    from bot.ports.platform import Platform
     from bot.status import Status
     from storage.history import HistoryStore
 
@@ -177,9 +178,11 @@ async def serve(settings: Settings, command: str, crash_hook: CrashHook | None =
 
 async def run_platforms(core: Core) -> None:
     """Run every configured platform until a signal arrives or one of them stops."""
+    from bot.platforms import build_platforms
+
     settings = core.settings
-    stops: list[Callable[[], Awaitable[None]]] = []
-    intake_stops: list[Callable[[], Awaitable[None]]] = []
+    platforms = build_platforms(core.chat, settings, core.status)
+    started: list[Platform] = []
     tasks: list[asyncio.Task[None]] = []
     recoveries: list[asyncio.Task[object]] = []
     stopped = asyncio.Event()
@@ -191,55 +194,40 @@ async def run_platforms(core: Core) -> None:
     if core.status is not None:  # tokens per second over the last minute, for /status
         recoveries.append(asyncio.create_task(core.status.run(), name="status-sampler"))
     try:
-        if settings.discord_enabled:
-            from adapters.discord_bot import build_discord_bot
-
-            assert settings.discord_token is not None
-            bot = build_discord_bot(core.chat, settings, status=core.status)
+        for platform in platforms:
             if core.metrics is not None:
-                core.metrics.watch_platform("discord", lambda: bot.connected)
-            stops.append(bot.close)
-            tasks.append(asyncio.create_task(
-                bot.start(settings.discord_token.get_secret_value()), name="discord"))
-
-            async def recover_discord() -> None:
-                await bot.wait_until_ready()
-                await core.chat.recover("discord", bot.recovery_sink,
-                                        max_age_s=settings.recover_max_age_s)
-
-            recoveries.append(asyncio.create_task(recover_discord(), name="discord-recovery"))
-        if settings.slack_enabled:
-            from adapters.slack_service import build_slack_service
-
-            slack = build_slack_service(core.chat, settings, status=core.status)
-            if core.metrics is not None:
-                core.metrics.watch_platform("slack", lambda: slack.connected)
-            await slack.start()
-            stops.append(slack.close)
-            intake_stops.append(slack.stop_intake)
+                core.metrics.watch_platform(platform.name, lambda p=platform: p.connected)
+            await platform.start()
+            started.append(platform)
+            tasks.append(asyncio.create_task(platform.stopped(), name=platform.name))
             # Redeliveries may arrive meanwhile: the chat service answers each message once.
-            recoveries.append(asyncio.create_task(core.chat.recover(
-                "slack", slack.handlers.recovery_sink, max_age_s=settings.recover_max_age_s),
-                name="slack-recovery"))
+            recoveries.append(asyncio.create_task(
+                _recover(core, platform), name=f"{platform.name}-recovery"))
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if (error := task.exception()) is not None:
                 raise error
     finally:
         log.info("shutting down")
-        for stop in intake_stops:  # no new events; the platforms' clients stay up for replies
-            await stop()
+        for platform in started:  # no new events; the clients stay up for the replies
+            await platform.stop_intake()
         await core.chat.shutdown(settings.shutdown_grace_s)
         for task in recoveries:
             task.cancel()
         for result in await asyncio.gather(*recoveries, return_exceptions=True):
             if isinstance(result, Exception):
                 log.error("recovery failed", exc_info=result)
-        for stop in reversed(stops):
-            await stop()
+        for platform in reversed(started):
+            await platform.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _recover(core: Core, platform: Platform) -> None:
+    await platform.ready()
+    await core.chat.recover(platform.name, platform.recovery_sink,
+                            max_age_s=core.settings.recover_max_age_s)
 
 
 def private_command(settings: Settings, command: str, user: str, platform: str | None) -> int:

@@ -1,0 +1,28 @@
+"""The platforms `rinna-bot run` can start: one line each. A module listed here has
+`build_platform(chat, settings, status) -> Platform | None` (None: its credentials are not set).
+Imported only when `run` starts them, so `--help`, `doctor` and `chat` do not load discord.py
+or slack-bolt."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.chat import ChatService
+    from bot.config import Settings
+    from bot.ports.platform import Platform
+    from bot.status import StatusSource
+
+PLATFORMS: tuple[str, ...] = (
+    "adapters.discord_platform",
+    "adapters.slack_service",
+)
+
+
+def build_platforms(chat: ChatService, settings: Settings,
+                    status: StatusSource | None) -> list[Platform]:
+    """Every listed platform whose credentials are set, in the listed order."""
+    built = (importlib.import_module(module).build_platform(chat, settings, status)
+             for module in PLATFORMS)
+    return [platform for platform in built if platform is not None]
