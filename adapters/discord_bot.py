@@ -39,6 +39,7 @@ from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.config import Settings
 from bot.conversation import RETIRED, ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
+from bot.notices import RESET_DONE
 from bot.ports.records import Delivery
 from bot.prompt import clean_text
 from bot.reply import MessageReply
@@ -68,8 +69,6 @@ HELP_MESSAGE = (
     "・回答の「停止」「もう一度」👍 👎 で、止める・答え直す・評価ができます。"
     "`/status` で今の状態を表示します。"
 )
-RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
-              "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
 RESET_WHERE = "`/reset` はスレッドか DM の中で使ってください（チャンネルでの質問は毎回新しいスレッドになります）。"
 ASK_ABOUT = "rinna に聞く"  # the message context menu's name, as people see it
 ASK_ABOUT_WHERE = "{where} で答えます。"

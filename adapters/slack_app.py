@@ -45,9 +45,10 @@ from adapters.slack_text import (
     user_ids,
 )
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
-from bot.chat import USAGE_MESSAGE, ChatService, EarlierLoader, Outcome
+from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import RinnaError
+from bot.notices import RESET_DONE, USAGE_MESSAGE
 from bot.ports.records import Delivery
 from bot.prompt import turn_cost
 from bot.seen import RecentKeys
@@ -55,37 +56,6 @@ from bot.status import StatusSource, status_text
 
 log = logging.getLogger(__name__)
 
-RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
-              "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
-RESET_HINT = ("スラッシュコマンドはスレッドの中では使えません。"
-              "リセットしたいスレッドで `@rinna リセット` と書いてください。")
-FAILURE_MESSAGE = RinnaError.user_message
-HELP_MESSAGE = (
-    "*rinna の使い方*\n"
-    "• `/rinna 質問` … 質問をチャンネルに投稿し、そのスレッドで答えます。\n"
-    "• チャンネルで `@rinna 質問` … そのメッセージのスレッドで答えます。\n"
-    "• ボットが答えているスレッドでは、メンションなしで続けて質問できます。\n"
-    "• スレッドで `@rinna リセット` … そのスレッドの会話を最初からやり直します。\n"
-    "• DM でもそのまま話しかけられます（`リセット` でやり直し）。\n"
-    "• メッセージのメニューの「rinna に聞く」… そのメッセージについてスレッドで答えます。\n"
-    "• 回答の「停止」「もう一度」👍👎 ボタン … 止める・答え直す・評価する。\n"
-    "• `/rinna status` … ボットの状態（あなたにだけ表示）。\n"
-    f"{USAGE_MESSAGE}"
-)
-
-HISTORY_MAX_PAGES = 100  # a thread is read to its end (newest last), at most 20,000 messages
-# A turn costs at least 2 tokens (label and separator): more messages than budget / 2 can never
-# fit the prompt. Before names are looked up, the newest messages are counted in tokens with
-# mentions unresolved, keeping some slack (names and dropped notices change the count a
-# little); the chat service then trims exactly.
-MIN_TURN_TOKENS = 2
-BUDGET_SLACK = 1.5
-
-
-log = logging.getLogger(__name__)
-
-RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
-              "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
 RESET_HINT = ("スラッシュコマンドはスレッドの中では使えません。"
               "リセットしたいスレッドで `@rinna リセット` と書いてください。")
 FAILURE_MESSAGE = RinnaError.user_message

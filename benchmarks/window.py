@@ -38,7 +38,7 @@ async def measure() -> tuple[list[float], int, int]:
     times: list[float] = []
     for _ in range(RUNS):
         started = time.perf_counter()
-        history = await chat._history(conversation)
+        history = await chat.window.history(conversation)
         fitted = fit_prompt(history, tokenizer, chat.config.prompt_budget)
         times.append((time.perf_counter() - started) * 1000)
     await store.close()

@@ -22,55 +22,24 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.controls import STOPPED_MARK, ControlResult, Feedback
-from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey, Controls,
-                              IncomingMessage, ReplySink, Speaker, Turn)
+from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey,
+                              IncomingMessage, ReplySink)
 from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
 from bot.generation import GenerationParams
 from bot.edits import PrivateData
 from bot.generator import Generator
-from bot.prompt import clean_text, fit_prompt, turn_cost
-from bot.reply import PLACEHOLDER, WAITING
+from bot.history_window import HistoryWindow
+from bot.prompt import clean_text, fit_prompt
+from bot.notices import (EMPTY_ANSWER, INTERRUPTED_NOTICE, SHORTENED_NOTICE, STALE_NOTICE,
+                         UNEXPECTED_ERROR, USAGE_MESSAGE)
 from bot.ports.locks import ConversationLocks, InProcessLocks
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
-from bot.ports.sinks import (LocatesConversation, NamesPlaceholder, OffersControls, Resumes,
-                             RetiresAnswers)
+from bot.ports.sinks import LocatesConversation
 from bot.ports.store import ChatStore
+from bot.sink_calls import offer, placeholder_ref, resume, retire
 from bot.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-
-USAGE_MESSAGE = "質問を書いてください。例：「日本で一番高い山は？」"
-SHORTENED_NOTICE = "（メッセージが長すぎたため、先頭の一部だけを読んで答えました）"
-EMPTY_ANSWER = "うまく答えられませんでした。質問を言い換えて、もう一度お試しください。"
-UNEXPECTED_ERROR = RinnaError.user_message
-INTERRUPTED_NOTICE = "再起動のため回答を中断しました。再起動後に続けて回答します。"
-STALE_NOTICE = "ボットの再起動で回答できませんでした。お手数ですが、もう一度質問してください。"
-_PAGE = 64
-
-
-def _error_messages(cls: type[RinnaError]) -> set[str]:
-    return {cls.user_message}.union(*(_error_messages(sub) for sub in cls.__subclasses__()))
-
-
-# Notices as earlier versions wrote them: they are still in old threads' history.
-_OLD_NOTICES = ("質問を書いてください。例: 「日本で一番高い山は?」",
-                "（うまく答えられませんでした。言い換えてもう一度お試しください）",
-                "ボットを停止中のため回答できません。")
-_OLD_WAITING = "順番待ち: "
-_NOTICES = frozenset({PLACEHOLDER, USAGE_MESSAGE, EMPTY_ANSWER, INTERRUPTED_NOTICE, STALE_NOTICE,
-                      *_error_messages(RinnaError), *_OLD_NOTICES})
-
-
-def as_history(turn: Turn) -> Turn | None:
-    """A platform message as a history turn: text cleaned; the bot's notices (placeholder,
-    usage hint, error messages, queue position) dropped, since they are not answers."""
-    text = clean_text(turn.text).strip()
-    if turn.speaker is Speaker.SYSTEM:
-        if text in _NOTICES or text.startswith((WAITING.split("{", 1)[0], _OLD_WAITING)):
-            return None
-        text = text.removesuffix(SHORTENED_NOTICE).strip().removesuffix(STOPPED_MARK).strip()
-    return Turn(turn.speaker, text) if text else None
-
 
 def owner_of(delivery: Delivery) -> str | None:
     """Who asked, for the generator's per-user bound and turns: the platform and the asker's
@@ -147,6 +116,7 @@ class ChatService:
         # 「停止」 pressed in that instant still finds the answer
         self._posted: dict[tuple[str, str], Delivery] = {}
         self._edits = PrivateData(store)
+        self.window = HistoryWindow(store, tokenizer, config.prompt_budget)
 
     def _point(self, name: str) -> None:
         if self._crash is not None:
@@ -195,7 +165,7 @@ class ChatService:
             previous = await self.store.previous_answer(delivery.conversation,
                                                         delivery.delivery_key)
             if previous is not None and previous.reply_ref is not None:
-                await _retire(sink, previous.reply_ref)
+                await retire(sink, previous.reply_ref)
         return outcome is Outcome.ANSWERED
 
     async def import_history(
@@ -209,16 +179,7 @@ class ChatService:
     async def _import(self, key: ConversationKey, turns: Sequence[ImportedTurn]) -> int:
         """Cleaned, the bot's notices left out, only the newest that fit the prompt budget.
         Runs under the conversation's lock."""
-        cleaned: list[ImportedTurn] = [
-            (kept, item[1], item[2] if len(item) > 2 else None)
-            for item in turns if (kept := as_history(item[0])) is not None]
-        used, start = 0, len(cleaned)
-        while start > 0:
-            used += turn_cost(cleaned[start - 1][0], self.tokenizer, self.config.prompt_budget)
-            if used > self.config.prompt_budget:
-                break
-            start -= 1
-        return await self.store.import_turns(key, cleaned[start:])
+        return await self.store.import_turns(key, self.window.backfill(turns))
 
     async def message_deleted(self, platform: str, delivery_key: str) -> bool:
         """A platform message was deleted: its stored text goes (see bot/edits.py)."""
@@ -285,19 +246,19 @@ class ChatService:
                          key, message.delivery_key)
                 return Outcome.DEFERRED
             if not text and delivery.turn_id is None:
-                _offer(sink, NO_CONTROLS)
+                offer(sink, NO_CONTROLS)
                 await sink.finish(USAGE_MESSAGE)
                 await self.store.mark_answered(delivery)
                 return Outcome.EMPTY
         except RinnaError as exc:
             log.warning("%s: could not take on message %s: %s", key, message.delivery_key,
                         type(exc).__name__, exc_info=exc)
-            _offer(sink, NO_CONTROLS)
+            offer(sink, NO_CONTROLS)
             await sink.fail(exc.user_message)
             return Outcome.FAILED
         except Exception:
             log.exception("%s: unexpected failure while taking on a message", key)
-            _offer(sink, NO_CONTROLS)
+            offer(sink, NO_CONTROLS)
             await sink.fail(UNEXPECTED_ERROR)
             return Outcome.FAILED
         finally:
@@ -345,12 +306,12 @@ class ChatService:
             current = await self.store.delivery(delivery.platform, delivery.delivery_key)
             if current is None or current.state is DeliveryState.ANSWERED:
                 return Outcome.DUPLICATE
-            await _resume(sink, current.reply_ref)
+            await resume(sink, current.reply_ref)
             if current.final is not None:  # its answer (or reset) was done: show it, not a notice
-                _offer(sink, ANSWERED if current.turn_id is not None else NO_CONTROLS)
+                offer(sink, ANSWERED if current.turn_id is not None else NO_CONTROLS)
                 await sink.finish(current.final)
             else:
-                _offer(sink, NO_CONTROLS)
+                offer(sink, NO_CONTROLS)
                 await sink.fail(STALE_NOTICE)
             await self.store.mark_answered(delivery)
         except Exception:
@@ -381,11 +342,11 @@ class ChatService:
                 return Outcome.DUPLICATE
             if current.withdrawn and current.turn_id is None:
                 if recovering:
-                    await _resume(sink, current.reply_ref)
+                    await resume(sink, current.reply_ref)
                 raise MessageWithdrawn("deleted while it waited")
             delivery = current = await self._locate(current, sink)
             if recovering:
-                await _resume(sink, current.reply_ref)
+                await resume(sink, current.reply_ref)
             if current.final is not None:
                 # Answered (or reset) before a crash: only showing it was left. Straight to
                 # the final text, without the placeholder again.
@@ -394,7 +355,7 @@ class ChatService:
             if current.turn_id is None and not (
                     current.text if text is None else text).strip():
                 # An empty message (only a mention, say) recovered: the usage hint, as live.
-                _offer(sink, NO_CONTROLS)
+                offer(sink, NO_CONTROLS)
                 await sink.finish(USAGE_MESSAGE)
                 await self.store.mark_answered(current)
                 return Outcome.EMPTY
@@ -411,13 +372,13 @@ class ChatService:
                 if work.cancelled() and self._closing and (me is None or not me.cancelling()):
                     log.info("%s: stopping; message %s will be answered after the restart",
                              key, delivery.delivery_key)
-                    _offer(sink, NO_CONTROLS)
+                    offer(sink, NO_CONTROLS)
                     await sink.fail(INTERRUPTED_NOTICE)
                     return Outcome.INTERRUPTED
                 raise
             outcome = await self._show_final(delivery, sink, final, answer=True)
             if (older := self._to_retire.pop(marker, None)) is not None:
-                await _retire(sink, older)
+                await retire(sink, older)
             return outcome
         except RinnaError as exc:
             if isinstance(exc, BusyError):
@@ -461,7 +422,7 @@ class ChatService:
 
     async def _show_final(self, delivery: Delivery, sink: ReplySink, final: str, *,
                           answer: bool) -> Outcome:
-        _offer(sink, ANSWERED if answer else NO_CONTROLS)
+        offer(sink, ANSWERED if answer else NO_CONTROLS)
         await sink.finish(final)
         self._point("shown")
         await self.store.mark_answered(delivery)
@@ -469,7 +430,7 @@ class ChatService:
         return Outcome.ANSWERED
 
     async def _fail(self, delivery: Delivery, sink: ReplySink, message: str) -> None:
-        _offer(sink, NO_CONTROLS)
+        offer(sink, NO_CONTROLS)
         await sink.fail(message)
         try:
             await self.store.mark_answered(delivery)  # ended with a clear notice: done
@@ -478,7 +439,7 @@ class ChatService:
                           delivery.delivery_key)
 
     async def _start(self, delivery: Delivery, sink: ReplySink) -> None:
-        _offer(sink, STREAMING)
+        offer(sink, STREAMING)
         await sink.start()
         self._point("placeholder")
         ref = placeholder_ref(sink)
@@ -584,7 +545,7 @@ class ChatService:
         generation is aborted at once; what was written so far is the answer)."""
         if interval is None:
             interval = self.config.stream_interval_s
-        history = await self._history(conversation, upto)
+        history = await self.window.history(conversation, upto)
         fitted = fit_prompt(history, self.tokenizer, self.config.prompt_budget)
         started = self._clock()
         parts: list[str] = []
@@ -704,50 +665,5 @@ class ChatService:
             self._on_feedback(platform, vote)
         return ControlResult.DONE
 
-    async def _history(self, conversation: int, upto: int | None = None) -> list[Turn]:
-        """The newest turns up to turn `upto` whose formatted size reaches the prompt budget
-        (oldest first)."""
-        turns: list[Turn] = []
-        used, before = 0, (None if upto is None else upto + 1)
-        while used <= self.config.prompt_budget:
-            page = await self.store.recent_turns(conversation, _PAGE, before)
-            for stored in page:
-                turns.append(stored.turn)
-                used += turn_cost(stored.turn, self.tokenizer, self.config.prompt_budget)
-                if used > self.config.prompt_budget:
-                    break
-            if len(page) < _PAGE:
-                break
-            before = page[-1].id
-        turns.reverse()
-        return turns
-
     def _conversation(self, key: ConversationKey) -> AbstractAsyncContextManager[None]:
         return self._locks.hold(key)
-
-
-def placeholder_ref(sink: ReplySink) -> str | None:
-    """The platform handle of the sink's placeholder, for sinks that can say."""
-    return sink.placeholder_ref() if isinstance(sink, NamesPlaceholder) else None
-
-
-def _offer(sink: ReplySink, controls: Controls) -> None:
-    """Tell a sink with buttons which ones to show next."""
-    if isinstance(sink, OffersControls):
-        sink.offer(controls)
-
-
-async def _retire(sink: ReplySink, ref: str) -> None:
-    """An earlier answer's message loses 「もう一度」; a failure only costs that button."""
-    if not isinstance(sink, RetiresAnswers):
-        return
-    try:
-        await sink.retire(ref)
-    except Exception as exc:  # cosmetic: the answer itself is not affected
-        log.warning("could not update the buttons of an earlier answer: %s",
-                    type(exc).__name__)
-
-
-async def _resume(sink: ReplySink, ref: str | None) -> None:
-    if isinstance(sink, Resumes):
-        await sink.resume(ref)

@@ -9,7 +9,7 @@ import pytest
 
 from adapters.console import HELP as CONSOLE_HELP
 from adapters.slack_reply import ASKED
-from bot.chat import EMPTY_ANSWER, USAGE_MESSAGE, as_history
+from bot.notices import EMPTY_ANSWER, USAGE_MESSAGE, as_history
 from bot.conversation import Speaker, Turn
 from bot.errors import GeneratorClosed, GeneratorError, QueueFullError, RinnaError
 from bot.reply import PLACEHOLDER, WAITING
