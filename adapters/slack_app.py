@@ -50,7 +50,6 @@ from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import RinnaError
 from bot.notices import RESET_DONE, USAGE_MESSAGE
 from bot.ports.records import Delivery
-from bot.prompt import turn_cost
 from bot.seen import RecentKeys
 from bot.status import StatusSource, status_text
 
@@ -73,12 +72,6 @@ HELP_MESSAGE = (
 )
 
 HISTORY_MAX_PAGES = 100  # a thread is read to its end (newest last), at most 20,000 messages
-# A turn costs at least 2 tokens (label and separator): more messages than budget / 2 can never
-# fit the prompt. Before names are looked up, the newest messages are counted in tokens with
-# mentions unresolved, keeping some slack (names and dropped notices change the count a
-# little); the chat service then trims exactly.
-MIN_TURN_TOKENS = 2
-BUDGET_SLACK = 1.5
 COMMAND_KEY = "command:"  # a /rinna command's delivery key: this and its trigger id
 
 
@@ -230,7 +223,7 @@ class SlackHandlers:
         """The thread's messages before `message`, oldest first: the newest of them. Slack pages
         replies from the oldest end, so the thread is paged to its end (up to `latest`) and
         only the newest that could reach the prompt are kept on the way."""
-        keep = self._keep_at_most()
+        keep = self.chat.window.most_turns()
         found: deque[Mapping[str, Any]] = deque(maxlen=keep)
         have_parent = False  # Slack may repeat the thread's first message on every page
         cursor: str | None = None
@@ -251,27 +244,14 @@ class SlackHandlers:
                         "those read", message.key, HISTORY_MAX_PAGES * HISTORY_PAGE)
         return sorted(found, key=lambda m: ts_order(m["ts"]))
 
-    def _keep_at_most(self) -> int:
-        return max(1, self.chat.config.prompt_budget // MIN_TURN_TOKENS)
-
     def _within_budget(self, items: Sequence[Mapping[str, Any]],
                        bot: BotIdentity) -> list[Mapping[str, Any]]:
-        """The newest `items` that can reach the prompt, oldest first: counted in tokens with
-        mentions left unresolved, so no name is looked up for a message that is dropped."""
-        budget = self.chat.config.prompt_budget
-        allowance = int(budget * BUDGET_SLACK)
-        kept: list[Mapping[str, Any]] = []
-        used = 0
-        for item in reversed(items):
-            if used > allowance or len(kept) >= self._keep_at_most():
-                break
-            kept.append(item)
-            text = str(item.get("text") or "")[:MAX_TEXT_CHARS]
-            plain = to_plain(strip_mention(text, bot.user_id), {}).strip()
-            if plain:
-                used += turn_cost(Turn(Speaker.USER, plain), self.chat.tokenizer, budget)
-        kept.reverse()
-        return kept
+        """The newest `items` that can reach the prompt (the chat service counts), oldest
+        first; their mentions are left unresolved for the count."""
+        texts = [to_plain(strip_mention(str(item.get("text") or "")[:MAX_TEXT_CHARS],
+                                        bot.user_id), {}).strip() for item in reversed(items)]
+        keep = self.chat.window.reachable(texts)
+        return list(items[len(items) - keep:]) if keep else []
 
     async def _history_turn(self, item: Mapping[str, Any], bot: BotIdentity) -> Turn | None:
         text = str(item.get("text") or "")[:MAX_TEXT_CHARS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bot.conversation import Turn
+from bot.conversation import Speaker, Turn
 from bot.notices import as_history
 from bot.ports.records import ImportedTurn
 from bot.ports.store import TurnStore
@@ -13,6 +13,11 @@ from bot.prompt import turn_cost
 from bot.tokenizer import Tokenizer
 
 PAGE = 64  # stored turns read per query, newest first
+# A turn costs at least 2 tokens (label and separator): more messages than budget / 2 can never
+# fit the prompt. A platform's thread is counted before names are looked up, with some slack
+# (names and dropped notices change the count a little); `backfill` then trims exactly.
+MIN_TURN_TOKENS = 2
+BUDGET_SLACK = 1.5
 
 
 class HistoryWindow:
@@ -23,6 +28,24 @@ class HistoryWindow:
 
     def cost(self, turn: Turn) -> int:
         return turn_cost(turn, self.tokenizer, self.budget)
+
+    def most_turns(self) -> int:
+        """More of a thread's messages than this can never reach the prompt."""
+        return max(1, self.budget // MIN_TURN_TOKENS)
+
+    def reachable(self, newest_first: Sequence[str]) -> int:
+        """How many of a thread's newest messages (their text, newest first, as read from the
+        platform before names are resolved) may reach the prompt: read in only those, so no
+        name is looked up for a message that is dropped."""
+        allowance = int(self.budget * BUDGET_SLACK)
+        used = count = 0
+        for text in newest_first:
+            if used > allowance or count >= self.most_turns():
+                break
+            count += 1
+            if text:
+                used += self.cost(Turn(Speaker.USER, text))
+        return count
 
     def backfill(self, turns: Sequence[ImportedTurn]) -> list[ImportedTurn]:
         """A thread's earlier messages (oldest first) as they are stored: cleaned, the bot's
