@@ -26,6 +26,7 @@ from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey,
                               IncomingMessage, ReplySink)
 from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
 from bot.generation import GenerationParams
+from bot.answer_controls import AnswerControls
 from bot.edits import PrivateData
 from bot.generator import Generator
 from bot.history_window import HistoryWindow
@@ -36,6 +37,7 @@ from bot.ports.locks import ConversationLocks, InProcessLocks
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
 from bot.ports.sinks import LocatesConversation
 from bot.ports.store import ChatStore
+from bot.running import RunningAnswers
 from bot.sink_calls import offer, placeholder_ref, resume, retire
 from bot.tokenizer import Tokenizer
 
@@ -103,20 +105,14 @@ class ChatService:
         self._on_outcome = on_outcome
         self._crash = crash_hook  # test-only fault injection at named points; None in service
         self._locks: ConversationLocks = locks if locks is not None else InProcessLocks()
-        self._inflight: set[tuple[str, str]] = set()  # (platform, delivery key) being answered
+        self.running = RunningAnswers()
         self._active: dict[asyncio.Task[object], asyncio.Future[object] | None] = {}
         self._closing = False
         self._on_feedback = on_feedback
-        # (platform, delivery key) -> its generation task while it runs (None: not begun yet)
-        self._answering: dict[tuple[str, str], asyncio.Task[None] | None] = {}
-        self._stopping: set[tuple[str, str]] = set()  # asked to stop by its 「停止」 button
-        # (platform, delivery key) -> the earlier answer's message to retire once it is shown
-        self._to_retire: dict[tuple[str, str], str] = {}
-        # (platform, placeholder ref) -> its record, from the post until the ref is stored: a
-        # 「停止」 pressed in that instant still finds the answer
-        self._posted: dict[tuple[str, str], Delivery] = {}
         self._edits = PrivateData(store)
         self.window = HistoryWindow(store, tokenizer, config.prompt_budget)
+        self.controls = AnswerControls(store, self.running, self._locks, self._redo,
+                                       lambda: self._closing, on_feedback)
 
     def _point(self, name: str) -> None:
         if self._crash is not None:
@@ -237,7 +233,7 @@ class ChatService:
             self._point("accepted")
             await acknowledge()
             self._point("acknowledged")
-            if delivery is None or (key.platform, message.delivery_key) in self._inflight:
+            if delivery is None or (key.platform, message.delivery_key) in self.running.inflight:
                 log.info("%s: message %s already answered or being answered", key,
                          message.delivery_key)
                 return Outcome.DUPLICATE
@@ -281,7 +277,7 @@ class ChatService:
         stale = 0
         tasks = []
         for delivery in pending:
-            if (delivery.platform, delivery.delivery_key) in self._inflight:
+            if (delivery.platform, delivery.delivery_key) in self.running.inflight:
                 continue  # a redelivery got there first
             sink = make_sink(delivery)
             if now - delivery.received_at > max_age_s:
@@ -299,9 +295,9 @@ class ChatService:
 
     async def _give_up(self, delivery: Delivery, sink: ReplySink) -> Outcome:
         marker = (delivery.platform, delivery.delivery_key)
-        if marker in self._inflight:
+        if marker in self.running.inflight:
             return Outcome.DUPLICATE
-        self._inflight.add(marker)
+        self.running.inflight.add(marker)
         try:
             current = await self.store.delivery(delivery.platform, delivery.delivery_key)
             if current is None or current.state is DeliveryState.ANSWERED:
@@ -318,7 +314,7 @@ class ChatService:
             log.exception("%s: could not end message %s", delivery.key, delivery.delivery_key)
             return Outcome.FAILED
         finally:
-            self._inflight.discard(marker)
+            self.running.inflight.discard(marker)
         return Outcome.ANSWERED
 
     async def _process(self, delivery: Delivery, sink: ReplySink, *,
@@ -328,10 +324,8 @@ class ChatService:
         `text` is the message's text when the platform just delivered it (else the record's)."""
         key = delivery.key
         marker = (delivery.platform, delivery.delivery_key)
-        if marker in self._inflight:
+        if not self.running.begin(marker):
             return Outcome.DUPLICATE
-        self._inflight.add(marker)
-        self._answering[marker] = None
         me = asyncio.current_task()
         if me is not None:
             self._active[me] = None
@@ -377,7 +371,7 @@ class ChatService:
                     return Outcome.INTERRUPTED
                 raise
             outcome = await self._show_final(delivery, sink, final, answer=True)
-            if (older := self._to_retire.pop(marker, None)) is not None:
+            if (older := self.running.to_retire.pop(marker, None)) is not None:
                 await retire(sink, older)
             return outcome
         except RinnaError as exc:
@@ -399,10 +393,7 @@ class ChatService:
             await self._fail(delivery, sink, UNEXPECTED_ERROR)
             return Outcome.FAILED
         finally:
-            self._inflight.discard(marker)
-            self._answering.pop(marker, None)
-            self._stopping.discard(marker)
-            self._to_retire.pop(marker, None)
+            self.running.end(marker)
             if me is not None:
                 self._active.pop(me, None)
 
@@ -444,11 +435,11 @@ class ChatService:
         self._point("placeholder")
         ref = placeholder_ref(sink)
         if ref is not None and ref != delivery.reply_ref:
-            self._posted[(delivery.platform, ref)] = delivery
+            self.running.posted[(delivery.platform, ref)] = delivery
             try:
                 await self.store.set_reply_ref(delivery, ref)
             finally:
-                self._posted.pop((delivery.platform, ref), None)
+                self.running.posted.pop((delivery.platform, ref), None)
             self._point("reply_ref")
 
     async def _locked_turn(self, delivery: Delivery, sink: ReplySink,
@@ -535,7 +526,7 @@ class ChatService:
         else:
             return
         if older is not None and older.reply_ref is not None:
-            self._to_retire[marker] = older.reply_ref
+            self.running.to_retire[marker] = older.reply_ref
 
     async def _answer(self, conversation: int, upto: int, sink: ReplySink,
                       interval: float | None, owner: str | None = None,
@@ -574,23 +565,7 @@ class ChatService:
                     await sink.update(clean_text("".join(parts)).strip())
                     self._point("streaming")
 
-        stopped = marker is not None and marker in self._stopping
-        if not stopped:
-            generation = asyncio.ensure_future(consume())
-            if marker is not None:
-                self._answering[marker] = generation
-            try:
-                await generation
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                # Cancelled by `stop` (not this task cancelled by a shutdown): keep the text.
-                if not (generation.cancelled() and marker in self._stopping
-                        and (me is None or not me.cancelling())):
-                    raise
-                stopped = True
-            finally:
-                if marker is not None:
-                    self._answering.pop(marker, None)
+        stopped = await self.running.generate(marker, consume)
         answer = clean_text("".join(parts)).strip()
         log.info("answered: %d prompt tokens (%d turns, %d dropped), %d chars in %.2f s",
                  len(fitted.ids), len(fitted.turns), fitted.dropped, len(answer),
@@ -598,72 +573,31 @@ class ChatService:
         log.debug("prompt=%r answer=%r", fitted.prompt, answer)
         return answer, fitted.shortened, stopped
 
-    # ----- the buttons on an answer ---------------------------------------------------------
+    # ----- the buttons on an answer (bot/answer_controls.py) ---------------------------------
     async def answer_at(self, platform: str, reply_ref: str,
                         channel: str | None = None) -> Delivery | None:
-        """The recorded answer behind a message (its `key`, its asker: `who_asked`).
-        `channel` (here and below): where the button was pressed, for platforms whose message
-        handles are unique only within a channel (Slack's ts)."""
-        return await self.store.answer_at(platform, reply_ref, channel)
+        return await self.controls.answer_at(platform, reply_ref, channel)
 
     async def stop(self, platform: str, reply_ref: str, user: str, *,
                    moderator: bool = False, channel: str | None = None) -> ControlResult:
-        """「停止」: abort the answer streaming into the message `reply_ref` at once (its row
-        leaves the engine's batch). The answering task keeps what was written, shows it with
-        「（停止しました）」 and stores it as the turn. Only the person who asked, or a
-        moderator (the adapter says), may stop it."""
-        answer = await self.store.answer_at(platform, reply_ref, channel) \
-            or self._posted.get((platform, reply_ref))
-        if answer is None or (channel is not None and answer.key.channel != channel):
-            return ControlResult.NOT_FOUND
-        if not moderator and user != answer.who_asked:
-            return ControlResult.NOT_ALLOWED
-        marker = (answer.platform, answer.delivery_key)
-        if marker not in self._answering or marker in self._stopping:
-            return ControlResult.NOT_RUNNING
-        self._stopping.add(marker)
-        generation = self._answering[marker]
-        if generation is not None:
-            generation.cancel()
-        log.info("%s: answer to %s stopped by its button", answer.key, answer.delivery_key)
-        return ControlResult.DONE
+        return await self.controls.stop(platform, reply_ref, user, moderator=moderator,
+                                        channel=channel)
 
     async def regenerate(self, platform: str, reply_ref: str, request_key: str, user: str,
                          sink: ReplySink, *, moderator: bool = False,
                          channel: str | None = None) -> ControlResult:
-        """「もう一度」: a new answer to the question answered in message `reply_ref`, into
-        `sink` (a new reply in the same conversation), exactly once per `request_key` (the
-        press). Only on the conversation's newest answer, by its asker or a moderator. The
-        old answer stays stored, superseded (left out of prompts), its message retired.
-        Returns when the new answer is shown; refusals return at once."""
-        answer = await self.store.answer_at(platform, reply_ref, channel)
-        if answer is None or answer.turn_id is None:
-            return ControlResult.NOT_FOUND
-        if not moderator and user != answer.who_asked:
-            return ControlResult.NOT_ALLOWED
-        if self._closing:
-            return ControlResult.CLOSING
-        async with self._conversation(answer.key):
-            request = await self.store.accept_regenerate(answer, request_key)
-        if request is None:
-            return ControlResult.NOT_LATEST
-        outcome = await self._process(request, sink, recovering=not request.fresh)
-        if self._on_outcome is not None:
-            self._on_outcome(platform, outcome)
-        return ControlResult.DONE
+        return await self.controls.regenerate(platform, reply_ref, request_key, user, sink,
+                                              moderator=moderator, channel=channel)
 
     async def feedback(self, platform: str, reply_ref: str, user: str,
                        value: Feedback | str, *, channel: str | None = None) -> ControlResult:
-        """👍/👎 on the answer in message `reply_ref`: one vote per person, a second press
-        changes it."""
-        vote = Feedback(value)
-        answer = await self.store.answer_at(platform, reply_ref, channel)
-        if answer is None or answer.turn_id is None:
-            return ControlResult.NOT_FOUND
-        previous = await self.store.set_feedback(answer, user, vote)
-        if previous != vote and self._on_feedback is not None:
-            self._on_feedback(platform, vote)
-        return ControlResult.DONE
+        return await self.controls.feedback(platform, reply_ref, user, value, channel=channel)
+
+    async def _redo(self, request: Delivery, sink: ReplySink) -> None:
+        """A regeneration taken on: answered like any message, its outcome counted."""
+        outcome = await self._process(request, sink, recovering=not request.fresh)
+        if self._on_outcome is not None:
+            self._on_outcome(request.platform, outcome)
 
     def _conversation(self, key: ConversationKey) -> AbstractAsyncContextManager[None]:
         return self._locks.hold(key)

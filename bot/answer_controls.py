@@ -1,0 +1,90 @@
+"""The buttons on an answer: 「停止」, 「もう一度」, 👍/👎. Who may press what is decided here,
+once for every platform: the person the answer is for (`Delivery.who_asked`), or a moderator
+(the adapter says who is one)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from bot.controls import ControlResult, Feedback
+from bot.conversation import ReplySink
+from bot.ports.locks import ConversationLocks
+from bot.ports.records import Delivery
+from bot.ports.store import ChatStore
+from bot.running import RunningAnswers
+
+log = logging.getLogger(__name__)
+
+
+class AnswerControls:
+    def __init__(self, store: ChatStore, running: RunningAnswers, locks: ConversationLocks,
+                 redo: Callable[[Delivery, ReplySink], Awaitable[None]],
+                 closing: Callable[[], bool],
+                 on_feedback: Callable[[str, str], None] | None = None) -> None:
+        self.store = store
+        self.running = running
+        self._locks = locks
+        self._redo = redo  # answers a regeneration taken on (the chat service's pipeline)
+        self._closing = closing
+        self._on_feedback = on_feedback
+
+    async def answer_at(self, platform: str, reply_ref: str,
+                        channel: str | None = None) -> Delivery | None:
+        """The recorded answer behind a message (its `key`, its asker: `who_asked`).
+        `channel` (here and below): where the button was pressed, for platforms whose message
+        handles are unique only within a channel (Slack's ts)."""
+        return await self.store.answer_at(platform, reply_ref, channel)
+
+    async def stop(self, platform: str, reply_ref: str, user: str, *,
+                   moderator: bool = False, channel: str | None = None) -> ControlResult:
+        """「停止」: abort the answer streaming into the message `reply_ref` at once (its row
+        leaves the engine's batch). The answering task keeps what was written, shows it with
+        「（停止しました）」 and stores it as the turn. Only the person who asked, or a
+        moderator (the adapter says), may stop it."""
+        answer = await self.store.answer_at(platform, reply_ref, channel) \
+            or self.running.posted.get((platform, reply_ref))
+        if answer is None or (channel is not None and answer.key.channel != channel):
+            return ControlResult.NOT_FOUND
+        if not moderator and user != answer.who_asked:
+            return ControlResult.NOT_ALLOWED
+        result = self.running.stop((answer.platform, answer.delivery_key))
+        if result is not ControlResult.DONE:
+            return result
+        log.info("%s: answer to %s stopped by its button", answer.key, answer.delivery_key)
+        return ControlResult.DONE
+
+    async def regenerate(self, platform: str, reply_ref: str, request_key: str, user: str,
+                         sink: ReplySink, *, moderator: bool = False,
+                         channel: str | None = None) -> ControlResult:
+        """「もう一度」: a new answer to the question answered in message `reply_ref`, into
+        `sink` (a new reply in the same conversation), exactly once per `request_key` (the
+        press). Only on the conversation's newest answer, by its asker or a moderator. The
+        old answer stays stored, superseded (left out of prompts), its message retired.
+        Returns when the new answer is shown; refusals return at once."""
+        answer = await self.store.answer_at(platform, reply_ref, channel)
+        if answer is None or answer.turn_id is None:
+            return ControlResult.NOT_FOUND
+        if not moderator and user != answer.who_asked:
+            return ControlResult.NOT_ALLOWED
+        if self._closing():
+            return ControlResult.CLOSING
+        async with self._locks.hold(answer.key):
+            request = await self.store.accept_regenerate(answer, request_key)
+        if request is None:
+            return ControlResult.NOT_LATEST
+        await self._redo(request, sink)
+        return ControlResult.DONE
+
+    async def feedback(self, platform: str, reply_ref: str, user: str,
+                       value: Feedback | str, *, channel: str | None = None) -> ControlResult:
+        """👍/👎 on the answer in message `reply_ref`: one vote per person, a second press
+        changes it."""
+        vote = Feedback(value)
+        answer = await self.store.answer_at(platform, reply_ref, channel)
+        if answer is None or answer.turn_id is None:
+            return ControlResult.NOT_FOUND
+        previous = await self.store.set_feedback(answer, user, vote)
+        if previous != vote and self._on_feedback is not None:
+            self._on_feedback(platform, vote)
+        return ControlResult.DONE

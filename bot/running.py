@@ -1,0 +1,72 @@
+"""The answers this process is working on, by (platform, delivery key): the in-process half of
+exactly-once (the store's answers are the other half) and what a 「停止」 press finds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from bot.controls import ControlResult
+from bot.ports.records import Delivery
+
+Marker = tuple[str, str]  # (platform, delivery key)
+
+
+class RunningAnswers:
+    def __init__(self) -> None:
+        self.inflight: set[Marker] = set()  # being answered (or ended) by a task of ours
+        # -> its generation task while it runs (None: taken on, not generating yet)
+        self.generating: dict[Marker, asyncio.Future[None] | None] = {}
+        self.stopping: set[Marker] = set()  # asked to stop by its 「停止」 button
+        # -> the earlier answer's message to retire once this answer is shown
+        self.to_retire: dict[Marker, str] = {}
+        # (platform, placeholder ref) -> its record, from the post until the ref is stored: a
+        # 「停止」 pressed in that instant still finds the answer
+        self.posted: dict[tuple[str, str], Delivery] = {}
+
+    def begin(self, marker: Marker) -> bool:
+        """Take on answering `marker`; False when a task of ours already does."""
+        if marker in self.inflight:
+            return False
+        self.inflight.add(marker)
+        self.generating[marker] = None
+        return True
+
+    def end(self, marker: Marker) -> None:
+        self.inflight.discard(marker)
+        self.generating.pop(marker, None)
+        self.stopping.discard(marker)
+        self.to_retire.pop(marker, None)
+
+    def stop(self, marker: Marker) -> ControlResult:
+        """Abort the generation of `marker` at once (or before it begins)."""
+        if marker not in self.generating or marker in self.stopping:
+            return ControlResult.NOT_RUNNING
+        self.stopping.add(marker)
+        generation = self.generating[marker]
+        if generation is not None:
+            generation.cancel()
+        return ControlResult.DONE
+
+    async def generate(self, marker: Marker | None,
+                       consume: Callable[[], Awaitable[None]]) -> bool:
+        """Run `consume` as `marker`'s generation, where 「停止」 can reach it. Returns whether
+        it was stopped by its button (what it wrote so far stays); a cancellation of the
+        calling task (a shutdown) is raised as usual."""
+        if marker is not None and marker in self.stopping:
+            return True
+        generation = asyncio.ensure_future(consume())
+        if marker is not None:
+            self.generating[marker] = generation
+        try:
+            await generation
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if not (generation.cancelled() and marker in self.stopping
+                    and (me is None or not me.cancelling())):
+                raise
+            return True
+        finally:
+            if marker is not None:
+                self.generating.pop(marker, None)
+        return False
