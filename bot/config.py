@@ -237,18 +237,33 @@ def plain_error(err: Any) -> str:
     name = str(err["loc"][0])
     key = name.upper()
     field = Settings.model_fields.get(name)
-    given = "" if name in _SECRET_NAMES or not isinstance(err.get("input"), str | int | float) else (
-        f"={err['input']}")
-    problem = _PROBLEMS.get(err["type"], "{msg}").format(msg=err["msg"], **{
-        k: v for k, v in err.get("ctx", {}).items() if k != "error"},
-        error=err.get("ctx", {}).get("error", ""))
+    shown = not _is_secret(name) and isinstance(err.get("input"), str | int | float)
+    given = f"={err['input']}" if shown else ""
+    problem = _problem(err)
     if name == "device":
         problem = "must be auto, cpu, cuda or cuda:N (N: the GPU's number)"
     example = EXAMPLES.get(name)
     if example is None and field is not None and field.default not in (None, Ellipsis):
         example = str(field.default)
     joint = " " if not given and problem.startswith("is ") else ": "
-    return f"{key}{given}{joint}{problem}" + (f" (for example {key}={example})" if example else "")
+    return f"{key}{given}{joint}{problem}" + (f" (for example {key}={example})" if example
+                                              else "")
+
+
+def _problem(err: Any) -> str:
+    """What is wrong, in plain words (pydantic's own message where no wording is known)."""
+    context = {k: v for k, v in err.get("ctx", {}).items()}
+    try:
+        return _PROBLEMS.get(err["type"], "{msg}").format(msg=err["msg"], **{
+            "error": "", **context})
+    except (KeyError, IndexError):
+        return str(err["msg"])
+
+
+def _is_secret(name: str) -> bool:
+    field = Settings.model_fields.get(name)
+    return field is not None and SecretStr in (field.annotation,
+                                               *getattr(field.annotation, "__args__", ()))
 
 
 # What each pydantic error type means, in plain words ({...}: the error's own details).
@@ -266,8 +281,6 @@ _PROBLEMS = {
     "value_error": "{error}",
     "path_type": "must be a file path",
 }
-_SECRET_NAMES = frozenset({"discord_token", "slack_bot_token", "slack_app_token",
-                           "slack_signing_secret", "engine_api_key"})
 
 # Right values to show next to an error, where the default is none or not a good example.
 EXAMPLES = {

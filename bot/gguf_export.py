@@ -86,6 +86,9 @@ def export_gguf(model_dir: Path, out: Path, dtype: str = "f16") -> Path:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if config.get("model_type") not in (None, "gpt_neox"):
         raise ModelLoadError(f"{model_dir}: a {config.get('model_type')} model, not GPT-NeoX")
+    if config.get("quantization_config"):  # bitsandbytes weights: llama.cpp cannot read them
+        raise ModelLoadError(f"{model_dir}: saved quantised; export the original instead "
+                             "(MODEL=ppo rinna-bot download, then MODEL=ppo rinna-bot export-gguf)")
     shape = Shape.from_config(config)
     writer = gguf.GGUFWriter(str(out), ARCH)
     writer.add_name(config.get("_name_or_path") or model_dir.name)

@@ -2,8 +2,9 @@
 while the model loads, and the exit-code contract (docs/operations.md):
 
 - 0: a clean stop (SIGTERM/SIGINT, /exit);
-- 2: configuration the operator must fix (settings, paths, permissions, rejected tokens, no
-  platform without a terminal): restarting cannot help (systemd's RestartPreventExitStatus=2);
+- 2: configuration the operator must fix (settings, paths, permissions, rejected tokens, a
+  MODEL_ID directory that is missing or incomplete, no platform without a terminal):
+  restarting cannot help (systemd's RestartPreventExitStatus=2);
 - 1: anything transient (network, hub, a platform outage): a restart may help.
 """
 
@@ -14,10 +15,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.config import Settings
-from bot.errors import ConfigError, StorageError
+from bot.errors import ConfigError, ModelLoadError, StorageError
 
 if TYPE_CHECKING:
     from bot.generator import Generator
@@ -43,13 +45,24 @@ def as_config_error(error: StorageError) -> ConfigError:
 
 
 async def _load_generator(settings: Settings) -> Generator:
+    """The model (or the remote engine). A MODEL_ID naming a directory that is missing or
+    incomplete is a path to fix (2); the hub out of reach is transient (1)."""
     from bot.generator import load_generator
     from bot.logs import quiet_model_libraries
 
     if settings.engine_url is None:
         quiet_model_libraries()
+    try:
+        return await load_generator(settings)
+    except ModelLoadError as exc:
+        if names_a_directory(settings.model_id):
+            raise ConfigError(str(exc)) from None
+        raise
 
-    return await load_generator(settings)
+
+def names_a_directory(model_id: str) -> bool:
+    """MODEL_ID is a filesystem path (absolute, ./, ../ or ~), not a hub id like org/name."""
+    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).is_dir()
 
 
 async def _check_slack(settings: Settings) -> str:

@@ -118,9 +118,13 @@ class StopFilter:
         """Where the first turn start in `buffer` begins (its newline), if there is one."""
         line = buffer.find("\n")
         while line >= 0:
-            if starts_turn(self._normalizer.normalize(buffer[line + 1:line + 1 + _MAX_RAW_LINE])):
+            after = buffer.find("\n", line + 1)
+            # one line at a time: a newline here is the model's <NL>, a boundary it never reads
+            # through (sentencepiece's own rules would fold it into a space)
+            text = buffer[line + 1:after if after >= 0 else len(buffer)][:_MAX_RAW_LINE]
+            if starts_turn(self._normalizer.normalize(text)):
                 return line
-            line = buffer.find("\n", line + 1)
+            line = after
         return None
 
     def _unsettled(self, buffer: str) -> int:
@@ -134,7 +138,9 @@ class StopFilter:
         if 0 <= line and len(buffer) - line <= _MAX_RAW_LINE:
             tail = buffer[line + 1:len(buffer) - keep]
             view = self._normalizer.normalize(tail)
-            if could_start_turn(view):
+            # a mark still to come may compose with the last character (ｻ + ﾞ reads as ザ)
+            if could_start_turn(view) or (strip_ignorable(view[:-1])
+                                          and could_start_turn(view[:-1])):
                 keep = len(buffer) - line
         return keep
 

@@ -17,6 +17,7 @@ import sentencepiece as spm
 
 NEWLINE_SYMBOL = "<NL>"
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+_SURROGATES = re.compile("[\ud800-\udfff]")
 IDENTITY = "identity"
 
 
@@ -64,8 +65,10 @@ class Tokenizer:
     def normalize(self, text: str) -> str:
         """The text as the model reads it: sentencepiece's own normaliser (its rule, which may
         delete, fold or compose characters), with its `▁` shown as the space it stands for.
-        This makes the tokenizer the prompt builder's and the stop filter's `Normalizer`."""
-        return self._sp.normalize(text).replace("\u2581", " ")
+        This makes the tokenizer the prompt builder's and the stop filter's `Normalizer`.
+        Lone surrogates, which no UTF-8 text (and so no prompt or reply) can hold, are left
+        out rather than refused by sentencepiece."""
+        return self._sp.normalize(_SURROGATES.sub("", text)).replace("\u2581", " ")
 
     def count(self, text: str) -> int:
         return len(self.encode(text))

@@ -193,3 +193,69 @@ def test_the_command_redacts_the_engine_api_key(settings: Settings, tmp_path: Pa
         logging.getLogger().setLevel(level)
     err = capsys.readouterr().err
     assert "request failed: Authorization=***" in err and key not in err
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("DISCORD_TOKEN", "MTIzNDU2Nzg5MDEyMzQ1Njc4.GAbCdE.abc-def_ghi"),
+    ("SLACK_BOT_TOKEN", "xoxb-1234-5678-abcd"),
+    ("SLACK_BOT_TOKEN", "xoxe.xoxb-1-abcd"),  # a rotating token
+    ("SLACK_APP_TOKEN", "xapp-1-A0123-456-abc"),
+    ("SLACK_SIGNING_SECRET", "8f742231b10e8888ABCD99aaabbb85a5"),
+])
+def test_tokens_of_the_right_shape_are_taken(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                             key: str, value: str) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-1")
+    monkeypatch.setenv(key, f" {value} ")  # pasted with spaces around
+    assert getattr(load_settings(), key.lower()).get_secret_value() == value
+
+
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("DISCORD_TOKEN", "not-a-token", "is not a Discord bot token (three parts separated by dots"),
+    ("DISCORD_TOKEN", "Bot a.b.c", "is not a Discord bot token"),
+    ("SLACK_BOT_TOKEN", "hello", "is not a Slack bot token (it starts with xoxb-"),
+    ("SLACK_BOT_TOKEN", "xoxp-1-user-token", "is not a Slack bot token"),
+    ("SLACK_APP_TOKEN", "xoxb-1", "is not a Slack app-level token (it starts with xapp-"),
+    ("SLACK_SIGNING_SECRET", "sign-secret", "is not a Slack signing secret (32 hex digits"),
+])
+def test_a_token_of_the_wrong_shape_is_one_plain_line(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, key: str, value: str,
+        said: str) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-1")
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    (line,) = str(raised.value).splitlines()
+    assert line.startswith(f"{key} {said}") and f"(for example {key}=" in line
+    assert value not in line  # a secret, even a wrong one, is not repeated
+
+
+@pytest.mark.parametrize("env", [
+    {"DEVICE": "gpu"}, {"QUANTIZATION": "16bit"}, {"MAX_NEW_TOKENS": "many"},
+    {"TEMPERATURE": "0"}, {"ALLOW_DMS": "perhaps"}, {"LOG_LEVEL": "loud"},
+    {"METRICS_PORT": "0"}, {"CONTEXT_TOKENS": "100"}, {"ENGINE_URL": "ftp://x"},
+    {"SLACK_BOT_TOKEN": "xoxb-123"}, {"SLACK_APP_TOKEN": "xapp-1"},
+    {"SLACK_SIGNING_SECRET": "8f742231b10e8888abcd99aaabbb85a5"},
+])
+def test_every_settings_error_names_the_setting_and_a_right_value(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    (line,) = str(raised.value).splitlines()
+    (key,) = env
+    assert line.startswith(key), line
+    assert re.search(r"(for example|e\.g\.) [A-Z_]+=\S", line), line
+    for prose in ("Value error", "String should", "Input should", "validation error",
+                  "pattern", "invalid settings"):
+        assert prose not in line, line
+
+
+def test_slack_app_token_without_the_bot_token_says_what_is_missing(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-1-A0123-456-abc")
+    with pytest.raises(ConfigError, match="^SLACK_APP_TOKEN is set but SLACK_BOT_TOKEN is "
+                                          "missing: set it to the app's Bot User OAuth Token"):
+        load_settings()

@@ -29,8 +29,9 @@ def spawn(cwd: Path, args: list[str] | None = None, command: str = "chat",
     environment.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "QUANTIZATION": "none",
                         "DEVICE": "cpu", "MAX_NEW_TOKENS": "12", "TERM": "xterm",
                         "PROMPT_TOOLKIT_NO_CPR": "1", **env})
-    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", command, *(args or [])], cwd=str(cwd),
-                          env=environment, encoding="utf-8", timeout=240, dimensions=(40, 200))
+    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", command, *(args or [])],
+                          cwd=str(cwd), env=environment, encoding="utf-8", timeout=240,
+                          dimensions=(40, 200))
     child.logfile_read = io.StringIO()  # everything the terminal showed
     child.expect_exact(HELP)
     child.expect_exact(PROMPT.strip())

@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,8 @@ def rinna_bot(command: str, cwd: Path, **env: str) -> subprocess.CompletedProces
                                   "DEVICE", "QUANTIZATION", "HF_"))}
     clean.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
                   "HF_HUB_CACHE": str(cwd / "hub"), **env})
-    return subprocess.run([sys.executable, "-m", "bot.cli", *command.split()], cwd=cwd, env=clean,
-                          capture_output=True, text=True, timeout=240, check=False)
+    return subprocess.run([sys.executable, "-m", "bot.cli", *command.split()], cwd=cwd,
+                          env=clean, capture_output=True, text=True, timeout=240, check=False)
 
 
 def hub_cache(tmp_path: Path, tiny_model_dir: Path) -> Path:
@@ -312,7 +313,8 @@ async def test_doctor_asks_slack_whether_the_tokens_are_accepted(tmp_path: Path)
         offline = await asyncio.to_thread(rinna_bot, "doctor --offline", tmp_path, **env)
     finally:
         await fake.close()
-    assert "✓ Slack: the tokens are accepted (signed in as rinna in Test)" in good.stdout.splitlines()
+    assert "✓ Slack: the tokens are accepted (signed in as rinna in Test)" \
+        in good.stdout.splitlines()
     assert ("✗ SLACK_APP_TOKEN was rejected by Slack (apps.connections.open: invalid_auth); set "
             "it to an app-level token (xapp-...) with connections:write") in bad.stdout.splitlines()
     assert bad.returncode == 1
@@ -326,3 +328,52 @@ def test_doctor_reports_a_dotenv_typo_like_run(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert (".env: unknown setting DISCORD_TOKNE (ignored); did you mean DISCORD_TOKEN? → "
             "correct the key's name (see .env.example)") in done.stdout
+
+
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """doctor() sets up logging for its process: put the test process's back afterwards."""
+    import logging
+
+    names = ["", "discord", "slack_bolt", "slack_sdk", "aiohttp.access", "httpx", "httpx2",
+             "websockets", "bitsandbytes.backends.cpu.ops"]
+    levels = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    handlers = logging.getLogger().handlers[:]
+    yield
+    logging.getLogger().handlers[:] = handlers
+    for logger, level in levels:
+        logger.setLevel(level)
+    logging.captureWarnings(False)
+
+
+async def test_doctor_asks_discord_whether_the_token_is_accepted(
+        settings: object, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, logging_restored: None) -> None:
+    """Discord's login (`GET /users/@me`, no gateway) against the local fake, accepted and then
+    refused; doctor runs in a thread of its own (it runs its own event loop)."""
+    import asyncio
+    import io
+
+    import discord
+
+    from bot.doctor import doctor
+    from tests.discord_fakes import FakeDiscord
+
+    fake = FakeDiscord()
+    await fake.start()
+    monkeypatch.setattr(discord.http.Route, "BASE", fake.base_url)
+    for key, value in {"DISCORD_TOKEN": "MTIz.GAbCdE.doctor-discord-token",
+                       "MODEL_ID": str(tiny_model_dir), "QUANTIZATION": "none",
+                       "DEVICE": "cpu", "DATABASE_PATH": str(tmp_path / "d.sqlite3")}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        accepted, refused = io.StringIO(), io.StringIO()
+        await asyncio.to_thread(doctor, accepted)
+        fake.reject_token = True
+        await asyncio.to_thread(doctor, refused)
+    finally:
+        await fake.close()
+    assert "✓ Discord: the token is accepted (bot rinna)" in accepted.getvalue().splitlines()
+    assert ("✗ DISCORD_TOKEN was rejected by Discord (401 Unauthorized); copy it again from "
+            "the Developer Portal (Bot > Reset Token)") in refused.getvalue().splitlines()
+    assert [r.path for r in fake.requests] == ["/users/@me", "/users/@me"]

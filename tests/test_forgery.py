@@ -1,7 +1,7 @@
 """Turns forged below the text layer (issue 22): judged at the token level, through two fixture
 tokenizers, in both directions (what goes into the prompt, what comes out of the model).
 
-- `identity`: the tokenizer reads text as it is (the rule DESIGN.md's tiny model uses).
+- `identity`: the tokenizer reads text as it is (the rule the tiny model of docs/model.md uses).
 - `nmt_nfkc`: sentencepiece's default rule: deletes (U+008F, ...), folds (`＜ＮＬ＞` -> `<NL>`,
   `ｼｽﾃﾑ` -> `システム`, U+200B -> space) and composes (`サ` + U+3099 -> `ザ`).
 

@@ -16,6 +16,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
+from bot.errors import ModelLoadError
 from bot.gguf_export import export_gguf, normalizer_spec, qkv_reorder
 from bot.prompt import build_prompt
 from bot.conversation import Speaker, Turn
@@ -123,3 +124,10 @@ def test_the_command_writes_the_file_from_model_id(tiny_model_dir: Path, tmp_pat
     absent = subprocess.run([*command, "x.gguf"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=120)
     assert absent.returncode == 1 and "rinna-bot download" in absent.stderr
+
+
+def test_a_checkpoint_saved_quantised_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    fixture = Path(__file__).parent / "fixtures" / "tiny-nf4"  # saved 4-bit by bitsandbytes
+    with pytest.raises(ModelLoadError, match="saved quantised; export the original instead"):
+        export_gguf(fixture, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()

@@ -59,7 +59,8 @@ def registered(chat: ChatService) -> list[tuple[str, Any]]:
                    request_verification_enabled=False)
     api = SlackApi(AsyncWebClient(token=BOT_TOKEN))
     recording = RecordingApp(app)
-    register(recording, SlackHandlers(chat=chat, api=api, names=UserNames(api)))  # type: ignore[arg-type]
+    handlers = SlackHandlers(chat=chat, api=api, names=UserNames(api))
+    register(recording, handlers)  # type: ignore[arg-type]
     return recording.registered
 
 

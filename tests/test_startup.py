@@ -156,6 +156,20 @@ async def test_a_platform_outage_exits_1(tiny_model_dir: Path, tmp_path: Path) -
         "rinna-bot: Slack Socket Mode: could not connect (ClientConnectorError)")
 
 
+async def test_a_model_directory_that_is_not_there_exits_2(tmp_path: Path) -> None:
+    """MODEL_ID names a directory (a path, not a hub id) that does not exist: a path to fix."""
+    fake = await FakeSlack().start()
+    try:
+        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=str(tmp_path / "no-model"),
+                                     SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
+                                     SLACK_API_URL=fake.api_url)
+    finally:
+        await fake.close()
+    assert status == 2, stderr
+    last = stderr.rstrip().splitlines()[-1]
+    assert last.startswith("rinna-bot: ") and "no-model" in last, stderr
+
+
 async def test_the_hub_out_of_reach_exits_1(tmp_path: Path) -> None:
     """MODEL_ID is not downloaded and the hub cannot be reached (HF_HUB_OFFLINE): 1."""
     fake = await FakeSlack().start()

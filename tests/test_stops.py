@@ -68,7 +68,11 @@ def test_closing_brackets_stay_with_their_sentence_when_trimming() -> None:
     assert "".join(shown) == "「はい。」と答えました。"
 
 
-TURN = re.compile(r"\n[ \t\u3000]*(ユーザー|システム)[ \t\u3000]*[:：]")
+# The filter's rule (bot/normalizer.py) for these pieces: spaces count as nothing around a
+# speaker label and inside it, within one line.
+_SP = "[ \t\u3000]*"
+_LABEL = "|".join(_SP.join(label) for label in ("ユーザー", "システム"))
+TURN = re.compile(rf"\n{_SP}({_LABEL}){_SP}[:：]")
 
 
 def reference(text: str) -> str:
@@ -77,7 +81,7 @@ def reference(text: str) -> str:
     match = TURN.search(text)
     if match:
         return text[: match.start()]
-    return re.sub(r"\n[ \t\u3000]*(ユーザー|システム)[ \t\u3000]*\Z", "", text)
+    return re.sub(rf"\n{_SP}({_LABEL}){_SP}\Z", "", text)
 
 
 pieces_text = st.lists(st.sampled_from(
