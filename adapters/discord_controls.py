@@ -19,6 +19,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.answer_controls import ModeratorCheck
 from bot.chat import ChatService
 from bot.controls import ControlResult, control_message
 from bot.conversation import NO_CONTROLS, ConversationKey, Controls
@@ -119,8 +120,11 @@ class AnswerControls:
                 pass
 
     @staticmethod
-    def _moderator(interaction: discord.Interaction) -> bool:
-        return bool(interaction.permissions.manage_messages)
+    def _moderator(interaction: discord.Interaction) -> ModeratorCheck:
+        """How the core asks whether the presser moderates: Manage Messages where pressed."""
+        async def check() -> bool:
+            return bool(interaction.permissions.manage_messages)
+        return check
 
     async def _stop(self, interaction: discord.Interaction, ref: str) -> None:
         result = await self.host.chat.stop(PLATFORM, ref, str(interaction.user.id),

@@ -68,15 +68,18 @@ def register_controls(app: AsyncApp, services: SlackServices) -> None:
 
     async def decide(action: str, body: Mapping[str, Any], channel: str, ts: str,
                      thread: str | None, call: Any) -> ControlResult | None:
-        """Run the chat service's `call(moderator)`: as the presser first, and only if that
-        is refused, once more as a moderator if users.info says they are one."""
+        """Run the chat service's `call(moderator)`; `moderator` is how the core asks, only
+        when the presser is not the person the answer is for, whether they are a moderator
+        (the policy lets their team moderate, and users.info says admin or owner)."""
         user, _ = _presser(body)
+
+        async def moderator() -> bool:
+            return (services.policy.may_moderate(press_access(body, channel))
+                    and services.moderators is not None
+                    and await services.moderators.check(user))
+
         try:
-            result = await call(False)
-            if (result is ControlResult.NOT_ALLOWED
-                    and services.policy.may_moderate(press_access(body, channel))
-                    and await services.moderators.check(user)):
-                result = await call(True)
+            result = await call(moderator)
         except Exception:  # the press's error boundary: logged, the presser told in short
             log.exception("slack: %s on %s failed", action, ts)
             await tell(services.api, channel, user, RinnaError.user_message, thread)

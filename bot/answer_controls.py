@@ -16,6 +16,17 @@ from bot.running import RunningAnswers
 
 log = logging.getLogger(__name__)
 
+# Whether the presser is a moderator: asked only when they are not the person the answer is
+# for (a platform lookup may cost a call). A bool where the platform knows at once.
+ModeratorCheck = Callable[[], Awaitable[bool]]
+
+
+async def may_press(user: str, answer: Delivery, moderator: bool | ModeratorCheck) -> bool:
+    """The one rule for 停止 and もう一度: the person the answer is for, or a moderator."""
+    if user == answer.who_asked:
+        return True
+    return moderator if isinstance(moderator, bool) else await moderator()
+
 
 class AnswerControls:
     def __init__(self, store: ChatStore, running: RunningAnswers, locks: ConversationLocks,
@@ -37,7 +48,8 @@ class AnswerControls:
         return await self.store.answer_at(platform, reply_ref, channel)
 
     async def stop(self, platform: str, reply_ref: str, user: str, *,
-                   moderator: bool = False, channel: str | None = None) -> ControlResult:
+                   moderator: bool | ModeratorCheck = False,
+                   channel: str | None = None) -> ControlResult:
         """「停止」: abort the answer streaming into the message `reply_ref` at once (its row
         leaves the engine's batch). The answering task keeps what was written, shows it with
         「（停止しました）」 and stores it as the turn. Only the person who asked, or a
@@ -46,7 +58,7 @@ class AnswerControls:
             or self.running.posted.get((platform, reply_ref))
         if answer is None or (channel is not None and answer.key.channel != channel):
             return ControlResult.NOT_FOUND
-        if not moderator and user != answer.who_asked:
+        if not await may_press(user, answer, moderator):
             return ControlResult.NOT_ALLOWED
         result = self.running.stop((answer.platform, answer.delivery_key))
         if result is not ControlResult.DONE:
@@ -55,7 +67,7 @@ class AnswerControls:
         return ControlResult.DONE
 
     async def regenerate(self, platform: str, reply_ref: str, request_key: str, user: str,
-                         sink: ReplySink, *, moderator: bool = False,
+                         sink: ReplySink, *, moderator: bool | ModeratorCheck = False,
                          channel: str | None = None) -> ControlResult:
         """「もう一度」: a new answer to the question answered in message `reply_ref`, into
         `sink` (a new reply in the same conversation), exactly once per `request_key` (the
@@ -65,7 +77,7 @@ class AnswerControls:
         answer = await self.store.answer_at(platform, reply_ref, channel)
         if answer is None or answer.turn_id is None:
             return ControlResult.NOT_FOUND
-        if not moderator and user != answer.who_asked:
+        if not await may_press(user, answer, moderator):
             return ControlResult.NOT_ALLOWED
         if self._closing():
             return ControlResult.CLOSING

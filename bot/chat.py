@@ -26,7 +26,7 @@ from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey,
                               IncomingMessage, ReplySink)
 from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
 from bot.generation import GenerationParams
-from bot.answer_controls import AnswerControls
+from bot.answer_controls import AnswerControls, ModeratorCheck
 from bot.edits import PrivateData
 from bot.generator import Generator
 from bot.history_window import HistoryWindow
@@ -579,12 +579,13 @@ class ChatService:
         return await self.controls.answer_at(platform, reply_ref, channel)
 
     async def stop(self, platform: str, reply_ref: str, user: str, *,
-                   moderator: bool = False, channel: str | None = None) -> ControlResult:
+                   moderator: bool | ModeratorCheck = False,
+                   channel: str | None = None) -> ControlResult:
         return await self.controls.stop(platform, reply_ref, user, moderator=moderator,
                                         channel=channel)
 
     async def regenerate(self, platform: str, reply_ref: str, request_key: str, user: str,
-                         sink: ReplySink, *, moderator: bool = False,
+                         sink: ReplySink, *, moderator: bool | ModeratorCheck = False,
                          channel: str | None = None) -> ControlResult:
         return await self.controls.regenerate(platform, reply_ref, request_key, user, sink,
                                               moderator=moderator, channel=channel)
