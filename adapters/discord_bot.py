@@ -543,10 +543,10 @@ class ChatCog(commands.Cog):
         if not clean_text(text).strip():
             await interaction.edit_original_response(content=ASK_ABOUT_UNREADABLE)
             return
-        # The text stays its writer's (forget/export); the presser may stop or redo the answer.
-        incoming = IncomingMessage(text, str(interaction.id), author=str(message.author.id),
-                                   asker=str(interaction.user.id),
-                                   sources=(str(message.id),))  # its delete reaches it
+        incoming = IncomingMessage.asked_about(text, str(interaction.id),
+                                               writer=str(message.author.id),
+                                               asker=str(interaction.user.id),
+                                               message=str(message.id))
         channel = interaction.channel
         guild_id = interaction.guild_id
         if guild_id is None or isinstance(channel, (discord.DMChannel, discord.GroupChannel)):

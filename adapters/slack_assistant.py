@@ -178,10 +178,9 @@ async def answer_about(services: SlackServices, message: Any, shortcut: Mapping[
         text = await services.plain(message.text, bot)
         earlier = (services.earlier(message, bot)
                    if message.thread_ts and not message.is_dm else None)
-        # The text stays its writer's (forget/export); the presser may stop or redo the answer.
         writer = str((shortcut.get("message") or {}).get("user") or message.user)
-        incoming = IncomingMessage(text, tag, author=writer, asker=message.user,
-                                   sources=(message.delivery_key,))  # its delete reaches it
+        incoming = IncomingMessage.asked_about(text, tag, writer=writer, asker=message.user,
+                                               message=message.delivery_key)
         outcome = str(await services.chat.handle(key, incoming, sink, earlier=earlier))
     return outcome
 

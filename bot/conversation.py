@@ -54,6 +54,14 @@ class IncomingMessage:
     # 聞く」: the message asked about), so that deleting or editing one reaches the stored text.
     sources: tuple[str, ...] = ()
 
+    @classmethod
+    def asked_about(cls, text: str, delivery_key: str, *, writer: str, asker: str,
+                    message: str) -> IncomingMessage:
+        """「rinna に聞く」 on platform message `message`: the text stays its writer's
+        (forget/export), the person who asked may stop or redo the answer and has the
+        generator share, and deleting or editing the message reaches the stored text."""
+        return cls(text, delivery_key, author=writer, asker=asker, sources=(message,))
+
 
 class ReplySink(Protocol):
     """Where one reply goes. Adapters implement it for their platform.
