@@ -43,7 +43,6 @@ from bot.notices import RESET_DONE
 from bot.ports.records import Delivery
 from bot.prompt import clean_text
 from bot.reply import MessageReply
-from bot.seen import RecentKeys
 from bot.status import StatusSource
 
 log = logging.getLogger(__name__)
@@ -374,7 +373,6 @@ class ChatCog(commands.Cog):
         self.bot = bot
         self.chat = bot.chat
         self.policy = bot.policy
-        self.recent = RecentKeys()  # message ids taken up lately: the cheap duplicate check
         # discord.py cannot declare context menus inside a cog: made here, added on load
         self.ask_about_menu = app_commands.ContextMenu(name=ASK_ABOUT, callback=self.ask_about)
 
@@ -404,8 +402,7 @@ class ChatCog(commands.Cog):
         guild_id = message.guild.id if message.guild is not None else None
         if not self._permits(access_request(message.channel, guild_id, message.author)):
             return
-        if not self.recent.add(str(message.id)):
-            self.chat.note(PLATFORM, Outcome.DUPLICATE)
+        if not self.chat.first_sight(PLATFORM, str(message.id)):
             return
         try:
             await self._on_message(message, me)
@@ -522,8 +519,7 @@ class ChatCog(commands.Cog):
         message as the question; the person who pressed is told where, ephemerally."""
         if await self._refuse(interaction):
             return
-        if not self.recent.add(str(interaction.id)):  # a replayed interaction: once per press
-            self.chat.note(PLATFORM, Outcome.DUPLICATE)
+        if not self.chat.first_sight(PLATFORM, str(interaction.id)):  # a replayed interaction
             return
         try:
             # Acknowledged first: Discord refuses a second response to the same press, so a

@@ -50,7 +50,6 @@ from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import RinnaError
 from bot.notices import RESET_DONE, USAGE_MESSAGE
 from bot.ports.records import Delivery
-from bot.seen import RecentKeys
 from bot.status import StatusSource, status_text
 
 log = logging.getLogger(__name__)
@@ -84,9 +83,6 @@ class SlackHandlers:
     api: SlackApi
     names: UserNames
     policy: AccessPolicy = field(default_factory=AccessPolicy)
-    # Delivery keys taken up lately: a retry or the app_mention + message double delivery is
-    # dropped here, before any parsing (the chat service's claim in SQLite stays the authority).
-    recent: RecentKeys = field(default_factory=RecentKeys)
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     background: set[asyncio.Task[Any]] = field(default_factory=set)  # listeners' work
     # How each event ended ("answered", "duplicate", "ignored", "reset", ...): for logs,
@@ -168,8 +164,7 @@ class SlackHandlers:
 
     async def _answer(self, message: SlackMessage, bot: BotIdentity, *, addressed: bool,
                       via_mention: bool = False, ack: Ack | None = None) -> str:
-        if not self.recent.add(message.delivery_key):
-            self.chat.note(PLATFORM, Outcome.DUPLICATE)
+        if not self.chat.first_sight(PLATFORM, message.delivery_key):
             return DUPLICATE
         key = message.key
         sink = self.reply(message.channel, key.thread, message.delivery_key,

@@ -38,6 +38,7 @@ from bot.ports.records import Delivery, DeliveryState, ImportedTurn
 from bot.ports.sinks import LocatesConversation
 from bot.ports.store import ChatStore
 from bot.running import RunningAnswers
+from bot.seen import RecentKeys
 from bot.sink_calls import offer, placeholder_ref, resume, retire
 from bot.tokenizer import Tokenizer
 
@@ -106,6 +107,7 @@ class ChatService:
         self._crash = crash_hook  # test-only fault injection at named points; None in service
         self._locks: ConversationLocks = locks if locks is not None else InProcessLocks()
         self.running = RunningAnswers()
+        self._recent: dict[str, RecentKeys] = {}  # platform -> delivery keys taken up lately
         self._active: dict[asyncio.Task[object], asyncio.Future[object] | None] = {}
         self._closing = False
         self._on_feedback = on_feedback
@@ -185,11 +187,15 @@ class ChatService:
         """A platform message was edited: its stored text follows (see bot/edits.py)."""
         return await self._edits.message_edited(platform, delivery_key, text)
 
-    def note(self, platform: str, outcome: Outcome) -> None:
-        """An outcome an adapter decided before the message reached `handle` (a redelivery
-        dropped by its cheap in-memory check): counted like the others."""
+    def first_sight(self, platform: str, delivery_key: str) -> bool:
+        """The cheap duplicate check, before an adapter parses an event: False (and counted as
+        a duplicate) for a key taken up lately (a retry, Slack's app_mention + message double
+        delivery, a replayed interaction). The store's record stays the authority."""
+        if self._recent.setdefault(platform, RecentKeys()).add(delivery_key):
+            return True
         if self._on_outcome is not None:
-            self._on_outcome(platform, outcome)
+            self._on_outcome(platform, Outcome.DUPLICATE)
+        return False
 
     async def handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                      *, earlier: EarlierLoader | None = None, addressed: bool = True,

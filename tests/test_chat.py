@@ -531,3 +531,14 @@ async def test_an_old_message_whose_answer_was_stored_gets_that_answer_not_the_n
         "test", lambda d: BoardReply(board, d.delivery_key), max_age_s=0.0)
     assert report.stale == 1 and board.visible() == ["答えです。"]
     assert await store.unfinished("test") == []
+
+
+async def test_the_cheap_duplicate_check_is_the_cores_and_counted(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    counted: list[tuple[str, Outcome]] = []
+    chat = ChatService(store, ScriptedGenerator(), tokenizer, ChatConfig(),
+                       on_outcome=lambda platform, outcome: counted.append((platform, outcome)))
+    assert chat.first_sight("slack", "C1:1.0")
+    assert chat.first_sight("discord", "C1:1.0")  # each platform its own keys
+    assert not chat.first_sight("slack", "C1:1.0")  # a retry: dropped before any parsing
+    assert counted == [("slack", Outcome.DUPLICATE)]
