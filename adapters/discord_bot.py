@@ -39,7 +39,7 @@ from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.config import Settings
 from bot.conversation import RETIRED, ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
-from bot.notices import RESET_DONE
+from bot.notices import RESET_DONE, short_title
 from bot.ports.records import Delivery
 from bot.prompt import clean_text
 from bot.reply import MessageReply
@@ -92,10 +92,7 @@ def conversation_key(channel: Any, guild_id: int | None) -> ConversationKey:
 
 
 def thread_name(question: str) -> str:
-    name = " ".join(question.split())
-    if len(name) > THREAD_NAME_CHARS:
-        name = name[: THREAD_NAME_CHARS - 1] + "…"
-    return name or DEFAULT_THREAD_NAME
+    return short_title(question, THREAD_NAME_CHARS) or DEFAULT_THREAD_NAME
 
 
 def mentions_me(message: discord.Message, me: discord.abc.User) -> bool:

@@ -40,6 +40,7 @@ from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackS
                                    acknowledge_when_recorded, bot_identity, parse_message, tell)
 from bot.access import AccessRequest
 from bot.conversation import ConversationKey, IncomingMessage
+from bot.notices import short_title
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ async def _quietly(call: Awaitable[Any], what: str) -> None:
 
 
 def title_of(question: str) -> str:
-    line = " ".join(question.split())
-    return line if len(line) <= TITLE_CHARS else line[:TITLE_CHARS - 1] + "…"
+    return short_title(question, TITLE_CHARS)
 
 
 class _Assistant(AsyncAssistant):

@@ -41,3 +41,10 @@ def as_history(turn: Turn) -> Turn | None:
             return None
         text = text.removesuffix(SHORTENED_NOTICE).strip().removesuffix(STOPPED_MARK).strip()
     return Turn(turn.speaker, text) if text else None
+
+
+def short_title(question: str, limit: int) -> str:
+    """A question as a one-line title of at most `limit` characters (a thread's name, an AI
+    app thread's title): whitespace runs become one space, a cut ends with "…"."""
+    line = " ".join(question.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
