@@ -15,11 +15,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.config import Settings
-from bot.errors import ConfigError, ModelLoadError, StorageError
+from bot.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from bot.generator import Generator
@@ -45,24 +44,15 @@ def as_config_error(error: StorageError) -> ConfigError:
 
 
 async def _load_generator(settings: Settings) -> Generator:
-    """The model (or the remote engine). A MODEL_ID naming a directory that is missing or
-    incomplete is a path to fix (2); the hub out of reach is transient (1)."""
+    """The model (or the remote engine). What the operator must fix (a MODEL_ID directory
+    that is missing or incomplete, a CUDA device that is not there) is raised as ConfigError
+    by the loader itself (2); the hub out of reach stays ModelLoadError (1)."""
     from bot.generator import load_generator
     from bot.logs import quiet_model_libraries
 
     if settings.engine_url is None:
         quiet_model_libraries()
-    try:
-        return await load_generator(settings)
-    except ModelLoadError as exc:
-        if names_a_directory(settings.model_id):
-            raise ConfigError(str(exc)) from None
-        raise
-
-
-def names_a_directory(model_id: str) -> bool:
-    """MODEL_ID is a filesystem path (absolute, ./, ../ or ~), not a hub id like org/name."""
-    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).is_dir()
+    return await load_generator(settings)
 
 
 async def _check_slack(settings: Settings) -> str:

@@ -170,6 +170,48 @@ async def test_a_model_directory_that_is_not_there_exits_2(tmp_path: Path) -> No
     assert last.startswith("rinna-bot: ") and "no-model" in last, stderr
 
 
+async def test_an_incomplete_model_directory_exits_2(tiny_model_dir: Path, tmp_path: Path
+                                                     ) -> None:
+    """MODEL_ID is a directory without its spiece.model: a folder to copy again, 2."""
+    import shutil
+
+    folder = tmp_path / "half-copied"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "spiece.model").unlink()
+    fake = await FakeSlack().start()
+    try:
+        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=str(folder),
+                                     SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
+                                     SLACK_API_URL=fake.api_url)
+    finally:
+        await fake.close()
+    assert status == 2, stderr
+    last = stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"rinna-bot: MODEL_ID={folder}: ") and "spiece.model" in last, stderr
+
+
+@pytest.mark.parametrize("model", ["folder", "hub id"])
+async def test_a_cuda_device_that_is_not_there_exits_2(tiny_model_dir: Path, tmp_path: Path,
+                                                       model: str) -> None:
+    """DEVICE=cuda without a GPU is the operator's to fix, whatever MODEL_ID looks like."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    model_id = str(tiny_model_dir) if model == "folder" else "test-org/tiny-rinna"
+    fake = await FakeSlack().start()
+    try:
+        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=model_id, DEVICE="cuda",
+                                     HF_HUB_CACHE=str(tmp_path / "hub"),
+                                     SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
+                                     SLACK_API_URL=fake.api_url)
+    finally:
+        await fake.close()
+    assert status == 2, stderr
+    assert stderr.rstrip().splitlines()[-1] == (
+        "rinna-bot: DEVICE=cuda but no CUDA device is available: set DEVICE=cpu or auto")
+
+
 async def test_the_hub_out_of_reach_exits_1(tmp_path: Path) -> None:
     """MODEL_ID is not downloaded and the hub cannot be reached (HF_HUB_OFFLINE): 1."""
     fake = await FakeSlack().start()
