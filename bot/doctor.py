@@ -333,15 +333,21 @@ def _bitsandbytes(settings: Settings) -> Check:
 
 
 def _database(path: Path) -> Check:
+    from bot.errors import DatabasePathError
+    from storage.files import verify_database_file
     from storage.schema import SCHEMA_VERSION
 
-    if not path.exists():
+    if not os.path.lexists(path):
         parent = next((p for p in path.absolute().parents if p.exists()), Path("/"))
         if os.access(parent, os.W_OK):
             return Check(True, f"database {path}: will be created at start (schema "
                          f"{SCHEMA_VERSION})")
         return Check(False, f"database {path}: cannot be created ({parent} is not writable)",
                      "set DATABASE_PATH to a writable place, or fix the directory's owner")
+    try:  # what the store refuses at start (a device, a FIFO, an empty or foreign file)
+        verify_database_file(path)
+    except DatabasePathError as exc:
+        return Check(False, f"database: {exc}")
     try:
         with sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5) as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
