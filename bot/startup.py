@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.config import Settings
-from bot.errors import ConfigError, StorageError
+from bot.errors import ConfigError, RinnaError, StorageError
 
 if TYPE_CHECKING:
     from bot.generator import Generator
@@ -38,9 +38,33 @@ def exit_code(error: BaseException) -> int:
     return EXIT_TRANSIENT
 
 
-def as_config_error(error: StorageError) -> ConfigError:
-    """The database could not be opened at start: a path or a permission to fix (2)."""
+# SQLite's primary result codes for "another connection holds the lock" (extended codes such
+# as SQLITE_BUSY_SNAPSHOT keep them in their low byte): another process is writing, which
+# passes; a restart may help.
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+
+
+def as_config_error(error: StorageError) -> RinnaError:
+    """The database could not be opened at start: a path or a permission to fix (ConfigError,
+    2), unless SQLite said the database is busy or locked by another connection (the error as
+    it is: transient, 1)."""
+    if is_lock_contention(error):
+        return error
     return ConfigError(str(error))
+
+
+def is_lock_contention(error: BaseException) -> bool:
+    """Whether `error` was caused by a SQLite busy/locked result (read from the sqlite3 error
+    it was raised while handling: the store re-raises it as StorageError)."""
+    import sqlite3
+
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if isinstance(cause, sqlite3.Error):
+            code = getattr(cause, "sqlite_errorcode", None)
+            return code is not None and code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 async def _load_generator(settings: Settings) -> Generator:

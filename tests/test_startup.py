@@ -143,6 +143,31 @@ def test_configuration_to_fix_exits_2(tmp_path: Path, case: str) -> None:
     assert not (tmp_path / "load-started").exists()  # stopped before any model load
 
 
+def test_a_database_locked_by_another_process_exits_1(tmp_path: Path) -> None:
+    """Another process holds the database's write lock past the busy timeout: that passes, so
+    the start ends with 1 (a restart may help), not 2 (a path to fix)."""
+    import sqlite3
+    import subprocess
+
+    path = tmp_path / "locked.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("PRAGMA journal_mode = WAL")
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held for the whole start
+        env = environment(tmp_path, DISCORD_TOKEN=DISCORD_TOKEN, DATABASE_PATH=str(path),
+                          FAKE_DISCORD_URL=closed_port_url().replace("/api/", "/api/v10"))
+        done = subprocess.run([sys.executable, "-m", "tests.slow_start", "run"], cwd=tmp_path,
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=120, check=False)
+    finally:
+        holder.close()
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.rstrip().splitlines()[-1]  # (the Discord check may log before it)
+    assert last.startswith(f"rinna-bot: DATABASE_PATH={path}: "), done.stderr
+    assert "database is locked" in last
+    assert "Traceback" not in done.stderr
+
+
 async def test_a_platform_outage_exits_1(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Slack cannot be reached (nothing listens at SLACK_API_URL): the token check says so and
     the start goes on, then Socket Mode cannot connect: 1, a restart may help."""
