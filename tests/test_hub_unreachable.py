@@ -54,3 +54,29 @@ def test_download_without_a_cached_model_says_the_hub_is_unreachable(tmp_path: P
     assert done.returncode == 1
     assert "Traceback" not in done.stdout + done.stderr
     assert "✗ the hub cannot be reached and " in done.stdout, done.stdout + done.stderr
+
+
+async def test_a_cached_model_is_used_without_asking_the_hub(tmp_path: Path) -> None:
+    """A start with the model cached makes no request to the hub (a live fake hub here, which
+    records every request): starting needs no network."""
+    import asyncio
+
+    from tests.fake_hub import FakeHub
+    from tests.test_prequantised import COMMIT, SAVED
+
+    hub_cache(tmp_path / "hub")
+    hub = await FakeHub.of_folder(REPO, COMMIT, SAVED).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+        env.update({"PYTHONPATH": str(ROOT), "HF_ENDPOINT": hub.url,
+                    "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1"})
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; from bot.download import fetch; "
+            "print(fetch(sys.argv[1], 'main'))", REPO, cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+    finally:
+        await hub.close()
+    assert process.returncode == 0, err.decode()
+    assert out.decode().strip().endswith(COMMIT)
+    assert hub.requests == []
