@@ -54,6 +54,11 @@ def is_local(settings: Settings) -> bool:
     return Path(settings.model_id).expanduser().is_dir()
 
 
+def names_a_path(model_id: str) -> bool:
+    """MODEL_ID is a filesystem path (absolute, ./, ../ or ~), not a hub id like org/name."""
+    return model_id.startswith(("/", "./", "../", "~"))
+
+
 def check_model_dir(path: Path) -> ModelFiles:
     """Every file the loader needs, present and readable (no torch: headers and sizes)."""
     problems: list[str] = []

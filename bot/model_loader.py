@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from bot.config import Settings
-from bot.download import check_model_dir, fetch
+from bot.download import check_model_dir, fetch, names_a_path
 from bot.engine import BatchEngine, EngineConfig
 from bot.errors import ConfigError, ModelLoadError
 from bot.precision import (Choice, Precision, choose, fp16_weight_bytes,
@@ -102,11 +102,6 @@ def resolve_model_dir(model_id: str, revision: str = "main") -> Path:
             f"MODEL_ID={model_id}: not a local directory and not loadable from the hub "
             f"({type(exc).__name__}); set MODEL_ID to a hub id or a local model directory"
         ) from None
-
-
-def names_a_path(model_id: str) -> bool:
-    """MODEL_ID is a filesystem path (absolute, ./, ../ or ~), not a hub id like org/name."""
-    return model_id.startswith(("/", "./", "../", "~"))
 
 
 def read_config(directory: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.config import Settings
@@ -76,7 +77,24 @@ async def _load_generator(settings: Settings) -> Generator:
 
     if settings.engine_url is None:
         quiet_model_libraries()
+    else:
+        require_tokenizer_folder(settings.model_id)
     return await load_generator(settings)
+
+
+def require_tokenizer_folder(model_id: str) -> None:
+    """With ENGINE_URL only MODEL_ID's spiece.model is read: a MODEL_ID folder that is missing
+    or lacks it is the operator's to fix (ConfigError, 2), like the local loader's."""
+    from bot.download import names_a_path
+
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        if not (folder / "spiece.model").is_file():
+            raise ConfigError(f"MODEL_ID={model_id}: the directory has no spiece.model; copy "
+                              "the model directory again")
+    elif names_a_path(model_id):
+        raise ConfigError(f"MODEL_ID={model_id}: no such directory; set MODEL_ID to a model "
+                          "directory or a hub id like org/name")
 
 
 async def _check_slack(settings: Settings) -> str:

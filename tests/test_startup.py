@@ -195,6 +195,24 @@ async def test_a_model_directory_that_is_not_there_exits_2(tmp_path: Path) -> No
     assert last.startswith("rinna-bot: ") and "no-model" in last, stderr
 
 
+async def test_a_model_directory_that_is_not_there_exits_2_with_a_remote_engine(
+        tmp_path: Path) -> None:
+    """With ENGINE_URL only MODEL_ID's spiece.model is read: a folder that is not there is
+    still a path to fix (2), not a hub problem (1)."""
+    fake = await FakeSlack().start()
+    try:
+        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=str(tmp_path / "no-model"),
+                                     ENGINE_URL=closed_port_url().replace("/api/", "/v1"),
+                                     SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
+                                     SLACK_API_URL=fake.api_url)
+    finally:
+        await fake.close()
+    assert status == 2, stderr
+    assert stderr.rstrip().splitlines()[-1] == (
+        f"rinna-bot: MODEL_ID={tmp_path / 'no-model'}: no such directory; set MODEL_ID to a "
+        "model directory or a hub id like org/name")
+
+
 async def test_an_incomplete_model_directory_exits_2(tiny_model_dir: Path, tmp_path: Path
                                                      ) -> None:
     """MODEL_ID is a directory without its spiece.model: a folder to copy again, 2."""
