@@ -75,6 +75,7 @@ async def _load_generator(settings: Settings) -> Generator:
     from bot.generator import load_generator
     from bot.logs import quiet_model_libraries
 
+    log.info("model: %s (%s)", settings.model_id, settings.model_reason)
     if settings.engine_url is None:
         quiet_model_libraries()
     else:
