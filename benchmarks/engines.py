@@ -29,7 +29,7 @@ from bot.generator import load_generator  # noqa: E402
 from bot.remote import RemoteGenerator  # noqa: E402
 from bot.tokenizer import Tokenizer  # noqa: E402
 from tests.llamacpp.server import LlamaServer, export_with_command  # noqa: E402
-from tests.tiny_model import build_tiny_model  # noqa: E402
+from bot.tiny_model import build_tiny_model  # noqa: E402
 
 NEW_TOKENS = 128
 STREAMS = (1, 8)

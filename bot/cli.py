@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
     from bot.models import alias_table
 
     parser = argparse.ArgumentParser(
-        prog="rinna-bot", description=__doc__.splitlines()[0],
+        prog="rinna-bot", description="The rinna chat bot for Discord, Slack and the terminal.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="models (MODEL=...; MODEL_ID, any hub id or local folder, wins when both are "
                "set):\n" + alias_table())
@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
                         help="run: every platform with credentials set; chat: the terminal; "
                              "demo: the terminal chat on a tiny random model (no download); "
                              "download: fetch and check the model; doctor: what run will do; "
-                             "forget/export --user ID: delete/print a person's messages")
+                             "forget/export --user ID: delete/print a person's messages; "
+                             "export-gguf OUT.gguf: the model for llama.cpp")
     parser.add_argument("--log-level", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log at this level on the terminal (chat and demo show answers "
@@ -289,6 +290,8 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
     args = parser.parse_args(argv)
     if args.command in ("forget", "export") and not args.user:
         parser.error(f"{args.command} needs --user ID")
+    if args.out is not None and args.command != "export-gguf":
+        parser.error(f"{args.command} takes no file name (only export-gguf OUT.gguf does)")
     if args.command == "doctor":
         from bot.doctor import doctor
 

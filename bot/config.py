@@ -19,7 +19,6 @@ from bot.errors import ConfigError
 
 Ids = Annotated[frozenset[str], NoDecode]  # comma-separated in the environment
 
-DEFAULT_MODEL_ID = models.ALIASES["ppo"].repo  # the original; new installs default to MODEL=ppo-4bit
 MIN_PROMPT_TOKENS = 64  # CONTEXT_TOKENS - MAX_NEW_TOKENS must leave at least this for the prompt
 
 

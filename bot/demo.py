@@ -9,6 +9,8 @@ kept, and the real DATABASE_PATH is not touched.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -28,13 +30,23 @@ NOTICE = (
 def demo_settings(settings: Settings, directory: Path) -> Settings:
     """`settings` with the tiny model (built into `directory`), on the CPU, unquantised, and
     a history database of its own; no remote engine."""
-    from bot.tiny_model import build_tiny_model
-
-    model = build_tiny_model(directory / "model")
+    model = directory / "model"
+    # Built in a child process: torch runs only in the generator's worker thread here (an
+    # OpenMP team left in this thread would slow that worker down, docs/model.md).
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                    "from bot.tiny_model import build_tiny_model; "
+                    "build_tiny_model(Path(sys.argv[1]))", str(model)],
+                   check=True, stdout=subprocess.DEVNULL, env=_quiet_env())
     return settings.model_copy(update={
         "model_id": str(model), "model_revision": "main", "quantization": "none",
         "device": "cpu", "engine_url": None, "database_path": directory / "demo.sqlite3",
     })
+
+
+def _quiet_env() -> dict[str, str]:
+    """The environment for the builder, with the libraries' progress bars off."""
+    return {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+            "TQDM_DISABLE": "1"}
 
 
 def run_demo(settings: Settings, chat: Callable[[Settings], Awaitable[int]],

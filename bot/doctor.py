@@ -31,6 +31,7 @@ class Check:
     what: str
     fix: str = ""
     path: Path | None = None  # what a check found, for the next check (the tokenizer file)
+    engine_kind: str | None = None  # an engine check's finding: "llamacpp" for llama-server
 
     def line(self) -> str:
         if self.ok:
@@ -69,7 +70,10 @@ def checks(settings: Settings, *, offline: bool = False) -> Iterator[Check]:
         yield (tokenizer := _tokenizer(settings))
         for url in settings.engine_urls:
             yield (engine := _engine(settings, url))
-            if tokenizer.ok and engine.ok and tokenizer.path is not None:
+            # vLLM's POST /tokenize; llama-server's reads another field and answers [] (its
+            # own line compares n_vocab instead)
+            if (tokenizer.ok and engine.ok and tokenizer.path is not None
+                    and engine.engine_kind != "llamacpp"):
                 yield engine_vocabulary(settings, url, tokenizer.path)
     else:
         yield _model_choice(settings)
@@ -224,14 +228,18 @@ def _llamacpp_engine(settings: Settings, shown: str, answer: dict) -> Check | No
     ours = _our_vocab(settings)
     if info.vocab is not None and ours is not None and info.vocab != ours:
         return Check(False, f"{what}; its vocabulary has {info.vocab} ids, ours {ours}: not "
-                     "this model", "serve the GGUF written by `rinna-bot export-gguf`")
+                     "this model", "serve the GGUF written by `rinna-bot export-gguf`",
+                     engine_kind="llamacpp")
     if info.slot_context is not None and info.slot_context < settings.context_tokens:
         return Check(False, f"{what}, less than CONTEXT_TOKENS={settings.context_tokens}",
-                     f"start llama-server with -np N -c N*{settings.context_tokens}")
+                     f"start llama-server with -np N -c N*{settings.context_tokens}",
+                     engine_kind="llamacpp")
     if model not in info.models:
         return Check(False, f"{what}; it is not named {model!r}",
-                     f"start llama-server with --alias {model} or set ENGINE_MODEL")
-    return Check(True, what + ("" if ours is None else f", vocabulary of {ours} ids as ours"))
+                     f"start llama-server with --alias {model} or set ENGINE_MODEL",
+                     engine_kind="llamacpp")
+    return Check(True, what + ("" if ours is None else f", vocabulary of {ours} ids as ours"),
+                 engine_kind="llamacpp")
 
 
 def _our_vocab(settings: Settings) -> int | None:
@@ -325,15 +333,21 @@ def _bitsandbytes(settings: Settings) -> Check:
 
 
 def _database(path: Path) -> Check:
+    from bot.errors import DatabasePathError
+    from storage.files import verify_database_file
     from storage.schema import SCHEMA_VERSION
 
-    if not path.exists():
+    if not os.path.lexists(path):
         parent = next((p for p in path.absolute().parents if p.exists()), Path("/"))
         if os.access(parent, os.W_OK):
             return Check(True, f"database {path}: will be created at start (schema "
                          f"{SCHEMA_VERSION})")
         return Check(False, f"database {path}: cannot be created ({parent} is not writable)",
                      "set DATABASE_PATH to a writable place, or fix the directory's owner")
+    try:  # what the store refuses at start (a device, a FIFO, an empty or foreign file)
+        verify_database_file(path)
+    except DatabasePathError as exc:
+        return Check(False, f"database: {exc}")
     try:
         with sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5) as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]

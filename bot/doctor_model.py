@@ -77,8 +77,9 @@ def _precision(settings: Settings) -> Check | None:
         return None  # the model or the device line already says what is missing
     if isinstance(choice, ConfigError):
         return Check(False, f"precision: {choice}", "`run` stops here with exit status 2")
-    return Check(True, f"precision: {choice.precision.label} on {device} ({choice.reason}; "
-                 f"QUANTIZATION={settings.quantization})")
+    setting = f"QUANTIZATION={settings.quantization}"
+    why = choice.reason if setting in choice.reason else f"{choice.reason}; {setting}"
+    return Check(True, f"precision: {choice.precision.label} on {device} ({why})")
 
 
 PROBE = "ユーザー: 日本で一番高い山は?<NL>システム: 富士山です。 GPU 2048 🙂"

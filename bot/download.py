@@ -54,6 +54,11 @@ def is_local(settings: Settings) -> bool:
     return Path(settings.model_id).expanduser().is_dir()
 
 
+def names_a_path(model_id: str) -> bool:
+    """MODEL_ID is a filesystem path (absolute, ./, ../ or ~), not a hub id like org/name."""
+    return model_id.startswith(("/", "./", "../", "~"))
+
+
 def check_model_dir(path: Path) -> ModelFiles:
     """Every file the loader needs, present and readable (no torch: headers and sizes)."""
     problems: list[str] = []
@@ -155,22 +160,73 @@ def missing_essentials(files: list[str]) -> list[str]:
     return lacking
 
 
+def hub_unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What the hub client raises when the hub cannot be reached at all (the network, a closed
+    port, a timeout): the same errors huggingface_hub itself answers from its cache. Anything
+    else (a 404, a bad revision, a bug) is not one of these and is not hidden."""
+    import httpx2
+
+    return (httpx2.ConnectError, httpx2.TimeoutException)
+
+
 def fetch(model_id: str, revision: str) -> Path:
-    """Ask the hub for the repository's file list at `revision`, then download what the loader
-    needs (with progress bars). Offline: the cache's copy, as the same patterns found it."""
-    from huggingface_hub import HfApi, constants, snapshot_download
+    """The model's files at `revision`: the cache's copy where there is one (no hub call, so a
+    start needs no network), else the repository's file list from the hub and what the loader
+    needs from it (with progress bars). Offline, or with the hub out of reach, the cache's copy
+    as the same patterns find it (LocalEntryNotFoundError where it is not there)."""
+    from huggingface_hub import HfApi, constants
 
     if constants.HF_HUB_OFFLINE:
-        path = Path(snapshot_download(model_id, revision=revision, allow_patterns=REPO_FILES))
-        if not any(path.glob("*.safetensors")):
-            path = Path(snapshot_download(model_id, revision=revision,
-                                          allow_patterns=REPO_FILES + BIN_FILES))
-        return path
-    info = HfApi().model_info(model_id, revision=revision)
+        return cached_snapshot(model_id, revision)
+    if (cached := complete_cached_copy(model_id, revision)) is not None:
+        return cached
+    try:
+        info = HfApi().model_info(model_id, revision=revision)
+    except hub_unreachable_errors():
+        return cached_snapshot(model_id, revision)
     files = needed_files(s.rfilename for s in info.siblings or [])
     if lacking := missing_essentials(files):
         raise ValueError(f"the repository has no {', '.join(lacking)}")
+    from huggingface_hub import snapshot_download
+
     return Path(snapshot_download(model_id, revision=revision, allow_patterns=files))
+
+
+def cached_snapshot(model_id: str, revision: str, *, local_only: bool = False) -> Path:
+    """The snapshot by the loader's patterns (safetensors first, else pickled weights), from the
+    cache where the hub is out of reach or `local_only`; LocalEntryNotFoundError if absent."""
+    from huggingface_hub import snapshot_download
+
+    path = Path(snapshot_download(model_id, revision=revision, allow_patterns=REPO_FILES,
+                                  local_files_only=local_only))
+    if not any(path.glob("*.safetensors")):
+        path = Path(snapshot_download(model_id, revision=revision,
+                                      allow_patterns=REPO_FILES + BIN_FILES,
+                                      local_files_only=local_only))
+    return path
+
+
+def complete_cached_copy(model_id: str, revision: str) -> Path | None:
+    """The cache's copy when it holds everything the loader needs, without asking the hub;
+    None where it is absent or incomplete (the hub then completes it)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = cached_snapshot(model_id, revision, local_only=True)
+    except LocalEntryNotFoundError:
+        return None
+    return path if check_model_dir(path).ok else None
+
+
+def hub_answers(settings: Settings) -> bool:
+    """Whether the hub can be reached (one call, which the hub client does not retry)."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(settings.model_id, revision=settings.model_revision)
+    except hub_unreachable_errors():
+        return False
+    return True
 
 
 def hub_checksums(settings: Settings) -> list[str]:
@@ -213,8 +269,16 @@ def download(settings: Settings, out: TextIO = sys.stdout) -> int:
         return 1
     found = check_model_dir(path)
     if found.ok and not offline:
-        found = ModelFiles(found.path, found.files, found.size,
-                           tuple(hub_checksums(settings)))
+        try:
+            if not hub_answers(settings):  # the checksum call would retry for half a minute
+                return _report(found, "the hub cannot be reached: files checked, checksums "
+                               "not compared with the hub", out)
+            mismatches = hub_checksums(settings)
+        except HfHubHTTPError as exc:
+            print(f"✗ cannot compare {settings.model_id}'s checksums with the hub "
+                  f"({type(exc).__name__}) → check MODEL_ID and MODEL_REVISION", file=out)
+            return 1
+        found = ModelFiles(found.path, found.files, found.size, tuple(mismatches))
         return _report(found, "checksums match the hub", out)
     return _report(found, "offline: files checked, checksums not compared with the hub", out)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import ModelLoadError
+from bot.protowire import fields
 
 if TYPE_CHECKING:
     import numpy as np
@@ -156,10 +157,10 @@ def normalizer_spec(model_proto: bytes) -> Normalizer:
     precompiled_charsmap (2), add_dummy_prefix (3), remove_extra_whitespaces (4); the
     booleans default to true, as in sentencepiece."""
     spec = b""
-    for number, value in _fields(model_proto):
+    for number, value in fields(model_proto):
         if number == 3 and isinstance(value, bytes):
             spec = value
-    found: dict[int, bytes | int] = dict(_fields(spec))
+    found: dict[int, bytes | int] = dict(fields(spec))
     charsmap = found.get(2, b"")
     return Normalizer(charsmap if isinstance(charsmap, bytes) else b"",
                       bool(found.get(3, 1)), bool(found.get(4, 1)))
@@ -168,40 +169,11 @@ def normalizer_spec(model_proto: bytes) -> Normalizer:
 def piece_types(model_proto: bytes) -> list[int]:
     """Each piece's type (ModelProto field 1, SentencePiece field 3; NORMAL when absent)."""
     types = []
-    for number, piece in _fields(model_proto):
+    for number, piece in fields(model_proto):
         if number == 1 and isinstance(piece, bytes):
-            kind = dict(_fields(piece)).get(3, NORMAL)
+            kind = dict(fields(piece)).get(3, NORMAL)
             types.append(kind if isinstance(kind, int) else NORMAL)
     return types
-
-
-def _fields(message: bytes) -> Iterator[tuple[int, bytes | int]]:
-    i = 0
-    while i < len(message):
-        key, i = _varint(message, i)
-        wire = key & 7
-        if wire == 0:
-            value, i = _varint(message, i)
-            yield key >> 3, value
-        elif wire == 2:
-            length, i = _varint(message, i)
-            yield key >> 3, message[i:i + length]
-            i += length
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
 
 
 def _tensors(model_dir: Path, shape: Shape) -> Iterator[tuple[str, np.ndarray]]:

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from bot.config import Settings
-from bot.download import fetch
+from bot.download import check_model_dir, fetch, names_a_path
 from bot.engine import BatchEngine, EngineConfig
-from bot.errors import ModelLoadError
+from bot.errors import ConfigError, ModelLoadError
 from bot.precision import (Choice, Precision, choose, fp16_weight_bytes,
                            read_checkpoint_quant)
 from bot.tokenizer import Tokenizer
@@ -52,15 +52,16 @@ CPU_WARNING = ("DEVICE=auto found no CUDA device, so the model runs on the CPU: 
 
 
 def resolve_device(setting: str) -> torch.device:
-    """auto, cpu, cuda or cuda:N (validated by Settings) as a torch device."""
+    """auto, cpu, cuda or cuda:N (validated by Settings) as a torch device. A CUDA device
+    that is not there is the operator's to fix (ConfigError: exit 2, no restart loop)."""
     if setting.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ModelLoadError(
+            raise ConfigError(
                 f"DEVICE={setting} but no CUDA device is available: set DEVICE=cpu or auto")
         device = torch.device(setting)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ModelLoadError(f"DEVICE={setting} but there are only "
-                                 f"{torch.cuda.device_count()} CUDA devices (cuda:0 first)")
+            raise ConfigError(f"DEVICE={setting} but there are only "
+                              f"{torch.cuda.device_count()} CUDA devices (cuda:0 first)")
         return device
     if setting == "auto":
         if torch.cuda.is_available():
@@ -71,12 +72,19 @@ def resolve_device(setting: str) -> torch.device:
 
 def resolve_model_dir(model_id: str, revision: str = "main") -> Path:
     """A local directory as is; a hub id is downloaded (with progress) or taken from cache, at
-    `revision` (MODEL_REVISION: a branch, tag or commit hash) for every file."""
+    `revision` (MODEL_REVISION: a branch, tag or commit hash) for every file. A folder that
+    is missing or incomplete is the operator's to fix (ConfigError); the hub out of reach or
+    refusing is ModelLoadError (transient, exit 1)."""
     local = Path(model_id).expanduser()
     if local.is_dir():
-        if not (local / "spiece.model").is_file() or not (local / "config.json").is_file():
-            raise ModelLoadError(f"MODEL_ID={model_id}: directory lacks spiece.model or config.json")
+        found = check_model_dir(local)
+        if not found.ok:
+            raise ConfigError(f"MODEL_ID={model_id}: the model directory is incomplete: "
+                              f"{'; '.join(found.problems)}; copy the model directory again")
         return local
+    if names_a_path(model_id):
+        raise ConfigError(f"MODEL_ID={model_id}: no such directory; set MODEL_ID to a model "
+                          "directory or a hub id like org/name")
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:

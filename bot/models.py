@@ -30,7 +30,11 @@ ALIASES: dict[str, ModelAlias] = {a.name: a for a in (
                "~2.3 GB (bitsandbytes 4-bit, saved quantised)", "~2.3 GiB, loads as saved",
                "a small GPU or a small download; not for vLLM"),
 )}
-DEFAULT_ALIAS = "ppo-4bit"  # for new installs; see `default_choice`
+# For new installs (see `default_choice`): the original, whose precision QUANTIZATION=auto
+# then picks for the machine (bf16 on a CPU, fp16 on a card with room, NF4 on a small one;
+# benchmarks/RESULTS.md). ppo-4bit stays the choice for small GPUs and small downloads; on a
+# CPU it would run NF4, about 4x slower than bf16 with 8 chats (RESULTS section 7).
+DEFAULT_ALIAS = "ppo"
 
 
 def alias_table() -> str:

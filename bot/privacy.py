@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from bot.errors import StorageError
+from bot.errors import ConfigError, StorageError
 from bot.ports.records import AuthoredTurn, Vote
 from storage.history import CHECKPOINT_TRIES, HistoryStore
 
@@ -45,9 +45,11 @@ def vote_line(vote: Vote) -> str:
 
 
 async def _open_existing(path: Path) -> HistoryStore:
+    """The database `run` created; none there is a path to fix (ConfigError: exit 2, as a
+    retry cannot help), never created here."""
     if str(path) != ":memory:" and not os.path.lexists(path):  # what is there: judged by open
-        raise StorageError(f"DATABASE_PATH={path}: no database there (nothing is stored); "
-                           "set DATABASE_PATH to the bot's database file")
+        raise ConfigError(f"DATABASE_PATH={path}: no database there (nothing is stored); "
+                          "set DATABASE_PATH to the bot's database file")
     return await HistoryStore.open(path)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.config import Settings
-from bot.errors import ConfigError, ModelLoadError, StorageError
+from bot.errors import ConfigError, RinnaError, StorageError
 
 if TYPE_CHECKING:
     from bot.generator import Generator
@@ -39,30 +39,63 @@ def exit_code(error: BaseException) -> int:
     return EXIT_TRANSIENT
 
 
-def as_config_error(error: StorageError) -> ConfigError:
-    """The database could not be opened at start: a path or a permission to fix (2)."""
+# SQLite's primary result codes for "another connection holds the lock" (extended codes such
+# as SQLITE_BUSY_SNAPSHOT keep them in their low byte): another process is writing, which
+# passes; a restart may help.
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+
+
+def as_config_error(error: StorageError) -> RinnaError:
+    """The database could not be opened at start: a path or a permission to fix (ConfigError,
+    2), unless SQLite said the database is busy or locked by another connection (the error as
+    it is: transient, 1)."""
+    if is_lock_contention(error):
+        return error
     return ConfigError(str(error))
 
 
+def is_lock_contention(error: BaseException) -> bool:
+    """Whether `error` was caused by a SQLite busy/locked result (read from the sqlite3 error
+    it was raised while handling: the store re-raises it as StorageError)."""
+    import sqlite3
+
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if isinstance(cause, sqlite3.Error):
+            code = getattr(cause, "sqlite_errorcode", None)
+            return code is not None and code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 async def _load_generator(settings: Settings) -> Generator:
-    """The model (or the remote engine). A MODEL_ID naming a directory that is missing or
-    incomplete is a path to fix (2); the hub out of reach is transient (1)."""
+    """The model (or the remote engine). What the operator must fix (a MODEL_ID directory
+    that is missing or incomplete, a CUDA device that is not there) is raised as ConfigError
+    by the loader itself (2); the hub out of reach stays ModelLoadError (1)."""
     from bot.generator import load_generator
     from bot.logs import quiet_model_libraries
 
+    log.info("model: %s (%s)", settings.model_id, settings.model_reason)
     if settings.engine_url is None:
         quiet_model_libraries()
-    try:
-        return await load_generator(settings)
-    except ModelLoadError as exc:
-        if names_a_directory(settings.model_id):
-            raise ConfigError(str(exc)) from None
-        raise
+    else:
+        require_tokenizer_folder(settings.model_id)
+    return await load_generator(settings)
 
 
-def names_a_directory(model_id: str) -> bool:
-    """MODEL_ID is a filesystem path (absolute, ./, ../ or ~), not a hub id like org/name."""
-    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).is_dir()
+def require_tokenizer_folder(model_id: str) -> None:
+    """With ENGINE_URL only MODEL_ID's spiece.model is read: a MODEL_ID folder that is missing
+    or lacks it is the operator's to fix (ConfigError, 2), like the local loader's."""
+    from bot.download import names_a_path
+
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        if not (folder / "spiece.model").is_file():
+            raise ConfigError(f"MODEL_ID={model_id}: the directory has no spiece.model; copy "
+                              "the model directory again")
+    elif names_a_path(model_id):
+        raise ConfigError(f"MODEL_ID={model_id}: no such directory; set MODEL_ID to a model "
+                          "directory or a hub id like org/name")
 
 
 async def _check_slack(settings: Settings) -> str:

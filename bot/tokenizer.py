@@ -15,6 +15,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from bot.protowire import last_bytes
+
 NEWLINE_SYMBOL = "<NL>"
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -120,41 +122,6 @@ def normalizer_name(model_proto: bytes) -> str:
     """`normalizer_spec.name` of a serialized sentencepiece ModelProto (field 3, its field 1),
     read from the protobuf wire format directly (no protobuf dependency). A model file without
     one normalises with sentencepiece's default, `nmt_nfkc`."""
-    spec = _field(model_proto, 3)
-    name = _field(spec, 1) if spec is not None else None
+    spec = last_bytes(model_proto, 3)
+    name = last_bytes(spec, 1) if spec is not None else None
     return name.decode("utf-8", errors="replace") if name else "nmt_nfkc"
-
-
-def _field(message: bytes, number: int) -> bytes | None:
-    """The last length-delimited field `number` of a protobuf message (None if absent)."""
-    found, i, n = None, 0, len(message)
-    while i < n:
-        key, i = _varint(message, i)
-        wire = key & 7
-        if wire == 0:
-            _, i = _varint(message, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            length, i = _varint(message, i)
-            if key >> 3 == number:
-                found = message[i : i + length]
-            i += length
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-    return found
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(data):
-            raise ValueError("truncated protobuf varint")
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7

@@ -16,7 +16,7 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bot.errors import DatabasePathError
@@ -66,7 +66,18 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def _verify_and_tighten(path: Path) -> None:
+def verify_database_file(path: Path) -> None:
+    """Read-only: `path` (which exists) is a regular file starting with SQLite's header, and
+    its -wal/-shm/-journal are regular files where present; else `DatabasePathError`. Changes
+    nothing (no mode, no write): `doctor` asks this of what `run` would open."""
+    with _verified(path):
+        pass
+    _side_files(path)
+
+
+@contextlib.contextmanager
+def _verified(path: Path) -> Iterator[tuple[int, os.stat_result]]:
+    """The database file opened read-only once it is known to be one: (fd, its stat)."""
     try:
         before = os.stat(path)  # no side effects, even on a device
     except FileNotFoundError:
@@ -84,9 +95,14 @@ def _verify_and_tighten(path: Path) -> None:
             raise _refuse(path, "an empty file the bot did not create")
         if header != SQLITE_HEADER:
             raise _refuse(path, "a file of another kind")
-        tighten(path, now.st_mode, lambda mode: os.fchmod(fd, mode))
+        yield fd, now
     finally:
         os.close(fd)
+
+
+def _side_files(path: Path) -> list[tuple[Path, os.stat_result]]:
+    """The database's -wal/-shm/-journal that exist, each a regular file (else refused)."""
+    found = []
     for suffix in SIDE_FILES:
         side = path.with_name(path.name + suffix)
         try:
@@ -95,6 +111,14 @@ def _verify_and_tighten(path: Path) -> None:
             continue
         if not stat.S_ISREG(side_stat.st_mode):
             raise _refuse(side, _kind(side_stat.st_mode))
+        found.append((side, side_stat))
+    return found
+
+
+def _verify_and_tighten(path: Path) -> None:
+    with _verified(path) as (fd, now):
+        tighten(path, now.st_mode, lambda mode: os.fchmod(fd, mode))
+    for side, side_stat in _side_files(path):
         tighten(side, side_stat.st_mode, lambda mode, side=side: os.chmod(side, mode))
 
 

@@ -12,7 +12,8 @@ from its source (tools/server in the pinned llama.cpp):
 - A client that goes away cancels the task and frees the slot (`GET /slots`: `is_processing`).
 - Requests beyond `slots` wait for a free slot (llama-server queues; it does not answer 503).
 - Unknown body fields are refused here (llama-server ignores them), so a client typo fails.
-- `GET /v1/models` (`owned_by: llamacpp`, `meta` with n_vocab and n_ctx per slot), `GET /props`.
+- `GET /v1/models` (`owned_by: llamacpp`, `meta` with n_vocab and n_ctx per slot), `GET /props`,
+  `POST /tokenize` (the text in `content`; a body without it gets `{"tokens": []}`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class FakeLlamaServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/props", self._props)
         app.router.add_get("/slots", self._slots)
+        app.router.add_post("/tokenize", self._tokenize)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -103,6 +105,14 @@ class FakeLlamaServer:
                                       "meta": {"vocab_type": 2, "n_vocab": vocab,
                                                "n_ctx": self.slot_context,
                                                "n_ctx_train": 2048}}]})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """llama-server's own /tokenize: the text is `content`; any other field (vLLM's
+        `prompt`) is ignored, so a vLLM-shaped request gets no tokens."""
+        body = await request.json()
+        content = body.get("content")
+        return web.json_response({"tokens": self.tokenizer.encode(content)
+                                  if isinstance(content, str) else []})
 
     async def _props(self, request: web.Request) -> web.Response:
         return web.json_response({"default_generation_settings": {"n_ctx": self.slot_context},

@@ -100,7 +100,7 @@ def test_doctor_all_good(tiny_model_dir: Path, tmp_path: Path, database: Path) -
     assert any(line.startswith("✓ DEVICE=cpu: the model runs on the CPU") for line in lines)
     assert any(line.startswith("✓ bitsandbytes ") and "4-bit NF4 works on cpu" in line
                for line in lines)
-    assert "✓ precision: 4-bit NF4 on cpu (QUANTIZATION=4bit; QUANTIZATION=4bit)" in lines
+    assert "✓ precision: 4-bit NF4 on cpu (QUANTIZATION=4bit)" in lines
     assert f"✓ database {database}: writable, schema {SCHEMA_VERSION} (current)" in lines
     assert "✓ metrics: http://127.0.0.1:9100/metrics and /healthz" in lines
 
@@ -138,14 +138,14 @@ def test_device_accepts_a_gpu_index(settings: object) -> None:
     import torch
 
     from bot.config import load_settings
-    from bot.errors import ModelLoadError
+    from bot.errors import ConfigError
     from bot.model_loader import resolve_device
 
     assert load_settings(device="cuda:1").device == "cuda:1"
     if torch.cuda.device_count() >= 2:
         assert resolve_device("cuda:1") == torch.device("cuda", 1)
-    else:
-        with pytest.raises(ModelLoadError, match="DEVICE=cuda:1 but"):
+    else:  # the operator's to fix: exit 2 (docs/operations.md)
+        with pytest.raises(ConfigError, match="DEVICE=cuda:1 but"):
             resolve_device("cuda:1")
 
 
@@ -377,3 +377,25 @@ async def test_doctor_asks_discord_whether_the_token_is_accepted(
     assert ("✗ DISCORD_TOKEN was rejected by Discord (401 Unauthorized); copy it again from "
             "the Developer Portal (Bot > Reset Token)") in refused.getvalue().splitlines()
     assert [r.path for r in fake.requests] == ["/users/@me", "/users/@me"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "empty file"])
+def test_doctor_refuses_a_database_path_run_would_refuse(tiny_model_dir: Path, tmp_path: Path,
+                                                         kind: str) -> None:
+    """A FIFO or an empty file the bot did not create: `run` refuses it (storage/files.py), so
+    doctor says ✗ with the same line, and changes nothing about it."""
+    path = tmp_path / "not-a-database"
+    if kind == "fifo":
+        os.mkfifo(path, 0o644)
+    else:
+        path.write_bytes(b"")
+        path.chmod(0o644)
+    done = rinna_bot("doctor --offline", tmp_path, MODEL_ID=str(tiny_model_dir),
+                     DATABASE_PATH=str(path))
+    what = "a FIFO" if kind == "fifo" else "an empty file the bot did not create"
+    assert (f"✗ database: DATABASE_PATH={path} is {what}, not a SQLite database; left "
+            "untouched. Set DATABASE_PATH to the bot's database file or to a path that does "
+            "not exist yet") in done.stdout.splitlines(), done.stdout + done.stderr
+    assert done.returncode == 1
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert kind == "fifo" or path.read_bytes() == b""

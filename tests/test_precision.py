@@ -105,9 +105,9 @@ def test_auto_and_none_on_cpu_follow_the_measurements() -> None:
 def test_model_aliases_and_model_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     settings: Settings) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    fresh = load_settings()
-    assert fresh.model_id == models.ALIASES["ppo-4bit"].repo
-    assert fresh.model_reason == "default for new installs: MODEL=ppo-4bit"
+    fresh = load_settings()  # the original: auto then picks bf16 on a CPU, fp16 on a big card
+    assert fresh.model_id == models.ALIASES["ppo"].repo
+    assert fresh.model_reason == "default for new installs: MODEL=ppo"
     assert load_settings(model="ppo").model_id == "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
     both = load_settings(model="ppo", model_id="/models/mine")
     assert both.model_id == "/models/mine" and both.model_reason == "MODEL_ID (MODEL=ppo ignored)"
@@ -126,8 +126,21 @@ def test_an_install_with_the_original_cached_keeps_it(tmp_path: Path, settings: 
         parents=True)
     kept = load_settings()
     assert kept.model_id == original
-    assert kept.model_reason == "default: MODEL=ppo, already downloaded; MODEL=ppo-4bit to move"
+    assert kept.model_reason == "default: MODEL=ppo, already downloaded"
     assert load_settings(model="ppo-4bit").model_id == models.ALIASES["ppo-4bit"].repo
+
+
+def test_an_install_with_the_4bit_checkpoint_cached_keeps_it(
+        tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default changed to MODEL=ppo; an install that downloaded ppo-4bit under the old
+    default does not switch repository (and a 7 GB download) by itself on upgrade."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    saved = models.ALIASES["ppo-4bit"].repo
+    (tmp_path / "hub" / ("models--" + saved.replace("/", "--")) / "snapshots" / "abc").mkdir(
+        parents=True)
+    kept = load_settings()
+    assert kept.model_id == saved
+    assert kept.model_reason == "default: MODEL=ppo-4bit, already downloaded; MODEL=ppo to move"
 
 
 def test_help_shows_the_model_table() -> None:

@@ -121,7 +121,7 @@ def test_doctor_reads_the_checkpoint_and_runs_the_bitsandbytes_check(
     assert (f"✓ precision: 4-bit NF4 on cpu (the checkpoint is saved 4-bit NF4; QUANTIZATION="
             "auto)") in fine.stdout.splitlines(), fine.stdout
     assert any(line.startswith(f"✓ model: {REPO} (default: MODEL=ppo-4bit, already "
-                               "downloaded); aliases: MODEL=ppo (~7.4 GB")
+                               "downloaded; MODEL=ppo to move); aliases: MODEL=ppo (~7.4 GB")
                for line in fine.stdout.splitlines()), fine.stdout
 
 

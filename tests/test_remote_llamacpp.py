@@ -243,6 +243,9 @@ async def test_doctor_names_llama_server_its_model_context_and_vocabulary(
                for line in lines)
     assert any(line.startswith(f"✗ engine {small.url}: llama-server") and
                "-np N -c N*2048" in line for line in lines)
+    # vLLM's /tokenize comparison is not made against llama-server (its /tokenize reads
+    # `content` and answers [] to vLLM's `prompt`): the n_vocab line above is the check
+    assert not any(line.startswith(("✓ vocabulary", "✗ vocabulary")) for line in lines), lines
 
 
 async def test_bytes_that_form_no_character_show_as_the_local_engine_shows_them(
@@ -261,3 +264,23 @@ async def test_bytes_that_form_no_character_show_as_the_local_engine_shows_them(
     assert shown == tokenizer.decode(ids) == "猫です。犬"
     assert remote.tokens_generated == len(ids)  # every id accounted for
     assert "missing from the reply" not in caplog.text
+
+
+async def test_doctor_passes_for_a_llama_server_serving_our_model(
+        make_server: Callable[..., Awaitable[FakeLlamaServer]], tiny_model_dir: Path,
+        tmp_path: Path) -> None:
+    """A good llama-server is all ✓ (exit 0): doctor does not ask it vLLM's /tokenize, whose
+    `prompt` llama-server ignores (it reads `content` and answers no tokens)."""
+    import subprocess
+
+    good = await make_server()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_", "ENGINE_"))}
+    env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MODEL_ID": str(tiny_model_dir),
+                "DATABASE_PATH": str(tmp_path / "d.sqlite3"), "ENGINE_MODEL": "tiny.gguf",
+                "ENGINE_URL": good.url, "DISCORD_TOKEN": "doctor.discord.token"})
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot.cli", "doctor",
+                                                    "--offline"], cwd=tmp_path, env=env,
+                                   capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tokenizes differently" not in done.stdout

@@ -143,6 +143,31 @@ def test_configuration_to_fix_exits_2(tmp_path: Path, case: str) -> None:
     assert not (tmp_path / "load-started").exists()  # stopped before any model load
 
 
+def test_a_database_locked_by_another_process_exits_1(tmp_path: Path) -> None:
+    """Another process holds the database's write lock past the busy timeout: that passes, so
+    the start ends with 1 (a restart may help), not 2 (a path to fix)."""
+    import sqlite3
+    import subprocess
+
+    path = tmp_path / "locked.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("PRAGMA journal_mode = WAL")
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held for the whole start
+        env = environment(tmp_path, DISCORD_TOKEN=DISCORD_TOKEN, DATABASE_PATH=str(path),
+                          FAKE_DISCORD_URL=closed_port_url().replace("/api/", "/api/v10"))
+        done = subprocess.run([sys.executable, "-m", "tests.slow_start", "run"], cwd=tmp_path,
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=120, check=False)
+    finally:
+        holder.close()
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.rstrip().splitlines()[-1]  # (the Discord check may log before it)
+    assert last.startswith(f"rinna-bot: DATABASE_PATH={path}: "), done.stderr
+    assert "database is locked" in last
+    assert "Traceback" not in done.stderr
+
+
 async def test_a_platform_outage_exits_1(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Slack cannot be reached (nothing listens at SLACK_API_URL): the token check says so and
     the start goes on, then Socket Mode cannot connect: 1, a restart may help."""
@@ -168,6 +193,66 @@ async def test_a_model_directory_that_is_not_there_exits_2(tmp_path: Path) -> No
     assert status == 2, stderr
     last = stderr.rstrip().splitlines()[-1]
     assert last.startswith("rinna-bot: ") and "no-model" in last, stderr
+
+
+async def test_a_model_directory_that_is_not_there_exits_2_with_a_remote_engine(
+        tmp_path: Path) -> None:
+    """With ENGINE_URL only MODEL_ID's spiece.model is read: a folder that is not there is
+    still a path to fix (2), not a hub problem (1)."""
+    fake = await FakeSlack().start()
+    try:
+        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=str(tmp_path / "no-model"),
+                                     ENGINE_URL=closed_port_url().replace("/api/", "/v1"),
+                                     SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
+                                     SLACK_API_URL=fake.api_url)
+    finally:
+        await fake.close()
+    assert status == 2, stderr
+    assert stderr.rstrip().splitlines()[-1] == (
+        f"rinna-bot: MODEL_ID={tmp_path / 'no-model'}: no such directory; set MODEL_ID to a "
+        "model directory or a hub id like org/name")
+
+
+async def test_an_incomplete_model_directory_exits_2(tiny_model_dir: Path, tmp_path: Path
+                                                     ) -> None:
+    """MODEL_ID is a directory without its spiece.model: a folder to copy again, 2."""
+    import shutil
+
+    folder = tmp_path / "half-copied"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "spiece.model").unlink()
+    fake = await FakeSlack().start()
+    try:
+        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=str(folder),
+                                     SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
+                                     SLACK_API_URL=fake.api_url)
+    finally:
+        await fake.close()
+    assert status == 2, stderr
+    last = stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"rinna-bot: MODEL_ID={folder}: ") and "spiece.model" in last, stderr
+
+
+@pytest.mark.parametrize("model", ["folder", "hub id"])
+async def test_a_cuda_device_that_is_not_there_exits_2(tiny_model_dir: Path, tmp_path: Path,
+                                                       model: str) -> None:
+    """DEVICE=cuda without a GPU is the operator's to fix, whatever MODEL_ID looks like."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    model_id = str(tiny_model_dir) if model == "folder" else "test-org/tiny-rinna"
+    fake = await FakeSlack().start()
+    try:
+        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=model_id, DEVICE="cuda",
+                                     HF_HUB_CACHE=str(tmp_path / "hub"),
+                                     SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
+                                     SLACK_API_URL=fake.api_url)
+    finally:
+        await fake.close()
+    assert status == 2, stderr
+    assert stderr.rstrip().splitlines()[-1] == (
+        "rinna-bot: DEVICE=cuda but no CUDA device is available: set DEVICE=cpu or auto")
 
 
 async def test_the_hub_out_of_reach_exits_1(tmp_path: Path) -> None:
