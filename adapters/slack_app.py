@@ -243,8 +243,10 @@ class SlackHandlers:
                        bot: BotIdentity) -> list[Mapping[str, Any]]:
         """The newest `items` that can reach the prompt (the chat service counts), oldest
         first; their mentions are left unresolved for the count."""
-        texts = [to_plain(strip_mention(str(item.get("text") or "")[:MAX_TEXT_CHARS],
-                                        bot.user_id), {}).strip() for item in reversed(items)]
+        # lazily: the core stops reading once the budget is passed, so a hostile thread of
+        # long messages is not cleaned whole on the event loop
+        texts = (to_plain(strip_mention(str(item.get("text") or "")[:MAX_TEXT_CHARS],
+                                        bot.user_id), {}).strip() for item in reversed(items))
         keep = self.chat.window.reachable(texts)
         return list(items[len(items) - keep:]) if keep else []
 

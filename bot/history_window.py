@@ -3,7 +3,7 @@ messages read in when the bot joins it (backfill), and the stored turns before a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from bot.conversation import Speaker, Turn
 from bot.notices import as_history
@@ -33,7 +33,7 @@ class HistoryWindow:
         """More of a thread's messages than this can never reach the prompt."""
         return max(1, self.budget // MIN_TURN_TOKENS)
 
-    def reachable(self, newest_first: Sequence[str]) -> int:
+    def reachable(self, newest_first: Iterable[str]) -> int:
         """How many of a thread's newest messages (their text, newest first, as read from the
         platform before names are resolved) may reach the prompt: read in only those, so no
         name is looked up for a message that is dropped."""
