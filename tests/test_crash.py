@@ -178,8 +178,11 @@ async def run_with_kills(fake: FakeSlack, tmp_path: Path, model: Path,
             events = new_events(figures)
             sending = asyncio.create_task(deliver(bot, http, events))
             if after_calls is not None:
+                # killed after that many more calls, or once all is answered: a short answer
+                # (the random model's, ended early by the stop filter) makes fewer calls
                 await eventually(lambda: len(fake.calls) >= base + after_calls
-                                 or not bot.alive, timeout=120)
+                                 or not bot.alive or answered(fake, figures.events),
+                                 timeout=120)
             else:
                 await eventually(lambda: not bot.alive or answered(fake, figures.events),
                                  timeout=120)
