@@ -73,3 +73,16 @@ class PromptRefused(RinnaError):
     not sent to the model at all (it stays stored as written)."""
 
     user_message = "この文面はそのままではモデルに渡せません。書き方を変えてもう一度お試しください。"
+
+
+class AttachmentError(RinnaError):
+    """An attached file could not be read; the answer carries a short note instead of it."""
+
+
+class AttachmentTooLarge(AttachmentError):
+    """The file is over ATTACHMENT_MAX_BYTES (by its declared size, or as it streamed in)."""
+
+
+class AttachmentUnavailable(AttachmentError):
+    """The file could not be downloaded: a timeout, an HTTP error, or a host (or a redirect
+    to one) that is not the platform's own."""
