@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     slack_port: int = Field(3000, ge=1, le=65535)
     slack_api_url: str = "https://slack.com/api/"
 
+    # What people bring: attached files (bot/attachments.py) and edited questions
+    attachment_max_bytes: int = Field(1_000_000, ge=1, le=100_000_000)  # per file
+    attachments_max: int = Field(5, ge=0, le=20)  # files read per message (0: none)
+    attachment_timeout_s: float = Field(20.0, gt=0.0, le=300.0)  # per file's download
+    edit_window_s: float = Field(600.0, ge=0.0)  # an edited newest question is answered again
+
     # Access (comma-separated ids; empty = no restriction): see bot/access.py
     allowed_workspaces: Ids = frozenset()
     allowed_channels: Ids = frozenset()

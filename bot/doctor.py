@@ -120,17 +120,28 @@ def _credentials(settings: Settings) -> list[Check]:
     """The identity calls `run` makes while the model loads (adapters/credentials.py)."""
     import asyncio
 
-    from adapters.credentials import PlatformUnreachable, check_discord, check_slack
+    from adapters.credentials import (PlatformUnreachable, ask_slack, check_discord,
+                                      scopes_note)
     from bot.errors import ConfigError
 
+    async def slack_checks(settings: Settings) -> list[Check]:
+        who, missing = await ask_slack(settings)
+        found = [Check(True, f"Slack: the tokens are accepted (signed in as {who})")]
+        if missing:
+            found.append(Check(False, "Slack: " + scopes_note(missing)))
+        return found
+
+    async def discord_checks(settings: Settings) -> list[Check]:
+        return [Check(True, await check_discord(settings))]
+
     async def ask() -> list[Check]:
-        found = []
-        for enabled, check in ((settings.discord_enabled, check_discord),
-                               (settings.slack_enabled, check_slack)):
+        found: list[Check] = []
+        for enabled, check in ((settings.discord_enabled, discord_checks),
+                               (settings.slack_enabled, slack_checks)):
             if not enabled:
                 continue
             try:
-                found.append(Check(True, await check(settings)))
+                found.extend(await check(settings))
             except ConfigError as exc:
                 found.append(Check(False, str(exc)))
             except PlatformUnreachable as exc:
