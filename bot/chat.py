@@ -27,6 +27,7 @@ from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey,
 from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
 from bot.generation import GenerationParams
 from bot.answer_controls import AnswerControls, ModeratorCheck
+from bot.edited import EditedQuestions
 from bot.edits import PrivateData
 from bot.generator import Generator
 from bot.history_window import HistoryWindow
@@ -74,6 +75,7 @@ class ChatConfig:
     prompt_budget: int = 2048 - 128
     stream_interval_s: float = 1.0
     params: GenerationParams | None = None  # None: the generator's defaults
+    edit_window_s: float = 600.0  # an edited newest question this young is answered again
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,8 @@ class ChatService:
         self.window = HistoryWindow(store, tokenizer, config.prompt_budget)
         self.controls = AnswerControls(store, self.running, self._locks, self._redo,
                                        lambda: self._closing, on_feedback)
+        self.edits = EditedQuestions(store, self.running, self._locks, self._edits, self._redo,
+                                     window_s=config.edit_window_s)
 
     def _point(self, name: str) -> None:
         if self._crash is not None:

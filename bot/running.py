@@ -23,6 +23,7 @@ class RunningAnswers:
         # (platform, placeholder ref) -> its record, from the post until the ref is stored: a
         # 「停止」 pressed in that instant still finds the answer
         self.posted: dict[tuple[str, str], Delivery] = {}
+        self._ended: dict[Marker, asyncio.Event] = {}  # set when its task lets go of it
 
     def begin(self, marker: Marker) -> bool:
         """Take on answering `marker`; False when a task of ours already does."""
@@ -30,9 +31,17 @@ class RunningAnswers:
             return False
         self.inflight.add(marker)
         self.generating[marker] = None
+        self._ended[marker] = asyncio.Event()
         return True
 
+    async def ended(self, marker: Marker) -> None:
+        """Return once no task of ours is answering `marker` (at once when none is)."""
+        if (event := self._ended.get(marker)) is not None:
+            await event.wait()
+
     def end(self, marker: Marker) -> None:
+        if (event := self._ended.pop(marker, None)) is not None:
+            event.set()
         self.inflight.discard(marker)
         self.generating.pop(marker, None)
         self.stopping.discard(marker)
