@@ -45,6 +45,14 @@ from bot.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
+def with_notes(text: str, notes: tuple[str, ...], *, first: bool = False) -> str:
+    """An answer with the notes on what was not read (attachments), after it (or before)."""
+    if not notes:
+        return text
+    joined = "\n".join(notes)
+    return f"{joined}\n\n{text}" if first else f"{text}\n\n{joined}".strip()
+
+
 def owner_of(delivery: Delivery) -> str | None:
     """Who asked, for the generator's per-user bound and turns: the platform and the asker's
     user id (None when the adapter names nobody: then only the queue bounds the request)."""
@@ -253,7 +261,7 @@ class ChatService:
                 return Outcome.DEFERRED
             if not text and delivery.turn_id is None:
                 offer(sink, NO_CONTROLS)
-                await sink.finish(USAGE_MESSAGE)
+                await sink.finish(with_notes(USAGE_MESSAGE, message.notes, first=True))
                 await self.store.mark_answered(delivery)
                 return Outcome.EMPTY
         except RinnaError as exc:
@@ -271,7 +279,8 @@ class ChatService:
             await acknowledge()
         # Not recorded just now: an earlier handling died; carry on with what it posted.
         return await self._process(delivery, sink, earlier=earlier, interval=stream_interval_s,
-                                   recovering=not delivery.fresh, text=text)
+                                   recovering=not delivery.fresh, text=text,
+                                   notes=message.notes)
 
     async def recover(self, platform: str, make_sink: SinkFactory, *,
                       max_age_s: float = 900.0) -> Recovered:
@@ -329,9 +338,11 @@ class ChatService:
 
     async def _process(self, delivery: Delivery, sink: ReplySink, *,
                        earlier: EarlierLoader | None = None, interval: float | None = None,
-                       recovering: bool = False, text: str | None = None) -> Outcome:
+                       recovering: bool = False, text: str | None = None,
+                       notes: tuple[str, ...] = ()) -> Outcome:
         """Answer a recorded message: its placeholder, user turn, answer, final text.
-        `text` is the message's text when the platform just delivered it (else the record's)."""
+        `text` is the message's text when the platform just delivered it (else the record's);
+        `notes` go at the end of the answer (what of its attachments was not read)."""
         key = delivery.key
         marker = (delivery.platform, delivery.delivery_key)
         if not self.running.begin(marker):
@@ -367,7 +378,7 @@ class ChatService:
             # the turn waits for the conversation's lock, taken here in arrival order.
             starting = asyncio.ensure_future(self._start(delivery, sink))
             work = asyncio.ensure_future(
-                self._locked_turn(delivery, sink, starting, earlier, interval))
+                self._locked_turn(delivery, sink, starting, earlier, interval, notes))
             if me is not None:
                 self._active[me] = work
             try:
@@ -454,17 +465,17 @@ class ChatService:
 
     async def _locked_turn(self, delivery: Delivery, sink: ReplySink,
                            starting: asyncio.Future[None], earlier: EarlierLoader | None,
-                           interval: float | None) -> str:
+                           interval: float | None, notes: tuple[str, ...] = ()) -> str:
         try:
             async with self._conversation(delivery.key):
                 await starting
-                return await self._turn(delivery, sink, earlier, interval)
+                return await self._turn(delivery, sink, earlier, interval, notes)
         finally:
             if not starting.done():
                 starting.cancel()
 
     async def _turn(self, delivery: Delivery, sink: ReplySink, earlier: EarlierLoader | None,
-                    interval: float | None) -> str:
+                    interval: float | None, notes: tuple[str, ...] = ()) -> str:
         """Import the thread if the bot is new to it, store the user turn (once), generate and
         store the answer (or take the one stored before a crash). Runs under the lock.
         Returns the final text to show."""
@@ -492,6 +503,7 @@ class ChatService:
             final = f"{final}\n\n{SHORTENED_NOTICE}"
         if stopped:
             final = f"{final}\n\n{STOPPED_MARK}".strip()
+        final = with_notes(final, notes)
         await self.store.store_answer(delivery, answer, final)
         self._point("answer_stored")
         return final

@@ -53,6 +53,9 @@ class IncomingMessage:
     # The platform messages the text was taken from, when not the delivery itself (「rinna に
     # 聞く」: the message asked about), so that deleting or editing one reaches the stored text.
     sources: tuple[str, ...] = ()
+    # Short notes for the answer on what of the message was not read (attached files that
+    # are not text, too big, or cut to fit the prompt): bot/attachments.py writes them.
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def asked_about(cls, text: str, delivery_key: str, *, writer: str, asker: str,

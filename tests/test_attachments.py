@@ -193,3 +193,26 @@ async def test_a_file_that_fits_is_whole(tokenizer: Tokenizer) -> None:
     assert read.notes == ()
     assert read.text.endswith(JAPANESE)
 
+
+
+# ----- the notes in the answer (the chat service) --------------------------------------------
+
+
+async def test_notes_end_the_answer_and_are_stored_with_it(scripted: object,
+                                                            store: object) -> None:
+    from bot.chat import ChatService
+    from bot.conversation import ConversationKey, IncomingMessage
+    from tests.fakes import RecordingSink
+
+    assert isinstance(scripted, ChatService)
+    key = ConversationKey("test", "w", "c", "t")
+    note = NOTE_NOT_TEXT.format(name="cat.png")
+    sink = RecordingSink()
+    await scripted.handle(key, IncomingMessage("質問", "m1", "alice", notes=(note,)), sink)
+    assert sink.final() == f"はい。\n\n{note}"
+    delivery = await scripted.store.delivery("test", "m1")
+    assert delivery is not None and delivery.answer_id is not None
+    # Only an unreadable file, no words: the note, then how to ask.
+    empty = RecordingSink()
+    await scripted.handle(key, IncomingMessage("", "m2", "alice", notes=(note,)), empty)
+    assert str(empty.final()).startswith(note + "\n\n")
