@@ -27,6 +27,7 @@ from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey,
 from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
 from bot.generation import GenerationParams
 from bot.answer_controls import AnswerControls, ModeratorCheck
+from bot.attachments import AttachmentLimits, AttachmentReader, prompt_room
 from bot.edited import EditedQuestions
 from bot.edits import PrivateData
 from bot.generator import Generator
@@ -84,6 +85,7 @@ class ChatConfig:
     stream_interval_s: float = 1.0
     params: GenerationParams | None = None  # None: the generator's defaults
     edit_window_s: float = 600.0  # an edited newest question this young is answered again
+    attachments: AttachmentLimits = AttachmentLimits()  # how much of attached files is read
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,8 @@ class ChatService:
         self.window = HistoryWindow(store, tokenizer, config.prompt_budget)
         self.controls = AnswerControls(store, self.running, self._locks, self._redo,
                                        lambda: self._closing, on_feedback)
+        self.reader = AttachmentReader(config.attachments,
+                                       prompt_room(tokenizer, config.prompt_budget))
         self.edits = EditedQuestions(store, self.running, self._locks, self._edits, self._redo,
                                      window_s=config.edit_window_s)
 
@@ -243,7 +247,8 @@ class ChatService:
 
         try:
             text = clean_text(message.text).strip()
-            if not addressed and (not text or not await self.follows(key)):
+            if not addressed and (not (text or message.attachments)
+                                  or not await self.follows(key)):
                 return Outcome.IGNORED
             delivery = await self.store.accept(key, message.delivery_key, text,
                                                 message.author or None,
@@ -259,9 +264,12 @@ class ChatService:
                 log.info("%s: message %s arrived while stopping; answered after the restart",
                          key, message.delivery_key)
                 return Outcome.DEFERRED
+            notes = message.notes
+            if message.attachments and delivery.turn_id is None:
+                text, notes = await self._read_files(delivery, text, message)
             if not text and delivery.turn_id is None:
                 offer(sink, NO_CONTROLS)
-                await sink.finish(with_notes(USAGE_MESSAGE, message.notes, first=True))
+                await sink.finish(with_notes(USAGE_MESSAGE, notes, first=True))
                 await self.store.mark_answered(delivery)
                 return Outcome.EMPTY
         except RinnaError as exc:
@@ -279,8 +287,16 @@ class ChatService:
             await acknowledge()
         # Not recorded just now: an earlier handling died; carry on with what it posted.
         return await self._process(delivery, sink, earlier=earlier, interval=stream_interval_s,
-                                   recovering=not delivery.fresh, text=text,
-                                   notes=message.notes)
+                                   recovering=not delivery.fresh, text=text, notes=notes)
+
+    async def _read_files(self, delivery: Delivery, text: str,
+                          message: IncomingMessage) -> tuple[str, tuple[str, ...]]:
+        """Read the message's attached files into its recorded text (after the platform was
+        told it arrived: downloads may take a while), and the notes on what was not read."""
+        read = await self.reader.read(text, message.attachments, message.files)
+        if read.text != text:
+            await self.store.edit_delivered(delivery.platform, delivery.delivery_key, read.text)
+        return read.text, (*message.notes, *read.notes)
 
     async def recover(self, platform: str, make_sink: SinkFactory, *,
                       max_age_s: float = 900.0) -> Recovered:

@@ -94,6 +94,7 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                     parts: StartParts = StartParts(),
                     checks: asyncio.Task[Any] | None = None) -> AsyncIterator[Core]:
     """The store, then the model (while `checks` run: their failure cancels the load)."""
+    from bot.attachments import AttachmentLimits
     from bot.chat import ChatConfig, ChatService
     from storage.history import HistoryStore
 
@@ -118,7 +119,9 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
             chat = ChatService(store, served, generator.tokenizer, ChatConfig(
                 prompt_budget=settings.prompt_budget,
                 stream_interval_s=settings.stream_interval_s,
-                edit_window_s=settings.edit_window_s),
+                edit_window_s=settings.edit_window_s,
+                attachments=AttachmentLimits(settings.attachment_max_bytes,
+                                             settings.attachments_max)),
                 on_outcome=metrics.count_outcome if metrics is not None else None,
                 on_feedback=metrics.count_feedback if metrics is not None else None,
                 crash_hook=crash_hook)

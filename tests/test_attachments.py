@@ -216,3 +216,33 @@ async def test_notes_end_the_answer_and_are_stored_with_it(scripted: object,
     empty = RecordingSink()
     await scripted.handle(key, IncomingMessage("", "m2", "alice", notes=(note,)), empty)
     assert str(empty.final()).startswith(note + "\n\n")
+
+
+async def test_files_are_read_after_the_platform_is_told_and_stored_as_read(
+        scripted: object) -> None:
+    from bot.chat import ChatService
+    from bot.conversation import ConversationKey, IncomingMessage
+    from tests.fakes import RecordingSink
+
+    assert isinstance(scripted, ChatService)
+    order: list[str] = []
+
+    class Ordered(MemoryFetcher):
+        async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes:
+            order.append("fetch")
+            return await super().fetch(attachment, max_bytes)
+
+    async def accepted() -> None:
+        order.append("acknowledged")
+
+    fetcher = Ordered({"https://files.example/a.txt": JAPANESE.encode("euc_jp")})
+    key = ConversationKey("test", "w", "c", "t")
+    message = IncomingMessage("読んで", "m1", "alice", attachments=(file("a.txt"),),
+                              files=fetcher)
+    await scripted.handle(key, message, RecordingSink(), accepted=accepted)
+    assert order == ["acknowledged", "fetch"]  # a slow download never delays the ack
+    conversation = await scripted.store.find(key)
+    assert conversation is not None
+    [stored, _answer] = reversed(await scripted.store.recent_turns(conversation, 10))
+    assert stored.turn.text == f"読んで\n\n{HEADING.format(name='a.txt')}\n{JAPANESE}"
+    assert JAPANESE.split("\n")[0] in scripted.generator.prompts[0]  # type: ignore[attr-defined]
