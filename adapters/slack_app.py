@@ -45,6 +45,8 @@ from adapters.slack_text import (
     user_ids,
 )
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
+from bot.attachments import Fetcher
+from bot.edited import EditOutcome
 from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import RinnaError
@@ -95,6 +97,7 @@ class SlackHandlers:
     moderators: Moderators | None = None  # made by register_controls if unset
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
     status: StatusSource | None = None  # for `/rinna status` (None: not available)
+    files: Fetcher | None = None  # downloads shared files from Slack (None: not read)
 
     def reply(self, channel: str, thread_ts: str | None, tag: str | None, *,
               user: str | None = None, team: str | None = None) -> SlackReply:
@@ -174,11 +177,12 @@ class SlackHandlers:
             text = await self.plain(message.text, bot)
             if addressed and text.lower() in RESET_WORDS:
                 return await self._reset(key, message, sink, ack)
-            if not text and not (via_mention or message.is_dm):
+            if not text and not message.files and not (via_mention or message.is_dm):
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
             earlier = (self.earlier(message, bot)
                        if message.thread_ts and not message.is_dm else None)
-            incoming = IncomingMessage(text, message.delivery_key, message.user)
+            incoming = IncomingMessage(text, message.delivery_key, message.user,
+                                       attachments=message.files, files=self.files)
             outcome = str(await self.chat.handle(
                 key, incoming, sink, earlier=earlier, addressed=via_mention or message.is_dm,
                 accepted=ack))
@@ -197,6 +201,25 @@ class SlackHandlers:
     async def plain(self, text: str, bot: BotIdentity) -> str:
         text = strip_mention(text, bot.user_id)
         return to_plain(text, await self.names.lookup(user_ids(text))).strip()
+
+    async def edited(self, event: Mapping[str, Any], changed: Mapping[str, Any],
+                     bot: BotIdentity) -> str:
+        """A person edited a message (message_changed): the stored text follows; the newest
+        question, edited soon enough, is answered again (bot/edited.py). Keyed by the edit's
+        own ts, so a retried event answers once."""
+        channel, ts = str(event["channel"]), str(changed["ts"])
+        edit_id = str((changed.get("edited") or {}).get("ts") or event.get("event_ts") or "")
+        thread = str(changed.get("thread_ts") or "") or None
+
+        def sink_for(delivery: Delivery) -> SlackReply:
+            return self.reply(channel, delivery.key.thread or thread, delivery.delivery_key,
+                              user=delivery.who_asked, team=delivery.key.workspace)
+
+        outcome = await self.chat.edits.edited(
+            PLATFORM, f"{channel}:{ts}", await self.plain(str(changed.get("text") or ""), bot),
+            edit_id=edit_id, sink_for=sink_for, has_files=bool(changed.get("files")))
+        return {EditOutcome.ANSWERED_AGAIN: str(Outcome.ANSWERED), EditOutcome.HISTORY: EDITED,
+                EditOutcome.DUPLICATE: DUPLICATE}.get(outcome, IGNORED)
 
     # ----- joining a thread mid-way -----
     def earlier(self, message: SlackMessage, bot: BotIdentity) -> EarlierLoader:
@@ -306,6 +329,13 @@ def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
     async def message_changed(ack: AsyncAck, event: dict[str, Any],
                               context: AsyncBoltContext) -> None:
         await ack()
+        # In the background: a new answer to an edited question takes a while, and Slack
+        # wants its 200 within 3 s (a retried edit is answered once: see `edited`).
+        task = asyncio.create_task(changed_message(event, context))
+        services.background.add(task)
+        task.add_done_callback(services.background.discard)
+
+    async def changed_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
         outcome = IGNORED
         try:
             channel, changed = event.get("channel"), event.get("message") or {}
@@ -317,10 +347,8 @@ def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
             elif changed.get("subtype") == "tombstone":  # a thread's first message, deleted
                 if await chat.message_deleted(PLATFORM, f"{channel}:{ts}"):
                     outcome = DELETED
-            elif await chat.message_edited(
-                    PLATFORM, f"{channel}:{ts}",
-                    await services.plain(str(changed.get("text") or ""), bot)):
-                outcome = EDITED
+            else:
+                outcome = await services.edited(event, changed, bot)
         except Exception:
             log.exception("slack: could not apply an edited message to the history")
         finally:

@@ -17,8 +17,10 @@ from typing import Any, Protocol
 from slack_bolt.async_app import AsyncAck, AsyncBoltContext
 
 from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
+from adapters.slack_files import slack_attachments
 from adapters.slack_reply import SlackReply
 from bot.access import AccessPolicy, AccessRequest
+from bot.attachments import Attachment
 from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.conversation import ConversationKey
 
@@ -64,6 +66,7 @@ class SlackMessage:
     # Teams besides `team` the event names (Slack Connect: the sender's team; Enterprise
     # Grid): each is judged by ALLOWED_WORKSPACES too.
     other_teams: frozenset[str] = frozenset()
+    files: tuple[Attachment, ...] = ()  # shared files and snippets (adapters/slack_files.py)
 
     @property
     def teams(self) -> frozenset[str]:
@@ -102,7 +105,7 @@ def parse_message(body: Mapping[str, Any], event: Mapping[str, Any]) -> SlackMes
     text = event.get("text")
     text = text[:MAX_TEXT_CHARS] if isinstance(text, str) else ""
     return SlackMessage(team, channel, ts, str(event.get("thread_ts") or ""), user, text, is_dm,
-                        others - {team})
+                        others - {team}, slack_attachments(event))
 
 
 def command_access(command: Mapping[str, Any]) -> list[AccessRequest]:
