@@ -34,6 +34,7 @@ from discord.ext import commands
 
 from adapters.discord_controls import (AnswerControls, ControlsView, StatusCog, controls_view,
                                        message_ref)
+from adapters.discord_files import discord_attachments, discord_fetcher, superseded_content
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.config import Settings
@@ -329,6 +330,14 @@ class DiscordReply(MessageReply):
             return
         await message.edit(view=controls_view(RETIRED))
 
+    async def supersede(self, ref: str, text: str, notice: str) -> None:
+        """The answer at `ref` was to words since edited: the notice, its text struck
+        through, 👍/👎 only."""
+        if (message := self.restore(ref)) is None:
+            return
+        await message.edit(content=superseded_content(text, notice, self.limit),
+                           view=controls_view(RETIRED))
+
     async def start(self) -> None:
         await super().start()
         channel = getattr(self.posted[0], "channel", None) if self.posted else None
@@ -418,7 +427,9 @@ class ChatCog(commands.Cog):
         channel = message.channel
         mentioned = mentions_me(message, me)
         text = readable_text(message, me.id)
-        incoming = IncomingMessage(text, str(message.id), str(message.author.id))
+        files = discord_attachments(message.attachments)
+        incoming = IncomingMessage(text, str(message.id), str(message.author.id),
+                                   attachments=files, files=self.bot.files)
         if isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
             key = conversation_key(channel, None)
             await self._answer(key, incoming, ChannelDestination(channel))
@@ -432,11 +443,12 @@ class ChatCog(commands.Cog):
             return
         if not mentioned:
             return
-        if not text:  # only a mention: a usage hint in the channel, no thread
+        if not text and not files:  # only a mention: a usage hint in the channel, no thread
             await self._answer(key, incoming, ChannelDestination(channel))
             return
         key = ConversationKey(key.platform, key.workspace, key.channel, str(message.id))
-        await self._answer(key, incoming, NewThreadDestination(message, thread_name(text)))
+        name = thread_name(text or files[0].name)
+        await self._answer(key, incoming, NewThreadDestination(message, name))
 
     def _earlier(self, thread: discord.Thread, before: discord.abc.Snowflake | None,
                  skip: int | None = None) -> EarlierLoader:
@@ -640,9 +652,13 @@ class MessageEditsCog(commands.Cog):
         me, message = self.bot.user, payload.message
         if me is None or message.author.id == me.id or message.author.bot:
             return
+        edited = payload.data.get("edited_timestamp") or message.edited_at
         try:
-            await self.bot.chat.message_edited(PLATFORM, str(payload.message_id),
-                                              readable_text(message, me.id))
+            await self.bot.chat.edits.edited(
+                PLATFORM, str(payload.message_id), readable_text(message, me.id),
+                edit_id=str(edited or ""), has_files=bool(message.attachments),
+                sink_for=lambda delivery: self.bot.reply_in(delivery.key,
+                                                            delivery.delivery_key))
         except Exception:  # the error boundary: logged, the client keeps running
             log.exception("message %s: could not apply its edit to the history",
                           payload.message_id)
@@ -677,6 +693,7 @@ class RinnaDiscordBot(commands.Bot):
         self.settings = settings
         self.policy = AccessPolicy.from_settings(settings)
         self.status_source = status  # what /status shows (discord.Client.status is presence)
+        self.files = discord_fetcher(settings)  # downloads attachments (None: not read)
 
     async def setup_hook(self) -> None:
         await self.add_cog(ChatCog(self))

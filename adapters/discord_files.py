@@ -28,3 +28,14 @@ def discord_fetcher(settings: Settings) -> HostFetcher | None:
 def discord_attachments(attachments: Iterable[discord.Attachment]) -> tuple[Attachment, ...]:
     """A message's attachments as the core reads them (a long paste is `message.txt`)."""
     return tuple(Attachment(a.filename, a.url, a.size, a.content_type) for a in attachments)
+
+
+def superseded_content(text: str, notice: str, limit: int) -> str:
+    """An earlier answer whose question was edited and answered again: the notice, then its
+    text struck through line by line (text with a code block is left unstruck), within
+    Discord's `limit` characters."""
+    lines = text.split("\n")
+    if "```" not in text:
+        lines = [f"~~{line}~~" if line.strip() else line for line in lines]
+    body = f"-# {notice}\n" + "\n".join(lines)
+    return body if len(body) <= limit else body[:limit - 1] + "…"

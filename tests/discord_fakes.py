@@ -522,15 +522,29 @@ class FakeDiscord:
 
     async def person_says(self, channel_id: int, content: str, *, user_id: int = USER_ID,
                           name: str = "alice", mention_bot: bool = False,
-                          message_id: int | None = None) -> int:
-        """A person posts in any channel or thread the fake knows; returns the message id."""
+                          message_id: int | None = None,
+                          attachments: Sequence[dict[str, Any]] = ()) -> int:
+        """A person posts in any channel or thread the fake knows; returns the message id.
+        `attachments`: entries made by `attach`."""
         text = f"<@{BOT_ID}> {content}" if mention_bot else content
         mentions = [_user(BOT_ID, "rinna", bot=True)] if mention_bot else []
         message = self._message(channel_id, text, author=_user(user_id, name),
                                 mentions=mentions, message_id=message_id)
+        message["attachments"] = list(attachments)
         message["member"] = _member()
         await self._dispatch("MESSAGE_CREATE", message)
         return int(message["id"])
+
+    async def person_edits(self, message_id: int, content: str, *,
+                           edited: str = "2026-01-01T00:01:00.000000+00:00",
+                           embeds: Sequence[dict[str, Any]] = ()) -> None:
+        """A person edits their message (MESSAGE_UPDATE, as Discord sends it: the whole
+        message, `edited_timestamp` set); with `edited` None, an update that is no edit (the
+        embeds of an unfurled link)."""
+        message = self.messages[message_id]
+        message.update({"content": content, "edited_timestamp": edited,
+                        "embeds": list(embeds)})
+        await self._dispatch("MESSAGE_UPDATE", {**message, "member": _member()})
 
     def add_forum(self, name: str = "questions") -> int:
         """A forum channel (type 15) in the guild; call before the bot connects."""
