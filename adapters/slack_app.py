@@ -29,6 +29,7 @@ from adapters.slack_api import HISTORY_PAGE, PLATFORM, Moderators, SlackApi, Use
 from adapters.slack_assistant import build_assistant, register_shortcut
 from adapters.slack_blocks import FeedbackSupport
 from adapters.slack_controls import STATUS_WORDS, register_controls
+from adapters.slack_files import slack_attachments
 from adapters.slack_events import (DELETED, DENIED, DUPLICATE, EDITED, FAILED, HELP, HELP_WORDS,
                                    IGNORED, MAX_TEXT_CHARS, RESET, RESET_WORDS, STATUS,
                                    USER_SUBTYPES, Ack, BotIdentity, SlackMessage,
@@ -283,6 +284,8 @@ class SlackHandlers:
         if item.get("bot_id") or item.get("subtype") not in USER_SUBTYPES or not item.get("user"):
             return None
         plain = await self.plain(text, bot)
+        if (files := slack_attachments(item)) and self.files is not None:
+            plain = (await self.chat.reader.read(plain, files, self.files)).text
         return Turn(Speaker.USER, plain) if plain else None
 
     # ----- the one error boundary -----

@@ -200,3 +200,21 @@ async def test_an_edit_mid_answer_stops_the_old_answer_first(
         assert fake.calls.index(new_post) > min(  # ... before the new answer began
             fake.calls.index(c) for c in fake.called("chat.update")
             if STOPPED_MARK in c.text)
+
+
+async def test_a_thread_joined_midway_has_its_earlier_files_read(
+        store: HistoryStore, tokenizer: Tokenizer, slack_settings: Settings,
+        fake: FakeSlack) -> None:
+    chat, generator = scripted_chat(store, tokenizer, slack_settings, ["はい。"])
+    shared = fake.share("error.log", "Traceback: 接続が切れました".encode("euc_jp"))
+    fake.threads[(C1, T0)] = [
+        {"type": "message", "user": "U2", "text": "このログを見てください", "ts": T0,
+         "thread_ts": T0, "subtype": "file_share", "files": [shared]},
+    ]
+    async with running(chat, slack_settings, fake) as slack:
+        await slack.event(mention(C1, T1, "原因は?", thread_ts=T0))
+        await slack.settled(1)
+        turns = await slack.turns(key())
+    assert turns[0] == Turn(Speaker.USER, f"このログを見てください\n\n{heading('error.log')}\n"
+                                          "Traceback: 接続が切れました")
+    assert "接続が切れました" in generator.prompts[0]
