@@ -45,6 +45,7 @@ NOTE_TOO_LARGE = "「{name}」は大きすぎるため読んでいません（�
 NOTE_UNAVAILABLE = "「{name}」をダウンロードできなかったため読んでいません。"
 NOTE_TOO_MANY = "添付ファイルは {count} 件までしか読めません。「{names}」は読んでいません。"
 NOTE_CUT = "「{name}」は長すぎるため、先頭の一部だけを読みました。"
+NOTE_OFF = "添付ファイルは読まない設定のため、「{names}」は読んでいません。"
 NOTE_NO_ROOM = "「{name}」は入りきらなかったため読んでいません（ほかの添付ファイルで上限に達しました）。"
 
 # Types and extensions that are text (read) or plainly not (refused without downloading).
@@ -265,8 +266,11 @@ class AttachmentReader:
     async def read(self, question: str, attachments: Sequence[Attachment],
                    fetcher: Fetcher | None) -> ReadFiles:
         """`question` (the message's own text) with the files read, and notes on the rest."""
-        if not attachments or fetcher is None:
+        if not attachments:
             return ReadFiles(question)
+        if fetcher is None or self.limits.max_count == 0:  # ATTACHMENTS_MAX=0
+            names = "」「".join(shown_name(a.name) for a in attachments)
+            return ReadFiles(question, (NOTE_OFF.format(names=names),))
         notes: list[str] = []
         wanted = list(attachments[:self.limits.max_count])
         if len(attachments) > len(wanted):

@@ -9,8 +9,9 @@ import threading
 import pytest
 
 from bot.attachments import (CUT_MARK, HEADING, NOTE_CUT, NOTE_NO_ROOM, NOTE_NOT_TEXT,
-                             NOTE_TOO_LARGE, NOTE_TOO_MANY, NOTE_UNAVAILABLE,
+                             NOTE_OFF, NOTE_TOO_LARGE, NOTE_TOO_MANY, NOTE_UNAVAILABLE,
                              NOTE_UNDECODABLE, Attachment, AttachmentLimits, AttachmentReader,
+                             ReadFiles,
                              decode, plainly_binary, prompt_room, shown_name)
 from bot.conversation import Speaker, Turn
 from bot.errors import AttachmentTooLarge, AttachmentUnavailable
@@ -136,6 +137,13 @@ async def test_files_over_the_count_are_named_in_a_note_and_not_fetched() -> Non
     assert read.notes == (NOTE_TOO_MANY.format(count=2, names="c.txt"),)
     assert "https://files.example/c.txt" not in fetcher.fetched
     assert read.text == f"{HEADING.format(name='a.txt')}\na\n\n{HEADING.format(name='b.txt')}\nb"
+
+
+async def test_files_are_noted_not_read_when_reading_is_off() -> None:
+    read = await reader(max_count=0).read("q", [file("a.txt"), file("b.txt")], MemoryFetcher({}))
+    assert read == ReadFiles("q", (NOTE_OFF.format(names="a.txt」「b.txt"),))
+    off = await reader().read("q", [file("a.txt")], None)  # no fetcher: the same
+    assert off.notes == (NOTE_OFF.format(names="a.txt"),)
 
 
 async def test_decoding_runs_off_the_event_loop() -> None:
