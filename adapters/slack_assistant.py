@@ -39,7 +39,8 @@ from adapters.slack_api import PLATFORM
 from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
                                    acknowledge_when_recorded, bot_identity, parse_message, tell)
 from bot.access import AccessRequest
-from bot.conversation import ConversationKey, IncomingMessage
+from bot.conversation import ConversationKey
+from bot.front_events import Event
 from bot.notices import short_title
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def build_assistant(services: SlackServices) -> AsyncAssistant:
             if not services.permits(message.access()):
                 return DENIED
             bot = bot_identity(context)
-            if not await services.chat.follows(message.key):  # its first question
+            if not await services.front.follows(message.key):  # its first question
                 question = await services.plain(message.text, bot)
                 if question:
                     await _quietly(set_title(title_of(question)), "assistant title")
@@ -179,9 +180,10 @@ async def answer_about(services: SlackServices, message: Any, shortcut: Mapping[
         earlier = (services.earlier(message, bot)
                    if message.thread_ts and not message.is_dm else None)
         writer = str((shortcut.get("message") or {}).get("user") or message.user)
-        incoming = IncomingMessage.asked_about(text, tag, writer=writer, asker=message.user,
-                                               message=message.delivery_key)
-        outcome = str(await services.chat.handle(key, incoming, sink, earlier=earlier))
+        # access was judged when the shortcut came; a shortcut is never redelivered
+        outcome = await services.front.receive(Event(
+            key, tag, text, sink, writer=writer, asker=message.user,
+            about=message.delivery_key, earlier=earlier, admitted=True))
     return outcome
 
 

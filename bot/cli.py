@@ -168,10 +168,11 @@ async def serve(settings: Settings, command: str, crash_hook: CrashHook | None =
         platforms = settings.discord_enabled or settings.slack_enabled
         if command == "chat" or not platforms:
             from adapters.console import run_console
+            from bot.front_door import FrontDoor
 
             if command == "run":
                 print(NO_PLATFORM_HINT, file=sys.stderr)
-            return await run_console(core.chat)
+            return await run_console(FrontDoor(core.chat))
         await run_platforms(core)
         return 0
 
