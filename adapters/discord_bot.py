@@ -29,8 +29,8 @@ from discord.ext import commands
 
 from adapters.discord_cogs import (ASK_ABOUT, ASK_ABOUT_HERE, ASK_ABOUT_UNREADABLE,
                                    ASK_ABOUT_WHERE, HELP_MESSAGE, RESET_WHERE, ChatCog,
-                                   MessageEditsCog)
-from adapters.discord_controls import AnswerControls, ControlsView, StatusCog
+                                   MessageEditsCog, StatusCog)
+from adapters.discord_controls import AnswerControls, ControlsView
 from adapters.discord_parse import (MAX_TEXT_CHARS, access_request, conversation_key,
                                     readable_text, thread_name)
 from adapters.discord_reply import (DELIVERY_ERRORS, ChannelDestination, DiscordReply,
@@ -69,7 +69,6 @@ class RinnaDiscordBot(commands.Bot):
         self.chat = chat
         self.settings = settings
         self.policy = AccessPolicy.from_settings(settings)
-        self.status_source = status  # what /status shows (discord.Client.status is presence)
         self.front = FrontDoor(chat, self.policy, help_text=HELP_MESSAGE, status=status)
 
     async def setup_hook(self) -> None:

@@ -344,3 +344,23 @@ class MessageEditsCog(commands.Cog):
                 await self.bot.front.deleted(PLATFORM, str(message_id))
             except Exception:
                 log.exception("message %s: could not delete it from the history", message_id)
+
+
+class StatusCog(commands.Cog):
+    """`/status`: how the bot is doing, shown only to the person who asked."""
+
+    def __init__(self, host: CogHost) -> None:
+        self.host = host
+
+    @app_commands.command(name="status", description="rinna の状態を表示します")
+    async def status(self, interaction: discord.Interaction) -> None:
+        try:
+            if await self.host.refuse(interaction):
+                return
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            await self.host.front.receive(Event(
+                conversation_key(interaction.channel, interaction.guild_id),
+                str(interaction.id), "", EphemeralAnswer(interaction, deferred=True),
+                writer=str(interaction.user.id), command=Command.STATUS))
+        except DELIVERY_ERRORS as exc:
+            log.warning("/status %s: %s", interaction.id, describe(exc), exc_info=exc)

@@ -1,4 +1,4 @@
-"""Buttons on Discord answers (停止 / もう一度 / 👍 / 👎) and the `/status` command.
+"""Buttons on Discord answers (停止 / もう一度 / 👍 / 👎).
 
 Two kinds of views, on purpose:
 - `controls_view(controls)` renders the buttons a message should show. It is a stopped view,
@@ -16,15 +16,12 @@ from typing import Any, Protocol
 
 import aiohttp
 import discord
-from discord import app_commands
-from discord.ext import commands
 
 from bot.answer_controls import ModeratorCheck
 from bot.controls import ControlResult, control_message
 from bot.conversation import NO_CONTROLS, ConversationKey, Controls
 from bot.errors import RinnaError
 from bot.front_door import FrontDoor
-from bot.status import StatusSource, status_text
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +72,6 @@ class ControlHost(Protocol):
     """What the controls need from the bot (RinnaDiscordBot), without importing it."""
 
     front: FrontDoor
-    status_source: StatusSource | None
 
     async def refuse(self, interaction: discord.Interaction) -> bool: ...
 
@@ -196,22 +192,3 @@ class ControlsView(discord.ui.View):
     async def bad_pressed(self, interaction: discord.Interaction,
                           _button: discord.ui.Button[Any]) -> None:
         await self.controls.feedback(interaction, "bad")
-
-
-class StatusCog(commands.Cog):
-    """`/status`: how the bot is doing, shown only to the person who asked."""
-
-    def __init__(self, host: ControlHost) -> None:
-        self.host = host
-
-    @app_commands.command(name="status", description="rinna の状態を表示します")
-    async def status(self, interaction: discord.Interaction) -> None:
-        try:
-            if await self.host.refuse(interaction):
-                return
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            await interaction.edit_original_response(
-                content=await status_text(self.host.status_source))
-        except _ERRORS as exc:
-            log.warning("/status %s: %s", interaction.id, exc, exc_info=exc)
-

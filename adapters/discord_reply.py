@@ -195,10 +195,12 @@ async def _keep_typing(channel: Any) -> None:
 
 class EphemeralAnswer:
     """A one-message reply only the person who used an application command sees (/help,
-    /status): the interaction's response, sent once the text is final."""
+    /status): the interaction's response, sent once the text is final (`deferred`: the
+    response was deferred, so the text fills it)."""
 
-    def __init__(self, interaction: discord.Interaction) -> None:
+    def __init__(self, interaction: discord.Interaction, *, deferred: bool = False) -> None:
         self.interaction = interaction
+        self.deferred = deferred
 
     async def start(self) -> None:
         return None
@@ -210,7 +212,10 @@ class EphemeralAnswer:
         return None
 
     async def finish(self, text: str) -> None:
-        await self.interaction.response.send_message(text, ephemeral=True)
+        if self.deferred:
+            await self.interaction.edit_original_response(content=text)
+        else:
+            await self.interaction.response.send_message(text, ephemeral=True)
 
     async def fail(self, message: str) -> None:
         await self.finish(message)

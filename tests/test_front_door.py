@@ -154,3 +154,17 @@ async def test_an_unaddressed_message_outside_a_followed_conversation_is_ignored
 def test_titles_are_short_single_lines() -> None:
     assert FrontDoor.title("長い\n質問 です", 5) == "長い 質…"
     assert FrontDoor.title("   ", 10, "既定") == "既定"
+
+
+def test_adapters_reach_the_chat_service_only_through_the_front_door() -> None:
+    """Discord, Slack and the console hand events to the front door; none of them answers,
+    resets, deduplicates or edits the history by calling the chat service itself."""
+    from pathlib import Path
+
+    adapters = Path(__file__).resolve().parent.parent / "adapters"
+    policy_calls = ("chat.handle(", "chat.reset(", "chat.first_sight(", "chat.follows(",
+                    "chat.message_deleted(", "chat.message_edited(", "chat.import_history(",
+                    "chat.window", "policy.check(")
+    found = [(path.name, call) for path in sorted(adapters.glob("*.py"))
+             for call in policy_calls if call in path.read_text(encoding="utf-8")]
+    assert found == []
