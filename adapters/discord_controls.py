@@ -153,7 +153,8 @@ class AnswerControls:
             await _tell(interaction, control_message("regenerate", result))
 
     async def _feedback(self, interaction: discord.Interaction, ref: str, value: str) -> None:
-        result = await self.host.front.controls.feedback(PLATFORM, ref, str(interaction.user.id), value)
+        result = await self.host.front.controls.feedback(
+            PLATFORM, ref, str(interaction.user.id), value)
         await _tell(interaction, control_message("feedback", result))
 
 

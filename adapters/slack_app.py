@@ -51,7 +51,7 @@ from bot.errors import RinnaError
 from bot.front_door import FrontDoor
 from bot.front_events import (Ack, Command, EarlierMessage, EarlierReader, Event, Writer,
                               command_word)
-from bot.notices import RESET_DONE, USAGE_MESSAGE
+from bot.notices import RESET_DONE, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
 from bot.ports.records import Delivery
 from bot.status import StatusSource
 

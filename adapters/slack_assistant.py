@@ -1,16 +1,17 @@
 """Slack's AI-app split view (slack-bolt's AsyncAssistant) and the 「rinna に聞く」 message
-shortcut: two more ways into the same chat service.
+shortcut: two more ways through the same front door (bot/front_door.py).
 
 The assistant: `assistant_thread_started` -> a greeting and suggested prompts (Japanese);
 each user message in the assistant thread -> 「考え中…」 status, the thread titled after its
-first question, then `chat.handle` with the assistant thread as the conversation (the same
+first question, then the front door with the assistant thread as the conversation (the same
 listener work as a DM, so acknowledgement-once-recorded, resets and recovery are the same).
 Workspaces without the AI-app feature never send these events: nothing changes there (a
 thread reply in a DM still reaches this listener; the status/title calls it makes then fail
 quietly).
 
 The shortcut: on any message, answer in that message's thread, the message as the user
-turn; acknowledged first; exactly once per press (its trigger id is the delivery key). Where
+turn, written by its writer and asked by the presser (the front door's writer/asker rule);
+acknowledged first; exactly once per press (its trigger id is the delivery key). Where
 the bot cannot post (a channel, DM or group DM it is not in), the presser is told so, only
 them: through the shortcut's response_url, else chat.postEphemeral.
 """

@@ -97,8 +97,9 @@ def register_controls(app: AsyncApp, services: SlackServices) -> None:
         if not allowed(body, channel):
             services.pressed["denied"] += 1
             return
-        await decide("stop", body, channel, ts, thread, lambda moderator: services.front.controls.stop(
-            PLATFORM, ts, user, moderator=moderator, channel=channel))
+        await decide("stop", body, channel, ts, thread,
+                     lambda moderator: services.front.controls.stop(
+                         PLATFORM, ts, user, moderator=moderator, channel=channel))
 
     @app.action(FEEDBACK_PRESS)
     async def feedback(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -111,7 +112,7 @@ def register_controls(app: AsyncApp, services: SlackServices) -> None:
             return
         await decide("feedback", body, channel, ts, thread,
                      lambda _: services.front.controls.feedback(PLATFORM, ts, user, value,
-                                                      channel=channel))
+                                                                channel=channel))
 
     @app.action(REGENERATE)
     async def regenerate(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any],
