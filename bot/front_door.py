@@ -20,9 +20,15 @@ The buttons on an answer (停止, もう一度, 👍/👎) reach bot/answer_cont
 `FrontDoor.controls`; its moderator rule is one mechanism for every platform (the platform's
 check is asked only when the presser is not the asker).
 
-Extending it: a new command word is one `Command` member and one branch in `_command`; a new
-field of the event (attachments, say) is one field of `Event` with a default, read here.
-Returns one `Result` string per event: what happened, for logs, metrics and tests.
+Extending it (each adapter then fills the new field; nothing else changes for the others):
+- a new command word (a summary, say): one `Command` member with its words in
+  `COMMAND_WORDS` (bot/front_events.py) and one branch in `_command`;
+- a new part of the event (attachments, say): one field of `Event` with a default, read in
+  `receive` and handed on;
+- something decided per channel or workspace (settings, a persona): a lookup passed to the
+  constructor, asked in `receive` with `event.key` before the chat service is called.
+`receive` returns one string per event (`Result` or the chat service's `Outcome`): what
+happened, for logs, metrics and tests.
 """
 
 from __future__ import annotations
