@@ -13,7 +13,10 @@ nothing else. The front door owns, for every platform:
 - the writer/asker rule: `Event.asker` and `Event.about` make 「rinna に聞く」's message;
 - a thread's earlier messages: the adapter reads them as `EarlierMessage`s (who wrote each),
   the front door sorts them into turns; the chat service trims them to the token budget;
-- edits and deletes of platform messages reaching the stored history;
+- edits and deletes of platform messages reaching the stored history, and an edited newest
+  question answered again (bot/edited.py);
+- attached files: handed to the chat service with the message (read once it is recorded),
+  and read in with a thread's earlier messages (bot/attachments.py);
 - titles (`title`): a question as a thread's or AI-app thread's name.
 
 The buttons on an answer (停止, もう一度, 👍/👎) reach bot/answer_controls.py through
@@ -35,10 +38,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from enum import StrEnum
 
 from bot.access import AccessPolicy, AccessRequest
+from bot.attachments import Fetcher
 from bot.chat import ChatService, EarlierLoader, Outcome
+from bot.edited import EditOutcome, SinkFor
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.front_events import (Command, EarlierMessage, EarlierReader, Event, Writer,
                               command_word)
@@ -131,7 +137,8 @@ class FrontDoor:
         if event.command is not Command.ASK:
             return await self._command(event)
         message = self._message(event)
-        earlier = self._loader(event.earlier, event.about) if event.earlier else None
+        earlier = (self._loader(event.earlier, event.about, event.files) if event.earlier
+                   else None)
         return str(await self.chat.handle(event.key, message, event.sink, earlier=earlier,
                                           addressed=event.addressed, accepted=event.accepted,
                                           stream_interval_s=event.stream_interval_s))
@@ -158,17 +165,35 @@ class FrontDoor:
         its writer's, lets the asker stop or redo the answer, and follows the message's
         deletion or edit."""
         if event.about is not None and event.asker:
-            return IncomingMessage.asked_about(event.text, event.delivery_key,
-                                               writer=event.writer, asker=event.asker,
-                                               message=event.about)
-        return IncomingMessage(event.text, event.delivery_key, event.writer)
+            message = IncomingMessage.asked_about(event.text, event.delivery_key,
+                                                  writer=event.writer, asker=event.asker,
+                                                  message=event.about)
+        else:
+            message = IncomingMessage(event.text, event.delivery_key, event.writer)
+        return replace(message, attachments=event.attachments, files=event.files)
 
-    @staticmethod
-    def _loader(read: EarlierReader, skip: str | None) -> EarlierLoader:
+    def _loader(self, read: EarlierReader, skip: str | None,
+                files: Fetcher | None) -> EarlierLoader:
         async def load() -> list[ImportedTurn]:
-            return earlier_turns(await read(), skip)
+            return earlier_turns(await self._with_files(await read(), files), skip)
 
         return load
+
+    async def _with_files(self, messages: Sequence[EarlierMessage],
+                          files: Fetcher | None) -> list[EarlierMessage]:
+        """A thread's earlier messages with the files people attached read into their text:
+        only of the newest messages that can reach the prompt (no download for the others)."""
+        read = list(messages)
+        if files is None:
+            return read
+        reachable = self.chat.window.reachable(item.text for item in reversed(read))
+        for index in range(len(read) - reachable, len(read)):
+            item = read[index]
+            if item.attachments and item.writer is Writer.PERSON:
+                text = (await self.chat.reader.read(item.text.strip(), item.attachments,
+                                                    files)).text
+                read[index] = replace(item, text=text)
+        return read
 
     @property
     def controls(self) -> ChatService:
@@ -183,11 +208,22 @@ class FrontDoor:
             return Result.DELETED
         return Result.IGNORED
 
-    async def edited(self, platform: str, delivery_key: str, text: str) -> str:
-        """A platform message was edited: its stored text follows."""
-        if await self.chat.message_edited(platform, delivery_key, text):
-            return Result.EDITED
-        return Result.IGNORED
+    async def edited(self, platform: str, delivery_key: str, text: str, *,
+                     edit_id: str = "", sink_for: SinkFor | None = None,
+                     has_files: bool = False) -> str:
+        """A platform message was edited: its stored text follows (the files read into it
+        stay, `has_files`). With `sink_for` (a new reply in the message's conversation), the
+        newest question edited within EDIT_WINDOW_S is answered again, once per `edit_id`
+        (the platform's id of this edit): bot/edited.py."""
+        if sink_for is None:
+            if await self.chat.message_edited(platform, delivery_key, text):
+                return Result.EDITED
+            return Result.IGNORED
+        outcome = await self.chat.edits.edited(platform, delivery_key, text, edit_id=edit_id,
+                                               sink_for=sink_for, has_files=has_files)
+        return {EditOutcome.ANSWERED_AGAIN: str(Outcome.ANSWERED),
+                EditOutcome.HISTORY: Result.EDITED,
+                EditOutcome.DUPLICATE: Result.DUPLICATE}.get(outcome, Result.IGNORED)
 
     async def follows(self, key: ConversationKey) -> bool:
         """Whether the bot already takes part in the conversation (an AI-app thread's first

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.access import AccessRequest
+from bot.attachments import Attachment, Fetcher
 from bot.conversation import ConversationKey, ReplySink
 
 Ack = Callable[[], Awaitable[None]]
@@ -60,6 +61,7 @@ class EarlierMessage:
     writer: Writer
     author: str | None = None  # a person's platform user id (forget/export)
     source: str | None = None  # the message it stands for, when not itself (a thread starter)
+    attachments: tuple[Attachment, ...] = ()  # its files, read in with it (a person's)
 
 
 EarlierReader = Callable[[], Awaitable[Sequence[EarlierMessage]]]
@@ -96,3 +98,7 @@ class Event:
     accepted: Ack | None = None
     admitted: bool = False
     stream_interval_s: float | None = None
+    # The message's attached files (read into its text once recorded: bot/attachments.py),
+    # and the platform's downloader for them (None: files are not read, and the answer says so).
+    attachments: tuple[Attachment, ...] = ()
+    files: Fetcher | None = None

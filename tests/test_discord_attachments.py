@@ -154,3 +154,27 @@ async def test_after_a_restart_a_replayed_edit_is_not_answered_again(
         await fake.person_says(question, "続けて")
         await fake.wait_for(lambda: final(fake, question, 2) == "三回目")
     assert len(again.prompts) == 1 and len(answers(fake, question)) == 3
+
+
+async def test_a_thread_joined_midway_has_its_earlier_attachments_read(
+        fake: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,
+        settings: Settings) -> None:
+    generator = ScriptedGenerator(default="はい。")
+    bot = build_discord_bot(chat_over(store, tokenizer, settings, generator), settings,
+                            guild_ready_timeout=0.05)
+    thread_id = 900000000000000777
+    fake.channels[thread_id] = fake.thread_payload(thread_id, CHANNEL_ID, "相談")
+    log = fake.attach("error.log", "接続が切れました".encode("cp932"))
+    async with connected(fake, bot):
+        await fake.person_says(thread_id, "このログです", attachments=[log])
+        await fake.person_says(thread_id, "原因は?", mention_bot=True)
+        await fake.wait_for(lambda: bool(generator.prompts))
+        await fake.wait_for(lambda: any(
+            str(m["content"]) == "はい。" for m in fake.posted_in(thread_id)))
+    key = ConversationKey("discord", str(GUILD_ID), str(CHANNEL_ID), str(thread_id))
+    conversation = await store.find(key)
+    assert conversation is not None
+    turns = [t.turn.text for t in reversed(await store.recent_turns(conversation, 10))]
+    assert turns[:2] == [f"このログです\n\n{HEADING.format(name='error.log')}\n接続が切れました",
+                         "原因は?"]
+    assert "接続が切れました" in generator.prompts[0]
