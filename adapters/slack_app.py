@@ -30,6 +30,7 @@ from adapters.slack_api import HISTORY_PAGE, PLATFORM, Moderators, SlackApi, Use
 from adapters.slack_assistant import build_assistant, register_shortcut
 from adapters.slack_blocks import FeedbackSupport
 from adapters.slack_controls import register_controls
+from adapters.slack_edits import register_edits
 from adapters.slack_files import slack_attachments
 from adapters.slack_events import (DENIED, DUPLICATE, FAILED, HELP, IGNORED,
                                    MAX_TEXT_CHARS, USER_SUBTYPES, BotIdentity, EphemeralAck,
@@ -197,23 +198,6 @@ class SlackHandlers:
         text = strip_mention(text, bot.user_id)
         return to_plain(text, await self.names.lookup(user_ids(text))).strip()
 
-    async def edited(self, event: Mapping[str, Any], changed: Mapping[str, Any],
-                     bot: BotIdentity) -> str:
-        """A person edited a message (message_changed): the stored text follows; the newest
-        question, edited soon enough, is answered again (bot/edited.py). Keyed by the edit's
-        own ts, so a retried event answers once."""
-        channel, ts = str(event["channel"]), str(changed["ts"])
-        edit_id = str((changed.get("edited") or {}).get("ts") or event.get("event_ts") or "")
-        thread = str(changed.get("thread_ts") or "") or None
-
-        def sink_for(delivery: Delivery) -> SlackReply:
-            return self.reply(channel, delivery.key.thread or thread, delivery.delivery_key,
-                              user=delivery.who_asked, team=delivery.key.workspace)
-
-        return await self.front.edited(
-            PLATFORM, f"{channel}:{ts}", await self.plain(str(changed.get("text") or ""), bot),
-            edit_id=edit_id, sink_for=sink_for, has_files=bool(changed.get("files")))
-
     # ----- joining a thread mid-way -----
     def earlier(self, message: SlackMessage, bot: BotIdentity) -> EarlierReader:
         """A reader of the thread's earlier messages (as far back as the prompt budget
@@ -295,54 +279,6 @@ class SlackHandlers:
 
 
 # ----- listeners ------------------------------------------------------------------------------
-def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
-    """Deleting or editing a message on Slack does the same to the turn stored from it.
-    Registered before the `message` listener: bolt runs only the first listener that matches."""
-    front = services.front
-
-    @app.event({"type": "message", "subtype": "message_deleted"})
-    async def message_deleted(ack: AsyncAck, event: dict[str, Any]) -> None:
-        await ack()
-        outcome = IGNORED
-        try:
-            channel = event.get("channel")
-            ts = event.get("deleted_ts") or (event.get("previous_message") or {}).get("ts")
-            if isinstance(channel, str) and isinstance(ts, str):
-                outcome = await front.deleted(PLATFORM, f"{channel}:{ts}")
-        except Exception:
-            log.exception("slack: could not delete a deleted message from the history")
-        finally:
-            services.outcomes[outcome] += 1
-
-    @app.event({"type": "message", "subtype": "message_changed"})
-    async def message_changed(ack: AsyncAck, event: dict[str, Any],
-                              context: AsyncBoltContext) -> None:
-        await ack()
-        # In the background: a new answer to an edited question takes a while, and Slack
-        # wants its 200 within 3 s (a retried edit is answered once: see `edited`).
-        task = asyncio.create_task(changed_message(event, context))
-        services.background.add(task)
-        task.add_done_callback(services.background.discard)
-
-    async def changed_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
-        outcome = IGNORED
-        try:
-            channel, changed = event.get("channel"), event.get("message") or {}
-            ts, bot = changed.get("ts"), bot_identity(context)
-            own = bot.user_id is not None and changed.get("user") == bot.user_id
-            if not (isinstance(channel, str) and isinstance(ts, str)) or own or (
-                    changed.get("bot_id")):
-                pass
-            elif changed.get("subtype") == "tombstone":  # a thread's first message, deleted
-                outcome = await front.deleted(PLATFORM, f"{channel}:{ts}")
-            else:
-                outcome = await services.edited(event, changed, bot)
-        except Exception:
-            log.exception("slack: could not apply an edited message to the history")
-        finally:
-            services.outcomes[outcome] += 1
-
-
 def register(app: AsyncApp, services: SlackHandlers) -> None:
     """Every Slack listener of the bot. Each acks first; the work runs after the ack."""
     # The AI-app view first: its middleware takes assistant-thread messages (DM threads)
