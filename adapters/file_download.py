@@ -70,6 +70,12 @@ def _numeric(host: str) -> bool:
     return host.replace(".", "").isdigit() or ":" in host
 
 
+def _is_page(attachment: Attachment) -> bool:
+    """Whether the file itself is a web page (then text/html is its content)."""
+    kind = (attachment.content_type or "").split(";", 1)[0].strip().lower()
+    return kind == "text/html" or attachment.name.lower().endswith((".html", ".htm"))
+
+
 def _where(url: yarl.URL) -> str:
     """A URL as logs show it: no query (signed links carry their signature there)."""
     return str(url.with_query(None).with_fragment(None))
@@ -99,7 +105,7 @@ class HostFetcher:
             raise AttachmentUnavailable("not the platform's host")
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._download(url, max_bytes)
+                return await self._download(url, max_bytes, _is_page(attachment))
         except TimeoutError:
             log.warning("attachment %r: no whole file within %.0f s", attachment,
                         self.timeout_s)
@@ -108,7 +114,7 @@ class HostFetcher:
             log.warning("attachment %r: %s", attachment, type(exc).__name__)
             raise AttachmentUnavailable(type(exc).__name__) from None
 
-    async def _download(self, url: yarl.URL, max_bytes: int) -> bytes:
+    async def _download(self, url: yarl.URL, max_bytes: int, page: bool) -> bytes:
         async with aiohttp.ClientSession(headers=self._headers) as session:
             for _ in range(self.max_redirects + 1):
                 async with session.get(url, allow_redirects=False) as response:
@@ -118,6 +124,12 @@ class HostFetcher:
                     if response.status != 200:
                         log.warning("attachment at %s: HTTP %d", _where(url), response.status)
                         raise AttachmentUnavailable(f"HTTP {response.status}")
+                    if response.content_type == "text/html" and not page:
+                        # Slack answers a file it will not give this token (no files:read)
+                        # with its sign-in page: that is not the file.
+                        log.warning("attachment at %s: a web page came instead of the file",
+                                    _where(url))
+                        raise AttachmentUnavailable("a web page instead of the file")
                     return await _read_capped(response, max_bytes)
         raise AttachmentUnavailable("too many redirects")
 

@@ -22,9 +22,9 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
-from bot.edits import PrivateData
 from bot.attachments import HEADING
 from bot.conversation import ReplySink
+from bot.edits import PrivateData
 from bot.ports.locks import ConversationLocks
 from bot.ports.records import Delivery, DeliveryState
 from bot.ports.store import ChatStore

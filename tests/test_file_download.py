@@ -115,6 +115,19 @@ async def test_a_redirect_within_slack_is_followed_with_the_token(
     assert [r.authorization for r in slack.files.requests] == [f"Bearer {BOT_TOKEN}"] * 2
 
 
+async def test_a_sign_in_page_served_instead_of_the_file_is_not_read(
+        slack: FakeSlack, settings: Settings) -> None:
+    """Slack answers a file the token may not read (no files:read) with its sign-in page."""
+    page = slack.files.add("signin", FakeFile(b"<html>sign in</html>", "text/html"))
+    shared = slack.share("notes.txt", redirect=page)
+    [attachment] = slack_attachments({"files": [shared]})
+    with pytest.raises(AttachmentUnavailable):
+        await fetcher_for(slack, settings).fetch(attachment, MB)
+    real_page = slack.share("page.html", b"<html>ok</html>", mimetype="text/html")
+    [html] = slack_attachments({"files": [real_page]})
+    assert await fetcher_for(slack, settings).fetch(html, MB) == b"<html>ok</html>"
+
+
 async def test_a_50_mb_file_stops_at_the_cap(slack: FakeSlack, settings: Settings) -> None:
     """Size not declared, sent chunked: the download stops once past the cap."""
     shared = slack.share("huge.log", endless=50 * MB, size=None)
