@@ -254,3 +254,8 @@ async def test_files_are_read_after_the_platform_is_told_and_stored_as_read(
     [stored, _answer] = reversed(await scripted.store.recent_turns(conversation, 10))
     assert stored.turn.text == f"読んで\n\n{HEADING.format(name='a.txt')}\n{JAPANESE}"
     assert JAPANESE.split("\n")[0] in scripted.generator.prompts[0]  # type: ignore[attr-defined]
+    # What was read is the writer's stored text: export lists it, forget deletes it.
+    [exported] = await scripted.store.author_turns("alice")
+    assert exported.text == stored.turn.text
+    assert await scripted.store.forget_author("alice") >= 1
+    assert await scripted.store.author_turns("alice") == []

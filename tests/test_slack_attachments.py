@@ -218,3 +218,21 @@ async def test_a_thread_joined_midway_has_its_earlier_files_read(
     assert turns[0] == Turn(Speaker.USER, f"このログを見てください\n\n{heading('error.log')}\n"
                                           "Traceback: 接続が切れました")
     assert "接続が切れました" in generator.prompts[0]
+
+
+async def test_an_edit_of_a_question_with_a_file_keeps_the_file_read(
+        store: HistoryStore, tokenizer: Tokenizer, slack_settings: Settings,
+        fake: FakeSlack) -> None:
+    chat, generator = scripted_chat(store, tokenizer, slack_settings, ["はい。"])
+    notes = fake.share("notes.txt", "会議メモ".encode())
+    async with running(chat, slack_settings, fake) as slack:
+        await slack.event(mention(C1, T0, "要約して") | {"files": [notes]})
+        await slack.settled(1)
+        await slack.event(changed(T0, "<@UBOT> 三行で要約して", "1710000100.000100",
+                                  files=[notes]))
+        await eventually(lambda: len(generator.prompts) == 2)
+        await slack.settled(2)
+        assert (await slack.turns(key()))[0] == Turn(
+            Speaker.USER, f"三行で要約して\n\n{heading('notes.txt')}\n会議メモ")
+        assert "会議メモ" in generator.prompts[1]
+    assert len(fake.files.requests) == 1  # read once, when the question came
