@@ -55,9 +55,11 @@ def service(store: HistoryStore, tokenizer: Tokenizer, generator: object,
 class Sinks:
     def __init__(self) -> None:
         self.made: list[EditSink] = []
+        self.first = asyncio.Event()  # set once a sink is made
 
     def __call__(self, delivery: Delivery) -> EditSink:
         self.made.append(EditSink())
+        self.first.set()
         return self.made[-1]
 
 
@@ -166,3 +168,25 @@ def test_with_files_keeps_the_attached_files() -> None:
     assert with_files(stored, "新しい質問") == "新しい質問\n\n[添付ファイル: a.txt]\n中身"
     assert with_files("[添付ファイル: a.txt]\n中身", "質問") == "質問\n\n[添付ファイル: a.txt]\n中身"
     assert with_files("質問だけ", "新しい") == "新しい"
+
+
+async def test_the_new_answer_may_be_stopped_by_who_asked_only(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    from bot.controls import ControlResult
+
+    generator = HeldGenerator()
+    chat = service(store, tokenizer, generator)
+    generator.release.set()  # the first answer runs to its end
+    first = EditSink()
+    await chat.handle(KEY, ask("質問", "m1"), first)
+    generator.release.clear()  # the new answer holds until stopped
+    sinks = Sinks()
+    editing = asyncio.create_task(chat.edits.edited("test", "m1", "直した質問", edit_id="e1",
+                                                    sink_for=sinks))
+    await sinks.first.wait()
+    new = sinks.made[0]
+    await new.updated.wait()
+    assert await chat.stop("test", new.ref, "mallory") is ControlResult.NOT_ALLOWED
+    assert await chat.stop("test", new.ref, "alice") is ControlResult.DONE
+    assert await editing is EditOutcome.ANSWERED_AGAIN
+    assert new.final() == f"途中まで書いた\n\n{STOPPED_MARK}"
