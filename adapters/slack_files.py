@@ -11,9 +11,12 @@ from adapters.file_download import FileHosts, HostFetcher
 from bot.attachments import Attachment
 from bot.config import Settings
 
-# File modes that are no file to read: deleted, hidden by the free plan's limit, or a link to
-# another service (Google Drive...: its URL is not Slack's).
-UNREADABLE_MODES = frozenset({"tombstone", "hidden_by_limit", "external"})
+DELETED_MODE = "tombstone"  # a file deleted since: nothing to say about it
+# Files Slack shows but does not serve here: hidden by the free plan's limit, a link to another
+# service (Google Drive...: its URL is not Slack's), or a stub to look up later
+# (file_access: check_file_info). They stay in the list without a URL: the answer notes
+# that they could not be downloaded.
+UNSERVED_MODES = frozenset({"hidden_by_limit", "external"})
 # Slack's snippets and posts say what they are in `filetype`; their `mimetype` may be generic.
 TEXT_FILETYPES = frozenset({"text", "markdown", "post", "csv", "json", "yaml", "xml", "html",
                             "javascript", "python", "shell", "sql", "diff", "go", "java"})
@@ -48,12 +51,14 @@ def slack_attachments(event: Mapping[str, Any]) -> tuple[Attachment, ...]:
 
 
 def _attachment(item: Mapping[str, Any]) -> Attachment | None:
-    if item.get("mode") in UNREADABLE_MODES or item.get("is_external"):
+    if item.get("mode") == DELETED_MODE:
+        return None
+    name = item.get("name") or item.get("title") or item.get("id")
+    if not isinstance(name, str):
         return None
     url = item.get("url_private_download") or item.get("url_private")
-    name = item.get("name") or item.get("title") or item.get("id")
-    if not isinstance(url, str) or not isinstance(name, str):
-        return None
+    if item.get("mode") in UNSERVED_MODES or item.get("is_external") or not isinstance(url, str):
+        url = ""  # not fetched: noted as not downloaded
     size = item.get("size")
     mimetype = item.get("mimetype") if isinstance(item.get("mimetype"), str) else None
     if item.get("filetype") in TEXT_FILETYPES and not (mimetype or "").startswith("text/"):

@@ -167,14 +167,19 @@ async def test_a_slow_file_times_out_and_the_loop_keeps_running(
     assert slack.files.asked_for(shared["url_private"].split("/files-pri/", 1)[1])
 
 
-async def test_slack_files_without_a_readable_url_are_left_out() -> None:
+async def test_slack_files_deleted_are_left_out_and_unserved_ones_have_no_url(
+        slack: FakeSlack, settings: Settings) -> None:
     files = [{"id": "F1", "name": "gone", "mode": "tombstone"},
              {"id": "F2", "name": "drive", "is_external": True, "url_private": "https://x/y"},
+             {"id": "F4", "name": "stub.txt", "file_access": "check_file_info"},
              {"id": "F3", "name": "snippet", "filetype": "python",
               "mimetype": "application/octet-stream", "url_private": "https://files.slack.com/s",
               "size": 12}]
     assert slack_attachments({"files": files}) == (
-        Attachment("snippet", "https://files.slack.com/s", 12, "text/plain"),)
+        Attachment("drive", ""), Attachment("stub.txt", ""),
+        Attachment("snippet", "https://files.slack.com/s", 12, "text/plain"))
+    with pytest.raises(AttachmentUnavailable):  # noted in the answer, never fetched
+        await fetcher_for(slack, settings).fetch(Attachment("drive", ""), MB)
     assert slack_attachments({"files": "nonsense"}) == ()
     assert slack_attachments({}) == ()
 
