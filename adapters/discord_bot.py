@@ -32,6 +32,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from adapters.discord_config import ConfigCog
 from adapters.discord_controls import (AnswerControls, ControlsView, StatusCog, controls_view,
                                        message_ref)
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
@@ -677,11 +678,13 @@ class RinnaDiscordBot(commands.Bot):
         self.settings = settings
         self.policy = AccessPolicy.from_settings(settings)
         self.status_source = status  # what /status shows (discord.Client.status is presence)
+        self.community = chat.community  # /rinna-config (None: settings are the host's only)
 
     async def setup_hook(self) -> None:
         await self.add_cog(ChatCog(self))
         await self.add_cog(MessageEditsCog(self))
         await self.add_cog(StatusCog(self))
+        await self.add_cog(ConfigCog(self))
         # One persistent view receives the buttons of every answer, also of answers posted
         # before this process started (stable custom_ids; nothing per message is kept).
         self.add_view(ControlsView(AnswerControls(self)))

@@ -125,6 +125,11 @@ class ChatService:
             self._crash(name)
 
     @property
+    def community(self) -> Community | None:
+        """The per-scope settings (None: the host's everywhere): the admins' commands use it."""
+        return self.scoped.community
+
+    @property
     def closing(self) -> bool:
         return self._closing
 
