@@ -28,6 +28,8 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from adapters.slack_api import HISTORY_PAGE, PLATFORM, Moderators, SlackApi, UserNames
 from adapters.slack_assistant import build_assistant, register_shortcut
 from adapters.slack_blocks import FeedbackSupport
+from adapters.slack_config import (CONFIGURED, config_command, config_in_thread, is_config,
+                                   register_home)
 from adapters.slack_controls import STATUS_WORDS, register_controls
 from adapters.slack_events import (DELETED, DENIED, DUPLICATE, EDITED, FAILED, HELP, HELP_WORDS,
                                    IGNORED, MAX_TEXT_CHARS, RESET, RESET_WORDS, STATUS,
@@ -174,6 +176,11 @@ class SlackHandlers:
             text = await self.plain(message.text, bot)
             if addressed and text.lower() in RESET_WORDS:
                 return await self._reset(key, message, sink, ack)
+            if addressed and is_config(text):  # `@rinna 設定 …`: answered to that person
+                if ack is not None:
+                    await ack()
+                await config_in_thread(self.chat.community, self.api, text, message)
+                return CONFIGURED
             if not text and not (via_mention or message.is_dm):
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
             earlier = (self.earlier(message, bot)
@@ -335,6 +342,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     register_edits(app, services)  # first: see register_edits
     register_shortcut(app, services)
     register_controls(app, services)
+    register_home(app, services.chat.community, services.api, services.outcomes)
 
     @app.event("app_mention")
     async def app_mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
@@ -369,6 +377,11 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             services.outcomes[DENIED] += 1
             return
         word = str(command.get("text") or "")[:MAX_TEXT_CHARS].strip().lower()
+        if is_config(word):  # the workspace's or the channel's settings (admins)
+            await ack(text=await config_command(services.chat.community, services.api,
+                                                command), response_type="ephemeral")
+            services.outcomes[CONFIGURED] += 1
+            return
         if word in STATUS_WORDS:
             await ack(text=await status_text(services.status), response_type="ephemeral")
             services.outcomes[STATUS] += 1

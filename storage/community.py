@@ -60,6 +60,12 @@ class CommunityRecords:
                 found[scope] = {str(key): str(value) for key, value in rows}
         return found
 
+    async def configured_scopes(self, platform: str, workspace: str) -> list[Scope]:
+        rows = await (await self._db.execute(
+            "SELECT DISTINCT channel, thread FROM community_settings WHERE platform=? AND"
+            " workspace=? ORDER BY channel, thread", (platform, workspace))).fetchall()
+        return [Scope(platform, workspace, str(channel), str(thread)) for channel, thread in rows]
+
     async def change_settings(self, scope: Scope, values: Mapping[str, str | None],
                               actor: str) -> list[SettingChange]:
         now = self._clock()

@@ -86,6 +86,10 @@ class CommunityStore(Protocol):
         """The values set at each of `scopes` (a scope with none is left out)."""
         ...
 
+    async def configured_scopes(self, platform: str, workspace: str) -> list[Scope]:
+        """Every scope of a workspace with a value set (for the admins' overview)."""
+        ...
+
     async def change_settings(self, scope: Scope, values: Mapping[str, str | None],
                               actor: str) -> list[SettingChange]:
         """Set (a string) or unset (None) keys at `scope`, writing one audit row per key that
