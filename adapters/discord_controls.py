@@ -19,11 +19,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from adapters.discord_config import scope_of
 from bot.answer_controls import ModeratorCheck
 from bot.chat import ChatService
 from bot.controls import ControlResult, control_message
 from bot.conversation import NO_CONTROLS, ConversationKey, Controls
 from bot.errors import RinnaError
+from bot.community_commands import settings_text
 from bot.status import StatusSource, status_text
 
 log = logging.getLogger(__name__)
@@ -210,8 +212,10 @@ class StatusCog(commands.Cog):
             if await self.host.refuse(interaction):
                 return
             await interaction.response.defer(ephemeral=True, thinking=True)
+            where = scope_of(interaction, None) if interaction.guild_id is not None else None
             await interaction.edit_original_response(
-                content=await status_text(self.host.status_source))
+                content=await status_text(self.host.status_source)
+                + await settings_text(self.host.chat.community, where))
         except _ERRORS as exc:
             log.warning("/status %s: %s", interaction.id, exc, exc_info=exc)
 

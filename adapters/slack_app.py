@@ -29,7 +29,7 @@ from adapters.slack_api import HISTORY_PAGE, PLATFORM, Moderators, SlackApi, Use
 from adapters.slack_assistant import build_assistant, register_shortcut
 from adapters.slack_blocks import FeedbackSupport
 from adapters.slack_config import (CONFIGURED, config_command, config_in_thread, is_config,
-                                   register_home)
+                                   register_home, status_settings)
 from adapters.slack_controls import STATUS_WORDS, register_controls
 from adapters.slack_events import (DELETED, DENIED, DUPLICATE, EDITED, FAILED, HELP, HELP_WORDS,
                                    IGNORED, MAX_TEXT_CHARS, RESET, RESET_WORDS, STATUS,
@@ -383,7 +383,8 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             services.outcomes[CONFIGURED] += 1
             return
         if word in STATUS_WORDS:
-            await ack(text=await status_text(services.status), response_type="ephemeral")
+            await ack(text=await status_text(services.status) + await status_settings(
+                services.chat.community, command), response_type="ephemeral")
             services.outcomes[STATUS] += 1
             return
         if word in HELP_WORDS or word in RESET_WORDS:

@@ -17,7 +17,7 @@ from adapters.slack_api import PLATFORM, SlackApi
 from adapters.slack_events import MAX_TEXT_CHARS as MAX_CHARS, SlackMessage
 from adapters.slack_text import escape
 from bot.community import Community, describe
-from bot.community_commands import USAGE, CommunityAdmin, parse_request
+from bot.community_commands import USAGE, CommunityAdmin, parse_request, settings_text
 from bot.ports.community import Level, Scope
 from bot.privilege import Member
 
@@ -120,6 +120,12 @@ async def config_in_thread(community: Community | None, api: SlackApi, text: str
                               message.channel, message.thread_ts or "")
     await api.call("chat_postEphemeral", channel=message.channel, user=message.user,
                    text=answer, thread_ts=message.thread_ts or None)
+
+
+async def status_settings(community: Community | None, command: Mapping[str, Any]) -> str:
+    """What `/rinna status` adds: the settings in force in the command's channel."""
+    scope = Scope(PLATFORM, str(command.get("team_id") or ""), str(command["channel_id"]))
+    return escape(await settings_text(community, scope))
 
 
 def register_home(app: Any, community: Community | None, api: SlackApi,

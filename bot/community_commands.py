@@ -89,3 +89,12 @@ def _said(change: SettingChange) -> str:
         return f"{where}の {change.key} を元に戻しました（{change.old} → 上位の設定）。"
     old = change.old if change.old is not None else "上位の設定"
     return f"{where}の {change.key} を変更しました（{old} → {change.new}）。"
+
+
+async def settings_text(community: Community | None, scope: Scope | None) -> str:
+    """What /status adds: the settings in force where it was asked ("" without community
+    settings, or outside a community: a DM)."""
+    if community is None or scope is None or not scope.workspace:
+        return ""
+    settings, _ = await community.at(scope)
+    return "\n\nこの場所の設定:\n" + "\n".join(f"・{line}" for line in describe(settings))

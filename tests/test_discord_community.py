@@ -116,3 +116,16 @@ async def test_bounds_refuse_and_a_switched_off_channel_gets_no_answer_nor_place
     assert bot_messages(thread, env) and len(script.prompts) == 1
     assert [(r.key, r.old, r.new) for r in reversed(await store.audit())] == [
         ("enabled", None, "off"), ("enabled", "off", None)]
+
+
+async def test_status_shows_the_settings_in_force_here(simcord_env: simcord.Env) -> None:
+    env = simcord_env
+    guild = env.create_guild()
+    channel = guild.create_text_channel("general")
+    admin = guild.add_member(env.create_user("admin"), roles=[
+        guild.create_role("admins", permissions=MANAGE_GUILD)])
+    alice = guild.add_member(env.create_user("alice"))
+    await admin.slash(channel, "rinna-config set", key="buttons", value="off", scope="server")
+    status = await alice.slash(channel, "status")
+    assert status.ephemeral
+    assert "buttons: off（サーバー/ワークスペース）" in status.response.content

@@ -140,3 +140,9 @@ async def test_the_home_tab_shows_admins_their_settings_and_others_nothing(
     member_text = "\n".join(b["text"]["text"] for b in member_view["blocks"])
     assert "C1" not in member_text and "persona" not in member_text
     assert "管理者だけ" in member_text
+
+
+async def test_status_shows_the_settings_in_force_here(slack: Slack) -> None:
+    await said(slack, "config set max_new_tokens 64")
+    status = await said(slack, "status", user=MEMBER)
+    assert "max_new_tokens: 64（チャンネル）" in str(status["text"])
