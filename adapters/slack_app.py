@@ -187,7 +187,7 @@ class SlackHandlers:
                        if message.thread_ts and not message.is_dm else None)
             incoming = IncomingMessage(text, message.delivery_key, message.user)
             outcome = str(await self.chat.handle(
-                key, incoming, sink, earlier=earlier, addressed=via_mention or message.is_dm,
+                key, incoming, sink, earlier=earlier, addressed=addressed,
                 accepted=ack))
         return outcome
 

@@ -18,7 +18,7 @@ from bot.ports.community import Scope
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
-from tests.slack_fakes import TEAM, FakeSlack, eventually, mention, message
+from tests.slack_fakes import BOT_USER, TEAM, FakeSlack, eventually, mention, message
 from tests.test_slack_app import Slack, running, slack_settings  # noqa: F401 (a fixture)
 
 C1 = "C1"
@@ -146,3 +146,22 @@ async def test_status_shows_the_settings_in_force_here(slack: Slack) -> None:
     await said(slack, "config set max_new_tokens 64")
     status = await said(slack, "status", user=MEMBER)
     assert "max_new_tokens: 64（チャンネル）" in str(status["text"])
+
+
+async def test_mention_only_in_a_thread_answers_mentions_alone(
+        slack: Slack, script: ScriptedGenerator) -> None:
+    await slack.event(mention(C1, T0, "はじめまして"))
+    await eventually(lambda: len(script.prompts) == 1)
+    await slack.event(mention(C1, T1, "設定 set mention_only on", thread_ts=T0))
+    await eventually(lambda: bool(slack.fake.called("chat.postEphemeral")))
+    await slack.event(message(C1, T2, "メンションなし", thread_ts=T0))
+    await slack.settled(3)
+    assert len(script.prompts) == 1  # not mentioned: ignored, no placeholder
+    # a mention arrives as `message` first and `app_mention` second: answered, once
+    t3 = "1710000000.000400"
+    await slack.event(message(C1, t3, f"<@{BOT_USER}> メンションあり", thread_ts=T0))
+    await slack.event(mention(C1, t3, "メンションあり", thread_ts=T0))
+    await eventually(lambda: len(script.prompts) == 2)
+    assert script.prompts[-1].endswith("ユーザー: メンションあり<NL>システム: ")
+    await slack.settled(5)
+    assert len(script.prompts) == 2
