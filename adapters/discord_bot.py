@@ -40,7 +40,7 @@ from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.config import Settings
 from bot.conversation import RETIRED, ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import ConfigError, RinnaError
-from bot.notices import RESET_DONE, short_title
+from bot.notices import RESET_DONE, SWITCHED_OFF, short_title
 from bot.ports.records import Delivery
 from bot.prompt import clean_text
 from bot.reply import MessageReply
@@ -390,6 +390,14 @@ class ChatCog(commands.Cog):
     async def _refuse(self, interaction: discord.Interaction) -> bool:
         return await self.bot.refuse(interaction)
 
+    async def _switched_off(self, interaction: discord.Interaction) -> bool:
+        """True (after telling the person, ephemerally) where a community switched it off."""
+        key = conversation_key(interaction.channel, interaction.guild_id)
+        if not await self.chat.switched_off(key):
+            return False
+        await interaction.response.send_message(SWITCHED_OFF, ephemeral=True)
+        return True
+
     # --- messages
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -471,7 +479,7 @@ class ChatCog(commands.Cog):
     @app_commands.rename(question="質問")
     @app_commands.describe(question="質問の内容")
     async def ask(self, interaction: discord.Interaction, question: str) -> None:
-        if await self._refuse(interaction):
+        if await self._refuse(interaction) or await self._switched_off(interaction):
             return
         question = question[:MAX_TEXT_CHARS]
         try:

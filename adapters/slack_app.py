@@ -28,8 +28,8 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from adapters.slack_api import HISTORY_PAGE, PLATFORM, Moderators, SlackApi, UserNames
 from adapters.slack_assistant import build_assistant, register_shortcut
 from adapters.slack_blocks import FeedbackSupport
-from adapters.slack_config import (CONFIGURED, config_command, config_in_thread, is_config,
-                                   register_home, status_settings)
+from adapters.slack_config import (CONFIGURED, command_key, config_command, config_in_thread,
+                                   is_config, register_home, status_settings)
 from adapters.slack_controls import STATUS_WORDS, register_controls
 from adapters.slack_events import (DELETED, DENIED, DUPLICATE, EDITED, FAILED, HELP, HELP_WORDS,
                                    IGNORED, MAX_TEXT_CHARS, RESET, RESET_WORDS, STATUS,
@@ -50,7 +50,7 @@ from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
 from bot.chat import ChatService, EarlierLoader, Outcome
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import RinnaError
-from bot.notices import RESET_DONE, USAGE_MESSAGE
+from bot.notices import RESET_DONE, SWITCHED_OFF, USAGE_MESSAGE
 from bot.ports.records import Delivery
 from bot.status import StatusSource, status_text
 
@@ -392,6 +392,10 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             hint = RESET_HINT if word in RESET_WORDS else HELP_MESSAGE
             await ack(text=hint, response_type="ephemeral")
             services.outcomes[HELP] += 1
+            return
+        if await services.chat.switched_off(command_key(command)):  # a community's setting
+            await ack(text=SWITCHED_OFF, response_type="ephemeral")
+            services.outcomes[IGNORED] += 1
             return
 
         async def work(accepted: Ack) -> str:

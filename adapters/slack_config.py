@@ -19,6 +19,7 @@ from adapters.slack_text import escape
 from bot.community import Community, describe
 from bot.community_commands import USAGE, CommunityAdmin, parse_request, settings_text
 from bot.ports.community import Level, Scope
+from bot.conversation import ConversationKey
 from bot.privilege import Member
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,12 @@ async def config_in_thread(community: Community | None, api: SlackApi, text: str
                               message.channel, message.thread_ts or "")
     await api.call("chat_postEphemeral", channel=message.channel, user=message.user,
                    text=answer, thread_ts=message.thread_ts or None)
+
+
+def command_key(command: Mapping[str, Any]) -> ConversationKey:
+    """The channel a /rinna command was run in, as a conversation key (for its settings)."""
+    return ConversationKey(PLATFORM, str(command.get("team_id") or ""),
+                           str(command["channel_id"]))
 
 
 async def status_settings(community: Community | None, command: Mapping[str, Any]) -> str:

@@ -129,6 +129,10 @@ class ChatService:
         """The per-scope settings (None: the host's everywhere): the admins' commands use it."""
         return self.scoped.community
 
+    async def switched_off(self, key: ConversationKey) -> bool:
+        """Whether a community switched the bot off here (commands are told so, briefly)."""
+        return not await self.scoped.takes(key, True)
+
     @property
     def closing(self) -> bool:
         return self._closing
@@ -322,7 +326,8 @@ class ChatService:
                 return Outcome.DUPLICATE
             await resume(sink, current.reply_ref)
             if current.final is not None:  # its answer (or reset) was done: show it, not a notice
-                offer(sink, ANSWERED if current.turn_id is not None else NO_CONTROLS)
+                offer(sink, await self.scoped.controls(
+                    current.key, ANSWERED if current.turn_id is not None else NO_CONTROLS))
                 await sink.finish(current.final)
             else:
                 offer(sink, NO_CONTROLS)

@@ -129,3 +129,18 @@ async def test_status_shows_the_settings_in_force_here(simcord_env: simcord.Env)
     status = await alice.slash(channel, "status")
     assert status.ephemeral
     assert "buttons: off（サーバー/ワークスペース）" in status.response.content
+
+
+async def test_ask_where_the_bot_is_off_is_told_so_alone(
+        simcord_env: simcord.Env, script: ScriptedGenerator) -> None:
+    env = simcord_env
+    guild = env.create_guild()
+    channel = guild.create_text_channel("quiet")
+    admin = guild.add_member(env.create_user("admin"), roles=[
+        guild.create_role("admins", permissions=MANAGE_GUILD)])
+    alice = guild.add_member(env.create_user("alice"))
+    await admin.slash(channel, "rinna-config set", key="enabled", value="off")
+    result = await alice.slash(channel, "ask", 質問="聞こえますか")
+    assert result.ephemeral
+    assert result.response.content == "この場所では rinna はオフになっています（管理者の設定）。"
+    assert channel.threads == [] and script.prompts == []

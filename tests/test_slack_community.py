@@ -165,3 +165,11 @@ async def test_mention_only_in_a_thread_answers_mentions_alone(
     assert script.prompts[-1].endswith("ユーザー: メンションあり<NL>システム: ")
     await slack.settled(5)
     assert len(script.prompts) == 2
+
+
+async def test_a_question_command_where_the_bot_is_off_is_told_so_alone(
+        slack: Slack, script: ScriptedGenerator) -> None:
+    await said(slack, "config set enabled off")
+    told = await said(slack, "日本の首都は？", user=MEMBER)
+    assert told["text"] == "この場所では rinna はオフになっています（管理者の設定）。"
+    assert slack.fake.posts(C1) == [] and script.prompts == []
