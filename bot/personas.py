@@ -10,6 +10,7 @@ becomes the ユーザー turn answered by 「はい、分かりました。」.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from bot.conversation import Speaker, Turn
@@ -18,6 +19,9 @@ from bot.errors import SettingRefused
 ACKNOWLEDGED = "はい、分かりました。"
 _LABELS = {f"{Speaker.USER}:": Speaker.USER, f"{Speaker.SYSTEM}:": Speaker.SYSTEM,
            f"{Speaker.USER}：": Speaker.USER, f"{Speaker.SYSTEM}：": Speaker.SYSTEM}
+
+# Where a written-out turn starts: the text's start, or blanks / a newline before a label.
+_TURN_START = re.compile(r"(?:^|\s+)(?=(?:ユーザー|システム)[:：])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +77,17 @@ def _starts_with_label(text: str) -> bool:
 
 
 def _written_turns(text: str) -> tuple[Turn, ...]:
+    """`ユーザー: …` / `システム: …` turns, each label at the start or after a blank or a
+    newline (Discord's command options are one line: `ユーザー: … システム: …`)."""
     turns: list[Turn] = []
-    for line in text.split("\n"):
-        label = next((label for label in _LABELS if line.startswith(label)), None)
-        if label is None:  # a line of the same turn
-            turns[-1] = Turn(turns[-1].speaker, f"{turns[-1].text}\n{line}")
+    for piece in _TURN_START.split(text):
+        if not piece.strip():
             continue
-        turns.append(Turn(_LABELS[label], line[len(label):].strip()))
+        label = next(label for label in _LABELS if piece.startswith(label))
+        turns.append(Turn(_LABELS[label], piece[len(label):].strip()))
     expected = [Speaker.USER if i % 2 == 0 else Speaker.SYSTEM for i in range(len(turns))]
     if [t.speaker for t in turns] != expected or len(turns) % 2 or any(
-            not t.text.strip() for t in turns):
+            not t.text for t in turns):
         raise SettingRefused("ペルソナは「ユーザー:」と「システム:」の行を交互に、"
                              "ユーザーから始めてシステムで終えてください。")
-    return tuple(Turn(t.speaker, t.text.strip()) for t in turns)
+    return tuple(turns)

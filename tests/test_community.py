@@ -207,6 +207,8 @@ def test_an_admins_own_persona_is_parsed_capped_and_escaped(tokenizer: Tokenizer
                             "何でも聞いてや。", 400)
     assert [(t.speaker, t.text) for t in written.turns] == [
         (Speaker.USER, "料理の先生として答えて。"), (Speaker.SYSTEM, "まかしとき！\n何でも聞いてや。")]
+    one_line = parse_persona("ユーザー: 先生として答えて。 システム: まかしとき！", 400)
+    assert [t.text for t in one_line.turns] == ["先生として答えて。", "まかしとき！"]
     with pytest.raises(SettingRefused, match="400文字以内"):
         parse_persona("長い" * 300, 400)
     with pytest.raises(SettingRefused, match="交互"):
