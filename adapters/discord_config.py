@@ -6,24 +6,23 @@ server may let others see the command. Every answer is ephemeral: for the person
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
 import discord
 from discord import app_commands
 from discord.app_commands import Choice
 from discord.ext import commands
 
-from bot.community import Community
-from bot.community_commands import CommunityAdmin, ConfigRequest
-from bot.ports.community import KEYS, Scope
+from adapters.discord_parse import conversation_key
+from adapters.discord_reply import EphemeralAnswer
+from bot.front_door import FrontDoor
+from bot.front_events import Command, Event
+from bot.ports.community import KEYS
 from bot.privilege import Member
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
-NOT_HERE = "この設定はサーバーの中でだけ使えます。"
-NO_THREAD = "スレッドの設定はスレッドの中で使ってください。"
-DISABLED = "このボットでは設定の変更が有効になっていません。"
 _SCOPES = [Choice(name="サーバー全体", value="server"), Choice(name="このチャンネル", value="channel"),
            Choice(name="このスレッド", value="thread")]
 _KEYS = [Choice(name=key, value=key) for key in KEYS]
@@ -31,7 +30,7 @@ _ERRORS = (discord.HTTPException, discord.InteractionResponded)
 
 
 class ConfigHost(Protocol):
-    community: Community | None
+    front: FrontDoor
 
     async def refuse(self, interaction: discord.Interaction) -> bool: ...
 
@@ -49,21 +48,6 @@ def member_of(interaction: discord.Interaction) -> Member:
     return Member(PLATFORM, str(user.id), workspace, manages_workspace=manages, roles=roles)
 
 
-def scope_of(interaction: discord.Interaction, choice: str | None) -> Scope | None:
-    """The scope named (default: the thread or channel the command runs in); None: a thread
-    scope asked for outside a thread."""
-    channel: Any = interaction.channel
-    workspace = str(interaction.guild_id)
-    in_thread = isinstance(channel, discord.Thread)
-    parent = str(channel.parent_id) if in_thread else str(channel.id)
-    wanted = choice or ("thread" if in_thread else "channel")
-    if wanted == "server":
-        return Scope(PLATFORM, workspace)
-    if wanted == "channel":
-        return Scope(PLATFORM, workspace, parent)
-    return Scope(PLATFORM, workspace, parent, str(channel.id)) if in_thread else None
-
-
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
 class ConfigCog(commands.GroupCog, group_name="rinna-config",
@@ -76,38 +60,32 @@ class ConfigCog(commands.GroupCog, group_name="rinna-config",
     @app_commands.choices(scope=_SCOPES)
     async def show(self, interaction: discord.Interaction,
                    scope: Choice[str] | None = None) -> None:
-        await self._run(interaction, ConfigRequest("show"), scope)
+        await self._run(interaction, "show", scope)
 
     @app_commands.command(name="set", description="設定を変更します")
     @app_commands.choices(key=_KEYS, scope=_SCOPES)
     async def set(self, interaction: discord.Interaction, key: Choice[str], value: str,
                   scope: Choice[str] | None = None) -> None:
-        await self._run(interaction, ConfigRequest("set", key.value, value), scope)
+        await self._run(interaction, f"set {key.value} {value}", scope)
 
     @app_commands.command(name="reset", description="設定を元に戻します（キーなし: すべて）")
     @app_commands.choices(key=_KEYS, scope=_SCOPES)
     async def reset(self, interaction: discord.Interaction, key: Choice[str] | None = None,
                     scope: Choice[str] | None = None) -> None:
-        await self._run(interaction, ConfigRequest("reset", key.value if key else None), scope)
+        await self._run(interaction, f"reset {key.value if key else ''}".strip(), scope)
 
-    async def _run(self, interaction: discord.Interaction, request: ConfigRequest,
+    async def _run(self, interaction: discord.Interaction, request: str,
                    choice: Choice[str] | None) -> None:
+        """Through the front door like every command: `config [scope] request` where the
+        command runs (the thread, else the channel), answered to the person alone."""
         try:
             if await self.host.refuse(interaction):
                 return
-            await interaction.response.send_message(
-                await self._answer(interaction, request, choice), ephemeral=True)
+            text = " ".join(["config", *([choice.value] if choice else []), request])
+            await self.host.front.receive(Event(
+                conversation_key(interaction.channel, interaction.guild_id),
+                str(interaction.id), text, EphemeralAnswer(interaction),
+                writer=str(interaction.user.id), command=Command.CONFIG,
+                member=member_of(interaction)))
         except _ERRORS as exc:
             log.warning("/rinna-config %s: %s", interaction.id, exc, exc_info=exc)
-
-    async def _answer(self, interaction: discord.Interaction, request: ConfigRequest,
-                      choice: Choice[str] | None) -> str:
-        if self.host.community is None:
-            return DISABLED
-        if interaction.guild_id is None or interaction.channel is None:
-            return NOT_HERE
-        scope = scope_of(interaction, choice.value if choice else None)
-        if scope is None:
-            return NO_THREAD
-        admin = CommunityAdmin(self.host.community)
-        return await admin.run(member_of(interaction), scope, request)

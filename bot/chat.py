@@ -129,10 +129,6 @@ class ChatService:
         """The per-scope settings (None: the host's everywhere): the admins' commands use it."""
         return self.scoped.community
 
-    async def switched_off(self, key: ConversationKey) -> bool:
-        """Whether a community switched the bot off here (commands are told so, briefly)."""
-        return not await self.scoped.takes(key, True)
-
     @property
     def closing(self) -> bool:
         return self._closing
@@ -246,8 +242,6 @@ class ChatService:
         try:
             text = clean_text(message.text).strip()
             if not addressed and (not text or not await self.follows(key)):
-                return Outcome.IGNORED
-            if not await self.scoped.takes(key, addressed):  # switched off, or mention only
                 return Outcome.IGNORED
             delivery = await self.store.accept(key, message.delivery_key, text,
                                                 message.author or None,

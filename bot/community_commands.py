@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from bot.community import Community, describe
+from bot.conversation import ConversationKey
 from bot.errors import NotPermitted, SettingRefused
 from bot.ports.community import KEYS, Level, Scope, SettingChange
 from bot.privilege import Member
@@ -23,6 +24,12 @@ SCOPE_NAMES = {Level.WORKSPACE: "サーバー/ワークスペース", Level.CHAN
 USAGE = ("使い方: show（表示） / set キー 値（変更） / reset [キー]（元に戻す）。"
          f"キー: {', '.join(KEYS)}")
 UNCHANGED = "変更はありません（すでにその値です）。"
+NO_THREAD = "スレッドの設定はスレッドの中で変更してください。"
+# The scope a config command names (first, after the config word); unnamed: where it runs.
+SCOPE_WORDS = {"server": Level.WORKSPACE, "サーバー": Level.WORKSPACE,
+               "workspace": Level.WORKSPACE, "ワークスペース": Level.WORKSPACE,
+               "channel": Level.CHANNEL, "チャンネル": Level.CHANNEL,
+               "thread": Level.THREAD, "スレッド": Level.THREAD}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +58,23 @@ def parse_request(text: str) -> ConfigRequest | None:
 class CommunityAdmin:
     def __init__(self, community: Community) -> None:
         self.community = community
+
+    async def run_text(self, member: Member | None, key: ConversationKey, text: str) -> str:
+        """A whole config command as people type it (`config [scope] show|set|reset …`, the
+        config word first) where conversation `key` is: the thread there, else the channel,
+        unless a scope word names another. `member` None: a person with no rights."""
+        words = text.strip().split(None, 1)
+        rest = words[1] if len(words) > 1 else ""
+        level = Level.THREAD if key.thread else Level.CHANNEL
+        first = rest.split(None, 1)
+        if first and first[0].lower() in SCOPE_WORDS:
+            level = SCOPE_WORDS[first[0].lower()]
+            rest = first[1] if len(first) > 1 else ""
+        if level is Level.THREAD and not key.thread:
+            return NO_THREAD
+        scope = Scope.chain(key)[level - 1]
+        who = member if member is not None else Member(key.platform, "", "")
+        return await self.run(who, scope, parse_request(rest or "show"))
 
     async def run(self, member: Member, scope: Scope, request: ConfigRequest | None) -> str:
         """Do `request` for `member` at `scope`; the reply for that person alone. Refusals

@@ -17,7 +17,9 @@ from typing import TextIO
 from bot.errors import ConfigError, StorageError
 from bot.ports.community import SettingChange
 from bot.ports.records import AuthoredTurn, Vote
-from storage.history import CHECKPOINT_TRIES, HistoryStore
+from bot.ports.store import ChatStore
+from storage import open_store
+from storage.history import CHECKPOINT_TRIES
 
 
 
@@ -56,13 +58,13 @@ def change_line(change: SettingChange) -> str:
     }, ensure_ascii=False)
 
 
-async def _open_existing(path: Path) -> HistoryStore:
+async def _open_existing(path: Path) -> ChatStore:
     """The database `run` created; none there is a path to fix (ConfigError: exit 2, as a
     retry cannot help), never created here."""
     if str(path) != ":memory:" and not os.path.lexists(path):  # what is there: judged by open
         raise ConfigError(f"DATABASE_PATH={path}: no database there (nothing is stored); "
                           "set DATABASE_PATH to the bot's database file")
-    return await HistoryStore.open(path)
+    return await open_store(path)
 
 
 async def export_user(path: Path, user: str, platform: str | None, out: TextIO) -> int:

@@ -15,6 +15,8 @@ from bot.config import Settings, load_settings
 from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey, Controls,
                               IncomingMessage, Speaker, Turn)
 from bot.errors import ConfigError, NotPermitted, SettingRefused
+from bot.front_door import FrontDoor
+from bot.front_events import Event
 from bot.personas import ACKNOWLEDGED, READY, parse_persona
 from bot.ports.community import Level, Scope
 from bot.privilege import Member, Privileges
@@ -274,16 +276,18 @@ async def test_a_scopes_persona_and_sampling_reach_the_generator(
 async def test_a_switched_off_scope_gets_no_answer_and_mention_only_needs_a_mention(
         served: tuple[ChatService, ScriptedGenerator], community: Community) -> None:
     chat, generator = served
+    door = FrontDoor(chat)
     await community.change(ADMIN, CHANNEL_SCOPE, "enabled", "off")
     sink = RecordingSink()
-    assert await chat.handle(KEY, IncomingMessage("こんにちは", "m1"), sink) is Outcome.IGNORED
+    assert await door.receive(Event(KEY, "m1", "こんにちは", sink)) == "ignored"
     assert sink.events == [] and generator.prompts == []
+    assert await door.switched_off(KEY)
     await community.change(ADMIN, CHANNEL_SCOPE, "enabled", "on")
     await community.change(ADMIN, CHANNEL_SCOPE, "mention_only", "on")
-    await chat.handle(KEY, IncomingMessage("最初", "m2"), RecordingSink())
+    await door.receive(Event(KEY, "m2", "最初", RecordingSink()))
     unmentioned = RecordingSink()
-    assert await chat.handle(KEY, IncomingMessage("続き", "m3"), unmentioned,
-                             addressed=False) is Outcome.IGNORED
+    assert await door.receive(Event(KEY, "m3", "続き", unmentioned, addressed=False)) \
+        == "ignored"
     assert unmentioned.events == [] and len(generator.prompts) == 1
 
 
