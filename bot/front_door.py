@@ -15,6 +15,11 @@ nothing else. The front door owns, for every platform:
   the front door sorts them into turns; the chat service trims them to the token budget;
 - edits and deletes of platform messages reaching the stored history;
 - titles (`title`): a question as a thread's or AI-app thread's name.
+- community settings (bot/community.py, through the chat service's `community`): a scope
+  switched off, or a thread message without a mention where mention_only is on, is answered
+  nothing at all; status adds the settings in force; CONFIG runs the admins' commands
+  (`config [scope] show|set|reset …`) with the person's rights as the adapter read them
+  (`Event.member`); `overview` is what an admin may change (Slack's Home tab).
 
 The buttons on an answer (停止, もう一度, 👍/👎) reach bot/answer_controls.py through
 `FrontDoor.controls`; its moderator rule is one mechanism for every platform (the platform's
