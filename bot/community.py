@@ -27,6 +27,7 @@ from bot.privilege import Member, Privileges
 log = logging.getLogger(__name__)
 
 CACHE_SCOPES = 4096  # scopes whose stored values are kept in memory
+HOST_PERSONA_CHARS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +54,8 @@ class HostPolicy:
             persona_chars=settings.max_persona_chars,
             changeable=frozenset(settings.community_keys))
         try:
-            persona = parse_persona(settings.persona, max(settings.max_persona_chars,
-                                                          len(settings.persona)))
+            # the host's own persona: bounded in tokens when the tokenizer is there
+            persona = parse_persona(settings.persona, HOST_PERSONA_CHARS)
         except SettingRefused as exc:
             raise ConfigError(f"PERSONA: {exc.user_message}") from None
         defaults = Effective(
@@ -77,10 +78,22 @@ class Community:
         self.store = store
         self.policy = policy
         self._tokenizer = tokenizer
+        if tokenizer is not None:
+            self._check_host_persona(tokenizer)
         self._cache: OrderedDict[Scope, dict[str, str]] = OrderedDict()
         self._cache_size = cache_size
         self.reads = 0  # store reads (tests see the cache work)
         store.on_change(self.invalidate)
+
+    def _check_host_persona(self, tokenizer: Tokenizer) -> None:
+        """The host's own PERSONA must leave room for a question in every prompt."""
+        defaults = self.policy.defaults
+        cost = sum(turn_cost(turn, tokenizer, defaults.prompt_budget)
+                   for turn in defaults.persona.turns)
+        if cost + MIN_WINDOW > defaults.prompt_budget:
+            raise ConfigError(f"PERSONA: {cost} tokens leave too little of the prompt "
+                              f"({defaults.prompt_budget} tokens) for the conversation; "
+                              "shorten it (for example PERSONA=keigo)")
 
     def invalidate(self, scope: Scope) -> None:
         """A scope changed (here or in another process): read it again next time."""

@@ -99,6 +99,15 @@ def test_community_keys_and_persona_settings_are_checked_at_start(settings: Sett
         HostPolicy.from_settings(bad)
 
 
+async def test_a_host_persona_too_long_for_the_prompt_stops_the_start(
+        store: HistoryStore, settings: Settings, tokenizer: Tokenizer) -> None:
+    long = load_settings(**_overrides(settings), persona="長い設定の説明です。" * 200)
+    with pytest.raises(ConfigError, match="PERSONA: .* tokens"):
+        Community(store, HostPolicy.from_settings(long), tokenizer)
+    fine = load_settings(**_overrides(settings), persona="keigo")
+    Community(store, HostPolicy.from_settings(fine), tokenizer)
+
+
 async def test_only_admins_of_that_workspace_may_change_settings(
         community: Community, store: HistoryStore) -> None:
     with pytest.raises(NotPermitted) as refused:
