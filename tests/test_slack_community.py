@@ -173,3 +173,29 @@ async def test_a_question_command_where_the_bot_is_off_is_told_so_alone(
     told = await said(slack, "日本の首都は？", user=MEMBER)
     assert told["text"] == "この場所では rinna はオフになっています（管理者の設定）。"
     assert slack.fake.posts(C1) == [] and script.prompts == []
+
+
+async def test_a_change_survives_a_restart(slack_settings: Settings, fake: FakeSlack,
+                                           tokenizer: Tokenizer, settings: Settings) -> None:
+    async def started() -> tuple[HistoryStore, ChatService, ScriptedGenerator]:
+        store = await HistoryStore.open(settings.database_path)
+        generator = ScriptedGenerator(default="はい。")
+        community = Community(store, HostPolicy.from_settings(settings), tokenizer)
+        return store, ChatService(store, generator, tokenizer, ChatConfig(
+            prompt_budget=settings.prompt_budget, stream_interval_s=0.0),
+            community=community), generator
+
+    store, chat, _ = await started()
+    try:
+        async with running(chat, slack_settings, fake) as slack:
+            await said(slack, "config set persona concise")
+    finally:
+        await store.close()
+    store, chat, generator = await started()  # a new process: nothing cached
+    try:
+        async with running(chat, slack_settings, fake) as slack:
+            await slack.event(mention(C1, T0, "こんにちは"))
+            await eventually(lambda: len(generator.prompts) == 1)
+    finally:
+        await store.close()
+    assert generator.prompts[0].startswith(persona_head("concise"))
