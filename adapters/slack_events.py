@@ -18,6 +18,7 @@ from slack_bolt.async_app import AsyncAck, AsyncBoltContext
 
 from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
 from adapters.slack_reply import SlackReply
+from adapters.slack_text import escape
 from bot.access import AccessPolicy, AccessRequest
 from bot.chat import ChatService, Outcome
 from bot.conversation import ConversationKey
@@ -121,7 +122,8 @@ class EphemeralAck:
         return None
 
     async def finish(self, text: str) -> None:
-        await self._ack(text=text, response_type="ephemeral")
+        # escaped: a community's persona shown by status or config is text, never markup
+        await self._ack(text=escape(text), response_type="ephemeral")
 
     async def fail(self, message: str) -> None:
         await self.finish(message)

@@ -199,3 +199,10 @@ async def test_a_change_survives_a_restart(slack_settings: Settings, fake: FakeS
     finally:
         await store.close()
     assert generator.prompts[0].startswith(persona_head("concise"))
+
+
+async def test_a_personas_text_is_shown_as_text_never_as_markup(slack: Slack) -> None:
+    await said(slack, "config set persona <!channel> を呼ばないで <https://x.example|ここ>")
+    shown = str((await said(slack, "config show", user=MEMBER))["text"])
+    assert "&lt;!channel&gt;" in shown and "<!channel>" not in shown
+    assert "&lt;https://x.example|ここ&gt;" in shown
