@@ -30,6 +30,7 @@ from discord.ext import commands
 from adapters.discord_cogs import (ASK_ABOUT, ASK_ABOUT_HERE, ASK_ABOUT_UNREADABLE,
                                    ASK_ABOUT_WHERE, HELP_MESSAGE, RESET_WHERE, ChatCog,
                                    MessageEditsCog, StatusCog)
+from adapters.discord_config import ConfigCog
 from adapters.discord_controls import AnswerControls, ControlsView
 from adapters.discord_files import discord_fetcher
 from adapters.discord_parse import (MAX_TEXT_CHARS, access_request, conversation_key,
@@ -77,6 +78,7 @@ class RinnaDiscordBot(commands.Bot):
         await self.add_cog(ChatCog(self))
         await self.add_cog(MessageEditsCog(self))
         await self.add_cog(StatusCog(self))
+        await self.add_cog(ConfigCog(self))
         # One persistent view receives the buttons of every answer, also of answers posted
         # before this process started (stable custom_ids; nothing per message is kept).
         self.add_view(ControlsView(AnswerControls(self)))

@@ -23,6 +23,7 @@ from bot.conversation import ConversationKey
 from bot.errors import RinnaError
 from bot.front_door import FrontDoor
 from bot.front_events import Command, EarlierMessage, EarlierReader, Event
+from bot.notices import SWITCHED_OFF
 from bot.prompt import clean_text
 
 log = logging.getLogger(__name__)
@@ -164,11 +165,19 @@ class ChatCog(commands.Cog):
             sink.stop_typing()
 
     # --- application commands
+    async def _switched_off(self, interaction: discord.Interaction) -> bool:
+        """True (after telling the person, ephemerally) where a community switched it off."""
+        if not await self.front.switched_off(
+                conversation_key(interaction.channel, interaction.guild_id)):
+            return False
+        await interaction.response.send_message(SWITCHED_OFF, ephemeral=True)
+        return True
+
     @app_commands.command(name="ask", description="rinna に質問します")
     @app_commands.rename(question="質問")
     @app_commands.describe(question="質問の内容")
     async def ask(self, interaction: discord.Interaction, question: str) -> None:
-        if await self._refuse(interaction):
+        if await self._refuse(interaction) or await self._switched_off(interaction):
             return
         question = question[:MAX_TEXT_CHARS]
         try:

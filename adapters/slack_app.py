@@ -29,6 +29,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from adapters.slack_api import HISTORY_PAGE, PLATFORM, Moderators, SlackApi, UserNames
 from adapters.slack_assistant import build_assistant, register_shortcut
 from adapters.slack_blocks import FeedbackSupport
+from adapters.slack_config import config_in_thread, register_home, slack_member
 from adapters.slack_controls import register_controls
 from adapters.slack_edits import register_edits
 from adapters.slack_files import slack_attachments
@@ -55,7 +56,7 @@ from bot.errors import RinnaError
 from bot.front_door import FrontDoor
 from bot.front_events import (Ack, Command, EarlierMessage, EarlierReader, Event, Writer,
                               command_word)
-from bot.notices import RESET_DONE, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
+from bot.notices import RESET_DONE, SWITCHED_OFF, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
 from bot.ports.records import Delivery
 from bot.status import StatusSource
 
@@ -181,7 +182,10 @@ class SlackHandlers:
         outcome = FAILED
         async with self.boundary(sink, f"message {message.delivery_key} in {key}"):
             text = await self.plain(message.text, bot)
-            command = command_word(text, (Command.RESET,)) if addressed else Command.ASK
+            command = (command_word(text, (Command.RESET, Command.CONFIG)) if addressed
+                       else Command.ASK)
+            if command is Command.CONFIG:  # `@rinna 設定 …`: answered to that person alone
+                return await config_in_thread(self.front, self.api, text, message, ack)
             if (command is Command.ASK and not text and not message.files
                     and not (via_mention or message.is_dm)):
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
@@ -190,7 +194,7 @@ class SlackHandlers:
             # Access and redelivery were judged before the text was parsed (names looked up).
             outcome = await self.front.receive(Event(
                 key, message.delivery_key, text, sink, writer=message.user, command=command,
-                earlier=earlier, addressed=via_mention or message.is_dm, accepted=ack,
+                earlier=earlier, addressed=addressed, accepted=ack,
                 admitted=True, attachments=message.files, files=self.files))
         return outcome
 
@@ -287,6 +291,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     register_edits(app, services)  # first: see register_edits
     register_shortcut(app, services)
     register_controls(app, services)
+    register_home(app, services.front, services.api, services.outcomes)
 
     @app.event("app_mention")
     async def app_mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
@@ -327,11 +332,18 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             await ack(text=RESET_HINT, response_type="ephemeral")
             services.outcomes[HELP] += 1
             return
-        if word is not Command.ASK:  # help or status: told the asker alone, in the ack
+        user = str(command.get("user_id") or "")
+        if word is not Command.ASK:  # help, status, config: told the asker alone, in the ack
+            member = (await slack_member(services.api, user, command_key(command).workspace)
+                      if word is Command.CONFIG else None)
             services.outcomes[await services.front.receive(Event(
                 command_key(command), str(command.get("trigger_id") or ""), text,
-                EphemeralAck(ack), writer=str(command.get("user_id") or ""), command=word,
-                admitted=True))] += 1
+                EphemeralAck(ack), writer=user, command=word, admitted=True,
+                member=member))] += 1
+            return
+        if await services.front.switched_off(command_key(command)):  # a community's choice
+            await ack(text=SWITCHED_OFF, response_type="ephemeral")
+            services.outcomes[IGNORED] += 1
             return
 
         async def work(accepted: Ack) -> str:

@@ -19,6 +19,7 @@ from slack_bolt.async_app import AsyncAck, AsyncBoltContext
 from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
 from adapters.slack_files import slack_attachments
 from adapters.slack_reply import SlackReply
+from adapters.slack_text import escape
 from bot.access import AccessPolicy, AccessRequest
 from bot.attachments import Attachment
 from bot.chat import ChatService, Outcome
@@ -124,7 +125,8 @@ class EphemeralAck:
         return None
 
     async def finish(self, text: str) -> None:
-        await self._ack(text=text, response_type="ephemeral")
+        # escaped: a community's persona shown by status or config is text, never markup
+        await self._ack(text=escape(text), response_type="ephemeral")
 
     async def fail(self, message: str) -> None:
         await self.finish(message)

@@ -31,6 +31,8 @@ from bot.attachments import AttachmentLimits, AttachmentReader, prompt_room
 from bot.edited import EditedQuestions
 from bot.edits import PrivateData
 from bot.generator import Generator
+from bot.community import Community
+from bot.scoped import ScopedSettings
 from bot.history_window import HistoryWindow
 from bot.prompt import clean_text, fit_prompt
 from bot.notices import (EMPTY_ANSWER, INTERRUPTED_NOTICE, SHORTENED_NOTICE, STALE_NOTICE,
@@ -109,6 +111,7 @@ class ChatService:
         crash_hook: CrashHook | None = None,
         on_feedback: Callable[[str, str], None] | None = None,  # (platform, value): metrics
         locks: ConversationLocks | None = None,  # None: in-process (one process per database)
+        community: Community | None = None,  # per-scope settings; None: the host's for all
     ) -> None:
         self.store = store
         self.generator = generator
@@ -125,6 +128,7 @@ class ChatService:
         self._on_feedback = on_feedback
         self._edits = PrivateData(store)
         self.window = HistoryWindow(store, tokenizer, config.prompt_budget)
+        self.scoped = ScopedSettings(community, config.params, config.prompt_budget)
         self.controls = AnswerControls(store, self.running, self._locks, self._redo,
                                        lambda: self._closing, on_feedback)
         self.reader = AttachmentReader(config.attachments,
@@ -135,6 +139,11 @@ class ChatService:
     def _point(self, name: str) -> None:
         if self._crash is not None:
             self._crash(name)
+
+    @property
+    def community(self) -> Community | None:
+        """The per-scope settings (None: the host's everywhere): the admins' commands use it."""
+        return self.scoped.community
 
     @property
     def closing(self) -> bool:
@@ -178,7 +187,8 @@ class ChatService:
         if outcome is Outcome.ANSWERED:  # the answer before the reset can no longer be redone
             previous = await self.store.previous_answer(delivery.conversation,
                                                         delivery.delivery_key)
-            if previous is not None and previous.reply_ref is not None:
+            if previous is not None and previous.reply_ref is not None \
+                    and await self.scoped.buttons(key):
                 await retire(sink, previous.reply_ref)
         return outcome is Outcome.ANSWERED
 
@@ -339,7 +349,8 @@ class ChatService:
                 return Outcome.DUPLICATE
             await resume(sink, current.reply_ref)
             if current.final is not None:  # its answer (or reset) was done: show it, not a notice
-                offer(sink, ANSWERED if current.turn_id is not None else NO_CONTROLS)
+                offer(sink, await self.scoped.controls(
+                    current.key, ANSWERED if current.turn_id is not None else NO_CONTROLS))
                 await sink.finish(current.final)
             else:
                 offer(sink, NO_CONTROLS)
@@ -408,7 +419,8 @@ class ChatService:
                     return Outcome.INTERRUPTED
                 raise
             outcome = await self._show_final(delivery, sink, final, answer=True)
-            if (older := self.running.to_retire.pop(marker, None)) is not None:
+            if (older := self.running.to_retire.pop(marker, None)) is not None \
+                    and await self.scoped.buttons(delivery.key):
                 await retire(sink, older)
             return outcome
         except RinnaError as exc:
@@ -450,7 +462,7 @@ class ChatService:
 
     async def _show_final(self, delivery: Delivery, sink: ReplySink, final: str, *,
                           answer: bool) -> Outcome:
-        offer(sink, ANSWERED if answer else NO_CONTROLS)
+        offer(sink, await self.scoped.controls(delivery.key, ANSWERED if answer else NO_CONTROLS))
         await sink.finish(final)
         self._point("shown")
         await self.store.mark_answered(delivery)
@@ -467,7 +479,7 @@ class ChatService:
                           delivery.delivery_key)
 
     async def _start(self, delivery: Delivery, sink: ReplySink) -> None:
-        offer(sink, STREAMING)
+        offer(sink, await self.scoped.controls(delivery.key, STREAMING))
         await sink.start()
         self._point("placeholder")
         ref = placeholder_ref(sink)
@@ -513,7 +525,7 @@ class ChatService:
         await self._note_retired(current, delivery)
         answer, shortened, stopped = await self._answer(
             delivery.conversation, turn_id, sink, interval, owner_of(delivery),
-            (delivery.platform, delivery.delivery_key))
+            (delivery.platform, delivery.delivery_key), delivery.key)
         final = answer or ("" if stopped else EMPTY_ANSWER)
         if shortened and answer:
             final = f"{final}\n\n{SHORTENED_NOTICE}"
@@ -567,15 +579,16 @@ class ChatService:
             self.running.to_retire[marker] = older.reply_ref
 
     async def _answer(self, conversation: int, upto: int, sink: ReplySink,
-                      interval: float | None, owner: str | None = None,
-                      marker: tuple[str, str] | None = None) -> tuple[str, bool, bool]:
+                      interval: float | None, owner: str | None,
+                      marker: tuple[str, str], key: ConversationKey) -> tuple[str, bool, bool]:
         """Generate the answer to turn `upto`, streaming it into `sink`. Returns the answer,
         whether the prompt was shortened, and whether its 「停止」 button stopped it (the
         generation is aborted at once; what was written so far is the answer)."""
         if interval is None:
             interval = self.config.stream_interval_s
         history = await self.window.history(conversation, upto)
-        fitted = fit_prompt(history, self.tokenizer, self.config.prompt_budget)
+        shape = await self.scoped.shape(key)  # the scope's persona, budget and sampling
+        fitted = fit_prompt(history, self.tokenizer, shape.budget, shape.persona)
         started = self._clock()
         parts: list[str] = []
         last_update = started
@@ -594,7 +607,7 @@ class ChatService:
 
         async def consume() -> None:
             nonlocal last_update
-            async for delta in self.generator.stream(fitted.prompt, self.config.params,
+            async for delta in self.generator.stream(fitted.prompt, shape.params,
                                                      owner=owner, on_wait=on_wait):
                 parts.append(delta)
                 now = self._clock()

@@ -97,8 +97,10 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
     """The store, then the model (while `checks` run: their failure cancels the load)."""
     from bot.attachments import AttachmentLimits
     from bot.chat import ChatConfig, ChatService
+    from bot.community import Community, HostPolicy
     from storage import open_store
 
+    policy = HostPolicy.from_settings(settings)  # a bad PERSONA fails before anything opens
     try:  # fails fast, before the model: a path or permission the operator must fix
         store = await open_store(settings.database_path)
     except StorageError as exc:
@@ -125,7 +127,8 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                                              settings.attachments_max)),
                 on_outcome=metrics.count_outcome if metrics is not None else None,
                 on_feedback=metrics.count_feedback if metrics is not None else None,
-                crash_hook=crash_hook)
+                crash_hook=crash_hook,
+                community=Community(store, policy, generator.tokenizer))
             yield Core(settings, store, generator, chat, metrics,
                        build_status(settings, generator, store))
         finally:

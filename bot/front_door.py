@@ -18,6 +18,11 @@ nothing else. The front door owns, for every platform:
 - attached files: handed to the chat service with the message (read once it is recorded),
   and read in with a thread's earlier messages (bot/attachments.py);
 - titles (`title`): a question as a thread's or AI-app thread's name.
+- community settings (bot/community.py, through the chat service's `community`): a scope
+  switched off, or a thread message without a mention where mention_only is on, is answered
+  nothing at all; status adds the settings in force; CONFIG runs the admins' commands
+  (`config [scope] show|set|reset …`) with the person's rights as the adapter read them
+  (`Event.member`); `overview` is what an admin may change (Slack's Home tab).
 
 The buttons on an answer (停止, もう一度, 👍/👎) reach bot/answer_controls.py through
 `FrontDoor.controls`; its moderator rule is one mechanism for every platform (the platform's
@@ -48,11 +53,17 @@ from bot.edited import EditOutcome, SinkFor
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.front_events import (Command, EarlierMessage, EarlierReader, Event, Writer,
                               command_word)
+from bot.community import Community, describe
+from bot.community_commands import CommunityAdmin, settings_text
 from bot.notices import RESET_DONE, short_title
+from bot.ports.community import Level, Scope
+from bot.privilege import Member
 from bot.ports.records import ImportedTurn
 from bot.status import StatusSource, status_text
 
 log = logging.getLogger(__name__)
+
+CONFIG_DISABLED = "このボットでは設定の変更が有効になっていません。"
 
 __all__ = ["Command", "EarlierMessage", "Event", "FrontDoor", "Result", "Writer",
            "command_word", "earlier_turns"]
@@ -66,6 +77,7 @@ class Result(StrEnum):
     RESET = "reset"
     HELP = "help"
     STATUS = "status"
+    CONFIG = "config"  # a settings command answered (changed, shown or refused)
     DELETED = "deleted"
     EDITED = "edited"
     IGNORED = str(Outcome.IGNORED)
@@ -136,6 +148,10 @@ class FrontDoor:
             return refused
         if event.command is not Command.ASK:
             return await self._command(event)
+        if not await self.chat.scoped.takes(event.key, event.addressed):
+            if event.accepted is not None:  # switched off, or mention only: nothing shown
+                await event.accepted()
+            return Result.IGNORED
         message = self._message(event)
         earlier = (self._loader(event.earlier, event.about, event.files) if event.earlier
                    else None)
@@ -154,10 +170,44 @@ class FrontDoor:
         if event.accepted is not None:
             await event.accepted()  # nothing to record: acknowledged at once
         if event.command is Command.STATUS:
-            await event.sink.finish(await status_text(self.status))
+            await event.sink.finish(await status_text(self.status) + await settings_text(
+                self.community, Scope.chain(event.key)[-1]))
             return Result.STATUS
+        if event.command is Command.CONFIG:
+            await event.sink.finish(await self._configure(event))
+            return Result.CONFIG
         await event.sink.finish(self.help_text)
         return Result.HELP
+
+    async def _configure(self, event: Event) -> str:
+        if self.community is None:
+            return CONFIG_DISABLED
+        return await CommunityAdmin(self.community).run_text(event.member, event.key,
+                                                             event.text)
+
+    # ----- community settings (bot/community.py) -----
+    @property
+    def community(self) -> Community | None:
+        """The per-scope settings (None: the host's everywhere)."""
+        return self.chat.community
+
+    async def switched_off(self, key: ConversationKey) -> bool:
+        """Whether a community switched the bot off here: a question command is told so."""
+        return not await self.chat.scoped.takes(key, True)
+
+    async def overview(self, member: Member) -> list[tuple[Scope, list[str]]] | None:
+        """What an admin may change in their workspace: its settings, then each channel's
+        that has its own (None: `member` may change nothing there)."""
+        community = self.community
+        if community is None or not community.policy.privileges.may_configure(member):
+            return None
+        scopes = [s for s in await community.store.configured_scopes(
+            member.platform, member.workspace) if s.level is Level.CHANNEL]
+        shown = []
+        for scope in [Scope(member.platform, member.workspace), *scopes]:
+            settings, _ = await community.at(scope)
+            shown.append((scope, describe(settings)))
+        return shown
 
     @staticmethod
     def _message(event: Event) -> IncomingMessage:

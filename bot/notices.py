@@ -48,3 +48,6 @@ def short_title(question: str, limit: int) -> str:
     app thread's title): whitespace runs become one space, a cut ends with "…"."""
     line = " ".join(question.split())
     return line if len(line) <= limit else line[:limit - 1] + "…"
+
+# A command (/ask, /rinna 質問, 「rinna に聞く」) where a community switched the bot off.
+SWITCHED_OFF = "この場所では rinna はオフになっています（管理者の設定）。"

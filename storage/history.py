@@ -29,6 +29,7 @@ import aiosqlite
 from bot.conversation import ConversationKey, Speaker, Turn
 from bot.errors import DatabasePathError, MessageWithdrawn, StorageError
 from bot.ports.records import Claim, Delivery, DeliveryState, ImportedTurn, StoredTurn
+from storage.community import CommunityRecords
 from storage.files import prepare_database_file
 from storage.private import PrivateRecords
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
@@ -59,7 +60,7 @@ def _delivery(row: Sequence[object]) -> Delivery:
                     None if asker is None else str(asker), bool(withdrawn))
 
 
-class HistoryStore(PrivateRecords):
+class HistoryStore(PrivateRecords, CommunityRecords):
     def __init__(self, connection: aiosqlite.Connection, path: Path,
                  clock: Callable[[], float] = time.time) -> None:
         self._db = connection

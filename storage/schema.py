@@ -105,6 +105,38 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_waiting_by_author ON deliveries (author)
         WHERE turn_id IS NULL AND text IS NOT NULL;
     """,
+    # 9 (issue 29; the 7th on its branch until 7 and 8 land): community settings. One row per
+    # (scope, key) set by a community's admins (an empty part is a wider scope: a server is
+    # ("discord", guild, "", "")); the host's defaults are never stored. `settings_audit` keeps
+    # every change (old -> new, NULL: not set there) and who made it. Touches only its tables.
+    """
+    CREATE TABLE community_settings (
+        platform   TEXT NOT NULL,
+        workspace  TEXT NOT NULL,
+        channel    TEXT NOT NULL,
+        thread     TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        updated_by TEXT NOT NULL,
+        PRIMARY KEY (platform, workspace, channel, thread, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE settings_audit (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        platform   TEXT NOT NULL,
+        workspace  TEXT NOT NULL,
+        channel    TEXT NOT NULL,
+        thread     TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        old        TEXT,
+        new        TEXT,
+        actor      TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX settings_audit_by_scope ON settings_audit (platform, workspace, channel,
+                                                           thread, id);
+    CREATE INDEX settings_audit_by_actor ON settings_audit (actor);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

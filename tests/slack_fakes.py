@@ -59,6 +59,7 @@ class FakeSlack:
 
     def __init__(self, *, keep_messages: bool = False, streaming: bool = False,
                  admins: frozenset[str] = frozenset(),
+                 external: frozenset[str] = frozenset(),
                  feedback_buttons: bool = True) -> None:
         self.keep_messages = keep_messages
         # Without `feedback_buttons`, blocks holding that element are refused (invalid_blocks),
@@ -68,6 +69,7 @@ class FakeSlack:
         # without `streaming`, chat.startStream answers as a Slack that does not have it.
         self.streaming = streaming
         self.admins = admins  # users.info says is_admin for these
+        self.external = external  # Slack Connect: users.info gives another team_id
         # Every message the bot made, by ts: its current text (a stream's: what was streamed),
         # blocks, metadata and whether it is still streaming.
         self.messages: dict[str, dict[str, Any]] = {}
@@ -281,7 +283,15 @@ class FakeSlack:
                 return {"ok": False, "error": "user_not_found"}
             return {"ok": True, "user": {"id": user, "name": f"name-{user}",
                                          "is_admin": user in self.admins, "is_owner": False,
+                                         "team_id": "T0OTHER" if user in self.external else TEAM,
                                          "profile": {"display_name": USERS[user]}}}
+        if method == "views.publish":
+            view = _json(params.get("view") or {})
+            if not params.get("user_id") or not isinstance(view, dict) or view.get(
+                    "type") != "home" or (problem := _invalid_blocks(view.get("blocks") or [],
+                                                                     feedback_buttons=True)):
+                return {"ok": False, "error": "invalid_arguments"}
+            return {"ok": True, "view": {"id": "V1", **view}}
         if method == "apps.connections.open":
             return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link"}
         return {"ok": False, "error": "unknown_method"}

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from bot.conversation import ConversationKey
+from bot.ports.community import CommunityStore
 from bot.ports.records import AuthoredTurn, Delivery, ImportedTurn, StoredTurn, Vote
 
 
@@ -101,5 +102,6 @@ class PrivacyStore(Protocol):
     async def close(self) -> None: ...
 
 
-class ChatStore(DeliveryStore, TurnStore, FeedbackStore, PrivacyStore, Protocol):
+class ChatStore(DeliveryStore, TurnStore, FeedbackStore, PrivacyStore, CommunityStore,
+                Protocol):
     """Everything the chat service asks of the store."""
