@@ -31,6 +31,7 @@ from bot.errors import DatabasePathError, MessageWithdrawn, StorageError
 from bot.ports.records import Claim, Delivery, DeliveryState, ImportedTurn, StoredTurn
 from storage.files import prepare_database_file
 from storage.private import PrivateRecords
+from storage.summaries import SummaryRecords
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def _delivery(row: Sequence[object]) -> Delivery:
                     None if asker is None else str(asker), bool(withdrawn))
 
 
-class HistoryStore(PrivateRecords):
+class HistoryStore(PrivateRecords, SummaryRecords):
     def __init__(self, connection: aiosqlite.Connection, path: Path,
                  clock: Callable[[], float] = time.time) -> None:
         self._db = connection

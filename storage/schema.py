@@ -105,6 +105,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_waiting_by_author ON deliveries (author)
         WHERE turn_id IS NULL AND text IS NOT NULL;
     """,
+    # 8 (issue 28; numbered after the other open issues' migrations when merged): a
+    # conversation's rolling summary of the turns that fell out of the model's window. It
+    # covers the turns with `history_start` < id <= `upto` (`since`: the history_start it was
+    # written under; a reset makes it stale); deleting, editing or forgetting any turn it
+    # covers deletes it in the same transaction (storage/summaries.py). `window_notices`: the history_start under which
+    # the "earlier messages were not read" notice was shown (once per conversation).
+    # New tables only: independent of the other migrations.
+    """
+    CREATE TABLE summaries (
+        conversation_id INTEGER PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
+        text            TEXT NOT NULL,
+        upto            INTEGER NOT NULL,
+        since           INTEGER NOT NULL,
+        created_at      REAL NOT NULL
+    );
+    CREATE TABLE window_notices (
+        conversation_id INTEGER PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
+        since           INTEGER NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from bot.conversation import ConversationKey
-from bot.ports.records import AuthoredTurn, Delivery, ImportedTurn, StoredTurn, Vote
+from bot.ports.records import AuthoredTurn, Delivery, ImportedTurn, StoredTurn, Summary, Vote
 
 
 class DeliveryStore(Protocol):
@@ -66,6 +66,21 @@ class TurnStore(Protocol):
                            before: int | None = None) -> list[StoredTurn]: ...
 
 
+class SummaryStore(Protocol):
+    """A conversation's rolling summary and its window notice (bot/summary.py)."""
+
+    async def summary(self, conversation: int) -> Summary | None: ...
+
+    async def save_summary(self, conversation: int, text: str, upto: int,
+                           previous: int | None, covered: str) -> bool: ...
+
+    async def drop_summary(self, conversation: int) -> None: ...
+
+    async def count_turns(self, conversation: int, after: int | None, before: int) -> int: ...
+
+    async def note_window_notice(self, conversation: int) -> bool: ...
+
+
 class FeedbackStore(Protocol):
     """👍/👎 on answers, and the counts the status shows."""
 
@@ -101,5 +116,5 @@ class PrivacyStore(Protocol):
     async def close(self) -> None: ...
 
 
-class ChatStore(DeliveryStore, TurnStore, FeedbackStore, PrivacyStore, Protocol):
+class ChatStore(DeliveryStore, TurnStore, FeedbackStore, PrivacyStore, SummaryStore, Protocol):
     """Everything the chat service asks of the store."""
