@@ -30,9 +30,11 @@ from bot.answer_controls import AnswerControls, ModeratorCheck
 from bot.edits import PrivateData
 from bot.generator import Generator
 from bot.history_window import HistoryWindow
-from bot.prompt import clean_text, fit_prompt
+from bot.context import PromptContext, PromptContexts
+from bot.prompt import clean_text
 from bot.notices import (EMPTY_ANSWER, INTERRUPTED_NOTICE, SHORTENED_NOTICE, STALE_NOTICE,
-                         UNEXPECTED_ERROR, USAGE_MESSAGE)
+                         UNEXPECTED_ERROR, USAGE_MESSAGE, window_notice)
+from bot.summary import RollingSummaries
 from bot.ports.locks import ConversationLocks, InProcessLocks
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
 from bot.ports.sinks import LocatesConversation
@@ -97,6 +99,7 @@ class ChatService:
         crash_hook: CrashHook | None = None,
         on_feedback: Callable[[str, str], None] | None = None,  # (platform, value): metrics
         locks: ConversationLocks | None = None,  # None: in-process (one process per database)
+        summaries: RollingSummaries | None = None,  # None: SUMMARY=off
     ) -> None:
         self.store = store
         self.generator = generator
@@ -113,6 +116,8 @@ class ChatService:
         self._on_feedback = on_feedback
         self._edits = PrivateData(store)
         self.window = HistoryWindow(store, tokenizer, config.prompt_budget)
+        self.summaries = summaries
+        self.contexts = PromptContexts(store, self.window, summaries)
         self.controls = AnswerControls(store, self.running, self._locks, self._redo,
                                        lambda: self._closing, on_feedback)
 
@@ -377,6 +382,8 @@ class ChatService:
                     return Outcome.INTERRUPTED
                 raise
             outcome = await self._show_final(delivery, sink, final, answer=True)
+            if self.summaries is not None:  # what fell out of the window, in the background
+                self.summaries.after_answer(delivery.conversation)
             if (older := self.running.to_retire.pop(marker, None)) is not None:
                 await retire(sink, older)
             return outcome
@@ -480,12 +487,15 @@ class ChatService:
         turn_id = await self.store.store_user_turn(delivery)
         self._point("user_turn")
         await self._note_retired(current, delivery)
-        answer, shortened, stopped = await self._answer(
+        answer, context, stopped = await self._answer(
             delivery.conversation, turn_id, sink, interval, owner_of(delivery),
             (delivery.platform, delivery.delivery_key))
         final = answer or ("" if stopped else EMPTY_ANSWER)
-        if shortened and answer:
+        if context.fitted.shortened and answer:
             final = f"{final}\n\n{SHORTENED_NOTICE}"
+        if context.unread and answer and await self.store.note_window_notice(
+                delivery.conversation):
+            final = f"{final}\n\n{window_notice(context.unread, self.summaries is not None)}"
         if stopped:
             final = f"{final}\n\n{STOPPED_MARK}".strip()
         await self.store.store_answer(delivery, answer, final)
@@ -536,14 +546,15 @@ class ChatService:
 
     async def _answer(self, conversation: int, upto: int, sink: ReplySink,
                       interval: float | None, owner: str | None = None,
-                      marker: tuple[str, str] | None = None) -> tuple[str, bool, bool]:
+                      marker: tuple[str, str] | None = None
+                      ) -> tuple[str, PromptContext, bool]:
         """Generate the answer to turn `upto`, streaming it into `sink`. Returns the answer,
-        whether the prompt was shortened, and whether its 「停止」 button stopped it (the
-        generation is aborted at once; what was written so far is the answer)."""
+        what its prompt held (shortened? turns not read?), and whether its 「停止」 button
+        stopped it (the generation is aborted at once; what was written so far is the answer)."""
         if interval is None:
             interval = self.config.stream_interval_s
-        history = await self.window.history(conversation, upto)
-        fitted = fit_prompt(history, self.tokenizer, self.config.prompt_budget)
+        context = await self.contexts.read(conversation, upto)
+        fitted = context.fitted
         started = self._clock()
         parts: list[str] = []
         last_update = started
@@ -573,11 +584,11 @@ class ChatService:
 
         stopped = await self.running.generate(marker, consume)
         answer = clean_text("".join(parts)).strip()
-        log.info("answered: %d prompt tokens (%d turns, %d dropped), %d chars in %.2f s",
-                 len(fitted.ids), len(fitted.turns), fitted.dropped, len(answer),
-                 self._clock() - started)
+        log.info("answered: %d prompt tokens (%d turns, %d not read%s), %d chars in %.2f s",
+                 len(fitted.ids), len(fitted.turns), context.unread,
+                 ", summary" if fitted.summarised else "", len(answer), self._clock() - started)
         log.debug("prompt=%r answer=%r", fitted.prompt, answer)
-        return answer, fitted.shortened, stopped
+        return answer, context, stopped
 
     # ----- the buttons on an answer (bot/answer_controls.py) ---------------------------------
     async def answer_at(self, platform: str, reply_ref: str,
