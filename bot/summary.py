@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bot.conversation import Speaker, Turn
 from bot.errors import RinnaError
@@ -30,6 +31,9 @@ from bot.ports.records import StoredTurn, Summary, fingerprint
 from bot.ports.store import SummaryStore
 from bot.prompt import REPLY_CUE, build_prompt, clean_text, turn_cost
 from bot.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from bot.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +226,20 @@ class RollingSummaries:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+def build_summaries(settings: Settings, store: SummaryStore, generator: Generator,
+                    tokenizer: Tokenizer) -> RollingSummaries | None:
+    """The rolling summaries the service runs (None with SUMMARY=off)."""
+    if not settings.summary:
+        return None
+    window = HistoryWindow(store, tokenizer, settings.prompt_budget)  # type: ignore[arg-type]
+    return RollingSummaries(store, window, Summariser(
+        generator, tokenizer, settings.context_tokens, summary_params(settings)))
+
+
+def summary_params(settings: Settings) -> GenerationParams:
+    """The model card's sampling, SUMMARY_TOKENS long."""
+    return GenerationParams(max_new_tokens=settings.summary_tokens,
+                            temperature=settings.temperature,
+                            repetition_penalty=settings.repetition_penalty)
