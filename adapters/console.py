@@ -25,15 +25,15 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO, TextIO
 
-from bot.chat import ChatService
-from bot.conversation import ConversationKey, IncomingMessage
+from bot.conversation import ConversationKey
+from bot.front_door import FrontDoor
+from bot.front_events import Command, Event
 
 CONSOLE_KEY = ConversationKey(platform="console", workspace="", channel="default")
 PROMPT = "あなた> "
 BOT = "rinna> "
 THINKING = "考え中…"
 HELP = "質問を入力して Enter を押してください。/reset で会話をリセット、/exit で終了します。"
-RESET_DONE = "会話をリセットしました。（これまでのメッセージは削除されず、保存されたままです）"
 _ERASE_LINE = "\r\x1b[K"
 
 
@@ -121,9 +121,33 @@ class ConsoleReply:
             self._screen.write(BOT)
 
 
-async def run_console(chat: ChatService, stdin: BinaryIO | None = None,
+class ConsoleNotice:
+    """A command's confirmation: one line of its own, not an answer (no 「rinna> 」)."""
+
+    def __init__(self, screen: _Screen) -> None:
+        self._screen = screen
+
+    async def start(self) -> None:
+        return None
+
+    async def waiting(self, position: int) -> None:
+        return None
+
+    async def update(self, text: str) -> None:
+        return None
+
+    async def finish(self, text: str) -> None:
+        self._screen.fresh_line()
+        self._screen.write(text + "\n")
+
+    async def fail(self, message: str) -> None:
+        await self.finish(message)
+
+
+async def run_console(front: FrontDoor, stdin: BinaryIO | None = None,
                       stdout: TextIO | None = None) -> int:
-    """Run the conversation until /exit or the end of input (0) or Ctrl-C (130)."""
+    """Run the conversation until /exit or the end of input (0) or Ctrl-C (130). Each line
+    goes through the front door like any platform's message (`/reset` as its reset)."""
     out = stdout or sys.stdout
     terminal = stdin is None and stdout is None and sys.stdin.isatty() and sys.stdout.isatty()
     screen = _Screen(out, terminal)
@@ -142,16 +166,16 @@ async def run_console(chat: ChatService, stdin: BinaryIO | None = None,
             command = line.strip()
             if command == "/exit":
                 break
-            if command == "/reset":
-                await chat.reset(CONSOLE_KEY)
-                screen.write(RESET_DONE + "\n")
-                continue
             if not command:
                 continue
-            message = IncomingMessage(text=line, delivery_key=uuid.uuid4().hex, author="console")
+            reset = command == "/reset"
+            event = Event(CONSOLE_KEY, uuid.uuid4().hex, line,
+                          ConsoleNotice(screen) if reset else ConsoleReply(screen),
+                          writer="console", stream_interval_s=0.0,  # every token shows
+                          command=Command.RESET if reset else Command.ASK)
             keys = _KeysWhileAnswering(typed) if terminal else None
             with keys or contextlib.nullcontext():
-                answered = await _answer(chat, message, ConsoleReply(screen))
+                answered = await _answer(front, event)
             if not answered:
                 screen.fresh_line()
                 return 130
@@ -166,10 +190,10 @@ async def run_console(chat: ChatService, stdin: BinaryIO | None = None,
             handler.removeFilter(fresh)
 
 
-async def _answer(chat: ChatService, message: IncomingMessage, reply: ConsoleReply) -> bool:
+async def _answer(front: FrontDoor, event: Event) -> bool:
     """Answer one line; False if Ctrl-C interrupted it (the answer is then cancelled, which
     aborts its generation)."""
-    task = asyncio.ensure_future(chat.handle(CONSOLE_KEY, message, reply, stream_interval_s=0.0))
+    task = asyncio.ensure_future(front.receive(event))
     interrupted = False
 
     def interrupt() -> None:

@@ -1,4 +1,4 @@
-"""Buttons on Discord answers (停止 / もう一度 / 👍 / 👎) and the `/status` command.
+"""Buttons on Discord answers (停止 / もう一度 / 👍 / 👎).
 
 Two kinds of views, on purpose:
 - `controls_view(controls)` renders the buttons a message should show. It is a stopped view,
@@ -16,15 +16,12 @@ from typing import Any, Protocol
 
 import aiohttp
 import discord
-from discord import app_commands
-from discord.ext import commands
 
 from bot.answer_controls import ModeratorCheck
-from bot.chat import ChatService
 from bot.controls import ControlResult, control_message
 from bot.conversation import NO_CONTROLS, ConversationKey, Controls
 from bot.errors import RinnaError
-from bot.status import StatusSource, status_text
+from bot.front_door import FrontDoor
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +71,7 @@ def message_ref(message: Any) -> str | None:
 class ControlHost(Protocol):
     """What the controls need from the bot (RinnaDiscordBot), without importing it."""
 
-    chat: ChatService
-    status_source: StatusSource | None
+    front: FrontDoor
 
     async def refuse(self, interaction: discord.Interaction) -> bool: ...
 
@@ -127,7 +123,7 @@ class AnswerControls:
         return check
 
     async def _stop(self, interaction: discord.Interaction, ref: str) -> None:
-        result = await self.host.chat.stop(PLATFORM, ref, str(interaction.user.id),
+        result = await self.host.front.controls.stop(PLATFORM, ref, str(interaction.user.id),
                                            moderator=self._moderator(interaction))
         if result is ControlResult.DONE:
             # The answering task ends the message itself (「（停止しました）」 + its buttons).
@@ -138,7 +134,7 @@ class AnswerControls:
     async def _regenerate(self, interaction: discord.Interaction, ref: str) -> None:
         # Long-running (streams a whole answer): acknowledged first, refusals as follow-ups.
         await interaction.response.defer()
-        answer = await self.host.chat.answer_at(PLATFORM, ref)
+        answer = await self.host.front.controls.answer_at(PLATFORM, ref)
         if answer is None:
             await _tell(interaction, control_message("regenerate", ControlResult.NOT_FOUND))
             return
@@ -146,7 +142,7 @@ class AnswerControls:
         # conversation in the thread opened on it), else its channel or DM.
         sink = self.host.reply_in(answer.key, str(interaction.id))
         try:
-            result = await self.host.chat.regenerate(
+            result = await self.host.front.controls.regenerate(
                 PLATFORM, ref, str(interaction.id), str(interaction.user.id), sink,
                 moderator=self._moderator(interaction))
         finally:
@@ -157,7 +153,8 @@ class AnswerControls:
             await _tell(interaction, control_message("regenerate", result))
 
     async def _feedback(self, interaction: discord.Interaction, ref: str, value: str) -> None:
-        result = await self.host.chat.feedback(PLATFORM, ref, str(interaction.user.id), value)
+        result = await self.host.front.controls.feedback(
+            PLATFORM, ref, str(interaction.user.id), value)
         await _tell(interaction, control_message("feedback", result))
 
 
@@ -196,22 +193,3 @@ class ControlsView(discord.ui.View):
     async def bad_pressed(self, interaction: discord.Interaction,
                           _button: discord.ui.Button[Any]) -> None:
         await self.controls.feedback(interaction, "bad")
-
-
-class StatusCog(commands.Cog):
-    """`/status`: how the bot is doing, shown only to the person who asked."""
-
-    def __init__(self, host: ControlHost) -> None:
-        self.host = host
-
-    @app_commands.command(name="status", description="rinna の状態を表示します")
-    async def status(self, interaction: discord.Interaction) -> None:
-        try:
-            if await self.host.refuse(interaction):
-                return
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            await interaction.edit_original_response(
-                content=await status_text(self.host.status_source))
-        except _ERRORS as exc:
-            log.warning("/status %s: %s", interaction.id, exc, exc_info=exc)
-

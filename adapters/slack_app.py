@@ -1,6 +1,7 @@
 """The Slack adapter: slack-bolt's AsyncApp over the platform-free chat service.
 
-Platform event in -> (ConversationKey, IncomingMessage, SlackReply) -> `chat.handle`.
+Platform event in -> `Event` (bot/front_events.py) -> `FrontDoor.receive`, which owns access,
+redelivery, reset/help/status and the answer; this module parses and renders only.
 Socket Mode when SLACK_APP_TOKEN is set, else an aiohttp server at /slack/events that checks
 SLACK_SIGNING_SECRET. Deduplication (Slack retries, the app_mention + message double
 delivery, redeliveries after a restart) is the chat service's: delivery_key = "channel:ts".
@@ -28,12 +29,11 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from adapters.slack_api import HISTORY_PAGE, PLATFORM, Moderators, SlackApi, UserNames
 from adapters.slack_assistant import build_assistant, register_shortcut
 from adapters.slack_blocks import FeedbackSupport
-from adapters.slack_controls import STATUS_WORDS, register_controls
-from adapters.slack_events import (DELETED, DENIED, DUPLICATE, EDITED, FAILED, HELP, HELP_WORDS,
-                                   IGNORED, MAX_TEXT_CHARS, RESET, RESET_WORDS, STATUS,
-                                   USER_SUBTYPES, Ack, BotIdentity, SlackMessage,
+from adapters.slack_controls import register_controls
+from adapters.slack_events import (DENIED, DUPLICATE, FAILED, HELP, IGNORED, MAX_TEXT_CHARS,
+                                   USER_SUBTYPES, BotIdentity, EphemeralAck, SlackMessage,
                                    acknowledge_when_recorded, bot_identity, command_access,
-                                   parse_message)
+                                   command_key, parse_message)
 from adapters.slack_reply import COMMAND, SlackCommandReply, SlackReply, respond_ephemeral
 from adapters.slack_stream import StreamSupport
 from adapters.slack_text import (
@@ -45,12 +45,15 @@ from adapters.slack_text import (
     user_ids,
 )
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
-from bot.chat import ChatService, EarlierLoader, Outcome
-from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
+from bot.chat import ChatService, Outcome
+from bot.conversation import ConversationKey
 from bot.errors import RinnaError
-from bot.notices import RESET_DONE, USAGE_MESSAGE
+from bot.front_door import FrontDoor
+from bot.front_events import (Ack, Command, EarlierMessage, EarlierReader, Event, Writer,
+                              command_word)
+from bot.notices import RESET_DONE, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
 from bot.ports.records import Delivery
-from bot.status import StatusSource, status_text
+from bot.status import StatusSource
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ COMMAND_KEY = "command:"  # a /rinna command's delivery key: this and its trigge
 # ----- what the listeners do ------------------------------------------------------------------
 @dataclass(slots=True)
 class SlackHandlers:
-    """The services the listeners use, and the listeners' work (platform event -> chat)."""
+    """The services the listeners use, and the listeners' work (platform event -> front door)."""
 
     chat: ChatService
     api: SlackApi
@@ -95,6 +98,11 @@ class SlackHandlers:
     moderators: Moderators | None = None  # made by register_controls if unset
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
     status: StatusSource | None = None  # for `/rinna status` (None: not available)
+    front: FrontDoor = field(init=False)  # the core's way in, with this platform's policy
+
+    def __post_init__(self) -> None:
+        self.front = FrontDoor(self.chat, self.policy, help_text=HELP_MESSAGE,
+                               status=self.status)
 
     def reply(self, channel: str, thread_ts: str | None, tag: str | None, *,
               user: str | None = None, team: str | None = None) -> SlackReply:
@@ -103,12 +111,7 @@ class SlackHandlers:
                           user=user, team=team, feedback=self.feedback)
 
     def permits(self, requests: Sequence[AccessRequest]) -> bool:
-        for request in requests:
-            if (denial := self.policy.check(request)) is not None:
-                log.debug("slack: %s in %s/%s refused: %s", request.user, request.workspace,
-                          request.channel, denial)
-                return False
-        return True
+        return self.front.permits(requests)
 
     async def on_mention(self, message: SlackMessage, bot: BotIdentity,
                          ack: Ack | None = None) -> str:
@@ -158,13 +161,14 @@ class SlackHandlers:
                                  feedback=self.feedback)
         outcome = FAILED
         async with self.boundary(sink, f"{COMMAND} {tag} in {channel}"):
-            incoming = IncomingMessage(question, tag, user)
-            outcome = str(await self.chat.handle(key, incoming, sink, accepted=ack))
+            # access was judged before the command was acknowledged (see `register`)
+            outcome = await self.front.receive(Event(key, tag, question, sink, writer=user,
+                                                     accepted=ack))
         return outcome
 
     async def _answer(self, message: SlackMessage, bot: BotIdentity, *, addressed: bool,
                       via_mention: bool = False, ack: Ack | None = None) -> str:
-        if not self.chat.first_sight(PLATFORM, message.delivery_key):
+        if not self.front.first_sight(PLATFORM, message.delivery_key):
             return DUPLICATE
         key = message.key
         sink = self.reply(message.channel, key.thread, message.delivery_key,
@@ -172,53 +176,38 @@ class SlackHandlers:
         outcome = FAILED
         async with self.boundary(sink, f"message {message.delivery_key} in {key}"):
             text = await self.plain(message.text, bot)
-            if addressed and text.lower() in RESET_WORDS:
-                return await self._reset(key, message, sink, ack)
-            if not text and not (via_mention or message.is_dm):
+            command = command_word(text, (Command.RESET,)) if addressed else Command.ASK
+            if command is Command.ASK and not text and not (via_mention or message.is_dm):
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
             earlier = (self.earlier(message, bot)
                        if message.thread_ts and not message.is_dm else None)
-            incoming = IncomingMessage(text, message.delivery_key, message.user)
-            outcome = str(await self.chat.handle(
-                key, incoming, sink, earlier=earlier, addressed=via_mention or message.is_dm,
-                accepted=ack))
+            # Access and redelivery were judged before the text was parsed (names looked up).
+            outcome = await self.front.receive(Event(
+                key, message.delivery_key, text, sink, writer=message.user, command=command,
+                earlier=earlier, addressed=via_mention or message.is_dm, accepted=ack,
+                admitted=True))
         return outcome
-
-    async def _reset(self, key: ConversationKey, message: SlackMessage, sink: SlackReply,
-                     ack: Ack | None) -> str:
-        # Recorded with its confirmation like any message (acknowledged then), so a retry or
-        # the double delivery resets once, and a crash before the confirmation is shown is
-        # finished by the redelivery or the start-up recovery (the tagged reply is found).
-        if not await self.chat.reset(key, message.delivery_key, sink=sink, notice=RESET_DONE,
-                                     author=message.user, accepted=ack):
-            return str(Outcome.DUPLICATE)
-        return RESET
 
     async def plain(self, text: str, bot: BotIdentity) -> str:
         text = strip_mention(text, bot.user_id)
         return to_plain(text, await self.names.lookup(user_ids(text))).strip()
 
     # ----- joining a thread mid-way -----
-    def earlier(self, message: SlackMessage, bot: BotIdentity) -> EarlierLoader:
-        """A loader of the thread's earlier messages (as far back as the prompt budget
-        reaches): the chat service calls it when the bot joins the thread (and only then)."""
+    def earlier(self, message: SlackMessage, bot: BotIdentity) -> EarlierReader:
+        """A reader of the thread's earlier messages (as far back as the prompt budget
+        reaches): the front door calls it when the bot joins the thread (and only then)."""
 
-        async def load() -> list[tuple[Turn, str | None, str | None]]:
-            turns: list[tuple[Turn, str | None, str | None]] = []
-            for item in self._within_budget(await self._thread_messages(message), bot):
-                turn = await self._history_turn(item, bot)
-                if turn is not None:  # a person's turn keeps its user id (forget/export)
-                    author = str(item["user"]) if turn.speaker is Speaker.USER else None
-                    turns.append((turn, f"{message.channel}:{item['ts']}", author))
-            return turns
+        async def read() -> list[EarlierMessage]:
+            items = self._within_budget(await self._thread_messages(message), bot)
+            return [await self._earlier_message(message.channel, item, bot) for item in items]
 
-        return load
+        return read
 
     async def _thread_messages(self, message: SlackMessage) -> list[Mapping[str, Any]]:
         """The thread's messages before `message`, oldest first: the newest of them. Slack pages
         replies from the oldest end, so the thread is paged to its end (up to `latest`) and
         only the newest that could reach the prompt are kept on the way."""
-        keep = self.chat.window.most_turns()
+        keep = self.front.most_turns()
         found: deque[Mapping[str, Any]] = deque(maxlen=keep)
         have_parent = False  # Slack may repeat the thread's first message on every page
         cursor: str | None = None
@@ -241,26 +230,28 @@ class SlackHandlers:
 
     def _within_budget(self, items: Sequence[Mapping[str, Any]],
                        bot: BotIdentity) -> list[Mapping[str, Any]]:
-        """The newest `items` that can reach the prompt (the chat service counts), oldest
-        first; their mentions are left unresolved for the count."""
+        """The newest `items` that can reach the prompt (the core counts), oldest first;
+        their mentions are left unresolved for the count."""
         # lazily: the core stops reading once the budget is passed, so a hostile thread of
         # long messages is not cleaned whole on the event loop
         texts = (to_plain(strip_mention(str(item.get("text") or "")[:MAX_TEXT_CHARS],
                                         bot.user_id), {}).strip() for item in reversed(items))
-        keep = self.chat.window.reachable(texts)
+        keep = self.front.reachable(texts)
         return list(items[len(items) - keep:]) if keep else []
 
-    async def _history_turn(self, item: Mapping[str, Any], bot: BotIdentity) -> Turn | None:
+    async def _earlier_message(self, channel: str, item: Mapping[str, Any],
+                               bot: BotIdentity) -> EarlierMessage:
+        """One of the thread's messages and who wrote it (the front door sorts them)."""
         text = str(item.get("text") or "")[:MAX_TEXT_CHARS]
+        key = f"{channel}:{item['ts']}"
         own = (bot.user_id is not None and item.get("user") == bot.user_id) or (
             bot.bot_id is not None and item.get("bot_id") == bot.bot_id)
         if own:
-            plain = unescape(text).strip()
-            return Turn(Speaker.SYSTEM, plain) if plain else None
+            return EarlierMessage(unescape(text), key, Writer.BOT)
         if item.get("bot_id") or item.get("subtype") not in USER_SUBTYPES or not item.get("user"):
-            return None
-        plain = await self.plain(text, bot)
-        return Turn(Speaker.USER, plain) if plain else None
+            return EarlierMessage("", key, Writer.OTHER)
+        return EarlierMessage(await self.plain(text, bot), key, Writer.PERSON,
+                              str(item["user"]))
 
     # ----- the one error boundary -----
     @asynccontextmanager
@@ -285,7 +276,7 @@ class SlackHandlers:
 def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
     """Deleting or editing a message on Slack does the same to the turn stored from it.
     Registered before the `message` listener: bolt runs only the first listener that matches."""
-    chat = services.chat
+    front = services.front
 
     @app.event({"type": "message", "subtype": "message_deleted"})
     async def message_deleted(ack: AsyncAck, event: dict[str, Any]) -> None:
@@ -294,9 +285,8 @@ def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
         try:
             channel = event.get("channel")
             ts = event.get("deleted_ts") or (event.get("previous_message") or {}).get("ts")
-            if isinstance(channel, str) and isinstance(ts, str) and (
-                    await chat.message_deleted(PLATFORM, f"{channel}:{ts}")):
-                outcome = DELETED
+            if isinstance(channel, str) and isinstance(ts, str):
+                outcome = await front.deleted(PLATFORM, f"{channel}:{ts}")
         except Exception:
             log.exception("slack: could not delete a deleted message from the history")
         finally:
@@ -315,12 +305,11 @@ def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
                     changed.get("bot_id")):
                 pass
             elif changed.get("subtype") == "tombstone":  # a thread's first message, deleted
-                if await chat.message_deleted(PLATFORM, f"{channel}:{ts}"):
-                    outcome = DELETED
-            elif await chat.message_edited(
+                outcome = await front.deleted(PLATFORM, f"{channel}:{ts}")
+            else:
+                outcome = await front.edited(
                     PLATFORM, f"{channel}:{ts}",
-                    await services.plain(str(changed.get("text") or ""), bot)):
-                outcome = EDITED
+                    await services.plain(str(changed.get("text") or ""), bot))
         except Exception:
             log.exception("slack: could not apply an edited message to the history")
         finally:
@@ -368,16 +357,18 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             await ack(text=DENIED_MESSAGE, response_type="ephemeral")
             services.outcomes[DENIED] += 1
             return
-        word = str(command.get("text") or "")[:MAX_TEXT_CHARS].strip().lower()
-        if word in STATUS_WORDS:
-            await ack(text=await status_text(services.status), response_type="ephemeral")
-            services.outcomes[STATUS] += 1
-            return
-        if word in HELP_WORDS or word in RESET_WORDS:
+        text = str(command.get("text") or "")[:MAX_TEXT_CHARS]
+        word = Command.HELP if not text.strip() else command_word(text)
+        if word is Command.RESET:
             # Each /rinna starts a new thread, so there is nothing to reset: say how instead.
-            hint = RESET_HINT if word in RESET_WORDS else HELP_MESSAGE
-            await ack(text=hint, response_type="ephemeral")
+            await ack(text=RESET_HINT, response_type="ephemeral")
             services.outcomes[HELP] += 1
+            return
+        if word is not Command.ASK:  # help or status: told the asker alone, in the ack
+            services.outcomes[await services.front.receive(Event(
+                command_key(command), str(command.get("trigger_id") or ""), text,
+                EphemeralAck(ack), writer=str(command.get("user_id") or ""), command=word,
+                admitted=True))] += 1
             return
 
         async def work(accepted: Ack) -> str:

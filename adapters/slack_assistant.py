@@ -1,16 +1,17 @@
 """Slack's AI-app split view (slack-bolt's AsyncAssistant) and the 「rinna に聞く」 message
-shortcut: two more ways into the same chat service.
+shortcut: two more ways through the same front door (bot/front_door.py).
 
 The assistant: `assistant_thread_started` -> a greeting and suggested prompts (Japanese);
 each user message in the assistant thread -> 「考え中…」 status, the thread titled after its
-first question, then `chat.handle` with the assistant thread as the conversation (the same
+first question, then the front door with the assistant thread as the conversation (the same
 listener work as a DM, so acknowledgement-once-recorded, resets and recovery are the same).
 Workspaces without the AI-app feature never send these events: nothing changes there (a
 thread reply in a DM still reaches this listener; the status/title calls it makes then fail
 quietly).
 
 The shortcut: on any message, answer in that message's thread, the message as the user
-turn; acknowledged first; exactly once per press (its trigger id is the delivery key). Where
+turn, written by its writer and asked by the presser (the front door's writer/asker rule);
+acknowledged first; exactly once per press (its trigger id is the delivery key). Where
 the bot cannot post (a channel, DM or group DM it is not in), the presser is told so, only
 them: through the shortcut's response_url, else chat.postEphemeral.
 """
@@ -39,7 +40,8 @@ from adapters.slack_api import PLATFORM
 from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
                                    acknowledge_when_recorded, bot_identity, parse_message, tell)
 from bot.access import AccessRequest
-from bot.conversation import ConversationKey, IncomingMessage
+from bot.conversation import ConversationKey
+from bot.front_events import Event
 from bot.notices import short_title
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ def build_assistant(services: SlackServices) -> AsyncAssistant:
             if not services.permits(message.access()):
                 return DENIED
             bot = bot_identity(context)
-            if not await services.chat.follows(message.key):  # its first question
+            if not await services.front.follows(message.key):  # its first question
                 question = await services.plain(message.text, bot)
                 if question:
                     await _quietly(set_title(title_of(question)), "assistant title")
@@ -179,9 +181,10 @@ async def answer_about(services: SlackServices, message: Any, shortcut: Mapping[
         earlier = (services.earlier(message, bot)
                    if message.thread_ts and not message.is_dm else None)
         writer = str((shortcut.get("message") or {}).get("user") or message.user)
-        incoming = IncomingMessage.asked_about(text, tag, writer=writer, asker=message.user,
-                                               message=message.delivery_key)
-        outcome = str(await services.chat.handle(key, incoming, sink, earlier=earlier))
+        # access was judged when the shortcut came; a shortcut is never redelivered
+        outcome = await services.front.receive(Event(
+            key, tag, text, sink, writer=writer, asker=message.user,
+            about=message.delivery_key, earlier=earlier, admitted=True))
     return outcome
 
 

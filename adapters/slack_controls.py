@@ -28,7 +28,6 @@ from bot.errors import RinnaError
 
 log = logging.getLogger(__name__)
 
-STATUS_WORDS = frozenset({"status", "状態", "ステータス"})
 ACTION_KEY = "action:"  # a regenerate press's request key: this and its trigger id
 # 👍/👎: the feedback_buttons element, or the plain buttons (the value says which either way)
 FEEDBACK_PRESS = re.compile("^(?:" + "|".join(sorted(map(re.escape, FEEDBACK_ACTIONS))) + ")$")
@@ -98,8 +97,9 @@ def register_controls(app: AsyncApp, services: SlackServices) -> None:
         if not allowed(body, channel):
             services.pressed["denied"] += 1
             return
-        await decide("stop", body, channel, ts, thread, lambda moderator: services.chat.stop(
-            PLATFORM, ts, user, moderator=moderator, channel=channel))
+        await decide("stop", body, channel, ts, thread,
+                     lambda moderator: services.front.controls.stop(
+                         PLATFORM, ts, user, moderator=moderator, channel=channel))
 
     @app.action(FEEDBACK_PRESS)
     async def feedback(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -111,8 +111,8 @@ def register_controls(app: AsyncApp, services: SlackServices) -> None:
             services.pressed["denied" if value in ("good", "bad") else "ignored"] += 1
             return
         await decide("feedback", body, channel, ts, thread,
-                     lambda _: services.chat.feedback(PLATFORM, ts, user, value,
-                                                      channel=channel))
+                     lambda _: services.front.controls.feedback(PLATFORM, ts, user, value,
+                                                                channel=channel))
 
     @app.action(REGENERATE)
     async def regenerate(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any],
@@ -125,13 +125,13 @@ def register_controls(app: AsyncApp, services: SlackServices) -> None:
             return
         press = str(body.get("trigger_id") or action.get("action_ts") or "")
         request_key = ACTION_KEY + press
-        answer = await services.chat.answer_at(PLATFORM, ts, channel)
+        answer = await services.front.controls.answer_at(PLATFORM, ts, channel)
         where = answer.key.thread if answer is not None else (thread or "")
         sink = services.reply(channel, where or None, request_key, user=user, team=team)
 
         async def work() -> None:
             await decide("regenerate", body, channel, ts, thread,
-                         lambda moderator: services.chat.regenerate(
+                         lambda moderator: services.front.controls.regenerate(
                              PLATFORM, ts, request_key, user, sink, moderator=moderator,
                              channel=channel))
 

@@ -19,30 +19,23 @@ from slack_bolt.async_app import AsyncAck, AsyncBoltContext
 from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
 from adapters.slack_reply import SlackReply
 from bot.access import AccessPolicy, AccessRequest
-from bot.chat import ChatService, EarlierLoader, Outcome
+from bot.chat import ChatService, Outcome
 from bot.conversation import ConversationKey
+from bot.front_door import FrontDoor, Result
+from bot.front_events import Ack, EarlierReader
 
 log = logging.getLogger(__name__)
 
-IGNORED = "ignored"
-DENIED = "denied"  # refused by the access policy: nothing said (commands: told ephemerally)
-DUPLICATE = str(Outcome.DUPLICATE)
-RESET = "reset"
-HELP = "help"
-STATUS = "status"
+# How an event ended (the front door's results and the chat service's outcomes).
+IGNORED = str(Result.IGNORED)
+DENIED = str(Result.DENIED)  # refused by the access policy (commands: told ephemerally)
+DUPLICATE = str(Result.DUPLICATE)
+HELP = str(Result.HELP)
 FAILED = str(Outcome.FAILED)
-DELETED = "deleted"
-EDITED = "edited"
-
-RESET_WORDS = frozenset({"リセット", "reset"})
-HELP_WORDS = frozenset({"", "help", "ヘルプ", "使い方"})
 # Message subtypes that are still a person writing; every other subtype (edits, deletes,
 # joins, bot messages, ...) is ignored.
 USER_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
 MAX_TEXT_CHARS = 40_000  # Slack cuts message text at 40,000 characters; more is not Slack's
-
-Ack = Callable[[], Awaitable[None]]
-
 
 @dataclass(frozen=True, slots=True)
 class BotIdentity:
@@ -105,6 +98,35 @@ def parse_message(body: Mapping[str, Any], event: Mapping[str, Any]) -> SlackMes
                         others - {team})
 
 
+def command_key(command: Mapping[str, Any]) -> ConversationKey:
+    """The channel a slash command was used in, as a conversation key."""
+    return ConversationKey(PLATFORM, str(command.get("team_id") or ""),
+                           str(command.get("channel_id") or ""))
+
+
+class EphemeralAck:
+    """A reply that is the command's acknowledgement, shown to its user alone (help,
+    status): sent once the text is final."""
+
+    def __init__(self, ack: AsyncAck) -> None:
+        self._ack = ack
+
+    async def start(self) -> None:
+        return None
+
+    async def waiting(self, position: int) -> None:
+        return None
+
+    async def update(self, text: str) -> None:
+        return None
+
+    async def finish(self, text: str) -> None:
+        await self._ack(text=text, response_type="ephemeral")
+
+    async def fail(self, message: str) -> None:
+        await self.finish(message)
+
+
 def command_access(command: Mapping[str, Any]) -> list[AccessRequest]:
     """What the access policy judges for a slash command."""
     channel = str(command.get("channel_id") or "")
@@ -126,6 +148,7 @@ class SlackServices(Tracked, Protocol):
     """What the listeners of slack_assistant and slack_controls use (slack_app.SlackHandlers)."""
 
     chat: ChatService
+    front: FrontDoor
     api: SlackApi
     policy: AccessPolicy
     pressed: Counter[str]
@@ -141,7 +164,7 @@ class SlackServices(Tracked, Protocol):
 
     async def plain(self, text: str, bot: BotIdentity) -> str: ...
 
-    def earlier(self, message: SlackMessage, bot: BotIdentity) -> EarlierLoader: ...
+    def earlier(self, message: SlackMessage, bot: BotIdentity) -> EarlierReader: ...
 
     def boundary(self, sink: SlackReply, what: str) -> AbstractAsyncContextManager[None]: ...
 

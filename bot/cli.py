@@ -32,6 +32,7 @@ from bot.config import (Settings, default_log_file, load_settings, log_level_fro
                         unknown_keys)
 from bot.errors import RinnaError, StorageError
 from bot.logs import setup_logging
+from bot.platforms import any_configured
 from bot.startup import (EXIT_CONFIG, StartParts, as_config_error, check_credentials,
                          exit_code, while_checking)
 
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # imported where used: `--help`, `--version` and `doctor` sta
     from bot.metrics import Metrics
     from bot.ports.platform import Platform
     from bot.status import Status
-    from storage.history import HistoryStore
+    from bot.ports.store import ChatStore
 
 log = logging.getLogger("rinna-bot")
 
@@ -59,7 +60,7 @@ NO_PLATFORM_NO_TERMINAL = (
 @dataclass(frozen=True, slots=True)
 class Core:
     settings: Settings
-    store: HistoryStore
+    store: ChatStore
     generator: LocalGenerator
     chat: ChatService
     metrics: Metrics | None = None
@@ -96,10 +97,10 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
     """The store, then the model (while `checks` run: their failure cancels the load)."""
     from bot.chat import ChatConfig, ChatService
     from bot.summary import build_summaries
-    from storage.history import HistoryStore
+    from storage import open_store
 
     try:  # fails fast, before the model: a path or permission the operator must fix
-        store = await HistoryStore.open(settings.database_path)
+        store = await open_store(settings.database_path)
     except StorageError as exc:
         raise as_config_error(exc) from None
     try:
@@ -136,7 +137,7 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
         await store.close()
 
 
-def build_status(settings: Settings, generator: Any, store: HistoryStore) -> Status:
+def build_status(settings: Settings, generator: Any, store: ChatStore) -> Status:
     """What /status shows: the model and where it runs (the device DEVICE=auto chose)."""
     from bot.status import Status
 
@@ -172,13 +173,14 @@ async def serve(settings: Settings, command: str, crash_hook: CrashHook | None =
             open_core(settings, metrics, crash_hook, parts, checks))
         await checks  # loaded first: the answers are due before any platform starts
         await stack.enter_async_context(retention(core.store, settings.retention_days))
-        platforms = settings.discord_enabled or settings.slack_enabled
+        platforms = any_configured(settings)
         if command == "chat" or not platforms:
             from adapters.console import run_console
+            from bot.front_door import FrontDoor
 
             if command == "run":
                 print(NO_PLATFORM_HINT, file=sys.stderr)
-            return await run_console(core.chat)
+            return await run_console(FrontDoor(core.chat))
         await run_platforms(core)
         return 0
 
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
     except RinnaError as exc:
         _say(exc)
         return EXIT_CONFIG
-    platforms = settings.discord_enabled or settings.slack_enabled
+    platforms = any_configured(settings)
     terminal_chat = args.command in ("chat", "demo") or (args.command == "run" and not platforms)
     _setup_logging(settings, terminal_chat, args.log_level)
     for line in unknown_keys():  # a misspelt key would otherwise be silently ignored

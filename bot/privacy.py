@@ -16,7 +16,9 @@ from typing import TextIO
 
 from bot.errors import ConfigError, StorageError
 from bot.ports.records import AuthoredTurn, Vote
-from storage.history import CHECKPOINT_TRIES, HistoryStore
+from bot.ports.store import ChatStore
+from storage import open_store
+from storage.history import CHECKPOINT_TRIES
 
 
 
@@ -44,13 +46,13 @@ def vote_line(vote: Vote) -> str:
     }, ensure_ascii=False)
 
 
-async def _open_existing(path: Path) -> HistoryStore:
+async def _open_existing(path: Path) -> ChatStore:
     """The database `run` created; none there is a path to fix (ConfigError: exit 2, as a
     retry cannot help), never created here."""
     if str(path) != ":memory:" and not os.path.lexists(path):  # what is there: judged by open
         raise ConfigError(f"DATABASE_PATH={path}: no database there (nothing is stored); "
                           "set DATABASE_PATH to the bot's database file")
-    return await HistoryStore.open(path)
+    return await open_store(path)
 
 
 async def export_user(path: Path, user: str, platform: str | None, out: TextIO) -> int:

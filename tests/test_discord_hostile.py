@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from adapters import discord_bot
+from adapters import discord_cogs, discord_parse
 from adapters.discord_bot import MAX_TEXT_CHARS, build_discord_bot
 from bot.conversation import ConversationKey
 from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord
@@ -24,8 +24,8 @@ N = 100_000
 ], ids=["lt", "at", "bang", "channel-digits", "role-digits", "ids", "blanks", "spaced"])
 def test_patterns_are_linear_on_100k_adversarial_text(text: str) -> None:
     start = time.perf_counter()
-    discord_bot._MENTION.sub(lambda m: "", text)
-    discord_bot._SPACES.sub(" ", text)
+    discord_parse._MENTION.sub(lambda m: "", text)
+    discord_parse._SPACES.sub(" ", text)
     assert time.perf_counter() - start < 0.5  # a few ms when linear; generous for loaded CI
 
 
@@ -33,14 +33,14 @@ async def test_text_is_cut_to_discords_limit_before_parsing(
         fake_discord: FakeDiscord, scripted, settings, store, monkeypatch) -> None:  # noqa: F811
     """Over the wire (simcord itself refuses more than 2,000 characters from a user)."""
     seen: list[int] = []
-    original = discord_bot._MENTION
+    original = discord_parse._MENTION
 
     class Recording:
         def sub(self, replace, text):  # noqa: ANN001, ANN202
             seen.append(len(text))
             return original.sub(replace, text)
 
-    monkeypatch.setattr(discord_bot, "_MENTION", Recording())
+    monkeypatch.setattr(discord_parse, "_MENTION", Recording())
     bot = build_discord_bot(scripted, settings, guild_ready_timeout=0.05)
     running = asyncio.create_task(bot.start("fake-token"))
     try:
@@ -64,13 +64,13 @@ async def test_text_is_cut_to_discords_limit_before_parsing(
 async def test_a_message_delivered_twice_is_parsed_and_answered_once(
         fake_discord: FakeDiscord, scripted, script, settings, monkeypatch) -> None:  # noqa: F811
     parsed: list[str] = []
-    original = discord_bot.readable_text
+    original = discord_cogs.readable_text
 
     def counting(message, me_id):  # noqa: ANN001, ANN202
         parsed.append(message.content)
         return original(message, me_id)
 
-    monkeypatch.setattr(discord_bot, "readable_text", counting)
+    monkeypatch.setattr(discord_cogs, "readable_text", counting)
     bot = build_discord_bot(scripted, settings, guild_ready_timeout=0.05)
     running = asyncio.create_task(bot.start("fake-token"))
     try:
