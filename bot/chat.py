@@ -34,7 +34,8 @@ from bot.context import PromptContext, PromptContexts
 from bot.prompt import clean_text
 from bot.notices import (EMPTY_ANSWER, INTERRUPTED_NOTICE, SHORTENED_NOTICE, STALE_NOTICE,
                          UNEXPECTED_ERROR, USAGE_MESSAGE, window_notice)
-from bot.summary import RollingSummaries
+from bot.summary import RollingSummaries, Summariser
+from bot.summary_request import SummaryRequests
 from bot.ports.locks import ConversationLocks, InProcessLocks
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
 from bot.ports.sinks import LocatesConversation
@@ -74,6 +75,7 @@ CrashHook = Callable[[str], None]
 @dataclass(frozen=True, slots=True)
 class ChatConfig:
     prompt_budget: int = 2048 - 128
+    context_tokens: int = 2048  # the model's window (a summary's prompt and its length)
     stream_interval_s: float = 1.0
     params: GenerationParams | None = None  # None: the generator's defaults
 
@@ -100,6 +102,7 @@ class ChatService:
         on_feedback: Callable[[str, str], None] | None = None,  # (platform, value): metrics
         locks: ConversationLocks | None = None,  # None: in-process (one process per database)
         summaries: RollingSummaries | None = None,  # None: SUMMARY=off
+        summary_requests: SummaryRequests | None = None,  # None: SUMMARY_TOKENS' default
     ) -> None:
         self.store = store
         self.generator = generator
@@ -118,6 +121,9 @@ class ChatService:
         self.window = HistoryWindow(store, tokenizer, config.prompt_budget)
         self.summaries = summaries
         self.contexts = PromptContexts(store, self.window, summaries)
+        self.summary_requests = summary_requests or SummaryRequests(Summariser(
+            generator, tokenizer, config.context_tokens, GenerationParams(max_new_tokens=200)),
+            self.window)
         self.controls = AnswerControls(store, self.running, self._locks, self._redo,
                                        lambda: self._closing, on_feedback)
 
@@ -205,9 +211,12 @@ class ChatService:
     async def handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                      *, earlier: EarlierLoader | None = None, addressed: bool = True,
                      accepted: Callable[[], Awaitable[None]] | None = None,
-                     stream_interval_s: float | None = None) -> Outcome:
+                     stream_interval_s: float | None = None, summary: bool = False) -> Outcome:
+        """Answer `message` into `sink`, exactly once (see `_handle`). `summary`: the message
+        asks for a summary (bot/summary_request.py); `earlier` then reads what to summarise."""
         outcome = await self._handle(key, message, sink, earlier=earlier, addressed=addressed,
-                                     accepted=accepted, stream_interval_s=stream_interval_s)
+                                     accepted=accepted, stream_interval_s=stream_interval_s,
+                                     summary=summary)
         if self._on_outcome is not None:
             self._on_outcome(key.platform, outcome)
         return outcome
@@ -215,7 +224,7 @@ class ChatService:
     async def _handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                       *, earlier: EarlierLoader | None = None, addressed: bool = True,
                       accepted: Callable[[], Awaitable[None]] | None = None,
-                      stream_interval_s: float | None = None) -> Outcome:
+                      stream_interval_s: float | None = None, summary: bool = False) -> Outcome:
         """Answer `message` into `sink`, exactly once.
 
         `earlier` loads the thread's earlier messages; they are imported (under the
@@ -238,6 +247,8 @@ class ChatService:
             text = clean_text(message.text).strip()
             if not addressed and (not text or not await self.follows(key)):
                 return Outcome.IGNORED
+            if summary:  # noted first: its record is then always read as a summary request
+                await self.store.mark_summary_request(key.platform, message.delivery_key)
             delivery = await self.store.accept(key, message.delivery_key, text,
                                                 message.author or None,
                                                 message.asker or None, message.sources)
@@ -474,6 +485,8 @@ class ChatService:
         current = await self.store.delivery(delivery.platform, delivery.delivery_key)
         if current is not None and current.final is not None:
             return current.final  # answered before a crash; only showing it was left
+        if await self.store.is_summary_request(delivery.platform, delivery.delivery_key):
+            return await self._summary(delivery, earlier)
         if earlier is not None and (current is None or current.turn_id is None) \
                 and not await self.store.has_turns(delivery.conversation):
             try:
@@ -498,6 +511,24 @@ class ChatService:
             final = f"{final}\n\n{window_notice(context.unread, self.summaries is not None)}"
         if stopped:
             final = f"{final}\n\n{STOPPED_MARK}".strip()
+        await self.store.store_answer(delivery, answer, final)
+        self._point("answer_stored")
+        return final
+
+    async def _summary(self, delivery: Delivery, source: EarlierLoader | None) -> str:
+        """A summary asked for: written from `source` (or the stored history), stored as the
+        answer to the request's turn, like any answer. Runs under the lock."""
+        turn_id = await self.store.store_user_turn(delivery)
+        self._point("user_turn")
+        material = await self.summary_requests.material(delivery, turn_id, source)
+        parts: list[str] = []
+
+        async def write() -> None:
+            parts.append(await self.summary_requests.write(material, owner_of(delivery)))
+
+        stopped = await self.running.generate((delivery.platform, delivery.delivery_key), write)
+        answer = "".join(parts)
+        final = f"{answer}\n\n{STOPPED_MARK}".strip() if stopped else answer
         await self.store.store_answer(delivery, answer, final)
         self._point("answer_stored")
         return final

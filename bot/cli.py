@@ -97,6 +97,7 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
     """The store, then the model (while `checks` run: their failure cancels the load)."""
     from bot.chat import ChatConfig, ChatService
     from bot.summary import build_summaries
+    from bot.summary_request import build_summary_requests
     from storage import open_store
 
     try:  # fails fast, before the model: a path or permission the operator must fix
@@ -120,11 +121,13 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                 metrics.model_loaded = True
             summaries = build_summaries(settings, store, served, generator.tokenizer)
             chat = ChatService(store, served, generator.tokenizer, ChatConfig(
-                prompt_budget=settings.prompt_budget,
+                prompt_budget=settings.prompt_budget, context_tokens=settings.context_tokens,
                 stream_interval_s=settings.stream_interval_s),
                 on_outcome=metrics.count_outcome if metrics is not None else None,
                 on_feedback=metrics.count_feedback if metrics is not None else None,
-                crash_hook=crash_hook, summaries=summaries)
+                crash_hook=crash_hook, summaries=summaries,
+                summary_requests=build_summary_requests(settings, store, served,
+                                                        generator.tokenizer))
             yield Core(settings, store, generator, chat, metrics,
                        build_status(settings, generator, store))
         finally:

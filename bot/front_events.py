@@ -21,6 +21,7 @@ class Command(StrEnum):
     RESET = "reset"  # start the conversation afresh (confirmed in the conversation)
     HELP = "help"  # how to use the bot, in the sink
     STATUS = "status"  # the bot's state, in the sink
+    SUMMARY = "summary"  # summarise the thread (or the channel's last messages) into the sink
 
 
 # The words people write for a command (a mention's text, a slash command's argument),
@@ -29,6 +30,7 @@ COMMAND_WORDS: dict[Command, frozenset[str]] = {
     Command.RESET: frozenset({"リセット", "reset"}),
     Command.HELP: frozenset({"help", "ヘルプ", "使い方"}),
     Command.STATUS: frozenset({"status", "ステータス", "状態"}),
+    Command.SUMMARY: frozenset({"要約", "summary", "まとめ", "要約して"}),
 }
 
 

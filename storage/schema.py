@@ -111,6 +111,8 @@ MIGRATIONS: tuple[str, ...] = (
     # written under; a reset makes it stale); deleting, editing or forgetting any turn it
     # covers deletes it in the same transaction (storage/summaries.py). `window_notices`: the history_start under which
     # the "earlier messages were not read" notice was shown (once per conversation).
+    # `summary_requests`: platform messages that asked for a summary (「要約」), written before
+    # their delivery is recorded, so a restart finishes them as summaries.
     # New tables only: independent of the other migrations.
     """
     CREATE TABLE summaries (
@@ -120,6 +122,11 @@ MIGRATIONS: tuple[str, ...] = (
         since           INTEGER NOT NULL,
         created_at      REAL NOT NULL
     );
+    CREATE TABLE summary_requests (  -- deliveries that ask for a summary, not an answer
+        platform     TEXT NOT NULL,
+        delivery_key TEXT NOT NULL,
+        PRIMARY KEY (platform, delivery_key)
+    ) WITHOUT ROWID;
     CREATE TABLE window_notices (
         conversation_id INTEGER PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
         since           INTEGER NOT NULL

@@ -90,6 +90,19 @@ class SummaryRecords:
             (conversation, after if after is not None else 0, before))).fetchone()
         return int(row[0])
 
+    async def mark_summary_request(self, platform: str, delivery_key: str) -> None:
+        """The message `delivery_key` asks for a summary: noted before it is recorded (a
+        crash between leaves a harmless note), so its record is always read as one."""
+        async with self._transaction() as db:
+            await db.execute("INSERT OR IGNORE INTO summary_requests (platform, delivery_key)"
+                             " VALUES (?, ?)", (platform, delivery_key))
+
+    async def is_summary_request(self, platform: str, delivery_key: str) -> bool:
+        row = await (await self._db.execute(
+            "SELECT 1 FROM summary_requests WHERE platform = ? AND delivery_key = ?",
+            (platform, delivery_key))).fetchone()
+        return row is not None
+
     async def note_window_notice(self, conversation: int) -> bool:
         """True the first time since the conversation's last reset (the notice is then
         shown); False after that."""

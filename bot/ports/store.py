@@ -80,6 +80,10 @@ class SummaryStore(Protocol):
 
     async def note_window_notice(self, conversation: int) -> bool: ...
 
+    async def mark_summary_request(self, platform: str, delivery_key: str) -> None: ...
+
+    async def is_summary_request(self, platform: str, delivery_key: str) -> bool: ...
+
 
 class FeedbackStore(Protocol):
     """👍/👎 on answers, and the counts the status shows."""
