@@ -36,6 +36,7 @@ from adapters.slack_events import (DENIED, DUPLICATE, FAILED, HELP, IGNORED, MAX
                                    command_key, parse_message)
 from adapters.slack_reply import COMMAND, SlackCommandReply, SlackReply, respond_ephemeral
 from adapters.slack_stream import StreamSupport
+from adapters.slack_summary import channel_reader, register_summary_shortcut, thread_reader
 from adapters.slack_text import (
     mentions,
     strip_mention,
@@ -68,6 +69,8 @@ HELP_MESSAGE = (
     "• スレッドで `@rinna リセット` … そのスレッドの会話を最初からやり直します。\n"
     "• DM でもそのまま話しかけられます（`リセット` でやり直し）。\n"
     "• メッセージのメニューの「rinna に聞く」… そのメッセージについてスレッドで答えます。\n"
+    "• メッセージのメニューの「要約」、スレッドで `@rinna 要約` … スレッドを要約します"
+    "（スレッドの外ではチャンネルの最近のメッセージ。`/rinna 要約` も同じ）。\n"
     "• 回答の「停止」「もう一度」👍👎 ボタン … 止める・答え直す・評価する。\n"
     "• `/rinna status` … ボットの状態（あなたにだけ表示）。\n"
     f"{USAGE_MESSAGE}"
@@ -98,6 +101,7 @@ class SlackHandlers:
     moderators: Moderators | None = None  # made by register_controls if unset
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
     status: StatusSource | None = None  # for `/rinna status` (None: not available)
+    summary_messages: int = 100  # SUMMARY_CHANNEL_MESSAGES: 「要約」 outside a thread reads these
     front: FrontDoor = field(init=False)  # the core's way in, with this platform's policy
 
     def __post_init__(self) -> None:
@@ -141,7 +145,8 @@ class SlackHandlers:
                           team=delivery.key.workspace)
 
     async def on_command(self, command: Mapping[str, Any], respond: AsyncRespond,
-                         bot: BotIdentity, ack: Ack | None = None) -> str:
+                         bot: BotIdentity, ack: Ack | None = None,
+                         word: Command = Command.ASK) -> str:
         # Slack does not retry a command: it is recorded (under its trigger id, with its text)
         # before the question is posted, so a crash in between loses nothing; the sink posts
         # the question (or finds it by its metadata after a restart) and the record moves to
@@ -162,8 +167,11 @@ class SlackHandlers:
         outcome = FAILED
         async with self.boundary(sink, f"{COMMAND} {tag} in {channel}"):
             # access was judged before the command was acknowledged (see `register`)
+            earlier = (channel_reader(self, channel, None, bot)  # `/rinna 要約`
+                       if word is Command.SUMMARY else None)
             outcome = await self.front.receive(Event(key, tag, question, sink, writer=user,
-                                                     accepted=ack))
+                                                     accepted=ack, command=word,
+                                                     earlier=earlier))
         return outcome
 
     async def _answer(self, message: SlackMessage, bot: BotIdentity, *, addressed: bool,
@@ -176,11 +184,16 @@ class SlackHandlers:
         outcome = FAILED
         async with self.boundary(sink, f"message {message.delivery_key} in {key}"):
             text = await self.plain(message.text, bot)
-            command = command_word(text, (Command.RESET,)) if addressed else Command.ASK
+            command = (command_word(text, (Command.RESET, Command.SUMMARY)) if addressed
+                       else Command.ASK)
             if command is Command.ASK and not text and not (via_mention or message.is_dm):
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
             earlier = (self.earlier(message, bot)
                        if message.thread_ts and not message.is_dm else None)
+            if command is Command.SUMMARY and not message.is_dm:  # what it asks to summarise
+                earlier = (thread_reader(self, message.channel, message.thread_ts, bot,
+                                         before=message.ts) if message.thread_ts
+                           else channel_reader(self, message.channel, message.ts, bot))
             # Access and redelivery were judged before the text was parsed (names looked up).
             outcome = await self.front.receive(Event(
                 key, message.delivery_key, text, sink, writer=message.user, command=command,
@@ -199,7 +212,7 @@ class SlackHandlers:
 
         async def read() -> list[EarlierMessage]:
             items = self._within_budget(await self._thread_messages(message), bot)
-            return [await self._earlier_message(message.channel, item, bot) for item in items]
+            return [await self.earlier_message(message.channel, item, bot) for item in items]
 
         return read
 
@@ -239,7 +252,7 @@ class SlackHandlers:
         keep = self.front.reachable(texts)
         return list(items[len(items) - keep:]) if keep else []
 
-    async def _earlier_message(self, channel: str, item: Mapping[str, Any],
+    async def earlier_message(self, channel: str, item: Mapping[str, Any],
                                bot: BotIdentity) -> EarlierMessage:
         """One of the thread's messages and who wrote it (the front door sorts them)."""
         text = str(item.get("text") or "")[:MAX_TEXT_CHARS]
@@ -323,6 +336,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     app.assistant(build_assistant(services))
     register_edits(app, services)  # first: see register_edits
     register_shortcut(app, services)
+    register_summary_shortcut(app, services)
     register_controls(app, services)
 
     @app.event("app_mention")
@@ -364,7 +378,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             await ack(text=RESET_HINT, response_type="ephemeral")
             services.outcomes[HELP] += 1
             return
-        if word is not Command.ASK:  # help or status: told the asker alone, in the ack
+        if word not in (Command.ASK, Command.SUMMARY):  # help, status: the asker alone
             services.outcomes[await services.front.receive(Event(
                 command_key(command), str(command.get("trigger_id") or ""), text,
                 EphemeralAck(ack), writer=str(command.get("user_id") or ""), command=word,
@@ -372,6 +386,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             return
 
         async def work(accepted: Ack) -> str:
-            return await services.on_command(command, respond, bot_identity(context), accepted)
+            return await services.on_command(command, respond, bot_identity(context), accepted,
+                                             word)
 
         await acknowledge_when_recorded(services, ack, work, FAILED)

@@ -271,7 +271,8 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
                    signing_secret=secret.get_secret_value() if secret is not None else "")
     api = SlackApi(client)
     handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings),
-                             status=status)
+                             status=status,
+                             summary_messages=settings.summary_channel_messages)
     register(app, handlers)
     return SlackService(app, handlers, settings, host)
 
