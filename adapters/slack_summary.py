@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Protocol
 
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 
 from adapters.slack_api import HISTORY_PAGE, PLATFORM
-from adapters.slack_events import FAILED, IGNORED, DENIED, SlackMessage, bot_identity
+from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
+                                   bot_identity)
 from adapters.slack_reply import QUESTION_PART, REPLY_EVENT
 from adapters.slack_text import ts_order
 from bot.access import AccessRequest
@@ -23,8 +25,18 @@ from bot.front_events import Command, EarlierMessage, EarlierReader, Event
 if TYPE_CHECKING:
     from slack_bolt.app.async_app import AsyncApp
 
-    from adapters.slack_app import SlackHandlers
     from adapters.slack_events import BotIdentity
+
+
+class SlackHandlers(SlackServices, Protocol):
+    """What 「要約」 uses of adapters.slack_app.SlackHandlers."""
+
+    outcomes: Counter[str]
+    background: set[asyncio.Task[Any]]
+    summary_messages: int
+
+    async def earlier_message(self, channel: str, item: Mapping[str, Any],
+                              bot: BotIdentity) -> EarlierMessage: ...
 
 SUMMARY_SHORTCUT = "rinna_summary"  # the message shortcut's callback_id (slack-manifest.yml)
 SUMMARY_KEY = "summary:"  # a shortcut press's delivery key: this and its trigger id
