@@ -485,7 +485,7 @@ class ChatService:
         current = await self.store.delivery(delivery.platform, delivery.delivery_key)
         if current is not None and current.final is not None:
             return current.final  # answered before a crash; only showing it was left
-        if await self.store.is_summary_request(delivery.platform, delivery.delivery_key):
+        if await self._asks_summary(delivery):
             return await self._summary(delivery, earlier)
         if earlier is not None and (current is None or current.turn_id is None) \
                 and not await self.store.has_turns(delivery.conversation):
@@ -515,12 +515,27 @@ class ChatService:
         self._point("answer_stored")
         return final
 
+    async def _asks_summary(self, delivery: Delivery) -> bool:
+        """A summary request, or 「もう一度」 on the answer to one."""
+        return any([await self.store.is_summary_request(delivery.platform, key)
+                    for key in (delivery.delivery_key, delivery.replaces) if key])
+
     async def _summary(self, delivery: Delivery, source: EarlierLoader | None) -> str:
-        """A summary asked for: written from `source` (or the stored history), stored as the
-        answer to the request's turn, like any answer. Runs under the lock."""
+        """A summary asked for: written from what `source` reads (or the stored history),
+        stored as the answer to the request's turn, like any answer. Runs under the lock."""
+        read = None
+        if source is not None:
+            try:
+                read = await source()
+            except Exception as exc:  # the platform could not be read: the stored history
+                log.warning("%s: could not read the messages to summarise (%s); summarising "
+                            "the stored history", delivery.key, type(exc).__name__)
+            else:
+                if not await self.store.has_turns(delivery.conversation):
+                    await self._import(delivery.key, read)  # joined, as by a first question
         turn_id = await self.store.store_user_turn(delivery)
         self._point("user_turn")
-        material = await self.summary_requests.material(delivery, turn_id, source)
+        material = await self.summary_requests.material(delivery, turn_id, read)
         parts: list[str] = []
 
         async def write() -> None:

@@ -4,14 +4,16 @@ mention saying 要約): written by the model from the thread's messages, posted 
 It goes through the chat service like any answer (bot/chat.py): recorded before the platform
 is told, its placeholder kept, the person's fair share of the generator, exactly once across
 redeliveries and restarts (the record notes it is a summary request, so a restart finishes it
-as one). What it summarises: the messages the platform shows (the thread, or a channel's last
-messages), read whole up to a cap; without them (a DM, the console, a restart) the stored
-history. Long material is summarised in chunks that fit the window (bot/summary.py).
+as one, and 「もう一度」 on it writes a summary again). What it summarises: the messages the
+platform shows (the thread, or a channel's last messages), read whole up to a cap; without them
+(a DM, the console, a restart, a regeneration) the stored history. A thread the bot had not
+joined is read into the history as a first question would read it. Long material is
+summarised in chunks that fit the window (bot/summary.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bot.conversation import Turn
@@ -32,8 +34,6 @@ SUMMARY_HEADING_CAPPED = "新しい{count}件のメッセージの要約です�
 NOTHING_TO_SUMMARISE = "要約するメッセージがまだありません。"
 SUMMARY_FAILED = "要約をうまく書けませんでした。しばらくしてから、もう一度お試しください。"
 
-SourceLoader = Callable[[], Awaitable[Sequence[ImportedTurn]]]
-
 
 class SummaryFailed(RinnaError):
     user_message = SUMMARY_FAILED
@@ -45,12 +45,11 @@ class SummaryRequests:
         self.window = window
 
     async def material(self, delivery: Delivery, turn_id: int,
-                       source: SourceLoader | None) -> list[Turn]:
-        """What to summarise: the platform's messages when it can show them (the bot's
-        notices left out), else the stored history before the request."""
-        if source is not None:
-            return [kept for item in await source()
-                    if (kept := as_history(item[0])) is not None]
+                       read: Sequence[ImportedTurn] | None) -> list[Turn]:
+        """What to summarise: the platform's messages when it could show them (`read`; the
+        bot's notices left out), else the stored history before the request."""
+        if read is not None:
+            return [kept for item in read if (kept := as_history(item[0])) is not None]
         stored = await self.window.after(delivery.conversation, None)
         return [s.turn for s in stored if s.id < turn_id]
 

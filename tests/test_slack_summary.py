@@ -78,7 +78,7 @@ async def test_the_shortcut_summarises_the_thread_in_it_once(harness) -> None:  
     assert "利用者: 猫の話0" in prompt and "rinna: 猫の話1" in prompt  # who wrote what
     assert generator.owners == ["slack:U1"]  # the presser's share
     turns = await slack.turns(ConversationKey("slack", TEAM, "C1", T0))
-    assert [t.speaker for t in turns] == [Speaker.USER, Speaker.SYSTEM]
+    assert [t.text for t in turns[-2:]] == ["要約", summary_text(slack, "C1", T0)]
     assert await interact(slack, press) == 200  # the same press again: not answered again
     await slack.settled(2)
     assert len(generator.prompts) == 1 and len(slack.fake.posts("C1", T0)) == 1

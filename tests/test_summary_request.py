@@ -71,8 +71,10 @@ async def test_a_1000_message_thread_is_summarised_once_in_bounded_calls(
     assert recording.summaries() == []  # a person waits for it: not background work
     assert all(len(tokenizer.encode(p)) + SEEDED.max_new_tokens <= settings.context_tokens
                for p in prompts)
-    assert await history(store, KEY) == [(Speaker.USER, "要約"),
-                                         (Speaker.SYSTEM, final)]  # stored like an answer
+    stored = await history(store, KEY)
+    assert stored[-2:] == [(Speaker.USER, "要約"), (Speaker.SYSTEM, final)]  # like an answer
+    assert 0 < len(stored) - 2 < 1000  # the thread joined as a first question joins it
+    assert stored[-3] == (Speaker.SYSTEM, "猫999")
     again = RecordingSink()
     assert await door.receive(Event(KEY, "s1", "要約", again, writer="U2",
                                     command=Command.SUMMARY,
@@ -139,8 +141,9 @@ async def test_a_crash_then_redelivery_posts_one_summary(
     written = "一度目の要約" if point in ("answer_stored", "shown") else "二度目の要約"
     assert board.visible() == [f"これまでの10件のメッセージの要約です。\n{written}"]
     assert len(generator.prompts) == (0 if written == "一度目の要約" else 1)
-    assert [speaker for speaker, _ in await history(store, KEY)] == [Speaker.USER,
-                                                                     Speaker.SYSTEM]
+    stored = await history(store, KEY)
+    assert [speaker for speaker, _ in stored].count(Speaker.USER) == 6  # 5 read in, 要約
+    assert stored[-2:] == [(Speaker.USER, "要約"), (Speaker.SYSTEM, board.visible()[0])]
 
 
 async def test_a_crash_then_restart_finishes_it_as_a_summary(
@@ -159,3 +162,18 @@ async def test_a_crash_then_restart_finishes_it_as_a_summary(
     # no platform reader after a restart: the stored history (nothing yet) is what it reads,
     # and the request is never answered as the question 「要約」
     assert board.visible() == [NOTHING_TO_SUMMARISE] and generator.prompts == []
+
+
+async def test_moichido_on_a_summary_writes_a_summary_again(
+        store: HistoryStore, tokenizer: Tokenizer, settings: Settings) -> None:
+    from tests.test_controls import ButtonSink
+
+    generator = ScriptedGenerator(["最初の要約"], default="次の要約")
+    chat = summary_chat(store, generator, tokenizer, settings)
+    sink = ButtonSink()
+    await FrontDoor(chat).receive(Event(KEY, "s1", "要約", sink, writer="U2",
+                                        command=Command.SUMMARY, earlier=reader(thread_of(10))))
+    again = ButtonSink()
+    assert await chat.regenerate("test", sink.ref, "r1", "U2", again) == "done"
+    assert again.final() == "これまでの10件のメッセージの要約です。\n次の要約"
+    assert generator.prompts[-1].startswith("ユーザー: 次の会話を日本語で短く要約してください。")
