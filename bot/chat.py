@@ -486,7 +486,7 @@ class ChatService:
         if current is not None and current.final is not None:
             return current.final  # answered before a crash; only showing it was left
         if await self._asks_summary(delivery):
-            return await self._summary(delivery, earlier)
+            return await self._summary(delivery, current, earlier)
         if earlier is not None and (current is None or current.turn_id is None) \
                 and not await self.store.has_turns(delivery.conversation):
             try:
@@ -520,7 +520,8 @@ class ChatService:
         return any([await self.store.is_summary_request(delivery.platform, key)
                     for key in (delivery.delivery_key, delivery.replaces) if key])
 
-    async def _summary(self, delivery: Delivery, source: EarlierLoader | None) -> str:
+    async def _summary(self, delivery: Delivery, current: Delivery | None,
+                       source: EarlierLoader | None) -> str:
         """A summary asked for: written from what `source` reads (or the stored history),
         stored as the answer to the request's turn, like any answer. Runs under the lock."""
         read = None
@@ -535,6 +536,7 @@ class ChatService:
                     await self._import(delivery.key, read)  # joined, as by a first question
         turn_id = await self.store.store_user_turn(delivery)
         self._point("user_turn")
+        await self._note_retired(current, delivery)  # as for an answer: buttons, overtaking
         material = await self.summary_requests.material(delivery, turn_id, read)
         parts: list[str] = []
 

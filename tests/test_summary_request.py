@@ -176,4 +176,5 @@ async def test_moichido_on_a_summary_writes_a_summary_again(
     again = ButtonSink()
     assert await chat.regenerate("test", sink.ref, "r1", "U2", again) == "done"
     assert again.final() == "これまでの10件のメッセージの要約です。\n次の要約"
+    assert sink.ref in again.retired  # the first summary lost 「もう一度」, as an answer does
     assert generator.prompts[-1].startswith("ユーザー: 次の会話を日本語で短く要約してください。")
