@@ -30,7 +30,7 @@ COMMAND_WORDS: dict[Command, frozenset[str]] = {
     Command.RESET: frozenset({"リセット", "reset"}),
     Command.HELP: frozenset({"help", "ヘルプ", "使い方"}),
     Command.STATUS: frozenset({"status", "ステータス", "状態"}),
-    Command.SUMMARY: frozenset({"要約", "summary", "まとめ", "要約して"}),
+    Command.SUMMARY: frozenset({"要約", "summary", "まとめ"}),
 }
 
 

@@ -51,7 +51,8 @@ def summary_chat(store: HistoryStore, generator: object, tokenizer: Tokenizer,
 def test_the_summary_words() -> None:
     for word in ("要約", "summary", " まとめ "):
         assert command_word(word) is Command.SUMMARY
-    assert command_word("要約して、猫の話を") is Command.ASK  # a question that says 要約
+    assert command_word("要約して") is Command.ASK  # a question that says 要約
+    assert command_word("要約して、猫の話を") is Command.ASK
 
 
 async def test_a_1000_message_thread_is_summarised_once_in_bounded_calls(
