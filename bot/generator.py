@@ -6,8 +6,8 @@ one callback per engine step (not per character). `stream()` is vLLM-style: an a
 iterator of text deltas; cancelling or abandoning it aborts the request in the worker.
 
 Who runs next is the scheduler's business (`bot.scheduler`: a queue per owner, round-robin,
-per-user and total bounds, positions, and the background class); the engine (`bot.engine`, torch) runs the batch and is
-imported only by the worker's factory. Importing this module does not import torch.
+per-user and total bounds, positions, and the background class); the engine (`bot.engine`,
+torch) runs the batch and is imported only by the worker's factory. Importing this module does not import torch.
 
 Background requests (`stream(..., background=True)`, e.g. a rolling summary) run only while no
 person's request waits. When one arrives, the worker aborts them before its next step (so a

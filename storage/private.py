@@ -57,7 +57,8 @@ class PrivateRecords:
         reached = (platform, delivery_key, platform, delivery_key)
         async with self._transaction() as db:
             await db.execute(stale_summaries(
-                f"SELECT turn_id FROM deliveries WHERE platform=? AND delivery_key IN ({_REACHED})"),
+                "SELECT turn_id FROM deliveries WHERE platform=?"
+                f" AND delivery_key IN ({_REACHED})"),
                 (platform, *reached))
             cursor = await db.execute(
                 "DELETE FROM turns WHERE id IN (SELECT turn_id FROM deliveries WHERE platform=?"

@@ -109,8 +109,9 @@ MIGRATIONS: tuple[str, ...] = (
     # conversation's rolling summary of the turns that fell out of the model's window. It
     # covers the turns with `history_start` < id <= `upto` (`since`: the history_start it was
     # written under; a reset makes it stale); deleting, editing or forgetting any turn it
-    # covers deletes it in the same transaction (storage/summaries.py). `window_notices`: the history_start under which
-    # the "earlier messages were not read" notice was shown (once per conversation).
+    # covers deletes it in the same transaction (storage/summaries.py). `window_notices`: the
+    # history_start under which the "earlier messages were not read" notice was shown (once
+    # per conversation).
     # `summary_requests`: platform messages that asked for a summary (「要約」), written before
     # their delivery is recorded, so a restart finishes them as summaries.
     # New tables only: independent of the other migrations.

@@ -19,8 +19,8 @@ from bot.history_window import HistoryWindow
 from bot.notices import as_history, window_notice
 from bot.privacy import forget_user
 from bot.prompt import SEPARATOR, format_turn
-from bot.summary import (INSTRUCTION, INSTRUCTION_AFTER, MAX_CALLS, SUMMARY_QUESTION, RollingSummaries,
-                         Summariser, exchange)
+from bot.summary import (INSTRUCTION, INSTRUCTION_AFTER, MAX_CALLS, SUMMARY_QUESTION,
+                         RollingSummaries, Summariser, exchange)
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink
