@@ -30,6 +30,7 @@ from discord.ext import commands
 from adapters.discord_cogs import (ASK_ABOUT, ASK_ABOUT_HERE, ASK_ABOUT_UNREADABLE,
                                    ASK_ABOUT_WHERE, HELP_MESSAGE, RESET_WHERE, ChatCog,
                                    MessageEditsCog, StatusCog)
+from adapters.discord_summary import SummaryCog
 from adapters.discord_config import ConfigCog
 from adapters.discord_controls import AnswerControls, ControlsView
 from adapters.discord_files import discord_fetcher
@@ -78,6 +79,7 @@ class RinnaDiscordBot(commands.Bot):
         await self.add_cog(ChatCog(self))
         await self.add_cog(MessageEditsCog(self))
         await self.add_cog(StatusCog(self))
+        await self.add_cog(SummaryCog(self, self.settings.summary_channel_messages))
         await self.add_cog(ConfigCog(self))
         # One persistent view receives the buttons of every answer, also of answers posted
         # before this process started (stable custom_ids; nothing per message is kept).

@@ -40,6 +40,7 @@ from adapters.slack_events import (DENIED, DUPLICATE, FAILED, HELP, IGNORED,
                                    command_key, parse_message)
 from adapters.slack_reply import COMMAND, SlackCommandReply, SlackReply, respond_ephemeral
 from adapters.slack_stream import StreamSupport
+from adapters.slack_summary import channel_reader, register_summary_shortcut, thread_reader
 from adapters.slack_text import (
     mentions,
     strip_mention,
@@ -73,6 +74,8 @@ HELP_MESSAGE = (
     "• スレッドで `@rinna リセット` … そのスレッドの会話を最初からやり直します。\n"
     "• DM でもそのまま話しかけられます（`リセット` でやり直し）。\n"
     "• メッセージのメニューの「rinna に聞く」… そのメッセージについてスレッドで答えます。\n"
+    "• メッセージのメニューの「要約」、スレッドで `@rinna 要約` … スレッドを要約します"
+    "（スレッドの外ではチャンネルの最近のメッセージ。`/rinna 要約` も同じ）。\n"
     "• 回答の「停止」「もう一度」👍👎 ボタン … 止める・答え直す・評価する。\n"
     "• `/rinna status` … ボットの状態（あなたにだけ表示）。\n"
     f"{USAGE_MESSAGE}"
@@ -104,6 +107,7 @@ class SlackHandlers:
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
     status: StatusSource | None = None  # for `/rinna status` (None: not available)
     files: Fetcher | None = None  # downloads shared files from Slack (None: not read)
+    summary_messages: int = 100  # SUMMARY_CHANNEL_MESSAGES: 「要約」 outside a thread reads these
     front: FrontDoor = field(init=False)  # the core's way in, with this platform's policy
 
     def __post_init__(self) -> None:
@@ -147,7 +151,8 @@ class SlackHandlers:
                           team=delivery.key.workspace)
 
     async def on_command(self, command: Mapping[str, Any], respond: AsyncRespond,
-                         bot: BotIdentity, ack: Ack | None = None) -> str:
+                         bot: BotIdentity, ack: Ack | None = None,
+                         word: Command = Command.ASK) -> str:
         # Slack does not retry a command: it is recorded (under its trigger id, with its text)
         # before the question is posted, so a crash in between loses nothing; the sink posts
         # the question (or finds it by its metadata after a restart) and the record moves to
@@ -168,8 +173,11 @@ class SlackHandlers:
         outcome = FAILED
         async with self.boundary(sink, f"{COMMAND} {tag} in {channel}"):
             # access was judged before the command was acknowledged (see `register`)
+            earlier = (channel_reader(self, channel, None, bot)  # `/rinna 要約`
+                       if word is Command.SUMMARY else None)
             outcome = await self.front.receive(Event(key, tag, question, sink, writer=user,
-                                                     accepted=ack))
+                                                     accepted=ack, command=word,
+                                                     earlier=earlier))
         return outcome
 
     async def _answer(self, message: SlackMessage, bot: BotIdentity, *, addressed: bool,
@@ -182,8 +190,8 @@ class SlackHandlers:
         outcome = FAILED
         async with self.boundary(sink, f"message {message.delivery_key} in {key}"):
             text = await self.plain(message.text, bot)
-            command = (command_word(text, (Command.RESET, Command.CONFIG)) if addressed
-                       else Command.ASK)
+            command = (command_word(text, (Command.RESET, Command.SUMMARY, Command.CONFIG))
+                       if addressed else Command.ASK)
             if command is Command.CONFIG:  # `@rinna 設定 …`: answered to that person alone
                 return await config_in_thread(self.front, self.api, text, message, ack)
             if (command is Command.ASK and not text and not message.files
@@ -191,6 +199,10 @@ class SlackHandlers:
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
             earlier = (self.earlier(message, bot)
                        if message.thread_ts and not message.is_dm else None)
+            if command is Command.SUMMARY and not message.is_dm:  # what it asks to summarise
+                earlier = (thread_reader(self, message.channel, message.thread_ts, bot,
+                                         before=message.ts) if message.thread_ts
+                           else channel_reader(self, message.channel, message.ts, bot))
             # Access and redelivery were judged before the text was parsed (names looked up).
             outcome = await self.front.receive(Event(
                 key, message.delivery_key, text, sink, writer=message.user, command=command,
@@ -209,7 +221,7 @@ class SlackHandlers:
 
         async def read() -> list[EarlierMessage]:
             items = self._within_budget(await self._thread_messages(message), bot)
-            return [await self._earlier_message(message.channel, item, bot) for item in items]
+            return [await self.earlier_message(message.channel, item, bot) for item in items]
 
         return read
 
@@ -249,7 +261,7 @@ class SlackHandlers:
         keep = self.front.reachable(texts)
         return list(items[len(items) - keep:]) if keep else []
 
-    async def _earlier_message(self, channel: str, item: Mapping[str, Any],
+    async def earlier_message(self, channel: str, item: Mapping[str, Any],
                                bot: BotIdentity) -> EarlierMessage:
         """One of the thread's messages and who wrote it (the front door sorts them)."""
         text = str(item.get("text") or "")[:MAX_TEXT_CHARS]
@@ -290,6 +302,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     app.assistant(build_assistant(services))
     register_edits(app, services)  # first: see register_edits
     register_shortcut(app, services)
+    register_summary_shortcut(app, services)
     register_controls(app, services)
     register_home(app, services.front, services.api, services.outcomes)
 
@@ -333,7 +346,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             services.outcomes[HELP] += 1
             return
         user = str(command.get("user_id") or "")
-        if word is not Command.ASK:  # help, status, config: told the asker alone, in the ack
+        if word not in (Command.ASK, Command.SUMMARY):  # help, status, config: the asker alone
             member = (await slack_member(services.api, user, command_key(command).workspace)
                       if word is Command.CONFIG else None)
             services.outcomes[await services.front.receive(Event(
@@ -347,6 +360,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             return
 
         async def work(accepted: Ack) -> str:
-            return await services.on_command(command, respond, bot_identity(context), accepted)
+            return await services.on_command(command, respond, bot_identity(context), accepted,
+                                             word)
 
         await acknowledge_when_recorded(services, ack, work, FAILED)

@@ -272,7 +272,8 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
                    signing_secret=secret.get_secret_value() if secret is not None else "")
     api = SlackApi(client)
     handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings),
-                             status=status, files=slack_fetcher(settings))
+                             status=status, files=slack_fetcher(settings),
+                             summary_messages=settings.summary_channel_messages)
     register(app, handlers)
     return SlackService(app, handlers, settings, host)
 

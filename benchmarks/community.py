@@ -68,7 +68,7 @@ async def main() -> None:
     budget = settings.prompt_budget
 
     async def fit(persona: tuple[Turn, ...]) -> None:
-        fit_prompt(history, tokenizer, budget, persona)
+        fit_prompt(history, tokenizer, budget, head=persona)
 
     await fit(())  # warm: the tokenizer's first calls
     plain, with_persona = [], []

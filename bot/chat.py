@@ -34,9 +34,12 @@ from bot.generator import Generator
 from bot.community import Community
 from bot.scoped import ScopedSettings
 from bot.history_window import HistoryWindow
-from bot.prompt import clean_text, fit_prompt
+from bot.context import PromptContext, PromptContexts
+from bot.prompt import clean_text
 from bot.notices import (EMPTY_ANSWER, INTERRUPTED_NOTICE, SHORTENED_NOTICE, STALE_NOTICE,
-                         UNEXPECTED_ERROR, USAGE_MESSAGE)
+                         UNEXPECTED_ERROR, USAGE_MESSAGE, window_notice)
+from bot.summary import RollingSummaries, Summariser
+from bot.summary_request import SummaryRequests
 from bot.ports.locks import ConversationLocks, InProcessLocks
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
 from bot.ports.sinks import LocatesConversation
@@ -84,6 +87,7 @@ CrashHook = Callable[[str], None]
 @dataclass(frozen=True, slots=True)
 class ChatConfig:
     prompt_budget: int = 2048 - 128
+    context_tokens: int = 2048  # the model's window (a summary's prompt and its length)
     stream_interval_s: float = 1.0
     params: GenerationParams | None = None  # None: the generator's defaults
     edit_window_s: float = 600.0  # an edited newest question this young is answered again
@@ -111,6 +115,8 @@ class ChatService:
         crash_hook: CrashHook | None = None,
         on_feedback: Callable[[str, str], None] | None = None,  # (platform, value): metrics
         locks: ConversationLocks | None = None,  # None: in-process (one process per database)
+        summaries: RollingSummaries | None = None,  # None: SUMMARY=off
+        summary_requests: SummaryRequests | None = None,  # None: SUMMARY_TOKENS' default
         community: Community | None = None,  # per-scope settings; None: the host's for all
     ) -> None:
         self.store = store
@@ -128,6 +134,11 @@ class ChatService:
         self._on_feedback = on_feedback
         self._edits = PrivateData(store)
         self.window = HistoryWindow(store, tokenizer, config.prompt_budget)
+        self.summaries = summaries
+        self.contexts = PromptContexts(store, self.window, summaries)
+        self.summary_requests = summary_requests or SummaryRequests(Summariser(
+            generator, tokenizer, config.context_tokens, GenerationParams(max_new_tokens=200)),
+            self.window)
         self.scoped = ScopedSettings(community, config.params, config.prompt_budget)
         self.controls = AnswerControls(store, self.running, self._locks, self._redo,
                                        lambda: self._closing, on_feedback)
@@ -226,9 +237,12 @@ class ChatService:
     async def handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                      *, earlier: EarlierLoader | None = None, addressed: bool = True,
                      accepted: Callable[[], Awaitable[None]] | None = None,
-                     stream_interval_s: float | None = None) -> Outcome:
+                     stream_interval_s: float | None = None, summary: bool = False) -> Outcome:
+        """Answer `message` into `sink`, exactly once (see `_handle`). `summary`: the message
+        asks for a summary (bot/summary_request.py); `earlier` then reads what to summarise."""
         outcome = await self._handle(key, message, sink, earlier=earlier, addressed=addressed,
-                                     accepted=accepted, stream_interval_s=stream_interval_s)
+                                     accepted=accepted, stream_interval_s=stream_interval_s,
+                                     summary=summary)
         if self._on_outcome is not None:
             self._on_outcome(key.platform, outcome)
         return outcome
@@ -236,7 +250,7 @@ class ChatService:
     async def _handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                       *, earlier: EarlierLoader | None = None, addressed: bool = True,
                       accepted: Callable[[], Awaitable[None]] | None = None,
-                      stream_interval_s: float | None = None) -> Outcome:
+                      stream_interval_s: float | None = None, summary: bool = False) -> Outcome:
         """Answer `message` into `sink`, exactly once.
 
         `earlier` loads the thread's earlier messages; they are imported (under the
@@ -260,6 +274,8 @@ class ChatService:
             if not addressed and (not (text or message.attachments)
                                   or not await self.follows(key)):
                 return Outcome.IGNORED
+            if summary:  # noted first: its record is then always read as a summary request
+                await self.store.mark_summary_request(key.platform, message.delivery_key)
             delivery = await self.store.accept(key, message.delivery_key, text,
                                                 message.author or None,
                                                 message.asker or None, message.sources)
@@ -419,6 +435,8 @@ class ChatService:
                     return Outcome.INTERRUPTED
                 raise
             outcome = await self._show_final(delivery, sink, final, answer=True)
+            if self.summaries is not None:  # what fell out of the window, in the background
+                self.summaries.after_answer(delivery.conversation)
             if (older := self.running.to_retire.pop(marker, None)) is not None \
                     and await self.scoped.buttons(delivery.key):
                 await retire(sink, older)
@@ -510,6 +528,8 @@ class ChatService:
         current = await self.store.delivery(delivery.platform, delivery.delivery_key)
         if current is not None and current.final is not None:
             return current.final  # answered before a crash; only showing it was left
+        if await self._asks_summary(delivery):
+            return await self._summary(delivery, current, earlier)
         if earlier is not None and (current is None or current.turn_id is None) \
                 and not await self.store.has_turns(delivery.conversation):
             try:
@@ -523,15 +543,53 @@ class ChatService:
         turn_id = await self.store.store_user_turn(delivery)
         self._point("user_turn")
         await self._note_retired(current, delivery)
-        answer, shortened, stopped = await self._answer(
+        answer, context, stopped = await self._answer(
             delivery.conversation, turn_id, sink, interval, owner_of(delivery),
             (delivery.platform, delivery.delivery_key), delivery.key)
         final = answer or ("" if stopped else EMPTY_ANSWER)
-        if shortened and answer:
+        if context.fitted.shortened and answer:
             final = f"{final}\n\n{SHORTENED_NOTICE}"
+        if context.unread and answer and await self.store.note_window_notice(
+                delivery.conversation):
+            final = f"{final}\n\n{window_notice(context.unread, self.summaries is not None)}"
         if stopped:
             final = f"{final}\n\n{STOPPED_MARK}".strip()
         final = with_notes(final, notes)
+        await self.store.store_answer(delivery, answer, final)
+        self._point("answer_stored")
+        return final
+
+    async def _asks_summary(self, delivery: Delivery) -> bool:
+        """A summary request, or 「もう一度」 on the answer to one."""
+        return any([await self.store.is_summary_request(delivery.platform, key)
+                    for key in (delivery.delivery_key, delivery.replaces) if key])
+
+    async def _summary(self, delivery: Delivery, current: Delivery | None,
+                       source: EarlierLoader | None) -> str:
+        """A summary asked for: written from what `source` reads (or the stored history),
+        stored as the answer to the request's turn, like any answer. Runs under the lock."""
+        read = None
+        if source is not None:
+            try:
+                read = await source()
+            except Exception as exc:  # the platform could not be read: the stored history
+                log.warning("%s: could not read the messages to summarise (%s); summarising "
+                            "the stored history", delivery.key, type(exc).__name__)
+            else:
+                if not await self.store.has_turns(delivery.conversation):
+                    await self._import(delivery.key, read)  # joined, as by a first question
+        turn_id = await self.store.store_user_turn(delivery)
+        self._point("user_turn")
+        await self._note_retired(current, delivery)  # as for an answer: buttons, overtaking
+        material = await self.summary_requests.material(delivery, turn_id, read)
+        parts: list[str] = []
+
+        async def write() -> None:
+            parts.append(await self.summary_requests.write(material, owner_of(delivery)))
+
+        stopped = await self.running.generate((delivery.platform, delivery.delivery_key), write)
+        answer = "".join(parts)
+        final = f"{answer}\n\n{STOPPED_MARK}".strip() if stopped else answer
         await self.store.store_answer(delivery, answer, final)
         self._point("answer_stored")
         return final
@@ -580,15 +638,17 @@ class ChatService:
 
     async def _answer(self, conversation: int, upto: int, sink: ReplySink,
                       interval: float | None, owner: str | None,
-                      marker: tuple[str, str], key: ConversationKey) -> tuple[str, bool, bool]:
+                      marker: tuple[str, str], key: ConversationKey
+                      ) -> tuple[str, PromptContext, bool]:
         """Generate the answer to turn `upto`, streaming it into `sink`. Returns the answer,
-        whether the prompt was shortened, and whether its 「停止」 button stopped it (the
-        generation is aborted at once; what was written so far is the answer)."""
+        what its prompt held (shortened? turns not read?), and whether its 「停止」 button
+        stopped it (the generation is aborted at once; what was written so far is the answer)."""
         if interval is None:
             interval = self.config.stream_interval_s
-        history = await self.window.history(conversation, upto)
         shape = await self.scoped.shape(key)  # the scope's persona, budget and sampling
-        fitted = fit_prompt(history, self.tokenizer, shape.budget, shape.persona)
+        context = await self.contexts.read(conversation, upto, budget=shape.budget,
+                                           head=shape.persona)
+        fitted = context.fitted
         started = self._clock()
         parts: list[str] = []
         last_update = started
@@ -618,11 +678,11 @@ class ChatService:
 
         stopped = await self.running.generate(marker, consume)
         answer = clean_text("".join(parts)).strip()
-        log.info("answered: %d prompt tokens (%d turns, %d dropped), %d chars in %.2f s",
-                 len(fitted.ids), len(fitted.turns), fitted.dropped, len(answer),
-                 self._clock() - started)
+        log.info("answered: %d prompt tokens (%d turns, %d not read%s), %d chars in %.2f s",
+                 len(fitted.ids), len(fitted.turns), context.unread,
+                 ", summary" if fitted.summarised else "", len(answer), self._clock() - started)
         log.debug("prompt=%r answer=%r", fitted.prompt, answer)
-        return answer, fitted.shortened, stopped
+        return answer, context, stopped
 
     # ----- the buttons on an answer (bot/answer_controls.py) ---------------------------------
     async def answer_at(self, platform: str, reply_ref: str,

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     temperature: float = Field(0.7, gt=0.0, le=5.0)
     repetition_penalty: float = Field(1.1, ge=1.0, le=5.0)
     context_tokens: int = Field(2048, ge=64, le=2048)
+    # A conversation longer than the window: its rolling summary (bot/summary.py)
+    summary: bool = True  # SUMMARY=off: the oldest turns are only left out (and said so)
+    summary_tokens: int = Field(200, ge=16, le=512)  # a summary's longest length
+    summary_channel_messages: int = Field(100, ge=1, le=1000)  # 「要約」 outside a thread
 
     # Shared generator: batching, queue and limits
     max_batch: int = Field(8, ge=1, le=256)

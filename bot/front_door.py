@@ -9,7 +9,8 @@ nothing else. The front door owns, for every platform:
 - redelivery: a delivery key taken up lately is dropped before anything is stored (counted as
   a duplicate by the chat service); the store's record stays the authority;
 - the command words (`Command`): reset (exactly once, with its confirmation), help, status,
-  and their texts; an event without one is a question;
+  and their texts; summary (answered like a question, exactly once, from what `earlier`
+  reads: bot/summary_request.py); an event without one is a question;
 - the writer/asker rule: `Event.asker` and `Event.about` make 「rinna に聞く」's message;
 - a thread's earlier messages: the adapter reads them as `EarlierMessage`s (who wrote each),
   the front door sorts them into turns; the chat service trims them to the token budget;
@@ -146,12 +147,18 @@ class FrontDoor:
         if not event.admitted and (refused := self.admit(
                 event.key.platform, event.delivery_key, event.access)) is not None:
             return refused
-        if event.command is not Command.ASK:
+        if event.command not in (Command.ASK, Command.SUMMARY):
             return await self._command(event)
         if not await self.chat.scoped.takes(event.key, event.addressed):
             if event.accepted is not None:  # switched off, or mention only: nothing shown
                 await event.accepted()
             return Result.IGNORED
+        if event.command is Command.SUMMARY:  # answered like a question, exactly once
+            return str(await self.chat.handle(
+                event.key, self._message(event), event.sink, accepted=event.accepted,
+                earlier=(self._loader(event.earlier, None, event.files) if event.earlier
+                         else None),
+                stream_interval_s=event.stream_interval_s, summary=True))
         message = self._message(event)
         earlier = (self._loader(event.earlier, event.about, event.files) if event.earlier
                    else None)

@@ -23,6 +23,7 @@ class Command(StrEnum):
     RESET = "reset"  # start the conversation afresh (confirmed in the conversation)
     HELP = "help"  # how to use the bot, in the sink
     STATUS = "status"  # the bot's state, in the sink
+    SUMMARY = "summary"  # summarise the thread (or the channel's last messages) into the sink
     CONFIG = "config"  # a community's settings: `config [scope] show|set|reset …` (admins)
 
 
@@ -32,6 +33,7 @@ COMMAND_WORDS: dict[Command, frozenset[str]] = {
     Command.RESET: frozenset({"リセット", "reset"}),
     Command.HELP: frozenset({"help", "ヘルプ", "使い方"}),
     Command.STATUS: frozenset({"status", "ステータス", "状態"}),
+    Command.SUMMARY: frozenset({"要約", "summary", "まとめ"}),
 }
 # The config command is its word and then arguments (`設定 set persona keigo`).
 CONFIG_WORDS = frozenset({"config", "設定"})

@@ -32,6 +32,7 @@ from bot.ports.records import Claim, Delivery, DeliveryState, ImportedTurn, Stor
 from storage.community import CommunityRecords
 from storage.files import prepare_database_file
 from storage.private import PrivateRecords
+from storage.summaries import SummaryRecords
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def _delivery(row: Sequence[object]) -> Delivery:
                     None if asker is None else str(asker), bool(withdrawn))
 
 
-class HistoryStore(PrivateRecords, CommunityRecords):
+class HistoryStore(PrivateRecords, SummaryRecords, CommunityRecords):
     def __init__(self, connection: aiosqlite.Connection, path: Path,
                  clock: Callable[[], float] = time.time) -> None:
         self._db = connection

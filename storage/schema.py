@@ -105,7 +105,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_waiting_by_author ON deliveries (author)
         WHERE turn_id IS NULL AND text IS NOT NULL;
     """,
-    # 9 (issue 29; the 7th on its branch until 7 and 8 land): community settings. One row per
+    # 7 (issue 29): community settings. One row per
     # (scope, key) set by a community's admins (an empty part is a wider scope: a server is
     # ("discord", guild, "", "")); the host's defaults are never stored. `settings_audit` keeps
     # every change (old -> new, NULL: not set there) and who made it. Touches only its tables.
@@ -136,6 +136,34 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX settings_audit_by_scope ON settings_audit (platform, workspace, channel,
                                                            thread, id);
     CREATE INDEX settings_audit_by_actor ON settings_audit (actor);
+    """,
+    # 8 (issue 28): a
+    # conversation's rolling summary of the turns that fell out of the model's window. It
+    # covers the turns with `history_start` < id <= `upto` (`since`: the history_start it was
+    # written under; a reset makes it stale); deleting, editing or forgetting any turn it
+    # covers deletes it in the same transaction (storage/summaries.py). `window_notices`: the
+    # history_start under which the "earlier messages were not read" notice was shown (once
+    # per conversation).
+    # `summary_requests`: platform messages that asked for a summary (「要約」), written before
+    # their delivery is recorded, so a restart finishes them as summaries.
+    # New tables only: independent of the other migrations.
+    """
+    CREATE TABLE summaries (
+        conversation_id INTEGER PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
+        text            TEXT NOT NULL,
+        upto            INTEGER NOT NULL,
+        since           INTEGER NOT NULL,
+        created_at      REAL NOT NULL
+    );
+    CREATE TABLE summary_requests (  -- deliveries that ask for a summary, not an answer
+        platform     TEXT NOT NULL,
+        delivery_key TEXT NOT NULL,
+        PRIMARY KEY (platform, delivery_key)
+    ) WITHOUT ROWID;
+    CREATE TABLE window_notices (
+        conversation_id INTEGER PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
+        since           INTEGER NOT NULL
+    );
     """,
 )
 
