@@ -10,7 +10,7 @@ import pytest
 
 from adapters import discord_cogs, discord_parse
 from adapters.discord_bot import MAX_TEXT_CHARS, build_discord_bot
-from bot.conversation import ConversationKey
+from bot.conversation import ConversationKey, Turn
 from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord
 from tests.slack_fakes import eventually
 from tests.test_discord_wire import fake_discord  # noqa: F401
@@ -48,12 +48,18 @@ async def test_text_is_cut_to_discords_limit_before_parsing(
         question = await fake_discord.user_says("あ" * (MAX_TEXT_CHARS * 3), mention_bot=True)
         key = ConversationKey("discord", str(GUILD_ID), str(CHANNEL_ID), str(question))
 
-        async def stored() -> bool:
-            return await store.find(key) is not None
+        turns: list[Turn] = []
 
-        await eventually(stored)
-        conversation = await store.find(key)
-        (first, *_) = [t.turn for t in reversed(await store.recent_turns(conversation, 10))]
+        async def user_turn_stored() -> bool:
+            # The conversation row is written before the user turn: wait on the turn itself.
+            conversation = await store.find(key)
+            if conversation is None:
+                return False
+            turns[:] = [t.turn for t in reversed(await store.recent_turns(conversation, 10))]
+            return bool(turns)
+
+        await eventually(user_turn_stored)
+        (first, *_) = turns
     finally:
         await bot.close()
         await asyncio.wait_for(running, timeout=10)
