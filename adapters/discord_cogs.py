@@ -229,6 +229,8 @@ class ChatCog(commands.Cog):
         if self.front.admit(PLATFORM, str(interaction.id)) is not None:  # a replayed one
             return
         try:
+            if await self._switched_off(interaction):  # told so, never a "thinking…" left
+                return
             # Acknowledged first: Discord refuses a second response to the same press, so a
             # replay that slipped past the check above ends here.
             await interaction.response.defer(ephemeral=True, thinking=True)

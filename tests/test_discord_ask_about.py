@@ -11,7 +11,12 @@ from adapters.discord_bot import (
     build_discord_bot,
 )
 from bot.access import DENIED_MESSAGE
+from bot.chat import ChatConfig, ChatService
+from bot.community import Community, HostPolicy
 from bot.conversation import ConversationKey, Speaker
+from bot.notices import SWITCHED_OFF
+from bot.ports.community import Scope
+from bot.privilege import Member
 from bot.reply import PLACEHOLDER, PREVIEW_TAIL
 from storage.history import HistoryStore
 from tests.discord_fakes import (
@@ -210,3 +215,30 @@ async def test_deleting_a_message_asked_about_deletes_its_stored_text(
         await eventually(lambda: b"4111" not in on_disk())
     assert await store.author_turns(str(OTHER_USER_ID)) == []
     assert all(speaker is not Speaker.USER for speaker, _ in await turns(store, key))
+
+
+async def test_ask_about_where_a_community_switched_the_bot_off_is_told_so_alone(
+        fake_discord: FakeDiscord, script, settings, store, tokenizer) -> None:  # noqa: F811
+    """Like /ask: the press is answered at once, ephemerally, with SWITCHED_OFF (a deferred
+    "thinking…" would otherwise never be resolved); no thread, no turn, no prompt."""
+    fake = fake_discord
+    community = Community(store, HostPolicy.from_settings(settings), tokenizer)
+    chat = ChatService(store, script, tokenizer,
+                       ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0),
+                       community=community)
+    admin = Member("discord", "U0ADMIN", str(GUILD_ID), manages_workspace=True)
+    await community.change(admin, Scope("discord", str(GUILD_ID), str(CHANNEL_ID)),
+                           "enabled", "off")
+    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+        target = await fake.person_says(CHANNEL_ID, "これは何ですか", user_id=OTHER_USER_ID,
+                                        name="bob")
+        press = await fake.message_command(ASK_ABOUT, target)
+        await fake.wait_for(lambda: (fake.response_to(press) or {}).get("content"))
+
+    response = fake.response_to(press)
+    assert response["content"] == SWITCHED_OFF and response["flags"] & EPHEMERAL
+    assert fake.callbacks[press]["type"] == 4  # answered at once, never deferred
+    assert not any(r.path.endswith("/threads") for r in fake.requests)
+    assert script.prompts == []
+    assert await store.find(ConversationKey("discord", str(GUILD_ID), str(CHANNEL_ID),
+                                            str(target))) is None
