@@ -11,7 +11,8 @@ quietly).
 
 The shortcut: on any message, answer in that message's thread, the message as the user
 turn, written by its writer and asked by the presser (the front door's writer/asker rule);
-acknowledged first; exactly once per press (its trigger id is the delivery key). Where
+acknowledged first; exactly once per press (its trigger id is the delivery key). Where a
+community switched the bot off, the presser is told so, only them, as for /rinna. Where
 the bot cannot post (a channel, DM or group DM it is not in), the presser is told so, only
 them: through the shortcut's response_url, else chat.postEphemeral.
 """
@@ -42,7 +43,7 @@ from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackS
 from bot.access import AccessRequest
 from bot.conversation import ConversationKey
 from bot.front_events import Event
-from bot.notices import short_title
+from bot.notices import SWITCHED_OFF, short_title
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,9 @@ async def answer_about(services: SlackServices, message: Any, shortcut: Mapping[
     sink.on_cannot_post = cannot_post
     outcome = FAILED
     async with services.boundary(sink, f"shortcut {tag} in {key}"):
+        if await services.front.switched_off(key):  # a community's choice: told, like /rinna
+            await tell_presser(services, message, respond, SWITCHED_OFF)
+            return IGNORED
         text = await services.plain(message.text, bot)
         earlier = (services.earlier(message, bot)
                    if message.thread_ts and not message.is_dm else None)
@@ -190,10 +194,16 @@ async def answer_about(services: SlackServices, message: Any, shortcut: Mapping[
 
 async def tell_cannot_answer(services: SlackServices, message: Any,
                              respond: AsyncRespond | None, error: str) -> None:
-    """The bot cannot post where the shortcut was used: tell the presser alone (the
-    response_url works where the bot is not a member; chat.postEphemeral may not)."""
-    text = CANNOT_ANSWER_DM if message.is_dm else CANNOT_ANSWER
+    """The bot cannot post where the shortcut was used: tell the presser alone."""
     log.info("slack shortcut in %s: the bot cannot post there (%s)", message.channel, error)
+    await tell_presser(services, message, respond,
+                       CANNOT_ANSWER_DM if message.is_dm else CANNOT_ANSWER)
+
+
+async def tell_presser(services: SlackServices, message: Any,
+                       respond: AsyncRespond | None, text: str) -> None:
+    """`text` to the person who used the shortcut alone (the response_url works where the
+    bot is not a member; chat.postEphemeral may not)."""
     if respond is not None:
         try:
             await respond(text=text, response_type="ephemeral", replace_original=False)

@@ -13,12 +13,16 @@ import pytest
 from bot.chat import ChatConfig, ChatService
 from bot.community import Community, HostPolicy
 from bot.config import Settings
+from bot.conversation import ConversationKey
+from bot.notices import SWITCHED_OFF
 from bot.personas import READY
 from bot.ports.community import Scope
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
-from tests.slack_fakes import BOT_USER, TEAM, FakeSlack, eventually, mention, message
+from tests.slack_fakes import (BOT_USER, TEAM, FakeSlack, eventually, mention, message,
+                               message_shortcut)
+from tests.test_slack_ai import interact
 from tests.test_slack_app import Slack, running, slack_settings  # noqa: F401 (a fixture)
 
 C1 = "C1"
@@ -173,6 +177,21 @@ async def test_a_question_command_where_the_bot_is_off_is_told_so_alone(
     told = await said(slack, "日本の首都は？", user=MEMBER)
     assert told["text"] == "この場所では rinna はオフになっています（管理者の設定）。"
     assert slack.fake.posts(C1) == [] and script.prompts == []
+
+
+async def test_the_shortcut_where_the_bot_is_off_tells_the_presser_alone(
+        slack: Slack, script: ScriptedGenerator) -> None:
+    """「rinna に聞く」 like /rinna: told so through the response_url, nothing posted."""
+    await said(slack, "config set enabled off")
+    target = {"type": "message", "user": ADMIN, "ts": T0, "text": "日本の首都は？"}
+    press = {**message_shortcut(C1, target, user=MEMBER),
+             "response_url": slack.fake.response_url("shortcut")}
+    assert await interact(slack, press) == 200
+    await eventually(lambda: slack.outcomes().get("ignored") == 1)
+    (response,) = slack.fake.responses
+    assert response["text"] == SWITCHED_OFF and response["response_type"] == "ephemeral"
+    assert slack.fake.posts(C1) == [] and script.prompts == []
+    assert await slack.chat.store.find(ConversationKey("slack", TEAM, C1, T0)) is None
 
 
 async def test_a_change_survives_a_restart(slack_settings: Settings, fake: FakeSlack,
