@@ -1,6 +1,8 @@
 """`rinna-bot chat`: a conversation in the terminal over the same pipeline as the platforms.
 
-One input line is one turn; the reply streams to stdout. `/reset` starts afresh, `/exit` (or
+One input line is one turn; the reply streams to stdout. `/reset` starts afresh, `/summary`
+(or 要約, まとめ, summary alone) summarises the conversation so far through the front door's
+SUMMARY (from the stored history, as on a platform without its messages at hand), `/exit` (or
 Ctrl-D, or the end of a piped input) quits with status 0; Ctrl-C quits with 130, at the prompt
 or in the middle of an answer. The conversation is kept in SQLite across runs.
 
@@ -27,13 +29,15 @@ from typing import BinaryIO, TextIO
 
 from bot.conversation import ConversationKey
 from bot.front_door import FrontDoor
-from bot.front_events import Command, Event
+from bot.front_events import Command, Event, command_word
 
 CONSOLE_KEY = ConversationKey(platform="console", workspace="", channel="default")
 PROMPT = "あなた> "
 BOT = "rinna> "
 THINKING = "考え中…"
-HELP = "質問を入力して Enter を押してください。/reset で会話をリセット、/exit で終了します。"
+HELP = ("質問を入力して Enter を押してください。/summary（または「要約」）でここまでの会話を要約、"
+        "/reset で会話をリセット、/exit で終了します。")
+SUMMARY_TEXT = "要約"  # `/summary` as it is stored (the user turn of the summary's exchange)
 _ERASE_LINE = "\r\x1b[K"
 
 
@@ -168,11 +172,12 @@ async def run_console(front: FrontDoor, stdin: BinaryIO | None = None,
                 break
             if not command:
                 continue
-            reset = command == "/reset"
-            event = Event(CONSOLE_KEY, uuid.uuid4().hex, line,
-                          ConsoleNotice(screen) if reset else ConsoleReply(screen),
+            word = line_command(command)
+            event = Event(CONSOLE_KEY, uuid.uuid4().hex,
+                          SUMMARY_TEXT if command == "/summary" else line,
+                          ConsoleNotice(screen) if word is Command.RESET else ConsoleReply(screen),
                           writer="console", stream_interval_s=0.0,  # every token shows
-                          command=Command.RESET if reset else Command.ASK)
+                          command=word)
             keys = _KeysWhileAnswering(typed) if terminal else None
             with keys or contextlib.nullcontext():
                 answered = await _answer(front, event)
@@ -188,6 +193,17 @@ async def run_console(front: FrontDoor, stdin: BinaryIO | None = None,
     finally:
         for handler in handlers:
             handler.removeFilter(fresh)
+
+
+def line_command(line: str) -> Command:
+    """What a (trimmed) line asks for: `/reset`, `/summary` or a summary word alone (要約,
+    まとめ, summary: the platforms' words), else a question. Other command words stay
+    questions here, as they always were in the terminal."""
+    if line == "/reset":
+        return Command.RESET
+    if line == "/summary":
+        return Command.SUMMARY
+    return command_word(line, (Command.SUMMARY,))
 
 
 async def _answer(front: FrontDoor, event: Event) -> bool:

@@ -16,6 +16,7 @@ import pexpect
 import pytest
 
 from adapters.console import HELP, PROMPT, THINKING
+from bot.summary_request import SUMMARY_HEADING
 from bot.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +81,32 @@ def test_arrow_keys_edit_history_recalls_and_exit_is_clean(env: dict[str, str],
     logged = [line for line in output.splitlines() if "answered:" in line]
     assert len(logged) == 2
     assert all(re.match(r"(\x1b\[[0-9;?]*[A-Za-z]|\r)*\d{4}-\d\d-\d\d ", line) for line in logged), logged
+
+
+def test_summary_and_youyaku_summarise_the_conversation_so_far(env: dict[str, str],
+                                                              tmp_path: Path) -> None:
+    """`/summary` and 要約 or まとめ alone go through the front door's SUMMARY (from the stored history,
+    with its heading); 「要約して」 stays a question, as on the platforms."""
+    heading = SUMMARY_HEADING.format(count=r"\d+")
+    child = spawn(tmp_path, **env)
+    child.sendline("猫は白い")
+    child.expect_exact(THINKING)
+    child.expect_exact(PROMPT.strip())
+    for request in ("/summary", "要約", "まとめ"):
+        child.sendline(request)
+        child.expect_exact(THINKING)
+        # the summary's heading comes before the next prompt (an answer has none)
+        assert child.expect([heading, re.escape(PROMPT.strip())]) == 0, request
+        child.expect_exact(PROMPT.strip())
+    child.sendline("要約して")
+    child.expect_exact(THINKING)
+    child.expect_exact(PROMPT.strip())
+    child.sendline("/exit")
+    status, output = finish(child)
+    assert status == 0, output
+    assert len(re.findall(heading, output)) == 3, output  # none for 「要約して」
+    assert user_turns(Path(env["DATABASE_PATH"])) == ["猫は白い", "要約", "要約", "まとめ",
+                                                      "要約して"]
 
 
 def test_ctrl_c_at_the_prompt_exits_without_a_crash(env: dict[str, str], tmp_path: Path) -> None:
