@@ -168,12 +168,7 @@ class ChatCog(commands.Cog):
 
     # --- application commands
     async def _switched_off(self, interaction: discord.Interaction) -> bool:
-        """True (after telling the person, ephemerally) where a community switched it off."""
-        if not await self.front.switched_off(
-                conversation_key(interaction.channel, interaction.guild_id)):
-            return False
-        await interaction.response.send_message(SWITCHED_OFF, ephemeral=True)
-        return True
+        return await told_switched_off(self.front, interaction)
 
     @app_commands.command(name="ask", description="rinna に質問します")
     @app_commands.rename(question="質問")
@@ -329,6 +324,15 @@ class ChatCog(commands.Cog):
                 writer=str(interaction.user.id), command=Command.HELP))
         except DELIVERY_ERRORS as exc:
             log.warning("/help %s: %s", interaction.id, describe(exc), exc_info=exc)
+
+
+async def told_switched_off(front: FrontDoor, interaction: discord.Interaction) -> bool:
+    """True (after telling the person, ephemerally, as the interaction's first response) where
+    a community switched the bot off: a command there never leaves a "thinking…" behind."""
+    if not await front.switched_off(conversation_key(interaction.channel, interaction.guild_id)):
+        return False
+    await interaction.response.send_message(SWITCHED_OFF, ephemeral=True)
+    return True
 
 
 class MessageEditsCog(commands.Cog):

@@ -12,7 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from adapters.discord_cogs import CogHost
+from adapters.discord_cogs import CogHost, told_switched_off
 from adapters.discord_parse import PLATFORM, conversation_key, earlier_message
 from adapters.discord_reply import (DELIVERY_ERRORS, ChannelDestination, Destination,
                                     DiscordReply, InteractionDestination, describe,
@@ -81,6 +81,8 @@ class SummaryCog(commands.Cog):
             return
         channel = interaction.channel
         try:
+            if await told_switched_off(self.front, interaction):  # a community's choice
+                return
             await interaction.response.defer(thinking=True)
             dm = interaction.guild_id is None or isinstance(
                 channel, (discord.DMChannel, discord.GroupChannel))
@@ -103,6 +105,8 @@ class SummaryCog(commands.Cog):
             return
         channel = interaction.channel
         try:
+            if await told_switched_off(self.front, interaction):  # a community's choice
+                return
             if isinstance(channel, discord.Thread):
                 await interaction.response.defer(ephemeral=True, thinking=True)
                 await interaction.edit_original_response(

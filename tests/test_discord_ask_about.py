@@ -217,18 +217,23 @@ async def test_deleting_a_message_asked_about_deletes_its_stored_text(
     assert all(speaker is not Speaker.USER for speaker, _ in await turns(store, key))
 
 
+async def switched_off_here(store, script, tokenizer, settings) -> ChatService:  # noqa: ANN001
+    """The chat service with community settings, where an admin switched CHANNEL_ID off."""
+    community = Community(store, HostPolicy.from_settings(settings), tokenizer)
+    admin = Member("discord", "U0ADMIN", str(GUILD_ID), manages_workspace=True)
+    await community.change(admin, Scope("discord", str(GUILD_ID), str(CHANNEL_ID)),
+                           "enabled", "off")
+    return ChatService(store, script, tokenizer,
+                       ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0),
+                       community=community)
+
+
 async def test_ask_about_where_a_community_switched_the_bot_off_is_told_so_alone(
         fake_discord: FakeDiscord, script, settings, store, tokenizer) -> None:  # noqa: F811
     """Like /ask: the press is answered at once, ephemerally, with SWITCHED_OFF (a deferred
     "thinking…" would otherwise never be resolved); no thread, no turn, no prompt."""
     fake = fake_discord
-    community = Community(store, HostPolicy.from_settings(settings), tokenizer)
-    chat = ChatService(store, script, tokenizer,
-                       ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0),
-                       community=community)
-    admin = Member("discord", "U0ADMIN", str(GUILD_ID), manages_workspace=True)
-    await community.change(admin, Scope("discord", str(GUILD_ID), str(CHANNEL_ID)),
-                           "enabled", "off")
+    chat = await switched_off_here(store, script, tokenizer, settings)
     async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "これは何ですか", user_id=OTHER_USER_ID,
                                         name="bob")

@@ -8,8 +8,10 @@ from adapters.discord_bot import build_discord_bot
 from adapters.discord_summary import SUMMARY_MENU, SUMMARY_WHERE
 from bot.access import DENIED_MESSAGE
 from bot.conversation import ConversationKey, Speaker
-from tests.discord_fakes import CHANNEL_ID, GUILD_ID, OTHER_USER_ID, FakeDiscord, connected
-from tests.test_discord_ask_about import answered, turns
+from bot.notices import SWITCHED_OFF
+from tests.discord_fakes import (CHANNEL_ID, EPHEMERAL, GUILD_ID, OTHER_USER_ID, FakeDiscord,
+                                 connected)
+from tests.test_discord_ask_about import answered, switched_off_here, turns
 from tests.test_discord_wire import fake_discord  # noqa: F401
 
 
@@ -68,3 +70,23 @@ async def test_slash_summary_in_a_thread_and_a_refused_person(
     assert fake.response_to(used)["content"].startswith("これまでの")
     prompt = next(p for p in script.prompts if "要約してください" in p)
     assert "rinna: 答えです。" in prompt  # the thread's messages
+
+
+async def test_summary_where_a_community_switched_the_bot_off_is_told_so_alone(
+        fake_discord: FakeDiscord, script, settings, store, tokenizer) -> None:  # noqa: F811
+    """/summary and the menu 「要約」 like /ask: answered at once, ephemerally, with SWITCHED_OFF
+    (a deferred "thinking…" would otherwise never be resolved); nothing summarised."""
+    fake = fake_discord
+    chat = await switched_off_here(store, script, tokenizer, settings)
+    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+        target = await fake.person_says(CHANNEL_ID, "猫の話", user_id=OTHER_USER_ID, name="bob")
+        presses = [await fake.slash("summary", CHANNEL_ID),
+                   await fake.message_command(SUMMARY_MENU, target)]
+        await fake.wait_for(lambda: all((fake.response_to(p) or {}).get("content")
+                                        for p in presses))
+
+    for press in presses:
+        response = fake.response_to(press)
+        assert response["content"] == SWITCHED_OFF and response["flags"] & EPHEMERAL
+        assert fake.callbacks[press]["type"] == 4  # answered at once, never deferred
+    assert script.prompts == []
