@@ -39,7 +39,8 @@ from slack_bolt.response import BoltResponse
 
 from adapters.slack_api import PLATFORM
 from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
-                                   acknowledge_when_recorded, bot_identity, parse_message, tell)
+                                   acknowledge_when_recorded, bot_identity, parse_message,
+                                   tell_presser)
 from bot.access import AccessRequest
 from bot.conversation import ConversationKey
 from bot.front_events import Event
@@ -179,7 +180,7 @@ async def answer_about(services: SlackServices, message: Any, shortcut: Mapping[
     outcome = FAILED
     async with services.boundary(sink, f"shortcut {tag} in {key}"):
         if await services.front.switched_off(key):  # a community's choice: told, like /rinna
-            await tell_presser(services, message, respond, SWITCHED_OFF)
+            await tell_presser(services.api, message, respond, SWITCHED_OFF)
             return IGNORED
         text = await services.plain(message.text, bot)
         earlier = (services.earlier(message, bot)
@@ -196,19 +197,5 @@ async def tell_cannot_answer(services: SlackServices, message: Any,
                              respond: AsyncRespond | None, error: str) -> None:
     """The bot cannot post where the shortcut was used: tell the presser alone."""
     log.info("slack shortcut in %s: the bot cannot post there (%s)", message.channel, error)
-    await tell_presser(services, message, respond,
+    await tell_presser(services.api, message, respond,
                        CANNOT_ANSWER_DM if message.is_dm else CANNOT_ANSWER)
-
-
-async def tell_presser(services: SlackServices, message: Any,
-                       respond: AsyncRespond | None, text: str) -> None:
-    """`text` to the person who used the shortcut alone (the response_url works where the
-    bot is not a member; chat.postEphemeral may not)."""
-    if respond is not None:
-        try:
-            await respond(text=text, response_type="ephemeral", replace_original=False)
-            return
-        except Exception as exc:  # an expired or unreachable response_url
-            log.info("slack shortcut response_url failed: %s",
-                     f"{type(exc).__name__}: {exc}"[:200])
-    await tell(services.api, message.channel, message.user, text)

@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from slack_bolt.async_app import AsyncAck, AsyncBoltContext
+from slack_bolt.async_app import AsyncAck, AsyncBoltContext, AsyncRespond
 
 from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
 from adapters.slack_files import slack_attachments
@@ -217,3 +217,17 @@ async def tell(api: SlackApi, channel: str, user: str, text: str,
         await api.call("chat_postEphemeral", **arguments)
     except Exception as exc:
         log.warning("slack chat.postEphemeral failed: %s", describe(exc))
+
+
+async def tell_presser(api: SlackApi, message: SlackMessage, respond: AsyncRespond | None,
+                       text: str) -> None:
+    """`text` to the person who used a shortcut alone (the response_url works where the bot
+    is not a member; chat.postEphemeral may not)."""
+    if respond is not None:
+        try:
+            await respond(text=text, response_type="ephemeral", replace_original=False)
+            return
+        except Exception as exc:  # an expired or unreachable response_url
+            log.info("slack shortcut response_url failed: %s",
+                     f"{type(exc).__name__}: {exc}"[:200])
+    await tell(api, message.channel, message.user, text)

@@ -10,17 +10,19 @@ from collections.abc import Mapping
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
+from slack_bolt.async_app import AsyncRespond
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 
 from adapters.slack_api import HISTORY_PAGE, PLATFORM
 from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
-                                   bot_identity)
+                                   bot_identity, tell_presser)
 from adapters.slack_reply import QUESTION_PART, REPLY_EVENT
 from adapters.slack_text import ts_order
 from bot.access import AccessRequest
 from bot.conversation import ConversationKey
 from bot.front_events import Command, EarlierMessage, EarlierReader, Event
+from bot.notices import SWITCHED_OFF
 
 if TYPE_CHECKING:
     from slack_bolt.app.async_app import AsyncApp
@@ -101,8 +103,8 @@ def _posted_question(item: Mapping[str, Any]) -> bool:
 
 def register_summary_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
     @app.shortcut(SUMMARY_SHORTCUT)
-    async def summarise(ack: AsyncAck, shortcut: dict[str, Any],
-                        context: AsyncBoltContext) -> None:
+    async def summarise(ack: AsyncAck, shortcut: dict[str, Any], context: AsyncBoltContext,
+                        respond: AsyncRespond | None = None) -> None:
         await ack()  # at once: Slack shows an error after 3 s; the summary goes in the thread
         target = shortcut.get("message") or {}
         team = str((shortcut.get("team") or {}).get("id") or context.team_id or "")
@@ -126,7 +128,7 @@ def register_summary_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
             outcome = FAILED
             try:
                 outcome = await summarise_thread(services, message, SUMMARY_KEY + trigger,
-                                                 bot_identity(context))
+                                                 bot_identity(context), respond=respond)
             finally:
                 services.outcomes[outcome] += 1
 
@@ -136,7 +138,7 @@ def register_summary_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
 
 
 async def summarise_thread(services: SlackHandlers, message: SlackMessage, tag: str,
-                           bot: BotIdentity) -> str:
+                           bot: BotIdentity, *, respond: AsyncRespond | None = None) -> str:
     """Summarise the thread `message` is in (a message outside any thread: the channel's
     last messages up to it) into that thread, for the presser."""
     in_thread = bool(message.thread_ts)
@@ -147,6 +149,9 @@ async def summarise_thread(services: SlackHandlers, message: SlackMessage, tag: 
               else channel_reader(services, message.channel, _after(message.ts), bot))
     outcome = FAILED
     async with services.boundary(sink, f"summary {tag} in {key}"):
+        if await services.front.switched_off(key):  # a community's choice: told, like /rinna
+            await tell_presser(services.api, message, respond, SWITCHED_OFF)
+            return IGNORED
         # access was judged when the shortcut came; a shortcut is never redelivered
         outcome = await services.front.receive(Event(
             key, tag, SUMMARY_TEXT, sink, writer=message.user, command=Command.SUMMARY,

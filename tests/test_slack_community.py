@@ -179,12 +179,15 @@ async def test_a_question_command_where_the_bot_is_off_is_told_so_alone(
     assert slack.fake.posts(C1) == [] and script.prompts == []
 
 
+@pytest.mark.parametrize("callback_id", ["rinna_ask", "rinna_summary"],
+                         ids=["rinna-ni-kiku", "youyaku"])
 async def test_the_shortcut_where_the_bot_is_off_tells_the_presser_alone(
-        slack: Slack, script: ScriptedGenerator) -> None:
-    """「rinna に聞く」 like /rinna: told so through the response_url, nothing posted."""
+        slack: Slack, script: ScriptedGenerator, callback_id: str) -> None:
+    """「rinna に聞く」 and 「要約」 like /rinna: told so through the response_url, nothing
+    posted."""
     await said(slack, "config set enabled off")
     target = {"type": "message", "user": ADMIN, "ts": T0, "text": "日本の首都は？"}
-    press = {**message_shortcut(C1, target, user=MEMBER),
+    press = {**message_shortcut(C1, target, user=MEMBER, callback_id=callback_id),
              "response_url": slack.fake.response_url("shortcut")}
     assert await interact(slack, press) == 200
     await eventually(lambda: slack.outcomes().get("ignored") == 1)
