@@ -33,6 +33,7 @@ def test_the_texts_the_issue_asks_for() -> None:
     assert GeneratorClosed.user_message == "現在ボットを停止しているため、回答できません。"
     assert "質問を言い換えて、もう一度お試しください。" in EMPTY_ANSWER
     assert CONSOLE_HELP == ("質問を入力して Enter を押してください。"
+                            "/summary（または「要約」）でここまでの会話を要約、"
                             "/reset で会話をリセット、/exit で終了します。")
 
 
