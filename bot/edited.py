@@ -94,12 +94,8 @@ class EditedQuestions:
             return EditOutcome.UNCHANGED
         if not self._answerable(before):
             return EditOutcome.HISTORY
-        assert before is not None
-        marker = (platform, delivery_key)
-        if marker in self.running.inflight:
-            self.running.stop(marker)  # the old words' answer: stopped, then replaced
-            await self.running.ended(marker)
-        answer = await self.store.delivery(platform, delivery_key)
+        assert before is not None and before.turn_id is not None
+        answer = await self._latest(before.conversation, before.turn_id)
         if answer is None:
             return EditOutcome.HISTORY
         async with self._locks.hold(answer.key):
@@ -115,6 +111,18 @@ class EditedQuestions:
         log.info("%s: message %s was edited; answering it again", answer.key, delivery_key)
         await self._redo(request, sink)
         return EditOutcome.ANSWERED_AGAIN
+
+    async def _latest(self, conversation: int, turn_id: int) -> Delivery | None:
+        """The question's latest answer (the original, or an earlier edit's or 「もう一度」's),
+        once any still being written to the old words is stopped and has ended."""
+        latest = await self.store.latest_answer(conversation, turn_id)
+        if latest is None:
+            return None
+        marker = (latest.platform, latest.delivery_key)
+        if marker in self.running.inflight:
+            self.running.stop(marker)  # the old words' answer: stopped, then replaced
+            await self.running.ended(marker)
+        return await self.store.delivery(latest.platform, latest.delivery_key)
 
     def _answerable(self, before: Delivery | None) -> bool:
         """A question answered (or being answered) from its stored turn, sent within the
