@@ -112,7 +112,8 @@ class Summariser:
                     background: bool = True, owner: str | None = None) -> Written | None:
         """A summary of `previous` (a summary of what came before) and `turns`; None if the
         model wrote nothing."""
-        chunks = self.chunks(turns, previous)
+        # Tokenizing every message (0.12 s for 1,000) runs off the event loop.
+        chunks = await asyncio.to_thread(self.chunks, turns, previous)
         summary = previous
         for chunk in chunks:
             text = await self._call(self._prompt(chunk, summary), background, owner)
