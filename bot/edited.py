@@ -74,16 +74,20 @@ class EditedQuestions:
         self._clock = clock
 
     async def edited(self, platform: str, delivery_key: str, text: str, *, edit_id: str,
-                     sink_for: SinkFor, has_files: bool = False) -> EditOutcome:
+                     sink_for: SinkFor, has_files: bool = False,
+                     may_answer: bool = True) -> EditOutcome:
         """Message `delivery_key` now reads `text` (its words; `has_files`: it has attached
         files, kept as read). `edit_id` names this edit on the platform; `sink_for` makes the
-        sink a new answer goes to (a new reply in the conversation)."""
+        sink a new answer goes to (a new reply in the conversation). `may_answer`: False
+        where the asker is refused or the bot is off there (the history still follows)."""
         before = await self.store.delivery(platform, delivery_key)
         if has_files and before is not None:
             stored = (before.text if before.turn_id is None
                       else await self._turn_text(before.conversation, before.turn_id))
             text = with_files(stored or "", text)
         changed = await self._edits.message_edited(platform, delivery_key, text)
+        if not may_answer:
+            return EditOutcome.HISTORY if changed else EditOutcome.UNCHANGED
         request = await self.store.delivery(platform, edit_key(delivery_key, edit_id))
         if request is not None:  # this edit was taken on before (a redelivery, a restart)
             if request.state is DeliveryState.ANSWERED:
