@@ -360,6 +360,7 @@ class MessageEditsCog(commands.Cog):
             await self.bot.front.edited(
                 PLATFORM, str(payload.message_id), readable_text(message, me.id),
                 edit_id=str(edited or ""), has_files=bool(message.attachments),
+                access=[access_request(message.channel, payload.guild_id, message.author)],
                 sink_for=lambda delivery: self.bot.reply_in(delivery.key,
                                                             delivery.delivery_key))
         except Exception:  # the error boundary: logged, the client keeps running

@@ -41,8 +41,8 @@ def member_of(interaction: discord.Interaction) -> Member:
     roles: frozenset[str] = frozenset()
     manages = False
     if isinstance(user, discord.Member):
-        roles = frozenset({*(str(role.id) for role in user.roles),
-                           *(role.name for role in user.roles)})
+        # Ids only: anyone with Manage Roles can make a role of any name.
+        roles = frozenset(str(role.id) for role in user.roles)
         manages = user.guild_permissions.manage_guild
     workspace = str(interaction.guild_id) if interaction.guild_id is not None else ""
     return Member(PLATFORM, str(user.id), workspace, manages_workspace=manages, roles=roles)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 SUMMARY_MENU = "要約"  # the message context menu's name, as people see it
 SUMMARY_TEXT = "要約"  # the request as it is stored (the user turn of the summary's exchange)
 SUMMARY_WHERE = "{where} に要約を書きます。"
+NO_HISTORY = "このチャンネルのメッセージ履歴を読む権限がないため、要約できません。"
 
 
 class SummaryCog(commands.Cog):
@@ -42,6 +43,18 @@ class SummaryCog(commands.Cog):
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+
+    async def _may_not_read(self, interaction: discord.Interaction) -> bool:
+        """True (after telling the person, ephemerally) when they may not read the channel's
+        history: the bot reads with its own rights, so a summary would show them (and, posted
+        in the channel, everyone) what they cannot read themselves."""
+        if interaction.guild_id is None or interaction.permissions.read_message_history:
+            return False
+        try:
+            await interaction.response.send_message(NO_HISTORY, ephemeral=True)
+        except DELIVERY_ERRORS as exc:
+            log.warning("summary %s: could not refuse it: %s", interaction.id, describe(exc))
+        return True
 
     def _reader(self, channel: Any, before: discord.abc.Snowflake | None) -> EarlierReader:
         """A thread's messages (to the core's cap), or a channel's last messages."""
@@ -75,7 +88,7 @@ class SummaryCog(commands.Cog):
 
     @app_commands.command(name="summary", description="このスレッド（チャンネルでは最近のメッセージ）を要約します")
     async def summary(self, interaction: discord.Interaction) -> None:
-        if await self.bot.refuse(interaction):
+        if await self.bot.refuse(interaction) or await self._may_not_read(interaction):
             return
         if self.front.admit(PLATFORM, str(interaction.id)) is not None:  # a replayed one
             return
@@ -99,7 +112,7 @@ class SummaryCog(commands.Cog):
                            message: discord.Message) -> None:
         """「要約」 on a message: its thread summarised into the thread; in a channel, the
         channel's last messages up to it, as the command's response."""
-        if await self.bot.refuse(interaction):
+        if await self.bot.refuse(interaction) or await self._may_not_read(interaction):
             return
         if self.front.admit(PLATFORM, str(interaction.id)) is not None:  # a replayed one
             return

@@ -15,13 +15,14 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from adapters.slack_api import PLATFORM
 from adapters.slack_events import IGNORED, BotIdentity, SlackServices, bot_identity
 from adapters.slack_reply import SlackReply
+from bot.access import AccessRequest
 from bot.ports.records import Delivery
 
 log = logging.getLogger(__name__)
 
 
 async def edited(services: SlackServices, event: Mapping[str, Any],
-                 changed: Mapping[str, Any], bot: BotIdentity) -> str:
+                 changed: Mapping[str, Any], bot: BotIdentity, team: str | None = None) -> str:
     """A person edited a message: through the front door, keyed by the edit's own ts (a
     retried event is answered once); a new answer goes to the message's thread."""
     channel, ts = str(event["channel"]), str(changed["ts"])
@@ -32,9 +33,14 @@ async def edited(services: SlackServices, event: Mapping[str, Any],
         return services.reply(channel, delivery.key.thread or thread, delivery.delivery_key,
                               user=delivery.who_asked, team=delivery.key.workspace)
 
+    team = str(changed.get("team") or event.get("team") or team or "")
+    access = AccessRequest.from_teams(team, channel, str(changed.get("user") or ""),
+                                      (changed.get("user_team"),),
+                                      is_dm=channel.startswith("D"))
     return await services.front.edited(
         PLATFORM, f"{channel}:{ts}", await services.plain(str(changed.get("text") or ""), bot),
-        edit_id=edit_id, sink_for=sink_for, has_files=bool(changed.get("files")))
+        edit_id=edit_id, sink_for=sink_for, has_files=bool(changed.get("files")),
+        access=[access])
 
 
 def register_edits(app: AsyncApp, services: SlackServices) -> None:
@@ -77,7 +83,7 @@ def register_edits(app: AsyncApp, services: SlackServices) -> None:
             elif changed.get("subtype") == "tombstone":  # a thread's first message, deleted
                 outcome = await front.deleted(PLATFORM, f"{channel}:{ts}")
             else:
-                outcome = await edited(services, event, changed, bot)
+                outcome = await edited(services, event, changed, bot, context.team_id)
         except Exception:
             log.exception("slack: could not apply an edited message to the history")
         finally:

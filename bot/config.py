@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     community_max_temperature: float = Field(1.5, gt=0.0, le=5.0)
     community_max_repetition_penalty: float = Field(2.0, ge=1.0, le=5.0)
     community_max_new_tokens: int = Field(512, ge=1, le=1024)
-    admin_roles: Ids = frozenset()  # Discord role ids or names that may change settings
+    admin_roles: Ids = frozenset()  # Discord role ids (never names) that may change settings
     admin_users: Ids = frozenset()  # user ids that may change settings wherever the bot is
 
     # Service: stopping and starting again without losing a message

@@ -74,16 +74,20 @@ class EditedQuestions:
         self._clock = clock
 
     async def edited(self, platform: str, delivery_key: str, text: str, *, edit_id: str,
-                     sink_for: SinkFor, has_files: bool = False) -> EditOutcome:
+                     sink_for: SinkFor, has_files: bool = False,
+                     may_answer: bool = True) -> EditOutcome:
         """Message `delivery_key` now reads `text` (its words; `has_files`: it has attached
         files, kept as read). `edit_id` names this edit on the platform; `sink_for` makes the
-        sink a new answer goes to (a new reply in the conversation)."""
+        sink a new answer goes to (a new reply in the conversation). `may_answer`: False
+        where the asker is refused or the bot is off there (the history still follows)."""
         before = await self.store.delivery(platform, delivery_key)
         if has_files and before is not None:
             stored = (before.text if before.turn_id is None
                       else await self._turn_text(before.conversation, before.turn_id))
             text = with_files(stored or "", text)
         changed = await self._edits.message_edited(platform, delivery_key, text)
+        if not may_answer:
+            return EditOutcome.HISTORY if changed else EditOutcome.UNCHANGED
         request = await self.store.delivery(platform, edit_key(delivery_key, edit_id))
         if request is not None:  # this edit was taken on before (a redelivery, a restart)
             if request.state is DeliveryState.ANSWERED:
@@ -94,12 +98,8 @@ class EditedQuestions:
             return EditOutcome.UNCHANGED
         if not self._answerable(before):
             return EditOutcome.HISTORY
-        assert before is not None
-        marker = (platform, delivery_key)
-        if marker in self.running.inflight:
-            self.running.stop(marker)  # the old words' answer: stopped, then replaced
-            await self.running.ended(marker)
-        answer = await self.store.delivery(platform, delivery_key)
+        assert before is not None and before.turn_id is not None
+        answer = await self._latest(before.conversation, before.turn_id)
         if answer is None:
             return EditOutcome.HISTORY
         async with self._locks.hold(answer.key):
@@ -115,6 +115,18 @@ class EditedQuestions:
         log.info("%s: message %s was edited; answering it again", answer.key, delivery_key)
         await self._redo(request, sink)
         return EditOutcome.ANSWERED_AGAIN
+
+    async def _latest(self, conversation: int, turn_id: int) -> Delivery | None:
+        """The question's latest answer (the original, or an earlier edit's or 「もう一度」's),
+        once any still being written to the old words is stopped and has ended."""
+        latest = await self.store.latest_answer(conversation, turn_id)
+        if latest is None:
+            return None
+        marker = (latest.platform, latest.delivery_key)
+        if marker in self.running.inflight:
+            self.running.stop(marker)  # the old words' answer: stopped, then replaced
+            await self.running.ended(marker)
+        return await self.store.delivery(latest.platform, latest.delivery_key)
 
     def _answerable(self, before: Delivery | None) -> bool:
         """A question answered (or being answered) from its stored turn, sent within the

@@ -267,20 +267,29 @@ class FrontDoor:
 
     async def edited(self, platform: str, delivery_key: str, text: str, *,
                      edit_id: str = "", sink_for: SinkFor | None = None,
-                     has_files: bool = False) -> str:
+                     has_files: bool = False, access: Sequence[AccessRequest] = ()) -> str:
         """A platform message was edited: its stored text follows (the files read into it
         stay, `has_files`). With `sink_for` (a new reply in the message's conversation), the
         newest question edited within EDIT_WINDOW_S is answered again, once per `edit_id`
-        (the platform's id of this edit): bot/edited.py."""
+        (the platform's id of this edit): bot/edited.py; only where the access policy lets
+        `access` through and the bot is on in the message's scope (else the history only)."""
         if sink_for is None:
             if await self.chat.message_edited(platform, delivery_key, text):
                 return Result.EDITED
             return Result.IGNORED
+        may_answer = self.permits(access) and await self._on_for(platform, delivery_key)
         outcome = await self.chat.edits.edited(platform, delivery_key, text, edit_id=edit_id,
-                                               sink_for=sink_for, has_files=has_files)
+                                               sink_for=sink_for, has_files=has_files,
+                                               may_answer=may_answer)
         return {EditOutcome.ANSWERED_AGAIN: str(Outcome.ANSWERED),
                 EditOutcome.HISTORY: Result.EDITED,
                 EditOutcome.DUPLICATE: Result.DUPLICATE}.get(outcome, Result.IGNORED)
+
+    async def _on_for(self, platform: str, delivery_key: str) -> bool:
+        """Whether the bot is on where message `delivery_key` was asked (a community may
+        have switched it off since)."""
+        delivery = await self.chat.store.delivery(platform, delivery_key)
+        return delivery is None or await self.chat.scoped.takes(delivery.key, True)
 
     async def follows(self, key: ConversationKey) -> bool:
         """Whether the bot already takes part in the conversation (an AI-app thread's first

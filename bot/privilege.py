@@ -3,8 +3,8 @@
 The adapters state the platform's facts about a person as a `Member` (checked when the
 command runs, never cached); the rule is here, once:
 
-- Discord: *Manage Server* in that server, or a role the host names in ADMIN_ROLES (by id or
-  by name), or a user the host names in ADMIN_USERS.
+- Discord: *Manage Server* in that server, or a role the host names in ADMIN_ROLES (by id only:
+  anyone with Manage Roles can create a role of any name), or a user the host names in ADMIN_USERS.
 - Slack: a workspace admin or owner, or a user the host names in ADMIN_USERS.
 - Slack Connect: a person from another organisation (their home team is not this workspace)
   is never an admin of this workspace, whatever their own team makes them.

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot.conversation import Speaker, Turn
-from bot.errors import RinnaError
+from bot.errors import PromptRefused, RinnaError
 from bot.generation import GenerationParams
 from bot.generator import Generator
 from bot.history_window import HistoryWindow
 from bot.ports.records import StoredTurn, Summary, fingerprint
 from bot.ports.store import SummaryStore
-from bot.prompt import REPLY_CUE, build_prompt, clean_text, turn_cost
+from bot.prompt import REPLY_CUE, boundary_labels, build_prompt, clean_text, turn_cost
 from bot.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ LABELS = {Speaker.USER: "利用者", Speaker.SYSTEM: "rinna"}
 MAX_CALLS = 16  # model calls for one summary at most (a chunk each)
 MESSAGE_TOKENS = 256  # one message's share of a chunk at most (a longer one is cut)
 CUT_MARK = "…"
+_EXPECTED = [str(Speaker.USER), str(Speaker.SYSTEM)]  # a summary prompt's only boundaries
 
 
 def exchange(summary: Summary) -> tuple[Turn, Turn]:
@@ -111,7 +112,8 @@ class Summariser:
                     background: bool = True, owner: str | None = None) -> Written | None:
         """A summary of `previous` (a summary of what came before) and `turns`; None if the
         model wrote nothing."""
-        chunks = self.chunks(turns, previous)
+        # Tokenizing every message (0.12 s for 1,000) runs off the event loop.
+        chunks = await asyncio.to_thread(self.chunks, turns, previous)
         summary = previous
         for chunk in chunks:
             text = await self._call(self._prompt(chunk, summary), background, owner)
@@ -122,12 +124,33 @@ class Summariser:
         return Written(summary, sum(len(c) for c in chunks), len(chunks))
 
     def _prompt(self, lines: Sequence[str], previous: str | None) -> str:
+        """One ユーザー turn, escaped strictly (as bot/prompt.py escapes a conversation) and
+        checked at the token level: a line that still reads as a turn boundary to the model
+        (a message forging one) is left out; a prompt that still forges is refused."""
+        prompt = self._checked(lines, previous)
+        if prompt is None:
+            prompt = self._checked([ln for ln in lines if not self._forges(ln)], previous)
+        if prompt is None:
+            raise PromptRefused("a summary prompt forges a turn boundary at the token level")
+        return prompt
+
+    def _checked(self, lines: Sequence[str], previous: str | None) -> str | None:
+        prompt = build_prompt([self._question(lines, previous)], normalizer=self.tokenizer,
+                              strict=True)
+        ids = self.tokenizer.encode(prompt)
+        return prompt if boundary_labels(ids, self.tokenizer) == _EXPECTED else None
+
+    def _forges(self, line: str) -> bool:
+        return self._checked([line], None) is None
+
+    @staticmethod
+    def _question(lines: Sequence[str], previous: str | None) -> Turn:
         if previous:
             question = "\n".join([INSTRUCTION_AFTER, PREVIOUS_HEADING, previous,
                                   CONVERSATION_HEADING, *lines])
         else:
             question = "\n".join([INSTRUCTION, CONVERSATION_HEADING, *lines])
-        return build_prompt([Turn(Speaker.USER, question)], normalizer=self.tokenizer)
+        return Turn(Speaker.USER, question)
 
     def _cost(self, text: str) -> int:
         return self.tokenizer.count(text)

@@ -435,6 +435,17 @@ class HistoryStore(PrivateRecords, SummaryRecords, CommunityRecords):
             (conversation, delivery_key))).fetchone()
         return None if row is None else _delivery(row)
 
+    async def latest_answer(self, conversation: int, turn_id: int) -> Delivery | None:
+        """The newest record answering question turn `turn_id`: one being written first (at
+        most one per conversation), then the one whose answer turn is newest (a question
+        answered again after an edit or 「もう一度」 has several records)."""
+        row = await (await self._db.execute(
+            _DELIVERY_SELECT + " WHERE d.conversation_id=? AND d.turn_id=?"
+            " ORDER BY d.state IN ('accepted', 'answering') DESC,"
+            " COALESCE(d.answer_id, 0) DESC, d.received_at DESC LIMIT 1",
+            (conversation, turn_id))).fetchone()
+        return None if row is None else _delivery(row)
+
     async def accept_regenerate(self, answer: Delivery, request_key: str) -> Delivery | None:
         """Take on a request (`request_key`, unique per press) to answer `answer`'s question
         again, in one transaction, only while that answer is the newest thing in its

@@ -187,7 +187,7 @@ class FakeDiscord:
         path = "/" + request.match_info["path"]
         body = await request.json() if request.can_read_body else None
         self._record(request.method, path, body)
-        handler = self._route(request.method, path)
+        handler = self._route(request.method, path, request.query.get("before"))
         if self.login_gate is not None and path == "/users/@me":
             await self.login_gate.wait()
         if self.reject_token and path == "/users/@me":
@@ -217,7 +217,8 @@ class FakeDiscord:
         return web.Response(body=json.dumps(data).encode(), status=status,
                             headers={"Content-Type": "application/json"})
 
-    def _route(self, method: str, path: str) -> Callable[[str, Any], Any] | None:
+    def _route(self, method: str, path: str,
+               before: str | None = None) -> Callable[[str, Any], Any] | None:
         parts = path.strip("/").split("/")
         if method == "GET" and path == "/users/@me":
             return lambda *_: _user(BOT_ID, "rinna", bot=True)
@@ -247,7 +248,7 @@ class FakeDiscord:
             if method == "GET" and len(parts) == 2:
                 return lambda *_: self.channels.get(channel_id)
             if method == "GET" and parts[2:] == ["messages"]:
-                return lambda *_: self._history(channel_id)
+                return lambda *_: self._history(channel_id, before)
             if method == "POST" and parts[2:] == ["typing"]:
                 return lambda *_: None
             if method == "POST" and parts[2:] == ["messages"]:
@@ -318,11 +319,13 @@ class FakeDiscord:
                 "thread_metadata": {"archived": False, "auto_archive_duration": 1440,
                                     "archive_timestamp": TIMESTAMP, "locked": False}}
 
-    def _history(self, channel_id: int) -> list[dict[str, Any]]:
-        """GET /channels/{id}/messages: newest first (discord.py pages with `before` itself;
-        the fake's channels are short, so one page holds them all)."""
+    def _history(self, channel_id: int, before: str | None = None) -> list[dict[str, Any]]:
+        """GET /channels/{id}/messages: newest first, those older than `before` when given
+        (the fake's channels are short, so one page holds them all)."""
+        below = int(before) if before else None
         return sorted((m for m in self.messages.values()
-                       if m["channel_id"] == str(channel_id) and not m["flags"] & EPHEMERAL),
+                       if m["channel_id"] == str(channel_id) and not m["flags"] & EPHEMERAL
+                       and (below is None or int(m["id"]) < below)),
                       key=lambda m: int(m["id"]), reverse=True)
 
     def posted_in(self, channel_id: int) -> list[dict[str, Any]]:

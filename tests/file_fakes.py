@@ -38,6 +38,7 @@ class FileShelf:
     requests: list[FileRequest] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=dict)  # path -> body bytes written
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: set[str] = field(default_factory=set)  # slow files' requests held open now
     base: str = ""  # the server's origin, set when it starts
 
     def add(self, name: str, file: FakeFile) -> str:
@@ -70,7 +71,11 @@ class FileShelf:
         try:
             if file.slow:
                 await response.write(file.data[:CHUNK])
-                await self.released.wait()
+                self.holding.add(request.path)
+                try:
+                    await self.released.wait()
+                finally:
+                    self.holding.discard(request.path)
                 return response
             while self.sent[request.path] < file.endless:
                 await response.write(b"a" * CHUNK)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.access import AccessPolicy, AccessRequest
 from bot.chat import ChatConfig, ChatService, Outcome
 from bot.community import Community, HostPolicy, describe
 from bot.config import Settings, load_settings
@@ -312,3 +313,32 @@ async def test_a_scope_without_buttons_shows_none(
     await chat.handle(KEY, IncomingMessage("また", "m2"), quiet)
     assert quiet.offered == [NO_CONTROLS, NO_CONTROLS]
     assert "retire" not in quiet.kinds()  # the older answer gains no 👍👎 either
+
+
+async def test_an_edit_is_not_answered_where_the_bot_is_off_or_the_asker_refused(
+        served: tuple[ChatService, ScriptedGenerator], community: Community) -> None:
+    chat, generator = served
+    door = FrontDoor(chat, AccessPolicy(blocked=frozenset({"U9"})))
+    await door.receive(Event(KEY, "m1", "質問", RecordingSink(), writer="U1"))
+    assert len(generator.prompts) == 1
+    made: list[RecordingSink] = []
+
+    def sink_for(delivery: object) -> RecordingSink:
+        made.append(RecordingSink())
+        return made[-1]
+
+    await community.change(ADMIN, CHANNEL_SCOPE, "enabled", "off")
+    assert await door.edited("discord", "m1", "直した質問", edit_id="e1",
+                             sink_for=sink_for) == "edited"  # the history only
+    await community.change(ADMIN, CHANNEL_SCOPE, "enabled", "on")
+    blocked = AccessRequest(GUILD, CHANNEL, "U9")
+    assert await door.edited("discord", "m1", "また直した質問", edit_id="e2",
+                             sink_for=sink_for, access=[blocked]) == "edited"
+    assert made == [] and len(generator.prompts) == 1
+    stored = await chat.store.recent_turns(await chat.store.find(KEY), 10)  # type: ignore[arg-type]
+    assert "また直した質問" in [t.turn.text for t in stored]
+    # Allowed and on: the same message's next edit is answered again.
+    assert await door.edited("discord", "m1", "最後の質問", edit_id="e3",
+                             sink_for=sink_for, access=[AccessRequest(GUILD, CHANNEL, "U1")]) \
+        == "answered"
+    assert len(made) == 1 and len(generator.prompts) == 2

@@ -190,3 +190,69 @@ async def test_the_new_answer_may_be_stopped_by_who_asked_only(
     assert await chat.stop("test", new.ref, "alice") is ControlResult.DONE
     assert await editing is EditOutcome.ANSWERED_AGAIN
     assert new.final() == f"途中まで書いた\n\n{STOPPED_MARK}"
+
+
+async def test_a_second_edit_is_answered_again_and_strikes_the_latest_answer(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    generator = ScriptedGenerator(["答え0", "答え1", "答え2"])
+    chat = service(store, tokenizer, generator)
+    await chat.handle(KEY, ask("質問0", "m1"), EditSink())
+    sinks = Sinks()
+    assert await chat.edits.edited("test", "m1", "質問1", edit_id="e1",
+                                   sink_for=sinks) is EditOutcome.ANSWERED_AGAIN
+    assert await chat.edits.edited("test", "m1", "質問2", edit_id="e2",
+                                   sink_for=sinks) is EditOutcome.ANSWERED_AGAIN
+    first_edit, second_edit = sinks.made
+    assert second_edit.final() == "答え2"
+    # The answer struck is the first edit's (the one shown under the question), not 答え0.
+    assert second_edit.superseded == [(first_edit.ref, "答え1", SUPERSEDED_NOTICE)]
+    assert "質問2" in generator.prompts[2] and "答え1" not in generator.prompts[2]
+    assert await history(store) == [(Speaker.USER, "質問2"), (Speaker.SYSTEM, "答え2")]
+
+
+async def test_an_edit_after_a_regeneration_is_answered_again(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    generator = ScriptedGenerator(["答え0", "やり直し", "答え1"])
+    chat = service(store, tokenizer, generator)
+    first = EditSink()
+    await chat.handle(KEY, ask("質問0", "m1"), first)
+    again = EditSink()
+    await chat.regenerate("test", first.ref, "press-1", "alice", again)
+    assert again.final() == "やり直し"
+    sinks = Sinks()
+    assert await chat.edits.edited("test", "m1", "質問1", edit_id="e1",
+                                   sink_for=sinks) is EditOutcome.ANSWERED_AGAIN
+    [new] = sinks.made
+    assert new.final() == "答え1"
+    assert new.superseded == [(again.ref, "やり直し", SUPERSEDED_NOTICE)]
+    assert await history(store) == [(Speaker.USER, "質問1"), (Speaker.SYSTEM, "答え1")]
+
+
+async def test_an_edit_stops_a_regeneration_still_being_written(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    generator = HeldGenerator()
+    chat = service(store, tokenizer, generator)
+    generator.release.set()  # the first answer streams whole
+    first = EditSink()
+    await chat.handle(KEY, ask("質問0", "m1"), first)
+    generator.release.clear()  # 「もう一度」's answer is held
+    again = EditSink()
+    regenerating = asyncio.create_task(
+        chat.regenerate("test", first.ref, "press-1", "alice", again))
+    await again.updated.wait()
+    sinks = Sinks()
+    editing = asyncio.create_task(chat.edits.edited("test", "m1", "質問1", edit_id="e1",
+                                                    sink_for=sinks))
+    stopped = asyncio.create_task(generator.aborted.wait())
+    await asyncio.wait({stopped, editing}, return_when=asyncio.FIRST_COMPLETED)
+    was_stopped = stopped.done()
+    generator.release.set()
+    await regenerating
+    assert was_stopped, "the edit did not stop the regeneration being written"
+    assert await editing is EditOutcome.ANSWERED_AGAIN
+    assert again.final() == f"途中まで書いた\n\n{STOPPED_MARK}"
+    [new] = sinks.made
+    assert new.superseded and new.superseded[0][0] == again.ref
+    assert "質問1" in generator.prompts[2]
+    assert await history(store) == [(Speaker.USER, "質問1"),
+                                     (Speaker.SYSTEM, "途中まで書いたの続き")]

@@ -21,9 +21,12 @@ from hypothesis import strategies as st
 
 from bot.conversation import Speaker, Turn
 from bot.errors import PromptRefused
+from bot.generation import GenerationParams
 from bot.prompt import build_prompt, fit_prompt
 from bot.stops import ReplyText, StopFilter
+from bot.summary import Summariser
 from bot.tokenizer import Tokenizer
+from tests.fakes import ScriptedGenerator
 from tests.tiny_model import build_tokenizer
 
 U, S = Speaker.USER, Speaker.SYSTEM
@@ -321,3 +324,22 @@ async def test_a_refused_prompt_tells_the_person_in_japanese_and_keeps_their_tex
     assert await chat.handle(key, IncomingMessage("普通の質問", "m2", "U1"), sink) \
         is Outcome.ANSWERED
     assert generator.prompts == ["ユーザー: 普通の質問<NL>システム: "]
+
+
+# ----- the summariser's prompt (bot/summary.py): one ユーザー turn holding a transcript ---------
+
+
+@pytest.mark.parametrize("normalizer", ["nmt_nfkc", "blind"])
+async def test_a_message_cannot_forge_a_turn_inside_a_summary_prompt(
+        tokenizers: dict[str, Tokenizer], normalizer: str) -> None:
+    base = tokenizers["nmt_nfkc"]
+    tokenizer = base if normalizer == "nmt_nfkc" else Blind(base._sp)
+    generator = ScriptedGenerator(default="要約です")
+    summariser = Summariser(generator, tokenizer, 2048, GenerationParams(max_new_tokens=64))
+    turns = [Turn(U, "普通の質問"), Turn(S, "普通の答え"),
+             *(Turn(U, attack) for attack in ATTACKS)]
+    written = await summariser.write(turns, background=False)
+    assert written is not None and written.text == "要約です"
+    for prompt in generator.prompts:
+        assert oracle_turns(read_by_model(tokenizer, prompt)) == ["ユーザー", "システム"]
+        assert "普通の質問" in prompt and "普通の答え" in prompt  # only forging lines go

@@ -173,6 +173,28 @@ async def test_an_edited_question_is_answered_again_once_and_the_old_answer_mark
     assert len(fake.posts(C1, T0)) == 2 and again.prompts == [] and len(generator.prompts) == 2
 
 
+async def test_a_second_edit_is_answered_again_and_strikes_the_first_edits_answer(
+        store: HistoryStore, tokenizer: Tokenizer, slack_settings: Settings,
+        fake: FakeSlack) -> None:
+    from bot.edited import SUPERSEDED_NOTICE
+
+    chat, generator = scripted_chat(store, tokenizer, slack_settings, ["答え0", "答え1", "答え2"])
+    async with running(chat, slack_settings, fake) as slack:
+        await slack.event(mention(C1, T0, "質問0"))
+        await slack.settled(1)
+        for n, edit_ts in ((1, "1710000100.000100"), (2, "1710000200.000100")):
+            await slack.event(changed(T0, f"<@UBOT> 質問{n}", edit_ts))
+            await eventually(lambda n=n: len(fake.posts(C1, T0)) == n + 1
+                             and fake.texts_of(fake.posts(C1, T0)[n].params["_ts"])[-1]
+                             == f"答え{n}")
+        first_edit = fake.posts(C1, T0)[1]
+        assert "質問2" in generator.prompts[2]
+        marked = fake.texts_of(first_edit.params["_ts"])
+        assert any(text.startswith(f"_{SUPERSEDED_NOTICE}_\n~答え1~") for text in marked)
+        assert (await slack.turns(key()))[-2:] == [Turn(Speaker.USER, "質問2"),
+                                                   Turn(Speaker.SYSTEM, "答え2")]
+
+
 async def test_an_edit_mid_answer_stops_the_old_answer_first(
         store: HistoryStore, tokenizer: Tokenizer, slack_settings: Settings,
         fake: FakeSlack) -> None:

@@ -5,6 +5,7 @@ background, preempted by questions), and what edits and `forget --user` do to it
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from bot.summary import (INSTRUCTION, INSTRUCTION_AFTER, MAX_CALLS, SUMMARY_QUES
                          RollingSummaries, Summariser, exchange)
 from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
-from tests.fakes import RecordingSink
+from tests.fakes import RecordingSink, ScriptedGenerator
 
 KEY = ConversationKey("slack", "T1", "C1", "100.000001")
 OTHER = ConversationKey("slack", "T1", "C2", "200.000001")
@@ -257,3 +258,27 @@ async def test_too_long_a_thread_is_capped_at_the_newest_messages(
     assert written is not None and written.calls == 2 and 0 < written.read < 1000
     assert "メッセージ999：" in recording.answers()[-1]
     assert not any("メッセージ0：" in p for p in recording.answers())
+
+
+class ThreadNoting(Tokenizer):
+    """A tokenizer that notes the threads its counts run on."""
+
+    def __init__(self, base: Tokenizer) -> None:
+        super().__init__(base._sp)
+        self.threads: set[int] = set()
+
+    def count(self, text: str) -> int:
+        self.threads.add(threading.get_ident())
+        return super().count(text)
+
+
+async def test_a_long_thread_is_tokenized_off_the_event_loop(
+        tokenizer: Tokenizer, settings: Settings) -> None:
+    noting = ThreadNoting(tokenizer)
+    generator = ScriptedGenerator(default="要約です")
+    summariser = Summariser(generator, noting, settings.context_tokens, SEEDED)
+    turns = [Turn(Speaker.USER if i % 2 == 0 else Speaker.SYSTEM, f"猫{i}")
+             for i in range(1000)]
+    written = await summariser.write(turns, background=False)
+    assert written is not None and written.read == 1000
+    assert noting.threads and threading.get_ident() not in noting.threads

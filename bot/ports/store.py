@@ -49,6 +49,8 @@ class DeliveryStore(Protocol):
 
     async def still_newest(self, request: Delivery) -> Delivery | None: ...
 
+    async def latest_answer(self, conversation: int, turn_id: int) -> Delivery | None: ...
+
 
 class TurnStore(Protocol):
     """Conversations and their history."""
