@@ -1,5 +1,6 @@
-"""The answers this process is working on, by (platform, delivery key): the in-process half of
-exactly-once (the store's answers are the other half) and what a 「停止」 press finds."""
+"""The answers this process is working on, by (platform, delivery key): what a 「停止」 press
+finds, and which earlier answer to retire. Who answers a delivery is the store's decision
+(DeliveryStore.take, bot/delivery.py), not this bookkeeping."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ Marker = tuple[str, str]  # (platform, delivery key)
 
 class RunningAnswers:
     def __init__(self) -> None:
-        self.inflight: set[Marker] = set()  # being answered (or ended) by a task of ours
         # -> its generation task while it runs (None: taken on, not generating yet)
         self.generating: dict[Marker, asyncio.Future[None] | None] = {}
         self.stopping: set[Marker] = set()  # asked to stop by its 「停止」 button
@@ -24,16 +24,11 @@ class RunningAnswers:
         # 「停止」 pressed in that instant still finds the answer
         self.posted: dict[tuple[str, str], Delivery] = {}
 
-    def begin(self, marker: Marker) -> bool:
-        """Take on answering `marker`; False when a task of ours already does."""
-        if marker in self.inflight:
-            return False
-        self.inflight.add(marker)
+    def begin(self, marker: Marker) -> None:
+        """A task of ours answers `marker` now (the store's `take` gave it to this process)."""
         self.generating[marker] = None
-        return True
 
     def end(self, marker: Marker) -> None:
-        self.inflight.discard(marker)
         self.generating.pop(marker, None)
         self.stopping.discard(marker)
         self.to_retire.pop(marker, None)

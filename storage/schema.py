@@ -105,6 +105,31 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_waiting_by_author ON deliveries (author)
         WHERE turn_id IS NULL AND text IS NOT NULL;
     """,
+    # 7: a delivery is a state machine (bot/ports/records.py, DeliveryState): the placeholder
+    # posted (shown), the user turn stored (answering) and the answer stored (ready) become
+    # states of their own, each reached by one checked transition, and a notice ends it as
+    # failed. `runner`: the process answering it (`take`), so the store, not the process,
+    # says who answers. SQLite cannot change a CHECK: the column is rebuilt.
+    """
+    DROP INDEX deliveries_unfinished;
+    DROP INDEX deliveries_by_conversation;
+    ALTER TABLE deliveries ADD COLUMN state7 TEXT NOT NULL DEFAULT 'answered'
+        CHECK (state7 IN ('imported', 'accepted', 'shown', 'answering', 'ready', 'answered',
+                          'failed', 'withdrawn'));
+    UPDATE deliveries SET state7 = CASE
+        WHEN state IN ('imported', 'answered') THEN state
+        WHEN withdrawn = 1 AND turn_id IS NULL THEN 'withdrawn'
+        WHEN final IS NOT NULL THEN 'ready'
+        WHEN state = 'accepted' THEN 'accepted'
+        WHEN turn_id IS NULL THEN 'shown'
+        ELSE 'answering' END;
+    ALTER TABLE deliveries DROP COLUMN state;
+    ALTER TABLE deliveries RENAME COLUMN state7 TO state;
+    ALTER TABLE deliveries ADD COLUMN runner TEXT;
+    CREATE INDEX deliveries_unfinished ON deliveries (platform, state, received_at)
+        WHERE state IN ('accepted', 'shown', 'answering', 'ready', 'withdrawn');
+    CREATE INDEX deliveries_by_conversation ON deliveries (conversation_id, state);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

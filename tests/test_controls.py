@@ -456,10 +456,10 @@ class GatedStore(HistoryStore):
     entered: asyncio.Event
     go: asyncio.Event
 
-    async def set_reply_ref(self, delivery: Delivery, ref: str) -> None:
+    async def show_placeholder(self, delivery: Delivery, ref: str) -> bool:
         self.entered.set()
         await self.go.wait()
-        await super().set_reply_ref(delivery, ref)
+        return await super().show_placeholder(delivery, ref)
 
 
 async def test_stop_pressed_before_the_placeholder_is_recorded_still_stops(

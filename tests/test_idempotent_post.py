@@ -137,7 +137,9 @@ async def test_discord_recovery_edits_the_stored_placeholder(
     placeholder = fake._message(question, PLACEHOLDER)  # what the dead process had posted
     delivery = await store.accept(key, str(question), "日本で一番高い山は?")
     assert delivery is not None
-    await store.set_reply_ref(delivery, f"{question}/{placeholder['id']}")
+    dead = await store.take(delivery, "the dead process")
+    assert dead is not None
+    assert await store.show_placeholder(dead, f"{question}/{placeholder['id']}")
 
     bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
     running = asyncio.create_task(bot.start("fake-token"))
