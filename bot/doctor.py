@@ -1,7 +1,7 @@
 """`rinna-bot doctor`: one screen saying what `run` will do, each line ✓ or ✗ with the fix.
 
-Reads the settings like `run` (and reports `.env` typos like it), asks Discord and Slack whether
-the tokens are accepted (the calls `run` makes; `--offline` skips them), looks for the model
+Reads the settings like `run` (and reports `.env` typos like it), asks each configured platform
+(bot/platforms.py) whether the tokens are accepted (the calls `run` makes; `--offline` skips them), looks for the model
 without downloading anything, tries CUDA and bitsandbytes on the configured device, and opens
 the database without changing it. Tokens are shown as set or unset, never their values.
 """
@@ -96,16 +96,12 @@ def _settings(settings: Settings) -> Check:
 
 
 def _platforms(settings: Settings) -> Check:
-    started = []
-    if settings.discord_enabled:
-        started.append("Discord")
-    if settings.slack_enabled:
-        started.append("Slack (Socket Mode)" if settings.slack_app_token is not None
-                       else f"Slack (HTTP on port {settings.slack_port})")
+    from bot.platforms import configured_platforms, how_to_configure
+
+    started = [entry.shown(settings) for entry in configured_platforms(settings)]
     if not started:
         return Check(False, "no platform configured: `run` opens the terminal chat",
-                     "set DISCORD_TOKEN, or SLACK_BOT_TOKEN with SLACK_APP_TOKEN or "
-                     "SLACK_SIGNING_SECRET")
+                     how_to_configure())
     return Check(True, "platforms that will start: " + ", ".join(started))
 
 
@@ -120,17 +116,15 @@ def _credentials(settings: Settings) -> list[Check]:
     """The identity calls `run` makes while the model loads (adapters/credentials.py)."""
     import asyncio
 
-    from adapters.credentials import PlatformUnreachable, check_discord, check_slack
+    from adapters.credentials import PlatformUnreachable
     from bot.errors import ConfigError
+    from bot.platforms import ask_credentials, configured_platforms
 
     async def ask() -> list[Check]:
         found = []
-        for enabled, check in ((settings.discord_enabled, check_discord),
-                               (settings.slack_enabled, check_slack)):
-            if not enabled:
-                continue
+        for entry in configured_platforms(settings):
             try:
-                found.append(Check(True, await check(settings)))
+                found.append(Check(True, await ask_credentials(entry, settings)))
             except ConfigError as exc:
                 found.append(Check(False, str(exc)))
             except PlatformUnreachable as exc:

@@ -36,7 +36,6 @@ from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_TRIES = 5  # for `forget`: a busy WAL is waited for this many busy timeouts
 
 
 class HistoryStore(PrivateRecords, DeliveryRecords):
