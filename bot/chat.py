@@ -292,25 +292,22 @@ class ChatService:
         await asyncio.wait(late, timeout=10.0)
 
     # ----- the buttons on an answer (bot/answer_controls.py) ---------------------------------
-    async def answer_at(self, platform: str, reply_ref: str,
-                        channel: str | None = None) -> Delivery | None:
-        return await self.controls.answer_at(platform, reply_ref, channel)
+    async def answer_at(self, platform: str, reply_ref: str) -> Delivery | None:
+        return await self.controls.answer_at(platform, reply_ref)
 
     async def stop(self, platform: str, reply_ref: str, user: str, *,
-                   moderator: bool | ModeratorCheck = False,
-                   channel: str | None = None) -> ControlResult:
-        return await self.controls.stop(platform, reply_ref, user, moderator=moderator,
-                                        channel=channel)
+                   moderator: bool | ModeratorCheck = False) -> ControlResult:
+        return await self.controls.stop(platform, reply_ref, user, moderator=moderator)
 
     async def regenerate(self, platform: str, reply_ref: str, request_key: str, user: str,
-                         sink: ReplySink, *, moderator: bool | ModeratorCheck = False,
-                         channel: str | None = None) -> ControlResult:
+                         sink: ReplySink, *,
+                         moderator: bool | ModeratorCheck = False) -> ControlResult:
         return await self.controls.regenerate(platform, reply_ref, request_key, user, sink,
-                                              moderator=moderator, channel=channel)
+                                              moderator=moderator)
 
     async def feedback(self, platform: str, reply_ref: str, user: str,
-                       value: Feedback | str, *, channel: str | None = None) -> ControlResult:
-        return await self.controls.feedback(platform, reply_ref, user, value, channel=channel)
+                       value: Feedback | str) -> ControlResult:
+        return await self.controls.feedback(platform, reply_ref, user, value)
 
     async def _redo(self, request: Delivery, sink: ReplySink) -> None:
         """A regeneration taken on: answered like any message, its outcome counted."""

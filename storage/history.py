@@ -207,14 +207,12 @@ class HistoryStore(PrivateRecords, DeliveryRecords):
         return [StoredTurn(int(i), Turn(Speaker(s), t)) for i, s, t in rows]
 
     # ----- answers: the buttons on them, feedback, counts ---------------------------------
-    async def answer_at(self, platform: str, reply_ref: str,
-                        channel: str | None = None) -> Delivery | None:
-        """The message answered by the reply whose main message is `reply_ref` (in `channel`:
-        for platforms whose message handles are unique only within a channel)."""
+    async def answer_at(self, platform: str, reply_ref: str) -> Delivery | None:
+        """The message answered by the reply whose main message is `reply_ref` (a ref as its
+        sink named it: unique within its platform)."""
         row = await (await self._db.execute(
             DELIVERY_SELECT + " WHERE d.platform=? AND d.reply_ref=?"
-            " AND (? IS NULL OR c.channel = ?) ORDER BY d.received_at DESC LIMIT 1",
-            (platform, reply_ref, channel, channel))).fetchone()
+            " ORDER BY d.received_at DESC LIMIT 1", (platform, reply_ref))).fetchone()
         return None if row is None else delivery_of(row)
 
     async def previous_answer(self, conversation: int, delivery_key: str) -> Delivery | None:

@@ -109,7 +109,10 @@ MIGRATIONS: tuple[str, ...] = (
     # posted (shown), the user turn stored (answering) and the answer stored (ready) become
     # states of their own, each reached by one checked transition, and a notice ends it as
     # failed. `runner`: the process answering it (`take`), so the store, not the process,
-    # says who answers. SQLite cannot change a CHECK: the column is rebuilt.
+    # says who answers. SQLite cannot change a CHECK: the column is rebuilt. A reply ref
+    # names its message uniquely within its platform: refs without a channel (a bare
+    # message handle, unique only within its channel) get `channel/` in front, like the
+    # refs that have one.
     """
     DROP INDEX deliveries_unfinished;
     DROP INDEX deliveries_by_conversation;
@@ -129,6 +132,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_unfinished ON deliveries (platform, state, received_at)
         WHERE state IN ('accepted', 'shown', 'answering', 'ready', 'withdrawn');
     CREATE INDEX deliveries_by_conversation ON deliveries (conversation_id, state);
+    UPDATE deliveries SET reply_ref = (SELECT channel FROM conversations
+        WHERE conversations.id = deliveries.conversation_id) || '/' || reply_ref
+        WHERE reply_ref IS NOT NULL AND instr(reply_ref, '/') = 0;
     """,
 )
 

@@ -361,7 +361,8 @@ async def test_begin_answer_imports_earlier_messages_only_into_an_empty_conversa
 
 
 async def test_version_six_deliveries_get_their_named_states(tmp_path: Path) -> None:
-    """Migration 7: each old (state, columns) row lands in the state it was really in."""
+    """Migration 7: each old (state, columns) row lands in the state it was really in, and
+    a ref unique only within its channel (a bare Slack ts) gets its channel in front."""
     from storage.schema import MIGRATIONS
 
     path = tmp_path / "v6.sqlite3"
@@ -373,6 +374,7 @@ async def test_version_six_deliveries_get_their_named_states(tmp_path: Path) -> 
         "ready": ("answering", 1, "1/4", "答え", 0, DeliveryState.READY),
         "withdrawn": ("answering", None, "1/5", None, 1, DeliveryState.WITHDRAWN),
         "done": ("answered", 1, "1/6", None, 0, DeliveryState.ANSWERED),
+        "bare ref": ("answered", 1, "1700.000001", None, 0, DeliveryState.ANSWERED),
     }
     with sqlite3.connect(path) as raw:
         for migration in MIGRATIONS[:6]:
@@ -395,5 +397,7 @@ async def test_version_six_deliveries_get_their_named_states(tmp_path: Path) -> 
         unfinished = {d.delivery_key for d in await store.unfinished("discord")}
         assert unfinished == {"accepted", "shown", "answering", "ready", "withdrawn"}
         assert await store.feedback_counts() == {"good": 1, "bad": 0}  # kept: no cascade
+        assert (await store.answer_at("discord", "c/1700.000001")).delivery_key == "bare ref"
+        assert (await store.answer_at("discord", "1/6")).delivery_key == "done"  # as it was
     finally:
         await store.close()
