@@ -1,9 +1,9 @@
 """`rinna-bot doctor`: one screen saying what `run` will do, each line ✓ or ✗ with the fix.
 
 Reads the settings like `run` (and reports `.env` typos like it), asks each configured platform
-(bot/platforms.py) whether the tokens are accepted (the calls `run` makes; `--offline` skips them), looks for the model
-without downloading anything, tries CUDA and bitsandbytes on the configured device, and opens
-the database without changing it. Tokens are shown as set or unset, never their values.
+(bot/platforms.py) whether the tokens are accepted (the calls `run` makes; `--offline` skips
+them), looks for the model without downloading anything, tries CUDA and bitsandbytes on the
+configured device, and opens the database without changing it. Tokens are shown as set or unset, never their values.
 """
 
 from __future__ import annotations
