@@ -45,6 +45,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.staggered
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.loop_lag
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.flood
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.community
 
 bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.gpu

@@ -30,7 +30,10 @@ from discord.ext import commands
 from adapters.discord_cogs import (ASK_ABOUT, ASK_ABOUT_HERE, ASK_ABOUT_UNREADABLE,
                                    ASK_ABOUT_WHERE, HELP_MESSAGE, RESET_WHERE, ChatCog,
                                    MessageEditsCog, StatusCog)
+from adapters.discord_summary import SummaryCog
+from adapters.discord_config import ConfigCog
 from adapters.discord_controls import AnswerControls, ControlsView
+from adapters.discord_files import discord_fetcher
 from adapters.discord_parse import (MAX_TEXT_CHARS, access_request, conversation_key,
                                     readable_text, thread_name)
 from adapters.discord_reply import (DELIVERY_ERRORS, ChannelDestination, DiscordReply,
@@ -70,11 +73,14 @@ class RinnaDiscordBot(commands.Bot):
         self.settings = settings
         self.policy = AccessPolicy.from_settings(settings)
         self.front = FrontDoor(chat, self.policy, help_text=HELP_MESSAGE, status=status)
+        self.files = discord_fetcher(settings)  # downloads attachments (None: not read)
 
     async def setup_hook(self) -> None:
         await self.add_cog(ChatCog(self))
         await self.add_cog(MessageEditsCog(self))
         await self.add_cog(StatusCog(self))
+        await self.add_cog(SummaryCog(self, self.settings.summary_channel_messages))
+        await self.add_cog(ConfigCog(self))
         # One persistent view receives the buttons of every answer, also of answers posted
         # before this process started (stable custom_ids; nothing per message is kept).
         self.add_view(ControlsView(AnswerControls(self)))

@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from adapters.discord_files import discord_attachments
 from adapters.discord_parse import (ANSWERED_TYPES, MAX_TEXT_CHARS, PLATFORM, access_request,
                                     conversation_key, mentions_me, read_thread_history,
                                     readable_text, thread_name)
@@ -17,10 +18,12 @@ from adapters.discord_reply import (DELIVERY_ERRORS, THREAD_ARCHIVE_MINUTES, Cha
                                     Destination, DiscordReply, EphemeralAnswer,
                                     InteractionDestination, NewThreadDestination, describe,
                                     tell_failure)
+from bot.attachments import Fetcher
 from bot.conversation import ConversationKey
 from bot.errors import RinnaError
 from bot.front_door import FrontDoor
 from bot.front_events import Command, EarlierMessage, EarlierReader, Event
+from bot.notices import SWITCHED_OFF
 from bot.prompt import clean_text
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ class CogHost(Protocol):
 
     front: FrontDoor
     tree: app_commands.CommandTree[Any]
+    files: Fetcher | None  # downloads attachments (None: not read)
 
     @property
     def user(self) -> discord.ClientUser | None: ...
@@ -38,6 +42,8 @@ class CogHost(Protocol):
     async def refuse(self, interaction: discord.Interaction) -> bool: ...
 
     def partial_message(self, channel_id: int, message_id: int) -> discord.PartialMessage: ...
+
+    def reply_in(self, key: ConversationKey, tag: str) -> DiscordReply: ...
 
     def get_partial_messageable(self, id: int, *, guild_id: int | None = None,
                                 type: discord.ChannelType | None = None
@@ -53,6 +59,8 @@ HELP_MESSAGE = (
     "・DM ではそのまま話しかけてください。\n"
     "・`/ask 質問` でも質問できます。`/reset` でスレッドや DM の会話を最初からやり直します。\n"
     "・メッセージのメニュー（アプリ）の「rinna に聞く」で、そのメッセージについて質問できます。\n"
+    "・`/summary` かメッセージのメニューの「要約」で、スレッド（チャンネルでは最近のメッセージ）"
+    "を要約します。\n"
     "・回答の「停止」「もう一度」👍 👎 で、止める・答え直す・評価ができます。"
     "`/status` で今の状態を表示します。"
 )
@@ -110,8 +118,9 @@ class ChatCog(commands.Cog):
         guild_id = message.guild.id if message.guild is not None else None
         mentioned = mentions_me(message, me)
         text = readable_text(message, me.id)
+        files = discord_attachments(message.attachments)
         parsed = dict(delivery_key=str(message.id), text=text, writer=str(message.author.id),
-                      admitted=True)
+                      admitted=True, attachments=files, files=self.bot.files)
         if isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
             await self._answer(conversation_key(channel, None), ChannelDestination(channel),
                                **parsed)
@@ -125,11 +134,12 @@ class ChatCog(commands.Cog):
             return
         if not mentioned:
             return
-        if not text:  # only a mention: a usage hint in the channel, no thread
+        if not text and not files:  # only a mention: a usage hint in the channel, no thread
             await self._answer(key, ChannelDestination(channel), **parsed)
             return
         key = ConversationKey(key.platform, key.workspace, key.channel, str(message.id))
-        await self._answer(key, NewThreadDestination(message, thread_name(text)), **parsed)
+        name = thread_name(text or files[0].name)
+        await self._answer(key, NewThreadDestination(message, name), **parsed)
 
     def _earlier(self, thread: discord.Thread,
                  before: discord.abc.Snowflake | None) -> EarlierReader:
@@ -157,11 +167,19 @@ class ChatCog(commands.Cog):
             sink.stop_typing()
 
     # --- application commands
+    async def _switched_off(self, interaction: discord.Interaction) -> bool:
+        """True (after telling the person, ephemerally) where a community switched it off."""
+        if not await self.front.switched_off(
+                conversation_key(interaction.channel, interaction.guild_id)):
+            return False
+        await interaction.response.send_message(SWITCHED_OFF, ephemeral=True)
+        return True
+
     @app_commands.command(name="ask", description="rinna に質問します")
     @app_commands.rename(question="質問")
     @app_commands.describe(question="質問の内容")
     async def ask(self, interaction: discord.Interaction, question: str) -> None:
-        if await self._refuse(interaction):
+        if await self._refuse(interaction) or await self._switched_off(interaction):
             return
         question = question[:MAX_TEXT_CHARS]
         try:
@@ -331,9 +349,13 @@ class MessageEditsCog(commands.Cog):
         me, message = self.bot.user, payload.message
         if me is None or message.author.id == me.id or message.author.bot:
             return
+        edited = payload.data.get("edited_timestamp") or message.edited_at
         try:
-            await self.bot.front.edited(PLATFORM, str(payload.message_id),
-                                              readable_text(message, me.id))
+            await self.bot.front.edited(
+                PLATFORM, str(payload.message_id), readable_text(message, me.id),
+                edit_id=str(edited or ""), has_files=bool(message.attachments),
+                sink_for=lambda delivery: self.bot.reply_in(delivery.key,
+                                                            delivery.delivery_key))
         except Exception:  # the error boundary: logged, the client keeps running
             log.exception("message %s: could not apply its edit to the history",
                           payload.message_id)

@@ -8,6 +8,7 @@ from typing import Any
 
 import discord
 
+from adapters.discord_files import discord_attachments
 from bot.access import AccessRequest
 from bot.conversation import ConversationKey
 from bot.front_events import EarlierMessage, Writer
@@ -91,8 +92,10 @@ def earlier_message(message: discord.Message, me_id: int) -> EarlierMessage | No
         writer = Writer.OTHER
     else:
         writer = Writer.PERSON
+    person = writer is Writer.PERSON
     return EarlierMessage(readable_text(source, me_id), str(message.id), writer,
-                          str(author.id) if writer is Writer.PERSON else None, str(source.id))
+                          str(author.id) if person else None, str(source.id),
+                          discord_attachments(source.attachments) if person else ())
 
 
 async def read_thread_history(thread: discord.Thread, before: discord.abc.Snowflake | None,

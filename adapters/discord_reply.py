@@ -13,6 +13,7 @@ import aiohttp
 import discord
 
 from adapters.discord_controls import controls_view, message_ref
+from adapters.discord_files import superseded_content
 from bot.conversation import RETIRED
 from bot.errors import RinnaError
 from bot.reply import MessageReply
@@ -161,6 +162,14 @@ class DiscordReply(MessageReply):
             log.warning("cannot retire the answer at %r: not a Discord message reference", ref)
             return
         await message.edit(view=controls_view(RETIRED))
+
+    async def supersede(self, ref: str, text: str, notice: str) -> None:
+        """The answer at `ref` was to words since edited: the notice, its text struck
+        through, 👍/👎 only."""
+        if (message := self.restore(ref)) is None:
+            return
+        await message.edit(content=superseded_content(text, notice, self.limit),
+                           view=controls_view(RETIRED))
 
     async def start(self) -> None:
         await super().start()

@@ -29,13 +29,18 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from adapters.slack_api import HISTORY_PAGE, PLATFORM, Moderators, SlackApi, UserNames
 from adapters.slack_assistant import build_assistant, register_shortcut
 from adapters.slack_blocks import FeedbackSupport
+from adapters.slack_config import config_in_thread, register_home, slack_member
 from adapters.slack_controls import register_controls
-from adapters.slack_events import (DENIED, DUPLICATE, FAILED, HELP, IGNORED, MAX_TEXT_CHARS,
-                                   USER_SUBTYPES, BotIdentity, EphemeralAck, SlackMessage,
+from adapters.slack_edits import register_edits
+from adapters.slack_files import slack_attachments
+from adapters.slack_events import (DENIED, DUPLICATE, FAILED, HELP, IGNORED,
+                                   MAX_TEXT_CHARS, USER_SUBTYPES, BotIdentity, EphemeralAck,
+                                   SlackMessage,
                                    acknowledge_when_recorded, bot_identity, command_access,
                                    command_key, parse_message)
 from adapters.slack_reply import COMMAND, SlackCommandReply, SlackReply, respond_ephemeral
 from adapters.slack_stream import StreamSupport
+from adapters.slack_summary import channel_reader, register_summary_shortcut, thread_reader
 from adapters.slack_text import (
     mentions,
     strip_mention,
@@ -45,13 +50,14 @@ from adapters.slack_text import (
     user_ids,
 )
 from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
+from bot.attachments import Fetcher
 from bot.chat import ChatService, Outcome
 from bot.conversation import ConversationKey
 from bot.errors import RinnaError
 from bot.front_door import FrontDoor
 from bot.front_events import (Ack, Command, EarlierMessage, EarlierReader, Event, Writer,
                               command_word)
-from bot.notices import RESET_DONE, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
+from bot.notices import RESET_DONE, SWITCHED_OFF, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
 from bot.ports.records import Delivery
 from bot.status import StatusSource
 
@@ -68,6 +74,8 @@ HELP_MESSAGE = (
     "• スレッドで `@rinna リセット` … そのスレッドの会話を最初からやり直します。\n"
     "• DM でもそのまま話しかけられます（`リセット` でやり直し）。\n"
     "• メッセージのメニューの「rinna に聞く」… そのメッセージについてスレッドで答えます。\n"
+    "• メッセージのメニューの「要約」、スレッドで `@rinna 要約` … スレッドを要約します"
+    "（スレッドの外ではチャンネルの最近のメッセージ。`/rinna 要約` も同じ）。\n"
     "• 回答の「停止」「もう一度」👍👎 ボタン … 止める・答え直す・評価する。\n"
     "• `/rinna status` … ボットの状態（あなたにだけ表示）。\n"
     f"{USAGE_MESSAGE}"
@@ -98,6 +106,8 @@ class SlackHandlers:
     moderators: Moderators | None = None  # made by register_controls if unset
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
     status: StatusSource | None = None  # for `/rinna status` (None: not available)
+    files: Fetcher | None = None  # downloads shared files from Slack (None: not read)
+    summary_messages: int = 100  # SUMMARY_CHANNEL_MESSAGES: 「要約」 outside a thread reads these
     front: FrontDoor = field(init=False)  # the core's way in, with this platform's policy
 
     def __post_init__(self) -> None:
@@ -141,7 +151,8 @@ class SlackHandlers:
                           team=delivery.key.workspace)
 
     async def on_command(self, command: Mapping[str, Any], respond: AsyncRespond,
-                         bot: BotIdentity, ack: Ack | None = None) -> str:
+                         bot: BotIdentity, ack: Ack | None = None,
+                         word: Command = Command.ASK) -> str:
         # Slack does not retry a command: it is recorded (under its trigger id, with its text)
         # before the question is posted, so a crash in between loses nothing; the sink posts
         # the question (or finds it by its metadata after a restart) and the record moves to
@@ -162,8 +173,11 @@ class SlackHandlers:
         outcome = FAILED
         async with self.boundary(sink, f"{COMMAND} {tag} in {channel}"):
             # access was judged before the command was acknowledged (see `register`)
+            earlier = (channel_reader(self, channel, None, bot)  # `/rinna 要約`
+                       if word is Command.SUMMARY else None)
             outcome = await self.front.receive(Event(key, tag, question, sink, writer=user,
-                                                     accepted=ack))
+                                                     accepted=ack, command=word,
+                                                     earlier=earlier))
         return outcome
 
     async def _answer(self, message: SlackMessage, bot: BotIdentity, *, addressed: bool,
@@ -176,16 +190,24 @@ class SlackHandlers:
         outcome = FAILED
         async with self.boundary(sink, f"message {message.delivery_key} in {key}"):
             text = await self.plain(message.text, bot)
-            command = command_word(text, (Command.RESET,)) if addressed else Command.ASK
-            if command is Command.ASK and not text and not (via_mention or message.is_dm):
+            command = (command_word(text, (Command.RESET, Command.SUMMARY, Command.CONFIG))
+                       if addressed else Command.ASK)
+            if command is Command.CONFIG:  # `@rinna 設定 …`: answered to that person alone
+                return await config_in_thread(self.front, self.api, text, message, ack)
+            if (command is Command.ASK and not text and not message.files
+                    and not (via_mention or message.is_dm)):
                 return IGNORED  # an empty mention gets the usage hint via app_mention alone
             earlier = (self.earlier(message, bot)
                        if message.thread_ts and not message.is_dm else None)
+            if command is Command.SUMMARY and not message.is_dm:  # what it asks to summarise
+                earlier = (thread_reader(self, message.channel, message.thread_ts, bot,
+                                         before=message.ts) if message.thread_ts
+                           else channel_reader(self, message.channel, message.ts, bot))
             # Access and redelivery were judged before the text was parsed (names looked up).
             outcome = await self.front.receive(Event(
                 key, message.delivery_key, text, sink, writer=message.user, command=command,
-                earlier=earlier, addressed=via_mention or message.is_dm, accepted=ack,
-                admitted=True))
+                earlier=earlier, addressed=addressed, accepted=ack,
+                admitted=True, attachments=message.files, files=self.files))
         return outcome
 
     async def plain(self, text: str, bot: BotIdentity) -> str:
@@ -199,7 +221,7 @@ class SlackHandlers:
 
         async def read() -> list[EarlierMessage]:
             items = self._within_budget(await self._thread_messages(message), bot)
-            return [await self._earlier_message(message.channel, item, bot) for item in items]
+            return [await self.earlier_message(message.channel, item, bot) for item in items]
 
         return read
 
@@ -239,7 +261,7 @@ class SlackHandlers:
         keep = self.front.reachable(texts)
         return list(items[len(items) - keep:]) if keep else []
 
-    async def _earlier_message(self, channel: str, item: Mapping[str, Any],
+    async def earlier_message(self, channel: str, item: Mapping[str, Any],
                                bot: BotIdentity) -> EarlierMessage:
         """One of the thread's messages and who wrote it (the front door sorts them)."""
         text = str(item.get("text") or "")[:MAX_TEXT_CHARS]
@@ -251,7 +273,7 @@ class SlackHandlers:
         if item.get("bot_id") or item.get("subtype") not in USER_SUBTYPES or not item.get("user"):
             return EarlierMessage("", key, Writer.OTHER)
         return EarlierMessage(await self.plain(text, bot), key, Writer.PERSON,
-                              str(item["user"]))
+                              str(item["user"]), attachments=slack_attachments(item))
 
     # ----- the one error boundary -----
     @asynccontextmanager
@@ -273,49 +295,6 @@ class SlackHandlers:
 
 
 # ----- listeners ------------------------------------------------------------------------------
-def register_edits(app: AsyncApp, services: SlackHandlers) -> None:
-    """Deleting or editing a message on Slack does the same to the turn stored from it.
-    Registered before the `message` listener: bolt runs only the first listener that matches."""
-    front = services.front
-
-    @app.event({"type": "message", "subtype": "message_deleted"})
-    async def message_deleted(ack: AsyncAck, event: dict[str, Any]) -> None:
-        await ack()
-        outcome = IGNORED
-        try:
-            channel = event.get("channel")
-            ts = event.get("deleted_ts") or (event.get("previous_message") or {}).get("ts")
-            if isinstance(channel, str) and isinstance(ts, str):
-                outcome = await front.deleted(PLATFORM, f"{channel}:{ts}")
-        except Exception:
-            log.exception("slack: could not delete a deleted message from the history")
-        finally:
-            services.outcomes[outcome] += 1
-
-    @app.event({"type": "message", "subtype": "message_changed"})
-    async def message_changed(ack: AsyncAck, event: dict[str, Any],
-                              context: AsyncBoltContext) -> None:
-        await ack()
-        outcome = IGNORED
-        try:
-            channel, changed = event.get("channel"), event.get("message") or {}
-            ts, bot = changed.get("ts"), bot_identity(context)
-            own = bot.user_id is not None and changed.get("user") == bot.user_id
-            if not (isinstance(channel, str) and isinstance(ts, str)) or own or (
-                    changed.get("bot_id")):
-                pass
-            elif changed.get("subtype") == "tombstone":  # a thread's first message, deleted
-                outcome = await front.deleted(PLATFORM, f"{channel}:{ts}")
-            else:
-                outcome = await front.edited(
-                    PLATFORM, f"{channel}:{ts}",
-                    await services.plain(str(changed.get("text") or ""), bot))
-        except Exception:
-            log.exception("slack: could not apply an edited message to the history")
-        finally:
-            services.outcomes[outcome] += 1
-
-
 def register(app: AsyncApp, services: SlackHandlers) -> None:
     """Every Slack listener of the bot. Each acks first; the work runs after the ack."""
     # The AI-app view first: its middleware takes assistant-thread messages (DM threads)
@@ -323,7 +302,9 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
     app.assistant(build_assistant(services))
     register_edits(app, services)  # first: see register_edits
     register_shortcut(app, services)
+    register_summary_shortcut(app, services)
     register_controls(app, services)
+    register_home(app, services.front, services.api, services.outcomes)
 
     @app.event("app_mention")
     async def app_mention(ack: AsyncAck, body: dict[str, Any], event: dict[str, Any],
@@ -364,14 +345,22 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             await ack(text=RESET_HINT, response_type="ephemeral")
             services.outcomes[HELP] += 1
             return
-        if word is not Command.ASK:  # help or status: told the asker alone, in the ack
+        user = str(command.get("user_id") or "")
+        if word not in (Command.ASK, Command.SUMMARY):  # help, status, config: the asker alone
+            member = (await slack_member(services.api, user, command_key(command).workspace)
+                      if word is Command.CONFIG else None)
             services.outcomes[await services.front.receive(Event(
                 command_key(command), str(command.get("trigger_id") or ""), text,
-                EphemeralAck(ack), writer=str(command.get("user_id") or ""), command=word,
-                admitted=True))] += 1
+                EphemeralAck(ack), writer=user, command=word, admitted=True,
+                member=member))] += 1
+            return
+        if await services.front.switched_off(command_key(command)):  # a community's choice
+            await ack(text=SWITCHED_OFF, response_type="ephemeral")
+            services.outcomes[IGNORED] += 1
             return
 
         async def work(accepted: Ack) -> str:
-            return await services.on_command(command, respond, bot_identity(context), accepted)
+            return await services.on_command(command, respond, bot_identity(context), accepted,
+                                             word)
 
         await acknowledge_when_recorded(services, ack, work, FAILED)

@@ -77,7 +77,7 @@ def title_of(question: str) -> str:
 class _Assistant(AsyncAssistant):
     """AsyncAssistant that lets edits and deletes in DM threads through to the listeners
     (bolt's acknowledges and drops them; here they change the stored turns, see
-    slack_app.register_edits)."""
+    slack_edits.register_edits)."""
 
     async def async_process(self, *, req: AsyncBoltRequest, resp: BoltResponse,
                             next: Callable[[], Awaitable[BoltResponse]]) -> BoltResponse | None:

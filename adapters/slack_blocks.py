@@ -137,3 +137,15 @@ def _ours(block: Mapping[str, Any]) -> bool:
     return block.get("type") in ("actions", "context_actions") and any(
         isinstance(e, Mapping) and e.get("action_id") in OUR_ACTIONS
         for e in block.get("elements") or ())
+
+
+def superseded_blocks(text: str, notice: str) -> tuple[str, list[dict[str, Any]]]:
+    """An earlier answer whose question was edited and answered again: the notice, then its
+    text struck through line by line (Slack's ~strike~ does not span lines; text with a code
+    block is left unstruck, since ~ would show inside it). Returns the text and the blocks."""
+    lines = [escape(line) for line in text.split("\n")]
+    if "```" not in text:
+        lines = [f"~{line}~" if line.strip() else line for line in lines]
+    struck = "\n".join(lines)[:SECTION_CHARS - len(notice) - 8]
+    body = f"_{escape(notice)}_\n{struck}" if struck.strip() else f"_{escape(notice)}_"
+    return body, [_section(body)]

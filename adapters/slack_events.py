@@ -17,8 +17,11 @@ from typing import Any, Protocol
 from slack_bolt.async_app import AsyncAck, AsyncBoltContext
 
 from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
+from adapters.slack_files import slack_attachments
 from adapters.slack_reply import SlackReply
+from adapters.slack_text import escape
 from bot.access import AccessPolicy, AccessRequest
+from bot.attachments import Attachment
 from bot.chat import ChatService, Outcome
 from bot.conversation import ConversationKey
 from bot.front_door import FrontDoor, Result
@@ -57,6 +60,7 @@ class SlackMessage:
     # Teams besides `team` the event names (Slack Connect: the sender's team; Enterprise
     # Grid): each is judged by ALLOWED_WORKSPACES too.
     other_teams: frozenset[str] = frozenset()
+    files: tuple[Attachment, ...] = ()  # shared files and snippets (adapters/slack_files.py)
 
     @property
     def teams(self) -> frozenset[str]:
@@ -95,7 +99,7 @@ def parse_message(body: Mapping[str, Any], event: Mapping[str, Any]) -> SlackMes
     text = event.get("text")
     text = text[:MAX_TEXT_CHARS] if isinstance(text, str) else ""
     return SlackMessage(team, channel, ts, str(event.get("thread_ts") or ""), user, text, is_dm,
-                        others - {team})
+                        others - {team}, slack_attachments(event))
 
 
 def command_key(command: Mapping[str, Any]) -> ConversationKey:
@@ -121,7 +125,8 @@ class EphemeralAck:
         return None
 
     async def finish(self, text: str) -> None:
-        await self._ack(text=text, response_type="ephemeral")
+        # escaped: a community's persona shown by status or config is text, never markup
+        await self._ack(text=escape(text), response_type="ephemeral")
 
     async def fail(self, message: str) -> None:
         await self.finish(message)

@@ -20,6 +20,7 @@ from adapters.slack_blocks import (
     control_blocks,
     has_native_feedback,
     message_blocks,
+    superseded_blocks,
     without_actions,
 )
 from adapters.slack_stream import NativeStream, StreamSupport
@@ -100,6 +101,13 @@ class SlackReply(MessageReply):
                 raise
             self.feedback.refuse()
         return await self.api.call(method, retry=retry, **arguments, **blocks_for(False))
+
+    async def supersede(self, ref: str, text: str, notice: str) -> None:
+        """The answer in message `ref` was to words since edited: the notice, its text struck
+        through, no buttons. One try (the new answer is what matters)."""
+        body, blocks = superseded_blocks(text, notice)
+        await self.api.call("chat_update", retry=False, channel=self.channel,
+                            ts=self.restore(ref), text=body, blocks=blocks)
 
     async def retire(self, ref: str) -> None:
         """The answer in message `ref` is no longer the newest: its buttons become RETIRED

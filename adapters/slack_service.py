@@ -28,6 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters import slack_shapes
 from adapters.slack_api import PLATFORM, SlackApi, SlackConnectError, UserNames, describe
 from adapters.slack_app import SlackHandlers, register
+from adapters.slack_files import slack_fetcher
 from bot.access import AccessPolicy
 from bot.chat import ChatService
 from bot.config import Settings
@@ -271,7 +272,8 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
                    signing_secret=secret.get_secret_value() if secret is not None else "")
     api = SlackApi(client)
     handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings),
-                             status=status)
+                             status=status, files=slack_fetcher(settings),
+                             summary_messages=settings.summary_channel_messages)
     register(app, handlers)
     return SlackService(app, handlers, settings, host)
 

@@ -21,16 +21,24 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
+from bot.answer_controls import AnswerControls, ModeratorCheck
+from bot.answering import Answerer, with_notes
+from bot.attachments import AttachmentReader, prompt_room
+from bot.community import Community
+from bot.context import PromptContexts
 from bot.controls import ControlResult, Feedback
 from bot.conversation import NO_CONTROLS, ConversationKey, IncomingMessage, ReplySink
-from bot.errors import RinnaError
-from bot.answer_controls import AnswerControls, ModeratorCheck
-from bot.delivery import (ChatConfig, CrashHook, DeliveryFlow, EarlierLoader, Outcome,
-                          owner_of)
+from bot.delivery import ChatConfig, CrashHook, DeliveryFlow, EarlierLoader, Outcome
+from bot.edited import EditedQuestions
 from bot.edits import PrivateData
+from bot.errors import RinnaError
+from bot.generation import GenerationParams
 from bot.generator import Generator
 from bot.history_window import HistoryWindow
 from bot.prompt import clean_text
+from bot.scoped import ScopedSettings
+from bot.summary import RollingSummaries, Summariser
+from bot.summary_request import SummaryRequests
 from bot.notices import (EMPTY_ANSWER, INTERRUPTED_NOTICE, SHORTENED_NOTICE, STALE_NOTICE,
                          UNEXPECTED_ERROR, USAGE_MESSAGE)
 from bot.ports.locks import ConversationLocks, InProcessLocks
@@ -44,7 +52,7 @@ from bot.tokenizer import Tokenizer
 # what the service's callers import from here (the flow and the notices live beside it)
 __all__ = ["EMPTY_ANSWER", "INTERRUPTED_NOTICE", "SHORTENED_NOTICE", "STALE_NOTICE",
            "USAGE_MESSAGE", "ChatConfig", "ChatService", "CrashHook", "EarlierLoader", "Outcome",
-           "Recovered", "owner_of"]
+           "Recovered", "with_notes"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,9 @@ class ChatService:
         crash_hook: CrashHook | None = None,
         on_feedback: Callable[[str, str], None] | None = None,  # (platform, value): metrics
         locks: ConversationLocks | None = None,  # None: in-process (one process per database)
+        summaries: RollingSummaries | None = None,  # None: SUMMARY=off
+        summary_requests: SummaryRequests | None = None,  # None: SUMMARY_TOKENS' default
+        community: Community | None = None,  # per-scope settings; None: the host's for all
     ) -> None:
         self.store = store
         self.generator = generator
@@ -89,17 +100,35 @@ class ChatService:
         self._on_feedback = on_feedback
         self._edits = PrivateData(store)
         self.window = HistoryWindow(store, tokenizer, config.prompt_budget)
+        self.summaries = summaries
+        self.contexts = PromptContexts(store, self.window, summaries)
+        self.summary_requests = summary_requests or SummaryRequests(Summariser(
+            generator, tokenizer, config.context_tokens, GenerationParams(max_new_tokens=200)),
+            self.window)
+        self.scoped = ScopedSettings(community, config.params, config.prompt_budget)
         self.controls = AnswerControls(store, self.running, self._locks, self._redo,
                                        lambda: self._closing, on_feedback)
+        self.reader = AttachmentReader(config.attachments,
+                                       prompt_room(tokenizer, config.prompt_budget))
+        self.edits = EditedQuestions(store, self.running, self._locks, self._edits, self._redo,
+                                     window_s=config.edit_window_s)
+        answerer = Answerer(store, generator, self.running, self.contexts, self.scoped,
+                            self.summary_requests, stream_interval_s=config.stream_interval_s,
+                            summarising=summaries is not None, point=self._point, clock=clock)
         # this process's token in the store's `take`: a new process takes over what an old
         # one left unfinished; a redelivery cannot take what this one is answering
-        self.flow = DeliveryFlow(store, generator, tokenizer, config, self.window, self._locks,
-                                 self.running, uuid.uuid4().hex, self._active,
-                                 lambda: self._closing, self._point, clock)
+        self.flow = DeliveryFlow(store, answerer, self.window, self._locks, self.running,
+                                 uuid.uuid4().hex, self._active, lambda: self._closing,
+                                 self._point, summaries)
 
     def _point(self, name: str) -> None:
         if self._crash is not None:
             self._crash(name)
+
+    @property
+    def community(self) -> Community | None:
+        """The per-scope settings (None: the host's everywhere): the admins' commands use it."""
+        return self.scoped.community
 
     @property
     def closing(self) -> bool:
@@ -143,7 +172,8 @@ class ChatService:
         if outcome is Outcome.ANSWERED:  # the answer before the reset can no longer be redone
             previous = await self.store.previous_answer(delivery.conversation,
                                                         delivery.delivery_key)
-            if previous is not None and previous.reply_ref is not None:
+            if previous is not None and previous.reply_ref is not None \
+                    and await self.scoped.buttons(key):
                 await retire(sink, previous.reply_ref)
         return outcome is Outcome.ANSWERED
 
@@ -181,9 +211,12 @@ class ChatService:
     async def handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                      *, earlier: EarlierLoader | None = None, addressed: bool = True,
                      accepted: Callable[[], Awaitable[None]] | None = None,
-                     stream_interval_s: float | None = None) -> Outcome:
+                     stream_interval_s: float | None = None, summary: bool = False) -> Outcome:
+        """Answer `message` into `sink`, exactly once (see `_handle`). `summary`: the message
+        asks for a summary (bot/summary_request.py); `earlier` then reads what to summarise."""
         outcome = await self._handle(key, message, sink, earlier=earlier, addressed=addressed,
-                                     accepted=accepted, stream_interval_s=stream_interval_s)
+                                     accepted=accepted, stream_interval_s=stream_interval_s,
+                                     summary=summary)
         if self._on_outcome is not None:
             self._on_outcome(key.platform, outcome)
         return outcome
@@ -191,7 +224,7 @@ class ChatService:
     async def _handle(self, key: ConversationKey, message: IncomingMessage, sink: ReplySink,
                       *, earlier: EarlierLoader | None = None, addressed: bool = True,
                       accepted: Callable[[], Awaitable[None]] | None = None,
-                      stream_interval_s: float | None = None) -> Outcome:
+                      stream_interval_s: float | None = None, summary: bool = False) -> Outcome:
         """Answer `message` into `sink`, exactly once.
 
         `earlier` loads the thread's earlier messages; they are imported (under the
@@ -212,8 +245,11 @@ class ChatService:
 
         try:
             text = clean_text(message.text).strip()
-            if not addressed and (not text or not await self.follows(key)):
+            if not addressed and (not (text or message.attachments)
+                                  or not await self.follows(key)):
                 return Outcome.IGNORED
+            if summary:  # noted first: its record is then always read as a summary request
+                await self.store.mark_summary_request(key.platform, message.delivery_key)
             delivery = await self.store.accept(key, message.delivery_key, text,
                                                 message.author or None,
                                                 message.asker or None, message.sources)
@@ -228,6 +264,9 @@ class ChatService:
                 log.info("%s: message %s arrived while stopping; answered after the restart",
                          key, message.delivery_key)
                 return Outcome.DEFERRED
+            notes = message.notes
+            if message.attachments and delivery.turn_id is None:
+                text, notes = await self._read_files(delivery, text, message)
         except RinnaError as exc:
             log.warning("%s: could not take on message %s: %s", key, message.delivery_key,
                         type(exc).__name__, exc_info=exc)
@@ -244,7 +283,16 @@ class ChatService:
         # Not recorded just now: an earlier handling died; carry on with what it posted.
         return await self.flow.process(delivery, sink, earlier=earlier,
                                        interval=stream_interval_s,
-                                       recovering=not delivery.fresh, text=text)
+                                       recovering=not delivery.fresh, text=text, notes=notes)
+
+    async def _read_files(self, delivery: Delivery, text: str,
+                          message: IncomingMessage) -> tuple[str, tuple[str, ...]]:
+        """Read the message's attached files into its recorded text (after the platform was
+        told it arrived: downloads may take a while), and the notes on what was not read."""
+        read = await self.reader.read(text, message.attachments, message.files)
+        if read.text != text:
+            await self.store.edit_delivered(delivery.platform, delivery.delivery_key, read.text)
+        return read.text, (*message.notes, *read.notes)
 
     async def recover(self, platform: str, make_sink: SinkFactory, *,
                       max_age_s: float = 900.0) -> Recovered:

@@ -95,9 +95,14 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                     parts: StartParts = StartParts(),
                     checks: asyncio.Task[Any] | None = None) -> AsyncIterator[Core]:
     """The store, then the model (while `checks` run: their failure cancels the load)."""
+    from bot.attachments import AttachmentLimits
     from bot.chat import ChatConfig, ChatService
+    from bot.summary import build_summaries
+    from bot.summary_request import build_summary_requests
+    from bot.community import Community, HostPolicy
     from storage import open_store
 
+    policy = HostPolicy.from_settings(settings)  # a bad PERSONA fails before anything opens
     try:  # fails fast, before the model: a path or permission the operator must fix
         store = await open_store(settings.database_path)
     except StorageError as exc:
@@ -105,6 +110,7 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
     try:
         loading = parts.load_generator(settings)
         generator = await (while_checking(checks, loading) if checks is not None else loading)
+        summaries = None
         try:
             assert generator.tokenizer is not None
             if settings.engine_url is None:  # a remote engine warms up its own kernels
@@ -116,15 +122,24 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                 metrics.watch_generator(generator)
                 served = MeteredGenerator(generator, metrics)
                 metrics.model_loaded = True
+            summaries = build_summaries(settings, store, served, generator.tokenizer)
             chat = ChatService(store, served, generator.tokenizer, ChatConfig(
-                prompt_budget=settings.prompt_budget,
-                stream_interval_s=settings.stream_interval_s),
+                prompt_budget=settings.prompt_budget, context_tokens=settings.context_tokens,
+                stream_interval_s=settings.stream_interval_s,
+                edit_window_s=settings.edit_window_s,
+                attachments=AttachmentLimits(settings.attachment_max_bytes,
+                                             settings.attachments_max)),
                 on_outcome=metrics.count_outcome if metrics is not None else None,
                 on_feedback=metrics.count_feedback if metrics is not None else None,
-                crash_hook=crash_hook)
+                crash_hook=crash_hook, summaries=summaries,
+                summary_requests=build_summary_requests(settings, store, served,
+                                                        generator.tokenizer),
+                community=Community(store, policy, generator.tokenizer))
             yield Core(settings, store, generator, chat, metrics,
                        build_status(settings, generator, store))
         finally:
+            if summaries is not None:  # a summary not saved yet is written after a later answer
+                await summaries.aclose()
             if metrics is not None:
                 metrics.model_loaded = False
             await generator.aclose()
@@ -139,10 +154,12 @@ def build_status(settings: Settings, generator: Any, store: ChatStore) -> Status
     if settings.engine_url is not None:
         return Status(model=settings.engine_model or settings.model_id,
                       device=f"リモートエンジン（{len(settings.engine_urls)}台）",
-                      quantisation="サーバー側の設定", generator=generator, store=store)
+                      quantisation="サーバー側の設定", generator=generator, store=store,
+                      window_tokens=settings.prompt_budget, summary=settings.summary)
     info = generator.model_info  # what loaded (bot.model_loader.ModelInfo), not what was asked
     return Status(model=info.model_id, device=info.device, quantisation=info.precision.value,
-                  generator=generator, store=store)
+                  generator=generator, store=store, window_tokens=settings.prompt_budget,
+                  summary=settings.summary)
 
 
 async def serve(settings: Settings, command: str, crash_hook: CrashHook | None = None,

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot import models, precision
 from bot.access import parse_ids
+from bot.ports.community import KEYS as COMMUNITY_KEYS
 from bot.errors import ConfigError
 
 Ids = Annotated[frozenset[str], NoDecode]  # comma-separated in the environment
@@ -39,6 +40,10 @@ class Settings(BaseSettings):
     temperature: float = Field(0.7, gt=0.0, le=5.0)
     repetition_penalty: float = Field(1.1, ge=1.0, le=5.0)
     context_tokens: int = Field(2048, ge=64, le=2048)
+    # A conversation longer than the window: its rolling summary (bot/summary.py)
+    summary: bool = True  # SUMMARY=off: the oldest turns are only left out (and said so)
+    summary_tokens: int = Field(200, ge=16, le=512)  # a summary's longest length
+    summary_channel_messages: int = Field(100, ge=1, le=1000)  # 「要約」 outside a thread
 
     # Shared generator: batching, queue and limits
     max_batch: int = Field(8, ge=1, le=256)
@@ -67,6 +72,12 @@ class Settings(BaseSettings):
     slack_port: int = Field(3000, ge=1, le=65535)
     slack_api_url: str = "https://slack.com/api/"
 
+    # What people bring: attached files (bot/attachments.py) and edited questions
+    attachment_max_bytes: int = Field(1_000_000, ge=1, le=100_000_000)  # per file
+    attachments_max: int = Field(5, ge=0, le=20)  # files read per message (0: none)
+    attachment_timeout_s: float = Field(20.0, gt=0.0, le=300.0)  # per file's download
+    edit_window_s: float = Field(600.0, ge=0.0)  # an edited newest question is answered again
+
     # Access (comma-separated ids; empty = no restriction): see bot/access.py
     allowed_workspaces: Ids = frozenset()
     allowed_channels: Ids = frozenset()
@@ -74,6 +85,21 @@ class Settings(BaseSettings):
     allowed_roles: Ids = frozenset()
     blocked_users: Ids = frozenset()
     allow_dms: bool = True
+
+    # Communities (docs/personas.md): the host's defaults under every server, workspace,
+    # channel and thread, the hard bounds on what their admins may set, and who else may
+    persona: str = "none"  # a ready persona (helpful, concise, keigo, casual) or its own text
+    mention_only: bool = False  # answer in a thread only when mentioned
+    answer_buttons: bool = True  # 停止 / もう一度 / 👍👎 on answers
+    community_keys: Ids = frozenset(COMMUNITY_KEYS)  # which keys communities may change; "none"
+    max_persona_chars: int = Field(400, ge=1, le=4000)
+    max_persona_tokens: int = Field(256, ge=8, le=1024)
+    community_min_temperature: float = Field(0.1, gt=0.0, le=5.0)
+    community_max_temperature: float = Field(1.5, gt=0.0, le=5.0)
+    community_max_repetition_penalty: float = Field(2.0, ge=1.0, le=5.0)
+    community_max_new_tokens: int = Field(512, ge=1, le=1024)
+    admin_roles: Ids = frozenset()  # Discord role ids or names that may change settings
+    admin_users: Ids = frozenset()  # user ids that may change settings wherever the bot is
 
     # Service: stopping and starting again without losing a message
     shutdown_grace_s: float = Field(20.0, ge=0.0)  # answers in flight may finish this long
@@ -101,10 +127,22 @@ class Settings(BaseSettings):
         return data
 
     @field_validator("allowed_workspaces", "allowed_channels", "allowed_users", "allowed_roles",
-                     "blocked_users", mode="before")
+                     "blocked_users", "admin_roles", "admin_users", mode="before")
     @classmethod
     def _id_list(cls, value: Any) -> frozenset[str]:
         return parse_ids(value)
+
+    @field_validator("community_keys", mode="before")
+    @classmethod
+    def _community_keys(cls, value: Any) -> frozenset[str]:
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return frozenset()
+        keys = parse_ids(value)
+        unknown = sorted(keys - set(COMMUNITY_KEYS))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not a community setting (the settings are "
+                             f"{', '.join(COMMUNITY_KEYS)}, or none)")
+        return keys
 
     @field_validator("quantization", mode="before")
     @classmethod
@@ -292,6 +330,8 @@ EXAMPLES = {
     "retention_days": "30",
     "metrics_port": "9100",
     "allow_dms": "false",
+    "community_keys": "persona,enabled,mention_only",
+    "persona": "keigo",
 }
 
 # Token shapes, checked before anything connects: (pattern, what a right value looks like).

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from bot.attachments import Attachment, Fetcher
 
 
 class Speaker(StrEnum):
@@ -53,6 +56,13 @@ class IncomingMessage:
     # The platform messages the text was taken from, when not the delivery itself (「rinna に
     # 聞く」: the message asked about), so that deleting or editing one reaches the stored text.
     sources: tuple[str, ...] = ()
+    # Short notes for the answer on what of the message was not read (attached files that
+    # are not text, too big, or cut to fit the prompt): bot/attachments.py writes them.
+    notes: tuple[str, ...] = ()
+    # Files attached to the message (read into its text once it is recorded) and the
+    # platform's downloader for them (adapters/file_download.py).
+    attachments: tuple[Attachment, ...] = ()
+    files: Fetcher | None = None
 
     @classmethod
     def asked_about(cls, text: str, delivery_key: str, *, writer: str, asker: str,

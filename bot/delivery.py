@@ -6,6 +6,9 @@ transaction that checks the state it comes from and says whether it won:
     take (claimed by this process) -> [relocate] -> show_placeholder -> begin_answer
     (earlier thread messages, user turn) -> store_answer -> finish (answered | failed)
 
+What is written between begin_answer and store_answer (an answer, or a summary asked for) is
+bot/answering.py's; which buttons an answer shows is its scope's (bot/scoped.py).
+
 Exactly once rests on those answers: `take` lets one runner (this process's token) work on an
 unfinished delivery, and every later transition names that runner and the state it expects.
 A process that dies anywhere leaves a record that a redelivery or the start-up recovery takes
@@ -17,27 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.controls import STOPPED_MARK
-from bot.conversation import ANSWERED, NO_CONTROLS, STREAMING, ReplySink
+from bot.answering import Answerer, Written, with_notes
+from bot.attachments import AttachmentLimits
+from bot.conversation import ANSWERED, NO_CONTROLS, STREAMING, Controls, ReplySink
 from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
 from bot.generation import GenerationParams
-from bot.generator import Generator
 from bot.history_window import HistoryWindow
-from bot.notices import (EMPTY_ANSWER, INTERRUPTED_NOTICE, SHORTENED_NOTICE, STALE_NOTICE,
-                         UNEXPECTED_ERROR, USAGE_MESSAGE)
+from bot.notices import INTERRUPTED_NOTICE, STALE_NOTICE, UNEXPECTED_ERROR, USAGE_MESSAGE
 from bot.ports.locks import ConversationLocks
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
 from bot.ports.sinks import LocatesConversation
 from bot.ports.store import ChatStore
-from bot.prompt import clean_text, fit_prompt
 from bot.running import RunningAnswers
+from bot.scoped import ScopedSettings
 from bot.sink_calls import offer, placeholder_ref, resume, retire
-from bot.tokenizer import Tokenizer
+from bot.summary import RollingSummaries
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,11 @@ CrashHook = Callable[[str], None]
 @dataclass(frozen=True, slots=True)
 class ChatConfig:
     prompt_budget: int = 2048 - 128
+    context_tokens: int = 2048  # the model's window (a summary's prompt and its length)
     stream_interval_s: float = 1.0
     params: GenerationParams | None = None  # None: the generator's defaults
-
-
-def owner_of(delivery: Delivery) -> str | None:
-    """Who asked, for the generator's per-user bound and turns: the platform and the asker's
-    user id (None when the adapter names nobody: then only the queue bounds the request)."""
-    return f"{delivery.platform}:{delivery.who_asked}" if delivery.who_asked else None
+    edit_window_s: float = 600.0  # an edited newest question this young is answered again
+    attachments: AttachmentLimits = AttachmentLimits()  # how much of attached files is read
 
 
 class Lost(Exception):
@@ -78,16 +76,14 @@ class Lost(Exception):
 
 
 class DeliveryFlow:
-    def __init__(self, store: ChatStore, generator: Generator, tokenizer: Tokenizer,
-                 config: ChatConfig, window: HistoryWindow, locks: ConversationLocks,
-                 running: RunningAnswers, runner: str,
+    def __init__(self, store: ChatStore, answerer: Answerer, window: HistoryWindow,
+                 locks: ConversationLocks, running: RunningAnswers, runner: str,
                  active: dict[asyncio.Task[object], asyncio.Future[object] | None],
                  closing: Callable[[], bool], point: CrashHook,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 summaries: RollingSummaries | None = None) -> None:
         self.store = store
-        self.generator = generator
-        self.tokenizer = tokenizer
-        self.config = config
+        self.answerer = answerer
+        self.scoped: ScopedSettings = answerer.scoped
         self.window = window
         self._locks = locks
         self.running = running
@@ -95,7 +91,11 @@ class DeliveryFlow:
         self._active = active  # answering task -> its locked work (the service's shutdown)
         self._closing = closing
         self._point = point
-        self._clock = clock
+        self.summaries = summaries  # None: SUMMARY=off
+
+    async def _controls(self, delivery: Delivery, wanted: Controls) -> Controls:
+        """`wanted`, or none where the delivery's scope hides the buttons."""
+        return await self.scoped.controls(delivery.key, wanted)
 
     async def give_up(self, delivery: Delivery, sink: ReplySink) -> Outcome:
         """A recovered delivery too old to answer: its stored final text, or a short notice."""
@@ -105,7 +105,8 @@ class DeliveryFlow:
         try:
             await resume(sink, taken.reply_ref)
             if taken.final is not None:  # its answer (or reset) was done: show it, not a notice
-                offer(sink, ANSWERED if taken.turn_id is not None else NO_CONTROLS)
+                offer(sink, await self._controls(
+                    taken, ANSWERED if taken.turn_id is not None else NO_CONTROLS))
                 await sink.finish(taken.final)
                 await self.store.finish(taken)
             else:
@@ -120,9 +121,11 @@ class DeliveryFlow:
 
     async def process(self, delivery: Delivery, sink: ReplySink, *,
                       earlier: EarlierLoader | None = None, interval: float | None = None,
-                      recovering: bool = False, text: str | None = None) -> Outcome:
+                      recovering: bool = False, text: str | None = None,
+                      notes: tuple[str, ...] = ()) -> Outcome:
         """Answer a recorded message: its placeholder, user turn, answer, final text.
-        `text` is the message's text when the platform just delivered it (else the record's)."""
+        `text` is the message's text when the platform just delivered it (else the record's);
+        `notes` go at the end of the answer (what of its attachments was not read)."""
         taken = await self.store.take(delivery, self.runner)
         if taken is None:
             log.info("%s: message %s already answered or being answered", delivery.key,
@@ -136,7 +139,7 @@ class DeliveryFlow:
         outcome = Outcome.DUPLICATE
         try:
             outcome = await self._answer_taken(taken, sink, me, earlier, interval, recovering,
-                                               text)
+                                               text, notes)
             return outcome
         except Lost:
             log.info("%s: message %s was taken over; this runner stops", taken.key,
@@ -153,16 +156,18 @@ class DeliveryFlow:
             outcome = Outcome.FAILED
             return outcome
         finally:
-            self.running.end(marker)
             if me is not None:
                 self._active.pop(me, None)
-            if outcome not in ENDED:
-                await self._release(taken)
+            try:
+                if outcome not in ENDED:
+                    await self._release(taken)
+            finally:  # released first: who waits for its end (an edit) finds it free
+                self.running.end(marker)
 
     async def _answer_taken(self, taken: Delivery, sink: ReplySink,
                             me: asyncio.Task[object] | None, earlier: EarlierLoader | None,
                             interval: float | None, recovering: bool,
-                            text: str | None) -> Outcome:
+                            text: str | None, notes: tuple[str, ...]) -> Outcome:
         if taken.state is DeliveryState.WITHDRAWN:
             if recovering:
                 await resume(sink, taken.reply_ref)
@@ -176,16 +181,16 @@ class DeliveryFlow:
             return await self._show_final(current, sink, current.final,
                                           answer=current.turn_id is not None)
         if current.turn_id is None and not (current.text if text is None else text).strip():
-            # An empty message (only a mention, say): the usage hint.
+            # An empty message (only a mention, say; or only files not read): the usage hint.
             offer(sink, NO_CONTROLS)
-            await sink.finish(USAGE_MESSAGE)
+            await sink.finish(with_notes(USAGE_MESSAGE, notes, first=True))
             await self.store.finish(current)
             return Outcome.EMPTY
         # The placeholder goes out at once (its handle is kept as soon as it is known), but
         # the turn waits for the conversation's lock, taken here in arrival order.
         starting = asyncio.ensure_future(self._start(current, sink))
         work = asyncio.ensure_future(
-            self._locked_turn(current, sink, starting, earlier, interval))
+            self._locked_turn(current, sink, starting, earlier, interval, notes))
         if me is not None:
             self._active[me] = work
         try:
@@ -199,8 +204,11 @@ class DeliveryFlow:
                 return Outcome.INTERRUPTED
             raise
         outcome = await self._show_final(current, sink, final, answer=True)
+        if self.summaries is not None:  # what fell out of the window, in the background
+            self.summaries.after_answer(current.conversation)
         marker = (current.platform, current.delivery_key)
-        if (older := self.running.to_retire.pop(marker, None)) is not None:
+        if (older := self.running.to_retire.pop(marker, None)) is not None \
+                and await self.scoped.buttons(current.key):
             await retire(sink, older)
         return outcome
 
@@ -244,7 +252,7 @@ class DeliveryFlow:
 
     async def _show_final(self, delivery: Delivery, sink: ReplySink, final: str, *,
                           answer: bool) -> Outcome:
-        offer(sink, ANSWERED if answer else NO_CONTROLS)
+        offer(sink, await self._controls(delivery, ANSWERED if answer else NO_CONTROLS))
         await sink.finish(final)
         self._point("shown")
         await self.store.finish(delivery)
@@ -262,7 +270,7 @@ class DeliveryFlow:
             await self._release(delivery)
 
     async def _start(self, delivery: Delivery, sink: ReplySink) -> None:
-        offer(sink, STREAMING)
+        offer(sink, await self._controls(delivery, STREAMING))
         await sink.start()
         self._point("placeholder")
         ref = placeholder_ref(sink)
@@ -276,11 +284,11 @@ class DeliveryFlow:
 
     async def _locked_turn(self, delivery: Delivery, sink: ReplySink,
                            starting: asyncio.Future[None], earlier: EarlierLoader | None,
-                           interval: float | None) -> str:
+                           interval: float | None, notes: tuple[str, ...]) -> str:
         try:
             async with self._locks.hold(delivery.key):
                 await starting
-                return await self._turn(delivery, sink, earlier, interval)
+                return await self._turn(delivery, sink, earlier, interval, notes)
         finally:
             if not starting.done():
                 starting.cancel()
@@ -299,31 +307,52 @@ class DeliveryFlow:
             return ()
         return self.window.backfill(turns)
 
+    async def _read_all(self, delivery: Delivery,
+                        source: EarlierLoader | None) -> Sequence[ImportedTurn] | None:
+        """What a summary request summarises, as the platform shows it (None: it shows
+        nothing here, or could not be read: the stored history is summarised)."""
+        if source is None:
+            return None
+        try:
+            return await source()
+        except Exception as exc:  # the platform could not be read: the stored history
+            log.warning("%s: could not read the messages to summarise (%s); summarising "
+                        "the stored history", delivery.key, type(exc).__name__)
+            return None
+
+    async def _asks_summary(self, delivery: Delivery) -> bool:
+        """A summary request, or 「もう一度」 on the answer to one."""
+        return any([await self.store.is_summary_request(delivery.platform, key)
+                    for key in (delivery.delivery_key, delivery.replaces) if key])
+
     async def _turn(self, delivery: Delivery, sink: ReplySink, earlier: EarlierLoader | None,
-                    interval: float | None) -> str:
+                    interval: float | None, notes: tuple[str, ...]) -> str:
         """Store the user turn (once; the thread's earlier messages first if the bot is new to
-        it), generate and store the answer. Runs under the lock. Returns the text to show."""
-        joined = await self._earlier(delivery, earlier)
+        it), write and store the answer (or the summary asked for). Runs under the lock.
+        Returns the text to show."""
+        summary = await self._asks_summary(delivery)
+        read: Sequence[ImportedTurn] | None = None
+        if summary:  # read whole; joined, as by a first question, where the bot is new
+            read = await self._read_all(delivery, earlier)
+            joined: Sequence[ImportedTurn] = ()
+            if read is not None and delivery.turn_id is None \
+                    and not await self.store.has_turns(delivery.conversation):
+                joined = self.window.backfill(read)
+        else:
+            joined = await self._earlier(delivery, earlier)
         current = await self.store.begin_answer(delivery, joined)
         if current is None:
             raise Lost()
         self._point("user_turn")
         if joined:
             log.info("%s: joined with %d earlier messages", delivery.key, len(joined))
-        await self._note_retired(delivery)
-        assert current.turn_id is not None
-        answer, shortened, stopped = await self._answer(
-            current.conversation, current.turn_id, sink, interval, owner_of(current),
-            (current.platform, current.delivery_key))
-        final = answer or ("" if stopped else EMPTY_ANSWER)
-        if shortened and answer:
-            final = f"{final}\n\n{SHORTENED_NOTICE}"
-        if stopped:
-            final = f"{final}\n\n{STOPPED_MARK}".strip()
-        if not await self.store.store_answer(current, answer, final):
+        await self._note_retired(delivery)  # as for any answer: buttons, overtaking
+        written: Written = await (self.answerer.summary(current, read) if summary else
+                                  self.answerer.answer(current, sink, interval, notes))
+        if not await self.store.store_answer(current, written.answer, written.final):
             raise Lost()
         self._point("answer_stored")
-        return final
+        return written.final
 
     async def _note_retired(self, before: Delivery) -> None:
         """Which earlier answer loses 「もう一度」 once this answer is shown (decided here,
@@ -343,48 +372,3 @@ class DeliveryFlow:
             return
         if older is not None and older.reply_ref is not None:
             self.running.to_retire[marker] = older.reply_ref
-
-    async def _answer(self, conversation: int, upto: int, sink: ReplySink,
-                      interval: float | None, owner: str | None = None,
-                      marker: tuple[str, str] | None = None) -> tuple[str, bool, bool]:
-        """Generate the answer to turn `upto`, streaming it into `sink`. Returns the answer,
-        whether the prompt was shortened, and whether its 「停止」 button stopped it (the
-        generation is aborted at once; what was written so far is the answer)."""
-        if interval is None:
-            interval = self.config.stream_interval_s
-        history = await self.window.history(conversation, upto)
-        fitted = fit_prompt(history, self.tokenizer, self.config.prompt_budget)
-        started = self._clock()
-        parts: list[str] = []
-        last_update = started
-        shown_wait: tuple[int, float] | None = None  # (position, when) last shown
-
-        async def on_wait(position: int) -> None:
-            # Only a changed position, and at most one edit per interval per message: a
-            # burst of N waiting requests would otherwise make O(N^2) platform edits.
-            nonlocal shown_wait
-            now = self._clock()
-            if shown_wait is not None and (position == shown_wait[0]
-                                           or now - shown_wait[1] < interval):
-                return
-            shown_wait = (position, now)
-            await sink.waiting(position)
-
-        async def consume() -> None:
-            nonlocal last_update
-            async for delta in self.generator.stream(fitted.prompt, self.config.params,
-                                                     owner=owner, on_wait=on_wait):
-                parts.append(delta)
-                now = self._clock()
-                if now - last_update >= interval:
-                    last_update = now
-                    await sink.update(clean_text("".join(parts)).strip())
-                    self._point("streaming")
-
-        stopped = await self.running.generate(marker, consume)
-        answer = clean_text("".join(parts)).strip()
-        log.info("answered: %d prompt tokens (%d turns, %d dropped), %d chars in %.2f s",
-                 len(fitted.ids), len(fitted.turns), fitted.dropped, len(answer),
-                 self._clock() - started)
-        log.debug("prompt=%r answer=%r", fitted.prompt, answer)
-        return answer, fitted.shortened, stopped

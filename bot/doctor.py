@@ -118,13 +118,14 @@ def _credentials(settings: Settings) -> list[Check]:
 
     from adapters.credentials import PlatformUnreachable
     from bot.errors import ConfigError
-    from bot.platforms import ask_credentials, configured_platforms
+    from bot.platforms import configured_platforms, credential_findings
 
     async def ask() -> list[Check]:
-        found = []
+        found: list[Check] = []
         for entry in configured_platforms(settings):
             try:
-                found.append(Check(True, await ask_credentials(entry, settings)))
+                found.extend(Check(ok, line)
+                             for ok, line in await credential_findings(entry, settings))
             except ConfigError as exc:
                 found.append(Check(False, str(exc)))
             except PlatformUnreachable as exc:

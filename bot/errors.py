@@ -73,3 +73,31 @@ class PromptRefused(RinnaError):
     not sent to the model at all (it stays stored as written)."""
 
     user_message = "この文面はそのままではモデルに渡せません。書き方を変えてもう一度お試しください。"
+
+
+class AttachmentError(RinnaError):
+    """An attached file could not be read; the answer carries a short note instead of it."""
+
+
+class AttachmentTooLarge(AttachmentError):
+    """The file is over ATTACHMENT_MAX_BYTES (by its declared size, or as it streamed in)."""
+
+
+class AttachmentUnavailable(AttachmentError):
+    """The file could not be downloaded: a timeout, an HTTP error, or a host (or a redirect
+    to one) that is not the platform's own."""
+
+
+class SettingRefused(RinnaError):
+    """A community setting that cannot be set (unknown key, out of the host's bounds, a
+    persona too long): nothing changes, and the person is told why in one short line."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+class NotPermitted(RinnaError):
+    """Someone without the right tried to change a community's settings: nothing changes."""
+
+    user_message = "設定を変更できるのは、このサーバー（ワークスペース）の管理者だけです。"

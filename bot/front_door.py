@@ -9,12 +9,21 @@ nothing else. The front door owns, for every platform:
 - redelivery: a delivery key taken up lately is dropped before anything is stored (counted as
   a duplicate by the chat service); the store's record stays the authority;
 - the command words (`Command`): reset (exactly once, with its confirmation), help, status,
-  and their texts; an event without one is a question;
+  and their texts; summary (answered like a question, exactly once, from what `earlier`
+  reads: bot/summary_request.py); an event without one is a question;
 - the writer/asker rule: `Event.asker` and `Event.about` make 「rinna に聞く」's message;
 - a thread's earlier messages: the adapter reads them as `EarlierMessage`s (who wrote each),
   the front door sorts them into turns; the chat service trims them to the token budget;
-- edits and deletes of platform messages reaching the stored history;
+- edits and deletes of platform messages reaching the stored history, and an edited newest
+  question answered again (bot/edited.py);
+- attached files: handed to the chat service with the message (read once it is recorded),
+  and read in with a thread's earlier messages (bot/attachments.py);
 - titles (`title`): a question as a thread's or AI-app thread's name.
+- community settings (bot/community.py, through the chat service's `community`): a scope
+  switched off, or a thread message without a mention where mention_only is on, is answered
+  nothing at all; status adds the settings in force; CONFIG runs the admins' commands
+  (`config [scope] show|set|reset …`) with the person's rights as the adapter read them
+  (`Event.member`); `overview` is what an admin may change (Slack's Home tab).
 
 The buttons on an answer (停止, もう一度, 👍/👎) reach bot/answer_controls.py through
 `FrontDoor.controls`; its moderator rule is one mechanism for every platform (the platform's
@@ -35,18 +44,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from enum import StrEnum
 
 from bot.access import AccessPolicy, AccessRequest
+from bot.attachments import Fetcher
 from bot.chat import ChatService, EarlierLoader, Outcome
+from bot.edited import EditOutcome, SinkFor
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.front_events import (Command, EarlierMessage, EarlierReader, Event, Writer,
                               command_word)
+from bot.community import Community, describe
+from bot.community_commands import CommunityAdmin, settings_text
 from bot.notices import RESET_DONE, short_title
+from bot.ports.community import Level, Scope
+from bot.privilege import Member
 from bot.ports.records import ImportedTurn
 from bot.status import StatusSource, status_text
 
 log = logging.getLogger(__name__)
+
+CONFIG_DISABLED = "このボットでは設定の変更が有効になっていません。"
 
 __all__ = ["Command", "EarlierMessage", "Event", "FrontDoor", "Result", "Writer",
            "command_word", "earlier_turns"]
@@ -60,6 +78,7 @@ class Result(StrEnum):
     RESET = "reset"
     HELP = "help"
     STATUS = "status"
+    CONFIG = "config"  # a settings command answered (changed, shown or refused)
     DELETED = "deleted"
     EDITED = "edited"
     IGNORED = str(Outcome.IGNORED)
@@ -128,10 +147,21 @@ class FrontDoor:
         if not event.admitted and (refused := self.admit(
                 event.key.platform, event.delivery_key, event.access)) is not None:
             return refused
-        if event.command is not Command.ASK:
+        if event.command not in (Command.ASK, Command.SUMMARY):
             return await self._command(event)
+        if not await self.chat.scoped.takes(event.key, event.addressed):
+            if event.accepted is not None:  # switched off, or mention only: nothing shown
+                await event.accepted()
+            return Result.IGNORED
+        if event.command is Command.SUMMARY:  # answered like a question, exactly once
+            return str(await self.chat.handle(
+                event.key, self._message(event), event.sink, accepted=event.accepted,
+                earlier=(self._loader(event.earlier, None, event.files) if event.earlier
+                         else None),
+                stream_interval_s=event.stream_interval_s, summary=True))
         message = self._message(event)
-        earlier = self._loader(event.earlier, event.about) if event.earlier else None
+        earlier = (self._loader(event.earlier, event.about, event.files) if event.earlier
+                   else None)
         return str(await self.chat.handle(event.key, message, event.sink, earlier=earlier,
                                           addressed=event.addressed, accepted=event.accepted,
                                           stream_interval_s=event.stream_interval_s))
@@ -147,10 +177,44 @@ class FrontDoor:
         if event.accepted is not None:
             await event.accepted()  # nothing to record: acknowledged at once
         if event.command is Command.STATUS:
-            await event.sink.finish(await status_text(self.status))
+            await event.sink.finish(await status_text(self.status) + await settings_text(
+                self.community, Scope.chain(event.key)[-1]))
             return Result.STATUS
+        if event.command is Command.CONFIG:
+            await event.sink.finish(await self._configure(event))
+            return Result.CONFIG
         await event.sink.finish(self.help_text)
         return Result.HELP
+
+    async def _configure(self, event: Event) -> str:
+        if self.community is None:
+            return CONFIG_DISABLED
+        return await CommunityAdmin(self.community).run_text(event.member, event.key,
+                                                             event.text)
+
+    # ----- community settings (bot/community.py) -----
+    @property
+    def community(self) -> Community | None:
+        """The per-scope settings (None: the host's everywhere)."""
+        return self.chat.community
+
+    async def switched_off(self, key: ConversationKey) -> bool:
+        """Whether a community switched the bot off here: a question command is told so."""
+        return not await self.chat.scoped.takes(key, True)
+
+    async def overview(self, member: Member) -> list[tuple[Scope, list[str]]] | None:
+        """What an admin may change in their workspace: its settings, then each channel's
+        that has its own (None: `member` may change nothing there)."""
+        community = self.community
+        if community is None or not community.policy.privileges.may_configure(member):
+            return None
+        scopes = [s for s in await community.store.configured_scopes(
+            member.platform, member.workspace) if s.level is Level.CHANNEL]
+        shown = []
+        for scope in [Scope(member.platform, member.workspace), *scopes]:
+            settings, _ = await community.at(scope)
+            shown.append((scope, describe(settings)))
+        return shown
 
     @staticmethod
     def _message(event: Event) -> IncomingMessage:
@@ -158,17 +222,35 @@ class FrontDoor:
         its writer's, lets the asker stop or redo the answer, and follows the message's
         deletion or edit."""
         if event.about is not None and event.asker:
-            return IncomingMessage.asked_about(event.text, event.delivery_key,
-                                               writer=event.writer, asker=event.asker,
-                                               message=event.about)
-        return IncomingMessage(event.text, event.delivery_key, event.writer)
+            message = IncomingMessage.asked_about(event.text, event.delivery_key,
+                                                  writer=event.writer, asker=event.asker,
+                                                  message=event.about)
+        else:
+            message = IncomingMessage(event.text, event.delivery_key, event.writer)
+        return replace(message, attachments=event.attachments, files=event.files)
 
-    @staticmethod
-    def _loader(read: EarlierReader, skip: str | None) -> EarlierLoader:
+    def _loader(self, read: EarlierReader, skip: str | None,
+                files: Fetcher | None) -> EarlierLoader:
         async def load() -> list[ImportedTurn]:
-            return earlier_turns(await read(), skip)
+            return earlier_turns(await self._with_files(await read(), files), skip)
 
         return load
+
+    async def _with_files(self, messages: Sequence[EarlierMessage],
+                          files: Fetcher | None) -> list[EarlierMessage]:
+        """A thread's earlier messages with the files people attached read into their text:
+        only of the newest messages that can reach the prompt (no download for the others)."""
+        read = list(messages)
+        if files is None:
+            return read
+        reachable = self.chat.window.reachable(item.text for item in reversed(read))
+        for index in range(len(read) - reachable, len(read)):
+            item = read[index]
+            if item.attachments and item.writer is Writer.PERSON:
+                text = (await self.chat.reader.read(item.text.strip(), item.attachments,
+                                                    files)).text
+                read[index] = replace(item, text=text)
+        return read
 
     @property
     def controls(self) -> ChatService:
@@ -183,11 +265,22 @@ class FrontDoor:
             return Result.DELETED
         return Result.IGNORED
 
-    async def edited(self, platform: str, delivery_key: str, text: str) -> str:
-        """A platform message was edited: its stored text follows."""
-        if await self.chat.message_edited(platform, delivery_key, text):
-            return Result.EDITED
-        return Result.IGNORED
+    async def edited(self, platform: str, delivery_key: str, text: str, *,
+                     edit_id: str = "", sink_for: SinkFor | None = None,
+                     has_files: bool = False) -> str:
+        """A platform message was edited: its stored text follows (the files read into it
+        stay, `has_files`). With `sink_for` (a new reply in the message's conversation), the
+        newest question edited within EDIT_WINDOW_S is answered again, once per `edit_id`
+        (the platform's id of this edit): bot/edited.py."""
+        if sink_for is None:
+            if await self.chat.message_edited(platform, delivery_key, text):
+                return Result.EDITED
+            return Result.IGNORED
+        outcome = await self.chat.edits.edited(platform, delivery_key, text, edit_id=edit_id,
+                                               sink_for=sink_for, has_files=has_files)
+        return {EditOutcome.ANSWERED_AGAIN: str(Outcome.ANSWERED),
+                EditOutcome.HISTORY: Result.EDITED,
+                EditOutcome.DUPLICATE: Result.DUPLICATE}.get(outcome, Result.IGNORED)
 
     async def follows(self, key: ConversationKey) -> bool:
         """Whether the bot already takes part in the conversation (an AI-app thread's first

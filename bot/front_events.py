@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.access import AccessRequest
+from bot.attachments import Attachment, Fetcher
 from bot.conversation import ConversationKey, ReplySink
+from bot.privilege import Member
 
 Ack = Callable[[], Awaitable[None]]
 
@@ -21,6 +23,8 @@ class Command(StrEnum):
     RESET = "reset"  # start the conversation afresh (confirmed in the conversation)
     HELP = "help"  # how to use the bot, in the sink
     STATUS = "status"  # the bot's state, in the sink
+    SUMMARY = "summary"  # summarise the thread (or the channel's last messages) into the sink
+    CONFIG = "config"  # a community's settings: `config [scope] show|set|reset …` (admins)
 
 
 # The words people write for a command (a mention's text, a slash command's argument),
@@ -29,15 +33,22 @@ COMMAND_WORDS: dict[Command, frozenset[str]] = {
     Command.RESET: frozenset({"リセット", "reset"}),
     Command.HELP: frozenset({"help", "ヘルプ", "使い方"}),
     Command.STATUS: frozenset({"status", "ステータス", "状態"}),
+    Command.SUMMARY: frozenset({"要約", "summary", "まとめ"}),
 }
+# The config command is its word and then arguments (`設定 set persona keigo`).
+CONFIG_WORDS = frozenset({"config", "設定"})
 
 
-def command_word(text: str, words: Sequence[Command] = tuple(COMMAND_WORDS)) -> Command:
+def command_word(text: str,
+                 words: Sequence[Command] = (*COMMAND_WORDS, Command.CONFIG)) -> Command:
     """The command `text` is, among `words` (a platform may take only some of them in some
     places: a thread message takes only reset); ASK when it is none of them."""
     word = text.strip().lower()
+    if Command.CONFIG in words and word.split(None, 1)[:1] and \
+            word.split(None, 1)[0] in CONFIG_WORDS:
+        return Command.CONFIG
     for command in words:
-        if word in COMMAND_WORDS[command]:
+        if word in COMMAND_WORDS.get(command, ()):
             return command
     return Command.ASK
 
@@ -60,6 +71,7 @@ class EarlierMessage:
     writer: Writer
     author: str | None = None  # a person's platform user id (forget/export)
     source: str | None = None  # the message it stands for, when not itself (a thread starter)
+    attachments: tuple[Attachment, ...] = ()  # its files, read in with it (a person's)
 
 
 EarlierReader = Callable[[], Awaitable[Sequence[EarlierMessage]]]
@@ -79,7 +91,8 @@ class Event:
     bot takes part in); accepted: awaited once the event is recorded (acknowledge the
     platform there); admitted: True when the adapter already called `FrontDoor.admit`
     (access and redelivery judged before parsing, which may look names up); stream_interval_s: how
-    often the sink gets the growing text (None: the chat service's setting).
+    often the sink gets the growing text (None: the chat service's setting); member: for a
+    CONFIG command, the person's platform rights (bot/privilege.py), read when it runs.
     """
 
     key: ConversationKey
@@ -96,3 +109,8 @@ class Event:
     accepted: Ack | None = None
     admitted: bool = False
     stream_interval_s: float | None = None
+    # The message's attached files (read into its text once recorded: bot/attachments.py),
+    # and the platform's downloader for them (None: files are not read, and the answer says so).
+    attachments: tuple[Attachment, ...] = ()
+    files: Fetcher | None = None
+    member: Member | None = None  # CONFIG: who runs it, as the platform sees them, read now

@@ -34,3 +34,4 @@ class GeneratorStats:
     waiting: int  # requests queued, not yet in the batch
     running: int  # rows decoding now
     generated_tokens: int  # tokens sampled since start
+    background: int = 0  # background requests (summaries) waiting or running

@@ -6,8 +6,14 @@ one callback per engine step (not per character). `stream()` is vLLM-style: an a
 iterator of text deltas; cancelling or abandoning it aborts the request in the worker.
 
 Who runs next is the scheduler's business (`bot.scheduler`: a queue per owner, round-robin,
-per-user and total bounds, positions); the engine (`bot.engine`, torch) runs the batch and is
-imported only by the worker's factory. Importing this module does not import torch.
+per-user and total bounds, positions, and the background class); the engine (`bot.engine`,
+torch) runs the batch and is imported only by the worker's factory. Importing this module does not import torch.
+
+Background requests (`stream(..., background=True)`, e.g. a rolling summary) run only while no
+person's request waits. When one arrives, the worker aborts them before its next step (so a
+question's first token waits at most the one step already under way), and redoes them from
+the start once nobody waits. Their text is therefore held in the worker and yielded once, whole,
+when the request finishes: nothing of an aborted attempt is ever seen.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Generator(Protocol):
     def stream(
         self, prompt: str, params: GenerationParams | None = None, *,
         owner: str | None = None, on_wait: WaitCallback | None = None,
+        background: bool = False,
     ) -> AsyncIterator[str]: ...
 
     async def aclose(self) -> None: ...
@@ -49,6 +56,7 @@ class _Submission:
     prompt: str
     params: GenerationParams
     request: Request | None = None  # set by the worker once tokenized
+    background: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +71,11 @@ class _Position:
 
 @dataclass(frozen=True, slots=True)
 class _Ended:
-    """What the bridge itself ends a request with (rejected, closed); shaped like Output."""
+    """What the bridge itself ends a request with (rejected, closed, a background request's
+    whole text); shaped like Output."""
 
     request_id: int
-    error: Exception
+    error: Exception | None
     text: str = ""
     finished: bool = True
 
@@ -93,6 +102,7 @@ class LocalGenerator:
         self._aborts: set[int] = set()
         self._closing = False
         self._ids = itertools.count(1)
+        self.preempted = 0  # background runs aborted for a person's request (worker writes)
         self._channels: dict[int, asyncio.Queue[str | _End | _Position]] = {}  # loop side only
         self._thread = threading.Thread(target=self._run, name="rinna-generator", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,8 +133,9 @@ class LocalGenerator:
     def stats(self) -> GeneratorStats:
         with self._cond:
             waiting, running = self._scheduler.waiting, self._scheduler.running
+            background = self._scheduler.background
         return GeneratorStats(waiting=waiting, running=running,
-                              generated_tokens=self.tokens_generated)
+                              generated_tokens=self.tokens_generated, background=background)
 
     @property
     def running(self) -> int:
@@ -140,10 +151,12 @@ class LocalGenerator:
     async def stream(
         self, prompt: str, params: GenerationParams | None = None, *,
         owner: str | None = None, on_wait: WaitCallback | None = None,
+        background: bool = False,
     ) -> AsyncIterator[str]:
         """Text deltas of the reply. `owner` (who asked) bounds and orders the request among
-        everyone else's; `on_wait` hears the queue position (1 = next) each time it changes."""
-        rid, queue = self._submit(prompt, params or self.default_params, owner)
+        everyone else's; `on_wait` hears the queue position (1 = next) each time it changes.
+        `background`: work nobody waits for (see the module's doc): yielded once, whole."""
+        rid, queue = self._submit(prompt, params or self.default_params, owner, background)
         finished = False
         try:
             while True:
@@ -164,16 +177,17 @@ class LocalGenerator:
                 self._abort(rid)
 
     def _submit(self, prompt: str, params: GenerationParams,
-                owner: str | None) -> tuple[int, asyncio.Queue]:
+                owner: str | None, background: bool = False) -> tuple[int, asyncio.Queue]:
         if self._loop is None or self._stopped is None or self._stopped.done():
             raise GeneratorClosed("generator is not running")
         rid = next(self._ids)
         queue: asyncio.Queue[str | _End | _Position] = asyncio.Queue()
-        submission = _Submission(rid, prompt, params)
+        submission = _Submission(rid, prompt, params, background=background)
         with self._cond:
             if self._closing:
                 raise GeneratorClosed("generator is closing")
-            self._scheduler.add(rid, owner, submission)  # raises at the user's or queue's bound
+            # raises at the user's or queue's bound
+            self._scheduler.add(rid, owner, submission, background=background)
             self._fresh.append(submission)
             self._cond.notify()
         self._channels[rid] = queue
@@ -235,12 +249,13 @@ class LocalGenerator:
 
     def _serve(self, engine: BatchEngine) -> None:
         shown: dict[int, int] = {}  # the positions last sent
+        held: dict[int, list[str]] = {}  # background requests' text so far, sent when done
         scheduler = self._scheduler
         stuck = False  # requests wait, none could be admitted and nothing runs: wait for news
         while True:
             with self._cond:
                 while not (self._closing or self._fresh or self._aborts or engine.has_work()
-                           or (scheduler.waiting and not stuck)):
+                           or ((scheduler.waiting or scheduler.background) and not stuck)):
                     self._cond.wait()
                 if self._closing:
                     return
@@ -260,7 +275,13 @@ class LocalGenerator:
                     scheduler.remove(rid)
                 for out in outputs:  # refused before they could wait
                     scheduler.remove(out.request_id)
-                admitted = [s.request for s in scheduler.schedule(fits) if s.request is not None]
+                for stopped in scheduler.preempt():  # a person waits: background gives way
+                    engine.abort(stopped.id)
+                    held.pop(stopped.id, None)
+                    self.preempted += 1
+                chosen = scheduler.schedule(fits)
+                admitted = [s.request for s in chosen if s.request is not None]
+                held.update((s.id, []) for s in chosen if s.background)
                 positions = scheduler.positions()
                 stuck = not admitted and not engine.has_work()
             outputs += engine.expire()
@@ -274,6 +295,7 @@ class LocalGenerator:
                 outputs += engine.fail_all(error)
                 outputs += [_Ended(r.id, error) for r in admitted if r.id not in joined]
             self.tokens_generated = engine.tokens_generated
+            outputs = _hold_background(outputs, held)
             with self._cond:
                 for out in outputs:
                     if out.finished:
@@ -302,6 +324,22 @@ class LocalGenerator:
                 continue
             sub.request = engine.clamp(request)
         return rejected
+
+
+def _hold_background(outputs: list[Output | _Ended],
+                     held: dict[int, list[str]]) -> list[Output | _Ended]:
+    """Background requests' text is kept in `held` until they finish, then sent whole."""
+    passed: list[Output | _Ended] = []
+    for out in outputs:
+        parts = held.get(out.request_id)
+        if parts is None:
+            passed.append(out)
+            continue
+        parts.append(out.text)
+        if out.finished:
+            del held[out.request_id]
+            passed.append(_Ended(out.request_id, out.error, "".join(parts)))
+    return passed
 
 
 def _set_result(future: asyncio.Future[None] | None) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 from bot.conversation import Speaker, Turn
 from bot.notices import as_history
-from bot.ports.records import ImportedTurn
+from bot.ports.records import ImportedTurn, StoredTurn
 from bot.ports.store import TurnStore
 from bot.prompt import turn_cost
 from bot.tokenizer import Tokenizer
@@ -64,16 +64,39 @@ class HistoryWindow:
     async def history(self, conversation: int, upto: int | None = None) -> list[Turn]:
         """The newest turns up to turn `upto` whose formatted size reaches the prompt budget
         (oldest first)."""
-        turns: list[Turn] = []
+        return [stored.turn for stored in await self.stored(conversation, upto)]
+
+    async def stored(self, conversation: int, upto: int | None = None,
+                     after: int | None = None) -> list[StoredTurn]:
+        """`history` with the turns' ids; only turns after turn `after` (those a summary
+        does not cover)."""
+        turns: list[StoredTurn] = []
         used, before = 0, (None if upto is None else upto + 1)
         while used <= self.budget:
             page = await self.store.recent_turns(conversation, PAGE, before)
             for stored in page:
-                turns.append(stored.turn)
+                if after is not None and stored.id <= after:
+                    used = self.budget + 1
+                    break
+                turns.append(stored)
                 used += self.cost(stored.turn)
                 if used > self.budget:
                     break
             if len(page) < PAGE:
+                break
+            before = page[-1].id
+        turns.reverse()
+        return turns
+
+    async def after(self, conversation: int, after: int | None) -> list[StoredTurn]:
+        """Every turn of the current history after turn `after` (None: all), oldest first."""
+        turns: list[StoredTurn] = []
+        before = None
+        while True:
+            page = await self.store.recent_turns(conversation, PAGE, before)
+            newer = [s for s in page if after is None or s.id > after]
+            turns.extend(newer)
+            if len(page) < PAGE or len(newer) < len(page):
                 break
             before = page[-1].id
         turns.reverse()

@@ -150,8 +150,14 @@ class MeteredGenerator:
         return self.inner.stats()
 
     async def stream(self, prompt: str, params: Any = None, *, owner: str | None = None,
-                     on_wait: Any = None) -> AsyncIterator[str]:
-        extra = {"owner": owner} if owner is not None else {}
+                     on_wait: Any = None, background: bool = False) -> AsyncIterator[str]:
+        extra: dict[str, Any] = {"owner": owner} if owner is not None else {}
+        if background:  # not a person's wait: kept out of time to first token
+            async with contextlib.aclosing(self.inner.stream(
+                    prompt, params, background=True, **extra)) as deltas:
+                async for delta in deltas:
+                    yield delta
+            return
         started = self._clock()
         first = True
         try:

@@ -3,6 +3,8 @@ notices are told apart from answers when a thread's messages are read back as hi
 
 from __future__ import annotations
 
+import re
+
 from bot.controls import STOPPED_MARK
 from bot.conversation import Speaker, Turn
 from bot.errors import RinnaError
@@ -17,6 +19,17 @@ RESET_DONE = ("会話をリセットしました。次のメッセージから�
               "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
 INTERRUPTED_NOTICE = "再起動のため回答を中断しました。再起動後に続けて回答します。"
 STALE_NOTICE = "ボットの再起動で回答できませんでした。お手数ですが、もう一度質問してください。"
+# Once per conversation, the first time earlier messages do not fit the model's window.
+WINDOW_NOTICE = "（この会話の古いメッセージ{count}件は、一度に読める量を超えたため読んでいません）"
+WINDOW_NOTICE_SUMMARY = ("（この会話の古いメッセージ{count}件は、一度に読める量を超えたため"
+                         "読んでいません。これからは要約して読みます）")
+_WINDOW_NOTICE = re.compile(r"\s*（この会話の古いメッセージ\d+件は、一度に読める量を超えたため"
+                            r"読んでいません(。これからは要約して読みます)?）$")
+
+
+def window_notice(count: int, summarised: bool) -> str:
+    """The short line an answer ends with when `count` earlier messages were not read."""
+    return (WINDOW_NOTICE_SUMMARY if summarised else WINDOW_NOTICE).format(count=count)
 
 
 def _error_messages(cls: type[RinnaError]) -> set[str]:
@@ -39,7 +52,11 @@ def as_history(turn: Turn) -> Turn | None:
     if turn.speaker is Speaker.SYSTEM:
         if text in _NOTICES or text.startswith((WAITING.split("{", 1)[0], _OLD_WAITING)):
             return None
-        text = text.removesuffix(SHORTENED_NOTICE).strip().removesuffix(STOPPED_MARK).strip()
+        previous = None
+        while text != previous:  # the marks an answer may end with, in any order
+            previous = text
+            text = _WINDOW_NOTICE.sub("", text).strip()
+            text = text.removesuffix(SHORTENED_NOTICE).strip().removesuffix(STOPPED_MARK).strip()
     return Turn(turn.speaker, text) if text else None
 
 
@@ -48,3 +65,6 @@ def short_title(question: str, limit: int) -> str:
     app thread's title): whitespace runs become one space, a cut ends with "…"."""
     line = " ".join(question.split())
     return line if len(line) <= limit else line[:limit - 1] + "…"
+
+# A command (/ask, /rinna 質問, 「rinna に聞く」) where a community switched the bot off.
+SWITCHED_OFF = "この場所では rinna はオフになっています（管理者の設定）。"

@@ -28,6 +28,9 @@ class PlatformEntry:
     shown: Callable[[Settings], str]  # how `doctor` names it when it will start
     needs: str  # what to set to configure it (doctor's hint when none is)
     credentials: str  # "module:function": async (settings) -> one line, or raises
+    # "module:function": async (settings) -> [(ok, line)], doctor's fuller report (a token's
+    # missing scopes as a failing line); "": doctor shows the identity call's line
+    findings: str = ""
 
 
 def _slack_shown(settings: Settings) -> str:
@@ -41,7 +44,7 @@ PLATFORMS: tuple[PlatformEntry, ...] = (
                   "adapters.credentials:check_discord"),
     PlatformEntry("adapters.slack_service", lambda settings: settings.slack_enabled,
                   _slack_shown, "SLACK_BOT_TOKEN with SLACK_APP_TOKEN or SLACK_SIGNING_SECRET",
-                  "adapters.credentials:check_slack"),
+                  "adapters.credentials:check_slack", "adapters.credentials:slack_findings"),
 )
 
 
@@ -66,6 +69,17 @@ async def ask_credentials(entry: PlatformEntry, settings: Settings) -> str:
     module, _, function = entry.credentials.partition(":")
     check = getattr(importlib.import_module(module), function)
     return str(await check(settings))
+
+
+async def credential_findings(entry: PlatformEntry,
+                              settings: Settings) -> list[tuple[bool, str]]:
+    """What `doctor` shows of a platform's tokens: (ok, line) pairs; raises as
+    `ask_credentials`."""
+    if not entry.findings:
+        return [(True, await ask_credentials(entry, settings))]
+    module, _, function = entry.findings.partition(":")
+    check = getattr(importlib.import_module(module), function)
+    return [(bool(ok), str(line)) for ok, line in await check(settings)]
 
 
 def build_platforms(chat: ChatService, settings: Settings,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bot.errors import ConfigError, StorageError
+from bot.ports.community import SettingChange
 from bot.ports.records import AuthoredTurn, Vote
 from bot.ports.store import ChatStore
 from storage import open_store
@@ -49,6 +50,17 @@ def vote_line(vote: Vote) -> str:
     }, ensure_ascii=False)
 
 
+def change_line(change: SettingChange) -> str:
+    """One settings change the person made as a community's admin, as a JSON line."""
+    scope = change.scope
+    return json.dumps({
+        "platform": scope.platform, "workspace": scope.workspace, "channel": scope.channel,
+        "thread": scope.thread, "setting": change.key, "old": change.old, "new": change.new,
+        "created_at": datetime.fromtimestamp(change.created_at, UTC).isoformat(
+            timespec="seconds"),
+    }, ensure_ascii=False)
+
+
 async def _open_existing(path: Path) -> ChatStore:
     """The database `run` created; none there is a path to fix (ConfigError: exit 2, as a
     retry cannot help), never created here."""
@@ -60,18 +72,22 @@ async def _open_existing(path: Path) -> ChatStore:
 
 async def export_user(path: Path, user: str, platform: str | None, out: TextIO) -> int:
     """`rinna-bot export --user ID`: that person's stored messages, those still waiting to be
-    answered, then their 👍/👎 votes, as JSON lines on `out`. Returns how many messages."""
+    answered, their 👍/👎 votes, then the settings changes they made, as JSON lines on `out`.
+    Returns how many messages."""
     store = await _open_existing(path)
     try:
         turns = [*await store.author_turns(user, platform),
                  *await store.author_waiting(user, platform)]
         votes = await store.author_votes(user, platform)
+        changes = await store.actor_changes(user, platform)
     finally:
         await store.close()
     for turn in turns:
         out.write(export_line(turn) + "\n")
     for vote in votes:
         out.write(vote_line(vote) + "\n")
+    for change in changes:
+        out.write(change_line(change) + "\n")
     out.flush()
     return len(turns)
 

@@ -120,48 +120,74 @@ def expected_labels(turns: Sequence[Turn]) -> list[str]:
 class FittedPrompt:
     prompt: str
     ids: tuple[int, ...]
-    turns: tuple[Turn, ...]
+    turns: tuple[Turn, ...]  # the conversation's turns in the prompt (the head not counted)
     dropped: int  # oldest turns left out
     shortened: bool  # the newest turn alone was too long and was cut
+    summarised: bool = False  # the summary exchange is at the prompt's head
 
 
-def fit_prompt(turns: Sequence[Turn], tokenizer: Tokenizer, budget: int) -> FittedPrompt:
+def fit_prompt(turns: Sequence[Turn], tokenizer: Tokenizer, budget: int, *,
+               head: Sequence[Turn] = (), summary: Sequence[Turn] = ()) -> FittedPrompt:
     """The longest suffix of `turns` whose prompt takes at most `budget` tokens.
 
-    Oldest turns go first; the newest turn is always kept, and is shortened (its head kept,
-    marked with SHORTENED_MARK) only when it alone does not fit.
+    The prompt starts with `head` (turns never dropped, e.g. a channel's persona), then
+    `summary` (an exchange standing for older turns), then the turns. Oldest turns go
+    first, then the summary; the newest turn is always kept, and is shortened (its head kept,
+    marked with SHORTENED_MARK) only when it alone does not fit. The head is escaped like
+    every turn; one that still forges a boundary is refused.
     """
     if not turns:
         raise ValueError("fit_prompt needs at least one turn")
+    head = tuple(head)
     fixed = tokenizer.count(REPLY_CUE) + 1  # the cue and the separator before it
+    fixed += sum(turn_cost(t, tokenizer, budget) for t in head)
     costs = [turn_cost(t, tokenizer, budget) for t in turns]
-    kept, used = 0, fixed
-    for cost in reversed(costs):
-        if used + cost > budget:
-            break
-        used += cost
-        kept += 1
+    kept = _suffix(costs, budget - fixed - sum(turn_cost(t, tokenizer, budget) for t in summary))
+    prefix = (*head, *summary)
+    if kept == 0 or not summary:  # the summary gives way once only the newest turn is left
+        kept, prefix = _suffix(costs, budget - fixed), tuple(head)
     newest = turns[-1]
     shortened = False
     if kept == 0:
         newest = _shorten(newest, tokenizer, budget - fixed - 1)
         shortened, kept = True, 1
     chosen = (*turns[len(turns) - kept : -1], newest)
-    prompt, ids, chosen = _render(chosen, tokenizer, budget, strict=False)
-    if boundary_labels(ids, tokenizer) != expected_labels(chosen):
+    prompt, ids, chosen = _render(prefix, chosen, tokenizer, budget, strict=False)
+    if boundary_labels(ids, tokenizer) != expected_labels((*prefix, *chosen)):
         # a boundary the line-by-line view did not see (composition across the line, ...)
-        prompt, ids, chosen = _render(chosen, tokenizer, budget, strict=True)
-        if boundary_labels(ids, tokenizer) != expected_labels(chosen):
-            # Still: the newest turn is refused; an older one is left out, so one such
-            # message does not block every later question of its conversation.
+        prompt, ids, chosen = _render(prefix, chosen, tokenizer, budget, strict=True)
+        if boundary_labels(ids, tokenizer) != expected_labels((*prefix, *chosen)):
+            # Still: the newest turn is refused; an older one (or the summary) is left out,
+            # so one such message does not block every later question of its conversation.
+            if any(_forges(turn, tokenizer) for turn in head):
+                raise PromptRefused("the persona's turns forge a boundary at the token level")
             forging = [_forges(turn, tokenizer) for turn in chosen]
             if forging[-1]:
                 raise PromptRefused("a turn boundary survives escaping at the token level")
+            if any(_forges(turn, tokenizer) for turn in summary):
+                prefix = tuple(head)
             chosen = tuple(t for t, bad in zip(chosen, forging, strict=True) if not bad)
-            prompt, ids, chosen = _render(chosen, tokenizer, budget, strict=True)
-            if boundary_labels(ids, tokenizer) != expected_labels(chosen):
+            prompt, ids, chosen = _render(prefix, chosen, tokenizer, budget, strict=True)
+            if boundary_labels(ids, tokenizer) != expected_labels((*prefix, *chosen)):
                 raise PromptRefused("a turn boundary survives escaping at the token level")
-    return FittedPrompt(prompt, tuple(ids), chosen, len(turns) - len(chosen), shortened)
+    return FittedPrompt(prompt, tuple(ids), chosen, len(turns) - len(chosen), shortened,
+                        summarised=bool(summary) and len(prefix) > len(head))
+
+
+def persona_forges(persona: Sequence[Turn], tokenizer: Tokenizer) -> bool:
+    """Whether a persona's turns, escaped, would still read as other turns to the model."""
+    return any(_forges(turn, tokenizer) for turn in persona)
+
+
+def _suffix(costs: Sequence[int], room: int) -> int:
+    """How many of the last `costs` fit in `room` tokens."""
+    kept = used = 0
+    for cost in reversed(costs):
+        if used + cost > room:
+            break
+        used += cost
+        kept += 1
+    return kept
 
 
 def _forges(turn: Turn, tokenizer: Tokenizer) -> bool:
@@ -170,14 +196,14 @@ def _forges(turn: Turn, tokenizer: Tokenizer) -> bool:
     return boundary_labels(ids, tokenizer) != expected_labels([turn])
 
 
-def _render(chosen: tuple[Turn, ...], tokenizer: Tokenizer, budget: int,
-            strict: bool) -> tuple[str, list[int], tuple[Turn, ...]]:
-    prompt = build_prompt(chosen, normalizer=tokenizer, strict=strict)
+def _render(prefix: tuple[Turn, ...], chosen: tuple[Turn, ...], tokenizer: Tokenizer,
+            budget: int, strict: bool) -> tuple[str, list[int], tuple[Turn, ...]]:
+    prompt = build_prompt((*prefix, *chosen), normalizer=tokenizer, strict=strict)
     ids = tokenizer.encode(prompt)
     # Segment costs add up because `<NL>` is a user-defined symbol; verify, never assume.
     while len(ids) > budget and len(chosen) > 1:
         chosen = chosen[1:]
-        prompt = build_prompt(chosen, normalizer=tokenizer, strict=strict)
+        prompt = build_prompt((*prefix, *chosen), normalizer=tokenizer, strict=strict)
         ids = tokenizer.encode(prompt)
     return prompt, ids, chosen
 

@@ -171,10 +171,24 @@ class RemoteGenerator:
     async def stream(
         self, prompt: str, params: GenerationParams | None = None, *,
         owner: str | None = None, on_wait: WaitCallback | None = None,
+        background: bool = False,
     ) -> AsyncIterator[str]:
         """Text deltas of the reply; closing or cancelling it closes the connection.
         `owner` (who asked) bounds and orders the request among everyone else's (round-robin
-        when every URL is at its limit); `on_wait` hears the queue position (1 = next)."""
+        when every URL is at its limit); `on_wait` hears the queue position (1 = next).
+        `background` (a summary): sent only while no person's request waits for a URL, never
+        preempted once sent; its text is yielded once, whole, as the local generator does."""
+        if background:
+            async with aclosing(self._stream(prompt, params, owner, None, True)) as whole:
+                parts = [delta async for delta in whole]
+            yield "".join(parts)
+            return
+        async with aclosing(self._stream(prompt, params, owner, on_wait, False)) as deltas:
+            async for delta in deltas:
+                yield delta
+
+    async def _stream(self, prompt: str, params: GenerationParams | None, owner: str | None,
+                      on_wait: WaitCallback | None, background: bool) -> AsyncIterator[str]:
         params = params or self.default_params
         self._open()  # GeneratorClosed before anything is queued
         try:
@@ -189,7 +203,7 @@ class RemoteGenerator:
             raise GeneratorError(f"prompt of {len(ids)} tokens does not fit the "
                                  f"{self._context_tokens}-token context")
         max_tokens = min(params.max_new_tokens, room)
-        rid, endpoint = await self._pool.acquire(owner, on_wait, self._open)
+        rid, endpoint = await self._pool.acquire(owner, on_wait, self._open, background)
         deadline = asyncio.get_running_loop().time() + (params.timeout_s
                                                          or self._request_timeout_s)
         tried: list[Endpoint] = []

@@ -125,12 +125,16 @@ class EndpointPool:
         return endpoint
 
     async def acquire(self, owner: str | None, on_wait: WaitCallback | None,
-                      is_open: Callable[[], object]) -> tuple[int, Endpoint]:
+                      is_open: Callable[[], object],
+                      background: bool = False) -> tuple[int, Endpoint]:
         """A URL for a new request: at once if one has room and nobody waits, else when the
         scheduler admits it. Raises UserBusyError / QueueFullError at the bounds, and what
-        `is_open` raises (GeneratorClosed) when woken by a close."""
+        `is_open` raises (GeneratorClosed) when woken by a close. `background`: admitted only
+        while no person's request waits; never preempted once sent (a remote server cannot
+        give its slot to someone else's request, so aborting would only waste the work)."""
         waiter = _Waiter(next(self._ids), asyncio.Queue())
-        self.scheduler.add(waiter.id, owner, waiter)  # raises at the user's or queue's bound
+        # raises at the user's or queue's bound
+        self.scheduler.add(waiter.id, owner, waiter, background=background)
         self._admit()
         try:
             while True:

@@ -23,12 +23,25 @@ class RunningAnswers:
         # (platform, placeholder ref) -> its record, from the post until the ref is stored: a
         # 「停止」 pressed in that instant still finds the answer
         self.posted: dict[tuple[str, str], Delivery] = {}
+        self._ended: dict[Marker, asyncio.Event] = {}  # set when its task lets go of it
 
     def begin(self, marker: Marker) -> None:
         """A task of ours answers `marker` now (the store's `take` gave it to this process)."""
         self.generating[marker] = None
+        self._ended[marker] = asyncio.Event()
+
+    def answering(self, marker: Marker) -> bool:
+        """Whether a task of ours answers `marker` now (between `begin` and `end`)."""
+        return marker in self._ended
+
+    async def ended(self, marker: Marker) -> None:
+        """Return once no task of ours is answering `marker` (at once when none is)."""
+        if (event := self._ended.get(marker)) is not None:
+            await event.wait()
 
     def end(self, marker: Marker) -> None:
+        if (event := self._ended.pop(marker, None)) is not None:
+            event.set()
         self.generating.pop(marker, None)
         self.stopping.discard(marker)
         self.to_retire.pop(marker, None)

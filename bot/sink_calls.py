@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 
 from bot.conversation import Controls, ReplySink
-from bot.ports.sinks import NamesPlaceholder, OffersControls, Resumes, RetiresAnswers
+from bot.ports.sinks import (NamesPlaceholder, OffersControls, Resumes, RetiresAnswers,
+                             SupersedesAnswers)
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +37,13 @@ async def retire(sink: ReplySink, ref: str) -> None:
 async def resume(sink: ReplySink, ref: str | None) -> None:
     if isinstance(sink, Resumes):
         await sink.resume(ref)
+
+
+async def supersede(sink: ReplySink, ref: str, text: str, notice: str) -> None:
+    """Mark an earlier answer's message as superseded; a failure only costs the mark."""
+    if not isinstance(sink, SupersedesAnswers):
+        return
+    try:
+        await sink.supersede(ref, text, notice)
+    except Exception as exc:  # cosmetic: the new answer is what matters
+        log.warning("could not mark an earlier answer as superseded: %s", type(exc).__name__)

@@ -39,6 +39,8 @@ class StatusReport:
     answers_today: int  # since local midnight, regenerations included
     good: int  # 👍 votes, all time
     bad: int  # 👎 votes, all time
+    window_tokens: int = 0  # what a prompt may hold (0: not told)
+    summary: bool = False  # older messages are summarised (SUMMARY=on), not only left out
 
 
 class StatusSource(Protocol):
@@ -52,8 +54,10 @@ class HasStats(Protocol):
 class Status:
     def __init__(self, *, model: str, device: str, quantisation: str, generator: HasStats,
                  store: FeedbackStore, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, window_s: float = WINDOW_S) -> None:
+                 wall: Callable[[], float] = time.time, window_s: float = WINDOW_S,
+                 window_tokens: int = 0, summary: bool = False) -> None:
         self.model, self.device, self.quantisation = model, device, quantisation
+        self.window_tokens, self.summary = window_tokens, summary
         self._generator = generator
         self._store = store
         self._clock = clock
@@ -93,7 +97,8 @@ class Status:
             uptime_s=self._clock() - self._started, running=stats.running,
             waiting=stats.waiting, tokens_per_s=self.tokens_per_s(),
             answers_today=await self._store.answers_since(midnight),
-            good=votes["good"], bad=votes["bad"])
+            good=votes["good"], bad=votes["bad"], window_tokens=self.window_tokens,
+            summary=self.summary)
 
 
 async def status_text(source: StatusSource | None) -> str:
@@ -128,6 +133,13 @@ def _precision_ja(value: str) -> str:
         return value
 
 
+def _window(report: StatusReport) -> list[str]:
+    if not report.window_tokens:
+        return []
+    older = "要約して読みます" if report.summary else "読みません"
+    return [f"・会話の窓：直近 約{report.window_tokens:,}トークン（それより古いメッセージは{older}）"]
+
+
 def render_status(report: StatusReport) -> str:
     return "\n".join([
         "rinna の状態",
@@ -136,6 +148,7 @@ def render_status(report: StatusReport) -> str:
         f"・稼働時間：{_duration(report.uptime_s)}",
         f"・処理中：{report.running}件／順番待ち：{report.waiting}件",
         f"・生成速度：{report.tokens_per_s:.1f} トークン/秒（直近1分）",
+        *_window(report),
         f"・今日の回答：{report.answers_today}件",
         f"・評価：👍 {report.good}　👎 {report.bad}",
     ])

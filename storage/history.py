@@ -29,16 +29,18 @@ import aiosqlite
 from bot.conversation import ConversationKey, Speaker, Turn
 from bot.errors import DatabasePathError, StorageError
 from bot.ports.records import Claim, Delivery, ImportedTurn, StoredTurn
+from storage.community import CommunityRecords
 from storage.deliveries import DELIVERY_SELECT, UNFINISHED_STATES, DeliveryRecords, delivery_of
 from storage.files import prepare_database_file
 from storage.private import PrivateRecords
+from storage.summaries import SummaryRecords
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
 
 
-class HistoryStore(PrivateRecords, DeliveryRecords):
+class HistoryStore(PrivateRecords, DeliveryRecords, SummaryRecords, CommunityRecords):
     def __init__(self, connection: aiosqlite.Connection, path: Path,
                  clock: Callable[[], float] = time.time) -> None:
         self._db = connection

@@ -9,7 +9,8 @@ deferred by a shutdown). A platform message is found by its own delivery key, or
 press, its text the message asked about). A deleted waiting message is withdrawn: its text is
 gone at once and its delivery is answered with a short notice instead; an edited one waits
 with its new text; `forget --user` withdraws that person's waiting messages too, and
-`export --user` lists them.
+`export --user` lists them. A rolling summary holding a touched text is deleted with it
+(storage/summaries.py): `forget --user` deletes every summary that person's messages are in.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 from bot.ports.records import AuthoredTurn, Vote
+from storage.summaries import stale_summaries
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -55,6 +57,10 @@ class PrivateRecords:
         delivery rows stay, so a redelivery is still not answered. Returns how many texts."""
         reached = (platform, delivery_key, platform, delivery_key)
         async with self._transaction() as db:
+            await db.execute(stale_summaries(
+                "SELECT turn_id FROM deliveries WHERE platform=?"
+                f" AND delivery_key IN ({_REACHED})"),
+                (platform, *reached))
             cursor = await db.execute(
                 "DELETE FROM turns WHERE id IN (SELECT turn_id FROM deliveries WHERE platform=?"
                 f" AND delivery_key IN ({_REACHED}))", (platform, *reached))
@@ -73,6 +79,10 @@ class PrivateRecords:
         it still waiting, takes the new text. Returns whether a text changed."""
         reached = (platform, delivery_key, platform, delivery_key)
         async with self._transaction() as db:
+            await db.execute(stale_summaries(
+                "SELECT turn_id FROM deliveries d JOIN turns t ON t.id = d.turn_id WHERE"
+                f" t.text != ? AND d.platform=? AND d.delivery_key IN ({_REACHED})"),
+                (text, platform, *reached))
             cursor = await db.execute(
                 "UPDATE turns SET text=? WHERE text != ? AND id IN (SELECT turn_id FROM"
                 f" deliveries WHERE platform=? AND delivery_key IN ({_REACHED}))",
@@ -120,6 +130,10 @@ class PrivateRecords:
         """Delete every message of one person, stored or still waiting, their text overwritten
         in the files. Returns the number of messages deleted."""
         async with self._transaction() as db:
+            await db.execute(stale_summaries(
+                "SELECT id FROM turns WHERE author = ? AND (? IS NULL OR conversation_id IN"
+                " (SELECT id FROM conversations WHERE platform = ?))"),
+                (author, platform, platform))
             cursor = await db.execute(
                 "DELETE FROM turns WHERE author = ? AND (? IS NULL OR conversation_id IN"
                 " (SELECT id FROM conversations WHERE platform = ?))",
@@ -143,6 +157,8 @@ class PrivateRecords:
     async def delete_older_than(self, cutoff: float) -> int:
         """Delete every turn stored before `cutoff` (seconds since the epoch): RETENTION_DAYS."""
         async with self._transaction() as db:
+            await db.execute(stale_summaries("SELECT id FROM turns WHERE created_at < ?"),
+                             (cutoff,))
             cursor = await db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff,))
             deleted = cursor.rowcount
         if deleted:

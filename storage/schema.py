@@ -105,9 +105,69 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_waiting_by_author ON deliveries (author)
         WHERE turn_id IS NULL AND text IS NOT NULL;
     """,
-    # 7: a delivery is a state machine (bot/ports/records.py, DeliveryState): the placeholder
-    # posted (shown), the user turn stored (answering) and the answer stored (ready) become
-    # states of their own, each reached by one checked transition, and a notice ends it as
+    # 7 (issue 29): community settings. One row per
+    # (scope, key) set by a community's admins (an empty part is a wider scope: a server is
+    # ("discord", guild, "", "")); the host's defaults are never stored. `settings_audit` keeps
+    # every change (old -> new, NULL: not set there) and who made it. Touches only its tables.
+    """
+    CREATE TABLE community_settings (
+        platform   TEXT NOT NULL,
+        workspace  TEXT NOT NULL,
+        channel    TEXT NOT NULL,
+        thread     TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        updated_by TEXT NOT NULL,
+        PRIMARY KEY (platform, workspace, channel, thread, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE settings_audit (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        platform   TEXT NOT NULL,
+        workspace  TEXT NOT NULL,
+        channel    TEXT NOT NULL,
+        thread     TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        old        TEXT,
+        new        TEXT,
+        actor      TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX settings_audit_by_scope ON settings_audit (platform, workspace, channel,
+                                                           thread, id);
+    CREATE INDEX settings_audit_by_actor ON settings_audit (actor);
+    """,
+    # 8 (issue 28): a
+    # conversation's rolling summary of the turns that fell out of the model's window. It
+    # covers the turns with `history_start` < id <= `upto` (`since`: the history_start it was
+    # written under; a reset makes it stale); deleting, editing or forgetting any turn it
+    # covers deletes it in the same transaction (storage/summaries.py). `window_notices`: the
+    # history_start under which the "earlier messages were not read" notice was shown (once
+    # per conversation).
+    # `summary_requests`: platform messages that asked for a summary (「要約」), written before
+    # their delivery is recorded, so a restart finishes them as summaries.
+    # New tables only: independent of the other migrations.
+    """
+    CREATE TABLE summaries (
+        conversation_id INTEGER PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
+        text            TEXT NOT NULL,
+        upto            INTEGER NOT NULL,
+        since           INTEGER NOT NULL,
+        created_at      REAL NOT NULL
+    );
+    CREATE TABLE summary_requests (  -- deliveries that ask for a summary, not an answer
+        platform     TEXT NOT NULL,
+        delivery_key TEXT NOT NULL,
+        PRIMARY KEY (platform, delivery_key)
+    ) WITHOUT ROWID;
+    CREATE TABLE window_notices (
+        conversation_id INTEGER PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
+        since           INTEGER NOT NULL
+    );
+    """,
+    # 9 (issue 20; 7 on its branch before issues 27-29 took 7 and 8): a delivery is a state
+    # machine (bot/ports/records.py, DeliveryState): the placeholder posted (shown), the user
+    # turn stored (answering) and the answer stored (ready) become states of their own, each reached by one checked transition, and a notice ends it as
     # failed. `runner`: the process answering it (`take`), so the store, not the process,
     # says who answers. SQLite cannot change a CHECK: the column is rebuilt. A reply ref
     # names its message uniquely within its platform: refs without a channel (a bare
@@ -116,10 +176,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX deliveries_unfinished;
     DROP INDEX deliveries_by_conversation;
-    ALTER TABLE deliveries ADD COLUMN state7 TEXT NOT NULL DEFAULT 'answered'
-        CHECK (state7 IN ('imported', 'accepted', 'shown', 'answering', 'ready', 'answered',
+    ALTER TABLE deliveries ADD COLUMN state9 TEXT NOT NULL DEFAULT 'answered'
+        CHECK (state9 IN ('imported', 'accepted', 'shown', 'answering', 'ready', 'answered',
                           'failed', 'withdrawn'));
-    UPDATE deliveries SET state7 = CASE
+    UPDATE deliveries SET state9 = CASE
         WHEN state IN ('imported', 'answered') THEN state
         WHEN withdrawn = 1 AND turn_id IS NULL THEN 'withdrawn'
         WHEN final IS NOT NULL THEN 'ready'
@@ -127,7 +187,7 @@ MIGRATIONS: tuple[str, ...] = (
         WHEN turn_id IS NULL THEN 'shown'
         ELSE 'answering' END;
     ALTER TABLE deliveries DROP COLUMN state;
-    ALTER TABLE deliveries RENAME COLUMN state7 TO state;
+    ALTER TABLE deliveries RENAME COLUMN state9 TO state;
     ALTER TABLE deliveries ADD COLUMN runner TEXT;
     CREATE INDEX deliveries_unfinished ON deliveries (platform, state, received_at)
         WHERE state IN ('accepted', 'shown', 'answering', 'ready', 'withdrawn');

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from tests.fakes import ScriptedGenerator as _Shared
+from tests.file_fakes import FakeFile, FileShelf
 
 # ----- a generator that says what the test tells it ------------------------------------------
 
@@ -122,12 +123,15 @@ class FakeDiscord:
     # Channels beyond #general (threads, forum posts, the forum itself): id -> channel object
     channels: dict[int, dict[str, Any]] = field(default_factory=dict)
     _events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Attachments, served as Discord's CDN serves them (no token: the URLs are signed)
+    files: FileShelf = field(default_factory=lambda: FileShelf("/attachments"))
 
     # --- lifecycle
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        self.files.route(app)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -135,8 +139,26 @@ class FakeDiscord:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.base_url = f"http://127.0.0.1:{port}/api/v10"
         self.gateway_url = f"ws://127.0.0.1:{port}/gateway"
+        self.files.base = f"http://127.0.0.1:{port}"
+
+    def attach(self, name: str, data: bytes = b"", *,
+               content_type: str | None = "text/plain; charset=utf-8",
+               **serve: Any) -> dict[str, Any]:
+        """A file a person attaches: served, and described as a message's `attachments`
+        entry describes it (Discord turns a long paste into `message.txt` this way)."""
+        attachment_id = next(self._ids)
+        size = serve.pop("size", serve.get("endless") or len(data))
+        url = self.files.add(f"{CHANNEL_ID}/{attachment_id}/{name}",
+                             FakeFile(data, content_type or "application/octet-stream",
+                                      **serve))
+        entry: dict[str, Any] = {"id": str(attachment_id), "filename": name, "size": size,
+                                 "url": url + "?ex=1&is=2&hm=signed", "proxy_url": url}
+        if content_type is not None:
+            entry["content_type"] = content_type
+        return entry
 
     async def close(self) -> None:
+        self.files.released.set()
         if self._ws is not None:
             await self._ws.close()
         if self._runner is not None:
@@ -500,15 +522,29 @@ class FakeDiscord:
 
     async def person_says(self, channel_id: int, content: str, *, user_id: int = USER_ID,
                           name: str = "alice", mention_bot: bool = False,
-                          message_id: int | None = None) -> int:
-        """A person posts in any channel or thread the fake knows; returns the message id."""
+                          message_id: int | None = None,
+                          attachments: Sequence[dict[str, Any]] = ()) -> int:
+        """A person posts in any channel or thread the fake knows; returns the message id.
+        `attachments`: entries made by `attach`."""
         text = f"<@{BOT_ID}> {content}" if mention_bot else content
         mentions = [_user(BOT_ID, "rinna", bot=True)] if mention_bot else []
         message = self._message(channel_id, text, author=_user(user_id, name),
                                 mentions=mentions, message_id=message_id)
+        message["attachments"] = list(attachments)
         message["member"] = _member()
         await self._dispatch("MESSAGE_CREATE", message)
         return int(message["id"])
+
+    async def person_edits(self, message_id: int, content: str, *,
+                           edited: str = "2026-01-01T00:01:00.000000+00:00",
+                           embeds: Sequence[dict[str, Any]] = ()) -> None:
+        """A person edits their message (MESSAGE_UPDATE, as Discord sends it: the whole
+        message, `edited_timestamp` set); with `edited` None, an update that is no edit (the
+        embeds of an unfurled link)."""
+        message = self.messages[message_id]
+        message.update({"content": content, "edited_timestamp": edited,
+                        "embeds": list(embeds)})
+        await self._dispatch("MESSAGE_UPDATE", {**message, "member": _member()})
 
     def add_forum(self, name: str = "questions") -> int:
         """A forum channel (type 15) in the guild; call before the bot connects."""

@@ -29,12 +29,14 @@ class ScriptedGenerator:
         self.gate = gate
         self.prompts: list[str] = []
         self.owners: list[str | None] = []
+        self.params: list[GenerationParams | None] = []
 
     async def stream(self, prompt: str, params: GenerationParams | None = None, *,
                      owner: str | None = None,
                      on_wait: WaitCallback | None = None) -> AsyncIterator[str]:
         self.prompts.append(prompt)
         self.owners.append(owner)
+        self.params.append(params)
         reply = self.replies.pop(0) if self.replies else self.default
         if self.gate is not None:
             await self.gate.wait()

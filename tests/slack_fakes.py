@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
+from tests.file_fakes import FakeFile, FileShelf
 
 TEAM = "T0TEAM"
 BOT_USER = "UBOT"
@@ -58,6 +59,7 @@ class FakeSlack:
 
     def __init__(self, *, keep_messages: bool = False, streaming: bool = False,
                  admins: frozenset[str] = frozenset(),
+                 external: frozenset[str] = frozenset(),
                  feedback_buttons: bool = True) -> None:
         self.keep_messages = keep_messages
         # Without `feedback_buttons`, blocks holding that element are refused (invalid_blocks),
@@ -67,6 +69,7 @@ class FakeSlack:
         # without `streaming`, chat.startStream answers as a Slack that does not have it.
         self.streaming = streaming
         self.admins = admins  # users.info says is_admin for these
+        self.external = external  # Slack Connect: users.info gives another team_id
         # Every message the bot made, by ts: its current text (a stream's: what was streamed),
         # blocks, metadata and whether it is still streaming.
         self.messages: dict[str, dict[str, Any]] = {}
@@ -83,6 +86,10 @@ class FakeSlack:
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # Files people share, served as Slack serves url_private: only with the bot token.
+        self.files = FileShelf("/files-pri")
+        # What auth.test's x-oauth-scopes header lists (None: no header).
+        self.scopes: str | None = None
 
     # ----- lifecycle -----
     async def start(self) -> FakeSlack:
@@ -90,14 +97,29 @@ class FakeSlack:
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/link", self._socket)
         app.router.add_post("/respond/{id}", self._respond)
+        self.files.route(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
+        self.files.base = f"http://127.0.0.1:{self.port}"
         return self
 
+    def share(self, name: str, data: bytes = b"", *, mimetype: str = "text/plain",
+              filetype: str = "text", mode: str = "hosted", **serve: Any) -> dict[str, Any]:
+        """A file a person shares: served (with the bot token only) and described as a
+        message event's `files` entry describes it. `serve`: FakeFile's other fields."""
+        file_id = f"F{len(self.files.files) + 1:08d}"
+        size = serve.pop("size", serve.get("endless") or len(data))
+        url = self.files.add(f"{TEAM}-{file_id}/{name}",
+                             FakeFile(data, mimetype, token=BOT_TOKEN, **serve))
+        return {"id": file_id, "name": name, "title": name, "mimetype": mimetype,
+                "filetype": filetype, "mode": mode, "size": size, "is_external": False,
+                "url_private": url, "url_private_download": url + "?download=1"}
+
     async def close(self) -> None:
+        self.files.released.set()
         for ws in self.sockets:
             await ws.close()
         if self._runner is not None:
@@ -186,7 +208,8 @@ class FakeSlack:
         if method == "chat.postMessage" and body.get("ok"):
             params["_ts"] = body["ts"]
         await self._record(lambda: self.calls.append(ApiCall(method, params, token)))
-        return web.json_response(body)
+        headers = {"x-oauth-scopes": self.scopes} if self.scopes is not None else None
+        return web.json_response(body, headers=headers)
 
     def _failure(self, method: str, params: dict[str, Any]) -> Failure | None:
         if method in self.always_fail:
@@ -260,7 +283,15 @@ class FakeSlack:
                 return {"ok": False, "error": "user_not_found"}
             return {"ok": True, "user": {"id": user, "name": f"name-{user}",
                                          "is_admin": user in self.admins, "is_owner": False,
+                                         "team_id": "T0OTHER" if user in self.external else TEAM,
                                          "profile": {"display_name": USERS[user]}}}
+        if method == "views.publish":
+            view = _json(params.get("view") or {})
+            if not params.get("user_id") or not isinstance(view, dict) or view.get(
+                    "type") != "home" or (problem := _invalid_blocks(view.get("blocks") or [],
+                                                                     feedback_buttons=True)):
+                return {"ok": False, "error": "invalid_arguments"}
+            return {"ok": True, "view": {"id": "V1", **view}}
         if method == "apps.connections.open":
             return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link"}
         return {"ok": False, "error": "unknown_method"}

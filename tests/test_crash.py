@@ -228,7 +228,7 @@ def check(fake: FakeSlack, figures: Figures, database: Path) -> dict[str, int]:
                                   (f"{CHANNEL}:{event.ts}",)).fetchone()
             # finished: its answer shown, or a notice (a recovery burst can exceed
             # MAX_PER_USER: the busy notice; such a delivery was recorded 'answered' before
-            # the states were named in migration 7, and is 'failed' now)
+            # the states were named in migration 9, and is 'failed' now)
             unanswered += state not in ("answered", "failed")
         for event in figures.events:  # nothing is answered twice, acknowledged or not
             duplicates += max(0, len(thread_of(fake, event)) - 1)

@@ -76,8 +76,8 @@ async def test_commands_synced_in_setup_hook(simcord_env: simcord.Env) -> None:
               if e.method == "PUT" and e.path.endswith("/commands")]
     assert len(synced) == 1
     assert {(c["name"], c.get("type", 1)) for c in synced[0].json} == {
-        ("ask", 1), ("reset", 1), ("help", 1), ("status", 1),
-        ("rinna に聞く", 3)}  # 3: a message context menu
+        ("ask", 1), ("reset", 1), ("help", 1), ("status", 1), ("summary", 1), ("rinna-config", 1),
+        ("rinna に聞く", 3), ("要約", 3)}  # 3: a message context menu
 
 
 async def test_mention_opens_a_thread_and_answers_there(simcord_env: simcord.Env,

@@ -186,18 +186,20 @@ async def test_history_import_stops_at_the_context_budget(
     assert turns[-2] == (Speaker.USER, "まとめて")
 
 
-async def test_system_messages_and_edits_are_ignored_even_in_a_followed_thread(
+async def test_system_messages_and_edits_of_older_messages_are_not_answered(
         simcord_env: simcord.Env, world, script: ScriptedGenerator) -> None:
+    """(An edit of the newest question is answered again: tests/test_discord_attachments.py.
+    An edit of an older one only changes the stored history.)"""
     env = simcord_env
     guild, channel, alice = world
-    await alice.send(channel, f"{env.bot.user.mention} 最初の質問")
+    first = await alice.send(channel, f"{env.bot.user.mention} 最初の質問")
     (thread,) = channel.threads
-    follow_up = await alice.send(thread, "続きの質問")
+    await alice.send(thread, "続きの質問")
     assert len(script.prompts) == 2
 
     guild.create_system_message(thread, MessageType.CHANNEL_NAME_CHANGE, author=alice)
     await env.settle()
-    await alice.edit(follow_up, f"{env.bot.user.mention} 編集した質問")
+    await alice.edit(first, f"{env.bot.user.mention} 編集した質問")
 
     assert len(script.prompts) == 2
     assert len(posts(thread, env)) == 2

@@ -399,3 +399,40 @@ def test_doctor_refuses_a_database_path_run_would_refuse(tiny_model_dir: Path, t
     assert done.returncode == 1
     assert os.stat(path).st_mode & 0o777 == 0o644
     assert kind == "fifo" or path.read_bytes() == b""
+
+
+async def test_doctor_says_when_the_slack_token_lacks_files_read(tmp_path: Path) -> None:
+    """Slack lists a token's scopes in auth.test's x-oauth-scopes header: one the manifest
+    asks for but the token lacks (an app installed before files:read was added) is a ✗ line
+    saying what does not work and that the app must be reinstalled."""
+    import asyncio
+
+    from adapters.credentials import SLACK_BOT_SCOPES
+    from tests.slack_fakes import BOT_TOKEN, SIGNING_SECRET, FakeSlack
+
+    fake = await FakeSlack().start()
+    try:
+        env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+               "SLACK_API_URL": fake.api_url, "DATABASE_PATH": str(tmp_path / "d.sqlite3")}
+        fake.scopes = ",".join(s for s in SLACK_BOT_SCOPES if s != "files:read")
+        old = await asyncio.to_thread(rinna_bot, "doctor", tmp_path, **env)
+        fake.scopes = ",".join(SLACK_BOT_SCOPES)
+        new = await asyncio.to_thread(rinna_bot, "doctor", tmp_path, **env)
+    finally:
+        await fake.close()
+    [line] = [line for line in old.stdout.splitlines() if "lacks the scopes" in line]
+    assert line.startswith("✗ Slack: the bot token lacks the scopes files:read (files:read: "
+                           "attached files are not read)")
+    assert "reinstall the app to the workspace" in line
+    assert "✓ Slack: the tokens are accepted (signed in as rinna in Test)" in old.stdout
+    assert "lacks the scopes" not in new.stdout
+
+
+def test_the_scopes_doctor_checks_are_the_manifests() -> None:
+    import yaml
+
+    from adapters.credentials import SLACK_BOT_SCOPES
+
+    root = Path(__file__).resolve().parent.parent
+    manifest = yaml.safe_load((root / "slack-manifest.yml").read_text(encoding="utf-8"))
+    assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(SLACK_BOT_SCOPES)

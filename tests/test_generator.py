@@ -427,3 +427,36 @@ def test_stop_filter_releases_a_newline_that_starts_no_turn() -> None:
     assert "".join(shown) + stop.flush() == "一行目\nシステムの話\n"
     assert not stop.stopped
     assert shown[1] == ""  # held until it is clear that no turn starts there
+
+
+async def test_a_question_preempts_background_work_which_is_redone_whole(
+        generator: LocalGenerator) -> None:
+    """A summary being written gives way to a question at the next step: the question's first
+    token comes before the summary ends, and the summary is redone from the start (greedy:
+    the same text as alone), yielded once, whole."""
+    long = GenerationParams(max_new_tokens=600, do_sample=False)
+    alone = await collect(generator.stream(PROMPTS[5], long, background=True))
+    assert len(alone) == 1 and alone[0]
+    assert generator.stats().background == 0
+    before = generator.tokens_generated
+    summary = asyncio.create_task(collect(generator.stream(PROMPTS[5], long, background=True)))
+    await wait_for(lambda: generator.tokens_generated > before)  # the summary is decoding
+    first: list[bool] = []
+    async for _ in generator.stream(PROMPTS[0], GREEDY):
+        if not first:
+            first.append(summary.done())
+    assert first == [False]  # the answer started while the summary was unfinished
+    assert generator.preempted == 1
+    assert await summary == alone  # redone from the start, nothing of the aborted run shown
+
+
+async def test_background_work_is_not_counted_as_people_waiting(
+        generator: LocalGenerator) -> None:
+    long = GenerationParams(max_new_tokens=600, do_sample=False)
+    summary = asyncio.create_task(collect(generator.stream(PROMPTS[5], long, background=True)))
+    await wait_for(lambda: generator.stats().background == 1)
+    assert generator.stats().waiting == 0 and generator.stats().running == 0
+    summary.cancel()  # abandoning it aborts it in the worker, as for any request
+    with pytest.raises(asyncio.CancelledError):
+        await summary
+    await wait_for(lambda: generator.stats().background == 0)

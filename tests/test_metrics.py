@@ -182,3 +182,17 @@ async def test_votes_are_counted_by_platform_and_value(store, tokenizer) -> None
 
     assert (votes("good"), votes("bad")) == (1, 1)
     assert b"rinna_feedback_total" in metrics.exposition()
+
+
+async def test_background_work_passes_through_untimed(generator: LocalGenerator) -> None:
+    """A summary goes to the generator's background class through the wrapper, and is not
+    counted as a person's wait (time to first token, answer time)."""
+    metrics = Metrics()
+    metered = MeteredGenerator(generator, metrics)
+    params = GenerationParams(max_new_tokens=24, seed=1)
+    prompt = "ユーザー: こんにちは<NL>システム: "
+    whole = [d async for d in metered.stream(prompt, params, background=True)]
+    assert len(whole) == 1  # the background class yields it once, whole
+    assert whole == ["".join([d async for d in generator.stream(prompt, params)])]
+    assert metrics.registry.get_sample_value("rinna_time_to_first_token_seconds_count") == 0
+    assert metrics.registry.get_sample_value("rinna_answer_seconds_count") == 0

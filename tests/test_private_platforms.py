@@ -100,7 +100,8 @@ async def test_slack_an_edited_message_changes_the_stored_turn(
     # another app's message edited (bolt itself drops the bot's own): not a person's turn
     await slack.event(changed(C1, T1, "はい", user="U0OTHERBOT", bot_id="B0OTHER", thread_ts=T0))
     await slack.settled(3)
-    assert slack.outcomes() == {"answered": 1, "edited": 1, "ignored": 1}
+    # The newest question, edited at once, is also answered again (issue 27): "answered" 2.
+    assert slack.outcomes() == {"answered": 2, "ignored": 1}
     await slack.event(message(C1, T2, "続けて", thread_ts=T0))
     await slack.settled(4)
     assert "ユーザー: カード番号は伏せます<NL>" in generator.prompts[-1]

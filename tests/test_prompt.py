@@ -236,3 +236,20 @@ def test_width_variants_are_plain_text_to_an_identity_model(
     assert escape_text(text, identity_tokenizer) == text  # nothing to defuse: not the separator
     prompt = fit_prompt([Turn(U, text)], identity_tokenizer, budget=500).prompt
     assert identity_tokenizer.encode(prompt).count(identity_tokenizer.encode("<NL>")[0]) == 1
+
+
+def test_the_head_order_persona_summary_turns_and_who_gives_way(tokenizer: Tokenizer) -> None:
+    persona = (Turn(U, "あなたは猫好きの案内役です。"), Turn(S, "はい、わかりました。"))
+    summary = (Turn(U, "ここまでの会話を短くまとめてください。"), Turn(S, "猫の話をしていました。"))
+    turns = [Turn(U if i % 2 == 0 else S, f"{i}番目の発言です。" * 5) for i in range(41)]
+    fitted = fit_prompt(turns, tokenizer, 400, head=persona, summary=summary)
+    assert fitted.prompt.startswith(build_prompt([*persona, *summary, *fitted.turns]))
+    assert fitted.prompt == build_prompt([*persona, *summary, *fitted.turns])
+    assert fitted.summarised and 0 < fitted.dropped < 40 and len(fitted.ids) <= 400
+    # the same budget without a summary reads more turns: the oldest turns gave way to it
+    assert fit_prompt(turns, tokenizer, 400, head=persona).dropped < fitted.dropped
+    # when only the newest turn is left, the summary gives way too; the persona never does
+    newest_only = len(tokenizer.encode(build_prompt([*persona, turns[-1]]))) + 2
+    tight = fit_prompt(turns, tokenizer, newest_only, head=persona, summary=summary)
+    assert not tight.summarised and tight.turns == (turns[-1],)
+    assert tight.prompt == build_prompt([*persona, turns[-1]])

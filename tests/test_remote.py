@@ -506,3 +506,29 @@ def closed_port_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+async def test_a_background_request_waits_for_every_persons_request_and_is_not_preempted(
+        make_fake: Callable[..., Awaitable[FakeOpenAI]],
+        make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
+    """A summary is sent only while no person's request is in flight or waiting (the URL had
+    room all along), and once sent it is not aborted for a person's request."""
+    fake = await make_fake(reply=replying(tokenizer, REPLY), pause_after=2)
+    remote = await make_remote([fake.url])
+    person = asyncio.create_task(collect(remote.stream(PROMPT, owner="slack:U1")))
+    await fake.until(lambda: fake.paused == 1)  # the person's answer is being written
+    summary = asyncio.create_task(collect(remote.stream(PROMPT, background=True)))
+    await eventually(lambda: remote._scheduler.background == 1)
+    assert len(fake.received) == 1  # not sent while the person's request is in flight
+    fake.hold.set()
+    assert "".join(await person) == SHOWN
+    assert await summary == [SHOWN]  # sent after it, yielded once, whole
+    fake.hold.clear()
+    fake.paused = 0
+    summary = asyncio.create_task(collect(remote.stream(PROMPT, background=True)))
+    await fake.until(lambda: fake.paused == 1)  # the summary is being written
+    person = asyncio.create_task(collect(remote.stream(PROMPT, owner="slack:U1")))
+    await fake.until(lambda: len(fake.received) == 4)  # the person's goes out beside it
+    fake.hold.set()
+    assert "".join(await person) == SHOWN and await summary == [SHOWN]
+    assert not fake.aborted  # nothing was preempted

@@ -152,3 +152,46 @@ def test_importing_the_core_does_not_import_torch() -> None:
                             text=True, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_background_work_runs_only_while_no_person_waits_or_runs() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_per_user=2, max_waiting=10)
+    scheduler.add(1, None, "summary", background=True)
+    scheduler.add(2, "A", "question")
+    assert scheduler.positions() == {2: 1}  # background work has no place in the line
+    assert scheduler.waiting == 1 and scheduler.background == 1
+    assert scheduler.schedule(lambda chosen, item: True) == ["question"]
+    assert scheduler.schedule(lambda chosen, item: True) == []  # A's answer still runs
+    scheduler.remove(2)
+    assert scheduler.schedule(lambda chosen, item: True) == ["summary"]
+    assert scheduler.owned("A") == 0 and scheduler.running == 0  # outside people's bounds
+
+
+def test_a_person_arriving_preempts_background_work_which_is_redone_later() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_per_user=2, max_waiting=10)
+    scheduler.add(1, None, "s1", background=True)
+    scheduler.add(2, None, "s2", background=True)
+    scheduler.add(3, None, "s3", background=True)
+    assert scheduler.schedule(lambda chosen, item: len(chosen) < 2) == ["s1", "s2"]
+    assert scheduler.preempt() == []  # nobody waits: nothing to give way to
+    scheduler.add(4, "A", "question")
+    assert scheduler.preempt() == ["s1", "s2"]
+    assert scheduler.preempt() == []  # already given back
+    assert scheduler.schedule(lambda chosen, item: True) == ["question"]
+    scheduler.remove(4)
+    # redone first, in their order, before the one that never ran
+    assert scheduler.schedule(lambda chosen, item: True) == ["s1", "s2", "s3"]
+    assert 1 in scheduler and scheduler.remove(1) and 1 not in scheduler
+    assert scheduler.background == 2
+
+
+def test_background_work_has_its_own_bound_and_is_drained() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_per_user=1, max_waiting=1, max_background=2)
+    scheduler.add(1, None, "s1", background=True)
+    scheduler.add(2, None, "s2", background=True)
+    with pytest.raises(QueueFullError):
+        scheduler.add(3, None, "s3", background=True)
+    scheduler.add(4, "A", "question")  # people's queue is not filled by background work
+    assert scheduler.remove(2) and not scheduler.remove(2)
+    assert sorted(scheduler.drain()) == [1, 4]
+    assert scheduler.background == 0

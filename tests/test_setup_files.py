@@ -93,6 +93,8 @@ def missing(manifest: dict[str, Any], registered: list[tuple[str, Any]]) -> list
         elif kind == "event":
             need(name in events, f"event {name}")
             need(name != "app_mention" or "app_mentions:read" in scopes, "app_mentions:read")
+            need(name != "app_home_opened" or features.get("app_home", {}).get(
+                "home_tab_enabled") is True, "features.app_home.home_tab_enabled")
         elif kind == "command":
             (command,) = [c for c in features["slash_commands"] if c["command"] == name] or [{}]
             need(bool(command), f"slash command {name}")

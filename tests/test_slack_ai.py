@@ -248,6 +248,10 @@ def test_the_manifest_subscribes_to_what_the_listeners_take() -> None:
     assert {"mpim:history", "assistant:write", "chat:write", "users:read"} <= scopes
     assert "assistant_view" in manifest["features"]
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
-    (shortcut,) = manifest["features"]["shortcuts"]
-    assert (shortcut["callback_id"], shortcut["type"]) == ("rinna_ask", "message")
+    shortcuts = {s["callback_id"]: s for s in manifest["features"]["shortcuts"]}
+    assert set(shortcuts) == {"rinna_ask", "rinna_summary"}
+    shortcut = shortcuts["rinna_ask"]
+    assert shortcut["type"] == "message"
     assert json.dumps(shortcut["name"], ensure_ascii=False) == '"rinna に聞く"'
+    assert (shortcuts["rinna_summary"]["type"], shortcuts["rinna_summary"]["name"]) == (
+        "message", "要約")

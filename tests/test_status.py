@@ -74,3 +74,18 @@ async def test_the_rate_spans_about_one_minute(tmp_path: Path) -> None:
         assert 120 - 65 <= oldest <= 120 - 60  # about a minute, not since the start
     finally:
         await store.close()
+
+
+async def test_the_status_shows_the_window_and_what_happens_to_older_messages(
+        tmp_path: Path) -> None:
+    store = await HistoryStore.open(tmp_path / "w.sqlite3")
+    try:
+        for summary, older in ((True, "要約して読みます"), (False, "読みません")):
+            status = Status(model="m", device="cpu", quantisation="bf16", generator=Counting(),
+                            store=store, window_tokens=1920, summary=summary)
+            report = await status.report()
+            assert report.window_tokens == 1920 and report.summary is summary
+            assert (f"・会話の窓：直近 約1,920トークン（それより古いメッセージは{older}）"
+                    in render_status(report))
+    finally:
+        await store.close()

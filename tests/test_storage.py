@@ -360,12 +360,17 @@ async def test_begin_answer_imports_earlier_messages_only_into_an_empty_conversa
     assert (await store.delivery("discord", "e1")).state is DeliveryState.IMPORTED
 
 
-async def test_version_six_deliveries_get_their_named_states(tmp_path: Path) -> None:
-    """Migration 7: each old (state, columns) row lands in the state it was really in, and
-    a ref unique only within its channel (a bare Slack ts) gets its channel in front."""
+@pytest.mark.parametrize("version", [6, 8])
+async def test_older_deliveries_get_their_named_states(tmp_path: Path, version: int) -> None:
+    """Migration 9: each old (state, columns) row lands in the state it was really in, and
+    a ref unique only within its channel (a bare Slack ts) gets its channel in front. From
+    version 6 (through 7 and 8 too) and from 8 (issues 27-29: community settings, summaries),
+    whose own rows the state rebuild leaves as they were."""
+    from bot.ports.community import Scope
+    from bot.ports.records import Summary
     from storage.schema import MIGRATIONS
 
-    path = tmp_path / "v6.sqlite3"
+    path = tmp_path / f"v{version}.sqlite3"
     rows = {  # key: (old state, turn_id, reply_ref, final, withdrawn) -> new state
         "imported": ("imported", 1, None, None, 0, DeliveryState.IMPORTED),
         "accepted": ("accepted", None, None, None, 0, DeliveryState.ACCEPTED),
@@ -377,9 +382,14 @@ async def test_version_six_deliveries_get_their_named_states(tmp_path: Path) -> 
         "bare ref": ("answered", 1, "1700.000001", None, 0, DeliveryState.ANSWERED),
     }
     with sqlite3.connect(path) as raw:
-        for migration in MIGRATIONS[:6]:
+        for migration in MIGRATIONS[:version]:
             raw.executescript(migration)
         raw.execute("INSERT INTO conversations VALUES (1, 'discord', 'g', 'c', 't', 0, 0)")
+        if version >= 8:
+            raw.execute("INSERT INTO community_settings VALUES"
+                        " ('discord', 'g', '', '', 'buttons', 'off', 0, 'U9')")
+            raw.execute("INSERT INTO summaries VALUES (1, '前の話の要約', 1, 0, 0)")
+            raw.execute("INSERT INTO summary_requests VALUES ('discord', 'ready')")
         raw.execute("INSERT INTO turns (id, conversation_id, speaker, text, created_at)"
                     " VALUES (1, 1, 'ユーザー', '前の話', 0)")
         for key, (state, turn, ref, final, withdrawn, _) in rows.items():
@@ -388,7 +398,7 @@ async def test_version_six_deliveries_get_their_named_states(tmp_path: Path) -> 
                         " VALUES ('discord', ?, 1, ?, 0, ?, ?, ?, ?)",
                         (key, turn, state, ref, final, withdrawn))
         raw.execute("INSERT INTO feedback VALUES ('discord', 'done', 'U1', 'good', 0)")
-        raw.execute("PRAGMA user_version = 6")
+        raw.execute(f"PRAGMA user_version = {version}")
     store = await HistoryStore.open(path)
     try:
         for key, expected in rows.items():
@@ -399,5 +409,10 @@ async def test_version_six_deliveries_get_their_named_states(tmp_path: Path) -> 
         assert await store.feedback_counts() == {"good": 1, "bad": 0}  # kept: no cascade
         assert (await store.answer_at("discord", "c/1700.000001")).delivery_key == "bare ref"
         assert (await store.answer_at("discord", "1/6")).delivery_key == "done"  # as it was
+        if version >= 8:
+            server = Scope("discord", "g")
+            assert await store.scope_values([server]) == {server: {"buttons": "off"}}
+            assert await store.summary(1) == Summary("前の話の要約", 1)
+            assert await store.is_summary_request("discord", "ready")
     finally:
         await store.close()

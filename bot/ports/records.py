@@ -5,6 +5,8 @@ Frozen values only; storage implementations build them, the core reads them.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -88,6 +90,24 @@ class Claim:
 class StoredTurn:
     id: int
     turn: Turn
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A conversation's rolling summary: it stands for the turns with id <= `upto`."""
+
+    text: str
+    upto: int
+
+
+def fingerprint(turns: Sequence[StoredTurn]) -> str:
+    """What a summary was written from (ids, speakers, texts): a store saves the summary only
+    if the turns it covers are still exactly these (none edited, deleted or forgotten since)."""
+    digest = hashlib.sha256()
+    for stored in turns:
+        digest.update(f"{stored.id}\x1f{stored.turn.speaker}\x1f{stored.turn.text}\x1e"
+                      .encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 # A thread's earlier message for import_turns: (turn, delivery key) or (turn, key, author id).

@@ -26,6 +26,15 @@ class RetiresAnswers(Protocol):
 
 
 @runtime_checkable
+class SupersedesAnswers(Protocol):
+    """Can mark an earlier answer's main message (same channel) as superseded, the
+    platform's way (struck through, with `notice`): its question was edited and answered
+    again. `text` is the answer as stored."""
+
+    async def supersede(self, ref: str, text: str, notice: str) -> None: ...
+
+
+@runtime_checkable
 class NamesPlaceholder(Protocol):
     """After `start`, `placeholder_ref()` is the placeholder's platform handle, stored so a
     restart edits it instead of posting another one."""

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from bot.conversation import ConversationKey
-from bot.ports.records import AuthoredTurn, Delivery, ImportedTurn, StoredTurn, Vote
+from bot.ports.community import CommunityStore
+from bot.ports.records import AuthoredTurn, Delivery, ImportedTurn, StoredTurn, Summary, Vote
 
 
 class DeliveryStore(Protocol):
@@ -73,6 +74,25 @@ class TurnStore(Protocol):
                            before: int | None = None) -> list[StoredTurn]: ...
 
 
+class SummaryStore(Protocol):
+    """A conversation's rolling summary and its window notice (bot/summary.py)."""
+
+    async def summary(self, conversation: int) -> Summary | None: ...
+
+    async def save_summary(self, conversation: int, text: str, upto: int,
+                           previous: int | None, covered: str) -> bool: ...
+
+    async def drop_summary(self, conversation: int) -> None: ...
+
+    async def count_turns(self, conversation: int, after: int | None, before: int) -> int: ...
+
+    async def note_window_notice(self, conversation: int) -> bool: ...
+
+    async def mark_summary_request(self, platform: str, delivery_key: str) -> None: ...
+
+    async def is_summary_request(self, platform: str, delivery_key: str) -> bool: ...
+
+
 class FeedbackStore(Protocol):
     """👍/👎 on answers, and the counts the status shows."""
 
@@ -108,5 +128,6 @@ class PrivacyStore(Protocol):
     async def close(self) -> None: ...
 
 
-class ChatStore(DeliveryStore, TurnStore, FeedbackStore, PrivacyStore, Protocol):
+class ChatStore(DeliveryStore, TurnStore, FeedbackStore, PrivacyStore, SummaryStore,
+                CommunityStore, Protocol):
     """Everything the chat service asks of the store."""

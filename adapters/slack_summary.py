@@ -1,0 +1,160 @@
+"""「要約」 on Slack: the message shortcut, `/rinna 要約` and a mention saying 要約 hand the front
+door a SUMMARY event (bot/front_door.py) with a reader of what to summarise: a thread read
+whole (to the core's cap), or a channel's last messages (SUMMARY_CHANNEL_MESSAGES) where there
+is no thread. The answer goes in the thread, exactly once, like any answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Protocol
+
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.async_context import AsyncBoltContext
+
+from adapters.slack_api import HISTORY_PAGE, PLATFORM
+from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
+                                   bot_identity)
+from adapters.slack_reply import QUESTION_PART, REPLY_EVENT
+from adapters.slack_text import ts_order
+from bot.access import AccessRequest
+from bot.conversation import ConversationKey
+from bot.front_events import Command, EarlierMessage, EarlierReader, Event
+
+if TYPE_CHECKING:
+    from slack_bolt.app.async_app import AsyncApp
+
+    from adapters.slack_events import BotIdentity
+
+
+class SlackHandlers(SlackServices, Protocol):
+    """What 「要約」 uses of adapters.slack_app.SlackHandlers."""
+
+    outcomes: Counter[str]
+    background: set[asyncio.Task[Any]]
+    summary_messages: int
+
+    async def earlier_message(self, channel: str, item: Mapping[str, Any],
+                              bot: BotIdentity) -> EarlierMessage: ...
+
+SUMMARY_SHORTCUT = "rinna_summary"  # the message shortcut's callback_id (slack-manifest.yml)
+SUMMARY_KEY = "summary:"  # a shortcut press's delivery key: this and its trigger id
+SUMMARY_TEXT = "要約"  # the request as it is stored (the user turn of the summary's exchange)
+MAX_PAGES = 20
+
+
+def thread_reader(services: SlackHandlers, channel: str, thread_ts: str,
+                  bot: BotIdentity, before: str | None = None) -> EarlierReader:
+    """The thread's messages (before `before`, if given), oldest first, the newest
+    `most_turns` of them."""
+
+    async def read() -> list[EarlierMessage]:
+        items: list[Mapping[str, Any]] = []
+        seen: set[str] = set()
+        cursor: str | None = None
+        for _ in range(MAX_PAGES):
+            extra = {"latest": before, "inclusive": False} if before else {}
+            page = await services.api.call("conversations_replies", channel=channel,
+                                           ts=thread_ts, limit=HISTORY_PAGE, cursor=cursor,
+                                           **extra)
+            for item in page.get("messages") or []:
+                if isinstance(item, Mapping) and isinstance(ts := item.get("ts"), str) \
+                        and ts not in seen:
+                    seen.add(ts)
+                    items.append(item)
+            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+            if not page.get("has_more") or cursor is None:
+                break
+        items.sort(key=lambda m: ts_order(str(m["ts"])))
+        items = items[-services.front.most_turns():]
+        return [await services.earlier_message(channel, item, bot) for item in items]
+
+    return read
+
+
+def channel_reader(services: SlackHandlers, channel: str, before: str | None,
+                   bot: BotIdentity) -> EarlierReader:
+    """The channel's last SUMMARY_CHANNEL_MESSAGES messages (before `before`), oldest first."""
+
+    async def read() -> list[EarlierMessage]:
+        extra = {"latest": before, "inclusive": False} if before else {}
+        page = await services.api.call("conversations_history", channel=channel,
+                                       limit=services.summary_messages + 1,
+                                       include_all_metadata=True, **extra)
+        items = [m for m in page.get("messages") or [] if isinstance(m, Mapping)
+                 and isinstance(m.get("ts"), str) and not _posted_question(m)
+                 and (before is None or ts_order(str(m["ts"])) < ts_order(before))]
+        items.sort(key=lambda m: ts_order(str(m["ts"])))
+        items = items[-services.summary_messages:]
+        return [await services.earlier_message(channel, item, bot) for item in items]
+
+    return read
+
+
+def _posted_question(item: Mapping[str, Any]) -> bool:
+    """A question the bot posted for `/rinna` (`/rinna 要約` itself among them)."""
+    metadata = item.get("metadata") or {}
+    return (isinstance(metadata, Mapping) and metadata.get("event_type") == REPLY_EVENT
+            and (metadata.get("event_payload") or {}).get("part") == QUESTION_PART)
+
+
+def register_summary_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
+    @app.shortcut(SUMMARY_SHORTCUT)
+    async def summarise(ack: AsyncAck, shortcut: dict[str, Any],
+                        context: AsyncBoltContext) -> None:
+        await ack()  # at once: Slack shows an error after 3 s; the summary goes in the thread
+        target = shortcut.get("message") or {}
+        team = str((shortcut.get("team") or {}).get("id") or context.team_id or "")
+        channel = str((shortcut.get("channel") or {}).get("id") or "")
+        user = str((shortcut.get("user") or {}).get("id") or "")
+        ts = target.get("ts")
+        if not (channel and user and isinstance(ts, str)):
+            services.outcomes[IGNORED] += 1
+            return
+        own_team = (shortcut.get("user") or {}).get("team_id")  # Slack Connect: theirs
+        request = AccessRequest.from_teams(team, channel, user, (own_team,),
+                                           is_dm=channel.startswith("D"))
+        if not services.permits([request]):
+            services.outcomes[DENIED] += 1
+            return
+        message = SlackMessage(team, channel, ts, str(target.get("thread_ts") or ""), user,
+                               "", channel.startswith("D"), request.other_teams)
+        trigger = str(shortcut.get("trigger_id") or shortcut.get("action_ts") or ts)
+
+        async def body() -> None:
+            outcome = FAILED
+            try:
+                outcome = await summarise_thread(services, message, SUMMARY_KEY + trigger,
+                                                 bot_identity(context))
+            finally:
+                services.outcomes[outcome] += 1
+
+        task = asyncio.create_task(body())
+        services.background.add(task)
+        task.add_done_callback(services.background.discard)
+
+
+async def summarise_thread(services: SlackHandlers, message: SlackMessage, tag: str,
+                           bot: BotIdentity) -> str:
+    """Summarise the thread `message` is in (a message outside any thread: the channel's
+    last messages up to it) into that thread, for the presser."""
+    in_thread = bool(message.thread_ts)
+    thread = message.thread_ts or message.ts
+    key = ConversationKey(PLATFORM, message.team, message.channel, thread)
+    sink = services.reply(message.channel, thread, tag, user=message.user, team=message.team)
+    reader = (thread_reader(services, message.channel, thread, bot) if in_thread
+              else channel_reader(services, message.channel, _after(message.ts), bot))
+    outcome = FAILED
+    async with services.boundary(sink, f"summary {tag} in {key}"):
+        # access was judged when the shortcut came; a shortcut is never redelivered
+        outcome = await services.front.receive(Event(
+            key, tag, SUMMARY_TEXT, sink, writer=message.user, command=Command.SUMMARY,
+            earlier=reader, admitted=True))
+    return outcome
+
+
+def _after(ts: str) -> str:
+    """A ts just after `ts`: reading the channel up to and with the message pressed on."""
+    seconds, _, micros = ts.partition(".")
+    return f"{seconds}.{int(micros or 0) + 1:06d}"
