@@ -167,9 +167,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 9 (issue 20; 7 on its branch before issues 27-29 took 7 and 8): a delivery is a state
     # machine (bot/ports/records.py, DeliveryState): the placeholder posted (shown), the user
-    # turn stored (answering) and the answer stored (ready) become states of their own, each reached by one checked transition, and a notice ends it as
-    # failed. `runner`: the process answering it (`take`), so the store, not the process,
-    # says who answers. SQLite cannot change a CHECK: the column is rebuilt. A reply ref
+    # turn stored (answering) and the answer stored (ready) become states of their own, each
+    # reached by one checked transition, and a notice ends it as failed. `runner`: the
+    # process answering it (`take`), so the store, not the process, says who answers. SQLite cannot change a CHECK: the column is rebuilt. A reply ref
     # names its message uniquely within its platform: refs without a channel (a bare
     # message handle, unique only within its channel) get `channel/` in front, like the
     # refs that have one.
