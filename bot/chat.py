@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from bot.answer_controls import AnswerControls, ModeratorCheck
-from bot.answering import Answerer, with_notes
+from bot.answering import Answerer
 from bot.attachments import AttachmentReader, prompt_room
 from bot.community import Community
 from bot.context import PromptContexts
@@ -52,7 +52,7 @@ from bot.tokenizer import Tokenizer
 # what the service's callers import from here (the flow and the notices live beside it)
 __all__ = ["EMPTY_ANSWER", "INTERRUPTED_NOTICE", "SHORTENED_NOTICE", "STALE_NOTICE",
            "USAGE_MESSAGE", "ChatConfig", "ChatService", "CrashHook", "EarlierLoader", "Outcome",
-           "Recovered", "with_notes"]
+           "Recovered"]
 
 log = logging.getLogger(__name__)
 
