@@ -45,6 +45,15 @@ async def check_slack(settings: Settings) -> str:
     return line
 
 
+async def slack_findings(settings: Settings) -> list[tuple[bool, str]]:
+    """`doctor`'s report: who the bot is, and (failing) the manifest's scopes it lacks."""
+    who, missing = await ask_slack(settings)
+    found = [(True, f"Slack: the tokens are accepted (signed in as {who})")]
+    if missing:
+        found.append((False, "Slack: " + scopes_note(missing)))
+    return found
+
+
 def scopes_note(missing: tuple[str, ...]) -> str:
     uses = "; ".join(f"{scope}: {SCOPE_USES[scope]}" for scope in missing
                      if scope in SCOPE_USES)

@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "slack"  # the platform name in conversation keys and stored records
 
+
+def message_ref(channel: str, ts: str) -> str:
+    """How a Slack message is named in the store (a reply's ref, what a button press finds):
+    `channel/ts`, since a ts is unique only within its channel."""
+    return f"{channel}/{ts}"
+
+
 DELIVERY_ERRORS: tuple[type[BaseException], ...] = (
     SlackClientError, aiohttp.ClientError, TimeoutError)
 

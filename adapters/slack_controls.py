@@ -19,7 +19,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
-from adapters.slack_api import PLATFORM, Moderators
+from adapters.slack_api import PLATFORM, Moderators, message_ref
 from adapters.slack_blocks import FEEDBACK_ACTIONS, REGENERATE, STOP
 from adapters.slack_events import SlackServices, tell
 from bot.access import AccessRequest
@@ -99,7 +99,7 @@ def register_controls(app: AsyncApp, services: SlackServices) -> None:
             return
         await decide("stop", body, channel, ts, thread,
                      lambda moderator: services.front.controls.stop(
-                         PLATFORM, ts, user, moderator=moderator, channel=channel))
+                         PLATFORM, message_ref(channel, ts), user, moderator=moderator))
 
     @app.action(FEEDBACK_PRESS)
     async def feedback(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -111,8 +111,8 @@ def register_controls(app: AsyncApp, services: SlackServices) -> None:
             services.pressed["denied" if value in ("good", "bad") else "ignored"] += 1
             return
         await decide("feedback", body, channel, ts, thread,
-                     lambda _: services.front.controls.feedback(PLATFORM, ts, user, value,
-                                                                channel=channel))
+                     lambda _: services.front.controls.feedback(
+                         PLATFORM, message_ref(channel, ts), user, value))
 
     @app.action(REGENERATE)
     async def regenerate(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any],
@@ -125,15 +125,15 @@ def register_controls(app: AsyncApp, services: SlackServices) -> None:
             return
         press = str(body.get("trigger_id") or action.get("action_ts") or "")
         request_key = ACTION_KEY + press
-        answer = await services.front.controls.answer_at(PLATFORM, ts, channel)
+        answer = await services.front.controls.answer_at(PLATFORM, message_ref(channel, ts))
         where = answer.key.thread if answer is not None else (thread or "")
         sink = services.reply(channel, where or None, request_key, user=user, team=team)
 
         async def work() -> None:
             await decide("regenerate", body, channel, ts, thread,
                          lambda moderator: services.front.controls.regenerate(
-                             PLATFORM, ts, request_key, user, sink, moderator=moderator,
-                             channel=channel))
+                             PLATFORM, message_ref(channel, ts), request_key, user, sink,
+                             moderator=moderator))
 
         task = asyncio.create_task(work())
         services.background.add(task)

@@ -12,7 +12,8 @@ from slack_bolt.async_app import AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_api import DELIVERY_ERRORS, HISTORY_PAGE, PLATFORM, SlackApi, describe
+from adapters.slack_api import (DELIVERY_ERRORS, HISTORY_PAGE, PLATFORM, SlackApi, describe,
+                                message_ref)
 from adapters.slack_blocks import (
     FeedbackSupport,
     any_control,
@@ -105,8 +106,8 @@ class SlackReply(MessageReply):
         """The answer in message `ref` was to words since edited: the notice, its text struck
         through, no buttons. One try (the new answer is what matters)."""
         body, blocks = superseded_blocks(text, notice)
-        await self.api.call("chat_update", retry=False, channel=self.channel, ts=ref,
-                            text=body, blocks=blocks)
+        await self.api.call("chat_update", retry=False, channel=self.channel,
+                            ts=self.restore(ref), text=body, blocks=blocks)
 
     async def retire(self, ref: str) -> None:
         """The answer in message `ref` is no longer the newest: its buttons become RETIRED
@@ -116,15 +117,15 @@ class SlackReply(MessageReply):
         anyway): one try each for the read and the edit, never a rate limit waited out; a
         failure costs that button and one log line."""
         try:
-            await self._retire(ref)
+            await self._retire(self.restore(ref))
         except DELIVERY_ERRORS as exc:
             log.info("slack: the buttons of earlier answer %s stay as they were: %s", ref,
                      describe(exc))
 
-    async def _retire(self, ref: str) -> None:
-        found = await self._read(ref)
+    async def _retire(self, ts: str) -> None:
+        found = await self._read(ts)
         if found is None:
-            log.info("slack: answer %s to retire not found", ref)
+            log.info("slack: answer %s to retire not found", ts)
             return
         text = str(found.get("text") or "")
         blocks = found.get("blocks")
@@ -135,7 +136,7 @@ class SlackReply(MessageReply):
         def kept(native: bool) -> dict[str, Any]:
             return {"blocks": without_actions(blocks, RETIRED, native_feedback=native)}
 
-        await self._with_blocks("chat_update", dict(channel=self.channel, ts=ref, text=text),
+        await self._with_blocks("chat_update", dict(channel=self.channel, ts=ts, text=text),
                                 kept, retry=False)
 
     async def _read(self, ts: str) -> Mapping[str, Any] | None:
@@ -263,10 +264,12 @@ class SlackReply(MessageReply):
         return None
 
     def ref(self, handle: Any) -> str | None:
-        return None if handle is None else str(handle)
+        """A message's stored handle: `channel/ts` (a ts is unique only within its channel),
+        the shape of Discord's `channel/message id`; the core compares refs, nothing more."""
+        return None if handle is None else message_ref(self.channel, str(handle))
 
     def restore(self, ref: str) -> str:
-        return ref
+        return ref.rpartition("/")[2]  # the ts
 
     async def edit(self, handle: Any, text: str, *, final: bool) -> None:
         # chat.update is rate-limited (Tier 3): a preview that hits the limit is dropped, not

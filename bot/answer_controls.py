@@ -40,23 +40,21 @@ class AnswerControls:
         self._closing = closing
         self._on_feedback = on_feedback
 
-    async def answer_at(self, platform: str, reply_ref: str,
-                        channel: str | None = None) -> Delivery | None:
+    async def answer_at(self, platform: str, reply_ref: str) -> Delivery | None:
         """The recorded answer behind a message (its `key`, its asker: `who_asked`).
-        `channel` (here and below): where the button was pressed, for platforms whose message
-        handles are unique only within a channel (Slack's ts)."""
-        return await self.store.answer_at(platform, reply_ref, channel)
+        `reply_ref` (here and below): the message's ref as its sink named it (unique within
+        the platform: Slack's and Discord's are `channel/message`)."""
+        return await self.store.answer_at(platform, reply_ref)
 
     async def stop(self, platform: str, reply_ref: str, user: str, *,
-                   moderator: bool | ModeratorCheck = False,
-                   channel: str | None = None) -> ControlResult:
+                   moderator: bool | ModeratorCheck = False) -> ControlResult:
         """「停止」: abort the answer streaming into the message `reply_ref` at once (its row
         leaves the engine's batch). The answering task keeps what was written, shows it with
         「（停止しました）」 and stores it as the turn. Only the person who asked, or a
         moderator (the adapter says), may stop it."""
-        answer = await self.store.answer_at(platform, reply_ref, channel) \
+        answer = await self.store.answer_at(platform, reply_ref) \
             or self.running.posted.get((platform, reply_ref))
-        if answer is None or (channel is not None and answer.key.channel != channel):
+        if answer is None:
             return ControlResult.NOT_FOUND
         if not await may_press(user, answer, moderator):
             return ControlResult.NOT_ALLOWED
@@ -67,14 +65,14 @@ class AnswerControls:
         return ControlResult.DONE
 
     async def regenerate(self, platform: str, reply_ref: str, request_key: str, user: str,
-                         sink: ReplySink, *, moderator: bool | ModeratorCheck = False,
-                         channel: str | None = None) -> ControlResult:
+                         sink: ReplySink, *,
+                         moderator: bool | ModeratorCheck = False) -> ControlResult:
         """「もう一度」: a new answer to the question answered in message `reply_ref`, into
         `sink` (a new reply in the same conversation), exactly once per `request_key` (the
         press). Only on the conversation's newest answer, by its asker or a moderator. The
         old answer stays stored, superseded (left out of prompts), its message retired.
         Returns when the new answer is shown; refusals return at once."""
-        answer = await self.store.answer_at(platform, reply_ref, channel)
+        answer = await self.store.answer_at(platform, reply_ref)
         if answer is None or answer.turn_id is None:
             return ControlResult.NOT_FOUND
         if not await may_press(user, answer, moderator):
@@ -89,11 +87,11 @@ class AnswerControls:
         return ControlResult.DONE
 
     async def feedback(self, platform: str, reply_ref: str, user: str,
-                       value: Feedback | str, *, channel: str | None = None) -> ControlResult:
+                       value: Feedback | str) -> ControlResult:
         """👍/👎 on the answer in message `reply_ref`: one vote per person, a second press
         changes it."""
         vote = Feedback(value)
-        answer = await self.store.answer_at(platform, reply_ref, channel)
+        answer = await self.store.answer_at(platform, reply_ref)
         if answer is None or answer.turn_id is None:
             return ControlResult.NOT_FOUND
         previous = await self.store.set_feedback(answer, user, vote)

@@ -1,9 +1,9 @@
 """`rinna-bot doctor`: one screen saying what `run` will do, each line ✓ or ✗ with the fix.
 
-Reads the settings like `run` (and reports `.env` typos like it), asks Discord and Slack whether
-the tokens are accepted (the calls `run` makes; `--offline` skips them), looks for the model
-without downloading anything, tries CUDA and bitsandbytes on the configured device, and opens
-the database without changing it. Tokens are shown as set or unset, never their values.
+Reads the settings like `run` (and reports `.env` typos like it), asks each configured platform
+(bot/platforms.py) whether the tokens are accepted (the calls `run` makes; `--offline` skips
+them), looks for the model without downloading anything, tries CUDA and bitsandbytes on the
+configured device, and opens the database without changing it. Tokens are shown as set or unset, never their values.
 """
 
 from __future__ import annotations
@@ -96,16 +96,12 @@ def _settings(settings: Settings) -> Check:
 
 
 def _platforms(settings: Settings) -> Check:
-    started = []
-    if settings.discord_enabled:
-        started.append("Discord")
-    if settings.slack_enabled:
-        started.append("Slack (Socket Mode)" if settings.slack_app_token is not None
-                       else f"Slack (HTTP on port {settings.slack_port})")
+    from bot.platforms import configured_platforms, how_to_configure
+
+    started = [entry.shown(settings) for entry in configured_platforms(settings)]
     if not started:
         return Check(False, "no platform configured: `run` opens the terminal chat",
-                     "set DISCORD_TOKEN, or SLACK_BOT_TOKEN with SLACK_APP_TOKEN or "
-                     "SLACK_SIGNING_SECRET")
+                     how_to_configure())
     return Check(True, "platforms that will start: " + ", ".join(started))
 
 
@@ -120,28 +116,16 @@ def _credentials(settings: Settings) -> list[Check]:
     """The identity calls `run` makes while the model loads (adapters/credentials.py)."""
     import asyncio
 
-    from adapters.credentials import (PlatformUnreachable, ask_slack, check_discord,
-                                      scopes_note)
+    from adapters.credentials import PlatformUnreachable
     from bot.errors import ConfigError
-
-    async def slack_checks(settings: Settings) -> list[Check]:
-        who, missing = await ask_slack(settings)
-        found = [Check(True, f"Slack: the tokens are accepted (signed in as {who})")]
-        if missing:
-            found.append(Check(False, "Slack: " + scopes_note(missing)))
-        return found
-
-    async def discord_checks(settings: Settings) -> list[Check]:
-        return [Check(True, await check_discord(settings))]
+    from bot.platforms import configured_platforms, credential_findings
 
     async def ask() -> list[Check]:
         found: list[Check] = []
-        for enabled, check in ((settings.discord_enabled, discord_checks),
-                               (settings.slack_enabled, slack_checks)):
-            if not enabled:
-                continue
+        for entry in configured_platforms(settings):
             try:
-                found.extend(await check(settings))
+                found.extend(Check(ok, line)
+                             for ok, line in await credential_findings(entry, settings))
             except ConfigError as exc:
                 found.append(Check(False, str(exc)))
             except PlatformUnreachable as exc:

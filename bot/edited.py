@@ -26,7 +26,7 @@ from bot.attachments import HEADING
 from bot.conversation import ReplySink
 from bot.edits import PrivateData
 from bot.ports.locks import ConversationLocks
-from bot.ports.records import Delivery, DeliveryState
+from bot.ports.records import Delivery
 from bot.ports.store import ChatStore
 from bot.running import RunningAnswers
 from bot.sink_calls import supersede
@@ -90,7 +90,7 @@ class EditedQuestions:
             return EditOutcome.HISTORY if changed else EditOutcome.UNCHANGED
         request = await self.store.delivery(platform, edit_key(delivery_key, edit_id))
         if request is not None:  # this edit was taken on before (a redelivery, a restart)
-            if request.state is DeliveryState.ANSWERED:
+            if request.state.finished:
                 return EditOutcome.DUPLICATE
             await self._redo(request, sink_for(request))
             return EditOutcome.ANSWERED_AGAIN
@@ -123,7 +123,7 @@ class EditedQuestions:
         if latest is None:
             return None
         marker = (latest.platform, latest.delivery_key)
-        if marker in self.running.inflight:
+        if self.running.answering(marker):  # here, in this process: the store's `take` gave it
             self.running.stop(marker)  # the old words' answer: stopped, then replaced
             await self.running.ended(marker)
         return await self.store.delivery(latest.platform, latest.delivery_key)

@@ -19,7 +19,10 @@ from bot.ports.community import SettingChange
 from bot.ports.records import AuthoredTurn, Vote
 from bot.ports.store import ChatStore
 from storage import open_store
-from storage.history import CHECKPOINT_TRIES
+
+# `forget` waits for a WAL other readers keep busy this many busy timeouts (the running bot
+# scrubs once)
+FORGET_SCRUB_TRIES = 5
 
 
 
@@ -95,7 +98,7 @@ async def forget_user(path: Path, user: str, platform: str | None) -> int:
     store = await _open_existing(path)
     try:
         deleted = await store.forget_author(user, platform)
-        if not await store.scrub(CHECKPOINT_TRIES):
+        if not await store.scrub(FORGET_SCRUB_TRIES):
             raise StorageError(
                 f"DATABASE_PATH={path}: {deleted} messages deleted, but the WAL is still in "
                 "use by another process; run the command again to remove their text from it")

@@ -1,5 +1,6 @@
-"""The answers this process is working on, by (platform, delivery key): the in-process half of
-exactly-once (the store's answers are the other half) and what a 「停止」 press finds."""
+"""The answers this process is working on, by (platform, delivery key): what a 「停止」 press
+finds, and which earlier answer to retire. Who answers a delivery is the store's decision
+(DeliveryStore.take, bot/delivery.py), not this bookkeeping."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ Marker = tuple[str, str]  # (platform, delivery key)
 
 class RunningAnswers:
     def __init__(self) -> None:
-        self.inflight: set[Marker] = set()  # being answered (or ended) by a task of ours
         # -> its generation task while it runs (None: taken on, not generating yet)
         self.generating: dict[Marker, asyncio.Future[None] | None] = {}
         self.stopping: set[Marker] = set()  # asked to stop by its 「停止」 button
@@ -25,14 +25,14 @@ class RunningAnswers:
         self.posted: dict[tuple[str, str], Delivery] = {}
         self._ended: dict[Marker, asyncio.Event] = {}  # set when its task lets go of it
 
-    def begin(self, marker: Marker) -> bool:
-        """Take on answering `marker`; False when a task of ours already does."""
-        if marker in self.inflight:
-            return False
-        self.inflight.add(marker)
+    def begin(self, marker: Marker) -> None:
+        """A task of ours answers `marker` now (the store's `take` gave it to this process)."""
         self.generating[marker] = None
         self._ended[marker] = asyncio.Event()
-        return True
+
+    def answering(self, marker: Marker) -> bool:
+        """Whether a task of ours answers `marker` now (between `begin` and `end`)."""
+        return marker in self._ended
 
     async def ended(self, marker: Marker) -> None:
         """Return once no task of ours is answering `marker` (at once when none is)."""
@@ -42,7 +42,6 @@ class RunningAnswers:
     def end(self, marker: Marker) -> None:
         if (event := self._ended.pop(marker, None)) is not None:
             event.set()
-        self.inflight.discard(marker)
         self.generating.pop(marker, None)
         self.stopping.discard(marker)
         self.to_retire.pop(marker, None)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.config import Settings
 from bot.errors import ConfigError, RinnaError, StorageError
+from bot.platforms import PlatformEntry, ask_credentials, configured_platforms
 
 if TYPE_CHECKING:
     from bot.generator import Generator
@@ -29,7 +30,7 @@ log = logging.getLogger("rinna-bot")
 EXIT_OK, EXIT_TRANSIENT, EXIT_CONFIG = 0, 1, 2
 
 T = TypeVar("T")
-Check = Callable[[Settings], Awaitable[str]]
+Check = Callable[[PlatformEntry, Settings], Awaitable[str]]
 
 
 def exit_code(error: BaseException) -> int:
@@ -98,35 +99,19 @@ def require_tokenizer_folder(model_id: str) -> None:
                           "directory or a hub id like org/name")
 
 
-async def _check_slack(settings: Settings) -> str:
-    from adapters.credentials import check_slack
-
-    return await check_slack(settings)
-
-
-async def _check_discord(settings: Settings) -> str:
-    from adapters.credentials import check_discord
-
-    return await check_discord(settings)
-
-
 @dataclass(frozen=True, slots=True)
 class StartParts:
     """What start-up calls to load the model and to ask each platform who the tokens are.
     Tests pass their own (a loader that never finishes, say); `main()` uses these."""
 
     load_generator: Callable[[Settings], Awaitable[Any]] = _load_generator
-    check_slack: Check = _check_slack
-    check_discord: Check = _check_discord
+    # a platform's identity call (bot/platforms.py lists the platforms and their calls)
+    ask_credentials: Check = ask_credentials
 
 
 def platform_checks(settings: Settings, parts: StartParts) -> list[Awaitable[str]]:
-    checks = []
-    if settings.discord_enabled:
-        checks.append(parts.check_discord(settings))
-    if settings.slack_enabled:
-        checks.append(parts.check_slack(settings))
-    return checks
+    return [parts.ask_credentials(entry, settings)
+            for entry in configured_platforms(settings)]
 
 
 async def check_credentials(settings: Settings, parts: StartParts) -> list[str]:

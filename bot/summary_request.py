@@ -1,7 +1,7 @@
 """A summary asked for (「要約」: a message shortcut, a context menu, `/rinna 要約`, `/summary`, a
 mention saying 要約): written by the model from the thread's messages, posted as the answer.
 
-It goes through the chat service like any answer (bot/chat.py): recorded before the platform
+It goes through the chat service like any answer (bot/delivery.py): recorded before the platform
 is told, its placeholder kept, the person's fair share of the generator, exactly once across
 redeliveries and restarts (the record notes it is a summary request, so a restart finishes it
 as one, and 「もう一度」 on it writes a summary again). What it summarises: the messages the

@@ -27,9 +27,10 @@ from pathlib import Path
 import aiosqlite
 
 from bot.conversation import ConversationKey, Speaker, Turn
-from bot.errors import DatabasePathError, MessageWithdrawn, StorageError
-from bot.ports.records import Claim, Delivery, DeliveryState, ImportedTurn, StoredTurn
+from bot.errors import DatabasePathError, StorageError
+from bot.ports.records import Claim, Delivery, ImportedTurn, StoredTurn
 from storage.community import CommunityRecords
+from storage.deliveries import DELIVERY_SELECT, UNFINISHED_STATES, DeliveryRecords, delivery_of
 from storage.files import prepare_database_file
 from storage.private import PrivateRecords
 from storage.summaries import SummaryRecords
@@ -37,31 +38,9 @@ from storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_TRIES = 5  # for `forget`: a busy WAL is waited for this many busy timeouts
 
 
-_DELIVERY_SELECT = (
-    "SELECT d.platform, d.delivery_key, d.conversation_id, c.workspace, c.channel, c.thread,"
-    " d.state, d.received_at, d.turn_id, d.reply_ref, d.final, d.author, d.text,"
-    " d.answer_id, d.replaces, d.asker, d.withdrawn"
-    " FROM deliveries d JOIN conversations c ON c.id = d.conversation_id")
-
-
-def _delivery(row: Sequence[object]) -> Delivery:
-    (platform, key, conversation, workspace, channel, thread, state, received, turn, ref, final,
-     author, text, answer, replaces, asker, withdrawn) = row
-    return Delivery(str(platform), str(key), int(conversation),  # type: ignore[call-overload]
-                    ConversationKey(str(platform), str(workspace), str(channel), str(thread)),
-                    DeliveryState(str(state)), float(received),  # type: ignore[arg-type]
-                    None if turn is None else int(turn),  # type: ignore[call-overload]
-                    None if ref is None else str(ref), None if final is None else str(final),
-                    None if author is None else str(author), None if text is None else str(text),
-                    None if answer is None else int(answer),  # type: ignore[call-overload]
-                    None if replaces is None else str(replaces),
-                    None if asker is None else str(asker), bool(withdrawn))
-
-
-class HistoryStore(PrivateRecords, SummaryRecords, CommunityRecords):
+class HistoryStore(PrivateRecords, DeliveryRecords, SummaryRecords, CommunityRecords):
     def __init__(self, connection: aiosqlite.Connection, path: Path,
                  clock: Callable[[], float] = time.time) -> None:
         self._db = connection
@@ -177,167 +156,6 @@ class HistoryStore(PrivateRecords, SummaryRecords, CommunityRecords):
                 (key.platform, delivery_key))).fetchone()
             return None if row is None else Claim(int(row[0]), row[1])
 
-    async def accept(self, key: ConversationKey, delivery_key: str, text: str,
-                     author: str | None = None, asker: str | None = None,
-                     sources: Sequence[str] = ()) -> Delivery | None:
-        """Record a platform message as taken on, with its text, in one transaction: from here
-        on a crash cannot lose it. `sources`: the platform messages its text was taken from,
-        when not the delivery itself (「rinna に聞く」), so their deletion reaches it. Returns its record, or None when it was answered before
-        (a retry or a redelivery of a finished message). A record that is not finished (its
-        first handling died) is returned as it stands, for the caller to take over."""
-        async with self._transaction() as db:
-            conversation = await self._conversation_id(db, key)
-            cursor = await db.execute(
-                "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
-                " received_at, state, text, author, asker)"
-                " VALUES (?, ?, ?, ?, 'accepted', ?, ?, ?)",
-                (key.platform, delivery_key, conversation, self._clock(), text, author or None,
-                 asker or None))
-            fresh = cursor.rowcount == 1
-            if not fresh:
-                # read in with its thread before its own event came: answer it, once
-                cursor = await db.execute(
-                    "UPDATE deliveries SET imported = 0, state = 'accepted' WHERE platform=?"
-                    " AND delivery_key=? AND state = 'imported'", (key.platform, delivery_key))
-                fresh = cursor.rowcount == 1
-            await self.record_sources(db, key.platform, delivery_key, sources)
-            row = await (await db.execute(
-                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
-                (key.platform, delivery_key))).fetchone()
-        delivery = replace(_delivery(row), fresh=fresh)
-        return None if delivery.state is DeliveryState.ANSWERED else delivery
-
-    async def accept_reset(self, key: ConversationKey, delivery_key: str, notice: str | None,
-                           author: str | None = None) -> Delivery | None:
-        """Take on a reset request and carry it out, in one transaction: the record (with
-        `notice`, the confirmation to show, as its final text) and the moved history start, so
-        a crash leaves either nothing or a done reset whose confirmation is still to be shown.
-        Returns the record, or None when it was finished before. A record that is not finished
-        is returned as it stands (not fresh): the reset was made then; never made twice.
-        With `notice` None the request is recorded as finished at once (the caller shows it)."""
-        state = "answered" if notice is None else "answering"
-        async with self._transaction() as db:
-            conversation = await self._conversation_id(db, key)
-            cursor = await db.execute(
-                "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
-                " received_at, state, final, author) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.platform, delivery_key, conversation, self._clock(), state, notice,
-                 author or None))
-            fresh = cursor.rowcount == 1
-            if not fresh:
-                # read in with its thread before its own event came: carry it out, once
-                cursor = await db.execute(
-                    "UPDATE deliveries SET imported = 0, state = ?, final = ? WHERE platform=?"
-                    " AND delivery_key=? AND state = 'imported'",
-                    (state, notice, key.platform, delivery_key))
-                fresh = cursor.rowcount == 1
-            if fresh:
-                await db.execute(
-                    "UPDATE conversations SET history_start ="
-                    " (SELECT COALESCE(MAX(id), 0) FROM turns) WHERE id=?", (conversation,))
-            row = await (await db.execute(
-                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
-                (key.platform, delivery_key))).fetchone()
-        delivery = replace(_delivery(row), fresh=fresh)
-        if delivery.state is DeliveryState.ANSWERED:
-            return delivery if fresh else None
-        return delivery
-
-    async def move_delivery(self, delivery: Delivery, key: ConversationKey) -> Delivery:
-        """Attach a message recorded before its conversation was known (a slash command is
-        recorded before its question is posted, the thread it starts) to conversation `key`,
-        in one transaction; the placeholder conversation it was recorded in goes if empty."""
-        async with self._transaction() as db:
-            conversation = await self._conversation_id(db, key)
-            row = await (await db.execute(
-                "UPDATE deliveries SET conversation_id=? WHERE platform=? AND delivery_key=?"
-                " RETURNING 1", (conversation, delivery.platform, delivery.delivery_key))
-                         ).fetchone()
-            if row is None:
-                raise sqlite3.IntegrityError("the delivery is gone")
-            if conversation != delivery.conversation:
-                await db.execute(
-                    "DELETE FROM conversations WHERE id=? AND NOT EXISTS (SELECT 1 FROM"
-                    " deliveries WHERE conversation_id=?) AND NOT EXISTS (SELECT 1 FROM turns"
-                    " WHERE conversation_id=?)", (delivery.conversation,) * 3)
-            row = await (await db.execute(
-                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
-                (delivery.platform, delivery.delivery_key))).fetchone()
-        return replace(_delivery(row), fresh=delivery.fresh)
-
-    async def delivery(self, platform: str, delivery_key: str) -> Delivery | None:
-        row = await (await self._db.execute(
-            _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
-            (platform, delivery_key))).fetchone()
-        return None if row is None else _delivery(row)
-
-    async def unfinished(self, platform: str) -> list[Delivery]:
-        """Messages of `platform` taken on but not answered yet, oldest first."""
-        rows = await (await self._db.execute(
-            _DELIVERY_SELECT + " WHERE d.platform=? AND d.state IN ('accepted', 'answering')"
-            " ORDER BY d.received_at", (platform,))).fetchall()
-        return [_delivery(row) for row in rows]
-
-    async def store_user_turn(self, delivery: Delivery) -> int:
-        """Move the message's text from its record into the history (once): one transaction.
-        A message deleted while it waited (`withdrawn`) raises MessageWithdrawn instead."""
-        async with self._transaction() as db:
-            row = await (await db.execute(
-                "SELECT turn_id, text, author, withdrawn FROM deliveries WHERE platform=?"
-                " AND delivery_key=?", (delivery.platform, delivery.delivery_key))).fetchone()
-            if row is None:
-                raise sqlite3.IntegrityError("the delivery is gone")
-            if row[0] is not None:
-                return int(row[0])
-            if row[3]:
-                raise MessageWithdrawn("its message was deleted while it waited")
-            cursor = await db.execute(
-                "INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
-                " VALUES (?,?,?,?,?)",
-                (delivery.conversation, str(Speaker.USER), row[1] or "", self._clock(), row[2]))
-            turn_id = int(cursor.lastrowid)
-            await db.execute(
-                "UPDATE deliveries SET turn_id=?, text=NULL WHERE platform=? AND delivery_key=?",
-                (turn_id, delivery.platform, delivery.delivery_key))
-            return turn_id
-
-    async def set_reply_ref(self, delivery: Delivery, ref: str) -> None:
-        """Remember where the reply's placeholder is (a restart edits it, not a new one)."""
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE deliveries SET reply_ref=?, state = CASE state WHEN 'accepted'"
-                " THEN 'answering' ELSE state END WHERE platform=? AND delivery_key=?",
-                (ref, delivery.platform, delivery.delivery_key))
-
-    async def store_answer(self, delivery: Delivery, answer: str, final: str) -> None:
-        """The answer turn (unless empty) and the final text to show, in one transaction. A
-        regeneration's answer supersedes the answer it redoes (kept, left out of prompts)."""
-        async with self._transaction() as db:
-            answer_id = None
-            if answer:
-                cursor = await db.execute(
-                    "INSERT INTO turns (conversation_id, speaker, text, created_at)"
-                    " VALUES (?,?,?,?)",
-                    (delivery.conversation, str(Speaker.SYSTEM), answer, self._clock()))
-                answer_id = cursor.lastrowid
-            await db.execute(
-                "UPDATE deliveries SET final=?, answer_id=?, state = CASE state WHEN 'accepted'"
-                " THEN 'answering' ELSE state END WHERE platform=? AND delivery_key=?",
-                (final, answer_id, delivery.platform, delivery.delivery_key))
-            if delivery.replaces is not None:
-                await db.execute(
-                    "UPDATE turns SET superseded = 1 WHERE id = (SELECT answer_id FROM"
-                    " deliveries WHERE platform=? AND delivery_key=?)",
-                    (delivery.platform, delivery.replaces))
-
-    async def mark_answered(self, delivery: Delivery) -> None:
-        """The final text or a notice is shown: the message is done."""
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE deliveries SET state='answered', final=NULL, text=NULL"
-                " WHERE platform=? AND delivery_key=?",
-                (delivery.platform, delivery.delivery_key))
-
     async def has_turns(self, conversation: int) -> bool:
         """Whether anything was ever stored in the conversation (resets included)."""
         row = await (await self._db.execute(
@@ -371,35 +189,11 @@ class HistoryStore(PrivateRecords, SummaryRecords, CommunityRecords):
     async def import_turns(
         self, key: ConversationKey, turns: Sequence[ImportedTurn]
     ) -> int:
-        """Store a thread's earlier messages (oldest first) as its history, in one transaction.
-        Each (turn, delivery_key) with a key is recorded (as imported: its own event, if it
-        comes, is still answered once); already-seen ones are skipped. An item may carry a
-        third element, the author's platform user id.
-        Returns the number of turns stored."""
-        stored = 0
+        """Store a thread's earlier messages (oldest first) as its history, in one transaction
+        (see DeliveryRecords._import). Returns the number of turns stored."""
         async with self._transaction() as db:
             conversation = await self._conversation_id(db, key)
-            for item in turns:
-                turn, delivery_key = item[0], item[1]
-                author = item[2] if len(item) > 2 else None
-                if delivery_key is not None:
-                    cursor = await db.execute(
-                        "INSERT OR IGNORE INTO deliveries (platform, delivery_key,"
-                        " conversation_id, received_at, imported, state)"
-                        " VALUES (?, ?, ?, ?, 1, 'imported')",
-                        (key.platform, delivery_key, conversation, self._clock()))
-                    if cursor.rowcount != 1:
-                        continue  # seen before: already in some history
-                cursor = await db.execute(
-                    "INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
-                    " VALUES (?,?,?,?,?)",
-                    (conversation, str(turn.speaker), turn.text, self._clock(), author or None))
-                if delivery_key is not None:
-                    await db.execute(
-                        "UPDATE deliveries SET turn_id=? WHERE platform=? AND delivery_key=?",
-                        (cursor.lastrowid, key.platform, delivery_key))
-                stored += 1
-        return stored
+            return await self._import(db, key, conversation, turns)
 
     async def recent_turns(
         self, conversation: int, limit: int, before: int | None = None
@@ -415,36 +209,34 @@ class HistoryStore(PrivateRecords, SummaryRecords, CommunityRecords):
         return [StoredTurn(int(i), Turn(Speaker(s), t)) for i, s, t in rows]
 
     # ----- answers: the buttons on them, feedback, counts ---------------------------------
-    async def answer_at(self, platform: str, reply_ref: str,
-                        channel: str | None = None) -> Delivery | None:
-        """The message answered by the reply whose main message is `reply_ref` (in `channel`:
-        for platforms whose message handles are unique only within a channel)."""
+    async def answer_at(self, platform: str, reply_ref: str) -> Delivery | None:
+        """The message answered by the reply whose main message is `reply_ref` (a ref as its
+        sink named it: unique within its platform)."""
         row = await (await self._db.execute(
-            _DELIVERY_SELECT + " WHERE d.platform=? AND d.reply_ref=?"
-            " AND (? IS NULL OR c.channel = ?) ORDER BY d.received_at DESC LIMIT 1",
-            (platform, reply_ref, channel, channel))).fetchone()
-        return None if row is None else _delivery(row)
+            DELIVERY_SELECT + " WHERE d.platform=? AND d.reply_ref=?"
+            " ORDER BY d.received_at DESC LIMIT 1", (platform, reply_ref))).fetchone()
+        return None if row is None else delivery_of(row)
 
     async def previous_answer(self, conversation: int, delivery_key: str) -> Delivery | None:
         """The newest finished answer of the conversation other than `delivery_key`'s, with
         a message (the one whose 「もう一度」 goes when a newer question comes)."""
         row = await (await self._db.execute(
-            _DELIVERY_SELECT + " WHERE d.conversation_id=? AND d.delivery_key != ?"
+            DELIVERY_SELECT + " WHERE d.conversation_id=? AND d.delivery_key != ?"
             " AND d.reply_ref IS NOT NULL AND d.turn_id IS NOT NULL AND d.state = 'answered'"
             " ORDER BY COALESCE(d.answer_id, d.turn_id) DESC, d.received_at DESC LIMIT 1",
             (conversation, delivery_key))).fetchone()
-        return None if row is None else _delivery(row)
+        return None if row is None else delivery_of(row)
 
     async def latest_answer(self, conversation: int, turn_id: int) -> Delivery | None:
         """The newest record answering question turn `turn_id`: one being written first (at
         most one per conversation), then the one whose answer turn is newest (a question
         answered again after an edit or 「もう一度」 has several records)."""
         row = await (await self._db.execute(
-            _DELIVERY_SELECT + " WHERE d.conversation_id=? AND d.turn_id=?"
-            " ORDER BY d.state IN ('accepted', 'answering') DESC,"
+            DELIVERY_SELECT + " WHERE d.conversation_id=? AND d.turn_id=?"
+            f" ORDER BY d.state IN {UNFINISHED_STATES} DESC,"
             " COALESCE(d.answer_id, 0) DESC, d.received_at DESC LIMIT 1",
             (conversation, turn_id))).fetchone()
-        return None if row is None else _delivery(row)
+        return None if row is None else delivery_of(row)
 
     async def accept_regenerate(self, answer: Delivery, request_key: str) -> Delivery | None:
         """Take on a request (`request_key`, unique per press) to answer `answer`'s question
@@ -453,13 +245,13 @@ class HistoryStore(PrivateRecords, SummaryRecords, CommunityRecords):
         the existing one for a repeated request (not fresh), or None when refused."""
         async with self._transaction() as db:
             row = await (await db.execute(
-                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
+                DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
                 (answer.platform, request_key))).fetchone()
             if row is not None:
-                return _delivery(row)
+                return delivery_of(row)
             busy = await (await db.execute(
                 "SELECT 1 FROM deliveries WHERE conversation_id=? AND state IN"
-                " ('accepted', 'answering') LIMIT 1", (answer.conversation,))).fetchone()
+                f" {UNFINISHED_STATES} LIMIT 1", (answer.conversation,))).fetchone()
             question = await self._newest_question(db, answer.platform, answer.delivery_key)
             if busy is not None or question is None:
                 return None
@@ -470,9 +262,9 @@ class HistoryStore(PrivateRecords, SummaryRecords, CommunityRecords):
                 (answer.platform, request_key, answer.conversation, self._clock(), question,
                  answer.author, answer.asker, answer.delivery_key))
             row = await (await db.execute(
-                _DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
+                DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
                 (answer.platform, request_key))).fetchone()
-        return replace(_delivery(row), fresh=True)
+        return replace(delivery_of(row), fresh=True)
 
     async def still_newest(self, request: Delivery) -> Delivery | None:
         """For a regeneration about to run: the answer it redoes, if that is still the newest

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 _REACHED = ("SELECT delivery_key FROM deliveries WHERE platform=? AND delivery_key=?"
             " UNION SELECT delivery_key FROM sources WHERE platform=? AND source_key=?")
 # A delivery whose text still waits for its user turn.
-_WAITING = "turn_id IS NULL AND text IS NOT NULL AND withdrawn = 0"
+_WAITING = ("turn_id IS NULL AND text IS NOT NULL AND withdrawn = 0"
+            " AND state IN ('accepted', 'shown')")
 
 
 class PrivateRecords:
@@ -65,7 +66,8 @@ class PrivateRecords:
                 f" AND delivery_key IN ({_REACHED}))", (platform, *reached))
             deleted = cursor.rowcount
             cursor = await db.execute(
-                "UPDATE deliveries SET text=NULL, withdrawn=1 WHERE platform=? AND"
+                "UPDATE deliveries SET text=NULL, withdrawn=1, state='withdrawn' WHERE"
+                " platform=? AND"
                 f" delivery_key IN ({_REACHED}) AND {_WAITING}", (platform, *reached))
             deleted += cursor.rowcount
         if deleted:
@@ -138,7 +140,8 @@ class PrivateRecords:
                 (author, platform, platform))
             deleted = cursor.rowcount
             cursor = await db.execute(
-                "UPDATE deliveries SET text = NULL, withdrawn = 1 WHERE author = ?"
+                "UPDATE deliveries SET text = NULL, withdrawn = 1, state = 'withdrawn'"
+                " WHERE author = ?"
                 f" AND (? IS NULL OR platform = ?) AND {_WAITING}", (author, platform, platform))
             deleted += cursor.rowcount
             await db.execute(

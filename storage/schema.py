@@ -165,6 +165,37 @@ MIGRATIONS: tuple[str, ...] = (
         since           INTEGER NOT NULL
     );
     """,
+    # 9 (issue 20; 7 on its branch before issues 27-29 took 7 and 8): a delivery is a state
+    # machine (bot/ports/records.py, DeliveryState): the placeholder posted (shown), the user
+    # turn stored (answering) and the answer stored (ready) become states of their own, each
+    # reached by one checked transition, and a notice ends it as failed. `runner`: the
+    # process answering it (`take`), so the store, not the process, says who answers. SQLite cannot change a CHECK: the column is rebuilt. A reply ref
+    # names its message uniquely within its platform: refs without a channel (a bare
+    # message handle, unique only within its channel) get `channel/` in front, like the
+    # refs that have one.
+    """
+    DROP INDEX deliveries_unfinished;
+    DROP INDEX deliveries_by_conversation;
+    ALTER TABLE deliveries ADD COLUMN state9 TEXT NOT NULL DEFAULT 'answered'
+        CHECK (state9 IN ('imported', 'accepted', 'shown', 'answering', 'ready', 'answered',
+                          'failed', 'withdrawn'));
+    UPDATE deliveries SET state9 = CASE
+        WHEN state IN ('imported', 'answered') THEN state
+        WHEN withdrawn = 1 AND turn_id IS NULL THEN 'withdrawn'
+        WHEN final IS NOT NULL THEN 'ready'
+        WHEN state = 'accepted' THEN 'accepted'
+        WHEN turn_id IS NULL THEN 'shown'
+        ELSE 'answering' END;
+    ALTER TABLE deliveries DROP COLUMN state;
+    ALTER TABLE deliveries RENAME COLUMN state9 TO state;
+    ALTER TABLE deliveries ADD COLUMN runner TEXT;
+    CREATE INDEX deliveries_unfinished ON deliveries (platform, state, received_at)
+        WHERE state IN ('accepted', 'shown', 'answering', 'ready', 'withdrawn');
+    CREATE INDEX deliveries_by_conversation ON deliveries (conversation_id, state);
+    UPDATE deliveries SET reply_ref = (SELECT channel FROM conversations
+        WHERE conversations.id = deliveries.conversation_id) || '/' || reply_ref
+        WHERE reply_ref IS NOT NULL AND instr(reply_ref, '/') = 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

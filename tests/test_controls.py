@@ -408,19 +408,20 @@ async def test_a_failed_regeneration_leaves_the_old_answer_redoable(
         ControlResult.CLOSING
 
 
-async def test_a_handle_unique_only_per_channel_is_looked_up_in_its_channel(
+async def test_a_press_finds_its_answer_only_by_the_whole_ref_its_sink_named(
         store: HistoryStore, tokenizer: Tokenizer) -> None:
-    """Slack's ts names a message only within its channel: a press in another channel with
-    the same ts finds nothing (and stops nothing)."""
+    """The core compares refs whole, knowing no channel: a platform whose handles are unique
+    only within a channel names its messages `channel/handle` (Slack: a press of the same ts
+    in another channel finds nothing, tests/test_slack_controls.py)."""
     chat = service(store, tokenizer, ScriptedGenerator())
     sink = ButtonSink()
     await chat.handle(KEY, ask("質問", "m1"), sink)
-    assert (await chat.answer_at("test", sink.ref, channel="c")) is not None
-    assert await chat.answer_at("test", sink.ref, channel="elsewhere") is None
-    assert await chat.feedback("test", sink.ref, "bob", "good", channel="elsewhere") is \
+    assert (await chat.answer_at("test", sink.ref)) is not None
+    assert await chat.answer_at("test", f"elsewhere/{sink.ref}") is None
+    assert await chat.feedback("test", f"elsewhere/{sink.ref}", "bob", "good") is \
         ControlResult.NOT_FOUND
-    assert await chat.feedback("test", sink.ref, "bob", "good", channel="c") is \
-        ControlResult.DONE
+    assert await chat.stop("test", f"elsewhere/{sink.ref}", "bob") is ControlResult.NOT_FOUND
+    assert await chat.feedback("test", sink.ref, "bob", "good") is ControlResult.DONE
 
 
 async def test_forget_clears_who_asked_from_the_records(store: HistoryStore,
@@ -456,10 +457,10 @@ class GatedStore(HistoryStore):
     entered: asyncio.Event
     go: asyncio.Event
 
-    async def set_reply_ref(self, delivery: Delivery, ref: str) -> None:
+    async def show_placeholder(self, delivery: Delivery, ref: str) -> bool:
         self.entered.set()
         await self.go.wait()
-        await super().set_reply_ref(delivery, ref)
+        return await super().show_placeholder(delivery, ref)
 
 
 async def test_stop_pressed_before_the_placeholder_is_recorded_still_stops(

@@ -163,6 +163,26 @@ async def test_an_edit_taken_on_before_a_crash_is_answered_once_on_redelivery(
     assert len(generator.prompts) == 2
 
 
+async def test_an_edit_whose_new_answer_ended_with_a_notice_is_not_answered_again(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    """The new answer to an edit ended with the busy notice: its record is finished (failed,
+    not answered), so the same edit delivered again answers nothing."""
+    from bot.errors import QueueFullError
+    from bot.ports.records import DeliveryState
+
+    generator = ScriptedGenerator(["古い答え", QueueFullError("full"), "三つ目"])
+    chat = service(store, tokenizer, generator)
+    await chat.handle(KEY, ask("質問", "m1"), EditSink())
+    sinks = Sinks()
+    assert await chat.edits.edited("test", "m1", "直した質問", edit_id="e1",
+                                   sink_for=sinks) is EditOutcome.ANSWERED_AGAIN
+    request = await store.delivery("test", edit_key("m1", "e1"))
+    assert request is not None and request.state is DeliveryState.FAILED
+    assert await chat.edits.edited("test", "m1", "直した質問", edit_id="e1",
+                                   sink_for=sinks) is EditOutcome.DUPLICATE
+    assert len(sinks.made) == 1 and len(generator.prompts) == 2
+
+
 def test_with_files_keeps_the_attached_files() -> None:
     stored = "古い質問\n\n[添付ファイル: a.txt]\n中身"
     assert with_files(stored, "新しい質問") == "新しい質問\n\n[添付ファイル: a.txt]\n中身"

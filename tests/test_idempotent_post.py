@@ -51,7 +51,7 @@ async def test_slack_post_retried_after_a_5xx_that_created_the_message_posts_onc
     (message,) = fake_slack.threads[("C1", "100.000001")]  # one message, not two
     assert message["metadata"] == {"event_type": "rinna_reply", "event_payload": {
         "delivery": "C1:100.000001", "part": 0}}
-    assert sink.placeholder_ref() == message["ts"]  # the reply goes on in that message
+    assert sink.placeholder_ref() == f"C1/{message['ts']}"  # the reply goes on in that message
     await sink.finish("答えです。")
     assert [m["text"] for m in fake_slack.threads[("C1", "100.000001")]] == ["答えです。"]
     assert len(fake_slack.called("chat.postMessage")) == 1  # looked, did not post again
@@ -137,7 +137,9 @@ async def test_discord_recovery_edits_the_stored_placeholder(
     placeholder = fake._message(question, PLACEHOLDER)  # what the dead process had posted
     delivery = await store.accept(key, str(question), "日本で一番高い山は?")
     assert delivery is not None
-    await store.set_reply_ref(delivery, f"{question}/{placeholder['id']}")
+    dead = await store.take(delivery, "the dead process")
+    assert dead is not None
+    assert await store.show_placeholder(dead, f"{question}/{placeholder['id']}")
 
     bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
     running = asyncio.create_task(bot.start("fake-token"))

@@ -150,3 +150,19 @@ def test_what_the_rules_allow(tmp_path: Path) -> None:
         "bot/cli.py": "from adapters.console import run_console\nfrom storage import history\n",
     })
     assert violations(root) == []
+
+
+def test_platforms_are_named_only_where_they_are_listed() -> None:
+    """bot/platforms.py is the one list of platforms: start-up's and doctor's credential
+    checks reach a platform's identity call through it, never by the platform's name; and
+    the privacy commands open storage through `open_store`, not the SQLite module."""
+    found = imports_of(ROOT)
+    for module in ("bot.startup", "bot.doctor", "bot.cli", "bot.privacy"):
+        named = {name for name in found[module] if "discord" in name or "slack" in name
+                 or name.startswith("adapters.credentials.check_")}
+        assert named == set(), (module, named)
+    assert not any(_within(name, "storage.history") for name in found["bot.privacy"])
+    sources = {module: (ROOT / f"{module.replace('.', '/')}.py").read_text(encoding="utf-8")
+               for module in ("bot.startup", "bot.doctor")}
+    for module, source in sources.items():
+        assert "discord_enabled" not in source and "slack_enabled" not in source, module

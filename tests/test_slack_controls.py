@@ -115,14 +115,16 @@ async def ask(slack: Slack, ts: str = T0, text: str = "質問です", *, settled
 
 
 async def the_answer(slack: Slack, delivery_key: str = f"{C1}:{T0}") -> str:
-    """The ts of the answer's main message, once stored."""
+    """The ts of the answer's main message, once stored (the store names it `channel/ts`)."""
     async def stored() -> bool:
         record = await slack.chat.store.delivery("slack", delivery_key)
         return record is not None and record.reply_ref is not None
     await eventually(stored)
     record = await slack.chat.store.delivery("slack", delivery_key)
     assert record is not None and record.reply_ref is not None
-    return record.reply_ref
+    channel, _, ts = record.reply_ref.rpartition("/")
+    assert channel == record.key.channel
+    return ts
 
 
 # ----- 「停止」 ---------------------------------------------------------------------------------

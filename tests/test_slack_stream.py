@@ -180,7 +180,7 @@ async def test_a_stream_cut_by_a_crash_is_finished_with_chat_update_after_the_re
         await dying.on_mention(parsed(), BOT)
     (ts,) = fake.messages
     delivery = await store.delivery("slack", f"{C1}:{T0}")
-    assert delivery is not None and delivery.reply_ref == ts  # the stream's ts is the ref
+    assert delivery is not None and delivery.reply_ref == f"{C1}/{ts}"  # the stream's message
 
     second = chat_for(store, tokenizer)
     report = await second.recover("slack", handlers(fake, second).recovery_sink)

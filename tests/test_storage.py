@@ -215,7 +215,10 @@ async def test_a_version_two_database_keeps_answered_and_imported_messages_apart
         imported = await store.accept(key, "C:2.0", "前の話")
         assert imported is not None and imported.turn_id == 1
         assert await store.unfinished("slack") == [imported]
-        assert await store.store_user_turn(imported) == 1  # not stored a second time
+        taken = await store.take(imported, "runner")
+        assert taken is not None
+        begun = await store.begin_answer(taken)
+        assert begun is not None and begun.turn_id == 1  # not stored a second time
     finally:
         await store.close()
 
@@ -234,15 +237,182 @@ async def test_a_delivery_moves_through_its_states_and_survives_a_reopen(
     store = await open_store(path)  # a restart
     (pending,) = await store.unfinished("discord")
     assert pending.delivery_key == "m1" and pending.key == KEY
-    turn = await store.store_user_turn(pending)
-    assert await store.store_user_turn(pending) == turn  # once only
-    await store.set_reply_ref(pending, "123/456")
-    await store.store_answer(pending, "答え", "答え")
+    taken = await store.take(pending, "second process")
+    assert taken is not None and taken.runner == "second process"
+    assert await store.show_placeholder(taken, "123/456")
+    assert (await store.delivery("discord", "m1")).state is DeliveryState.SHOWN
+    begun = await store.begin_answer(taken)
+    assert begun is not None and begun.state is DeliveryState.ANSWERING
+    again = await store.begin_answer(taken)  # answering again after a crash: the same turn
+    assert again is not None and again.turn_id == begun.turn_id
+    assert await store.store_answer(taken, "答え", "答え")
     current = await store.delivery("discord", "m1")
-    assert current is not None and current.state is DeliveryState.ANSWERING
-    assert (current.turn_id, current.reply_ref, current.final) == (turn, "123/456", "答え")
-    await store.mark_answered(current)
+    assert current is not None and current.state is DeliveryState.READY
+    assert (current.turn_id, current.reply_ref, current.final) == (begun.turn_id, "123/456",
+                                                                   "答え")
+    assert await store.finish(taken)
+    assert (await store.delivery("discord", "m1")).state is DeliveryState.ANSWERED
     assert await store.unfinished("discord") == []
     assert await store.accept(KEY, "m1", "質問") is None  # done: never again
     assert await _texts(store, pending.conversation) == ["質問", "答え"]
     await store.close()
+
+
+# ----- the delivery state machine: each transition checks where it comes from -----------------
+async def _state_row(store: HistoryStore, key: str = "m1") -> tuple[object, ...]:
+    """Everything a transition could change, to show that a lost one changed nothing."""
+    current = await store.delivery("discord", key)
+    assert current is not None
+    return (current.state, current.turn_id, current.reply_ref, current.final, current.text,
+            current.answer_id, current.runner, current.conversation)
+
+
+async def test_take_lets_one_runner_answer_and_a_new_process_take_over(
+        store: HistoryStore) -> None:
+    accepted = await store.accept(KEY, "m1", "質問")
+    assert accepted is not None and accepted.runner is None
+    mine = await store.take(accepted, "A")
+    assert mine is not None and mine.runner == "A"
+    assert await store.take(accepted, "A") is None  # a redelivery while A answers it
+    later = await store.take(accepted, "B")  # A's process died: the next one takes over
+    assert later is not None and later.runner == "B"
+    # A lost its claim: none of its transitions changes anything
+    before = await _state_row(store)
+    assert not await store.show_placeholder(mine, "1/2")
+    assert await store.begin_answer(mine) is None
+    assert not await store.store_answer(mine, "答え", "答え")
+    assert not await store.finish(mine)
+    assert await _state_row(store) == before
+    assert await store.finish(later, failed=True)
+    assert await store.take(accepted, "C") is None  # finished: nobody takes it again
+
+
+async def test_a_transition_from_the_wrong_state_loses_and_changes_nothing(
+        store: HistoryStore) -> None:
+    accepted = await store.accept(KEY, "m1", "質問")
+    assert accepted is not None
+    taken = await store.take(accepted, "A")
+    assert taken is not None
+    before = await _state_row(store)
+    assert not await store.store_answer(taken, "答え", "答え")  # accepted: no user turn yet
+    assert await _state_row(store) == before
+    assert await store.begin_answer(taken) is not None
+    answering = await _state_row(store)
+    other = ConversationKey("discord", "guild", "channel", "other")
+    assert await store.relocate(taken, other) is None  # only an accepted message moves
+    assert await _state_row(store) == answering
+    assert await store.store_answer(taken, "答え", "答え")
+    ready = await _state_row(store)
+    assert await store.begin_answer(taken) is None  # ready: the answer is stored already
+    assert not await store.store_answer(taken, "別の答え", "別の答え")
+    assert not await store.show_placeholder(taken, "9/9")
+    assert await _state_row(store) == ready
+    assert await store.finish(taken)
+    done = await _state_row(store)
+    assert not await store.finish(taken) and not await store.finish(taken, failed=True)
+    assert not await store.release(taken)
+    assert await _state_row(store) == done and done[0] is DeliveryState.ANSWERED
+    assert await _texts(store, taken.conversation) == ["質問", "答え"]
+
+
+async def test_a_message_deleted_while_it_waits_is_withdrawn_then_ends_failed(
+        store: HistoryStore) -> None:
+    from bot.errors import MessageWithdrawn
+
+    accepted = await store.accept(KEY, "m1", "ひみつ")
+    assert accepted is not None
+    taken = await store.take(accepted, "A")
+    assert taken is not None and await store.show_placeholder(taken, "1/2")
+    assert await store.delete_delivered("discord", "m1") == 1
+    withdrawn = await store.delivery("discord", "m1")
+    assert withdrawn is not None and withdrawn.state is DeliveryState.WITHDRAWN
+    assert withdrawn.text is None
+    with pytest.raises(MessageWithdrawn):
+        await store.begin_answer(taken)
+    assert await store.find(KEY) is not None and await _texts(store, taken.conversation) == []
+    assert [d.delivery_key for d in await store.unfinished("discord")] == ["m1"]
+    assert await store.finish(taken, failed=True)
+    assert (await store.delivery("discord", "m1")).state is DeliveryState.FAILED
+    assert await store.unfinished("discord") == []
+
+
+async def test_released_delivery_can_be_taken_again_by_the_same_runner(
+        store: HistoryStore) -> None:
+    accepted = await store.accept(KEY, "m1", "質問")
+    assert accepted is not None
+    taken = await store.take(accepted, "A")
+    assert taken is not None and await store.release(taken)
+    again = await store.take(accepted, "A")
+    assert again is not None and again.state is DeliveryState.ACCEPTED
+
+
+async def test_begin_answer_imports_earlier_messages_only_into_an_empty_conversation(
+        store: HistoryStore) -> None:
+    earlier = [(Turn(Speaker.USER, "前の質問"), "e1", "U1"), (Turn(Speaker.SYSTEM, "前の答え"),
+                                                          None)]
+    first = await store.take(await store.accept(KEY, "m1", "一つ目"), "A")
+    assert first is not None
+    assert await store.begin_answer(first, earlier) is not None
+    second = await store.take(await store.accept(KEY, "m2", "二つ目"), "A")
+    assert second is not None
+    assert await store.begin_answer(second, [(Turn(Speaker.USER, "もう入らない"), "e2")])
+    assert await _texts(store, first.conversation) == ["前の質問", "前の答え", "一つ目", "二つ目"]
+    assert (await store.delivery("discord", "e1")).state is DeliveryState.IMPORTED
+
+
+@pytest.mark.parametrize("version", [6, 8])
+async def test_older_deliveries_get_their_named_states(tmp_path: Path, version: int) -> None:
+    """Migration 9: each old (state, columns) row lands in the state it was really in, and
+    a ref unique only within its channel (a bare Slack ts) gets its channel in front. From
+    version 6 (through 7 and 8 too) and from 8 (issues 27-29: community settings, summaries),
+    whose own rows the state rebuild leaves as they were."""
+    from bot.ports.community import Scope
+    from bot.ports.records import Summary
+    from storage.schema import MIGRATIONS
+
+    path = tmp_path / f"v{version}.sqlite3"
+    rows = {  # key: (old state, turn_id, reply_ref, final, withdrawn) -> new state
+        "imported": ("imported", 1, None, None, 0, DeliveryState.IMPORTED),
+        "accepted": ("accepted", None, None, None, 0, DeliveryState.ACCEPTED),
+        "shown": ("answering", None, "1/2", None, 0, DeliveryState.SHOWN),
+        "answering": ("answering", 1, "1/3", None, 0, DeliveryState.ANSWERING),
+        "ready": ("answering", 1, "1/4", "答え", 0, DeliveryState.READY),
+        "withdrawn": ("answering", None, "1/5", None, 1, DeliveryState.WITHDRAWN),
+        "done": ("answered", 1, "1/6", None, 0, DeliveryState.ANSWERED),
+        "bare ref": ("answered", 1, "1700.000001", None, 0, DeliveryState.ANSWERED),
+    }
+    with sqlite3.connect(path) as raw:
+        for migration in MIGRATIONS[:version]:
+            raw.executescript(migration)
+        raw.execute("INSERT INTO conversations VALUES (1, 'discord', 'g', 'c', 't', 0, 0)")
+        if version >= 8:
+            raw.execute("INSERT INTO community_settings VALUES"
+                        " ('discord', 'g', '', '', 'buttons', 'off', 0, 'U9')")
+            raw.execute("INSERT INTO summaries VALUES (1, '前の話の要約', 1, 0, 0)")
+            raw.execute("INSERT INTO summary_requests VALUES ('discord', 'ready')")
+        raw.execute("INSERT INTO turns (id, conversation_id, speaker, text, created_at)"
+                    " VALUES (1, 1, 'ユーザー', '前の話', 0)")
+        for key, (state, turn, ref, final, withdrawn, _) in rows.items():
+            raw.execute("INSERT INTO deliveries (platform, delivery_key, conversation_id, turn_id,"
+                        " received_at, state, reply_ref, final, withdrawn)"
+                        " VALUES ('discord', ?, 1, ?, 0, ?, ?, ?, ?)",
+                        (key, turn, state, ref, final, withdrawn))
+        raw.execute("INSERT INTO feedback VALUES ('discord', 'done', 'U1', 'good', 0)")
+        raw.execute(f"PRAGMA user_version = {version}")
+    store = await HistoryStore.open(path)
+    try:
+        for key, expected in rows.items():
+            current = await store.delivery("discord", key)
+            assert current is not None and current.state is expected[-1], key
+        unfinished = {d.delivery_key for d in await store.unfinished("discord")}
+        assert unfinished == {"accepted", "shown", "answering", "ready", "withdrawn"}
+        assert await store.feedback_counts() == {"good": 1, "bad": 0}  # kept: no cascade
+        assert (await store.answer_at("discord", "c/1700.000001")).delivery_key == "bare ref"
+        assert (await store.answer_at("discord", "1/6")).delivery_key == "done"  # as it was
+        if version >= 8:
+            server = Scope("discord", "g")
+            assert await store.scope_values([server]) == {server: {"buttons": "off"}}
+            assert await store.summary(1) == Summary("前の話の要約", 1)
+            assert await store.is_summary_request("discord", "ready")
+    finally:
+        await store.close()

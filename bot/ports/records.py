@@ -14,10 +14,38 @@ from bot.conversation import ConversationKey, Turn
 
 
 class DeliveryState(StrEnum):
+    """Where a platform message is on its way to an answer. Each step from one state to the
+    next is one store transition (bot/ports/store.py, DeliveryStore), one transaction that
+    checks the state it comes from and says whether it won:
+
+        imported --accept--> accepted --show_placeholder--> shown --begin_answer--> answering
+        --store_answer--> ready --finish--> answered
+
+    `accept_reset` records a reset as ready (its confirmation is the final text);
+    `finish(failed=True)` ends any unfinished state with a notice (failed); a message deleted
+    while it waits for its user turn is withdrawn (its text gone), then ends failed."""
+
     IMPORTED = "imported"  # read in with its thread; its own event, if it comes, is answered
     ACCEPTED = "accepted"  # taken on; its text is safe in the record
-    ANSWERING = "answering"  # placeholder posted (reply_ref) and/or answer stored (final)
-    ANSWERED = "answered"  # a final answer or a notice is shown: done
+    SHOWN = "shown"  # its placeholder is posted (reply_ref), nothing stored in the history yet
+    ANSWERING = "answering"  # its user turn is stored; the answer is being generated
+    READY = "ready"  # the answer (or a reset's confirmation) is stored (final), not shown yet
+    ANSWERED = "answered"  # the final text is shown: done
+    FAILED = "failed"  # ended with a notice instead of an answer: done
+    WITHDRAWN = "withdrawn"  # deleted (or forgotten) while it waited: ends with a notice
+
+    @property
+    def finished(self) -> bool:
+        return self in (DeliveryState.ANSWERED, DeliveryState.FAILED)
+
+    @property
+    def unfinished(self) -> bool:
+        """Taken on and not done: what `take` may claim and start-up recovery finishes."""
+        return self in UNFINISHED
+
+
+UNFINISHED = frozenset({DeliveryState.ACCEPTED, DeliveryState.SHOWN, DeliveryState.ANSWERING,
+                        DeliveryState.READY, DeliveryState.WITHDRAWN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +67,7 @@ class Delivery:
     replaces: str | None = None  # a regeneration: the delivery key whose answer it redoes
     asker: str | None = None  # who asked the bot about this message, when not its writer
     withdrawn: bool = False  # its message was deleted (or forgotten) while it waited
+    runner: str | None = None  # the process answering it now (`take`); None: nobody
     # recorded by this very `accept` (False: an earlier handling began it, then died)
     fresh: bool = field(default=False, compare=False)
 
