@@ -308,8 +308,7 @@ class ChatService:
         young = [d for d in pending if now - d.received_at <= max_age_s]
         # a delivery a redelivery took first is a DUPLICATE here (the store's `take` decides)
         ended = await asyncio.gather(*(self.flow.give_up(d, make_sink(d)) for d in old))
-        results = await asyncio.gather(*(self.flow.process(d, make_sink(d), recovering=True)
-                                         for d in young))
+        results = await asyncio.gather(*(self._recover_one(d, make_sink(d)) for d in young))
         report = Recovered(
             answered=sum(r in (Outcome.ANSWERED, Outcome.EMPTY) for r in results),
             stale=sum(r is Outcome.ANSWERED for r in ended),
@@ -317,6 +316,10 @@ class ChatService:
         log.info("%s: recovery done: %d answered, %d too old (notice), %d failed", platform,
                  report.answered, report.stale, report.failed)
         return report
+
+    async def _recover_one(self, delivery: Delivery, sink: ReplySink) -> Outcome:
+        await self.edits.mark_replaced(delivery, sink)  # an edit's: the old answer is struck
+        return await self.flow.process(delivery, sink, recovering=True)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking new work; let answers in flight finish for up to `grace_s`, then end
