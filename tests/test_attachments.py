@@ -296,3 +296,16 @@ async def test_files_not_read_before_a_crash_are_named_by_the_recovery(
                                              attachments=(file("a.txt"),), files=fetcher),
                         RecordingSink())
     assert await store.unread_files("test", "m2") == ()
+
+
+async def test_forget_drops_the_names_of_files_not_read(store: object) -> None:
+    from bot.conversation import ConversationKey
+    from storage.history import HistoryStore
+
+    assert isinstance(store, HistoryStore)
+    await store.note_unread_files("test", "m1", ["private.txt"])
+    assert await store.accept(ConversationKey("test", "w", "c", "t"), "m1", "読んで",
+                              "bob") is not None
+    assert await store.unread_files("test", "m1") == ("private.txt",)
+    await store.forget_author("bob")
+    assert await store.unread_files("test", "m1") == ()
