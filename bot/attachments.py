@@ -46,6 +46,7 @@ NOTE_UNAVAILABLE = "「{name}」をダウンロードできなかったため読
 NOTE_TOO_MANY = "添付ファイルは {count} 件までしか読めません。「{names}」は読んでいません。"
 NOTE_CUT = "「{name}」は長すぎるため、先頭の一部だけを読みました。"
 NOTE_OFF = "添付ファイルは読まない設定のため、「{names}」は読んでいません。"
+NOTE_INTERRUPTED = "再起動で読み込みが中断されたため、「{names}」は読んでいません。"
 NOTE_NO_ROOM = "「{name}」は入りきらなかったため読んでいません（ほかの添付ファイルで上限に達しました）。"
 
 # Types and extensions that are text (read) or plainly not (refused without downloading).

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from bot.answer_controls import AnswerControls, ModeratorCheck
 from bot.answering import Answerer
-from bot.attachments import AttachmentReader, prompt_room
+from bot.attachments import NOTE_INTERRUPTED, AttachmentReader, prompt_room, shown_name
 from bot.community import Community
 from bot.context import PromptContexts
 from bot.controls import ControlResult, Feedback
@@ -250,6 +250,10 @@ class ChatService:
                 return Outcome.IGNORED
             if summary:  # noted first: its record is then always read as a summary request
                 await self.store.mark_summary_request(key.platform, message.delivery_key)
+            if message.attachments:  # noted first: a restart says which were not read
+                await self.store.note_unread_files(
+                    key.platform, message.delivery_key,
+                    [shown_name(a.name) for a in message.attachments])
             delivery = await self.store.accept(key, message.delivery_key, text,
                                                 message.author or None,
                                                 message.asker or None, message.sources)
@@ -292,6 +296,7 @@ class ChatService:
         read = await self.reader.read(text, message.attachments, message.files)
         if read.text != text:
             await self.store.edit_delivered(delivery.platform, delivery.delivery_key, read.text)
+        await self.store.files_read(delivery.platform, delivery.delivery_key)
         return read.text, (*message.notes, *read.notes)
 
     async def recover(self, platform: str, make_sink: SinkFactory, *,
@@ -308,8 +313,7 @@ class ChatService:
         young = [d for d in pending if now - d.received_at <= max_age_s]
         # a delivery a redelivery took first is a DUPLICATE here (the store's `take` decides)
         ended = await asyncio.gather(*(self.flow.give_up(d, make_sink(d)) for d in old))
-        results = await asyncio.gather(*(self.flow.process(d, make_sink(d), recovering=True)
-                                         for d in young))
+        results = await asyncio.gather(*(self._recover_one(d, make_sink(d)) for d in young))
         report = Recovered(
             answered=sum(r in (Outcome.ANSWERED, Outcome.EMPTY) for r in results),
             stale=sum(r is Outcome.ANSWERED for r in ended),
@@ -317,6 +321,19 @@ class ChatService:
         log.info("%s: recovery done: %d answered, %d too old (notice), %d failed", platform,
                  report.answered, report.stale, report.failed)
         return report
+
+    async def _recover_one(self, delivery: Delivery, sink: ReplySink) -> Outcome:
+        await self.edits.mark_replaced(delivery, sink)  # an edit's: the old answer is struck
+        return await self.flow.process(delivery, sink, recovering=True,
+                                       notes=await self._unread_notes(delivery))
+
+    async def _unread_notes(self, delivery: Delivery) -> tuple[str, ...]:
+        """A message whose attached files were never read (the process died first): a note
+        naming them, so the answer to its words does not drop them silently."""
+        names = await self.store.unread_files(delivery.platform, delivery.delivery_key)
+        if not names or delivery.turn_id is not None:
+            return ()
+        return (NOTE_INTERRUPTED.format(names="」「".join(names)),)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking new work; let answers in flight finish for up to `grace_s`, then end

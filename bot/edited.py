@@ -52,6 +52,11 @@ def edit_key(delivery_key: str, edit_id: str) -> str:
     return f"{delivery_key}#edit:{edit_id}"
 
 
+def is_edit_key(delivery_key: str) -> bool:
+    """Whether a record's key is an edit's new answer (edit_key's shape)."""
+    return "#edit:" in delivery_key
+
+
 def with_files(stored: str, question: str) -> str:
     """A stored turn with its question's words replaced and its attached files kept (an edit
     event carries the message's new words only; the files were read when it was sent)."""
@@ -92,7 +97,9 @@ class EditedQuestions:
         if request is not None:  # this edit was taken on before (a redelivery, a restart)
             if request.state.finished:
                 return EditOutcome.DUPLICATE
-            await self._redo(request, sink_for(request))
+            sink = sink_for(request)
+            await self.mark_replaced(request, sink)
+            await self._redo(request, sink)
             return EditOutcome.ANSWERED_AGAIN
         if not changed:
             return EditOutcome.UNCHANGED
@@ -108,13 +115,27 @@ class EditedQuestions:
         if request is None:  # no longer the newest (a newer question, an answer running)
             return EditOutcome.HISTORY
         sink = sink_for(request)
-        if answer.reply_ref is not None:
-            old = answer.final or (await self._turn_text(answer.conversation, answer.answer_id)
-                                   if answer.answer_id is not None else None)
-            await supersede(sink, answer.reply_ref, old or "", SUPERSEDED_NOTICE)
+        await self._supersede(answer, sink)
         log.info("%s: message %s was edited; answering it again", answer.key, delivery_key)
         await self._redo(request, sink)
         return EditOutcome.ANSWERED_AGAIN
+
+    async def mark_replaced(self, request: Delivery, sink: ReplySink) -> None:
+        """An edit's new answer taken over (a redelivered edit, a restart's recovery): the
+        answer it replaces is marked superseded as on the live path (marking twice, when the
+        crash came after the mark, writes the same mark again)."""
+        if request.replaces is None or not is_edit_key(request.delivery_key):
+            return
+        replaced = await self.store.delivery(request.platform, request.replaces)
+        if replaced is not None:
+            await self._supersede(replaced, sink)
+
+    async def _supersede(self, answer: Delivery, sink: ReplySink) -> None:
+        if answer.reply_ref is None:
+            return
+        old = answer.final or (await self._turn_text(answer.conversation, answer.answer_id)
+                               if answer.answer_id is not None else None)
+        await supersede(sink, answer.reply_ref, old or "", SUPERSEDED_NOTICE)
 
     async def _latest(self, conversation: int, turn_id: int) -> Delivery | None:
         """The question's latest answer (the original, or an earlier edit's or 「もう一度」's),

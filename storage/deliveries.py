@@ -75,6 +75,26 @@ class DeliveryRecords:
         return delivery_of(row)
 
     # ----- taking a message on ---------------------------------------------------------
+    async def note_unread_files(self, platform: str, delivery_key: str,
+                                names: Sequence[str]) -> None:
+        """Message `delivery_key` has attached files not read yet: noted before it is
+        recorded (a crash between leaves a harmless note), dropped by `files_read`."""
+        async with self._transaction() as db:
+            await db.execute("INSERT OR REPLACE INTO unread_files (platform, delivery_key,"
+                             " names) VALUES (?, ?, ?)",
+                             (platform, delivery_key, "\n".join(names)))
+
+    async def unread_files(self, platform: str, delivery_key: str) -> tuple[str, ...]:
+        row = await (await self._db.execute(
+            "SELECT names FROM unread_files WHERE platform = ? AND delivery_key = ?",
+            (platform, delivery_key))).fetchone()
+        return tuple(str(row[0]).split("\n")) if row is not None else ()
+
+    async def files_read(self, platform: str, delivery_key: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM unread_files WHERE platform = ? AND delivery_key = ?",
+                             (platform, delivery_key))
+
     async def accept(self, key: ConversationKey, delivery_key: str, text: str,
                      author: str | None = None, asker: str | None = None,
                      sources: Sequence[str] = ()) -> Delivery | None:

@@ -147,6 +147,11 @@ class PrivateRecords:
             await db.execute(
                 "DELETE FROM feedback WHERE user = ? AND (? IS NULL OR platform = ?)",
                 (author, platform, platform))
+            await db.execute(  # the names of their files not read yet
+                "DELETE FROM unread_files WHERE EXISTS (SELECT 1 FROM deliveries d WHERE"
+                " d.platform = unread_files.platform AND d.delivery_key ="
+                " unread_files.delivery_key AND d.author = ? AND (? IS NULL OR d.platform = ?))",
+                (author, platform, platform))
             for column in ("author", "asker"):  # who asked what, in the delivery records
                 await db.execute(
                     f"UPDATE deliveries SET {column} = NULL WHERE {column} = ?"

@@ -196,6 +196,17 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE conversations.id = deliveries.conversation_id) || '/' || reply_ref
         WHERE reply_ref IS NOT NULL AND instr(reply_ref, '/') = 0;
     """,
+    # 10: the attached files of a message taken on but not read yet (names, one a line),
+    # noted before its delivery is recorded and dropped once they are read, so a restart's
+    # recovery can say which files it could not read rather than losing them silently.
+    """
+    CREATE TABLE unread_files (
+        platform     TEXT NOT NULL,
+        delivery_key TEXT NOT NULL,
+        names        TEXT NOT NULL,
+        PRIMARY KEY (platform, delivery_key)
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -259,3 +259,53 @@ async def test_files_are_read_after_the_platform_is_told_and_stored_as_read(
     assert exported.text == stored.turn.text
     assert await scripted.store.forget_author("alice") >= 1
     assert await scripted.store.author_turns("alice") == []
+
+
+async def test_files_not_read_before_a_crash_are_named_by_the_recovery(
+        store: object, tokenizer: Tokenizer) -> None:
+    """The process died after the platform was told the message arrived, before its files
+    were read: the restart's recovery answers the words and names the files it did not read
+    (never silently); a message whose files were read leaves no such note."""
+    from bot.attachments import NOTE_INTERRUPTED
+    from bot.chat import ChatConfig, ChatService
+    from bot.conversation import ConversationKey, IncomingMessage
+    from storage.history import HistoryStore
+    from tests.fakes import RecordingSink, ScriptedGenerator
+    from tests.test_chat import Crash, crashing_at
+
+    assert isinstance(store, HistoryStore)
+    key = ConversationKey("test", "w", "c", "t")
+    fetcher = MemoryFetcher({"https://files.example/a.txt": JAPANESE.encode()})
+    first = ChatService(store, ScriptedGenerator(default="答え"), tokenizer,
+                        ChatConfig(stream_interval_s=0.0), crash_hook=crashing_at("acknowledged"))
+    message = IncomingMessage("読んで", "m1", "alice", attachments=(file("a.txt"),),
+                              files=fetcher)
+    with pytest.raises(Crash):
+        await first.handle(key, message, RecordingSink())
+    assert fetcher.fetched == []  # died before reading
+
+    generator = ScriptedGenerator(default="答え")
+    second = ChatService(store, generator, tokenizer, ChatConfig(stream_interval_s=0.0))
+    sinks: list[RecordingSink] = []
+    report = await second.recover("test", lambda d: sinks.append(RecordingSink()) or sinks[-1])
+    assert report.answered == 1
+    [sink] = sinks
+    assert sink.final() == f"答え\n\n{NOTE_INTERRUPTED.format(names='a.txt')}"
+    # read in the live path: the note is dropped, so nothing is added on a later recovery
+    await second.handle(key, IncomingMessage("また読んで", "m2", "alice",
+                                             attachments=(file("a.txt"),), files=fetcher),
+                        RecordingSink())
+    assert await store.unread_files("test", "m2") == ()
+
+
+async def test_forget_drops_the_names_of_files_not_read(store: object) -> None:
+    from bot.conversation import ConversationKey
+    from storage.history import HistoryStore
+
+    assert isinstance(store, HistoryStore)
+    await store.note_unread_files("test", "m1", ["private.txt"])
+    assert await store.accept(ConversationKey("test", "w", "c", "t"), "m1", "読んで",
+                              "bob") is not None
+    assert await store.unread_files("test", "m1") == ("private.txt",)
+    await store.forget_author("bob")
+    assert await store.unread_files("test", "m1") == ()

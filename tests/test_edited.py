@@ -158,9 +158,33 @@ async def test_an_edit_taken_on_before_a_crash_is_answered_once_on_redelivery(
     assert await restarted.edits.edited("test", "m1", "直した質問", edit_id="e1",
                                         sink_for=sinks) is EditOutcome.ANSWERED_AGAIN
     assert [s.final() for s in sinks.made] == ["新しい答え"]
+    # the old answer is struck as on the live path, though this process never saw the edit
+    assert sinks.made[0].superseded == [(first.ref, "古い答え", SUPERSEDED_NOTICE)]
     assert await restarted.edits.edited("test", "m1", "直した質問", edit_id="e1",
                                         sink_for=sinks) is EditOutcome.DUPLICATE
     assert len(generator.prompts) == 2
+
+
+async def test_an_edit_taken_on_before_a_crash_is_answered_by_recovery_marking_the_old(
+        store: HistoryStore, tokenizer: Tokenizer) -> None:
+    """The process died after recording an edit's new answer, before marking the old one: the
+    start-up recovery answers it and strikes the old answer, as the live path would have."""
+    generator = ScriptedGenerator(["古い答え", "新しい答え"])
+    chat = service(store, tokenizer, generator)
+    first = EditSink()
+    await chat.handle(KEY, ask("質問", "m1"), first)
+    answer = await store.delivery("test", "m1")
+    assert answer is not None
+    await store.edit_delivered("test", "m1", "直した質問")
+    await store.accept_regenerate(answer, edit_key("m1", "e1"))  # then the process died
+    restarted = service(store, tokenizer, generator)
+    sinks = Sinks()
+    report = await restarted.recover("test", sinks)
+    assert report.answered == 1
+    [new] = sinks.made
+    assert new.final() == "新しい答え"
+    assert new.superseded == [(first.ref, "古い答え", SUPERSEDED_NOTICE)]
+    assert "直した質問" in generator.prompts[1]
 
 
 async def test_an_edit_whose_new_answer_ended_with_a_notice_is_not_answered_again(
