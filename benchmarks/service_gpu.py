@@ -21,7 +21,7 @@ from bot.tiny_model import build_tiny_model
 
 CHILD = r'''
 import asyncio, io, logging, sys, time
-from bot.cli import warm_up
+from bot.assembly import warm_up
 from bot.config import load_settings
 from bot.generator import load_generator
 from bot.metrics import MeteredGenerator, Metrics

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 
 from bot.errors import GenerationTimeout, GeneratorError
 from bot.kv_cache import KVArena
+from bot.neox_forward import (Segment, StepPlan, Varlen, flash_attention_works,
+                               packed_forward)
 from bot.sampling import GenerationParams, next_tokens
 from bot.stops import ReplyText
 from bot.tokenizer import Tokenizer
@@ -78,44 +79,6 @@ class _Row:
     @property
     def prefilling(self) -> bool:
         return self.length < len(self.request.prompt_ids)
-
-
-@dataclass(frozen=True, slots=True)
-class _Segment:
-    """One row's part of a packed step: `count` tokens at cache positions offset.., packed at
-    `packed` in the step's sequence."""
-
-    row: int
-    packed: int
-    offset: int
-    count: int
-    start: int  # the row's arena start
-
-
-@dataclass(frozen=True, slots=True)
-class StepPlan:
-    """What one forward pass computes: the packed segments, where each token's key and value
-    go in the arena, and which packed positions produce logits (in row order)."""
-
-    segments: tuple[_Segment, ...]
-    positions: torch.Tensor  # [1, N] each token's position in its own row
-    slots: torch.Tensor  # [N] each token's arena slot
-    sample_at: torch.Tensor  # [S] packed indices whose logits are sampled
-    sample_rows: tuple[int, ...]  # the rows those logits belong to
-    masks: dict[int, torch.Tensor]  # segment index -> causal mask of a chunk after the first
-    varlen: _Varlen | None = None  # the one-kernel attention's arguments (CUDA)
-
-
-@dataclass(frozen=True, slots=True)
-class _Varlen:
-    """Arguments of flash attention's variable-length form over the arena: per segment, where
-    its queries are in the packed step and where its keys start and how many it has."""
-
-    cu_q: torch.Tensor  # int32 [S + 1]
-    starts_k: torch.Tensor  # int32 [S + 1] (the last entry unused)
-    used_k: torch.Tensor  # int32 [S]
-    max_q: int
-    max_k: int
 
 
 class BatchEngine:
@@ -250,11 +213,11 @@ class BatchEngine:
         """Every decoding row's next token, then prefill chunks (oldest row first) while the
         step's token budget lasts; at least one chunk per step, so a prompt always advances.
         Chunks are cut at multiples of `prefill_chunk` of the row's own prompt."""
-        segments: list[_Segment] = []
+        segments: list[Segment] = []
         packed = 0
         for i, row in enumerate(self.rows):
             if not row.prefilling:
-                segments.append(_Segment(i, packed, row.length, 1, row.start))
+                segments.append(Segment(i, packed, row.length, 1, row.start))
                 packed += 1
         budget = self.step_tokens - packed
         chunk = self.prefill_chunk
@@ -266,7 +229,7 @@ class BatchEngine:
             count = min(chunk - row.length % chunk, prompt - row.length)
             if prefilled and count > budget:
                 break
-            segments.append(_Segment(i, packed, row.length, count, row.start))
+            segments.append(Segment(i, packed, row.length, count, row.start))
             packed += count
             budget -= count
             prefilled = True
@@ -281,7 +244,7 @@ class BatchEngine:
             cu_q = [s.packed for s in segments] + [packed]
             starts = [s.start for s in segments] + [self.cache.capacity]
             used = [s.offset + s.count for s in segments]
-            varlen = _Varlen(*(torch.tensor(v, dtype=torch.int32).to(self.device)
+            varlen = Varlen(*(torch.tensor(v, dtype=torch.int32).to(self.device)
                                for v in (cu_q, starts, used)),
                              max(s.count for s in segments), max(used))
         else:
@@ -363,100 +326,3 @@ class BatchEngine:
         self.rows = [self.rows[i] for i in indices]
         if len(indices) < self.seen.shape[0]:
             self.seen = self.seen.index_select(0, torch.tensor(indices, device=self.device))
-
-
-def packed_forward(model: torch.nn.Module, ids: torch.Tensor, plan: StepPlan, cache: KVArena,
-                   heads: int, head_dim: int) -> torch.Tensor:
-    """The forward pass of transformers' GPTNeoXForCausalLM (same modules, same order of
-    operations) over one packed sequence of several rows, attending per row to its own span of
-    the arena. Works with any Linear the model was loaded with (bitsandbytes 4/8-bit too)."""
-    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
-
-    neox = model.gpt_neox
-    hidden = neox.embed_in(ids)  # [1, N, hidden]
-    cos, sin = neox.rotary_emb(hidden, position_ids=plan.positions)
-    tokens = ids.shape[1]
-    for index, layer in enumerate(neox.layers):
-        attention = layer.attention
-        qkv = attention.query_key_value(layer.input_layernorm(hidden))
-        qkv = qkv.view(1, tokens, heads, 3 * head_dim).transpose(1, 2)
-        query, key, value = qkv.chunk(3, dim=-1)  # [1, heads, N, head_dim]
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        cache.write(index, plan.slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
-        if plan.varlen is not None:
-            out = varlen_attention(query[0].transpose(0, 1).contiguous(), cache.keys[index],
-                                   cache.values[index], plan.varlen, attention.scaling)
-        else:
-            out = rows_attention(query, cache, index, plan, attention.scaling)
-        attn_output = attention.dense(out.reshape(1, tokens, heads * head_dim))
-        if layer.use_parallel_residual:
-            mlp_output = layer.mlp(layer.post_attention_layernorm(hidden))
-            hidden = mlp_output + attn_output + hidden
-        else:
-            attn_output = attn_output + hidden
-            hidden = layer.mlp(layer.post_attention_layernorm(attn_output)) + attn_output
-    last = hidden[0].index_select(0, plan.sample_at)
-    return model.get_output_embeddings()(neox.final_layer_norm(last)).float()
-
-
-def rows_attention(query: torch.Tensor, cache: KVArena, layer: int, plan: StepPlan,
-                   scale: float) -> torch.Tensor:
-    """One SDPA per segment over exactly its row's cached keys (views of the arena);
-    returns [tokens, heads, head_dim]."""
-    out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])
-    for index, s in enumerate(plan.segments):
-        keys, values = cache.view(layer, s.start, s.offset + s.count)
-        q = query[:, :, s.packed:s.packed + s.count]
-        mask = plan.masks.get(index)
-        causal = s.count > 1 and mask is None  # a first chunk: plain causal
-        out[s.packed:s.packed + s.count] = F.scaled_dot_product_attention(
-            q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, is_causal=causal,
-            scale=scale)[0].transpose(0, 1)
-    return out
-
-
-def varlen_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                     varlen: _Varlen, scale: float) -> torch.Tensor:
-    """Every segment in one flash-attention call: queries packed [tokens, heads, head_dim],
-    keys and values the whole arena, each segment reading `used_k` keys from its start.
-    Flash attention aligns the causal mask bottom-right, which is what a chunk after earlier
-    chunks (and a one-token decode) needs."""
-    out = torch.ops.aten._flash_attention_forward(
-        query, keys, values, varlen.cu_q, varlen.starts_k, varlen.max_q, varlen.max_k,
-        0.0, True, False, scale=scale, seqused_k=varlen.used_k)
-    return out[0]
-
-
-def flash_attention_works(device: torch.device, dtype: torch.dtype, heads: int,
-                          head_dim: int) -> bool:
-    """Whether `varlen_attention` runs here and matches `rows_attention` (checked once, on a
-    small random case: two decoding rows and a chunk after an earlier chunk)."""
-    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
-        return False
-    try:
-        generator = torch.Generator(device=device).manual_seed(0)
-        arena = KVArena(1, heads, head_dim, dtype, device, 4096)
-        lengths = {1: 37, 2: 300, 3: 90}
-        for owner in lengths:
-            arena.allocate(owner, 512, {})
-        for tensor in (arena.keys[0], arena.values[0]):
-            tensor.copy_(torch.randn(tensor.shape, generator=generator, device=device))
-        segments, packed = [], 0
-        for owner, count in ((1, 1), (2, 1), (3, 40)):
-            segments.append(_Segment(owner - 1, packed, lengths[owner] - count, count,
-                                     arena.start(owner)))
-            packed += count
-        query = torch.randn(1, heads, packed, head_dim, generator=generator, device=device,
-                            dtype=dtype)
-        masks = {2: (torch.arange(90) <= torch.arange(50, 90).unsqueeze(1)).to(device)}
-        empty = torch.empty(0, dtype=torch.long, device=device)
-        plan = StepPlan(tuple(segments), empty, empty, empty, (), masks)
-        expected = rows_attention(query, arena, 0, plan, head_dim**-0.5)
-        varlen = _Varlen(*(torch.tensor(v, dtype=torch.int32, device=device) for v in (
-            [0, 1, 2, 42], [arena.start(1), arena.start(2), arena.start(3), arena.capacity],
-            [37, 300, 90])), 40, 300)
-        got = varlen_attention(query[0].transpose(0, 1).contiguous(), arena.keys[0],
-                               arena.values[0], varlen, head_dim**-0.5)
-        return bool(torch.allclose(got.float(), expected.float(), atol=2e-2, rtol=2e-2))
-    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
-        return False

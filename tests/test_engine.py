@@ -225,7 +225,7 @@ def test_the_varlen_plan_serves_every_row_as_the_per_row_path(model, tokenizer: 
     mask aligned bottom-right), and the engine's replies must not change."""
     import torch.nn.functional as F
 
-    import bot.engine as engine_module
+    import bot.neox_forward as forward_module
 
     def varlen(query, keys, values, v, scale):  # type: ignore[no-untyped-def]
         out = torch.empty_like(query)
@@ -248,7 +248,7 @@ def test_the_varlen_plan_serves_every_row_as_the_per_row_path(model, tokenizer: 
     config = {"prefill_chunk": 32, "step_tokens": 48}
     arrivals = {0: requests[:2], 3: requests[2:]}
     expected = run(make(model, tokenizer, **config), arrivals)
-    monkeypatch.setattr(engine_module, "varlen_attention", varlen)
+    monkeypatch.setattr(forward_module, "varlen_attention", varlen)
     engine = make(model, tokenizer, **config)
     engine.flash = True
     assert run(engine, arrivals) == expected

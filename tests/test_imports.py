@@ -19,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bot", "adapters", "storage")
 # The service: builds everything in main() and may import adapters and storage.
-SERVICE = frozenset({"bot.cli", "bot.doctor", "bot.startup", "bot.platforms", "bot.privacy"})
+SERVICE = frozenset({"bot.cli", "bot.assembly", "bot.doctor", "bot.startup", "bot.platforms",
+                     "bot.privacy"})
 # What storage may use of ours besides itself.
 VOCABULARY = ("bot.conversation", "bot.errors", "bot.ports")
 

@@ -85,7 +85,7 @@ def test_status_and_metrics_say_nf4(cached: Path, tmp_path: Path,
 
     from huggingface_hub import constants
 
-    from bot.cli import open_core
+    from bot.assembly import open_core
     from bot.metrics import Metrics
     from bot.status import render_status
 
