@@ -136,9 +136,13 @@ async def test_entry_point_serves_metrics_and_health_after_real_answers(
             assert await post({**first, "event_id": "EvRetry"}) == 200  # redelivered
 
             async def counted() -> bool:
+                # An answer is shown (its final chat.update) before it is recorded and
+                # counted: wait for both counts rather than read between the two.
                 _, text = await get("/metrics")
-                return value(samples(text), "rinna_requests_total", platform="slack",
-                             outcome="duplicate") == 1
+                now = samples(text)
+                return value(now, "rinna_requests_total", platform="slack",
+                             outcome="duplicate") == 1 and value(
+                    now, "rinna_requests_total", platform="slack", outcome="answered") >= 2
             await eventually(counted, timeout=30)
             status, text = await get("/metrics")
         assert status == 200
