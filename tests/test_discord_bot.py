@@ -64,7 +64,7 @@ async def test_factory_builds_the_bot_without_connecting(chat: ChatService,
                                                          settings: Settings) -> None:
     bot = build_discord_bot(chat, settings)
     assert isinstance(bot, RinnaDiscordBot)
-    assert bot.core.chat is chat and bot.settings is settings
+    assert bot.chat is chat and bot.settings is settings
     assert bot.intents.message_content and bot.intents.guild_messages and bot.intents.dm_messages
     assert not bot.is_ready() and bot.user is None
     assert bot.get_cog("ChatCog") is None  # added in setup_hook, not at construction
