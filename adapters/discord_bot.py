@@ -46,7 +46,6 @@ from bot.errors import ConfigError, RinnaError
 from bot.core.front_door import FrontDoor
 from bot.core.notices import RESET_DONE
 from bot.ports.records import Delivery
-from bot.core.status import StatusSource
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +61,18 @@ def bot_intents(message_content: bool = True) -> discord.Intents:
 
 
 class RinnaDiscordBot(commands.Bot):
-    """The Discord client. Takes the core services; builds nothing at import time."""
+    """The Discord client over the front door the service built (shared with every other
+    platform); builds nothing at import time."""
 
-    def __init__(self, chat: ChatService, settings: Settings, *, message_content: bool = True,
-                 status: StatusSource | None = None, **options: Any) -> None:
+    def __init__(self, front: FrontDoor, settings: Settings, *, message_content: bool = True,
+                 **options: Any) -> None:
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, help_command=None,
                          intents=bot_intents(message_content), **options)
-        self.chat = chat
+        self.front = front
+        self.chat: ChatService = front.chat
+        self.policy: AccessPolicy = front.policy
         self.settings = settings
-        self.policy = AccessPolicy.from_settings(settings)
-        self.front = FrontDoor(chat, self.policy, help_text=HELP_MESSAGE, status=status)
         self.files = discord_fetcher(settings)  # downloads attachments (None: not read)
 
     async def setup_hook(self) -> None:
@@ -174,13 +174,12 @@ class DiscordConnectError(RinnaError):
     """Discord could not be reached at start."""
 
 
-def build_discord_bot(chat: ChatService, settings: Settings, *,
-                      status: StatusSource | None = None, **options: Any) -> RinnaDiscordBot:
-    """The bot `rinna-bot run` starts. `status` is what `/status` shows (None: it says it
-    cannot tell). `options` go to RinnaDiscordBot / discord.py's client
-    (`message_content=False` runs without the privileged intent; tests lower timeouts)."""
+def build_discord_bot(front: FrontDoor, settings: Settings, **options: Any) -> RinnaDiscordBot:
+    """The bot `rinna-bot run` starts, over the service's front door. `options` go to
+    RinnaDiscordBot / discord.py's client (`message_content=False` runs without the privileged
+    intent; tests lower timeouts)."""
     options.setdefault("message_content", settings.discord_message_content)
-    return RinnaDiscordBot(chat, settings, status=status, **options)
+    return RinnaDiscordBot(front, settings, **options)
 
 
 __all__ = [

@@ -321,7 +321,7 @@ class ChatCog(commands.Cog):
             await self.front.receive(Event(
                 conversation_key(interaction.channel, interaction.guild_id),
                 str(interaction.id), "", EphemeralAnswer(interaction),
-                writer=str(interaction.user.id), command=Command.HELP))
+                writer=str(interaction.user.id), command=Command.HELP, help_text=HELP_MESSAGE))
         except DELIVERY_ERRORS as exc:
             log.warning("/help %s: %s", interaction.id, describe(exc), exc_info=exc)
 

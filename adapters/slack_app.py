@@ -49,9 +49,9 @@ from adapters.slack_text import (
     unescape,
     user_ids,
 )
-from bot.core.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
+from bot.core.access import DENIED_MESSAGE, AccessRequest
 from bot.core.attachments import Fetcher
-from bot.core.chat import ChatService, Outcome
+from bot.core.chat import Outcome
 from bot.conversation import ConversationKey
 from bot.errors import RinnaError
 from bot.core.front_door import FrontDoor
@@ -59,7 +59,6 @@ from bot.core.front_events import (Ack, Command, EarlierMessage, EarlierReader, 
                               command_word)
 from bot.core.notices import RESET_DONE, SWITCHED_OFF, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
 from bot.ports.records import Delivery
-from bot.core.status import StatusSource
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +89,9 @@ COMMAND_KEY = "command:"  # a /rinna command's delivery key: this and its trigge
 class SlackHandlers:
     """The services the listeners use, and the listeners' work (platform event -> front door)."""
 
-    chat: ChatService
+    front: FrontDoor  # the core's way in, built once by the service for every platform
     api: SlackApi
     names: UserNames
-    policy: AccessPolicy = field(default_factory=AccessPolicy)
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     background: set[asyncio.Task[Any]] = field(default_factory=set)  # listeners' work
     # How each event ended ("answered", "duplicate", "ignored", "reset", ...): for logs,
@@ -105,14 +103,8 @@ class SlackHandlers:
     feedback: FeedbackSupport = field(default_factory=FeedbackSupport)
     moderators: Moderators | None = None  # made by register_controls if unset
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
-    status: StatusSource | None = None  # for `/rinna status` (None: not available)
     files: Fetcher | None = None  # downloads shared files from Slack (None: not read)
     summary_messages: int = 100  # SUMMARY_CHANNEL_MESSAGES: 「要約」 outside a thread reads these
-    front: FrontDoor = field(init=False)  # the core's way in, with this platform's policy
-
-    def __post_init__(self) -> None:
-        self.front = FrontDoor(self.chat, self.policy, help_text=HELP_MESSAGE,
-                               status=self.status)
 
     def reply(self, channel: str, thread_ts: str | None, tag: str | None, *,
               user: str | None = None, team: str | None = None) -> SlackReply:
@@ -352,7 +344,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             services.outcomes[await services.front.receive(Event(
                 command_key(command), str(command.get("trigger_id") or ""), text,
                 EphemeralAck(ack), writer=user, command=word, admitted=True,
-                member=member))] += 1
+                member=member, help_text=HELP_MESSAGE))] += 1
             return
         if await services.front.switched_off(command_key(command)):  # a community's choice
             await ack(text=SWITCHED_OFF, response_type="ephemeral")

@@ -73,7 +73,7 @@ def register_controls(app: AsyncApp, services: SlackServices) -> None:
         user, _ = _presser(body)
 
         async def moderator() -> bool:
-            return (services.policy.may_moderate(press_access(body, channel))
+            return (services.front.policy.may_moderate(press_access(body, channel))
                     and services.moderators is not None
                     and await services.moderators.check(user))
 

@@ -20,9 +20,9 @@ from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
 from adapters.slack_files import slack_attachments
 from adapters.slack_reply import SlackReply
 from adapters.slack_text import escape
-from bot.core.access import AccessPolicy, AccessRequest
+from bot.core.access import AccessRequest
 from bot.core.attachments import Attachment
-from bot.core.chat import ChatService, Outcome
+from bot.core.chat import Outcome
 from bot.conversation import ConversationKey
 from bot.core.front_door import FrontDoor, Result
 from bot.core.front_events import Ack, EarlierReader
@@ -152,10 +152,8 @@ class Tracked(Protocol):
 class SlackServices(Tracked, Protocol):
     """What the listeners of slack_assistant and slack_controls use (slack_app.SlackHandlers)."""
 
-    chat: ChatService
     front: FrontDoor
     api: SlackApi
-    policy: AccessPolicy
     pressed: Counter[str]
     moderators: Moderators | None
 

@@ -18,6 +18,7 @@ from bot.core.notices import SWITCHED_OFF
 from bot.ports.community import Scope
 from bot.core.privilege import Member
 from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.core.front_door import FrontDoor
 from storage.history import HistoryStore
 from tests.discord_fakes import (
     CHANNEL_ID,
@@ -48,7 +49,7 @@ async def test_ask_about_a_channel_message_answers_in_a_thread_on_it_once_per_pr
         fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
     fake = fake_discord
     script.replies = ["三月です。"]
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, build_discord_bot(FrontDoor.from_settings(scripted, settings), settings,
                                                  guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "桜はいつ咲きますか", user_id=OTHER_USER_ID,
                                         name="bob")
@@ -85,7 +86,7 @@ async def test_ask_about_a_message_in_a_thread_answers_in_that_thread(
         fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
     fake = fake_discord
     script.replies = ["最初の答えです。", "二つ目の答えです。"]
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, build_discord_bot(FrontDoor.from_settings(scripted, settings), settings,
                                                  guild_ready_timeout=0.05)):
         question = await fake.user_says("富士山の高さは", mention_bot=True)
         await fake.wait_for(lambda: answered(fake, question))
@@ -109,7 +110,7 @@ async def test_ask_about_a_channel_message_that_has_a_thread_reuses_it(
         fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
     fake = fake_discord
     script.replies = ["一つ目です。", "二つ目です。"]
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, build_discord_bot(FrontDoor.from_settings(scripted, settings), settings,
                                                  guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "おすすめの本は", user_id=OTHER_USER_ID,
                                         name="bob")
@@ -131,7 +132,7 @@ async def test_ask_about_is_refused_ephemerally_by_the_access_policy(
         fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
     fake = fake_discord
     closed = settings.model_copy(update={"allowed_users": frozenset({str(OTHER_USER_ID)})})
-    async with connected(fake, build_discord_bot(scripted, closed, guild_ready_timeout=0.05)):
+    async with connected(fake, build_discord_bot(FrontDoor.from_settings(scripted, closed), closed, guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "これは何ですか", user_id=OTHER_USER_ID,
                                         name="bob")
         press = await fake.message_command(ASK_ABOUT, target)  # alice is not allowed
@@ -147,7 +148,7 @@ async def test_ask_about_is_refused_ephemerally_by_the_access_policy(
 async def test_ask_about_a_message_without_text_says_so(
         fake_discord: FakeDiscord, scripted, script, settings) -> None:  # noqa: F811
     fake = fake_discord
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, build_discord_bot(FrontDoor.from_settings(scripted, settings), settings,
                                                  guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "", user_id=OTHER_USER_ID, name="bob")
         press = await fake.message_command(ASK_ABOUT, target)
@@ -163,7 +164,7 @@ async def test_a_mention_in_a_forum_post_answers_in_the_post_with_its_history(
     fake = fake_discord
     forum = fake.add_forum()
     script.replies = ["フォーラムでの答えです。", "続きの答えです。"]
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, build_discord_bot(FrontDoor.from_settings(scripted, settings), settings,
                                                  guild_ready_timeout=0.05)):
         post = await fake.forum_post(forum, "プリンタの不具合", "印刷すると紙が詰まります")
         await fake.person_says(post, "うちでも同じです", user_id=OTHER_USER_ID, name="bob")
@@ -191,7 +192,7 @@ async def test_deleting_a_message_asked_about_deletes_its_stored_text(
     fake = fake_discord
     script.replies = ["三月です。"]
     key = None
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, build_discord_bot(FrontDoor.from_settings(scripted, settings), settings,
                                                  guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "カード番号 4111 1111 1111 1111",
                                         user_id=OTHER_USER_ID, name="bob")
@@ -234,7 +235,7 @@ async def test_ask_about_where_a_community_switched_the_bot_off_is_told_so_alone
     "thinking…" would otherwise never be resolved); no thread, no turn, no prompt."""
     fake = fake_discord
     chat = await switched_off_here(store, script, tokenizer, settings)
-    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+    async with connected(fake, build_discord_bot(FrontDoor.from_settings(chat, settings), settings, guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "これは何ですか", user_id=OTHER_USER_ID,
                                         name="bob")
         press = await fake.message_command(ASK_ABOUT, target)

@@ -21,6 +21,7 @@ from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
 from bot.core.reply import PLACEHOLDER
+from bot.core.front_door import FrontDoor
 from storage.history import HistoryStore
 
 pytestmark = pytest.mark.simcord(settle_timeout=60)
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.simcord(settle_timeout=60)
 
 @pytest.fixture
 def simcord_bot(chat: ChatService, settings: Settings) -> RinnaDiscordBot:
-    return build_discord_bot(chat, settings)
+    return build_discord_bot(FrontDoor.from_settings(chat, settings), settings)
 
 
 async def stored(store: HistoryStore, key: ConversationKey) -> list[tuple[Speaker, str]]:
@@ -62,7 +63,7 @@ def assert_answer(messages: list[discord.Message]) -> None:
 
 async def test_factory_builds_the_bot_without_connecting(chat: ChatService,
                                                          settings: Settings) -> None:
-    bot = build_discord_bot(chat, settings)
+    bot = build_discord_bot(FrontDoor.from_settings(chat, settings), settings)
     assert isinstance(bot, RinnaDiscordBot)
     assert bot.chat is chat and bot.settings is settings
     assert bot.intents.message_content and bot.intents.guild_messages and bot.intents.dm_messages

@@ -17,6 +17,7 @@ from bot.core.personas import READY
 from bot.ports.community import Scope
 from bot.core.prompt import boundary_labels
 from bot.engine.tokenizer import Tokenizer
+from bot.core.front_door import FrontDoor
 from storage.history import HistoryStore
 from tests.discord_fakes import ScriptedGenerator
 from tests.test_discord_bot import bot_messages
@@ -32,7 +33,7 @@ def simcord_bot(store: HistoryStore, script: ScriptedGenerator, tokenizer: Token
     chat = ChatService(store, script, tokenizer,
                        ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0),
                        community=community)
-    return build_discord_bot(chat, settings)
+    return build_discord_bot(FrontDoor.from_settings(chat, settings), settings)
 
 
 def persona_head(name: str) -> str:

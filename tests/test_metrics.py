@@ -18,6 +18,7 @@ from bot.errors import GeneratorClosed
 from bot.engine.generator import LocalGenerator
 from bot.service.metrics import MeteredGenerator, Metrics, MetricsServer
 from bot.engine.sampling import GenerationParams
+from bot.core.front_door import FrontDoor
 from tests.slack_fakes import APP_TOKEN, BOT_TOKEN, FakeSlack, eventually
 
 
@@ -39,9 +40,11 @@ async def test_health_is_503_while_a_platform_is_disconnected(
     assert await fetch(server, "/healthz") == (503, "model not loaded\n")
     server.metrics.model_loaded = True
     fake = await FakeSlack().start()
-    slack = build_slack_service(chat, settings.model_copy(update={
+    slack_settings = settings.model_copy(update={
         "slack_bot_token": SecretStr(BOT_TOKEN), "slack_app_token": SecretStr(APP_TOKEN),
-        "slack_api_url": fake.api_url}), host="127.0.0.1")
+        "slack_api_url": fake.api_url})
+    slack = build_slack_service(FrontDoor.from_settings(chat, slack_settings), slack_settings,
+                                host="127.0.0.1")
     server.metrics.watch_platform("slack", lambda: slack.connected)
     try:
         assert await fetch(server, "/healthz") == (503, "not connected: slack\n")
@@ -133,7 +136,7 @@ async def test_health_follows_the_discord_gateway(
     monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
     metrics = Metrics()
     metrics.model_loaded = True
-    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    bot = build_discord_bot(FrontDoor.from_settings(chat, settings), settings, guild_ready_timeout=0.05)
     metrics.watch_platform("discord", lambda: bot.connected)
     assert metrics.health() == "not connected: discord"  # not started yet
     running = asyncio.create_task(bot.start("fake-token"))

@@ -16,6 +16,7 @@ from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.service.privacy import forget_user
 from bot.engine.tokenizer import Tokenizer
+from bot.core.front_door import FrontDoor
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import BOT_ID, BOT_USER, FakeSlack, mention, message
@@ -178,7 +179,7 @@ async def test_slack_deleting_a_message_asked_about_with_the_shortcut_deletes_it
 @pytest.fixture
 def simcord_bot(scripted: tuple[ChatService, ScriptedGenerator],
                 settings: Settings) -> RinnaDiscordBot:
-    return build_discord_bot(scripted[0], settings)
+    return build_discord_bot(FrontDoor.from_settings(scripted[0], settings), settings)
 
 
 @pytest.mark.simcord(settle_timeout=60)

@@ -19,6 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack_api import SlackApi, UserNames
 from adapters.slack_app import SlackHandlers, register
 from adapters.slack_service import EVENTS_PATH
+from bot.core.front_door import FrontDoor
 from bot.core.chat import ChatService
 from bot.config import Settings
 from tests.slack_fakes import BOT_TOKEN
@@ -59,7 +60,7 @@ def registered(chat: ChatService) -> list[tuple[str, Any]]:
                    request_verification_enabled=False)
     api = SlackApi(AsyncWebClient(token=BOT_TOKEN))
     recording = RecordingApp(app)
-    handlers = SlackHandlers(chat=chat, api=api, names=UserNames(api))
+    handlers = SlackHandlers(front=FrontDoor(chat), api=api, names=UserNames(api))
     register(recording, handlers)  # type: ignore[arg-type]
     return recording.registered
 

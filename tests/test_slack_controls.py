@@ -351,13 +351,15 @@ async def test_rinna_status_is_shown_to_the_asker_alone(
     import json
 
     from adapters.slack_service import build_slack_service
+    from bot.core.front_door import FrontDoor
     from bot.core.status import Status
 
     status = Status(model="tiny-neox", device="cpu", quantisation="none",
                     generator=chat.generator, store=chat.store)  # type: ignore[arg-type]
     for source, expected in ((status, "・モデル：tiny-neox"), (None, "状態を取得できません。")):
-        service = build_slack_service(chat, slack_settings(settings, fake), status=source,
-                                      host="127.0.0.1")
+        configured = slack_settings(settings, fake)
+        service = build_slack_service(FrontDoor.from_settings(chat, configured, status=source),
+                                      configured, host="127.0.0.1")
         await service.start()
         try:
             async with aiohttp.ClientSession() as http:

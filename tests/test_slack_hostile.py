@@ -21,6 +21,7 @@ from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
 from bot.engine.tokenizer import Tokenizer
+from bot.core.front_door import FrontDoor
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import BOT_USER, SIGNING_SECRET, TEAM, FakeSlack, eventually, mention
@@ -126,7 +127,7 @@ async def test_bolt_does_not_log_request_bodies_at_info(
     level = bolt.level
     bolt.setLevel(logging.WARNING)
     try:
-        service = build_slack_service(chat, slack_settings, host="127.0.0.1")
+        service = build_slack_service(FrontDoor.from_settings(chat, slack_settings), slack_settings, host="127.0.0.1")
         body = json.dumps({"type": "event_callback", "team_id": TEAM,
                            "event": {"type": "app_mention", "text": "秘密の相談です"}},
                           ensure_ascii=False)
@@ -345,7 +346,7 @@ async def test_socket_mode_refuses_the_same_shapes_before_bolt(
 
     settings = slack_settings.model_copy(update={"slack_app_token": SecretStr(APP_TOKEN),
                                                  "slack_signing_secret": None})
-    service = build_slack_service(chat, settings, host="127.0.0.1")
+    service = build_slack_service(FrontDoor.from_settings(chat, settings), settings, host="127.0.0.1")
     await asyncio.wait_for(service.start(), 30)
     caplog.set_level(logging.DEBUG)
     try:

@@ -47,6 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from enum import StrEnum
 
+from bot.config import Settings
 from bot.core.access import AccessPolicy, AccessRequest
 from bot.core.attachments import Fetcher
 from bot.core.chat import ChatService, EarlierLoader, Outcome
@@ -103,18 +104,22 @@ def earlier_turns(messages: Iterable[EarlierMessage],
 
 
 class FrontDoor:
-    """One platform's way into the chat service (all platforms share the chat service, and so
-    the store, the generator and the redelivery check). Built by the platform's adapter from
-    the chat service, its access policy, the status source and its help text."""
+    """Every platform's way into the chat service: built once by the service (with the chat
+    service, the access policy and the status source) and handed to each platform, which
+    only parses its events into `Event`s and renders what comes back."""
 
     def __init__(self, chat: ChatService, policy: AccessPolicy | None = None, *,
-                 help_text: str = "", status: StatusSource | None = None,
-                 reset_notice: str = RESET_DONE) -> None:
+                 status: StatusSource | None = None, reset_notice: str = RESET_DONE) -> None:
         self.chat = chat
         self.policy = policy if policy is not None else AccessPolicy()
-        self.help_text = help_text
         self.status = status
         self.reset_notice = reset_notice
+
+    @classmethod
+    def from_settings(cls, chat: ChatService, settings: Settings, *,
+                      status: StatusSource | None = None) -> FrontDoor:
+        """The front door `rinna-bot` runs: the access policy the settings describe."""
+        return cls(chat, AccessPolicy.from_settings(settings), status=status)
 
     # ----- the checks before anything is parsed further -----
     def permits(self, requests: Sequence[AccessRequest]) -> bool:
@@ -183,7 +188,7 @@ class FrontDoor:
         if event.command is Command.CONFIG:
             await event.sink.finish(await self._configure(event))
             return Result.CONFIG
-        await event.sink.finish(self.help_text)
+        await event.sink.finish(event.help_text)
         return Result.HELP
 
     async def _configure(self, event: Event) -> str:

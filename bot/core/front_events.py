@@ -114,3 +114,4 @@ class Event:
     attachments: tuple[Attachment, ...] = ()
     files: Fetcher | None = None
     member: Member | None = None  # CONFIG: who runs it, as the platform sees them, read now
+    help_text: str = ""  # HELP: the platform's own usage text (its commands, its words)

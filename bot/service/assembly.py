@@ -1,5 +1,6 @@
 """The core, assembled: the store, then the model (warmed up), then the chat service with its
-summaries and community settings, and the status they show; closed in reverse order."""
+summaries and community settings, the status they show, and the one front door every platform
+is handed; closed in reverse order."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from bot.service.startup import StartParts, as_config_error, while_checking
 
 if TYPE_CHECKING:
     from bot.core.chat import ChatService, CrashHook
+    from bot.core.front_door import FrontDoor
     from bot.engine.generator import LocalGenerator
     from bot.service.metrics import Metrics
     from bot.ports.store import ChatStore
@@ -31,6 +33,7 @@ class Core:
     store: ChatStore
     generator: LocalGenerator
     chat: ChatService
+    front: FrontDoor  # every platform's way in (the console's too), built once here
     metrics: Metrics | None = None
     status: Status | None = None
 
@@ -65,6 +68,7 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
     """The store, then the model (while `checks` run: their failure cancels the load)."""
     from bot.core.attachments import AttachmentLimits
     from bot.core.chat import ChatConfig, ChatService
+    from bot.core.front_door import FrontDoor
     from bot.core.summary import build_summaries
     from bot.core.summary_request import build_summary_requests
     from bot.core.community import Community, HostPolicy
@@ -103,8 +107,9 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                 summary_requests=build_summary_requests(settings, store, served,
                                                         generator.tokenizer),
                 community=Community(store, policy, generator.tokenizer))
-            yield Core(settings, store, generator, chat, metrics,
-                       build_status(settings, generator, store))
+            status = build_status(settings, generator, store)
+            yield Core(settings, store, generator, chat,
+                       FrontDoor.from_settings(chat, settings, status=status), metrics, status)
         finally:
             if summaries is not None:  # a summary not saved yet is written after a later answer
                 await summaries.aclose()

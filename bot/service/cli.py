@@ -75,11 +75,10 @@ async def serve(settings: Settings, command: str, crash_hook: CrashHook | None =
         platforms = any_configured(settings)
         if command == "chat" or not platforms:
             from adapters.console import run_console
-            from bot.core.front_door import FrontDoor
 
             if command == "run":
                 print(NO_PLATFORM_HINT, file=sys.stderr)
-            return await run_console(FrontDoor(core.chat))
+            return await run_console(core.front)
         await run_platforms(core)
         return 0
 
@@ -89,7 +88,7 @@ async def run_platforms(core: Core) -> None:
     from bot.service.platforms import build_platforms
 
     settings = core.settings
-    platforms = build_platforms(core.chat, settings, core.status)
+    platforms = build_platforms(core.front, settings)
     started: list[Platform] = []
     tasks: list[asyncio.Task[None]] = []
     recoveries: list[asyncio.Task[object]] = []

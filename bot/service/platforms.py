@@ -3,7 +3,8 @@
 An entry says which adapter module builds it, whether its credentials are set, how `doctor`
 names it, what an operator sets to configure it, and which call asks the platform who the
 tokens are (`run` while the model loads, `doctor`). A module listed here has
-`build_platform(chat, settings, status) -> Platform | None` (None: its credentials are not set).
+`build_platform(front, settings) -> Platform | None` (None: its credentials are not set), over
+the one front door the service built.
 Modules are imported only when `run` starts them or a check asks, so `--help`, `doctor
 --offline` and `chat` do not load discord.py or slack-bolt."""
 
@@ -15,10 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bot.core.chat import ChatService
     from bot.config import Settings
+    from bot.core.front_door import FrontDoor
     from bot.ports.platform import Platform
-    from bot.core.status import StatusSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +82,9 @@ async def credential_findings(entry: PlatformEntry,
     return [(bool(ok), str(line)) for ok, line in await check(settings)]
 
 
-def build_platforms(chat: ChatService, settings: Settings,
-                    status: StatusSource | None) -> list[Platform]:
-    """Every listed platform whose credentials are set, in the listed order."""
-    built = (importlib.import_module(entry.module).build_platform(chat, settings, status)
+def build_platforms(front: FrontDoor, settings: Settings) -> list[Platform]:
+    """Every listed platform whose credentials are set, in the listed order, each over the
+    same front door."""
+    built = (importlib.import_module(entry.module).build_platform(front, settings)
              for entry in configured_platforms(settings))
     return [platform for platform in built if platform is not None]
