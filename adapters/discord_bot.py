@@ -27,24 +27,36 @@ import aiohttp
 import discord
 from discord.ext import commands
 
-from adapters.discord_cogs import (ASK_ABOUT, ASK_ABOUT_HERE, ASK_ABOUT_UNREADABLE,
-                                   ASK_ABOUT_WHERE, HELP_MESSAGE, RESET_WHERE, ChatCog,
-                                   MessageEditsCog, StatusCog)
-from adapters.discord_summary import SummaryCog
+from adapters.discord_cogs import (
+    ASK_ABOUT,
+    ASK_ABOUT_HERE,
+    ASK_ABOUT_UNREADABLE,
+    ASK_ABOUT_WHERE,
+    HELP_MESSAGE,
+    RESET_WHERE,
+    ChatCog,
+    MessageEditsCog,
+    StatusCog,
+)
 from adapters.discord_config import ConfigCog
 from adapters.discord_controls import AnswerControls, ControlsView
 from adapters.discord_files import discord_fetcher
-from adapters.discord_parse import (MAX_TEXT_CHARS, access_request, conversation_key,
-                                    readable_text, thread_name)
-from adapters.discord_reply import (DELIVERY_ERRORS, ChannelDestination, DiscordReply,
-                                    describe)
-from bot.core.access import DENIED_MESSAGE, AccessPolicy
-from bot.core.chat import ChatService
+from adapters.discord_parse import (
+    MAX_TEXT_CHARS,
+    access_request,
+    conversation_key,
+    readable_text,
+    thread_name,
+)
+from adapters.discord_reply import DELIVERY_ERRORS, ChannelDestination, DiscordReply, describe
+from adapters.discord_summary import SummaryCog
 from bot.config import Settings
 from bot.conversation import ConversationKey
-from bot.errors import ConfigError, RinnaError
+from bot.core.access import DENIED_MESSAGE, AccessPolicy
+from bot.core.chat import ChatService
 from bot.core.front_door import FrontDoor
 from bot.core.notices import RESET_DONE
+from bot.errors import ConfigError, RinnaError
 from bot.ports.records import Delivery
 
 log = logging.getLogger(__name__)

@@ -11,20 +11,36 @@ from discord import app_commands
 from discord.ext import commands
 
 from adapters.discord_files import discord_attachments
-from adapters.discord_parse import (ANSWERED_TYPES, MAX_TEXT_CHARS, PLATFORM, access_request,
-                                    conversation_key, mentions_me, read_thread_history,
-                                    readable_text, thread_name)
-from adapters.discord_reply import (DELIVERY_ERRORS, THREAD_ARCHIVE_MINUTES, ChannelDestination,
-                                    Destination, DiscordReply, EphemeralAnswer,
-                                    InteractionDestination, NewThreadDestination, describe,
-                                    tell_failure)
-from bot.core.attachments import Fetcher
+from adapters.discord_parse import (
+    ANSWERED_TYPES,
+    MAX_TEXT_CHARS,
+    PLATFORM,
+    access_request,
+    conversation_key,
+    mentions_me,
+    read_thread_history,
+    readable_text,
+    thread_name,
+)
+from adapters.discord_reply import (
+    DELIVERY_ERRORS,
+    THREAD_ARCHIVE_MINUTES,
+    ChannelDestination,
+    Destination,
+    DiscordReply,
+    EphemeralAnswer,
+    InteractionDestination,
+    NewThreadDestination,
+    describe,
+    tell_failure,
+)
 from bot.conversation import ConversationKey
-from bot.errors import RinnaError
+from bot.core.attachments import Fetcher
 from bot.core.front_door import FrontDoor
 from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
 from bot.core.notices import SWITCHED_OFF
 from bot.core.prompt import clean_text
+from bot.errors import RinnaError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +80,8 @@ HELP_MESSAGE = (
     "・回答の「停止」「もう一度」👍 👎 で、止める・答え直す・評価ができます。"
     "`/status` で今の状態を表示します。"
 )
-RESET_WHERE = "`/reset` はスレッドか DM の中で使ってください（チャンネルでの質問は毎回新しいスレッドになります）。"
+RESET_WHERE = ("`/reset` はスレッドか DM の中で使ってください"
+               "（チャンネルでの質問は毎回新しいスレッドになります）。")
 ASK_ABOUT = "rinna に聞く"  # the message context menu's name, as people see it
 ASK_ABOUT_WHERE = "{where} で答えます。"
 ASK_ABOUT_HERE = "この DM で答えます。"
@@ -291,7 +308,8 @@ class ChatCog(commands.Cog):
                         message.id, describe(exc))
             return None
 
-    @app_commands.command(name="reset", description="このスレッド（または DM）の会話を最初からやり直します")
+    @app_commands.command(name="reset",
+                          description="このスレッド（または DM）の会話を最初からやり直します")
     async def reset(self, interaction: discord.Interaction) -> None:
         if await self._refuse(interaction):
             return

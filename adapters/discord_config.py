@@ -17,13 +17,14 @@ from adapters.discord_parse import conversation_key
 from adapters.discord_reply import EphemeralAnswer
 from bot.core.front_door import FrontDoor
 from bot.core.front_events import Command, Event
-from bot.ports.community import KEYS
 from bot.core.privilege import Member
+from bot.ports.community import KEYS
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
-_SCOPES = [Choice(name="サーバー全体", value="server"), Choice(name="このチャンネル", value="channel"),
+_SCOPES = [Choice(name="サーバー全体", value="server"),
+           Choice(name="このチャンネル", value="channel"),
            Choice(name="このスレッド", value="thread")]
 _KEYS = [Choice(name=key, value=key) for key in KEYS]
 _ERRORS = (discord.HTTPException, discord.InteractionResponded)

@@ -17,11 +17,11 @@ from typing import Any, Protocol
 import aiohttp
 import discord
 
+from bot.conversation import NO_CONTROLS, Controls, ConversationKey
 from bot.core.answer_controls import ModeratorCheck
 from bot.core.controls import ControlResult, control_message
-from bot.conversation import NO_CONTROLS, ConversationKey, Controls
-from bot.errors import RinnaError
 from bot.core.front_door import FrontDoor
+from bot.errors import RinnaError
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 import discord
 
 from adapters.discord_files import discord_attachments
-from bot.core.access import AccessRequest
 from bot.conversation import ConversationKey
+from bot.core.access import AccessRequest
 from bot.core.front_events import EarlierMessage, Writer
 from bot.core.notices import short_title
 

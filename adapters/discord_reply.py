@@ -15,8 +15,8 @@ import discord
 from adapters.discord_controls import controls_view, message_ref
 from adapters.discord_files import superseded_content
 from bot.conversation import RETIRED
-from bot.errors import RinnaError
 from bot.core.reply import MessageReply
+from bot.errors import RinnaError
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,18 @@ from discord.ext import commands
 
 from adapters.discord_cogs import CogHost, told_switched_off
 from adapters.discord_parse import PLATFORM, conversation_key, earlier_message
-from adapters.discord_reply import (DELIVERY_ERRORS, ChannelDestination, Destination,
-                                    DiscordReply, InteractionDestination, describe,
-                                    tell_failure)
+from adapters.discord_reply import (
+    DELIVERY_ERRORS,
+    ChannelDestination,
+    Destination,
+    DiscordReply,
+    InteractionDestination,
+    describe,
+    tell_failure,
+)
 from bot.conversation import ConversationKey
-from bot.errors import RinnaError
 from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
+from bot.errors import RinnaError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +92,8 @@ class SummaryCog(commands.Cog):
         finally:
             sink.stop_typing()
 
-    @app_commands.command(name="summary", description="このスレッド（チャンネルでは最近のメッセージ）を要約します")
+    @app_commands.command(name="summary",
+                          description="このスレッド（チャンネルでは最近のメッセージ）を要約します")
     async def summary(self, interaction: discord.Interaction) -> None:
         if await self.bot.refuse(interaction) or await self._may_not_read(interaction):
             return

@@ -32,12 +32,24 @@ from adapters.slack_blocks import FeedbackSupport
 from adapters.slack_config import config_in_thread, register_home, slack_member
 from adapters.slack_controls import register_controls
 from adapters.slack_edits import register_edits
+from adapters.slack_events import (
+    DENIED,
+    DUPLICATE,
+    FAILED,
+    HELP,
+    IGNORED,
+    MAX_TEXT_CHARS,
+    USER_SUBTYPES,
+    BotIdentity,
+    EphemeralAck,
+    SlackMessage,
+    acknowledge_when_recorded,
+    bot_identity,
+    command_access,
+    command_key,
+    parse_message,
+)
 from adapters.slack_files import slack_attachments
-from adapters.slack_events import (DENIED, DUPLICATE, FAILED, HELP, IGNORED,
-                                   MAX_TEXT_CHARS, USER_SUBTYPES, BotIdentity, EphemeralAck,
-                                   SlackMessage,
-                                   acknowledge_when_recorded, bot_identity, command_access,
-                                   command_key, parse_message)
 from adapters.slack_reply import COMMAND, SlackCommandReply, SlackReply, respond_ephemeral
 from adapters.slack_stream import StreamSupport
 from adapters.slack_summary import channel_reader, register_summary_shortcut, thread_reader
@@ -49,15 +61,22 @@ from adapters.slack_text import (
     unescape,
     user_ids,
 )
+from bot.conversation import ConversationKey
 from bot.core.access import DENIED_MESSAGE, AccessRequest
 from bot.core.attachments import Fetcher
 from bot.core.chat import Outcome
-from bot.conversation import ConversationKey
-from bot.errors import RinnaError
 from bot.core.front_door import FrontDoor
-from bot.core.front_events import (Ack, Command, EarlierMessage, EarlierReader, Event, Writer,
-                              command_word)
+from bot.core.front_events import (
+    Ack,
+    Command,
+    EarlierMessage,
+    EarlierReader,
+    Event,
+    Writer,
+    command_word,
+)
 from bot.core.notices import RESET_DONE, SWITCHED_OFF, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
+from bot.errors import RinnaError
 from bot.ports.records import Delivery
 
 log = logging.getLogger(__name__)

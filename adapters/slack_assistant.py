@@ -38,11 +38,19 @@ from slack_bolt.request.payload_utils import is_other_message_sub_event_in_assis
 from slack_bolt.response import BoltResponse
 
 from adapters.slack_api import PLATFORM
-from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
-                                   acknowledge_when_recorded, bot_identity, parse_message,
-                                   tell_presser)
-from bot.core.access import AccessRequest
+from adapters.slack_events import (
+    DENIED,
+    FAILED,
+    IGNORED,
+    SlackMessage,
+    SlackServices,
+    acknowledge_when_recorded,
+    bot_identity,
+    parse_message,
+    tell_presser,
+)
 from bot.conversation import ConversationKey
+from bot.core.access import AccessRequest
 from bot.core.front_events import Event
 from bot.core.notices import SWITCHED_OFF, short_title
 

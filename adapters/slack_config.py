@@ -19,8 +19,8 @@ from adapters.slack_text import escape
 from bot.conversation import ConversationKey
 from bot.core.front_door import FrontDoor
 from bot.core.front_events import Ack, Command, Event
-from bot.ports.community import Level
 from bot.core.privilege import Member
+from bot.ports.community import Level
 
 log = logging.getLogger(__name__)
 

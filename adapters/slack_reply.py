@@ -12,8 +12,14 @@ from slack_bolt.async_app import AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_api import (DELIVERY_ERRORS, HISTORY_PAGE, PLATFORM, SlackApi, describe,
-                                message_ref)
+from adapters.slack_api import (
+    DELIVERY_ERRORS,
+    HISTORY_PAGE,
+    PLATFORM,
+    SlackApi,
+    describe,
+    message_ref,
+)
 from adapters.slack_blocks import (
     FeedbackSupport,
     any_control,
@@ -26,8 +32,8 @@ from adapters.slack_blocks import (
 from adapters.slack_stream import NativeStream, StreamSupport
 from adapters.slack_text import escape
 from bot.conversation import RETIRED, ConversationKey
-from bot.errors import RinnaError
 from bot.core.reply import MessageReply
+from bot.errors import RinnaError
 
 log = logging.getLogger(__name__)
 

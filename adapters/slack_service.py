@@ -29,9 +29,9 @@ from adapters import slack_shapes
 from adapters.slack_api import PLATFORM, SlackApi, SlackConnectError, UserNames, describe
 from adapters.slack_app import SlackHandlers, register
 from adapters.slack_files import slack_fetcher
-from bot.core.front_door import FrontDoor
 from bot.config import Settings
 from bot.conversation import ReplySink
+from bot.core.front_door import FrontDoor
 from bot.errors import ConfigError
 from bot.ports.records import Delivery
 

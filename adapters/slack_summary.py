@@ -6,8 +6,8 @@ is no thread. The answer goes in the thread, exactly once, like any answer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from slack_bolt.async_app import AsyncRespond
@@ -15,12 +15,19 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 
 from adapters.slack_api import HISTORY_PAGE, PLATFORM
-from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
-                                   bot_identity, tell_presser)
+from adapters.slack_events import (
+    DENIED,
+    FAILED,
+    IGNORED,
+    SlackMessage,
+    SlackServices,
+    bot_identity,
+    tell_presser,
+)
 from adapters.slack_reply import QUESTION_PART, REPLY_EVENT
 from adapters.slack_text import ts_order
-from bot.core.access import AccessRequest
 from bot.conversation import ConversationKey
+from bot.core.access import AccessRequest
 from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
 from bot.core.notices import SWITCHED_OFF
 

@@ -15,8 +15,14 @@ from aiohttp import web
 
 from adapters.file_download import FileHosts, HostFetcher
 from benchmarks.common import machine, median, percentile, tiny_settings
-from bot.core.attachments import (Attachment, AttachmentLimits, AttachmentReader, fit, prompt_room,
-                             readable)
+from bot.core.attachments import (
+    Attachment,
+    AttachmentLimits,
+    AttachmentReader,
+    fit,
+    prompt_room,
+    readable,
+)
 from bot.core.attachments import _File as File
 from bot.engine.tokenizer import Tokenizer
 

@@ -27,9 +27,9 @@ from bot.config import load_settings  # noqa: E402
 from bot.engine.generation import GenerationParams  # noqa: E402
 from bot.engine.generator import load_generator  # noqa: E402
 from bot.engine.remote import RemoteGenerator  # noqa: E402
+from bot.engine.tiny_model import build_tiny_model  # noqa: E402
 from bot.engine.tokenizer import Tokenizer  # noqa: E402
 from tests.llamacpp.server import LlamaServer, export_with_command  # noqa: E402
-from bot.engine.tiny_model import build_tiny_model  # noqa: E402
 
 NEW_TOKENS = 128
 STREAMS = (1, 8)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from benchmarks.common import machine, prompt, tiny_settings
 from bot.config import Settings
-from bot.errors import UserBusyError
 from bot.engine.generation import GenerationParams
 from bot.engine.generator import LocalGenerator
+from bot.errors import UserBusyError
 
 FLOOD = 100
 

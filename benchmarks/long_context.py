@@ -224,7 +224,8 @@ def card(model, tokenizer, count: int) -> dict:  # noqa: ANN001
     for i in range(count):
         prompt = torch.tensor([ids(i, LONG + i)])
         with torch.no_grad():
-            out = model.generate(prompt, do_sample=True, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW,
+            out = model.generate(prompt, do_sample=True, max_new_tokens=MAX_NEW,
+                                 min_new_tokens=MAX_NEW,
                                  temperature=0.7, repetition_penalty=1.1,
                                  pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id)
         tokens += out.shape[1] - prompt.shape[1]
@@ -279,7 +280,8 @@ def report(results: dict) -> str:
             lines.append(row)
     if "short32" in results:
         r = results["short32"]
-        lines.append(f"32 chats, ~{SHORT}-token prompts: before {r['old']['tokens_per_s']:.1f} tok/s,"
+        lines.append(f"32 chats, ~{SHORT}-token prompts:"
+                     f" before {r['old']['tokens_per_s']:.1f} tok/s,"
                      f" after {r['new']['tokens_per_s']:.1f} tok/s")
     if "card" in results:
         c = results["card"]
@@ -293,8 +295,10 @@ def report(results: dict) -> str:
                          f", peak {mem(x)}")
     if "stall" in results:
         for kind, x in results["stall"].items():
-            lines.append(f"8 streams, a long prompt arrives, {'before' if kind == 'old' else 'after'}:"
-                         f" stall {x['stall_s']:.2f} s, token gap {x['gap_before_median_s'] * 1000:.0f}"
+            when = "before" if kind == "old" else "after"
+            lines.append(f"8 streams, a long prompt arrives, {when}:"
+                         f" stall {x['stall_s']:.2f} s,"
+                         f" token gap {x['gap_before_median_s'] * 1000:.0f}"
                          f" ms before / {x['gap_after_median_s'] * 1000:.0f} ms after (median), "
                          f"long's first token {x['long_first_token_s']:.1f} s, peak {mem(x)}")
     return "\n".join(lines)

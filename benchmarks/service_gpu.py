@@ -65,7 +65,8 @@ def main() -> None:
                   {"DEVICE": "auto", "QUANTIZATION": "8bit"},
                   {"DEVICE": f"cuda:{gpus}", "QUANTIZATION": "4bit"}):
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "bot.service.cli", "doctor"], env={**env, **extra},
+        done = subprocess.run([sys.executable, "-m", "bot.service.cli", "doctor"],
+                              env={**env, **extra},
                               capture_output=True, text=True, timeout=300, check=False)
         print(f"$ {extra} rinna-bot doctor -> {done.returncode} in "
               f"{time.monotonic() - started:.1f} s\n{done.stdout}{done.stderr[-600:]}")

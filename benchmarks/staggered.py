@@ -110,7 +110,8 @@ def main() -> None:
     print(f"Staggered arrivals, tiny model, CPU: {CHATS} chats, Poisson rate {rate:.1f}/s "
           f"(seed {SEED}), max_new_tokens={MAX_NEW}; one chat alone takes {alone * 1000:.0f} ms.")
     print(f"Machine: {machine()}")
-    print("| policy | mean in flight | TTFT median | TTFT p95 | last token median | last token p95 |")
+    print("| policy | mean in flight | TTFT median | TTFT p95 | last token median"
+          " | last token p95 |")
     print("|---|---|---|---|---|---|")
     for name, config in policies.items():
         timings, flight = asyncio.run(run(make_generator(settings, **config), gaps))

@@ -30,10 +30,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import machine, median, percentile  # noqa: E402
 from bot.conversation import Speaker, Turn  # noqa: E402
-from bot.engine.generation import GenerationParams  # noqa: E402
-from bot.engine.generator import LocalGenerator, load_generator  # noqa: E402
 from bot.core.prompt import build_prompt  # noqa: E402
 from bot.core.summary import Summariser  # noqa: E402
+from bot.engine.generation import GenerationParams  # noqa: E402
+from bot.engine.generator import LocalGenerator, load_generator  # noqa: E402
 from bot.engine.tokenizer import Tokenizer  # noqa: E402
 
 QUESTION_TOKENS = 1500  # a thread's window, as an answer's prompt holds it

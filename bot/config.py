@@ -9,14 +9,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (Field, PrivateAttr, SecretStr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot import models, precision
 from bot.core.access import parse_ids
-from bot.ports.community import KEYS as COMMUNITY_KEYS
 from bot.errors import ConfigError
+from bot.ports.community import KEYS as COMMUNITY_KEYS
 
 Ids = Annotated[frozenset[str], NoDecode]  # comma-separated in the environment
 
@@ -113,7 +119,8 @@ class Settings(BaseSettings):
     log_file: str | None = None
 
     # Service: Prometheus metrics and the health check (unset port = off)
-    metrics_port: int | None = Field(None, ge=1, le=65535)  # 0 would pick a random port no health check finds
+    # 0 would pick a random port that no health check finds
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
 
     _model_reason: tuple[str, str] = PrivateAttr(("", ""))  # (model_id, why it was chosen)

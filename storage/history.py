@@ -33,8 +33,8 @@ from storage.community import CommunityRecords
 from storage.deliveries import DELIVERY_SELECT, UNFINISHED_STATES, DeliveryRecords, delivery_of
 from storage.files import prepare_database_file
 from storage.private import PrivateRecords
-from storage.summaries import SummaryRecords
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
+from storage.summaries import SummaryRecords
 
 log = logging.getLogger(__name__)
 

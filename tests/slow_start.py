@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bot.service.cli import main
 from bot.config import Settings
+from bot.service.cli import main
 from bot.service.startup import StartParts
 
 

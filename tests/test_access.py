@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.core.access import AccessPolicy, AccessRequest, Denial, check
 from bot.config import Settings, load_settings
+from bot.core.access import AccessPolicy, AccessRequest, Denial, check
 
 
 def ask(user: str = "U1", *, workspace: str = "W1", channel: str = "C1",

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from pydantic import SecretStr
 
 from bot.config import Settings, load_settings

@@ -31,7 +31,14 @@ import pytest
 from bot.core.chat import INTERRUPTED_NOTICE, STALE_NOTICE
 from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL, WAITING
 from tests.slack_fakes import (
-    BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_callback, eventually, mention, sign)
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    event_callback,
+    eventually,
+    mention,
+    sign,
+)
 from tests.test_run import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

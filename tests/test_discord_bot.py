@@ -13,23 +13,22 @@ from adapters.discord_bot import (
     RESET_WHERE,
     ChatCog,
     RinnaDiscordBot,
-    build_discord_bot,
     conversation_key,
     thread_name,
 )
-from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
+from bot.core.chat import ChatService
 from bot.core.reply import PLACEHOLDER
-from bot.core.front_door import FrontDoor
 from storage.history import HistoryStore
+from tests.discord_fakes import discord_bot
 
 pytestmark = pytest.mark.simcord(settle_timeout=60)
 
 
 @pytest.fixture
 def simcord_bot(chat: ChatService, settings: Settings) -> RinnaDiscordBot:
-    return build_discord_bot(FrontDoor.from_settings(chat, settings), settings)
+    return discord_bot(chat, settings)
 
 
 async def stored(store: HistoryStore, key: ConversationKey) -> list[tuple[Speaker, str]]:
@@ -63,7 +62,7 @@ def assert_answer(messages: list[discord.Message]) -> None:
 
 async def test_factory_builds_the_bot_without_connecting(chat: ChatService,
                                                          settings: Settings) -> None:
-    bot = build_discord_bot(FrontDoor.from_settings(chat, settings), settings)
+    bot = discord_bot(chat, settings)
     assert isinstance(bot, RinnaDiscordBot)
     assert bot.chat is chat and bot.settings is settings
     assert bot.intents.message_content and bot.intents.guild_messages and bot.intents.dm_messages

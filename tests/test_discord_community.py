@@ -9,17 +9,16 @@ import discord
 import pytest
 import simcord
 
-from adapters.discord_bot import RinnaDiscordBot, build_discord_bot
+from adapters.discord_bot import RinnaDiscordBot
+from bot.config import Settings
 from bot.core.chat import ChatConfig, ChatService
 from bot.core.community import Community, HostPolicy
-from bot.config import Settings
 from bot.core.personas import READY
-from bot.ports.community import Scope
 from bot.core.prompt import boundary_labels
 from bot.engine.tokenizer import Tokenizer
-from bot.core.front_door import FrontDoor
+from bot.ports.community import Scope
 from storage.history import HistoryStore
-from tests.discord_fakes import ScriptedGenerator
+from tests.discord_fakes import ScriptedGenerator, discord_bot
 from tests.test_discord_bot import bot_messages
 
 pytestmark = pytest.mark.simcord(settle_timeout=60)
@@ -33,7 +32,7 @@ def simcord_bot(store: HistoryStore, script: ScriptedGenerator, tokenizer: Token
     chat = ChatService(store, script, tokenizer,
                        ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0),
                        community=community)
-    return build_discord_bot(FrontDoor.from_settings(chat, settings), settings)
+    return discord_bot(chat, settings)
 
 
 def persona_head(name: str) -> str:

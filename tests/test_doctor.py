@@ -138,8 +138,8 @@ def test_device_accepts_a_gpu_index(settings: object) -> None:
     import torch
 
     from bot.config import load_settings
-    from bot.errors import ConfigError
     from bot.engine.model_loader import resolve_device
+    from bot.errors import ConfigError
 
     assert load_settings(device="cuda:1").device == "cuda:1"
     if torch.cuda.device_count() >= 2:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from bot.conversation import Speaker
 from bot.core.chat import ChatConfig, ChatService
 from bot.core.controls import STOPPED_MARK
-from bot.conversation import Speaker
 from bot.core.edited import SUPERSEDED_NOTICE, EditOutcome, edit_key, with_files
-from bot.ports.records import Delivery
 from bot.engine.tokenizer import Tokenizer
+from bot.ports.records import Delivery
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.test_controls import KEY, ButtonSink, HeldGenerator, ask, history

@@ -230,7 +230,7 @@ def test_the_varlen_plan_serves_every_row_as_the_per_row_path(model, tokenizer: 
     def varlen(query, keys, values, v, scale):  # type: ignore[no-untyped-def]
         out = torch.empty_like(query)
         cu_q, starts, used = v.cu_q.tolist(), v.starts_k.tolist(), v.used_k.tolist()
-        assert max(b - a for a, b in zip(cu_q, cu_q[1:])) == v.max_q and max(used) == v.max_k
+        assert max(b - a for a, b in zip(cu_q, cu_q[1:], strict=False)) == v.max_q and max(used) == v.max_k
         for b, u in enumerate(used):
             q0, q1, s = cu_q[b], cu_q[b + 1], starts[b]
             mask = torch.arange(u) <= torch.arange(u - (q1 - q0), u).unsqueeze(1)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from bot.core.chat import ChatConfig, ChatService, Outcome
 from bot.conversation import ConversationKey, IncomingMessage, Speaker
+from bot.core.chat import ChatConfig, ChatService, Outcome
 from bot.engine.generation import GenerationParams
 from bot.engine.generator import LocalGenerator, WaitCallback
 from bot.engine.tokenizer import Tokenizer

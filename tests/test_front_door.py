@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from bot.core.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
-from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
+from bot.core.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
+from bot.core.chat import ChatService
 from bot.core.front_door import FrontDoor, Result, earlier_turns
 from bot.core.front_events import Command, EarlierMessage, Event, Writer, command_word
 from bot.core.notices import RESET_DONE

@@ -16,10 +16,10 @@ import pytest
 import sentencepiece as spm
 import torch
 
+from bot.conversation import Speaker, Turn
+from bot.core.prompt import build_prompt
 from bot.errors import ModelLoadError
 from bot.service.gguf_export import export_gguf, normalizer_spec, qkv_reorder
-from bot.core.prompt import build_prompt
-from bot.conversation import Speaker, Turn
 from tests.gguf_reference import GgufModel
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from bot.conversation import Speaker, Turn
-from bot.engine.generation import GenerationParams
 from bot.core.prompt import build_prompt
+from bot.engine.generation import GenerationParams
 from bot.engine.remote import RemoteGenerator
 from bot.engine.tokenizer import Tokenizer
 from tests.llamacpp.server import LlamaServer, export_with_command

@@ -12,13 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from adapters.slack_service import build_slack_service
-from bot.core.chat import ChatService
 from bot.config import Settings
-from bot.errors import GeneratorClosed
-from bot.engine.generator import LocalGenerator
-from bot.service.metrics import MeteredGenerator, Metrics, MetricsServer
-from bot.engine.sampling import GenerationParams
+from bot.core.chat import ChatService
 from bot.core.front_door import FrontDoor
+from bot.engine.generator import LocalGenerator
+from bot.engine.sampling import GenerationParams
+from bot.errors import GeneratorClosed
+from bot.service.metrics import MeteredGenerator, Metrics, MetricsServer
+from tests.discord_fakes import discord_bot
 from tests.slack_fakes import APP_TOKEN, BOT_TOKEN, FakeSlack, eventually
 
 
@@ -127,7 +128,6 @@ async def test_health_follows_the_discord_gateway(
     import yarl
     from discord.gateway import DiscordWebSocket
 
-    from adapters.discord_bot import build_discord_bot
     from tests.discord_fakes import FakeDiscord
 
     fake = FakeDiscord()
@@ -136,7 +136,7 @@ async def test_health_follows_the_discord_gateway(
     monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
     metrics = Metrics()
     metrics.model_loaded = True
-    bot = build_discord_bot(FrontDoor.from_settings(chat, settings), settings, guild_ready_timeout=0.05)
+    bot = discord_bot(chat, settings, guild_ready_timeout=0.05)
     metrics.watch_platform("discord", lambda: bot.connected)
     assert metrics.health() == "not connected: discord"  # not started yet
     running = asyncio.create_task(bot.start("fake-token"))
@@ -165,8 +165,8 @@ async def test_a_taken_port_is_one_clear_error() -> None:
 async def test_votes_are_counted_by_platform_and_value(store, tokenizer) -> None:
     """The chat service's feedback hook feeds rinna_feedback_total; a repeated vote is not
     counted again, a changed one counts under its new value."""
-    from bot.core.chat import ChatConfig
     from bot.conversation import ConversationKey, IncomingMessage
+    from bot.core.chat import ChatConfig
     from tests.fakes import ScriptedGenerator
     from tests.test_controls import ButtonSink
 

@@ -12,8 +12,8 @@ import torch
 from huggingface_hub import constants
 
 from bot.config import Settings
-from bot.errors import ModelLoadError
 from bot.engine.model_loader import load_model, resolve_model_dir
+from bot.errors import ModelLoadError
 
 REPO = "example/tiny-neox"
 MAIN = "a" * 40

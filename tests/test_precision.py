@@ -10,8 +10,14 @@ import pytest
 from bot import models
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
-from bot.precision import (CPU_AUTO, Precision, choose, fp16_weight_bytes, normalise,
-                           read_checkpoint_quant)
+from bot.precision import (
+    CPU_AUTO,
+    Precision,
+    choose,
+    fp16_weight_bytes,
+    normalise,
+    read_checkpoint_quant,
+)
 
 GIB = 1024**3
 REAL = {"vocab_size": 32000, "hidden_size": 2816, "num_hidden_layers": 36,

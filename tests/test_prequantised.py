@@ -85,9 +85,9 @@ def test_status_and_metrics_say_nf4(cached: Path, tmp_path: Path,
 
     from huggingface_hub import constants
 
+    from bot.core.status import render_status
     from bot.service.assembly import open_core
     from bot.service.metrics import Metrics
-    from bot.core.status import render_status
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cached))
     monkeypatch.setenv("HF_HUB_CACHE", str(cached))
@@ -118,7 +118,7 @@ def test_doctor_reads_the_checkpoint_and_runs_the_bitsandbytes_check(
     assert len(bnb) == 1 and bnb[0].startswith("✓ bitsandbytes ")
     assert bnb[0].endswith(": 4-bit NF4 works on cpu")
     fine = rinna_bot("doctor", tmp_path, DATABASE_PATH=str(tmp_path / "d.sqlite3"))
-    assert (f"✓ precision: 4-bit NF4 on cpu (the checkpoint is saved 4-bit NF4; QUANTIZATION="
+    assert ("✓ precision: 4-bit NF4 on cpu (the checkpoint is saved 4-bit NF4; QUANTIZATION="
             "auto)") in fine.stdout.splitlines(), fine.stdout
     assert any(line.startswith(f"✓ model: {REPO} (default: MODEL=ppo-4bit, already "
                                "downloaded; MODEL=ppo to move); aliases: MODEL=ppo (~7.4 GB")

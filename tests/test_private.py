@@ -146,7 +146,7 @@ async def test_forget_deletes_a_users_messages_from_the_files_while_the_bot_runs
         data = raw_bytes(db)
         assert SECRET.encode() not in data
         assert "DM の秘密".encode() not in data
-        assert "4111".encode() not in data
+        assert b"4111" not in data
         assert KEEP.encode() in data  # the other person's message is still on disk
         # the bot goes on using its connection: Bob's turn and the answer are still there
         conversation = await bot_store.find(KEY)
@@ -249,8 +249,8 @@ async def test_turns_older_than_the_cutoff_are_deleted(tmp_path: Path, days_old:
 # ----- through the chat service: author stored, a deleted or edited message in the next prompt -
 async def test_the_chat_service_stores_the_author_and_platform_changes_reach_the_prompt(
         store: HistoryStore, tokenizer) -> None:  # noqa: ANN001
-    from bot.core.chat import ChatConfig, ChatService
     from bot.conversation import IncomingMessage
+    from bot.core.chat import ChatConfig, ChatService
     from bot.core.edits import PrivateData
     from tests.fakes import RecordingSink, ScriptedGenerator
 
@@ -356,7 +356,6 @@ def test_the_run_command_applies_retention_days_at_start(tiny_model_dir: Path,
 def test_every_reset_reply_says_the_old_messages_stay_stored() -> None:
     from adapters.discord_bot import RESET_DONE as DISCORD_RESET
     from adapters.slack_app import RESET_DONE as SLACK_RESET
-
     from bot.core.front_door import FrontDoor
 
     # The console resets through the front door, whose confirmation is the platforms' one.

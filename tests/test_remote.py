@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from bot.core.chat import ChatConfig, ChatService
 from bot.config import Settings, load_settings
 from bot.conversation import ConversationKey, IncomingMessage
-from bot.errors import (
-    ConfigError, GenerationTimeout, GeneratorError, QueueFullError, UserBusyError)
+from bot.core.chat import ChatConfig, ChatService
 from bot.engine.generator import load_generator
 from bot.engine.remote import RemoteGenerator
 from bot.engine.sampling import GenerationParams
 from bot.engine.tokenizer import Tokenizer
+from bot.errors import ConfigError, GenerationTimeout, GeneratorError, QueueFullError, UserBusyError
 from storage.history import HistoryStore
 from tests.fake_openai import FakeOpenAI
 from tests.fakes import RecordingSink

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import GeneratorError
 from bot.engine.remote import RemoteGenerator
 from bot.engine.sampling import GenerationParams
 from bot.engine.tokenizer import Tokenizer
+from bot.errors import GeneratorError
 from tests.fake_llamacpp import FakeLlamaServer
 from tests.fake_openai import FakeOpenAI
 

@@ -15,7 +15,14 @@ import aiohttp
 
 from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
 from tests.slack_fakes import (
-    BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_callback, eventually, mention, sign)
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    event_callback,
+    eventually,
+    mention,
+    sign,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,14 @@ import pytest
 
 from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL, WAITING
 from tests.slack_fakes import (
-    BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_callback, eventually, mention, sign)
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    event_callback,
+    eventually,
+    mention,
+    sign,
+)
 from tests.test_run import ROOT, free_port
 
 BUSY = "前の質問に答えています。終わるまでお待ちください。"

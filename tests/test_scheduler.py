@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import QueueFullError, UserBusyError
 from bot.engine.scheduler import Scheduler
+from bot.errors import QueueFullError, UserBusyError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
 from tests.slack_fakes import (
-    BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_callback, eventually, mention, sign)
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    event_callback,
+    eventually,
+    mention,
+    sign,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

@@ -19,9 +19,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack_api import SlackApi, UserNames
 from adapters.slack_app import SlackHandlers, register
 from adapters.slack_service import EVENTS_PATH
-from bot.core.front_door import FrontDoor
-from bot.core.chat import ChatService
 from bot.config import Settings
+from bot.core.chat import ChatService
+from bot.core.front_door import FrontDoor
 from tests.slack_fakes import BOT_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent

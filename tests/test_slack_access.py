@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from bot.core.access import DENIED_MESSAGE
 from bot.config import Settings
 from bot.conversation import ConversationKey
+from bot.core.access import DENIED_MESSAGE
 from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.slack_fakes import TEAM, FakeSlack, event_callback, mention, message, sign

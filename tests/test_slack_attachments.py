@@ -9,15 +9,24 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.core.attachments import HEADING, NOTE_NOT_TEXT, NOTE_TOO_LARGE, NOTE_UNAVAILABLE
 from bot.config import Settings
 from bot.conversation import Speaker, Turn
+from bot.core.attachments import HEADING, NOTE_NOT_TEXT, NOTE_TOO_LARGE, NOTE_UNAVAILABLE
 from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.file_fakes import FakeFile, ForeignHost
 from tests.slack_fakes import BOT_TOKEN, FakeSlack, eventually, mention, message
-from tests.test_slack_app import (C1, T0, T1, Slack, fake, key, running,  # noqa: F401
-                                  scripted_chat, slack_settings)
+from tests.test_slack_app import (  # noqa: F401
+    C1,
+    T0,
+    T1,
+    Slack,
+    fake,
+    key,
+    running,
+    scripted_chat,
+    slack_settings,
+)
 
 MB = 1_000_000
 SJIS = "設定ファイルの説明です。\n値は全角でも読めます。"
@@ -145,7 +154,7 @@ async def test_an_edited_question_is_answered_again_once_and_the_old_answer_mark
     from bot.core.edited import SUPERSEDED_NOTICE
 
     chat, generator = scripted_chat(store, tokenizer, slack_settings, ["古い答え", "新しい答え"])
-    edit = changed(T0, f"<@UBOT> 大阪の人口は?", "1710000100.000100")
+    edit = changed(T0, "<@UBOT> 大阪の人口は?", "1710000100.000100")
     async with running(chat, slack_settings, fake) as slack:
         await slack.event(mention(C1, T0, "東京の人口は?"))
         await slack.settled(1)

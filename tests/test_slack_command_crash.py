@@ -16,9 +16,9 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from adapters.slack_api import SlackApi, UserNames
 from adapters.slack_app import BotIdentity, SlackHandlers
 from adapters.slack_reply import POST_FAILED
-from bot.core.front_door import FrontDoor
-from bot.core.chat import ChatConfig, ChatService
 from bot.conversation import ConversationKey, Speaker
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.front_door import FrontDoor
 from bot.core.reply import PLACEHOLDER
 from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore

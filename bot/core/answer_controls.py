@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from bot.core.controls import ControlResult, Feedback
 from bot.conversation import ReplySink
+from bot.core.controls import ControlResult, Feedback
+from bot.core.running import RunningAnswers
 from bot.ports.locks import ConversationLocks
 from bot.ports.records import Delivery
 from bot.ports.store import ChatStore
-from bot.core.running import RunningAnswers
 
 log = logging.getLogger(__name__)
 

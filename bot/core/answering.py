@@ -16,17 +16,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bot.conversation import ReplySink
 from bot.core.context import PromptContext, PromptContexts
 from bot.core.controls import STOPPED_MARK
-from bot.conversation import ReplySink
-from bot.engine.generator import Generator
 from bot.core.notices import EMPTY_ANSWER, SHORTENED_NOTICE, window_notice
-from bot.ports.records import Delivery, ImportedTurn
-from bot.ports.store import SummaryStore
 from bot.core.prompt import clean_text
 from bot.core.running import Marker, RunningAnswers
 from bot.core.scoped import ScopedSettings
 from bot.core.summary_request import SummaryRequests
+from bot.engine.generator import Generator
+from bot.ports.records import Delivery, ImportedTurn
+from bot.ports.store import SummaryStore
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from pathlib import PurePosixPath
 from typing import Protocol
 
 from bot.conversation import Speaker, Turn
-from bot.errors import AttachmentError, AttachmentTooLarge
 from bot.core.prompt import MAX_PIECE_CHARS, REPLY_CUE, clean_text, turn_cost
 from bot.engine.tokenizer import Tokenizer
+from bot.errors import AttachmentError, AttachmentTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ NOTE_TOO_MANY = "添付ファイルは {count} 件までしか読めません。
 NOTE_CUT = "「{name}」は長すぎるため、先頭の一部だけを読みました。"
 NOTE_OFF = "添付ファイルは読まない設定のため、「{names}」は読んでいません。"
 NOTE_INTERRUPTED = "再起動で読み込みが中断されたため、「{names}」は読んでいません。"
-NOTE_NO_ROOM = "「{name}」は入りきらなかったため読んでいません（ほかの添付ファイルで上限に達しました）。"
+NOTE_NO_ROOM = ("「{name}」は入りきらなかったため読んでいません"
+                "（ほかの添付ファイルで上限に達しました）。")
 
 # Types and extensions that are text (read) or plainly not (refused without downloading).
 # Anything else is downloaded and judged by its bytes.

@@ -21,33 +21,39 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
+from bot.conversation import NO_CONTROLS, ConversationKey, IncomingMessage, ReplySink
 from bot.core.answer_controls import AnswerControls, ModeratorCheck
 from bot.core.answering import Answerer
 from bot.core.attachments import NOTE_INTERRUPTED, AttachmentReader, prompt_room, shown_name
 from bot.core.community import Community
 from bot.core.context import PromptContexts
 from bot.core.controls import ControlResult, Feedback
-from bot.conversation import NO_CONTROLS, ConversationKey, IncomingMessage, ReplySink
 from bot.core.delivery import ChatConfig, CrashHook, DeliveryFlow, EarlierLoader, Outcome
 from bot.core.edited import EditedQuestions
 from bot.core.edits import PrivateData
-from bot.errors import RinnaError
-from bot.engine.generation import GenerationParams
-from bot.engine.generator import Generator
 from bot.core.history_window import HistoryWindow
+from bot.core.notices import (
+    EMPTY_ANSWER,
+    INTERRUPTED_NOTICE,
+    SHORTENED_NOTICE,
+    STALE_NOTICE,
+    UNEXPECTED_ERROR,
+    USAGE_MESSAGE,
+)
 from bot.core.prompt import clean_text
+from bot.core.running import RunningAnswers
 from bot.core.scoped import ScopedSettings
+from bot.core.seen import RecentKeys
+from bot.core.sink_calls import offer, retire
 from bot.core.summary import RollingSummaries, Summariser
 from bot.core.summary_request import SummaryRequests
-from bot.core.notices import (EMPTY_ANSWER, INTERRUPTED_NOTICE, SHORTENED_NOTICE, STALE_NOTICE,
-                         UNEXPECTED_ERROR, USAGE_MESSAGE)
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import Generator
+from bot.engine.tokenizer import Tokenizer
+from bot.errors import RinnaError
 from bot.ports.locks import ConversationLocks, InProcessLocks
 from bot.ports.records import Delivery, ImportedTurn
 from bot.ports.store import ChatStore
-from bot.core.running import RunningAnswers
-from bot.core.seen import RecentKeys
-from bot.core.sink_calls import offer, retire
-from bot.engine.tokenizer import Tokenizer
 
 # what the service's callers import from here (the flow and the notices live beside it)
 __all__ = ["EMPTY_ANSWER", "INTERRUPTED_NOTICE", "SHORTENED_NOTICE", "STALE_NOTICE",

@@ -15,14 +15,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from bot.core.community_values import MIN_WINDOW, Bounds, Effective, normalised, resolve
 from bot.conversation import ConversationKey
-from bot.errors import ConfigError, NotPermitted, SettingRefused
+from bot.core.community_values import MIN_WINDOW, Bounds, Effective, normalised, resolve
 from bot.core.personas import parse_persona
-from bot.ports.community import KEYS, CommunityStore, Level, Scope, SettingChange
+from bot.core.privilege import Member, Privileges
 from bot.core.prompt import persona_forges, turn_cost
 from bot.engine.tokenizer import Tokenizer
-from bot.core.privilege import Member, Privileges
+from bot.errors import ConfigError, NotPermitted, SettingRefused
+from bot.ports.community import KEYS, CommunityStore, Level, Scope, SettingChange
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from bot.core.community import Community, describe
 from bot.conversation import ConversationKey
+from bot.core.community import Community, describe
+from bot.core.privilege import Member
 from bot.errors import NotPermitted, SettingRefused
 from bot.ports.community import KEYS, Level, Scope, SettingChange
-from bot.core.privilege import Member
 
 log = logging.getLogger(__name__)
 

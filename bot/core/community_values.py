@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bot.errors import SettingRefused
-from bot.engine.generation import GenerationParams
 from bot.core.personas import READY, Persona, parse_persona
+from bot.engine.generation import GenerationParams
+from bot.errors import SettingRefused
 from bot.ports.community import KEYS, Level, Scope
+
 # What admins may type for a key, in a few words (the refusal shows it).
 _TRUE = {"on", "true", "yes", "1", "オン", "はい"}
 _FALSE = {"off", "false", "no", "0", "オフ", "いいえ"}

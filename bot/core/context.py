@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from bot.conversation import Turn
 from bot.core.history_window import HistoryWindow
-from bot.ports.store import SummaryStore
 from bot.core.prompt import FittedPrompt, fit_prompt
 from bot.core.summary import RollingSummaries, exchange
+from bot.ports.store import SummaryStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,21 +24,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot.conversation import ANSWERED, NO_CONTROLS, STREAMING, Controls, ReplySink
 from bot.core.answering import Answerer, Written, with_notes
 from bot.core.attachments import AttachmentLimits
-from bot.conversation import ANSWERED, NO_CONTROLS, STREAMING, Controls, ReplySink
-from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
-from bot.engine.generation import GenerationParams
 from bot.core.history_window import HistoryWindow
 from bot.core.notices import INTERRUPTED_NOTICE, STALE_NOTICE, UNEXPECTED_ERROR, USAGE_MESSAGE
-from bot.ports.locks import ConversationLocks
-from bot.ports.records import Delivery, DeliveryState, ImportedTurn
-from bot.ports.sinks import LocatesConversation
-from bot.ports.store import ChatStore
 from bot.core.running import RunningAnswers
 from bot.core.scoped import ScopedSettings
 from bot.core.sink_calls import offer, placeholder_ref, resume, retire
 from bot.core.summary import RollingSummaries
+from bot.engine.generation import GenerationParams
+from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
+from bot.ports.locks import ConversationLocks
+from bot.ports.records import Delivery, DeliveryState, ImportedTurn
+from bot.ports.sinks import LocatesConversation
+from bot.ports.store import ChatStore
 
 log = logging.getLogger(__name__)
 

@@ -22,18 +22,19 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
-from bot.core.attachments import HEADING
 from bot.conversation import ReplySink
+from bot.core.attachments import HEADING
 from bot.core.edits import PrivateData
+from bot.core.running import RunningAnswers
+from bot.core.sink_calls import supersede
 from bot.ports.locks import ConversationLocks
 from bot.ports.records import Delivery
 from bot.ports.store import ChatStore
-from bot.core.running import RunningAnswers
-from bot.core.sink_calls import supersede
 
 log = logging.getLogger(__name__)
 
-SUPERSEDED_NOTICE = "（質問が編集されたため、この回答は古くなりました。新しい回答はこの下にあります）"
+SUPERSEDED_NOTICE = ("（質問が編集されたため、この回答は古くなりました。"
+                     "新しい回答はこの下にあります）")
 FILES_MARK = HEADING.split("{", 1)[0]  # how a turn's attached files begin
 
 SinkFor = Callable[[Delivery], ReplySink]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from bot.ports.store import PrivacyStore
 from bot.core.prompt import clean_text
+from bot.ports.store import PrivacyStore
 
 log = logging.getLogger(__name__)
 

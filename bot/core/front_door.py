@@ -48,20 +48,26 @@ from dataclasses import replace
 from enum import StrEnum
 
 from bot.config import Settings
+from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.core.access import AccessPolicy, AccessRequest
 from bot.core.attachments import Fetcher
 from bot.core.chat import ChatService, EarlierLoader, Outcome
-from bot.core.edited import EditOutcome, SinkFor
-from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
-from bot.core.front_events import (Command, EarlierMessage, EarlierReader, Event, Writer,
-                              command_word)
 from bot.core.community import Community, describe
 from bot.core.community_commands import CommunityAdmin, settings_text
+from bot.core.edited import EditOutcome, SinkFor
+from bot.core.front_events import (
+    Command,
+    EarlierMessage,
+    EarlierReader,
+    Event,
+    Writer,
+    command_word,
+)
 from bot.core.notices import RESET_DONE, short_title
-from bot.ports.community import Level, Scope
 from bot.core.privilege import Member
-from bot.ports.records import ImportedTurn
 from bot.core.status import StatusSource, status_text
+from bot.ports.community import Level, Scope
+from bot.ports.records import ImportedTurn
 
 log = logging.getLogger(__name__)
 

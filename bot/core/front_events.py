@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot.conversation import ConversationKey, ReplySink
 from bot.core.access import AccessRequest
 from bot.core.attachments import Attachment, Fetcher
-from bot.conversation import ConversationKey, ReplySink
 from bot.core.privilege import Member
 
 Ack = Callable[[], Awaitable[None]]

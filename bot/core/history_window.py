@@ -7,10 +7,10 @@ from collections.abc import Iterable, Sequence
 
 from bot.conversation import Speaker, Turn
 from bot.core.notices import as_history
-from bot.ports.records import ImportedTurn, StoredTurn
-from bot.ports.store import TurnStore
 from bot.core.prompt import turn_cost
 from bot.engine.tokenizer import Tokenizer
+from bot.ports.records import ImportedTurn, StoredTurn
+from bot.ports.store import TurnStore
 
 PAGE = 64  # stored turns read per query, newest first
 # A turn costs at least 2 tokens (label and separator): more messages than budget / 2 can never

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import re
 
-from bot.core.controls import STOPPED_MARK
 from bot.conversation import Speaker, Turn
-from bot.errors import RinnaError
+from bot.core.controls import STOPPED_MARK
 from bot.core.prompt import clean_text
 from bot.core.reply import PLACEHOLDER, WAITING
+from bot.errors import RinnaError
 
 USAGE_MESSAGE = "質問を書いてください。例：「日本で一番高い山は？」"
 SHORTENED_NOTICE = "（メッセージが長すぎたため、先頭の一部だけを読んで答えました）"
 EMPTY_ANSWER = "うまく答えられませんでした。質問を言い換えて、もう一度お試しください。"
 UNEXPECTED_ERROR = RinnaError.user_message
+# Kept, by design: see README, "Private data"
 RESET_DONE = ("会話をリセットしました。次のメッセージから新しい会話になります。"
-              "（これまでのメッセージは削除されず、保存されたままです）")  # by design: see README, "Private data"
+              "（これまでのメッセージは削除されず、保存されたままです）")
 INTERRUPTED_NOTICE = "再起動のため回答を中断しました。再起動後に続けて回答します。"
 STALE_NOTICE = "ボットの再起動で回答できませんでした。お手数ですが、もう一度質問してください。"
 # Once per conversation, the first time earlier messages do not fit the model's window.

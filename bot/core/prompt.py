@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.conversation import Speaker, Turn
-from bot.errors import PromptRefused
 from bot.engine.normalizer import (
     IDENTITY,
     TURN_LINE,
@@ -27,6 +26,7 @@ from bot.engine.normalizer import (
     starts_turn,
 )
 from bot.engine.tokenizer import NEWLINE_SYMBOL, Tokenizer
+from bot.errors import PromptRefused
 
 SEPARATOR = NEWLINE_SYMBOL
 REPLY_CUE = f"{Speaker.SYSTEM}: "

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.conversation import NO_CONTROLS, Controls, ConversationKey, Turn
 from bot.core.community import Community
-from bot.conversation import NO_CONTROLS, ConversationKey, Controls, Turn
 from bot.engine.generation import GenerationParams
 
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 import logging
 
 from bot.conversation import Controls, ReplySink
-from bot.ports.sinks import (NamesPlaceholder, OffersControls, Resumes, RetiresAnswers,
-                             SupersedesAnswers)
+from bot.ports.sinks import (
+    NamesPlaceholder,
+    OffersControls,
+    Resumes,
+    RetiresAnswers,
+    SupersedesAnswers,
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Protocol
 
 from bot.engine.generation import GeneratorStats
-from bot.precision import ALIASES, Precision
 from bot.ports.store import FeedbackStore
+from bot.precision import ALIASES, Precision
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,8 @@ def _window(report: StatusReport) -> list[str]:
     if not report.window_tokens:
         return []
     older = "要約して読みます" if report.summary else "読みません"
-    return [f"・会話の窓：直近 約{report.window_tokens:,}トークン（それより古いメッセージは{older}）"]
+    return [f"・会話の窓：直近 約{report.window_tokens:,}トークン"
+            f"（それより古いメッセージは{older}）"]
 
 
 def render_status(report: StatusReport) -> str:

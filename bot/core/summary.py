@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot.conversation import Speaker, Turn
-from bot.errors import PromptRefused, RinnaError
+from bot.core.history_window import HistoryWindow
+from bot.core.prompt import REPLY_CUE, boundary_labels, build_prompt, clean_text, turn_cost
 from bot.engine.generation import GenerationParams
 from bot.engine.generator import Generator
-from bot.core.history_window import HistoryWindow
+from bot.engine.tokenizer import Tokenizer
+from bot.errors import PromptRefused, RinnaError
 from bot.ports.records import StoredTurn, Summary, fingerprint
 from bot.ports.store import SummaryStore
-from bot.core.prompt import REPLY_CUE, boundary_labels, build_prompt, clean_text, turn_cost
-from bot.engine.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from bot.config import Settings

@@ -1,9 +1,9 @@
 """A summary asked for (「要約」: a message shortcut, a context menu, `/rinna 要約`, `/summary`, a
 mention saying 要約): written by the model from the thread's messages, posted as the answer.
 
-It goes through the chat service like any answer (bot/core/delivery.py): recorded before the platform
-is told, its placeholder kept, the person's fair share of the generator, exactly once across
-redeliveries and restarts (the record notes it is a summary request, so a restart finishes it
+It goes through the chat service like any answer (bot/core/delivery.py): recorded before the
+platform is told, its placeholder kept, the person's fair share of the generator, exactly once
+across redeliveries and restarts (the record notes it is a summary request, so a restart finishes it
 as one, and 「もう一度」 on it writes a summary again). What it summarises: the messages the
 platform shows (the thread, or a channel's last messages), read whole up to a cap; without them
 (a DM, the console, a restart, a regeneration) the stored history. A thread the bot had not
@@ -17,20 +17,21 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bot.conversation import Turn
-from bot.errors import RinnaError
 from bot.core.history_window import HistoryWindow
 from bot.core.notices import as_history
-from bot.ports.records import Delivery, ImportedTurn
-from bot.ports.store import TurnStore
 from bot.core.summary import Summariser, summary_params
 from bot.engine.tokenizer import Tokenizer
+from bot.errors import RinnaError
+from bot.ports.records import Delivery, ImportedTurn
+from bot.ports.store import TurnStore
 
 if TYPE_CHECKING:
     from bot.config import Settings
     from bot.engine.generator import Generator
 
 SUMMARY_HEADING = "これまでの{count}件のメッセージの要約です。"
-SUMMARY_HEADING_CAPPED = "新しい{count}件のメッセージの要約です（それより古いメッセージは読んでいません）。"
+SUMMARY_HEADING_CAPPED = ("新しい{count}件のメッセージの要約です"
+                          "（それより古いメッセージは読んでいません）。")
 NOTHING_TO_SUMMARISE = "要約するメッセージがまだありません。"
 SUMMARY_FAILED = "要約をうまく書けませんでした。しばらくしてから、もう一度お試しください。"
 

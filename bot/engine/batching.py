@@ -4,9 +4,9 @@ Every step is one forward pass over a packed, unpadded sequence: one token for e
 row, plus chunks of the prompts still being prefilled, within a per-step token budget. Running
 streams therefore never stall for a whole prefill, and prompts that arrive together are not
 padded to the longest. Each row's keys and values live in its own span of a preallocated
-arena (`bot.engine.kv_cache`), written in place; attention is computed per row over exactly that row's
-cached tokens, so no row pays for a longer one. A row that finishes, is cancelled or times out
-leaves at once and gives its span back. Each row keeps its own sampling parameters, random
+arena (`bot.engine.kv_cache`), written in place; attention is computed per row over exactly
+that row's cached tokens, so no row pays for a longer one. A row that finishes, is cancelled or
+times out leaves at once and gives its span back. Each row keeps its own sampling parameters, random
 stream, stop filter and deadline, and its prompt is cut into chunks at the same places whatever
 else runs, so a row's output is what it would be alone.
 Not thread-safe by design: one thread owns it (nano-vllm's add_request / step / has_work).
@@ -20,13 +20,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from bot.errors import GenerationTimeout, GeneratorError
 from bot.engine.kv_cache import KVArena
-from bot.engine.neox_forward import (Segment, StepPlan, Varlen, flash_attention_works,
-                               packed_forward)
+from bot.engine.neox_forward import Segment, StepPlan, Varlen, flash_attention_works, packed_forward
 from bot.engine.sampling import GenerationParams, next_tokens
 from bot.engine.stops import ReplyText
 from bot.engine.tokenizer import Tokenizer
+from bot.errors import GenerationTimeout, GeneratorError
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +278,8 @@ class BatchEngine:
             seed = request.params.seed
             generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         timeout = request.params.timeout_s or self.config.request_timeout_s
-        return _Row(request, ReplyText(self.tokenizer.decoder(), self.tokenizer.eos_id, self.tokenizer), generator,
-                    self.clock() + timeout)
+        text = ReplyText(self.tokenizer.decoder(), self.tokenizer.eos_id, self.tokenizer)
+        return _Row(request, text, generator, self.clock() + timeout)
 
     @torch.inference_mode()
     def _forward(self, ids: torch.Tensor, plan: StepPlan, cache: KVArena) -> torch.Tensor:

@@ -7,7 +7,8 @@ iterator of text deltas; cancelling or abandoning it aborts the request in the w
 
 Who runs next is the scheduler's business (`bot.engine.scheduler`: a queue per owner, round-robin,
 per-user and total bounds, positions, and the background class); the engine (`bot.engine.batching`,
-torch) runs the batch and is imported only by the worker's factory. Importing this module does not import torch.
+torch) runs the batch and is imported only by the worker's factory. Importing this module does
+not import torch.
 
 Background requests (`stream(..., background=True)`, e.g. a rolling summary) run only while no
 person's request waits. When one arrives, the worker aborts them before its next step (so a
@@ -26,10 +27,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from bot.errors import GeneratorClosed, GeneratorError, ModelLoadError, RinnaError
 from bot.engine.generation import GenerationParams, GeneratorStats
 from bot.engine.scheduler import Scheduler
 from bot.engine.tokenizer import Tokenizer
+from bot.errors import GeneratorClosed, GeneratorError, ModelLoadError, RinnaError
 
 if TYPE_CHECKING:
     from bot.config import Settings

@@ -19,12 +19,11 @@ from typing import Any
 import torch
 
 from bot.config import Settings
-from bot.service.download import check_model_dir, fetch, names_a_path
 from bot.engine.batching import BatchEngine, EngineConfig
-from bot.errors import ConfigError, ModelLoadError
-from bot.precision import (Choice, Precision, choose, fp16_weight_bytes,
-                           read_checkpoint_quant)
 from bot.engine.tokenizer import Tokenizer
+from bot.errors import ConfigError, ModelLoadError
+from bot.precision import Choice, Precision, choose, fp16_weight_bytes, read_checkpoint_quant
+from bot.service.download import check_model_dir, fetch, names_a_path
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +191,8 @@ def load_model(settings: Settings) -> tuple[torch.nn.Module, Tokenizer, ModelInf
             weights_only=True,
         )
     except (OSError, ValueError, RuntimeError, ImportError, pickle.UnpicklingError) as exc:
-        raise ModelLoadError(f"MODEL_ID={settings.model_id}: could not load the model: {exc}") from exc
+        raise ModelLoadError(
+            f"MODEL_ID={settings.model_id}: could not load the model: {exc}") from exc
     model.eval()
     if choice.prequantised:
         unify_dtype(model, dtype)

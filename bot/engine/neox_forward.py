@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from bot.engine.kv_cache import KVArena
 
+
 @dataclass(frozen=True, slots=True)
 class Segment:
     """One row's part of a packed step: `count` tokens at cache positions offset.., packed at

@@ -5,8 +5,8 @@ Chosen by ENGINE_URL. Two engines speak different wire formats (`bot.engine.remo
 (`GET /v1/models`: llama-server says `owned_by: llamacpp`) at start or before its first
 request. Either way prompts go out as token ids from our sentencepiece tokenizer, so the
 server's tokenizer never touches our text, and replies come back as token ids that go
-through the same decoder, stop filter and eos rule as the local engine (`bot.engine.stops.ReplyText`):
-the same bytes.
+through the same decoder, stop filter and eos rule as the local engine
+(`bot.engine.stops.ReplyText`): the same bytes.
 
 Closing a stream (cancel, stop at a turn start, timeout) closes its connection: vLLM aborts
 a request whose client disconnects, and llama-server frees the slot. Which URL takes a
@@ -28,16 +28,22 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from bot.errors import GeneratorClosed, GeneratorError, ModelLoadError, QueueFullError
 from bot.engine.generation import GenerationParams, GeneratorStats
 from bot.engine.remote_llamacpp import LlamaCppWire
-from bot.engine.remote_probe import Expected, probe
 from bot.engine.remote_pool import (
-    Endpoint, EndpointPool, Retry, WaitCallback, base_url, display_url)
-from bot.engine.remote_vllm import NoTokenIds, VllmWire
+    Endpoint,
+    EndpointPool,
+    Retry,
+    WaitCallback,
+    base_url,
+    display_url,
+)
+from bot.engine.remote_probe import Expected, probe
 from bot.engine.remote_request import Completion
+from bot.engine.remote_vllm import NoTokenIds, VllmWire
 from bot.engine.remote_wire import Wire
 from bot.engine.tokenizer import Tokenizer
+from bot.errors import GeneratorClosed, GeneratorError, ModelLoadError, QueueFullError
 
 if TYPE_CHECKING:
     from pydantic import SecretStr

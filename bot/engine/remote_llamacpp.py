@@ -11,8 +11,8 @@ piece of an emoji or a rare kanji): no event is sent for it, and the next event'
 holds the whole character while its `tokens` holds only the last id (recorded: 「は」 as
 three byte pieces arrives as one event with `tokens` [<0xAF>] and `tokens_predicted` up by
 three). `tokens_predicted` shows the gap; the missing ids are byte pieces, recovered here
-from the leading bytes of `content`, so the decoder sees every id as the local engine does. An id prompt also means the
-server's tokenizer never touches our text.
+from the leading bytes of `content`, so the decoder sees every id as the local engine does. An
+id prompt also means the server's tokenizer never touches our text.
 
 Sampling as the model card (transformers' generate): `samplers` fixed to penalties, top-k,
 temperature (llama-server's defaults would add top-p 0.95, min-p 0.05 and more);
@@ -30,9 +30,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.errors import GeneratorError
 from bot.engine.generation import GenerationParams
 from bot.engine.remote_wire import CUT, FINISHED, Chunk
+from bot.errors import GeneratorError
 
 log = logging.getLogger("bot.engine.remote")
 

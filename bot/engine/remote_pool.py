@@ -1,8 +1,8 @@
 """The remote engine's URLs: which one takes the next request, who waits, who is skipped.
 
 Several URLs are used least-loaded, each with its own limit of requests in flight; requests
-beyond every limit wait in the local generator's scheduler (`bot.engine.scheduler`: a queue per owner
-admitted round-robin, MAX_PER_USER and QUEUE_SIZE bounds, positions as admitted), so one
+beyond every limit wait in the local generator's scheduler (`bot.engine.scheduler`: a queue per
+owner admitted round-robin, MAX_PER_USER and QUEUE_SIZE bounds, positions as admitted), so one
 user's flood cannot shut others out. A URL that fails is skipped for a while (doubling up to a
 minute); one that says 429/503 is skipped briefly. Knows nothing of any wire format.
 """
@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from bot.errors import GeneratorClosed
 from bot.engine.scheduler import Scheduler
+from bot.errors import GeneratorClosed
 
 log = logging.getLogger("bot.engine.remote")
 

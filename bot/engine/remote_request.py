@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bot.errors import GenerationTimeout, GeneratorClosed, GeneratorError
 from bot.engine.generation import GenerationParams
 from bot.engine.remote_pool import Endpoint, Retry
 from bot.engine.remote_wire import Wire, error_message, events, stream_error
 from bot.engine.stops import ReplyText
 from bot.engine.tokenizer import Tokenizer
+from bot.errors import GenerationTimeout, GeneratorClosed, GeneratorError
 
 log = logging.getLogger("bot.engine.remote")
 

@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bot.errors import GeneratorError
 from bot.engine.generation import GenerationParams
 from bot.engine.remote_wire import Chunk
+from bot.errors import GeneratorError
 
 log = logging.getLogger("bot.engine.remote")
 

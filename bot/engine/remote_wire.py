@@ -1,8 +1,9 @@
 """What every remote wire format shares: server-sent events, error bodies, and the shape of
-one streamed step (`Chunk`) that `bot.engine.remote` turns into text with `bot.engine.stops.ReplyText`.
+one streamed step (`Chunk`) that `bot.engine.remote` turns into text with
+`bot.engine.stops.ReplyText`.
 
-A wire format (`bot.engine.remote_vllm.VllmWire`, `bot.engine.remote_llamacpp.LlamaCppWire`) says where a
-completion is posted, what body it carries, and which token ids and finish each event holds.
+A wire format (`bot.engine.remote_vllm.VllmWire`, `bot.engine.remote_llamacpp.LlamaCppWire`) says
+where a completion is posted, what body it carries, and which token ids and finish each event holds.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ def next_tokens(
         temperature = logits.new_tensor([params[i].temperature for i in sampled]).unsqueeze(1)
         values, indices = torch.topk(logits.index_select(0, rows) / temperature, max(ks), dim=-1)
         if min(ks) != max(ks):  # rows with a smaller k drop the tail of the shared top-k
-            beyond = torch.arange(max(ks), device=logits.device) >= values.new_tensor(ks).unsqueeze(1)
+            ranks = torch.arange(max(ks), device=logits.device)
+            beyond = ranks >= values.new_tensor(ks).unsqueeze(1)
             values = values.masked_fill(beyond, float("-inf"))
         cdf = torch.softmax(values, dim=-1).cumsum(dim=-1)
         draws = torch.cat([torch.rand(1, generator=generators[i], device=logits.device)

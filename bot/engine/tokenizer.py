@@ -1,9 +1,10 @@
 """The model's tokenizer: sentencepiece on `spiece.model`, used directly.
 
 transformers v5 turns this model's `spiece.model` into a fast T5 tokenizer that prepends `▁`,
-drops trailing spaces and maps byte-fallback text to `<s>` (see docs/model.md, "Tokenizer trap"), so we never go
-through AutoTokenizer. Encoding adds nothing: the ids are exactly sentencepiece's ids for the
-text. Decoding works on bytes, so a streamed reply never shows half a character.
+drops trailing spaces and maps byte-fallback text to `<s>` (see docs/model.md, "Tokenizer
+trap"), so we never go through AutoTokenizer. Encoding adds nothing: the ids are exactly
+sentencepiece's ids for the text. Decoding works on bytes, so a streamed reply never shows half
+a character.
 """
 
 from __future__ import annotations

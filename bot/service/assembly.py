@@ -19,10 +19,10 @@ from bot.service.startup import StartParts, as_config_error, while_checking
 if TYPE_CHECKING:
     from bot.core.chat import ChatService, CrashHook
     from bot.core.front_door import FrontDoor
-    from bot.engine.generator import LocalGenerator
-    from bot.service.metrics import Metrics
-    from bot.ports.store import ChatStore
     from bot.core.status import Status
+    from bot.engine.generator import LocalGenerator
+    from bot.ports.store import ChatStore
+    from bot.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,10 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
     """The store, then the model (while `checks` run: their failure cancels the load)."""
     from bot.core.attachments import AttachmentLimits
     from bot.core.chat import ChatConfig, ChatService
+    from bot.core.community import Community, HostPolicy
     from bot.core.front_door import FrontDoor
     from bot.core.summary import build_summaries
     from bot.core.summary_request import build_summary_requests
-    from bot.core.community import Community, HostPolicy
     from storage import open_store
 
     policy = HostPolicy.from_settings(settings)  # a bad PERSONA fails before anything opens
@@ -129,7 +129,8 @@ def build_status(settings: Settings, generator: Any, store: ChatStore) -> Status
                       device=f"リモートエンジン（{len(settings.engine_urls)}台）",
                       quantisation="サーバー側の設定", generator=generator, store=store,
                       window_tokens=settings.prompt_budget, summary=settings.summary)
-    info = generator.model_info  # what loaded (bot.engine.model_loader.ModelInfo), not what was asked
+    # what loaded (bot.engine.model_loader.ModelInfo), not what was asked
+    info = generator.model_info
     return Status(model=info.model_id, device=info.device, quantisation=info.precision.value,
                   generator=generator, store=store, window_tokens=settings.prompt_budget,
                   summary=settings.summary)

@@ -25,17 +25,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.config import (Settings, default_log_file, load_settings, log_level_from_environment,
-                        unknown_keys)
+from bot.config import (
+    Settings,
+    default_log_file,
+    load_settings,
+    log_level_from_environment,
+    unknown_keys,
+)
 from bot.errors import RinnaError
-from bot.service.logs import setup_logging
 from bot.service.assembly import Core, open_core
+from bot.service.logs import setup_logging
 from bot.service.platforms import any_configured
 from bot.service.startup import EXIT_CONFIG, StartParts, check_credentials, exit_code
 
 if TYPE_CHECKING:  # imported where used: `--help`, `--version` and `doctor` start fast
-    from bot.core.chat import ChatService, CrashHook
-    from bot.service.metrics import Metrics
+    from bot.core.chat import CrashHook
     from bot.ports.platform import Platform
 
 log = logging.getLogger("rinna-bot")

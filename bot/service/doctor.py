@@ -3,7 +3,8 @@
 Reads the settings like `run` (and reports `.env` typos like it), asks each configured platform
 (bot/service/platforms.py) whether the tokens are accepted (the calls `run` makes; `--offline` skips
 them), looks for the model without downloading anything, tries CUDA and bitsandbytes on the
-configured device, and opens the database without changing it. Tokens are shown as set or unset, never their values.
+configured device, and opens the database without changing it. Tokens are shown as set or
+unset, never their values.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import urllib.error
 import urllib.request
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from bot.config import Settings, load_settings, unknown_keys
-from bot.service.download import cached_model, check_model_dir, check_tokenizer, is_local
 from bot.errors import RinnaError
 from bot.service.doctor_model import _planned_precision, _precision, engine_vocabulary
+from bot.service.download import cached_model, check_model_dir, check_tokenizer, is_local
 from bot.service.logs import setup_logging
+
 
 @dataclass(frozen=True, slots=True)
 class Check:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
-from bot.service.download import cached_model, is_local
 from bot.errors import ConfigError
 from bot.precision import Choice, Precision, choose, fp16_weight_bytes, read_checkpoint_quant
+from bot.service.download import cached_model, is_local
 
 if TYPE_CHECKING:
     from bot.service.doctor import Check
@@ -88,9 +88,9 @@ PROBE = "ユーザー: 日本で一番高い山は?<NL>システム: 富士山�
 def engine_vocabulary(settings: Settings, url: str, spiece: Path) -> Check:
     """Does the engine at `url` tokenize like MODEL_ID's spiece.model (the tokenizer `run`
     uses to count and cut prompts)? Asked with vLLM's `POST /tokenize` on a probe text."""
-    from bot.service.doctor import Check
     from bot.engine.remote import base_url, display_url
     from bot.engine.tokenizer import Tokenizer
+    from bot.service.doctor import Check
 
     shown, served = display_url(url), settings.engine_model or settings.model_id
     root = base_url(url).removesuffix("/v1")

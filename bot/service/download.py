@@ -285,8 +285,8 @@ def download(settings: Settings, out: TextIO = sys.stdout) -> int:
 
 def _download_tokenizer(settings: Settings, out: TextIO) -> int:
     """With ENGINE_URL the model runs on the engine: `run` needs MODEL_ID's spiece.model only."""
-    from bot.errors import ModelLoadError
     from bot.engine.remote import tokenizer_file
+    from bot.errors import ModelLoadError
 
     try:
         path = tokenizer_file(settings.model_id, settings.model_revision)

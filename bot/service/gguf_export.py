@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.errors import ModelLoadError
 from bot.engine.protowire import fields
+from bot.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -24,8 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
-from bot.errors import ConfigError
 from bot.engine.generation import GeneratorStats
+from bot.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
