@@ -48,9 +48,16 @@ log = logging.getLogger(__name__)
 class CogHost(Protocol):
     """What the cogs use of the client (discord_bot.RinnaDiscordBot)."""
 
-    front: FrontDoor
-    tree: app_commands.CommandTree[Any]
-    files: Fetcher | None  # downloads attachments (None: not read)
+    @property
+    def front(self) -> FrontDoor: ...
+
+    @property
+    def tree(self) -> app_commands.CommandTree[Any]: ...
+
+    @property
+    def files(self) -> Fetcher | None:
+        """Downloads attachments (None: not read)."""
+        ...
 
     @property
     def user(self) -> discord.ClientUser | None: ...
@@ -136,8 +143,9 @@ class ChatCog(commands.Cog):
         mentioned = mentions_me(message, me)
         text = readable_text(message, me.id)
         files = discord_attachments(message.attachments)
-        parsed = dict(delivery_key=str(message.id), text=text, writer=str(message.author.id),
-                      admitted=True, attachments=files, files=self.bot.files)
+        parsed: dict[str, Any] = dict(
+            delivery_key=str(message.id), text=text, writer=str(message.author.id),
+            admitted=True, attachments=files, files=self.bot.files)
         if isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
             await self._answer(conversation_key(channel, None), ChannelDestination(channel),
                                **parsed)
@@ -207,8 +215,8 @@ class ChatCog(commands.Cog):
         channel = interaction.channel
         key = conversation_key(channel, interaction.guild_id)
         text = question.strip()
-        parsed = dict(delivery_key=str(interaction.id), text=text,
-                      writer=str(interaction.user.id))
+        parsed: dict[str, Any] = dict(delivery_key=str(interaction.id), text=text,
+                                      writer=str(interaction.user.id))
         if isinstance(channel, discord.Thread):
             await self._answer(key, InteractionDestination(interaction),
                                earlier=self._earlier(channel, before=None), **parsed)
@@ -261,11 +269,14 @@ class ChatCog(commands.Cog):
             await interaction.edit_original_response(content=ASK_ABOUT_UNREADABLE)
             return
         # Checked for redelivery above (before the defer): not again at the front door.
-        parsed = dict(delivery_key=str(interaction.id), text=text,
-                      writer=str(message.author.id), asker=str(interaction.user.id),
-                      about=str(message.id), admitted=True)
+        parsed: dict[str, Any] = dict(delivery_key=str(interaction.id), text=text,
+                                      writer=str(message.author.id),
+                                      asker=str(interaction.user.id),
+                                      about=str(message.id), admitted=True)
         channel = interaction.channel
         guild_id = interaction.guild_id
+        if not isinstance(channel, discord.abc.Messageable):  # a message is always in one
+            return
         if guild_id is None or isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
             key = conversation_key(channel, None)
             await interaction.edit_original_response(content=ASK_ABOUT_HERE)
@@ -302,8 +313,8 @@ class ChatCog(commands.Cog):
                                                auto_archive_duration=THREAD_ARCHIVE_MINUTES)
         except discord.HTTPException as exc:
             if exc.code == THREAD_ALREADY_CREATED:
-                return self.bot.get_partial_messageable(message.id, guild_id=message.guild.id
-                                                        if guild is not None else None)
+                return self.bot.get_partial_messageable(
+                    message.id, guild_id=guild.id if guild is not None else None)
             log.warning("could not open a thread on message %s (%s); answering in the channel",
                         message.id, describe(exc))
             return None

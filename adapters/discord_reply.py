@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import discord
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 DELIVERY_ERRORS: tuple[type[BaseException], ...] = (
     discord.HTTPException, aiohttp.ClientError, TimeoutError)
-THREAD_ARCHIVE_MINUTES = 1440
+THREAD_ARCHIVE_MINUTES: Literal[1440] = 1440  # a day: one of the durations Discord takes
 TYPING_EVERY_S = 8.0  # Discord shows the indicator for about 10 s per trigger
 
 
@@ -137,7 +137,8 @@ class DiscordReply(MessageReply):
 
     async def post(self, text: str, *, part: int = 0) -> Any:
         view = controls_view(self.controls_for(part))
-        buttons = {} if view is None else {"view": view}  # a new message: none is no buttons
+        # a new message: none is no buttons
+        buttons: dict[str, Any] = {} if view is None else {"view": view}
         if self.tag is None:
             return await self.destination.send(text, **buttons)
         return await self.destination.send(text, reply_nonce(self.tag, part), **buttons)

@@ -46,6 +46,8 @@ QUESTION_SHOWN_CHARS = 2800
 REPLY_EVENT = "rinna_reply"  # the metadata event type that tags the bot's replies
 QUESTION_PART = -1  # the metadata part of the question a /rinna command posts
 FIND_PAGES = 10
+# what an ephemeral reply may meet: the platform's errors, or a response_url no longer valid
+EPHEMERAL_ERRORS: tuple[type[BaseException], ...] = (*DELIVERY_ERRORS, ValueError)
 # chat.postMessage errors that say the bot cannot post in this conversation at all (not a
 # member of the channel, a DM or group DM it is not in)
 CANNOT_POST = frozenset({"not_in_channel", "channel_not_found"})
@@ -307,10 +309,12 @@ class SlackCommandReply(SlackReply):
         self.respond = respond
 
     async def locate(self) -> ConversationKey:
-        if self.thread_ts is None:
+        thread = self.thread_ts
+        if thread is None:
             found = await self._find(QUESTION_PART)
-            self.thread_ts = str(found) if found is not None else await self._post_question()
-        return ConversationKey(PLATFORM, self.team, self.channel, self.thread_ts)
+            thread = str(found) if found is not None else await self._post_question()
+            self.thread_ts = thread
+        return ConversationKey(PLATFORM, self.team or "", self.channel, thread)
 
     async def _post_question(self) -> str:
         shown = self.question if len(self.question) <= QUESTION_SHOWN_CHARS else (
@@ -350,6 +354,6 @@ class SlackCommandReply(SlackReply):
 async def respond_ephemeral(respond: AsyncRespond, text: str) -> None:
     try:
         await respond(text=text, response_type="ephemeral", replace_original=False)
-    except (*DELIVERY_ERRORS, ValueError) as exc:
+    except EPHEMERAL_ERRORS as exc:
         log.warning("slack: could not send an ephemeral reply: %s", describe(exc))
 

@@ -63,7 +63,7 @@ def thread_reader(services: SlackHandlers, channel: str, thread_ts: str,
         seen: set[str] = set()
         cursor: str | None = None
         for _ in range(MAX_PAGES):
-            extra = {"latest": before, "inclusive": False} if before else {}
+            extra: dict[str, Any] = {"latest": before, "inclusive": False} if before else {}
             page = await services.api.call("conversations_replies", channel=channel,
                                            ts=thread_ts, limit=HISTORY_PAGE, cursor=cursor,
                                            **extra)
@@ -87,7 +87,7 @@ def channel_reader(services: SlackHandlers, channel: str, before: str | None,
     """The channel's last SUMMARY_CHANNEL_MESSAGES messages (before `before`), oldest first."""
 
     async def read() -> list[EarlierMessage]:
-        extra = {"latest": before, "inclusive": False} if before else {}
+        extra: dict[str, Any] = {"latest": before, "inclusive": False} if before else {}
         page = await services.api.call("conversations_history", channel=channel,
                                        limit=services.summary_messages + 1,
                                        include_all_metadata=True, **extra)

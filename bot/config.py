@@ -374,8 +374,9 @@ def log_level_from_environment() -> str | None:
 def unknown_keys(env_file: str | Path | None = None) -> list[str]:
     """One line per key in `.env` that is no setting (a typo is otherwise silently ignored),
     naming the nearest known key where there is one."""
-    path = Path(env_file if env_file is not None else Settings.model_config.get("env_file")
-                or ".env")
+    configured = Settings.model_config.get("env_file")
+    path = Path(env_file if env_file is not None
+                else configured if isinstance(configured, (str, Path)) else ".env")
     if not path.is_file():
         return []
     from dotenv import dotenv_values

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from bot.conversation import NO_CONTROLS, ConversationKey, IncomingMessage, ReplySink
 from bot.core.answer_controls import AnswerControls, ModeratorCheck
@@ -101,7 +102,7 @@ class ChatService:
         self._locks: ConversationLocks = locks if locks is not None else InProcessLocks()
         self.running = RunningAnswers()
         self._recent: dict[str, RecentKeys] = {}  # platform -> delivery keys taken up lately
-        self._active: dict[asyncio.Task[object], asyncio.Future[object] | None] = {}
+        self._active: dict[asyncio.Task[object], asyncio.Future[Any] | None] = {}
         self._closing = False
         self._on_feedback = on_feedback
         self._edits = PrivateData(store)

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from bot.conversation import ANSWERED, NO_CONTROLS, STREAMING, Controls, ReplySink
 from bot.core.answering import Answerer, Written, with_notes
@@ -78,7 +79,7 @@ class Lost(Exception):
 class DeliveryFlow:
     def __init__(self, store: ChatStore, answerer: Answerer, window: HistoryWindow,
                  locks: ConversationLocks, running: RunningAnswers, runner: str,
-                 active: dict[asyncio.Task[object], asyncio.Future[object] | None],
+                 active: dict[asyncio.Task[object], asyncio.Future[Any] | None],
                  closing: Callable[[], bool], point: CrashHook,
                  summaries: RollingSummaries | None = None) -> None:
         self.store = store
@@ -180,7 +181,8 @@ class DeliveryFlow:
             # final text, without the placeholder again.
             return await self._show_final(current, sink, current.final,
                                           answer=current.turn_id is not None)
-        if current.turn_id is None and not (current.text if text is None else text).strip():
+        if current.turn_id is None and not (
+                (current.text or "") if text is None else text).strip():
             # An empty message (only a mention, say; or only files not read): the usage hint.
             offer(sink, NO_CONTROLS)
             await sink.finish(with_notes(USAGE_MESSAGE, notes, first=True))

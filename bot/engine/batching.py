@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,9 @@ from bot.engine.sampling import GenerationParams, next_tokens
 from bot.engine.stops import ReplyText
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import GenerationTimeout, GeneratorError
+
+if TYPE_CHECKING:
+    from transformers import GPTNeoXForCausalLM
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +87,7 @@ class _Row:
 class BatchEngine:
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: GPTNeoXForCausalLM,
         tokenizer: Tokenizer,
         config: EngineConfig,
         clock: Callable[[], float] = time.monotonic,
@@ -96,7 +100,8 @@ class BatchEngine:
         cfg = model.config
         self.heads = cfg.num_attention_heads
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        dtype = model.get_input_embeddings().weight.dtype  # activations (and K/V) dtype
+        # activations (and K/V) dtype
+        dtype = next(model.get_input_embeddings().parameters()).dtype
         # K and V, every layer, hidden size each: 0.4 MB per token for the real model at fp16.
         self.kv_bytes_per_token = (2 * cfg.num_hidden_layers * cfg.hidden_size
                                    * torch.finfo(dtype).bits // 8)
@@ -243,9 +248,9 @@ class BatchEngine:
             cu_q = [s.packed for s in segments] + [packed]
             starts = [s.start for s in segments] + [self.cache.capacity]
             used = [s.offset + s.count for s in segments]
-            varlen = Varlen(*(torch.tensor(v, dtype=torch.int32).to(self.device)
-                               for v in (cu_q, starts, used)),
-                             max(s.count for s in segments), max(used))
+            cu_q_t, starts_t, used_t = (torch.tensor(v, dtype=torch.int32).to(self.device)
+                                        for v in (cu_q, starts, used))
+            varlen = Varlen(cu_q_t, starts_t, used_t, max(s.count for s in segments), max(used))
         else:
             for index, s in enumerate(segments):
                 if s.count > 1 and s.offset > 0:  # a later chunk: the earlier ones, own past
@@ -269,7 +274,7 @@ class BatchEngine:
 
     # ----- internals -------------------------------------------------------------------
     def _vocab(self) -> int:
-        return self.model.get_output_embeddings().weight.shape[0]
+        return self.model.config.vocab_size
 
     def _new_row(self, request: Request) -> _Row:
         generator = None

@@ -178,7 +178,8 @@ class LocalGenerator:
                 self._abort(rid)
 
     def _submit(self, prompt: str, params: GenerationParams,
-                owner: str | None, background: bool = False) -> tuple[int, asyncio.Queue]:
+                owner: str | None,
+                background: bool = False) -> tuple[int, asyncio.Queue[str | _End | _Position]]:
         if self._loop is None or self._stopped is None or self._stopped.done():
             raise GeneratorClosed("generator is not running")
         rid = next(self._ids)
@@ -262,7 +263,7 @@ class LocalGenerator:
                     return
                 fresh, self._fresh = self._fresh, []
                 aborts, self._aborts = self._aborts, set()
-            outputs: list[Output | _Ended] = self._tokenize(engine, fresh)
+            outputs: list[Output | _Ended] = [*self._tokenize(engine, fresh)]
             for rid in aborts:
                 engine.abort(rid)
             admitted: list[Request] = []

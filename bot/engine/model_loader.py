@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from bot.engine.tokenizer import Tokenizer
 from bot.errors import ConfigError, ModelLoadError
 from bot.precision import Choice, Precision, choose, fp16_weight_bytes, read_checkpoint_quant
 from bot.service.download import check_model_dir, fetch, names_a_path
+
+if TYPE_CHECKING:
+    from transformers import GPTNeoXForCausalLM, PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +159,7 @@ def unify_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
             parameter.data = parameter.data.to(dtype)
 
 
-def loaded_precision(model: torch.nn.Module) -> Precision:
+def loaded_precision(model: PreTrainedModel) -> Precision:
     """What the loaded modules really are: bitsandbytes layers and their quant type, or the
     embeddings' dtype."""
     for module in model.modules():
@@ -166,12 +169,12 @@ def loaded_precision(model: torch.nn.Module) -> Precision:
             return Precision.FP4 if getattr(state, "quant_type", "nf4") == "fp4" else Precision.NF4
         if kind == "Linear8bitLt":
             return Precision.INT8
-    dtype = model.get_input_embeddings().weight.dtype
+    dtype = next(model.get_input_embeddings().parameters()).dtype
     return {torch.float16: Precision.FP16, torch.bfloat16: Precision.BF16}.get(dtype,
                                                                                Precision.FP32)
 
 
-def load_model(settings: Settings) -> tuple[torch.nn.Module, Tokenizer, ModelInfo]:
+def load_model(settings: Settings) -> tuple[GPTNeoXForCausalLM, Tokenizer, ModelInfo]:
     from transformers import GPTNeoXForCausalLM
 
     started = time.monotonic()

@@ -5,11 +5,16 @@ engine (bot/engine/batching.py) plans a step as a `StepPlan` and calls `packed_f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 
 from bot.engine.kv_cache import KVArena
+
+if TYPE_CHECKING:
+    from transformers import GPTNeoXForCausalLM
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,7 @@ class Varlen:
     max_k: int
 
 
-def packed_forward(model: torch.nn.Module, ids: torch.Tensor, plan: StepPlan, cache: KVArena,
+def packed_forward(model: GPTNeoXForCausalLM, ids: torch.Tensor, plan: StepPlan, cache: KVArena,
                    heads: int, head_dim: int) -> torch.Tensor:
     """The forward pass of transformers' GPTNeoXForCausalLM (same modules, same order of
     operations) over one packed sequence of several rows, attending per row to its own span of
@@ -61,7 +66,8 @@ def packed_forward(model: torch.nn.Module, ids: torch.Tensor, plan: StepPlan, ca
     hidden = neox.embed_in(ids)  # [1, N, hidden]
     cos, sin = neox.rotary_emb(hidden, position_ids=plan.positions)
     tokens = ids.shape[1]
-    for index, layer in enumerate(neox.layers):
+    layers = cast("list[GPTNeoXLayer]", neox.layers)  # a ModuleList of exactly these
+    for index, layer in enumerate(layers):
         attention = layer.attention
         qkv = attention.query_key_value(layer.input_layernorm(hidden))
         qkv = qkv.view(1, tokens, heads, 3 * head_dim).transpose(1, 2)
@@ -81,7 +87,8 @@ def packed_forward(model: torch.nn.Module, ids: torch.Tensor, plan: StepPlan, ca
             attn_output = attn_output + hidden
             hidden = layer.mlp(layer.post_attention_layernorm(attn_output)) + attn_output
     last = hidden[0].index_select(0, plan.sample_at)
-    return model.get_output_embeddings()(neox.final_layer_norm(last)).float()
+    logits: torch.Tensor = model.get_output_embeddings()(neox.final_layer_norm(last))
+    return logits.float()
 
 
 def rows_attention(query: torch.Tensor, cache: KVArena, layer: int, plan: StepPlan,
@@ -109,7 +116,8 @@ def varlen_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     out = torch.ops.aten._flash_attention_forward(
         query, keys, values, varlen.cu_q, varlen.starts_k, varlen.max_q, varlen.max_k,
         0.0, True, False, scale=scale, seqused_k=varlen.used_k)
-    return out[0]
+    packed: torch.Tensor = out[0]
+    return packed
 
 
 def flash_attention_works(device: torch.device, dtype: torch.dtype, heads: int,
@@ -137,9 +145,10 @@ def flash_attention_works(device: torch.device, dtype: torch.dtype, heads: int,
         empty = torch.empty(0, dtype=torch.long, device=device)
         plan = StepPlan(tuple(segments), empty, empty, empty, (), masks)
         expected = rows_attention(query, arena, 0, plan, head_dim**-0.5)
-        varlen = Varlen(*(torch.tensor(v, dtype=torch.int32, device=device) for v in (
+        cu_q, starts_k, used_k = (torch.tensor(v, dtype=torch.int32, device=device) for v in (
             [0, 1, 2, 42], [arena.start(1), arena.start(2), arena.start(3), arena.capacity],
-            [37, 300, 90])), 40, 300)
+            [37, 300, 90]))
+        varlen = Varlen(cu_q, starts_k, used_k, 40, 300)
         got = varlen_attention(query[0].transpose(0, 1).contiguous(), arena.keys[0],
                                arena.values[0], varlen, head_dim**-0.5)
         return bool(torch.allclose(got.float(), expected.float(), atol=2e-2, rtol=2e-2))

@@ -61,7 +61,8 @@ def could_start_turn(view: str) -> bool:
 
 
 def strip_ignorable(view: str) -> str:
-    return _IGNORABLE.sub("", view)
+    stripped: str = _IGNORABLE.sub("", view)
+    return stripped
 
 
 def label_of(view: str) -> str | None:

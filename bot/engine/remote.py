@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from bot.config import Settings
+    from bot.engine.scheduler import Scheduler
 
 __all__ = ["RemoteGenerator", "base_url", "display_url", "load_remote_generator",
            "tokenizer_file"]
@@ -108,7 +109,7 @@ class RemoteGenerator:
         return self._pool.endpoints
 
     @property
-    def _scheduler(self):  # noqa: ANN202 - the pool's Scheduler, for tests
+    def _scheduler(self) -> Scheduler[Any]:  # the pool's, for tests
         return self._pool.scheduler
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -178,7 +179,7 @@ class RemoteGenerator:
         self, prompt: str, params: GenerationParams | None = None, *,
         owner: str | None = None, on_wait: WaitCallback | None = None,
         background: bool = False,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Text deltas of the reply; closing or cancelling it closes the connection.
         `owner` (who asked) bounds and orders the request among everyone else's (round-robin
         when every URL is at its limit); `on_wait` hears the queue position (1 = next).
@@ -194,7 +195,8 @@ class RemoteGenerator:
                 yield delta
 
     async def _stream(self, prompt: str, params: GenerationParams | None, owner: str | None,
-                      on_wait: WaitCallback | None, background: bool) -> AsyncIterator[str]:
+                      on_wait: WaitCallback | None,
+                      background: bool) -> AsyncGenerator[str, None]:
         params = params or self.default_params
         self._open()  # GeneratorClosed before anything is queued
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -38,7 +38,7 @@ class Completion:
     produced: int = 0  # ids received
 
     async def stream(self, ids: list[int], params: GenerationParams, max_tokens: int,
-                     deadline: float) -> AsyncIterator[str]:
+                     deadline: float) -> AsyncGenerator[str, None]:
         endpoint, wire = self.endpoint, self.wire
         complete = False  # read to its end: the connection can serve the next request
         try:

@@ -32,8 +32,13 @@ class Chunk:
 
 
 class Wire(Protocol):
-    kind: str
-    keeps_connection: bool  # False: the server closes the connection after a streamed reply
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def keeps_connection(self) -> bool:
+        """False: the server closes the connection after a streamed reply."""
+        ...
 
     def url(self, endpoint_url: str, endpoint_root: str) -> str: ...
 
@@ -52,7 +57,7 @@ def stream_error(event: dict[str, Any]) -> str | None:
 
 
 async def events(response: aiohttp.ClientResponse, deadline: float,
-                 on_timeout: type[Exception]) -> AsyncIterator[dict]:
+                 on_timeout: type[Exception]) -> AsyncIterator[dict[str, Any]]:
     """Server-sent events' JSON payloads until `[DONE]` or the end of the body."""
     data: list[str] = []
     while True:

@@ -167,15 +167,15 @@ class Scheduler(Generic[T]):
         if (key := self._running.pop(request_id, None)) is not None:
             self._release(key)
             return True
-        entry = self._entries.pop(request_id, None)
-        if entry is None:
+        waiting = self._entries.pop(request_id, None)
+        if waiting is None:
             return False
-        queue = self._queues[entry.lane]
-        queue.remove(entry)
+        queue = self._queues[waiting.lane]
+        queue.remove(waiting)
         if not queue:
-            del self._queues[entry.lane]
-            self._ring.remove(entry.lane)
-        self._release(entry.owner)
+            del self._queues[waiting.lane]
+            self._ring.remove(waiting.lane)
+        self._release(waiting.owner)
         self._positions = None
         return True
 

@@ -58,12 +58,14 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids for `text`, with nothing prepended or appended (add_special_tokens=False)."""
-        return self._sp.encode(text, out_type=int, add_bos=False, add_eos=False)
+        ids: list[int] = self._sp.encode(text, out_type=int, add_bos=False, add_eos=False)
+        return ids
 
     @property
     def newline_id(self) -> int:
         """The id of the `<NL>` symbol (a user-defined piece: always one token)."""
-        return self._sp.piece_to_id(NEWLINE_SYMBOL)
+        newline: int = self._sp.piece_to_id(NEWLINE_SYMBOL)
+        return newline
 
     def normalize(self, text: str) -> str:
         """The text as the model reads it: sentencepiece's own normaliser (its rule, which may
@@ -71,7 +73,8 @@ class Tokenizer:
         This makes the tokenizer the prompt builder's and the stop filter's `Normalizer`.
         Lone surrogates, which no UTF-8 text (and so no prompt or reply) can hold, are left
         out rather than refused by sentencepiece."""
-        return self._sp.normalize(_SURROGATES.sub("", text)).replace("\u2581", " ")
+        normalized: str = self._sp.normalize(_SURROGATES.sub("", text))
+        return normalized.replace("\u2581", " ")
 
     def count(self, text: str) -> int:
         return len(self.encode(text))

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +95,7 @@ async def run_platforms(core: Core) -> None:
     settings = core.settings
     platforms = build_platforms(core.front, settings)
     started: list[Platform] = []
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[object]] = []
     recoveries: list[asyncio.Task[object]] = []
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -107,7 +108,7 @@ async def run_platforms(core: Core) -> None:
     try:
         for platform in platforms:
             if core.metrics is not None:
-                core.metrics.watch_platform(platform.name, lambda p=platform: p.connected)
+                core.metrics.watch_platform(platform.name, _connected(platform))
             await platform.start()
             started.append(platform)
             tasks.append(asyncio.create_task(platform.stopped(), name=platform.name))
@@ -133,6 +134,11 @@ async def run_platforms(core: Core) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _connected(platform: Platform) -> Callable[[], bool]:
+    """The health check's question for one platform."""
+    return lambda: platform.connected
 
 
 async def _recover(core: Core, platform: Platform) -> None:

@@ -13,9 +13,9 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.config import Settings
 
@@ -49,7 +49,7 @@ def _quiet_env() -> dict[str, str]:
             "TQDM_DISABLE": "1"}
 
 
-def run_demo(settings: Settings, chat: Callable[[Settings], Awaitable[int]],
+def run_demo(settings: Settings, chat: Callable[[Settings], Coroutine[Any, Any, int]],
              notice_to: TextIO | None = None) -> int:
     """Build the tiny model, say what it is, and run `chat` on it; its exit status."""
     from bot.service.logs import quiet_model_libraries

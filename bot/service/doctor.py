@@ -18,13 +18,16 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bot.config import Settings, load_settings, unknown_keys
 from bot.errors import RinnaError
 from bot.service.doctor_model import _planned_precision, _precision, engine_vocabulary
 from bot.service.download import cached_model, check_model_dir, check_tokenizer, is_local
 from bot.service.logs import setup_logging
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +214,7 @@ def _engine(settings: Settings, url: str) -> Check:
     return Check(True, f"engine {shown}: serves {model}")
 
 
-def _llamacpp_engine(settings: Settings, shown: str, answer: dict) -> Check | None:
+def _llamacpp_engine(settings: Settings, shown: str, answer: dict[str, Any]) -> Check | None:
     """llama-server's line (None when the server is not llama-server): its model, context
     per slot, and whether its vocabulary is ours."""
     from bot.engine.remote_llamacpp import server_info
@@ -257,7 +260,7 @@ def _our_vocab(settings: Settings) -> int | None:
         return None
 
 
-def _torch_device(settings: Settings) -> tuple[object, str | None]:
+def _torch_device(settings: Settings) -> tuple[torch.device | None, str | None]:
     """(torch.device, None) or (None, the problem)."""
     import torch
 
@@ -279,16 +282,16 @@ def _device(settings: Settings) -> Check:
 
     device, problem = _torch_device(settings)
     build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}"
-    if problem is not None:
+    if problem is not None or device is None:
         return Check(False, f"{problem} ({build})", "check the NVIDIA driver (nvidia-smi) and "
                      "that the container has the GPU, or set DEVICE=cpu")
-    if device.type == "cpu":  # type: ignore[attr-defined]
+    if device.type == "cpu":
         if settings.device == "auto":
             return Check(False, f"no CUDA device: the model will run on the CPU, many times "
                          f"slower ({build})", "check the NVIDIA driver (nvidia-smi) and the "
                          "container's GPU reservation, or set DEVICE=cpu to accept the CPU")
         return Check(True, f"DEVICE=cpu: the model runs on the CPU, slowly ({build})")
-    index = device.index or 0  # type: ignore[attr-defined]
+    index = device.index or 0
     free, total = torch.cuda.mem_get_info(index)
     name = torch.cuda.get_device_name(index)
     return Check(True, f"CUDA device cuda:{index}: {name}, {free / 1024**3:.1f} GiB free of "
@@ -304,14 +307,14 @@ def _bitsandbytes(settings: Settings) -> Check:
     wanted = _planned_precision(settings, device)
     if wanted is not None and not wanted.quantised:
         return Check(True, f"bitsandbytes: not used ({wanted.label})")
-    if problem is not None:
+    if problem is not None or device is None:
         return Check(False, f"bitsandbytes: not tried ({problem})", "fix DEVICE first")
     wanted = wanted or Precision.NF4  # the model is not here yet: what MODEL=ppo-4bit needs
     try:
         import bitsandbytes as bnb
         import torch
 
-        dtype = torch.float16 if device.type == "cuda" else torch.float32  # type: ignore[attr-defined]
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
         if wanted is Precision.INT8:
             layer = bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False)
         else:

@@ -126,7 +126,7 @@ def quiet_model_libraries() -> None:
     """Before the model loads: no progress bars from transformers ("Loading weights") or the
     hub, and transformers' own log lines through our handlers (its default handler writes
     straight to stderr, onto the chat)."""
-    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils.tqdm import disable_progress_bars
     from transformers.utils import logging as hf_logging
 
     disable_progress_bars()

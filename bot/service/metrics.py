@@ -147,7 +147,8 @@ class MeteredGenerator:
         return self.inner.tokenizer
 
     def stats(self) -> GeneratorStats:
-        return self.inner.stats()
+        stats: GeneratorStats = self.inner.stats()
+        return stats
 
     async def stream(self, prompt: str, params: Any = None, *, owner: str | None = None,
                      on_wait: Any = None, background: bool = False) -> AsyncIterator[str]:
