@@ -34,8 +34,7 @@ from adapters.discord_reply import (
     describe,
     tell_failure,
 )
-from bot.conversation import ConversationKey
-from bot.core.attachments import Fetcher
+from bot.conversation import ConversationKey, Fetcher
 from bot.core.front_door import FrontDoor
 from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
 from bot.core.notices import SWITCHED_OFF

@@ -18,7 +18,7 @@ from adapters.discord_reply import EphemeralAnswer
 from bot.core.front_door import FrontDoor
 from bot.core.front_events import Command, Event
 from bot.core.privilege import Member
-from bot.ports.community import KEYS
+from bot.setting_values import COMMUNITY_KEYS as KEYS
 
 log = logging.getLogger(__name__)
 

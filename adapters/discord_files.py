@@ -10,7 +10,7 @@ import discord
 
 from adapters.file_download import FileHosts, HostFetcher
 from bot.config import Settings
-from bot.core.attachments import Attachment
+from bot.conversation import Attachment
 
 
 def discord_file_hosts() -> FileHosts:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import aiohttp
 import yarl
 
-from bot.core.attachments import Attachment
+from bot.conversation import Attachment
 from bot.errors import AttachmentTooLarge, AttachmentUnavailable
 
 log = logging.getLogger(__name__)

@@ -61,9 +61,8 @@ from adapters.slack_text import (
     unescape,
     user_ids,
 )
-from bot.conversation import ConversationKey
+from bot.conversation import ConversationKey, Fetcher
 from bot.core.access import DENIED_MESSAGE, AccessRequest
-from bot.core.attachments import Fetcher
 from bot.core.chat import Outcome
 from bot.core.front_door import FrontDoor
 from bot.core.front_events import (

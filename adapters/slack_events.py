@@ -20,9 +20,8 @@ from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
 from adapters.slack_files import slack_attachments
 from adapters.slack_reply import SlackReply
 from adapters.slack_text import escape
-from bot.conversation import ConversationKey
+from bot.conversation import Attachment, ConversationKey
 from bot.core.access import AccessRequest
-from bot.core.attachments import Attachment
 from bot.core.chat import Outcome
 from bot.core.front_door import FrontDoor, Result
 from bot.core.front_events import Ack, EarlierReader

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from adapters.file_download import FileHosts, HostFetcher
 from benchmarks.common import machine, median, percentile, tiny_settings
+from bot.conversation import Attachment
 from bot.core.attachments import (
-    Attachment,
     AttachmentLimits,
     AttachmentReader,
     fit,

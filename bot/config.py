@@ -20,9 +20,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot import models, precision
-from bot.core.access import parse_ids
 from bot.errors import ConfigError
-from bot.ports.community import KEYS as COMMUNITY_KEYS
+from bot.setting_values import COMMUNITY_KEYS, parse_ids
 
 Ids = Annotated[frozenset[str], NoDecode]  # comma-separated in the environment
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from bot.core.attachments import Attachment, Fetcher
+from typing import Protocol
 
 
 class Speaker(StrEnum):
@@ -36,6 +33,27 @@ class ConversationKey:
 
     def __str__(self) -> str:
         return f"{self.platform}:{self.workspace}/{self.channel}/{self.thread}"
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to a platform message, as the adapter saw it (nothing downloaded).
+    `url` is the platform's own URL for the file, from the event: never one a person typed."""
+
+    name: str
+    url: str
+    size: int | None = None  # as the platform declares it (None: unknown)
+    content_type: str | None = None  # MIME type as the platform declares it
+
+    def __repr__(self) -> str:  # the URL may be signed: not for logs
+        return f"Attachment(name={self.name!r}, size={self.size}, type={self.content_type!r})"
+
+
+class Fetcher(Protocol):
+    """Downloads an attachment from the platform's own hosts. Raises AttachmentTooLarge past
+    `max_bytes` and AttachmentUnavailable for anything else that keeps it from being read."""
+
+    async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from bot.conversation import Speaker, Turn
+from bot.conversation import Attachment, Speaker, Turn
 from bot.core.attachments import (
     CUT_MARK,
     HEADING,
@@ -20,7 +20,6 @@ from bot.core.attachments import (
     NOTE_TOO_MANY,
     NOTE_UNAVAILABLE,
     NOTE_UNDECODABLE,
-    Attachment,
     AttachmentLimits,
     AttachmentReader,
     ReadFiles,

@@ -16,7 +16,7 @@ from adapters.discord_files import discord_attachments, discord_fetcher, discord
 from adapters.file_download import FileHosts, HostFetcher
 from adapters.slack_files import slack_attachments, slack_fetcher, slack_file_hosts
 from bot.config import Settings
-from bot.core.attachments import Attachment
+from bot.conversation import Attachment
 from bot.errors import AttachmentTooLarge, AttachmentUnavailable
 from tests.discord_fakes import FakeDiscord
 from tests.file_fakes import FakeFile, ForeignHost

@@ -71,7 +71,7 @@ async def test_a_cached_model_is_used_without_asking_the_hub(tmp_path: Path) -> 
         env.update({"PYTHONPATH": str(ROOT), "HF_ENDPOINT": hub.url,
                     "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1"})
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import sys; from bot.service.download import fetch; "
+            sys.executable, "-c", "import sys; from bot.engine.download import fetch; "
             "print(fetch(sys.argv[1], 'main'))", REPO, cwd=tmp_path, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(process.communicate(), 120)

@@ -129,14 +129,3 @@ def check(policy: AccessPolicy, request: AccessRequest) -> Denial | None:
         if request.user not in policy.users and not (request.roles & policy.roles):
             return Denial.USER
     return None
-
-
-def parse_ids(value: Any) -> frozenset[str]:
-    """`"1, 2,,3"` -> {"1", "2", "3"}; an iterable of ids is taken as is."""
-    if value is None:
-        return frozenset()
-    if isinstance(value, (int, str)):
-        items: Iterable[Any] = str(value).split(",")
-    else:
-        items = value
-    return frozenset(s for item in items if (s := str(item).strip()))

@@ -25,9 +25,8 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Protocol
 
-from bot.conversation import Speaker, Turn
+from bot.conversation import Attachment, Fetcher, Speaker, Turn
 from bot.core.prompt import MAX_PIECE_CHARS, REPLY_CUE, clean_text, turn_cost
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import AttachmentError, AttachmentTooLarge
@@ -74,27 +73,6 @@ BINARY_EXTENSIONS = frozenset({
     "xlsx", "ppt", "pptx", "psd", "sqlite", "sqlite3", "db", "woff", "woff2", "ttf", "otf"})
 SNIFF_BYTES = 8192
 JAPANESE_ENCODINGS = ("cp932", "euc_jp")  # cp932: Shift_JIS as Windows writes it
-
-
-@dataclass(frozen=True, slots=True)
-class Attachment:
-    """A file attached to a platform message, as the adapter saw it (nothing downloaded).
-    `url` is the platform's own URL for the file, from the event: never one a person typed."""
-
-    name: str
-    url: str
-    size: int | None = None  # as the platform declares it (None: unknown)
-    content_type: str | None = None  # MIME type as the platform declares it
-
-    def __repr__(self) -> str:  # the URL may be signed: not for logs
-        return f"Attachment(name={self.name!r}, size={self.size}, type={self.content_type!r})"
-
-
-class Fetcher(Protocol):
-    """Downloads an attachment from the platform's own hosts. Raises AttachmentTooLarge past
-    `max_bytes` and AttachmentUnavailable for anything else that keeps it from being read."""
-
-    async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,8 @@ from bot.core.privilege import Member, Privileges
 from bot.core.prompt import persona_forges, turn_cost
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import ConfigError, NotPermitted, SettingRefused
-from bot.ports.community import KEYS, CommunityStore, Level, Scope, SettingChange
+from bot.ports.community import CommunityStore, Level, Scope, SettingChange
+from bot.setting_values import COMMUNITY_KEYS as KEYS
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from bot.conversation import ConversationKey
 from bot.core.community import Community, describe
 from bot.core.privilege import Member
 from bot.errors import NotPermitted, SettingRefused
-from bot.ports.community import KEYS, Level, Scope, SettingChange
+from bot.ports.community import Level, Scope, SettingChange
+from bot.setting_values import COMMUNITY_KEYS as KEYS
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from typing import Any
 from bot.core.personas import READY, Persona, parse_persona
 from bot.engine.generation import GenerationParams
 from bot.errors import SettingRefused
-from bot.ports.community import KEYS, Level, Scope
+from bot.ports.community import Level, Scope
+from bot.setting_values import COMMUNITY_KEYS as KEYS
 
 # What admins may type for a key, in a few words (the refusal shows it).
 _TRUE = {"on", "true", "yes", "1", "オン", "はい"}

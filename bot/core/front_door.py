@@ -48,9 +48,8 @@ from dataclasses import replace
 from enum import StrEnum
 
 from bot.config import Settings
-from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
+from bot.conversation import ConversationKey, Fetcher, IncomingMessage, Speaker, Turn
 from bot.core.access import AccessPolicy, AccessRequest
-from bot.core.attachments import Fetcher
 from bot.core.chat import ChatService, EarlierLoader, Outcome
 from bot.core.community import Community, describe
 from bot.core.community_commands import CommunityAdmin, settings_text

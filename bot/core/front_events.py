@@ -8,9 +8,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.conversation import ConversationKey, ReplySink
+from bot.conversation import Attachment, ConversationKey, Fetcher, ReplySink
 from bot.core.access import AccessRequest
-from bot.core.attachments import Attachment, Fetcher
 from bot.core.privilege import Member
 
 Ack = Callable[[], Awaitable[None]]

@@ -20,10 +20,10 @@ import torch
 
 from bot.config import Settings
 from bot.engine.batching import BatchEngine, EngineConfig
+from bot.engine.download import check_model_dir, fetch, names_a_path
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import ConfigError, ModelLoadError
 from bot.precision import Choice, Precision, choose, fp16_weight_bytes, read_checkpoint_quant
-from bot.service.download import check_model_dir, fetch, names_a_path
 
 if TYPE_CHECKING:
     from transformers import GPTNeoXForCausalLM, PreTrainedModel

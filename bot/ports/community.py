@@ -18,10 +18,6 @@ from typing import Protocol
 
 from bot.conversation import ConversationKey
 
-# The settings a community may have (bot/core/community_values.py parses and bounds them).
-KEYS: tuple[str, ...] = ("persona", "enabled", "mention_only", "temperature", "max_new_tokens",
-                         "repetition_penalty", "window", "buttons")
-
 
 class Level(IntEnum):
     """Narrower scopes win: a thread's value beats its channel's, which beats the server's."""

@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
 
         return export_command(settings, args.out, args.dtype)
     if args.command == "download":
-        from bot.service.download import download
+        from bot.engine.download import download
 
         return download(settings)
     try:

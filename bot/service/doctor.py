@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bot.config import Settings, load_settings, unknown_keys
+from bot.engine.download import cached_model, check_model_dir, check_tokenizer, is_local
 from bot.errors import RinnaError
 from bot.service.doctor_model import _planned_precision, _precision, engine_vocabulary
-from bot.service.download import cached_model, check_model_dir, check_tokenizer, is_local
 from bot.service.logs import setup_logging
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
+from bot.engine.download import cached_model, is_local
 from bot.errors import ConfigError
 from bot.precision import Choice, Precision, choose, fp16_weight_bytes, read_checkpoint_quant
-from bot.service.download import cached_model, is_local
 
 if TYPE_CHECKING:
     from bot.service.doctor import Check

@@ -232,7 +232,7 @@ def _weights(model_dir: Path) -> Iterator[tuple[str, Any]]:
 
 def export_command(settings: Any, out: str | None, dtype: str) -> int:
     """The command: MODEL_ID (a local directory, or the cache's copy after `download`)."""
-    from bot.service.download import cached_model, is_local
+    from bot.engine.download import cached_model, is_local
 
     if not out or not out.endswith(".gguf"):
         print("rinna-bot export-gguf: give the file to write, e.g. "

@@ -87,7 +87,7 @@ async def _load_generator(settings: Settings) -> Generator:
 def require_tokenizer_folder(model_id: str) -> None:
     """With ENGINE_URL only MODEL_ID's spiece.model is read: a MODEL_ID folder that is missing
     or lacks it is the operator's to fix (ConfigError, 2), like the local loader's."""
-    from bot.service.download import names_a_path
+    from bot.engine.download import names_a_path
 
     folder = Path(model_id).expanduser()
     if folder.is_dir():
