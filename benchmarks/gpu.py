@@ -38,8 +38,8 @@ from pathlib import Path
 from benchmarks.common import machine, percentile
 from bot.config import load_settings
 from bot.engine.batching import BatchEngine, EngineConfig, Request
+from bot.engine.generation import GenerationParams
 from bot.engine.model_loader import load_model
-from bot.engine.sampling import GenerationParams
 from bot.engine.tiny_model import build_tokenizer
 
 REAL_SHAPE = dict(vocab_size=32000, hidden_size=2816, num_hidden_layers=36,

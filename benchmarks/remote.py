@@ -24,8 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import aiohttp  # noqa: E402
 
+from bot.engine.generation import GenerationParams  # noqa: E402
 from bot.engine.remote import RemoteGenerator  # noqa: E402
-from bot.engine.sampling import GenerationParams  # noqa: E402
 from bot.engine.tokenizer import Tokenizer  # noqa: E402
 
 TOKENS = 256

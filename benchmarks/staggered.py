@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from benchmarks.common import machine, median, percentile, prompt, tiny_settings
 from bot.engine.batching import BatchEngine, EngineConfig
+from bot.engine.generation import GenerationParams
 from bot.engine.generator import LocalGenerator
 from bot.engine.model_loader import load_model
-from bot.engine.sampling import GenerationParams
 
 CHATS = 64
 MAX_NEW = 64

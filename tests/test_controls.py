@@ -23,8 +23,8 @@ from bot.conversation import (
 )
 from bot.core.chat import EMPTY_ANSWER, ChatConfig, ChatService, Outcome
 from bot.core.controls import STOPPED_MARK, Action, ControlResult, control_message
-from bot.engine.generation import GenerationParams
-from bot.engine.generator import LocalGenerator, WaitCallback
+from bot.engine.generation import GenerationParams, WaitCallback
+from bot.engine.generator import LocalGenerator
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import OutdatedRequest, QueueFullError
 from bot.ports.records import Delivery

@@ -11,8 +11,8 @@ import torch
 from transformers import GPTNeoXForCausalLM
 
 from bot.engine.batching import BatchEngine, EngineConfig, Output, Request
+from bot.engine.generation import GenerationParams
 from bot.engine.kv_cache import KVArena
-from bot.engine.sampling import GenerationParams
 from bot.engine.tokenizer import Tokenizer
 
 GREEDY = GenerationParams(max_new_tokens=12, do_sample=False)

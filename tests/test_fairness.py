@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 from bot.conversation import ConversationKey, IncomingMessage, Speaker
 from bot.core.chat import ChatConfig, ChatService, Outcome
-from bot.engine.generation import GenerationParams
-from bot.engine.generator import LocalGenerator, WaitCallback
+from bot.engine.generation import GenerationParams, WaitCallback
+from bot.engine.generator import LocalGenerator
 from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink, ScriptedGenerator

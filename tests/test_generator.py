@@ -11,10 +11,9 @@ import torch
 
 from bot.config import Settings
 from bot.engine.batching import BatchEngine, EngineConfig
-from bot.engine.generation import GeneratorStats
+from bot.engine.generation import GenerationParams, GeneratorStats
 from bot.engine.generator import LocalGenerator, load_generator
 from bot.engine.model_loader import load_model
-from bot.engine.sampling import GenerationParams
 from bot.engine.stops import StopFilter
 from bot.errors import (
     GenerationTimeout,

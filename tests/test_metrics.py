@@ -15,8 +15,8 @@ from adapters.slack_service import build_slack_service
 from bot.config import Settings
 from bot.core.chat import ChatService
 from bot.core.front_door import FrontDoor
+from bot.engine.generation import GenerationParams
 from bot.engine.generator import LocalGenerator
-from bot.engine.sampling import GenerationParams
 from bot.errors import GeneratorClosed
 from bot.service.metrics import MeteredGenerator, Metrics, MetricsServer
 from tests.discord_fakes import discord_bot

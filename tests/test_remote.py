@@ -19,9 +19,9 @@ from pydantic import SecretStr
 from bot.config import Settings, load_settings
 from bot.conversation import ConversationKey, IncomingMessage
 from bot.core.chat import ChatConfig, ChatService
+from bot.engine.generation import GenerationParams
 from bot.engine.generator import load_generator
 from bot.engine.remote import RemoteGenerator
-from bot.engine.sampling import GenerationParams
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import ConfigError, GenerationTimeout, GeneratorError, QueueFullError, UserBusyError
 from storage.history import HistoryStore
@@ -435,7 +435,7 @@ def test_a_password_in_engine_url_is_never_shown(tokenizer: Tokenizer) -> None:
     remote = RemoteGenerator(["http://bot:pw-remote-9931@vllm.example:8000/v1"], tokenizer,
                              model="rinna")
     for shown in (repr(remote), repr(remote._endpoints), str(remote._endpoints),
-                  str(remote.load())):
+                  str(remote.kinds())):
         assert "pw-remote-9931" not in shown and "vllm.example:8000" in shown, shown
 
 

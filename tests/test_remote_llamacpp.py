@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.engine.generation import GenerationParams
 from bot.engine.remote import RemoteGenerator
-from bot.engine.sampling import GenerationParams
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import GeneratorError
 from tests.fake_llamacpp import FakeLlamaServer

@@ -18,8 +18,7 @@ from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
 from bot.core.chat import ChatConfig, ChatService
 from bot.core.controls import STOPPED_MARK
-from bot.engine.generation import GenerationParams
-from bot.engine.generator import WaitCallback
+from bot.engine.generation import GenerationParams, WaitCallback
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import RinnaError
 from storage.history import HistoryStore

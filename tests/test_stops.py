@@ -119,7 +119,7 @@ def test_a_cut_reply_is_a_head_of_the_reply_that_ends_cleanly(data: st.DataObjec
 async def test_the_engine_marks_a_reply_cut_by_the_token_limit(generator) -> None:  # noqa: ANN001
     """The real tiny model writes gibberish that runs to the limit: each reply ends at a
     sentence end or with 「…」, and the stream still joins to exactly what was shown."""
-    from bot.engine.sampling import GenerationParams
+    from bot.engine.generation import GenerationParams
 
     for n in range(1, 4):
         prompt = f"ユーザー: {'猫は' * n}何ですか?<NL>システム: "

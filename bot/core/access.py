@@ -98,9 +98,6 @@ class AccessPolicy:
         """None when the request is allowed, else why it is not."""
         return check(self, request)
 
-    def allows(self, request: AccessRequest) -> bool:
-        return check(self, request) is None
-
     def may_moderate(self, request: AccessRequest) -> bool:
         """Whether this person may count as a moderator at all (before asking the platform
         whether they are an admin): not if they are external and their team is not listed."""

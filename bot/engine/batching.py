@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bot.engine.generation import GenerationParams, prompt_room
 from bot.engine.kv_cache import KVArena
 from bot.engine.neox_forward import Segment, StepPlan, Varlen, flash_attention_works, packed_forward
-from bot.engine.sampling import GenerationParams, next_tokens
+from bot.engine.sampling import next_tokens
 from bot.engine.stops import ReplyText
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import GenerationTimeout, GeneratorError
@@ -127,13 +128,7 @@ class BatchEngine:
 
     def check(self, request: Request) -> None:
         """Raise if the request can never run (prompt too long for the context)."""
-        if not request.prompt_ids:
-            raise GeneratorError("empty prompt")
-        if len(request.prompt_ids) >= self.config.context_tokens:
-            raise GeneratorError(
-                f"prompt of {len(request.prompt_ids)} tokens does not fit the "
-                f"{self.config.context_tokens}-token context"
-            )
+        prompt_room(len(request.prompt_ids), self.config.context_tokens)
 
     def clamp(self, request: Request) -> Request:
         """Prompt plus reply must fit the context: shorten the reply's limit if needed."""

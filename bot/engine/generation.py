@@ -3,8 +3,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from bot.errors import GeneratorError
+
+# Hears a waiting request's queue position (1 = next), from either generator.
+WaitCallback = Callable[[int], Awaitable[None] | None]
+
+
+def prompt_room(prompt_tokens: int, context_tokens: int) -> int:
+    """The tokens left for the reply in the model's context; GeneratorError for a prompt that
+    can never run (empty, or filling the context). The one prompt-length rule of both the local
+    and the remote engine."""
+    if prompt_tokens == 0:
+        raise GeneratorError("empty prompt")
+    room = context_tokens - prompt_tokens
+    if room <= 0:
+        raise GeneratorError(f"prompt of {prompt_tokens} tokens does not fit the "
+                             f"{context_tokens}-token context")
+    return room
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,11 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from bot.engine.generation import GenerationParams, GeneratorStats
+from bot.engine.generation import GenerationParams, GeneratorStats, WaitCallback
 from bot.engine.scheduler import Scheduler
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import GeneratorClosed, GeneratorError, ModelLoadError, RinnaError
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WaitCallback = Callable[[int], Awaitable[None] | None]
 
 
 class Generator(Protocol):

@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from bot.engine.generation import GenerationParams, GeneratorStats
+from bot.engine.generation import GenerationParams, GeneratorStats, WaitCallback, prompt_room
 from bot.engine.remote_llamacpp import LlamaCppWire
 from bot.engine.remote_pool import (
     Endpoint,
     EndpointPool,
     Retry,
-    WaitCallback,
     base_url,
     display_url,
 )
@@ -166,10 +165,6 @@ class RemoteGenerator:
     def waiting(self) -> int:
         return self._pool.scheduler.waiting
 
-    def load(self) -> dict[str, int]:
-        """Requests in flight per URL (for logs, tests and benchmarks)."""
-        return {e.shown: e.inflight for e in self._endpoints}
-
     def kinds(self) -> dict[str, str | None]:
         """Each URL's engine, as far as known."""
         return {e.shown: e.kind for e in self._endpoints}
@@ -204,12 +199,7 @@ class RemoteGenerator:
         except (RuntimeError, ValueError, TypeError) as exc:
             log.warning("cannot tokenize the prompt: %s", type(exc).__name__)
             raise GeneratorError("cannot tokenize") from None
-        if not ids:
-            raise GeneratorError("empty prompt")
-        room = self._context_tokens - len(ids)
-        if room <= 0:
-            raise GeneratorError(f"prompt of {len(ids)} tokens does not fit the "
-                                 f"{self._context_tokens}-token context")
+        room = prompt_room(len(ids), self._context_tokens)
         max_tokens = min(params.max_new_tokens, room)
         rid, endpoint = await self._pool.acquire(owner, on_wait, self._open, background)
         deadline = asyncio.get_running_loop().time() + (params.timeout_s

@@ -13,16 +13,16 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from bot.engine.generation import WaitCallback
 from bot.engine.scheduler import Scheduler
 from bot.errors import GeneratorClosed
 
 log = logging.getLogger("bot.engine.remote")
 
-WaitCallback = Callable[[int], Awaitable[None] | None]
 MAX_COOLDOWN_S = 60.0
 
 

@@ -1,5 +1,5 @@
-"""The per-row logits pipeline of the batch engine. GenerationParams lives in the torch-free
-`bot.engine.generation` and is re-exported here for the engine and older imports."""
+"""The per-row logits pipeline of the batch engine (its parameters are the torch-free
+`bot.engine.generation.GenerationParams`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: the parameters need non
 
 from bot.engine.generation import GenerationParams
 
-__all__ = ["GenerationParams", "next_tokens"]
 
 def next_tokens(
     logits: torch.Tensor,  # [B, V] float32, last position of each row
