@@ -16,6 +16,7 @@ from adapters.discord_controls import controls_view, message_ref
 from adapters.discord_files import superseded_content
 from bot.conversation import RETIRED
 from bot.core.reply import MessageReply
+from bot.core.reply import describe as describe_error
 from bot.errors import RinnaError
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ async def tell_failure(interaction: discord.Interaction) -> None:
 def describe(exc: BaseException) -> str:
     if isinstance(exc, discord.HTTPException):
         return f"Discord error {exc.status} {exc.code}"
-    return f"{type(exc).__name__}: {exc}"[:200]
+    return describe_error(exc)
 
 
 # ----- the sink ------------------------------------------------------------------------------

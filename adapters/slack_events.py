@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from slack_bolt.async_app import AsyncAck, AsyncBoltContext, AsyncRespond
 
-from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
+from adapters.slack_api import PLATFORM, Moderators, SlackApi
 from adapters.slack_files import slack_attachments
 from adapters.slack_reply import SlackReply
 from adapters.slack_text import escape
@@ -25,6 +25,7 @@ from bot.core.access import AccessRequest
 from bot.core.chat import Outcome
 from bot.core.front_door import FrontDoor, Result
 from bot.core.front_events import Ack, EarlierReader
+from bot.core.reply import describe
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from adapters.slack_api import (
     HISTORY_PAGE,
     PLATFORM,
     SlackApi,
-    describe,
     message_ref,
 )
 from adapters.slack_blocks import (
@@ -32,7 +31,7 @@ from adapters.slack_blocks import (
 from adapters.slack_stream import NativeStream, StreamSupport
 from adapters.slack_text import escape
 from bot.conversation import RETIRED, ConversationKey
-from bot.core.reply import MessageReply
+from bot.core.reply import MessageReply, describe
 from bot.errors import RinnaError
 
 log = logging.getLogger(__name__)

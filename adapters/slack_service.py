@@ -26,12 +26,13 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters import slack_shapes
-from adapters.slack_api import PLATFORM, SlackApi, SlackConnectError, UserNames, describe
+from adapters.slack_api import PLATFORM, SlackApi, SlackConnectError, UserNames
 from adapters.slack_app import SlackHandlers, register
 from adapters.slack_files import slack_fetcher
 from bot.config import Settings
 from bot.conversation import ReplySink
 from bot.core.front_door import FrontDoor
+from bot.core.reply import describe
 from bot.errors import ConfigError
 from bot.ports.records import Delivery
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.flood import FirstComeFirstServed
 from bot.engine.scheduler import Scheduler
 from bot.errors import QueueFullError, UserBusyError
 
@@ -45,7 +46,7 @@ def test_a_flooding_owner_does_not_hold_up_anothers_first_request() -> None:
 
 
 def test_without_fairness_it_is_first_come_first_served_with_the_same_bounds() -> None:
-    scheduler: Scheduler[str] = Scheduler(max_per_user=3, max_waiting=100, fair=False)
+    scheduler: Scheduler[str] = FirstComeFirstServed(max_per_user=3, max_waiting=100)
     for rid, (owner, item) in enumerate([("A", "a1"), ("A", "a2"), ("B", "b1"), ("A", "a3")]):
         scheduler.add(rid, owner, item)
     with pytest.raises(UserBusyError):

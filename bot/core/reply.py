@@ -113,7 +113,7 @@ class MessageReply(ABC):
                     await self.edit(earlier, piece, final=True)
                     continue
                 except self.delivery_errors as exc:
-                    log.warning("could not edit reply: %s", _describe(exc))
+                    log.warning("could not edit reply: %s", describe(exc))
             await self._try_post(piece, part)
 
     async def fail(self, message: str) -> None:
@@ -127,7 +127,7 @@ class MessageReply(ABC):
                 await self.edit(self._handle, text, final=final)
                 return
             except self.delivery_errors as exc:
-                log.warning("could not edit reply: %s", _describe(exc))
+                log.warning("could not edit reply: %s", describe(exc))
                 if not final:
                     return
         self._handle = await self._try_post(text, 0)
@@ -136,18 +136,20 @@ class MessageReply(ABC):
         try:
             return await self.find(part)
         except self.delivery_errors as exc:
-            log.warning("could not look for an earlier reply: %s", _describe(exc))
+            log.warning("could not look for an earlier reply: %s", describe(exc))
             return None
 
     async def _try_post(self, text: str, part: int = 0) -> Any:
         try:
             handle = await self.post(text, part=part)
         except self.delivery_errors as exc:
-            log.warning("could not post reply: %s", _describe(exc))
+            log.warning("could not post reply: %s", describe(exc))
             return None
         self.posted.append(handle)
         return handle
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """A failure as one short log phrase (its type and message, cut at 300 characters): the
+    one wording of every platform's delivery errors."""
     return f"{type(exc).__name__}: {exc}"[:300]

@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.engine.generation import GenerationParams, GeneratorStats, WaitCallback
 from bot.engine.scheduler import Scheduler
@@ -89,15 +89,16 @@ class LocalGenerator:
         *,
         queue_size: int = 64,
         max_per_user: int = 2,
-        fair: bool = True,
         default_params: GenerationParams | None = None,
+        scheduler: type[Scheduler[Any]] = Scheduler,
     ) -> None:
+        """`scheduler`: the admission policy's class (benchmarks compare others)."""
         self._factory = engine_factory
         self.default_params = default_params or GenerationParams()
         self._cond = threading.Condition()
         # Guarded by _cond: the scheduler, submissions not yet tokenized, aborts, closing.
-        self._scheduler: Scheduler[_Submission] = Scheduler(
-            max_per_user=max_per_user, max_waiting=queue_size, fair=fair)
+        self._scheduler: Scheduler[_Submission] = scheduler(
+            max_per_user=max_per_user, max_waiting=queue_size)
         self._fresh: list[_Submission] = []
         self._aborts: set[int] = set()
         self._closing = False

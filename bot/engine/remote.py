@@ -76,7 +76,6 @@ class RemoteGenerator:
         per_url_limit: int = 64,
         queue_size: int = 64,
         max_per_user: int = 2,
-        fair: bool = True,
         cooldown_s: float = 5.0,
         connect_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -91,7 +90,7 @@ class RemoteGenerator:
         self._request_timeout_s = request_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._pool = EndpointPool(urls, per_url_limit=per_url_limit, queue_size=queue_size,
-                                  max_per_user=max_per_user, fair=fair, cooldown_s=cooldown_s,
+                                  max_per_user=max_per_user, cooldown_s=cooldown_s,
                                   kind=None if kind == "auto" else kind, clock=clock)
         self._byte_ids = tokenizer.byte_piece_ids()
         self._session: aiohttp.ClientSession | None = None

@@ -91,14 +91,14 @@ class EndpointPool:
     """The URLs with their load and health, and the queue of requests waiting for one."""
 
     def __init__(self, urls: list[str] | tuple[str, ...], *, per_url_limit: int,
-                 queue_size: int, max_per_user: int, fair: bool, cooldown_s: float,
+                 queue_size: int, max_per_user: int, cooldown_s: float,
                  kind: str | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not urls:
             raise ValueError("at least one URL")
         self.endpoints = [Endpoint(base_url(u), per_url_limit, kind) for u in urls]
         self.scheduler: Scheduler[_Waiter] = Scheduler(
-            max_per_user=max_per_user, max_waiting=queue_size, fair=fair)
+            max_per_user=max_per_user, max_waiting=queue_size)
         self._cooldown_s = cooldown_s
         self._clock = clock
         self._ids = itertools.count(1)

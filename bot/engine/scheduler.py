@@ -37,23 +37,22 @@ T = TypeVar("T")
 class _Entry(Generic[T]):
     id: int
     owner: Hashable  # whose bound it counts against
-    lane: Hashable  # which queue it waits in: its owner's, or the one shared queue (fair=False)
+    lane: Hashable  # which queue it waits in (Scheduler.lane: its owner's)
     item: T
     background: bool = False
 
 
 class Scheduler(Generic[T]):
-    def __init__(self, *, max_per_user: int, max_waiting: int, fair: bool = True,
+    def __init__(self, *, max_per_user: int, max_waiting: int,
                  max_background: int | None = None) -> None:
-        """`fair=False` keeps the bounds but admits first come, first served (one shared
-        queue): the policy before round-robin, kept for benchmarks. `max_background`: how many
-        background requests may wait (None: `max_waiting`)."""
+        """`max_background`: how many background requests may wait (None: `max_waiting`).
+        Round-robin goes across lanes, one per owner (`lane`); a subclass may choose other
+        lanes (benchmarks/flood.py's first come, first served: one lane for all)."""
         if max_per_user < 1 or max_waiting < 1:
             raise ValueError("bounds must be at least 1")
         self.max_per_user = max_per_user
         self.max_waiting = max_waiting
         self.max_background = max_waiting if max_background is None else max_background
-        self.fair = fair
         self._background: deque[_Entry[T]] = deque()  # background work waiting, oldest first
         self._background_running: dict[int, _Entry[T]] = {}  # admitted, in admission order
         self._queues: dict[Hashable, deque[_Entry[T]]] = {}  # lanes with waiting requests
@@ -78,6 +77,10 @@ class Scheduler(Generic[T]):
     def background(self) -> int:
         """Background requests waiting or running."""
         return len(self._background) + len(self._background_running)
+
+    def lane(self, owner: Hashable) -> Hashable:
+        """The queue a waiting request of `owner` joins: its owner's own."""
+        return owner
 
     def owned(self, owner: Hashable) -> int:
         """Requests of `owner` running or waiting."""
@@ -104,7 +107,7 @@ class Scheduler(Generic[T]):
             raise UserBusyError(f"{self.max_per_user} requests of this user already in the queue")
         if len(self._entries) >= self.max_waiting:
             raise QueueFullError(f"queue full ({self.max_waiting} waiting)")
-        lane: Hashable = key if self.fair else ""
+        lane = self.lane(key)
         entry = _Entry(request_id, key, lane, item)
         queue = self._queues.get(lane)
         if queue is None:
