@@ -35,11 +35,11 @@ from adapters.discord_cogs import (
     HELP_MESSAGE,
     RESET_WHERE,
     ChatCog,
-    MessageEditsCog,
     StatusCog,
 )
 from adapters.discord_config import ConfigCog
 from adapters.discord_controls import AnswerControls, ControlsView
+from adapters.discord_edits import MessageEditsCog
 from adapters.discord_files import discord_fetcher
 from adapters.discord_parse import (
     MAX_TEXT_CHARS,

@@ -220,3 +220,14 @@ def test_platforms_are_named_only_where_they_are_listed() -> None:
                for module in ("bot.service.startup", "bot.service.doctor")}
     for module, source in sources.items():
         assert "discord_enabled" not in source and "slack_enabled" not in source, module
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_every_module_reads_in_one_sitting() -> None:
+    """No module of bot/, adapters/ or storage/ over 400 lines: split along a seam instead."""
+    long = {str(path.relative_to(ROOT)): lines for package in PACKAGES
+            for path in sorted((ROOT / package).rglob("*.py"))
+            if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
