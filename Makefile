@@ -1,11 +1,12 @@
-# Two commands: `make run` and `make test` (and `make demo` to try it without the model). Each
+# Two commands: `make run` and `make test` (and `make demo` to try it without the model, `make lint`
+# for ruff and mypy). Each
 # creates .venv and installs the project first.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-llamacpp chat demo bench bench-gpu clean lock
+.PHONY: run test lint test-llamacpp chat demo bench bench-gpu clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff (lint and import order) and mypy (strict on bot/ and storage/), as configured in
+# pyproject.toml; the pinned tools come with the `lint` extra.
+LINT_STAMP := $(VENV)/.lint-installed
+$(LINT_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[lint]"
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # Against a real llama-server: builds it once from the pinned llama.cpp source (about 12 minutes
 # on 2 cores; cached in ~/.cache/rinna-bot/llama.cpp), records its answers as the fake's fixtures

@@ -24,12 +24,12 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import BinaryIO, TextIO
 
 from bot.conversation import ConversationKey
-from bot.front_door import FrontDoor
-from bot.front_events import Command, Event, command_word
+from bot.core.front_door import FrontDoor
+from bot.core.front_events import Command, Event, command_word
 
 CONSOLE_KEY = ConversationKey(platform="console", workspace="", channel="default")
 PROMPT = "あなた> "
@@ -302,7 +302,8 @@ class _KeysWhileAnswering:
 
 
 @contextlib.contextmanager
-def _on_sigint(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]):  # noqa: ANN202
+def _on_sigint(loop: asyncio.AbstractEventLoop,
+               callback: Callable[[], None]) -> Iterator[None]:
     """Route Ctrl-C to `callback` while the block runs (main thread on Unix only)."""
     try:
         loop.add_signal_handler(signal.SIGINT, callback)

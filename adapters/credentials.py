@@ -81,7 +81,8 @@ async def ask_slack(settings: Settings) -> tuple[str, tuple[str, ...]]:
     if settings.slack_app_token is not None:
         calls.append(("SLACK_APP_TOKEN", settings.slack_app_token, "apps.connections.open",
                       "set it to an app-level token (xapp-...) with connections:write"))
-    who, missing = "", ()
+    who: str = ""
+    missing: tuple[str, ...] = ()
     for key, token, method, fix in calls:
         client = AsyncWebClient(token=token.get_secret_value(), base_url=settings.slack_api_url,
                                 timeout=int(CHECK_TIMEOUT_S))

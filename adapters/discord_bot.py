@@ -27,26 +27,37 @@ import aiohttp
 import discord
 from discord.ext import commands
 
-from adapters.discord_cogs import (ASK_ABOUT, ASK_ABOUT_HERE, ASK_ABOUT_UNREADABLE,
-                                   ASK_ABOUT_WHERE, HELP_MESSAGE, RESET_WHERE, ChatCog,
-                                   MessageEditsCog, StatusCog)
-from adapters.discord_summary import SummaryCog
+from adapters.discord_cogs import (
+    ASK_ABOUT,
+    ASK_ABOUT_HERE,
+    ASK_ABOUT_UNREADABLE,
+    ASK_ABOUT_WHERE,
+    HELP_MESSAGE,
+    RESET_WHERE,
+    ChatCog,
+    StatusCog,
+)
 from adapters.discord_config import ConfigCog
 from adapters.discord_controls import AnswerControls, ControlsView
+from adapters.discord_edits import MessageEditsCog
 from adapters.discord_files import discord_fetcher
-from adapters.discord_parse import (MAX_TEXT_CHARS, access_request, conversation_key,
-                                    readable_text, thread_name)
-from adapters.discord_reply import (DELIVERY_ERRORS, ChannelDestination, DiscordReply,
-                                    describe)
-from bot.access import DENIED_MESSAGE, AccessPolicy
-from bot.chat import ChatService
+from adapters.discord_parse import (
+    MAX_TEXT_CHARS,
+    access_request,
+    conversation_key,
+    readable_text,
+    thread_name,
+)
+from adapters.discord_reply import DELIVERY_ERRORS, ChannelDestination, DiscordReply, describe
+from adapters.discord_summary import SummaryCog
 from bot.config import Settings
 from bot.conversation import ConversationKey
+from bot.core.access import DENIED_MESSAGE, AccessPolicy
+from bot.core.chat import ChatService
+from bot.core.front_door import FrontDoor
+from bot.core.notices import RESET_DONE
 from bot.errors import ConfigError, RinnaError
-from bot.front_door import FrontDoor
-from bot.notices import RESET_DONE
 from bot.ports.records import Delivery
-from bot.status import StatusSource
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +73,18 @@ def bot_intents(message_content: bool = True) -> discord.Intents:
 
 
 class RinnaDiscordBot(commands.Bot):
-    """The Discord client. Takes the core services; builds nothing at import time."""
+    """The Discord client over the front door the service built (shared with every other
+    platform); builds nothing at import time."""
 
-    def __init__(self, chat: ChatService, settings: Settings, *, message_content: bool = True,
-                 status: StatusSource | None = None, **options: Any) -> None:
+    def __init__(self, front: FrontDoor, settings: Settings, *, message_content: bool = True,
+                 **options: Any) -> None:
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, help_command=None,
                          intents=bot_intents(message_content), **options)
-        self.chat = chat
+        self.front = front
+        self.chat: ChatService = front.chat
+        self.policy: AccessPolicy = front.policy
         self.settings = settings
-        self.policy = AccessPolicy.from_settings(settings)
-        self.front = FrontDoor(chat, self.policy, help_text=HELP_MESSAGE, status=status)
         self.files = discord_fetcher(settings)  # downloads attachments (None: not read)
 
     async def setup_hook(self) -> None:
@@ -174,13 +186,12 @@ class DiscordConnectError(RinnaError):
     """Discord could not be reached at start."""
 
 
-def build_discord_bot(chat: ChatService, settings: Settings, *,
-                      status: StatusSource | None = None, **options: Any) -> RinnaDiscordBot:
-    """The bot `rinna-bot run` starts. `status` is what `/status` shows (None: it says it
-    cannot tell). `options` go to RinnaDiscordBot / discord.py's client
-    (`message_content=False` runs without the privileged intent; tests lower timeouts)."""
+def build_discord_bot(front: FrontDoor, settings: Settings, **options: Any) -> RinnaDiscordBot:
+    """The bot `rinna-bot run` starts, over the service's front door. `options` go to
+    RinnaDiscordBot / discord.py's client (`message_content=False` runs without the privileged
+    intent; tests lower timeouts)."""
     options.setdefault("message_content", settings.discord_message_content)
-    return RinnaDiscordBot(chat, settings, status=status, **options)
+    return RinnaDiscordBot(front, settings, **options)
 
 
 __all__ = [

@@ -1,5 +1,5 @@
 """The Discord client's cogs: messages and application commands parsed into front-door events
-(`ChatCog`), and deletions and edits reaching the stored history (`MessageEditsCog`)."""
+(`ChatCog`, `StatusCog`); deletions and edits are adapters/discord_edits.py's."""
 
 from __future__ import annotations
 
@@ -11,20 +11,35 @@ from discord import app_commands
 from discord.ext import commands
 
 from adapters.discord_files import discord_attachments
-from adapters.discord_parse import (ANSWERED_TYPES, MAX_TEXT_CHARS, PLATFORM, access_request,
-                                    conversation_key, mentions_me, read_thread_history,
-                                    readable_text, thread_name)
-from adapters.discord_reply import (DELIVERY_ERRORS, THREAD_ARCHIVE_MINUTES, ChannelDestination,
-                                    Destination, DiscordReply, EphemeralAnswer,
-                                    InteractionDestination, NewThreadDestination, describe,
-                                    tell_failure)
-from bot.attachments import Fetcher
-from bot.conversation import ConversationKey
+from adapters.discord_parse import (
+    ANSWERED_TYPES,
+    MAX_TEXT_CHARS,
+    PLATFORM,
+    access_request,
+    conversation_key,
+    mentions_me,
+    read_thread_history,
+    readable_text,
+    thread_name,
+)
+from adapters.discord_reply import (
+    DELIVERY_ERRORS,
+    THREAD_ARCHIVE_MINUTES,
+    ChannelDestination,
+    Destination,
+    DiscordReply,
+    EphemeralAnswer,
+    InteractionDestination,
+    NewThreadDestination,
+    describe,
+    tell_failure,
+)
+from bot.conversation import ConversationKey, Fetcher
+from bot.core.front_door import FrontDoor
+from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
+from bot.core.notices import SWITCHED_OFF
+from bot.core.prompt import clean_text
 from bot.errors import RinnaError
-from bot.front_door import FrontDoor
-from bot.front_events import Command, EarlierMessage, EarlierReader, Event
-from bot.notices import SWITCHED_OFF
-from bot.prompt import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +47,16 @@ log = logging.getLogger(__name__)
 class CogHost(Protocol):
     """What the cogs use of the client (discord_bot.RinnaDiscordBot)."""
 
-    front: FrontDoor
-    tree: app_commands.CommandTree[Any]
-    files: Fetcher | None  # downloads attachments (None: not read)
+    @property
+    def front(self) -> FrontDoor: ...
+
+    @property
+    def tree(self) -> app_commands.CommandTree[Any]: ...
+
+    @property
+    def files(self) -> Fetcher | None:
+        """Downloads attachments (None: not read)."""
+        ...
 
     @property
     def user(self) -> discord.ClientUser | None: ...
@@ -64,7 +86,8 @@ HELP_MESSAGE = (
     "・回答の「停止」「もう一度」👍 👎 で、止める・答え直す・評価ができます。"
     "`/status` で今の状態を表示します。"
 )
-RESET_WHERE = "`/reset` はスレッドか DM の中で使ってください（チャンネルでの質問は毎回新しいスレッドになります）。"
+RESET_WHERE = ("`/reset` はスレッドか DM の中で使ってください"
+               "（チャンネルでの質問は毎回新しいスレッドになります）。")
 ASK_ABOUT = "rinna に聞く"  # the message context menu's name, as people see it
 ASK_ABOUT_WHERE = "{where} で答えます。"
 ASK_ABOUT_HERE = "この DM で答えます。"
@@ -119,8 +142,9 @@ class ChatCog(commands.Cog):
         mentioned = mentions_me(message, me)
         text = readable_text(message, me.id)
         files = discord_attachments(message.attachments)
-        parsed = dict(delivery_key=str(message.id), text=text, writer=str(message.author.id),
-                      admitted=True, attachments=files, files=self.bot.files)
+        parsed: dict[str, Any] = dict(
+            delivery_key=str(message.id), text=text, writer=str(message.author.id),
+            admitted=True, attachments=files, files=self.bot.files)
         if isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
             await self._answer(conversation_key(channel, None), ChannelDestination(channel),
                                **parsed)
@@ -190,8 +214,8 @@ class ChatCog(commands.Cog):
         channel = interaction.channel
         key = conversation_key(channel, interaction.guild_id)
         text = question.strip()
-        parsed = dict(delivery_key=str(interaction.id), text=text,
-                      writer=str(interaction.user.id))
+        parsed: dict[str, Any] = dict(delivery_key=str(interaction.id), text=text,
+                                      writer=str(interaction.user.id))
         if isinstance(channel, discord.Thread):
             await self._answer(key, InteractionDestination(interaction),
                                earlier=self._earlier(channel, before=None), **parsed)
@@ -244,11 +268,14 @@ class ChatCog(commands.Cog):
             await interaction.edit_original_response(content=ASK_ABOUT_UNREADABLE)
             return
         # Checked for redelivery above (before the defer): not again at the front door.
-        parsed = dict(delivery_key=str(interaction.id), text=text,
-                      writer=str(message.author.id), asker=str(interaction.user.id),
-                      about=str(message.id), admitted=True)
+        parsed: dict[str, Any] = dict(delivery_key=str(interaction.id), text=text,
+                                      writer=str(message.author.id),
+                                      asker=str(interaction.user.id),
+                                      about=str(message.id), admitted=True)
         channel = interaction.channel
         guild_id = interaction.guild_id
+        if not isinstance(channel, discord.abc.Messageable):  # a message is always in one
+            return
         if guild_id is None or isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
             key = conversation_key(channel, None)
             await interaction.edit_original_response(content=ASK_ABOUT_HERE)
@@ -285,13 +312,14 @@ class ChatCog(commands.Cog):
                                                auto_archive_duration=THREAD_ARCHIVE_MINUTES)
         except discord.HTTPException as exc:
             if exc.code == THREAD_ALREADY_CREATED:
-                return self.bot.get_partial_messageable(message.id, guild_id=message.guild.id
-                                                        if guild is not None else None)
+                return self.bot.get_partial_messageable(
+                    message.id, guild_id=guild.id if guild is not None else None)
             log.warning("could not open a thread on message %s (%s); answering in the channel",
                         message.id, describe(exc))
             return None
 
-    @app_commands.command(name="reset", description="このスレッド（または DM）の会話を最初からやり直します")
+    @app_commands.command(name="reset",
+                          description="このスレッド（または DM）の会話を最初からやり直します")
     async def reset(self, interaction: discord.Interaction) -> None:
         if await self._refuse(interaction):
             return
@@ -321,7 +349,7 @@ class ChatCog(commands.Cog):
             await self.front.receive(Event(
                 conversation_key(interaction.channel, interaction.guild_id),
                 str(interaction.id), "", EphemeralAnswer(interaction),
-                writer=str(interaction.user.id), command=Command.HELP))
+                writer=str(interaction.user.id), command=Command.HELP, help_text=HELP_MESSAGE))
         except DELIVERY_ERRORS as exc:
             log.warning("/help %s: %s", interaction.id, describe(exc), exc_info=exc)
 
@@ -333,46 +361,6 @@ async def told_switched_off(front: FrontDoor, interaction: discord.Interaction) 
         return False
     await interaction.response.send_message(SWITCHED_OFF, ephemeral=True)
     return True
-
-
-class MessageEditsCog(commands.Cog):
-    """Deleting or editing a message on Discord does the same to the turn stored from it, so
-    the next prompt no longer holds what the person took back."""
-
-    def __init__(self, bot: CogHost) -> None:
-        self.bot = bot
-
-    @commands.Cog.listener()
-    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        await self._deleted([payload.message_id])
-
-    @commands.Cog.listener()
-    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
-        await self._deleted(sorted(payload.message_ids))
-
-    @commands.Cog.listener()
-    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
-        me, message = self.bot.user, payload.message
-        if me is None or message.author.id == me.id or message.author.bot:
-            return
-        edited = payload.data.get("edited_timestamp") or message.edited_at
-        try:
-            await self.bot.front.edited(
-                PLATFORM, str(payload.message_id), readable_text(message, me.id),
-                edit_id=str(edited or ""), has_files=bool(message.attachments),
-                access=[access_request(message.channel, payload.guild_id, message.author)],
-                sink_for=lambda delivery: self.bot.reply_in(delivery.key,
-                                                            delivery.delivery_key))
-        except Exception:  # the error boundary: logged, the client keeps running
-            log.exception("message %s: could not apply its edit to the history",
-                          payload.message_id)
-
-    async def _deleted(self, message_ids: list[int]) -> None:
-        for message_id in message_ids:
-            try:
-                await self.bot.front.deleted(PLATFORM, str(message_id))
-            except Exception:
-                log.exception("message %s: could not delete it from the history", message_id)
 
 
 class StatusCog(commands.Cog):

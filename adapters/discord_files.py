@@ -9,8 +9,8 @@ from collections.abc import Iterable
 import discord
 
 from adapters.file_download import FileHosts, HostFetcher
-from bot.attachments import Attachment
 from bot.config import Settings
+from bot.conversation import Attachment
 
 
 def discord_file_hosts() -> FileHosts:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from adapters.discord_bot import DiscordReply, RinnaDiscordBot, build_discord_bot
-from bot.chat import ChatService
 from bot.config import Settings
+from bot.core.front_door import FrontDoor
 from bot.ports.records import Delivery
-from bot.status import StatusSource
 
 NAME = "discord"
 
@@ -48,10 +47,9 @@ class DiscordPlatform:
         return self.bot.recovery_sink(delivery)
 
 
-def build_platform(chat: ChatService, settings: Settings,
-                   status: StatusSource | None) -> DiscordPlatform | None:
+def build_platform(front: FrontDoor, settings: Settings) -> DiscordPlatform | None:
     """The Discord platform, or None when DISCORD_TOKEN is not set."""
     if not settings.discord_enabled or settings.discord_token is None:
         return None
-    return DiscordPlatform(build_discord_bot(chat, settings, status=status),
+    return DiscordPlatform(build_discord_bot(front, settings),
                            settings.discord_token.get_secret_value())

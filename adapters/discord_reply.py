@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import discord
@@ -15,14 +15,15 @@ import discord
 from adapters.discord_controls import controls_view, message_ref
 from adapters.discord_files import superseded_content
 from bot.conversation import RETIRED
+from bot.core.reply import MessageReply
+from bot.core.reply import describe as describe_error
 from bot.errors import RinnaError
-from bot.reply import MessageReply
 
 log = logging.getLogger(__name__)
 
 DELIVERY_ERRORS: tuple[type[BaseException], ...] = (
     discord.HTTPException, aiohttp.ClientError, TimeoutError)
-THREAD_ARCHIVE_MINUTES = 1440
+THREAD_ARCHIVE_MINUTES: Literal[1440] = 1440  # a day: one of the durations Discord takes
 TYPING_EVERY_S = 8.0  # Discord shows the indicator for about 10 s per trigger
 
 
@@ -113,7 +114,7 @@ async def tell_failure(interaction: discord.Interaction) -> None:
 def describe(exc: BaseException) -> str:
     if isinstance(exc, discord.HTTPException):
         return f"Discord error {exc.status} {exc.code}"
-    return f"{type(exc).__name__}: {exc}"[:200]
+    return describe_error(exc)
 
 
 # ----- the sink ------------------------------------------------------------------------------
@@ -137,7 +138,8 @@ class DiscordReply(MessageReply):
 
     async def post(self, text: str, *, part: int = 0) -> Any:
         view = controls_view(self.controls_for(part))
-        buttons = {} if view is None else {"view": view}  # a new message: none is no buttons
+        # a new message: none is no buttons
+        buttons: dict[str, Any] = {} if view is None else {"view": view}
         if self.tag is None:
             return await self.destination.send(text, **buttons)
         return await self.destination.send(text, reply_nonce(self.tag, part), **buttons)

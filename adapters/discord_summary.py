@@ -1,5 +1,5 @@
 """「要約」 on Discord: `/summary` and the message context menu 「要約」 hand the front door a
-SUMMARY event (bot/front_door.py) with a reader of what to summarise: the thread read whole (to
+SUMMARY event (bot/core/front_door.py) with a reader of what to summarise: the thread read whole (to
 the core's cap), or, in a channel, its last SUMMARY_CHANNEL_MESSAGES messages. Answered like
 any answer (placeholder, buttons, exactly once), in the thread or as the command's response."""
 
@@ -14,12 +14,18 @@ from discord.ext import commands
 
 from adapters.discord_cogs import CogHost, told_switched_off
 from adapters.discord_parse import PLATFORM, conversation_key, earlier_message
-from adapters.discord_reply import (DELIVERY_ERRORS, ChannelDestination, Destination,
-                                    DiscordReply, InteractionDestination, describe,
-                                    tell_failure)
+from adapters.discord_reply import (
+    DELIVERY_ERRORS,
+    ChannelDestination,
+    Destination,
+    DiscordReply,
+    InteractionDestination,
+    describe,
+    tell_failure,
+)
 from bot.conversation import ConversationKey
+from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
 from bot.errors import RinnaError
-from bot.front_events import Command, EarlierMessage, EarlierReader, Event
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +92,8 @@ class SummaryCog(commands.Cog):
         finally:
             sink.stop_typing()
 
-    @app_commands.command(name="summary", description="このスレッド（チャンネルでは最近のメッセージ）を要約します")
+    @app_commands.command(name="summary",
+                          description="このスレッド（チャンネルでは最近のメッセージ）を要約します")
     async def summary(self, interaction: discord.Interaction) -> None:
         if await self.bot.refuse(interaction) or await self._may_not_read(interaction):
             return

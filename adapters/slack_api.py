@@ -15,6 +15,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bot.core.reply import describe
 from bot.errors import RinnaError
 
 log = logging.getLogger(__name__)
@@ -148,10 +149,6 @@ class UserNames:
                 or profile.get("real_name") or profile.get("name") or user)
         self._remember(user, name)
         return name
-
-
-def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 MODERATOR_TTL_S = 600.0

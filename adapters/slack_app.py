@@ -1,6 +1,6 @@
 """The Slack adapter: slack-bolt's AsyncApp over the platform-free chat service.
 
-Platform event in -> `Event` (bot/front_events.py) -> `FrontDoor.receive`, which owns access,
+Platform event in -> `Event` (bot/core/front_events.py) -> `FrontDoor.receive`, which owns access,
 redelivery, reset/help/status and the answer; this module parses and renders only.
 Socket Mode when SLACK_APP_TOKEN is set, else an aiohttp server at /slack/events that checks
 SLACK_SIGNING_SECRET. Deduplication (Slack retries, the app_mention + message double
@@ -32,12 +32,24 @@ from adapters.slack_blocks import FeedbackSupport
 from adapters.slack_config import config_in_thread, register_home, slack_member
 from adapters.slack_controls import register_controls
 from adapters.slack_edits import register_edits
+from adapters.slack_events import (
+    DENIED,
+    DUPLICATE,
+    FAILED,
+    HELP,
+    IGNORED,
+    MAX_TEXT_CHARS,
+    USER_SUBTYPES,
+    BotIdentity,
+    EphemeralAck,
+    SlackMessage,
+    acknowledge_when_recorded,
+    bot_identity,
+    command_access,
+    command_key,
+    parse_message,
+)
 from adapters.slack_files import slack_attachments
-from adapters.slack_events import (DENIED, DUPLICATE, FAILED, HELP, IGNORED,
-                                   MAX_TEXT_CHARS, USER_SUBTYPES, BotIdentity, EphemeralAck,
-                                   SlackMessage,
-                                   acknowledge_when_recorded, bot_identity, command_access,
-                                   command_key, parse_message)
 from adapters.slack_reply import COMMAND, SlackCommandReply, SlackReply, respond_ephemeral
 from adapters.slack_stream import StreamSupport
 from adapters.slack_summary import channel_reader, register_summary_shortcut, thread_reader
@@ -49,17 +61,22 @@ from adapters.slack_text import (
     unescape,
     user_ids,
 )
-from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
-from bot.attachments import Fetcher
-from bot.chat import ChatService, Outcome
-from bot.conversation import ConversationKey
+from bot.conversation import ConversationKey, Fetcher
+from bot.core.access import DENIED_MESSAGE, AccessRequest
+from bot.core.chat import Outcome
+from bot.core.front_door import FrontDoor
+from bot.core.front_events import (
+    Ack,
+    Command,
+    EarlierMessage,
+    EarlierReader,
+    Event,
+    Writer,
+    command_word,
+)
+from bot.core.notices import RESET_DONE, SWITCHED_OFF, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
 from bot.errors import RinnaError
-from bot.front_door import FrontDoor
-from bot.front_events import (Ack, Command, EarlierMessage, EarlierReader, Event, Writer,
-                              command_word)
-from bot.notices import RESET_DONE, SWITCHED_OFF, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
 from bot.ports.records import Delivery
-from bot.status import StatusSource
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +107,9 @@ COMMAND_KEY = "command:"  # a /rinna command's delivery key: this and its trigge
 class SlackHandlers:
     """The services the listeners use, and the listeners' work (platform event -> front door)."""
 
-    chat: ChatService
+    front: FrontDoor  # the core's way in, built once by the service for every platform
     api: SlackApi
     names: UserNames
-    policy: AccessPolicy = field(default_factory=AccessPolicy)
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     background: set[asyncio.Task[Any]] = field(default_factory=set)  # listeners' work
     # How each event ended ("answered", "duplicate", "ignored", "reset", ...): for logs,
@@ -105,14 +121,8 @@ class SlackHandlers:
     feedback: FeedbackSupport = field(default_factory=FeedbackSupport)
     moderators: Moderators | None = None  # made by register_controls if unset
     pressed: Counter[str] = field(default_factory=Counter)  # "stop:done", ...: button presses
-    status: StatusSource | None = None  # for `/rinna status` (None: not available)
     files: Fetcher | None = None  # downloads shared files from Slack (None: not read)
     summary_messages: int = 100  # SUMMARY_CHANNEL_MESSAGES: 「要約」 outside a thread reads these
-    front: FrontDoor = field(init=False)  # the core's way in, with this platform's policy
-
-    def __post_init__(self) -> None:
-        self.front = FrontDoor(self.chat, self.policy, help_text=HELP_MESSAGE,
-                               status=self.status)
 
     def reply(self, channel: str, thread_ts: str | None, tag: str | None, *,
               user: str | None = None, team: str | None = None) -> SlackReply:
@@ -352,7 +362,7 @@ def register(app: AsyncApp, services: SlackHandlers) -> None:
             services.outcomes[await services.front.receive(Event(
                 command_key(command), str(command.get("trigger_id") or ""), text,
                 EphemeralAck(ack), writer=user, command=word, admitted=True,
-                member=member))] += 1
+                member=member, help_text=HELP_MESSAGE))] += 1
             return
         if await services.front.switched_off(command_key(command)):  # a community's choice
             await ack(text=SWITCHED_OFF, response_type="ephemeral")

@@ -16,16 +16,16 @@ from typing import Any, Protocol
 
 from slack_bolt.async_app import AsyncAck, AsyncBoltContext, AsyncRespond
 
-from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
+from adapters.slack_api import PLATFORM, Moderators, SlackApi
 from adapters.slack_files import slack_attachments
 from adapters.slack_reply import SlackReply
 from adapters.slack_text import escape
-from bot.access import AccessPolicy, AccessRequest
-from bot.attachments import Attachment
-from bot.chat import ChatService, Outcome
-from bot.conversation import ConversationKey
-from bot.front_door import FrontDoor, Result
-from bot.front_events import Ack, EarlierReader
+from bot.conversation import Attachment, ConversationKey
+from bot.core.access import AccessRequest
+from bot.core.chat import Outcome
+from bot.core.front_door import FrontDoor, Result
+from bot.core.front_events import Ack, EarlierReader
+from bot.core.reply import describe
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,8 @@ class Tracked(Protocol):
 class SlackServices(Tracked, Protocol):
     """What the listeners of slack_assistant and slack_controls use (slack_app.SlackHandlers)."""
 
-    chat: ChatService
     front: FrontDoor
     api: SlackApi
-    policy: AccessPolicy
     pressed: Counter[str]
     moderators: Moderators | None
 

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapters.file_download import FileHosts, HostFetcher
-from bot.attachments import Attachment
 from bot.config import Settings
+from bot.conversation import Attachment
 
 DELETED_MODE = "tombstone"  # a file deleted since: nothing to say about it
 # Files Slack shows but does not serve here: hidden by the free plan's limit, a link to another

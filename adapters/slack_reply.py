@@ -12,8 +12,13 @@ from slack_bolt.async_app import AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.slack_api import (DELIVERY_ERRORS, HISTORY_PAGE, PLATFORM, SlackApi, describe,
-                                message_ref)
+from adapters.slack_api import (
+    DELIVERY_ERRORS,
+    HISTORY_PAGE,
+    PLATFORM,
+    SlackApi,
+    message_ref,
+)
 from adapters.slack_blocks import (
     FeedbackSupport,
     any_control,
@@ -26,8 +31,8 @@ from adapters.slack_blocks import (
 from adapters.slack_stream import NativeStream, StreamSupport
 from adapters.slack_text import escape
 from bot.conversation import RETIRED, ConversationKey
+from bot.core.reply import MessageReply, describe
 from bot.errors import RinnaError
-from bot.reply import MessageReply
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,8 @@ QUESTION_SHOWN_CHARS = 2800
 REPLY_EVENT = "rinna_reply"  # the metadata event type that tags the bot's replies
 QUESTION_PART = -1  # the metadata part of the question a /rinna command posts
 FIND_PAGES = 10
+# what an ephemeral reply may meet: the platform's errors, or a response_url no longer valid
+EPHEMERAL_ERRORS: tuple[type[BaseException], ...] = (*DELIVERY_ERRORS, ValueError)
 # chat.postMessage errors that say the bot cannot post in this conversation at all (not a
 # member of the channel, a DM or group DM it is not in)
 CANNOT_POST = frozenset({"not_in_channel", "channel_not_found"})
@@ -81,7 +88,7 @@ class SlackReply(MessageReply):
     def _blocks(self, text: str, part: int, *, edit: bool,
                 native: bool = True) -> dict[str, Any]:
         """The `blocks` argument for a post or an edit of `part` showing `text`: the text and
-        the buttons offered (bot/reply.py's `offer`); on an edit of the main message, [] to
+        the buttons offered (bot/core/reply.py's `offer`); on an edit of the main message, [] to
         take away buttons it showed before (chat.update keeps blocks it is not given)."""
         blocks = message_blocks(text, self.controls_for(part), native_feedback=native)
         return {"blocks": blocks} if blocks or (edit and part == 0) else {}
@@ -301,10 +308,12 @@ class SlackCommandReply(SlackReply):
         self.respond = respond
 
     async def locate(self) -> ConversationKey:
-        if self.thread_ts is None:
+        thread = self.thread_ts
+        if thread is None:
             found = await self._find(QUESTION_PART)
-            self.thread_ts = str(found) if found is not None else await self._post_question()
-        return ConversationKey(PLATFORM, self.team, self.channel, self.thread_ts)
+            thread = str(found) if found is not None else await self._post_question()
+            self.thread_ts = thread
+        return ConversationKey(PLATFORM, self.team or "", self.channel, thread)
 
     async def _post_question(self) -> str:
         shown = self.question if len(self.question) <= QUESTION_SHOWN_CHARS else (
@@ -344,6 +353,6 @@ class SlackCommandReply(SlackReply):
 async def respond_ephemeral(respond: AsyncRespond, text: str) -> None:
     try:
         await respond(text=text, response_type="ephemeral", replace_original=False)
-    except (*DELIVERY_ERRORS, ValueError) as exc:
+    except EPHEMERAL_ERRORS as exc:
         log.warning("slack: could not send an ephemeral reply: %s", describe(exc))
 

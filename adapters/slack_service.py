@@ -26,16 +26,15 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters import slack_shapes
-from adapters.slack_api import PLATFORM, SlackApi, SlackConnectError, UserNames, describe
+from adapters.slack_api import PLATFORM, SlackApi, SlackConnectError, UserNames
 from adapters.slack_app import SlackHandlers, register
 from adapters.slack_files import slack_fetcher
-from bot.access import AccessPolicy
-from bot.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ReplySink
+from bot.core.front_door import FrontDoor
+from bot.core.reply import describe
 from bot.errors import ConfigError
 from bot.ports.records import Delivery
-from bot.status import StatusSource
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +247,10 @@ def _check_shape(body: str, content_type: str) -> None:
         slack_shapes.check_command(form)
 
 
-def build_slack_service(chat: ChatService, settings: Settings, *,
-                        status: StatusSource | None = None,
+def build_slack_service(front: FrontDoor, settings: Settings, *,
                         host: str = "0.0.0.0") -> SlackService:
-    """The Slack app over the core services, ready to `start()`; nothing connects yet."""
+    """The Slack app over the service's front door, ready to `start()`; nothing connects
+    yet."""
     if settings.slack_bot_token is None:
         raise ConfigError("SLACK_BOT_TOKEN is not set")
     secret = settings.slack_signing_secret
@@ -271,16 +270,14 @@ def build_slack_service(chat: ChatService, settings: Settings, *,
                    logger=logging.getLogger("slack_bolt"), process_before_response=True,
                    signing_secret=secret.get_secret_value() if secret is not None else "")
     api = SlackApi(client)
-    handlers = SlackHandlers(chat, api, UserNames(api), AccessPolicy.from_settings(settings),
-                             status=status, files=slack_fetcher(settings),
+    handlers = SlackHandlers(front, api, UserNames(api), files=slack_fetcher(settings),
                              summary_messages=settings.summary_channel_messages)
     register(app, handlers)
     return SlackService(app, handlers, settings, host)
 
 
-def build_platform(chat: ChatService, settings: Settings,
-                   status: StatusSource | None) -> SlackService | None:
+def build_platform(front: FrontDoor, settings: Settings) -> SlackService | None:
     """The Slack platform, or None when SLACK_BOT_TOKEN is not set."""
     if not settings.slack_enabled:
         return None
-    return build_slack_service(chat, settings, status=status)
+    return build_slack_service(front, settings)

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from adapters.slack_api import describe
 from adapters.slack_text import escape
+from bot.core.reply import describe
 
 if TYPE_CHECKING:
     from adapters.slack_api import SlackApi

@@ -1,13 +1,13 @@
 """「要約」 on Slack: the message shortcut, `/rinna 要約` and a mention saying 要約 hand the front
-door a SUMMARY event (bot/front_door.py) with a reader of what to summarise: a thread read
+door a SUMMARY event (bot/core/front_door.py) with a reader of what to summarise: a thread read
 whole (to the core's cap), or a channel's last messages (SUMMARY_CHANNEL_MESSAGES) where there
 is no thread. The answer goes in the thread, exactly once, like any answer."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from slack_bolt.async_app import AsyncRespond
@@ -15,14 +15,21 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 
 from adapters.slack_api import HISTORY_PAGE, PLATFORM
-from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
-                                   bot_identity, tell_presser)
+from adapters.slack_events import (
+    DENIED,
+    FAILED,
+    IGNORED,
+    SlackMessage,
+    SlackServices,
+    bot_identity,
+    tell_presser,
+)
 from adapters.slack_reply import QUESTION_PART, REPLY_EVENT
 from adapters.slack_text import ts_order
-from bot.access import AccessRequest
 from bot.conversation import ConversationKey
-from bot.front_events import Command, EarlierMessage, EarlierReader, Event
-from bot.notices import SWITCHED_OFF
+from bot.core.access import AccessRequest
+from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
+from bot.core.notices import SWITCHED_OFF
 
 if TYPE_CHECKING:
     from slack_bolt.app.async_app import AsyncApp
@@ -56,7 +63,7 @@ def thread_reader(services: SlackHandlers, channel: str, thread_ts: str,
         seen: set[str] = set()
         cursor: str | None = None
         for _ in range(MAX_PAGES):
-            extra = {"latest": before, "inclusive": False} if before else {}
+            extra: dict[str, Any] = {"latest": before, "inclusive": False} if before else {}
             page = await services.api.call("conversations_replies", channel=channel,
                                            ts=thread_ts, limit=HISTORY_PAGE, cursor=cursor,
                                            **extra)
@@ -80,7 +87,7 @@ def channel_reader(services: SlackHandlers, channel: str, before: str | None,
     """The channel's last SUMMARY_CHANNEL_MESSAGES messages (before `before`), oldest first."""
 
     async def read() -> list[EarlierMessage]:
-        extra = {"latest": before, "inclusive": False} if before else {}
+        extra: dict[str, Any] = {"latest": before, "inclusive": False} if before else {}
         page = await services.api.call("conversations_history", channel=channel,
                                        limit=services.summary_messages + 1,
                                        include_all_metadata=True, **extra)

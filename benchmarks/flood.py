@@ -1,9 +1,9 @@
 """Flood: user A sends 100 requests at once, user B one more once A's are queued. How long
 does B wait for the whole answer, against B alone on an idle generator?
 
-Three policies of the same generator: first come, first served (the queue before round-robin;
-`fair=False`), round-robin across users with no per-user bound, and the shipped default
-(round-robin, MAX_PER_USER=2: A's extra requests are refused at once).
+Three policies of the same generator: first come, first served (the queue before
+round-robin; `FirstComeFirstServed` below), round-robin across users with no per-user bound,
+and the shipped default (round-robin, MAX_PER_USER=2: A's extra requests are refused at once).
 
     python -m benchmarks.flood            (tiny model, CPU; --rounds, --max-new, --max-batch)
 """
@@ -15,13 +15,15 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from benchmarks.common import machine, prompt, tiny_settings
 from bot.config import Settings
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import LocalGenerator
+from bot.engine.scheduler import Scheduler, T
 from bot.errors import UserBusyError
-from bot.generation import GenerationParams
-from bot.generator import LocalGenerator
 
 FLOOD = 100
 
@@ -38,11 +40,19 @@ class Result:
     flooded_tokens: int  # ... and behind the flood: machine-independent work ahead of B
 
 
+class FirstComeFirstServed(Scheduler[T]):
+    """The queue before round-robin (issue 9): the same bounds, one lane for everyone."""
+
+    def lane(self, owner: Hashable) -> Hashable:
+        return ""
+
+
 async def make(settings: Settings, *, fair: bool, max_per_user: int) -> LocalGenerator:
-    from bot.model_loader import build_engine
+    from bot.engine.model_loader import build_engine
 
     generator = LocalGenerator(lambda: build_engine(settings), queue_size=FLOOD + 8,
-                               max_per_user=max_per_user, fair=fair,
+                               max_per_user=max_per_user,
+                               scheduler=Scheduler if fair else FirstComeFirstServed,
                                default_params=GenerationParams(
                                    max_new_tokens=settings.max_new_tokens))
     return await generator.start()

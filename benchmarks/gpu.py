@@ -37,10 +37,10 @@ from pathlib import Path
 
 from benchmarks.common import machine, percentile
 from bot.config import load_settings
-from bot.engine import BatchEngine, EngineConfig, Request
-from bot.model_loader import load_model
-from bot.sampling import GenerationParams
-from bot.tiny_model import build_tokenizer
+from bot.engine.batching import BatchEngine, EngineConfig, Request
+from bot.engine.generation import GenerationParams
+from bot.engine.model_loader import load_model
+from bot.engine.tiny_model import build_tokenizer
 
 REAL_SHAPE = dict(vocab_size=32000, hidden_size=2816, num_hidden_layers=36,
                   num_attention_heads=22, intermediate_size=11264)
@@ -212,7 +212,8 @@ class Bench:
         return {"chats": chats, "rate_per_s": rate, "ttft_p50_ms": percentile(firsts, 50) * 1000,
                 "ttft_p99_ms": percentile(firsts, 99) * 1000,
                 "ttft_long_p50_ms": percentile(long_firsts, 50) * 1000,
-                "itl_p50_ms": percentile(gaps, 50) * 1000, "itl_p99_ms": percentile(gaps, 99) * 1000,
+                "itl_p50_ms": percentile(gaps, 50) * 1000,
+                "itl_p99_ms": percentile(gaps, 99) * 1000,
                 "max_rows": served["max_rows"], "wall_s": served["wall"], "peak_gb": self.peak_gb()}
 
     # ----- baselines: transformers' generate on the same model --------------------------
@@ -260,30 +261,31 @@ class Bench:
             attention=self.args.attention))
         self.record(f"{name} load", {"seconds": time.perf_counter() - loaded,
                                      "weights_gb": info.memory_bytes / 1024**3,
-                                     "attention": "flash varlen" if engine.flash else "per-row SDPA",
+                                     "attention": ("flash varlen" if engine.flash
+                                                   else "per-row SDPA"),
                                      "kv_budget_tokens": engine.cache.max_tokens})
         max_new = self.args.max_new
         self.serve(engine, [(0.0, Request(0, ids(0, SHORT), GenerationParams(max_new_tokens=8)))])
-        self.case(f"{name} batch-1 latency", lambda: self.latency(engine, max_new))
+        self.case(f"{name} batch-1 latency", lambda e=engine: self.latency(e, max_new))
         int8 = name == "int8"
         batches = [b for b in self.args.batch_list if not (int8 or quick) or b in (1, 8, 32)]
         prompts = [p for p in self.args.prompt_list if not int8 or p == SHORT]
         for prompt in prompts:
             for batch in batches:
                 self.case(f"{name} burst {batch}x{prompt}",
-                          lambda b=batch, p=prompt: self.burst(engine, b, p, max_new))
+                          lambda b=batch, p=prompt, e=engine: self.burst(e, b, p, max_new))
         if "staggered" not in self.args.skip and not int8:
             key = f"{name} burst 8x{SHORT}"
             per_chat = self.results["cases"].get(key, {}).get("wall_s") or max_new * 0.05
             self.case(f"{name} staggered",
-                      lambda: self.staggered(engine, per_chat, 16 if quick else 32, max_new))
+                      lambda e=engine: self.staggered(e, per_chat, 16 if quick else 32, max_new))
         if "baselines" not in self.args.skip and not int8:
             for prompt in prompts:
                 self.case(f"{name} card one-at-a-time {prompt}",
-                          lambda p=prompt: self.one_at_a_time(engine, p, max_new))
+                          lambda p=prompt, e=engine: self.one_at_a_time(e, p, max_new))
                 for batch in ([8] if quick or prompt == LONG else [8, 32]):
                     self.case(f"{name} static generate {batch}x{prompt}",
-                              lambda b=batch, p=prompt: self.generate(engine, b, p, max_new))
+                              lambda b=batch, p=prompt, e=engine: self.generate(e, b, p, max_new))
         del engine, model
         gc.collect()
         if self.cuda:
@@ -329,7 +331,8 @@ def report(results: dict) -> str:
     lines = [f"GPU benchmark on {results['device']} (torch {results['torch']}), "
              f"{results['shape']} shape, random weights, max_new_tokens="
              f"{results['args']['max_new']}, KV_CACHE_GB={results['args']['kv_gb']}, MAX_BATCH=32;"
-             f" medians of {results['args']['repeats']} runs; total {results.get('total_s', 0):.0f} s.",
+             f" medians of {results['args']['repeats']} runs;"
+             f" total {results.get('total_s', 0):.0f} s.",
              ""]
     for name in results["args"]["quant_list"]:
         if f"{name} load" not in cases:
@@ -340,7 +343,8 @@ def report(results: dict) -> str:
         if (lat := cases.get(f"{name} batch-1 latency")):
             lines.append(f"batch 1: {lat['ms_per_token']:.1f} ms/token, first token "
                          f"{lat['ttft_ms']:.0f} ms, peak {lat['peak_gb']:.2f} GiB")
-        lines += ["", "| chats x prompt | tokens/s | wall | TTFT p50 | most rows together | peak GiB |",
+        lines += ["", "| chats x prompt | tokens/s | wall | TTFT p50 | most rows together"
+                      " | peak GiB |",
                   "|---|---|---|---|---|---|"]
         for key, row in cases.items():
             if key.startswith(f"{name} burst "):
@@ -353,7 +357,8 @@ def report(results: dict) -> str:
                              f"{row['tokens_per_s']:.0f} | {row['wall_s']:.1f} s | | | "
                              f"{row['peak_gb']:.2f} |")
         if (st := cases.get(f"{name} staggered")):
-            lines.append(f"\nstaggered ({st['chats']} chats, {st['rate_per_s']:.2f}/s, 1 in 4 long):"
+            lines.append(f"\nstaggered ({st['chats']} chats, {st['rate_per_s']:.2f}/s,"
+                         " 1 in 4 long):"
                          f" TTFT p50 {st['ttft_p50_ms']:.0f} ms, p99 {st['ttft_p99_ms']:.0f} ms "
                          f"(long prompts p50 {st['ttft_long_p50_ms']:.0f} ms); inter-token p50 "
                          f"{st['itl_p50_ms']:.0f} ms, p99 {st['itl_p99_ms']:.0f} ms; up to "

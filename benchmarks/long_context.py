@@ -52,7 +52,7 @@ def write_model(directory: Path) -> None:
 
 def load_engine_class(kind: str, rev: str):  # noqa: ANN201
     if kind == "new":
-        from bot.engine import BatchEngine, EngineConfig, Request
+        from bot.engine.batching import BatchEngine, EngineConfig, Request
         return BatchEngine, EngineConfig, Request
     source = subprocess.run(["git", "show", f"{rev}:bot/engine.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
@@ -76,8 +76,8 @@ def worker(case: str, kind: str, model_dir: Path, rev: str) -> dict[str, object]
     import torch
 
     from bot.config import load_settings
-    from bot.model_loader import load_model
-    from bot.sampling import GenerationParams
+    from bot.engine.generation import GenerationParams
+    from bot.engine.model_loader import load_model
 
     torch.set_num_threads(1)
     settings = load_settings(model_id=str(model_dir), quantization="fp32", device="cpu",
@@ -162,7 +162,7 @@ def steps(engine, kind: str, Request, batch: int, length: int) -> dict:  # noqa:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from bot.sampling import GenerationParams
+    from bot.engine.generation import GenerationParams
 
     params = GenerationParams(max_new_tokens=500, seed=1)
     requests = [Request(i, ids(i, length), params) for i in range(batch)]
@@ -224,7 +224,8 @@ def card(model, tokenizer, count: int) -> dict:  # noqa: ANN001
     for i in range(count):
         prompt = torch.tensor([ids(i, LONG + i)])
         with torch.no_grad():
-            out = model.generate(prompt, do_sample=True, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW,
+            out = model.generate(prompt, do_sample=True, max_new_tokens=MAX_NEW,
+                                 min_new_tokens=MAX_NEW,
                                  temperature=0.7, repetition_penalty=1.1,
                                  pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id)
         tokens += out.shape[1] - prompt.shape[1]
@@ -279,7 +280,8 @@ def report(results: dict) -> str:
             lines.append(row)
     if "short32" in results:
         r = results["short32"]
-        lines.append(f"32 chats, ~{SHORT}-token prompts: before {r['old']['tokens_per_s']:.1f} tok/s,"
+        lines.append(f"32 chats, ~{SHORT}-token prompts:"
+                     f" before {r['old']['tokens_per_s']:.1f} tok/s,"
                      f" after {r['new']['tokens_per_s']:.1f} tok/s")
     if "card" in results:
         c = results["card"]
@@ -293,8 +295,10 @@ def report(results: dict) -> str:
                          f", peak {mem(x)}")
     if "stall" in results:
         for kind, x in results["stall"].items():
-            lines.append(f"8 streams, a long prompt arrives, {'before' if kind == 'old' else 'after'}:"
-                         f" stall {x['stall_s']:.2f} s, token gap {x['gap_before_median_s'] * 1000:.0f}"
+            when = "before" if kind == "old" else "after"
+            lines.append(f"8 streams, a long prompt arrives, {when}:"
+                         f" stall {x['stall_s']:.2f} s,"
+                         f" token gap {x['gap_before_median_s'] * 1000:.0f}"
                          f" ms before / {x['gap_after_median_s'] * 1000:.0f} ms after (median), "
                          f"long's first token {x['long_first_token_s']:.1f} s, peak {mem(x)}")
     return "\n".join(lines)

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 
 from benchmarks.common import machine, median, percentile, prompt, tiny_settings
-from bot.engine import BatchEngine, EngineConfig
-from bot.generator import LocalGenerator
-from bot.model_loader import load_model
-from bot.sampling import GenerationParams
+from bot.engine.batching import BatchEngine, EngineConfig
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import LocalGenerator
+from bot.engine.model_loader import load_model
 
 CHATS = 64
 MAX_NEW = 64
@@ -110,7 +110,8 @@ def main() -> None:
     print(f"Staggered arrivals, tiny model, CPU: {CHATS} chats, Poisson rate {rate:.1f}/s "
           f"(seed {SEED}), max_new_tokens={MAX_NEW}; one chat alone takes {alone * 1000:.0f} ms.")
     print(f"Machine: {machine()}")
-    print("| policy | mean in flight | TTFT median | TTFT p95 | last token median | last token p95 |")
+    print("| policy | mean in flight | TTFT median | TTFT p95 | last token median"
+          " | last token p95 |")
     print("|---|---|---|---|---|---|")
     for name, config in policies.items():
         timings, flight = asyncio.run(run(make_generator(settings, **config), gaps))

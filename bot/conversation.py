@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from bot.attachments import Attachment, Fetcher
+from typing import Protocol
 
 
 class Speaker(StrEnum):
@@ -39,6 +36,27 @@ class ConversationKey:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to a platform message, as the adapter saw it (nothing downloaded).
+    `url` is the platform's own URL for the file, from the event: never one a person typed."""
+
+    name: str
+    url: str
+    size: int | None = None  # as the platform declares it (None: unknown)
+    content_type: str | None = None  # MIME type as the platform declares it
+
+    def __repr__(self) -> str:  # the URL may be signed: not for logs
+        return f"Attachment(name={self.name!r}, size={self.size}, type={self.content_type!r})"
+
+
+class Fetcher(Protocol):
+    """Downloads an attachment from the platform's own hosts. Raises AttachmentTooLarge past
+    `max_bytes` and AttachmentUnavailable for anything else that keeps it from being read."""
+
+    async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """One user message as the adapter saw it.
 
@@ -57,7 +75,7 @@ class IncomingMessage:
     # 聞く」: the message asked about), so that deleting or editing one reaches the stored text.
     sources: tuple[str, ...] = ()
     # Short notes for the answer on what of the message was not read (attached files that
-    # are not text, too big, or cut to fit the prompt): bot/attachments.py writes them.
+    # are not text, too big, or cut to fit the prompt): bot/core/attachments.py writes them.
     notes: tuple[str, ...] = ()
     # Files attached to the message (read into its text once it is recorded) and the
     # platform's downloader for them (adapters/file_download.py).
@@ -94,7 +112,7 @@ class ReplySink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Controls:
-    """The buttons a reply's main message shows (the adapter renders them; bot/controls.py
+    """The buttons a reply's main message shows (the adapter renders them; bot/core/controls.py
     says what pressing them does)."""
 
     stop: bool = False  # 「停止」 while the answer streams
@@ -122,7 +140,7 @@ class ControlledSink(ReplySink, Protocol):
 
 
 class ResumableSink(ReplySink, Protocol):
-    """A sink whose placeholder survives a restart (bot/reply.py's MessageReply).
+    """A sink whose placeholder survives a restart (bot/core/reply.py's MessageReply).
 
     After `start`, `placeholder_ref()` is the placeholder's platform handle as a string (Slack
     ts, Discord channel/message id), which the chat service stores. A new process answering a

@@ -72,7 +72,8 @@ class PromptRefused(RinnaError):
     """A message that would still read as a new turn to the model after escaping, so it is
     not sent to the model at all (it stays stored as written)."""
 
-    user_message = "この文面はそのままではモデルに渡せません。書き方を変えてもう一度お試しください。"
+    user_message = ("この文面はそのままではモデルに渡せません。"
+                    "書き方を変えてもう一度お試しください。")
 
 
 class AttachmentError(RinnaError):

@@ -12,6 +12,7 @@ umask; looser modes on an existing verified database are tightened.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -117,9 +118,9 @@ def _side_files(path: Path) -> list[tuple[Path, os.stat_result]]:
 
 def _verify_and_tighten(path: Path) -> None:
     with _verified(path) as (fd, now):
-        tighten(path, now.st_mode, lambda mode: os.fchmod(fd, mode))
+        tighten(path, now.st_mode, functools.partial(os.fchmod, fd))
     for side, side_stat in _side_files(path):
-        tighten(side, side_stat.st_mode, lambda mode, side=side: os.chmod(side, mode))
+        tighten(side, side_stat.st_mode, functools.partial(os.chmod, side))
 
 
 def _create(path: Path) -> bool:

@@ -33,8 +33,8 @@ from storage.community import CommunityRecords
 from storage.deliveries import DELIVERY_SELECT, UNFINISHED_STATES, DeliveryRecords, delivery_of
 from storage.files import prepare_database_file
 from storage.private import PrivateRecords
-from storage.summaries import SummaryRecords
 from storage.schema import MIGRATIONS, SCHEMA_VERSION
+from storage.summaries import SummaryRecords
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ class HistoryStore(PrivateRecords, DeliveryRecords, SummaryRecords, CommunityRec
         await self._db.execute("PRAGMA synchronous = NORMAL")
         await self._db.execute("PRAGMA secure_delete = ON")  # deleted text is overwritten
         async with self._transaction() as db:
-            (version,) = await (await db.execute("PRAGMA user_version")).fetchone()
+            row = await (await db.execute("PRAGMA user_version")).fetchone()
+            version = int(row[0]) if row is not None else 0
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema version {version} is newer than this bot")
             for number in range(version, SCHEMA_VERSION):
@@ -119,6 +120,8 @@ class HistoryStore(PrivateRecords, DeliveryRecords, SummaryRecords, CommunityRec
         row = await (await db.execute(
             "SELECT id FROM conversations WHERE platform=? AND workspace=? AND channel=?"
             " AND thread=?", (key.platform, key.workspace, key.channel, key.thread))).fetchone()
+        if row is None:  # inserted just above, in this transaction
+            raise StorageError(f"conversation {key} vanished while it was recorded")
         return int(row[0])
 
     async def find(self, key: ConversationKey) -> int | None:
@@ -162,12 +165,6 @@ class HistoryStore(PrivateRecords, DeliveryRecords, SummaryRecords, CommunityRec
             "SELECT 1 FROM turns WHERE conversation_id=? LIMIT 1", (conversation,))).fetchone()
         return row is not None
 
-    async def seen(self, platform: str, delivery_key: str) -> bool:
-        row = await (await self._db.execute(
-            "SELECT 1 FROM deliveries WHERE platform=? AND delivery_key=?",
-            (platform, delivery_key))).fetchone()
-        return row is not None
-
     async def add_turn(
         self, conversation: int, turn: Turn, delivery: tuple[str, str] | None = None,
         *, author: str | None = None,
@@ -179,7 +176,9 @@ class HistoryStore(PrivateRecords, DeliveryRecords, SummaryRecords, CommunityRec
                 "INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
                 " VALUES (?,?,?,?,?)",
                 (conversation, str(turn.speaker), turn.text, self._clock(), author or None))
-            turn_id = int(cursor.lastrowid)
+            if cursor.lastrowid is None:
+                raise StorageError("a stored turn got no row id")
+            turn_id = cursor.lastrowid
             if delivery is not None:
                 await db.execute(
                     "UPDATE deliveries SET turn_id=? WHERE platform=? AND delivery_key=?",
@@ -264,6 +263,8 @@ class HistoryStore(PrivateRecords, DeliveryRecords, SummaryRecords, CommunityRec
             row = await (await db.execute(
                 DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
                 (answer.platform, request_key))).fetchone()
+        if row is None:  # inserted just above, in this transaction
+            raise StorageError(f"request {request_key} vanished while it was recorded")
         return replace(delivery_of(row), fresh=True)
 
     async def still_newest(self, request: Delivery) -> Delivery | None:

@@ -169,7 +169,8 @@ MIGRATIONS: tuple[str, ...] = (
     # machine (bot/ports/records.py, DeliveryState): the placeholder posted (shown), the user
     # turn stored (answering) and the answer stored (ready) become states of their own, each
     # reached by one checked transition, and a notice ends it as failed. `runner`: the
-    # process answering it (`take`), so the store, not the process, says who answers. SQLite cannot change a CHECK: the column is rebuilt. A reply ref
+    # process answering it (`take`), so the store, not the process, says who answers. SQLite
+    # cannot change a CHECK: the column is rebuilt. A reply ref
     # names its message uniquely within its platform: refs without a channel (a bare
     # message handle, unique only within its channel) get `channel/` in front, like the
     # refs that have one.

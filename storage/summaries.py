@@ -88,7 +88,7 @@ class SummaryRecords:
             " WHERE t.conversation_id = ? AND t.id > c.history_start AND t.id > ?"
             " AND t.id < ? AND NOT t.superseded",
             (conversation, after if after is not None else 0, before))).fetchone()
-        return int(row[0])
+        return int(row[0]) if row is not None else 0  # COUNT(*) always has its row
 
     async def mark_summary_request(self, platform: str, delivery_key: str) -> None:
         """The message `delivery_key` asks for a summary: noted before it is recorded (a

@@ -15,6 +15,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from adapters.discord_bot import RinnaDiscordBot, build_discord_bot
+from bot.config import Settings
+from bot.core.chat import ChatService
+from bot.core.front_door import FrontDoor
+from bot.core.status import StatusSource
 from tests.fakes import ScriptedGenerator as _Shared
 from tests.file_fakes import FakeFile, FileShelf
 
@@ -601,3 +606,11 @@ async def connected(fake: FakeDiscord, bot: Any) -> AsyncIterator[Any]:
     finally:
         await bot.close()
         await asyncio.wait_for(running, timeout=10)
+
+
+def discord_bot(chat: ChatService, settings: Settings, *, status: StatusSource | None = None,
+                **options: Any) -> RinnaDiscordBot:
+    """The Discord client over a front door built as the service builds it (one per process,
+    bot/service/assembly.py); `options` go to build_discord_bot."""
+    return build_discord_bot(FrontDoor.from_settings(chat, settings, status=status), settings,
+                             **options)

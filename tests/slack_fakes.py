@@ -20,6 +20,11 @@ from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
+from adapters.slack_service import SlackService, build_slack_service
+from bot.config import Settings
+from bot.core.chat import ChatService
+from bot.core.front_door import FrontDoor
+from bot.core.status import StatusSource
 from tests.file_fakes import FakeFile, FileShelf
 
 TEAM = "T0TEAM"
@@ -552,3 +557,11 @@ def assistant_thread_started(channel: str, thread_ts: str, *, user: str = "U1"
                                  "thread_ts": thread_ts,
                                  "context": {"channel_id": "C1", "team_id": TEAM,
                                              "enterprise_id": None}}}
+
+
+def slack_service(chat: ChatService, settings: Settings, *, status: StatusSource | None = None,
+                  host: str = "127.0.0.1") -> SlackService:
+    """The Slack app over a front door built as the service builds it (one per process,
+    bot/service/assembly.py), on 127.0.0.1."""
+    return build_slack_service(FrontDoor.from_settings(chat, settings, status=status), settings,
+                               host=host)

@@ -12,12 +12,12 @@ from typing import Any
 import discord
 import simcord
 
-from adapters.discord_bot import build_discord_bot
-from bot.access import DENIED_MESSAGE
-from bot.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey
+from bot.core.access import DENIED_MESSAGE
+from bot.core.chat import ChatService
 from storage.history import HistoryStore
+from tests.discord_fakes import discord_bot
 
 
 def configured(settings: Settings, **access: Any) -> Settings:
@@ -28,7 +28,7 @@ def configured(settings: Settings, **access: Any) -> Settings:
 
 @asynccontextmanager
 async def running(chat: ChatService, settings: Settings) -> AsyncIterator[simcord.Env]:
-    async with simcord.run(build_discord_bot(chat, settings), settle_timeout=30) as env:
+    async with simcord.run(discord_bot(chat, settings), settle_timeout=30) as env:
         yield env
 
 
@@ -59,7 +59,7 @@ async def test_allowed_users_and_roles_either_admits(scripted, settings, store, 
         alice = guild.add_member(env.create_user("alice"))
         bob = guild.add_member(env.create_user("bob"), roles=[helper])
         carol = guild.add_member(env.create_user("carol"))
-        await env.restart_bot(build_discord_bot(scripted, configured(
+        await env.restart_bot(discord_bot(scripted, configured(
             settings, allowed_users=[alice.id], allowed_roles=[helper.id])))
         start = len(env.http_requests)
 
@@ -77,7 +77,7 @@ async def test_blocked_user_is_never_answered(scripted, settings, store, script)
         guild, channel = world(env)
         alice = guild.add_member(env.create_user("alice"))
         mallory = guild.add_member(env.create_user("mallory"))
-        await env.restart_bot(build_discord_bot(scripted, configured(
+        await env.restart_bot(discord_bot(scripted, configured(
             settings, blocked_users=[mallory.id], allowed_users=[alice.id, mallory.id])))
         question = await alice.send(channel, f"{env.bot.user.mention} 質問")
         (thread,) = channel.threads
@@ -101,7 +101,7 @@ async def test_allowed_channels_thread_counts_as_its_parent(scripted, settings, 
         guild, channel = world(env)
         other = guild.create_text_channel("random")
         alice = guild.add_member(env.create_user("alice"))
-        await env.restart_bot(build_discord_bot(scripted, configured(
+        await env.restart_bot(discord_bot(scripted, configured(
             settings, allowed_channels=[channel.id])))
         start = len(env.http_requests)
 
@@ -132,7 +132,7 @@ async def test_refused_commands_are_told_ephemerally_and_post_nothing(
     async with running(scripted, settings) as env:
         guild, channel = world(env)
         alice = guild.add_member(env.create_user("alice"))
-        await env.restart_bot(build_discord_bot(scripted, configured(
+        await env.restart_bot(discord_bot(scripted, configured(
             settings, allowed_users=["1"])))
         for name, options in (("ask", {"質問": "質問です"}), ("reset", {}), ("help", {})):
             result = await alice.slash(channel, name, **options)
@@ -147,7 +147,7 @@ async def test_a_server_not_listed_is_left_on_joining_and_at_start_up(
     async with running(scripted, settings) as env:
         kept = env.create_guild("kept")
         stale = env.create_guild("stale")  # joined while everything was allowed
-        await env.restart_bot(build_discord_bot(scripted, configured(
+        await env.restart_bot(discord_bot(scripted, configured(
             settings, allowed_workspaces=[kept.id])))
         joined = env.create_guild("newcomer")
         await env.settle()

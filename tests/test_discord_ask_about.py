@@ -3,21 +3,19 @@ the local fake Discord (REST + gateway on 127.0.0.1), with the real chat service
 
 from __future__ import annotations
 
-
 from adapters.discord_bot import (
     ASK_ABOUT,
     ASK_ABOUT_UNREADABLE,
     ASK_ABOUT_WHERE,
-    build_discord_bot,
 )
-from bot.access import DENIED_MESSAGE
-from bot.chat import ChatConfig, ChatService
-from bot.community import Community, HostPolicy
 from bot.conversation import ConversationKey, Speaker
-from bot.notices import SWITCHED_OFF
+from bot.core.access import DENIED_MESSAGE
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.community import Community, HostPolicy
+from bot.core.notices import SWITCHED_OFF
+from bot.core.privilege import Member
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
 from bot.ports.community import Scope
-from bot.privilege import Member
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
 from storage.history import HistoryStore
 from tests.discord_fakes import (
     CHANNEL_ID,
@@ -27,6 +25,7 @@ from tests.discord_fakes import (
     USER_ID,
     FakeDiscord,
     connected,
+    discord_bot,
 )
 from tests.test_discord_wire import fake_discord  # noqa: F401
 
@@ -48,7 +47,7 @@ async def test_ask_about_a_channel_message_answers_in_a_thread_on_it_once_per_pr
         fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
     fake = fake_discord
     script.replies = ["三月です。"]
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, discord_bot(scripted, settings,
                                                  guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "桜はいつ咲きますか", user_id=OTHER_USER_ID,
                                         name="bob")
@@ -85,7 +84,7 @@ async def test_ask_about_a_message_in_a_thread_answers_in_that_thread(
         fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
     fake = fake_discord
     script.replies = ["最初の答えです。", "二つ目の答えです。"]
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, discord_bot(scripted, settings,
                                                  guild_ready_timeout=0.05)):
         question = await fake.user_says("富士山の高さは", mention_bot=True)
         await fake.wait_for(lambda: answered(fake, question))
@@ -109,7 +108,7 @@ async def test_ask_about_a_channel_message_that_has_a_thread_reuses_it(
         fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
     fake = fake_discord
     script.replies = ["一つ目です。", "二つ目です。"]
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, discord_bot(scripted, settings,
                                                  guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "おすすめの本は", user_id=OTHER_USER_ID,
                                         name="bob")
@@ -131,7 +130,7 @@ async def test_ask_about_is_refused_ephemerally_by_the_access_policy(
         fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
     fake = fake_discord
     closed = settings.model_copy(update={"allowed_users": frozenset({str(OTHER_USER_ID)})})
-    async with connected(fake, build_discord_bot(scripted, closed, guild_ready_timeout=0.05)):
+    async with connected(fake, discord_bot(scripted, closed, guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "これは何ですか", user_id=OTHER_USER_ID,
                                         name="bob")
         press = await fake.message_command(ASK_ABOUT, target)  # alice is not allowed
@@ -147,7 +146,7 @@ async def test_ask_about_is_refused_ephemerally_by_the_access_policy(
 async def test_ask_about_a_message_without_text_says_so(
         fake_discord: FakeDiscord, scripted, script, settings) -> None:  # noqa: F811
     fake = fake_discord
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, discord_bot(scripted, settings,
                                                  guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "", user_id=OTHER_USER_ID, name="bob")
         press = await fake.message_command(ASK_ABOUT, target)
@@ -163,7 +162,7 @@ async def test_a_mention_in_a_forum_post_answers_in_the_post_with_its_history(
     fake = fake_discord
     forum = fake.add_forum()
     script.replies = ["フォーラムでの答えです。", "続きの答えです。"]
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, discord_bot(scripted, settings,
                                                  guild_ready_timeout=0.05)):
         post = await fake.forum_post(forum, "プリンタの不具合", "印刷すると紙が詰まります")
         await fake.person_says(post, "うちでも同じです", user_id=OTHER_USER_ID, name="bob")
@@ -191,7 +190,7 @@ async def test_deleting_a_message_asked_about_deletes_its_stored_text(
     fake = fake_discord
     script.replies = ["三月です。"]
     key = None
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, discord_bot(scripted, settings,
                                                  guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "カード番号 4111 1111 1111 1111",
                                         user_id=OTHER_USER_ID, name="bob")
@@ -234,7 +233,7 @@ async def test_ask_about_where_a_community_switched_the_bot_off_is_told_so_alone
     "thinking…" would otherwise never be resolved); no thread, no turn, no prompt."""
     fake = fake_discord
     chat = await switched_off_here(store, script, tokenizer, settings)
-    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+    async with connected(fake, discord_bot(chat, settings, guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "これは何ですか", user_id=OTHER_USER_ID,
                                         name="bob")
         press = await fake.message_command(ASK_ABOUT, target)

@@ -12,16 +12,15 @@ import pytest
 import yarl
 from discord.gateway import DiscordWebSocket
 
-from adapters.discord_bot import build_discord_bot
-from bot.attachments import HEADING, NOTE_NOT_TEXT, NOTE_UNAVAILABLE
-from bot.chat import ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
-from bot.edited import SUPERSEDED_NOTICE
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
-from bot.tokenizer import Tokenizer
+from bot.core.attachments import HEADING, NOTE_NOT_TEXT, NOTE_UNAVAILABLE
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.edited import SUPERSEDED_NOTICE
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
-from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord, connected
+from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord, connected, discord_bot
 from tests.fakes import ScriptedGenerator
 from tests.file_fakes import FakeFile, ForeignHost
 
@@ -69,7 +68,7 @@ async def test_a_message_txt_paste_and_a_shift_jis_file_reach_the_prompt(
         fake: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,
         settings: Settings) -> None:
     generator = ScriptedGenerator(default="読みました。")
-    bot = build_discord_bot(chat_over(store, tokenizer, settings, generator), settings,
+    bot = discord_bot(chat_over(store, tokenizer, settings, generator), settings,
                             guild_ready_timeout=0.05)
     paste = fake.attach("message.txt", PASTE.encode())
     sjis = fake.attach("メモ.txt", "全角のメモです。".encode("cp932"), content_type=None)
@@ -95,7 +94,7 @@ async def test_a_typed_url_is_never_fetched_and_a_foreign_redirect_not_followed(
     foreign = await ForeignHost().start()
     try:
         generator = ScriptedGenerator(default="はい。")
-        bot = build_discord_bot(chat_over(store, tokenizer, settings, generator), settings,
+        bot = discord_bot(chat_over(store, tokenizer, settings, generator), settings,
                                 guild_ready_timeout=0.05)
         typed = foreign.shelf.add("typed.txt", FakeFile(b"typed"))
         moved = fake.attach("moved.txt", redirect=foreign.shelf.add("x.txt", FakeFile(b"x")))
@@ -114,7 +113,7 @@ async def test_an_edited_question_is_answered_again_once_and_unfurls_change_noth
         settings: Settings) -> None:
     generator = ScriptedGenerator(["古い答え", "新しい答え", "三つ目"])
     chat = chat_over(store, tokenizer, settings, generator)
-    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    bot = discord_bot(chat, settings, guild_ready_timeout=0.05)
     async with connected(fake, bot):
         question = await fake.person_says(CHANNEL_ID, "東京の人口は?", mention_bot=True)
         await fake.wait_for(lambda: final(fake, question) == "古い答え")
@@ -139,7 +138,7 @@ async def test_after_a_restart_a_replayed_edit_is_not_answered_again(
         fake: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,
         settings: Settings) -> None:
     generator = ScriptedGenerator(["古い答え", "新しい答え"])
-    bot = build_discord_bot(chat_over(store, tokenizer, settings, generator), settings,
+    bot = discord_bot(chat_over(store, tokenizer, settings, generator), settings,
                             guild_ready_timeout=0.05)
     async with connected(fake, bot):
         question = await fake.person_says(CHANNEL_ID, "質問", mention_bot=True)
@@ -147,7 +146,7 @@ async def test_after_a_restart_a_replayed_edit_is_not_answered_again(
         await fake.person_edits(question, "直した質問")
         await fake.wait_for(lambda: final(fake, question, 1) == "新しい答え")
     again = ScriptedGenerator(default="三回目")
-    restarted = build_discord_bot(chat_over(store, tokenizer, settings, again), settings,
+    restarted = discord_bot(chat_over(store, tokenizer, settings, again), settings,
                                   guild_ready_timeout=0.05)
     async with connected(fake, restarted):
         await fake.person_edits(question, "直した質問")
@@ -160,7 +159,7 @@ async def test_a_thread_joined_midway_has_its_earlier_attachments_read(
         fake: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,
         settings: Settings) -> None:
     generator = ScriptedGenerator(default="はい。")
-    bot = build_discord_bot(chat_over(store, tokenizer, settings, generator), settings,
+    bot = discord_bot(chat_over(store, tokenizer, settings, generator), settings,
                             guild_ready_timeout=0.05)
     thread_id = 900000000000000777
     fake.channels[thread_id] = fake.thread_payload(thread_id, CHANNEL_ID, "相談")

@@ -13,22 +13,22 @@ from adapters.discord_bot import (
     RESET_WHERE,
     ChatCog,
     RinnaDiscordBot,
-    build_discord_bot,
     conversation_key,
     thread_name,
 )
-from bot.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
-from bot.reply import PLACEHOLDER
+from bot.core.chat import ChatService
+from bot.core.reply import PLACEHOLDER
 from storage.history import HistoryStore
+from tests.discord_fakes import discord_bot
 
 pytestmark = pytest.mark.simcord(settle_timeout=60)
 
 
 @pytest.fixture
 def simcord_bot(chat: ChatService, settings: Settings) -> RinnaDiscordBot:
-    return build_discord_bot(chat, settings)
+    return discord_bot(chat, settings)
 
 
 async def stored(store: HistoryStore, key: ConversationKey) -> list[tuple[Speaker, str]]:
@@ -62,7 +62,7 @@ def assert_answer(messages: list[discord.Message]) -> None:
 
 async def test_factory_builds_the_bot_without_connecting(chat: ChatService,
                                                          settings: Settings) -> None:
-    bot = build_discord_bot(chat, settings)
+    bot = discord_bot(chat, settings)
     assert isinstance(bot, RinnaDiscordBot)
     assert bot.chat is chat and bot.settings is settings
     assert bot.intents.message_content and bot.intents.guild_messages and bot.intents.dm_messages
@@ -207,7 +207,8 @@ async def test_reset_starts_the_thread_afresh_and_keeps_old_turns(
     assert result.response is not None and result.response.content == RESET_DONE
     assert await stored(store, key) == []  # no longer in the prompt
     conversation = await store.find(key)
-    assert await store.seen("discord", str(question.id))  # the old rows are still there
+    # the old rows are still there
+    assert await store.delivery("discord", str(question.id)) is not None
     await alice.send(thread, "新しい話題です")
     assert questions(await stored(store, key)) == ["新しい話題です"]
     assert await store.find(key) == conversation

@@ -9,16 +9,16 @@ import discord
 import pytest
 import simcord
 
-from adapters.discord_bot import RinnaDiscordBot, build_discord_bot
-from bot.chat import ChatConfig, ChatService
-from bot.community import Community, HostPolicy
+from adapters.discord_bot import RinnaDiscordBot
 from bot.config import Settings
-from bot.personas import READY
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.community import Community, HostPolicy
+from bot.core.personas import READY
+from bot.core.prompt import boundary_labels
+from bot.engine.tokenizer import Tokenizer
 from bot.ports.community import Scope
-from bot.prompt import boundary_labels
-from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
-from tests.discord_fakes import ScriptedGenerator
+from tests.discord_fakes import ScriptedGenerator, discord_bot
 from tests.test_discord_bot import bot_messages
 
 pytestmark = pytest.mark.simcord(settle_timeout=60)
@@ -32,7 +32,7 @@ def simcord_bot(store: HistoryStore, script: ScriptedGenerator, tokenizer: Token
     chat = ChatService(store, script, tokenizer,
                        ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0),
                        community=community)
-    return build_discord_bot(chat, settings)
+    return discord_bot(chat, settings)
 
 
 def persona_head(name: str) -> str:

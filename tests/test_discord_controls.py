@@ -7,16 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.discord_bot import build_discord_bot
 from adapters.discord_controls import BAD_ID, GOOD_ID, REGENERATE_ID, STOP_ID
-from bot.chat import ChatConfig, ChatService
 from bot.config import Settings
-from bot.controls import STOPPED_MARK, ControlResult, control_message
 from bot.conversation import ConversationKey, Speaker
-from bot.generation import GenerationParams
-from bot.generator import LocalGenerator
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
-from bot.tokenizer import Tokenizer
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.controls import STOPPED_MARK, ControlResult, control_message
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import LocalGenerator
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.discord_fakes import (
     CHANNEL_ID,
@@ -29,6 +28,7 @@ from tests.discord_fakes import (
     FakeDiscord,
     ScriptedGenerator,
     connected,
+    discord_bot,
 )
 from tests.test_discord_wire import fake_discord  # noqa: F401
 
@@ -107,7 +107,7 @@ async def test_stop_aborts_the_engine_row_and_keeps_the_partial_answer(
 async def _stop_and_keep_partial(fake: FakeDiscord, chat: ChatService, store: HistoryStore,
                                  generator: LocalGenerator, settings: Settings,
                                  at_abort: list[int]) -> None:
-    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+    async with connected(fake, discord_bot(chat, settings, guild_ready_timeout=0.05)):
         question = await fake.user_says("猫は何ですか?", mention_bot=True)
         main = await fake.wait_for(lambda: next(
             (m for m in fake.posted_in(question) if m["content"].endswith(PREVIEW_TAIL)), None))
@@ -139,7 +139,7 @@ async def test_only_the_asker_or_a_moderator_may_stop(
     fake = fake_discord
     endless = EndlessGenerator()
     chat = scripted_chat(store, tokenizer, settings, endless)
-    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+    async with connected(fake, discord_bot(chat, settings, guild_ready_timeout=0.05)):
         question = await fake.user_says("ずっと話して", mention_bot=True)
         main = await fake.wait_for(lambda: next(
             (m for m in fake.posted_in(question) if m["content"].endswith(PREVIEW_TAIL)), None))
@@ -169,7 +169,7 @@ async def test_a_failed_answer_loses_its_stop_button(
     script.replies = ["途中まで"]
     script.error = GeneratorError("the engine broke")
     chat = scripted_chat(store, tokenizer, settings, script)
-    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+    async with connected(fake, discord_bot(chat, settings, guild_ready_timeout=0.05)):
         question = await fake.user_says("壊れる質問", mention_bot=True)
         failed = await fake.wait_for(lambda: next(
             (m for m in fake.posted_in(question) if m["content"] == GeneratorError.user_message),
@@ -189,7 +189,7 @@ async def test_regenerate_posts_a_new_answer_that_replaces_the_old_in_the_histor
     script = ScriptedGenerator()
     script.replies = ["一つ目の答えです。", "二つ目の答えです。", "続きの答えです。"]
     chat = scripted_chat(store, tokenizer, settings, script)
-    async with connected(fake, build_discord_bot(chat, settings,
+    async with connected(fake, discord_bot(chat, settings,
                                                  guild_ready_timeout=0.05)) as bot:
         question = await fake.user_says("おすすめの映画は", mention_bot=True)
         (old,) = await fake.wait_for(lambda: answers(fake, question))
@@ -237,7 +237,7 @@ async def test_regenerating_an_ask_answer_posts_in_its_thread(
     script = ScriptedGenerator()
     script.replies = ["東京です。", "東京都です。"]
     chat = scripted_chat(store, tokenizer, settings, script)
-    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+    async with connected(fake, discord_bot(chat, settings, guild_ready_timeout=0.05)):
         asked = await fake.slash("ask", options={"質問": "日本の首都は?"})
         original = await fake.wait_for(lambda: (m := fake.response_to(asked)) is not None
                                        and buttons(m) == ANSWERED_BUTTONS and m)
@@ -262,7 +262,7 @@ async def test_feedback_is_one_vote_per_person_and_a_second_press_changes_it(
     fake = fake_discord
     chat = scripted_chat(store, tokenizer, settings, ScriptedGenerator())
     thanks = control_message("feedback", ControlResult.DONE)
-    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+    async with connected(fake, discord_bot(chat, settings, guild_ready_timeout=0.05)):
         question = await fake.user_says("こんにちは", mention_bot=True)
         (answer,) = await fake.wait_for(lambda: answers(fake, question))
         await fake.wait_for(lambda: buttons(answer) == ANSWERED_BUTTONS)
@@ -279,13 +279,13 @@ async def test_feedback_is_one_vote_per_person_and_a_second_press_changes_it(
 async def test_a_press_by_someone_the_access_policy_refuses_is_told_so_and_does_nothing(
         fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
         settings: Settings) -> None:
-    from bot.access import DENIED_MESSAGE
+    from bot.core.access import DENIED_MESSAGE
     from tests.discord_fakes import USER_ID
 
     fake = fake_discord
     only_alice = settings.model_copy(update={"allowed_users": frozenset({str(USER_ID)})})
     chat = scripted_chat(store, tokenizer, only_alice, ScriptedGenerator())
-    async with connected(fake, build_discord_bot(chat, only_alice, guild_ready_timeout=0.05)):
+    async with connected(fake, discord_bot(chat, only_alice, guild_ready_timeout=0.05)):
         question = await fake.user_says("こんにちは", mention_bot=True)
         (answer,) = await fake.wait_for(lambda: answers(fake, question))
         await fake.wait_for(lambda: buttons(answer) == ANSWERED_BUTTONS)
@@ -303,7 +303,7 @@ async def test_buttons_posted_before_a_restart_work_in_the_new_process(
     fake = fake_discord
     first = ScriptedGenerator()
     first.replies = ["再起動前の答えです。"]
-    async with connected(fake, build_discord_bot(scripted_chat(store, tokenizer, settings, first),
+    async with connected(fake, discord_bot(scripted_chat(store, tokenizer, settings, first),
                                                  settings, guild_ready_timeout=0.05)):
         question = await fake.user_says("天気はどう?", mention_bot=True)
         (old,) = await fake.wait_for(lambda: answers(fake, question))
@@ -314,7 +314,7 @@ async def test_buttons_posted_before_a_restart_work_in_the_new_process(
     try:
         second = ScriptedGenerator()
         second.replies = ["再起動後の答えです。"]
-        bot = build_discord_bot(scripted_chat(reopened, tokenizer, settings, second), settings,
+        bot = discord_bot(scripted_chat(reopened, tokenizer, settings, second), settings,
                                 guild_ready_timeout=0.05)
         async with connected(fake, bot):
             vote = await fake.press(int(old["id"]), GOOD_ID)
@@ -351,13 +351,13 @@ async def test_each_controls_value_renders_its_buttons() -> None:
 async def test_status_shows_the_report_only_to_the_person_who_asked(
         fake_discord: FakeDiscord, store: HistoryStore, generator: LocalGenerator,  # noqa: F811
         tokenizer: Tokenizer, settings: Settings) -> None:
-    from bot.status import Status
+    from bot.core.status import Status
 
     fake = fake_discord
     chat = scripted_chat(store, tokenizer, settings, ScriptedGenerator())
     status = Status(model="rinna/tiny", device="cpu", quantisation="none",
                     generator=generator, store=store)
-    async with connected(fake, build_discord_bot(chat, settings, status=status,
+    async with connected(fake, discord_bot(chat, settings, status=status,
                                                  guild_ready_timeout=0.05)):
         question = await fake.user_says("こんにちは", mention_bot=True)
         (answer,) = await fake.wait_for(lambda: answers(fake, question))
@@ -379,11 +379,11 @@ async def test_status_shows_the_report_only_to_the_person_who_asked(
 async def test_status_without_a_source_says_it_cannot_tell(
         fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
         settings: Settings) -> None:
-    from bot.status import UNAVAILABLE
+    from bot.core.status import UNAVAILABLE
 
     fake = fake_discord
     chat = scripted_chat(store, tokenizer, settings, ScriptedGenerator())
-    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+    async with connected(fake, discord_bot(chat, settings, guild_ready_timeout=0.05)):
         asked = await fake.slash("status")
         await fake.wait_for(lambda: (fake.response_to(asked) or {}).get("content"))
 

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from adapters import discord_cogs, discord_parse
-from adapters.discord_bot import MAX_TEXT_CHARS, build_discord_bot
+from adapters.discord_bot import MAX_TEXT_CHARS
 from bot.conversation import ConversationKey, Turn
-from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord
+from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord, discord_bot
 from tests.slack_fakes import eventually
 from tests.test_discord_wire import fake_discord  # noqa: F401
 
@@ -41,7 +41,7 @@ async def test_text_is_cut_to_discords_limit_before_parsing(
             return original.sub(replace, text)
 
     monkeypatch.setattr(discord_parse, "_MENTION", Recording())
-    bot = build_discord_bot(scripted, settings, guild_ready_timeout=0.05)
+    bot = discord_bot(scripted, settings, guild_ready_timeout=0.05)
     running = asyncio.create_task(bot.start("fake-token"))
     try:
         await fake_discord.wait_for(lambda: bot.is_ready() or running.done())
@@ -77,7 +77,7 @@ async def test_a_message_delivered_twice_is_parsed_and_answered_once(
         return original(message, me_id)
 
     monkeypatch.setattr(discord_cogs, "readable_text", counting)
-    bot = build_discord_bot(scripted, settings, guild_ready_timeout=0.05)
+    bot = discord_bot(scripted, settings, guild_ready_timeout=0.05)
     running = asyncio.create_task(bot.start("fake-token"))
     try:
         await fake_discord.wait_for(lambda: bot.is_ready() or running.done())

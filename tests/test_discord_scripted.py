@@ -8,21 +8,21 @@ import pytest
 import simcord
 from simcord.enums import MessageType
 
-from adapters.discord_bot import RESET_DONE, RinnaDiscordBot, build_discord_bot
-from bot.chat import USAGE_MESSAGE, ChatService
+from adapters.discord_bot import RESET_DONE, RinnaDiscordBot
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
+from bot.core.chat import USAGE_MESSAGE, ChatService
+from bot.core.reply import PLACEHOLDER
 from bot.errors import GenerationTimeout, GeneratorError, QueueFullError
-from bot.reply import PLACEHOLDER
 from storage.history import HistoryStore
-from tests.discord_fakes import ScriptedGenerator, sentences
+from tests.discord_fakes import ScriptedGenerator, discord_bot, sentences
 
 pytestmark = pytest.mark.simcord(settle_timeout=30)
 
 
 @pytest.fixture
 def simcord_bot(scripted: ChatService, settings: Settings) -> RinnaDiscordBot:
-    return build_discord_bot(scripted, settings)
+    return discord_bot(scripted, settings)
 
 
 @pytest.fixture
@@ -284,7 +284,7 @@ async def test_a_deleted_placeholder_is_replaced_by_a_new_message(
 
 async def test_without_the_message_content_intent_mentions_still_work(
         scripted: ChatService, settings: Settings, script: ScriptedGenerator) -> None:
-    bot = build_discord_bot(scripted, settings, message_content=False)
+    bot = discord_bot(scripted, settings, message_content=False)
     assert not bot.intents.message_content
     async with simcord.run(bot, settle_timeout=30,
                            approved_intents=discord.Intents.default()) as env:

@@ -4,13 +4,20 @@ per press, with the access rules of any answer."""
 
 from __future__ import annotations
 
-from adapters.discord_bot import build_discord_bot
 from adapters.discord_summary import NO_HISTORY, SUMMARY_MENU, SUMMARY_WHERE
-from bot.access import DENIED_MESSAGE
 from bot.conversation import ConversationKey, Speaker
-from bot.notices import SWITCHED_OFF
-from tests.discord_fakes import (CHANNEL_ID, EPHEMERAL, GUILD_ID, MEMBER_PERMISSIONS,
-                                 OTHER_USER_ID, FakeDiscord, connected)
+from bot.core.access import DENIED_MESSAGE
+from bot.core.notices import SWITCHED_OFF
+from tests.discord_fakes import (
+    CHANNEL_ID,
+    EPHEMERAL,
+    GUILD_ID,
+    MEMBER_PERMISSIONS,
+    OTHER_USER_ID,
+    FakeDiscord,
+    connected,
+    discord_bot,
+)
 from tests.test_discord_ask_about import answered, switched_off_here, turns
 from tests.test_discord_wire import fake_discord  # noqa: F401
 
@@ -28,7 +35,7 @@ async def test_the_context_menu_summarises_the_thread_into_it_once(
         fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
     fake = fake_discord
     script.replies = ["猫の答えです。"]
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, discord_bot(scripted, settings,
                                                  guild_ready_timeout=0.05)):
         question = await a_thread(fake, script, 0)
         target = await fake.person_says(question, "三毛猫が好きです", user_id=OTHER_USER_ID,
@@ -56,7 +63,7 @@ async def test_slash_summary_in_a_thread_and_a_refused_person(
     fake = fake_discord
     script.replies = ["答えです。"]
     settings = settings.model_copy(update={"blocked_users": frozenset({str(OTHER_USER_ID)})})
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, discord_bot(scripted, settings,
                                                  guild_ready_timeout=0.05)):
         question = await a_thread(fake, script, 0)
         script.replies = ["スレッドの要約です。"]
@@ -79,7 +86,7 @@ async def test_summary_where_a_community_switched_the_bot_off_is_told_so_alone(
     (a deferred "thinking…" would otherwise never be resolved); nothing summarised."""
     fake = fake_discord
     chat = await switched_off_here(store, script, tokenizer, settings)
-    async with connected(fake, build_discord_bot(chat, settings, guild_ready_timeout=0.05)):
+    async with connected(fake, discord_bot(chat, settings, guild_ready_timeout=0.05)):
         target = await fake.person_says(CHANNEL_ID, "猫の話", user_id=OTHER_USER_ID, name="bob")
         presses = [await fake.slash("summary", CHANNEL_ID),
                    await fake.message_command(SUMMARY_MENU, target)]
@@ -98,7 +105,7 @@ async def test_a_person_who_may_not_read_the_history_is_refused_before_any_read(
     fake = fake_discord
     script.replies = ["答えです。"]
     blind = MEMBER_PERMISSIONS & ~READ_MESSAGE_HISTORY
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, discord_bot(scripted, settings,
                                                  guild_ready_timeout=0.05)):
         question = await a_thread(fake, script, 0)
         secret = await fake.person_says(CHANNEL_ID, "秘密の話です")
@@ -119,7 +126,7 @@ async def test_a_person_who_may_not_read_the_history_is_refused_before_any_read(
 async def test_channel_summaries_read_the_channel_up_to_the_message(
         fake_discord: FakeDiscord, scripted, script, settings, store) -> None:  # noqa: F811
     fake = fake_discord
-    async with connected(fake, build_discord_bot(scripted, settings,
+    async with connected(fake, discord_bot(scripted, settings,
                                                  guild_ready_timeout=0.05)):
         await fake.person_says(CHANNEL_ID, "犬の話です")
         target = await fake.person_says(CHANNEL_ID, "猫の話です")

@@ -11,14 +11,13 @@ import pytest
 import yarl
 from discord.gateway import DiscordWebSocket
 
-from adapters.discord_bot import build_discord_bot
-from bot.chat import ChatService
 from bot.config import Settings
-from bot.errors import ConfigError
 from bot.conversation import ConversationKey, Speaker
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.core.chat import ChatService
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.errors import ConfigError
 from storage.history import HistoryStore
-from tests.discord_fakes import APP_ID, CHANNEL_ID, GUILD_ID, FakeDiscord
+from tests.discord_fakes import APP_ID, CHANNEL_ID, GUILD_ID, FakeDiscord, discord_bot
 
 
 @pytest.fixture
@@ -43,7 +42,7 @@ async def test_start_logs_in_receives_a_mention_and_posts_the_answer(
         fake_discord: FakeDiscord, chat: ChatService, settings: Settings,
         store: HistoryStore) -> None:
     fake = fake_discord
-    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    bot = discord_bot(chat, settings, guild_ready_timeout=0.05)
     running = asyncio.create_task(bot.start("fake-token"))
     try:
         await fake.wait_for(lambda: bot.is_ready() or running.done())
@@ -77,7 +76,7 @@ async def test_start_logs_in_receives_a_mention_and_posts_the_answer(
 async def test_a_rejected_token_ends_start_with_one_clear_error(
         fake_discord: FakeDiscord, chat: ChatService, settings: Settings) -> None:
     fake_discord.reject_token = True
-    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    bot = discord_bot(chat, settings, guild_ready_timeout=0.05)
     with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
         await asyncio.wait_for(bot.start("wrong-token"), timeout=30)
     await bot.close()
@@ -95,7 +94,7 @@ async def test_a_start_without_network_ends_with_one_line(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
-    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    bot = discord_bot(chat, settings, guild_ready_timeout=0.05)
     with pytest.raises(RinnaError) as raised:
         await asyncio.wait_for(bot.start("fake-token"), timeout=30)
     await bot.close()

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import GPTNeoXForCausalLM
 
-from bot.engine import BatchEngine, EngineConfig, Output, Request
-from bot.kv_cache import KVArena
-from bot.sampling import GenerationParams
-from bot.tokenizer import Tokenizer
+from bot.engine.batching import BatchEngine, EngineConfig, Output, Request
+from bot.engine.generation import GenerationParams
+from bot.engine.kv_cache import KVArena
+from bot.engine.tokenizer import Tokenizer
 
 GREEDY = GenerationParams(max_new_tokens=12, do_sample=False)
 
@@ -225,12 +225,12 @@ def test_the_varlen_plan_serves_every_row_as_the_per_row_path(model, tokenizer: 
     mask aligned bottom-right), and the engine's replies must not change."""
     import torch.nn.functional as F
 
-    import bot.neox_forward as forward_module
+    import bot.engine.neox_forward as forward_module
 
     def varlen(query, keys, values, v, scale):  # type: ignore[no-untyped-def]
         out = torch.empty_like(query)
         cu_q, starts, used = v.cu_q.tolist(), v.starts_k.tolist(), v.used_k.tolist()
-        assert max(b - a for a, b in zip(cu_q, cu_q[1:])) == v.max_q and max(used) == v.max_k
+        assert max(b - a for a, b in zip(cu_q, cu_q[1:], strict=False)) == v.max_q and max(used) == v.max_k
         for b, u in enumerate(used):
             q0, q1, s = cu_q[b], cu_q[b + 1], starts[b]
             mask = torch.arange(u) <= torch.arange(u - (q1 - q0), u).unsqueeze(1)

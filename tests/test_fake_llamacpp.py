@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.remote_llamacpp import LlamaCppWire, server_info
-from bot.tokenizer import Tokenizer
+from bot.engine.remote_llamacpp import LlamaCppWire, server_info
+from bot.engine.tokenizer import Tokenizer
 from tests.fake_llamacpp import FakeLlamaServer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "llamacpp"
@@ -70,7 +70,7 @@ def test_the_reader_recovers_every_id_from_real_streams(name: str, tokenizer: To
     assert len(ids) == events[-1]["tokens_predicted"]
     if name == "stream.txt":  # an invalid byte (U+FFFD in the JSON) is the one id not known
         every = json.loads((FIXTURES / "stream-ids.json").read_text())
-        differ = [i for i, (a, b) in enumerate(zip(ids, every)) if a != b]
+        differ = [i for i, (a, b) in enumerate(zip(ids, every, strict=False)) if a != b]
         assert len(differ) == 1 and tokenizer.decode([every[differ[0]]]) == ""
     text = "".join(e["content"] for e in events)
     assert tokenizer.decode(ids) == text.replace("\ufffd", "")

@@ -15,8 +15,8 @@ from pydantic import SecretStr
 from adapters.discord_files import discord_attachments, discord_fetcher, discord_file_hosts
 from adapters.file_download import FileHosts, HostFetcher
 from adapters.slack_files import slack_attachments, slack_fetcher, slack_file_hosts
-from bot.attachments import Attachment
 from bot.config import Settings
+from bot.conversation import Attachment
 from bot.errors import AttachmentTooLarge, AttachmentUnavailable
 from tests.discord_fakes import FakeDiscord
 from tests.file_fakes import FakeFile, ForeignHost

@@ -7,12 +7,13 @@ import logging
 
 import pytest
 
-from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
-from bot.chat import ChatService
+from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
-from bot.front_door import FrontDoor, Result, earlier_turns
-from bot.front_events import Command, EarlierMessage, Event, Writer, command_word
-from bot.notices import RESET_DONE
+from bot.core.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
+from bot.core.chat import ChatService
+from bot.core.front_door import FrontDoor, Result, earlier_turns
+from bot.core.front_events import Command, EarlierMessage, Event, Writer, command_word
+from bot.core.notices import RESET_DONE
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink
 
@@ -46,7 +47,7 @@ async def test_access_is_judged_and_logged_once_before_anything_is_stored(
         scripted: ChatService, store: HistoryStore, caplog: pytest.LogCaptureFixture) -> None:
     door = FrontDoor(scripted, AccessPolicy(blocked=frozenset({"U9"})))
     sink = RecordingSink()
-    caplog.set_level(logging.DEBUG, logger="bot.front_door")
+    caplog.set_level(logging.DEBUG, logger="bot.core.front_door")
     refused = AccessRequest("W1", "C1", "U9")
     assert await door.receive(event("m1", "こんにちは", sink, access=(refused,))) == "denied"
     assert sink.events == [] and await store.find(KEY) is None
@@ -77,10 +78,10 @@ async def test_help_and_status_are_said_in_the_sink_and_acknowledged(
     async def ack() -> None:
         acknowledged.append(True)
 
-    door = FrontDoor(scripted, help_text="使い方の説明")
+    door = FrontDoor(scripted)  # one door for every platform: each brings its own usage text
     sink = RecordingSink()
     assert await door.receive(event("h1", "help", sink, command=Command.HELP,
-                                    accepted=ack)) == Result.HELP
+                                    accepted=ack, help_text="使い方の説明")) == Result.HELP
     assert sink.events == [("finish", "使い方の説明")] and acknowledged == [True]
     status = RecordingSink()
     assert await door.receive(event("s1", "", status, command=Command.STATUS)) == "status"
@@ -168,3 +169,22 @@ def test_adapters_reach_the_chat_service_only_through_the_front_door() -> None:
     found = [(path.name, call) for path in sorted(adapters.glob("*.py"))
              for call in policy_calls if call in path.read_text(encoding="utf-8")]
     assert found == []
+
+
+async def test_the_service_hands_every_platform_the_same_front_door(
+        scripted: ChatService, settings: Settings) -> None:
+    """One front door, built by the service (bot/service/assembly.py), for every platform:
+    the policy, the redelivery check and the status are the same wherever an event comes in."""
+    from pydantic import SecretStr
+
+    from bot.service.platforms import build_platforms
+
+    both = settings.model_copy(update={
+        "discord_token": SecretStr("discord-token"), "slack_bot_token": SecretStr("xoxb-1"),
+        "slack_app_token": SecretStr("xapp-1")})
+    door = FrontDoor.from_settings(scripted, both)
+    discord, slack = build_platforms(door, both)
+    assert (discord.name, slack.name) == ("discord", "slack")
+    assert discord.bot.front is door  # type: ignore[attr-defined]
+    assert slack.handlers.front is door  # type: ignore[attr-defined]
+    await discord.close()

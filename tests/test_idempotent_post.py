@@ -15,15 +15,14 @@ import yarl
 from discord.gateway import DiscordWebSocket
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.discord_bot import build_discord_bot
 from adapters.slack_api import SlackApi
 from adapters.slack_reply import SlackReply
-from bot.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.core.chat import ChatService
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
 from storage.history import HistoryStore
-from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord
+from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord, discord_bot
 from tests.slack_fakes import BOT_TOKEN, FakeSlack
 
 
@@ -103,7 +102,7 @@ async def test_discord_send_retried_after_a_5xx_or_a_restart_posts_once(
     delivery key, so a restarted process that must post the placeholder again (it died
     before storing its id) gets the first message back too, not a second one."""
     fake = fake_discord
-    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    bot = discord_bot(chat, settings, guild_ready_timeout=0.05)
     running = asyncio.create_task(bot.start("fake-token"))
     try:
         await fake.wait_for(lambda: bot.is_ready() or running.done())
@@ -141,7 +140,7 @@ async def test_discord_recovery_edits_the_stored_placeholder(
     assert dead is not None
     assert await store.show_placeholder(dead, f"{question}/{placeholder['id']}")
 
-    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    bot = discord_bot(chat, settings, guild_ready_timeout=0.05)
     running = asyncio.create_task(bot.start("fake-token"))
     try:
         await fake.wait_for(lambda: bot.is_ready() or running.done())

@@ -12,12 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from adapters.slack_service import build_slack_service
-from bot.chat import ChatService
 from bot.config import Settings
+from bot.core.chat import ChatService
+from bot.core.front_door import FrontDoor
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import LocalGenerator
 from bot.errors import GeneratorClosed
-from bot.generator import LocalGenerator
-from bot.metrics import MeteredGenerator, Metrics, MetricsServer
-from bot.sampling import GenerationParams
+from bot.service.metrics import MeteredGenerator, Metrics, MetricsServer
+from tests.discord_fakes import discord_bot
 from tests.slack_fakes import APP_TOKEN, BOT_TOKEN, FakeSlack, eventually
 
 
@@ -39,9 +41,11 @@ async def test_health_is_503_while_a_platform_is_disconnected(
     assert await fetch(server, "/healthz") == (503, "model not loaded\n")
     server.metrics.model_loaded = True
     fake = await FakeSlack().start()
-    slack = build_slack_service(chat, settings.model_copy(update={
+    slack_settings = settings.model_copy(update={
         "slack_bot_token": SecretStr(BOT_TOKEN), "slack_app_token": SecretStr(APP_TOKEN),
-        "slack_api_url": fake.api_url}), host="127.0.0.1")
+        "slack_api_url": fake.api_url})
+    slack = build_slack_service(FrontDoor.from_settings(chat, slack_settings), slack_settings,
+                                host="127.0.0.1")
     server.metrics.watch_platform("slack", lambda: slack.connected)
     try:
         assert await fetch(server, "/healthz") == (503, "not connected: slack\n")
@@ -124,7 +128,6 @@ async def test_health_follows_the_discord_gateway(
     import yarl
     from discord.gateway import DiscordWebSocket
 
-    from adapters.discord_bot import build_discord_bot
     from tests.discord_fakes import FakeDiscord
 
     fake = FakeDiscord()
@@ -133,7 +136,7 @@ async def test_health_follows_the_discord_gateway(
     monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
     metrics = Metrics()
     metrics.model_loaded = True
-    bot = build_discord_bot(chat, settings, guild_ready_timeout=0.05)
+    bot = discord_bot(chat, settings, guild_ready_timeout=0.05)
     metrics.watch_platform("discord", lambda: bot.connected)
     assert metrics.health() == "not connected: discord"  # not started yet
     running = asyncio.create_task(bot.start("fake-token"))
@@ -162,8 +165,8 @@ async def test_a_taken_port_is_one_clear_error() -> None:
 async def test_votes_are_counted_by_platform_and_value(store, tokenizer) -> None:
     """The chat service's feedback hook feeds rinna_feedback_total; a repeated vote is not
     counted again, a changed one counts under its new value."""
-    from bot.chat import ChatConfig
     from bot.conversation import ConversationKey, IncomingMessage
+    from bot.core.chat import ChatConfig
     from tests.fakes import ScriptedGenerator
     from tests.test_controls import ButtonSink
 

@@ -10,8 +10,14 @@ import pytest
 from bot import models
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
-from bot.precision import (CPU_AUTO, Precision, choose, fp16_weight_bytes, normalise,
-                           read_checkpoint_quant)
+from bot.precision import (
+    CPU_AUTO,
+    Precision,
+    choose,
+    fp16_weight_bytes,
+    normalise,
+    read_checkpoint_quant,
+)
 
 GIB = 1024**3
 REAL = {"vocab_size": 32000, "hidden_size": 2816, "num_hidden_layers": 36,
@@ -148,7 +154,7 @@ def test_help_shows_the_model_table() -> None:
     import sys
 
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "--help"], cwd=root,
+    done = subprocess.run([sys.executable, "-m", "bot.service.cli", "--help"], cwd=root,
                           capture_output=True, text=True, timeout=60, check=True)
     for alias in models.ALIASES.values():
         assert f"MODEL={alias.name:<9} {alias.repo}: download {alias.download}" in done.stdout

@@ -11,14 +11,16 @@ from typing import Any
 import pytest
 import simcord
 
-from adapters.discord_bot import RinnaDiscordBot, build_discord_bot
-from bot.chat import ChatService
+from adapters.discord_bot import RinnaDiscordBot
 from bot.config import Settings
-from bot.privacy import forget_user
-from bot.tokenizer import Tokenizer
+from bot.core.chat import ChatService
+from bot.engine.tokenizer import Tokenizer
+from bot.service.privacy import forget_user
 from storage.history import HistoryStore
+from tests.discord_fakes import discord_bot
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import BOT_ID, BOT_USER, FakeSlack, mention, message
+from tests.test_private import command
 from tests.test_slack_app import (  # noqa: F401  (fixtures)
     Slack,
     fake,
@@ -26,7 +28,6 @@ from tests.test_slack_app import (  # noqa: F401  (fixtures)
     scripted_chat,
     slack_settings,
 )
-from tests.test_private import command
 
 CARD = "カード番号 4111 1111 1111 1111"
 C1 = "C1"
@@ -178,7 +179,7 @@ async def test_slack_deleting_a_message_asked_about_with_the_shortcut_deletes_it
 @pytest.fixture
 def simcord_bot(scripted: tuple[ChatService, ScriptedGenerator],
                 settings: Settings) -> RinnaDiscordBot:
-    return build_discord_bot(scripted[0], settings)
+    return discord_bot(scripted[0], settings)
 
 
 @pytest.mark.simcord(settle_timeout=60)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from bot.sampling import GenerationParams, next_tokens
+from bot.engine.generation import GenerationParams
+from bot.engine.sampling import next_tokens
 
 
 def gen(seed: int) -> torch.Generator:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.flood import FirstComeFirstServed
+from bot.engine.scheduler import Scheduler
 from bot.errors import QueueFullError, UserBusyError
-from bot.scheduler import Scheduler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,7 @@ def test_a_flooding_owner_does_not_hold_up_anothers_first_request() -> None:
 
 
 def test_without_fairness_it_is_first_come_first_served_with_the_same_bounds() -> None:
-    scheduler: Scheduler[str] = Scheduler(max_per_user=3, max_waiting=100, fair=False)
+    scheduler: Scheduler[str] = FirstComeFirstServed(max_per_user=3, max_waiting=100)
     for rid, (owner, item) in enumerate([("A", "a1"), ("A", "a2"), ("B", "b1"), ("A", "a3")]):
         scheduler.add(rid, owner, item)
     with pytest.raises(UserBusyError):
@@ -146,7 +147,7 @@ def test_removing_a_waiting_request_moves_the_others_up() -> None:
 
 
 def test_importing_the_core_does_not_import_torch() -> None:
-    code = ("import bot.chat, bot.generator, bot.cli; import sys; "
+    code = ("import bot.core.chat, bot.engine.generator, bot.service.cli; import sys; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},

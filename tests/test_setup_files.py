@@ -19,8 +19,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack_api import SlackApi, UserNames
 from adapters.slack_app import SlackHandlers, register
 from adapters.slack_service import EVENTS_PATH
-from bot.chat import ChatService
 from bot.config import Settings
+from bot.core.chat import ChatService
+from bot.core.front_door import FrontDoor
 from tests.slack_fakes import BOT_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ def registered(chat: ChatService) -> list[tuple[str, Any]]:
                    request_verification_enabled=False)
     api = SlackApi(AsyncWebClient(token=BOT_TOKEN))
     recording = RecordingApp(app)
-    handlers = SlackHandlers(chat=chat, api=api, names=UserNames(api))
+    handlers = SlackHandlers(front=FrontDoor(chat), api=api, names=UserNames(api))
     register(recording, handlers)  # type: ignore[arg-type]
     return recording.registered
 
@@ -175,7 +176,7 @@ def test_restarts_follow_the_exit_code_contract() -> None:
 
 def test_the_model_facts_live_in_docs_model_md() -> None:
     from bot.conversation import Speaker, Turn
-    from bot.prompt import build_prompt
+    from bot.core.prompt import build_prompt
 
     model = (ROOT / "docs" / "model.md").read_text(encoding="utf-8")
     example = re.search(r"```text\n(ユーザー: .*?<NL>システム: )\n```", model, re.S).group(1)

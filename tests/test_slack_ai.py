@@ -6,25 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from bot.chat import ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker, Turn
-from bot.tokenizer import Tokenizer
+from bot.core.chat import ChatConfig, ChatService
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (
     BOT_TOKEN,
     SIGNING_SECRET,
     TEAM,
-    FakeSlack,
     Failure,
+    FakeSlack,
     assistant_thread_started,
     eventually,
     interaction_form,

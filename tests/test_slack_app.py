@@ -21,14 +21,14 @@ from pydantic import SecretStr
 
 from adapters.slack_app import HELP_MESSAGE, RESET_DONE, RESET_HINT
 from adapters.slack_reply import POST_FAILED
-from adapters.slack_service import SlackService, build_slack_service
+from adapters.slack_service import SlackService
 from adapters.slack_text import escape
-from bot.chat import EMPTY_ANSWER, ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker, Turn
+from bot.core.chat import EMPTY_ANSWER, ChatConfig, ChatService
+from bot.core.reply import PLACEHOLDER
+from bot.engine.tokenizer import Tokenizer
 from bot.errors import ConfigError, GenerationTimeout, GeneratorError, QueueFullError
-from bot.reply import PLACEHOLDER
-from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (
@@ -38,14 +38,15 @@ from tests.slack_fakes import (
     BOT_USER,
     SIGNING_SECRET,
     TEAM,
-    FakeSlack,
     Failure,
+    FakeSlack,
     command_form,
     event_callback,
     eventually,
     mention,
     message,
     sign,
+    slack_service,
 )
 
 C1 = "C1"
@@ -121,7 +122,7 @@ class Slack:
 
 @asynccontextmanager
 async def running(chat: ChatService, settings: Settings, fake: FakeSlack) -> AsyncIterator[Slack]:
-    service = build_slack_service(chat, settings, host="127.0.0.1")
+    service = slack_service(chat, settings)
     await asyncio.wait_for(service.start(), 30)
     try:
         async with aiohttp.ClientSession() as http:
@@ -472,7 +473,7 @@ async def test_web_api_errors_do_not_crash_or_lose_turns(scripted, caplog) -> No
 async def test_a_rejected_bot_token_fails_fast(chat: ChatService, slack_settings: Settings,
                                                fake: FakeSlack) -> None:
     fake.always_fail["auth.test"] = Failure("invalid_auth")
-    service = build_slack_service(chat, slack_settings, host="127.0.0.1")
+    service = slack_service(chat, slack_settings)
     with pytest.raises(ConfigError, match="SLACK_BOT_TOKEN"):
         await asyncio.wait_for(service.start(), 30)
     await service.close()
@@ -482,7 +483,7 @@ async def test_a_rejected_app_token_fails_fast(chat: ChatService, slack_settings
                                                fake: FakeSlack) -> None:
     fake.always_fail["apps.connections.open"] = Failure("invalid_auth")
     settings = slack_settings.model_copy(update={"slack_app_token": SecretStr(APP_TOKEN)})
-    service = build_slack_service(chat, settings, host="127.0.0.1")
+    service = slack_service(chat, settings)
     with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
         await asyncio.wait_for(service.start(), 30)
     await service.close()
@@ -491,7 +492,7 @@ async def test_a_rejected_app_token_fails_fast(chat: ChatService, slack_settings
 def test_a_mode_is_required(chat: ChatService, slack_settings: Settings) -> None:
     neither = slack_settings.model_copy(update={"slack_signing_secret": None})
     with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
-        build_slack_service(chat, neither)
+        slack_service(chat, neither)
 
 
 # ----- Socket Mode ------------------------------------------------------------------------------
@@ -500,7 +501,7 @@ async def test_socket_mode_event_is_acked_and_answered(chat: ChatService,
                                                        fake: FakeSlack) -> None:
     settings = slack_settings.model_copy(update={"slack_app_token": SecretStr(APP_TOKEN),
                                                  "slack_signing_secret": None})
-    service = build_slack_service(chat, settings, host="127.0.0.1")
+    service = slack_service(chat, settings)
     await asyncio.wait_for(service.start(), 30)
     try:
         (opened,) = fake.called("apps.connections.open")

@@ -16,10 +16,11 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from adapters.slack_api import SlackApi, UserNames
 from adapters.slack_app import BotIdentity, SlackHandlers
 from adapters.slack_reply import POST_FAILED
-from bot.chat import ChatConfig, ChatService
 from bot.conversation import ConversationKey, Speaker
-from bot.reply import PLACEHOLDER
-from bot.tokenizer import Tokenizer
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.front_door import FrontDoor
+from bot.core.reply import PLACEHOLDER
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import BOT_ID, BOT_TOKEN, BOT_USER, TEAM, FakeSlack
@@ -55,7 +56,7 @@ async def fake() -> AsyncIterator[FakeSlack]:
 def handlers(fake: FakeSlack, chat: ChatService, api_class: type[SlackApi] = SlackApi
              ) -> SlackHandlers:
     api = api_class(AsyncWebClient(token=BOT_TOKEN, base_url=fake.api_url), sleep=no_wait)
-    return SlackHandlers(chat=chat, api=api, names=UserNames(api))
+    return SlackHandlers(front=FrontDoor(chat), api=api, names=UserNames(api))
 
 
 async def respond(**_: Any) -> None:

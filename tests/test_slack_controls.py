@@ -14,14 +14,13 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from bot.chat import ChatConfig, ChatService
 from bot.config import Settings
-from bot.controls import STOPPED_MARK
 from bot.conversation import ConversationKey, Speaker
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.controls import STOPPED_MARK
+from bot.engine.generation import GenerationParams, WaitCallback
+from bot.engine.tokenizer import Tokenizer
 from bot.errors import RinnaError
-from bot.generation import GenerationParams
-from bot.generator import WaitCallback
-from bot.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (
@@ -34,6 +33,7 @@ from tests.slack_fakes import (
     interaction_form,
     mention,
     sign,
+    slack_service,
 )
 from tests.test_slack_app import C1, T0, T1, Slack, running
 
@@ -350,14 +350,13 @@ async def test_rinna_status_is_shown_to_the_asker_alone(
         chat: ChatService, settings: Settings, fake: FakeSlack) -> None:
     import json
 
-    from adapters.slack_service import build_slack_service
-    from bot.status import Status
+    from bot.core.status import Status
 
     status = Status(model="tiny-neox", device="cpu", quantisation="none",
                     generator=chat.generator, store=chat.store)  # type: ignore[arg-type]
     for source, expected in ((status, "・モデル：tiny-neox"), (None, "状態を取得できません。")):
-        service = build_slack_service(chat, slack_settings(settings, fake), status=source,
-                                      host="127.0.0.1")
+        configured = slack_settings(settings, fake)
+        service = slack_service(chat, configured, status=source)
         await service.start()
         try:
             async with aiohttp.ClientSession() as http:

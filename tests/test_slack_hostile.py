@@ -16,14 +16,21 @@ from typing import Any
 
 import pytest
 
-from adapters.slack_service import build_slack_service
-from bot.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
-from bot.tokenizer import Tokenizer
+from bot.core.chat import ChatService
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
-from tests.slack_fakes import BOT_USER, SIGNING_SECRET, TEAM, FakeSlack, eventually, mention
+from tests.slack_fakes import (
+    BOT_USER,
+    SIGNING_SECRET,
+    TEAM,
+    FakeSlack,
+    eventually,
+    mention,
+    slack_service,
+)
 from tests.test_slack_app import Slack, fake, running, scripted_chat, slack_settings  # noqa: F401
 
 C1 = "C1"
@@ -126,7 +133,7 @@ async def test_bolt_does_not_log_request_bodies_at_info(
     level = bolt.level
     bolt.setLevel(logging.WARNING)
     try:
-        service = build_slack_service(chat, slack_settings, host="127.0.0.1")
+        service = slack_service(chat, slack_settings)
         body = json.dumps({"type": "event_callback", "team_id": TEAM,
                            "event": {"type": "app_mention", "text": "秘密の相談です"}},
                           ensure_ascii=False)
@@ -345,7 +352,7 @@ async def test_socket_mode_refuses_the_same_shapes_before_bolt(
 
     settings = slack_settings.model_copy(update={"slack_app_token": SecretStr(APP_TOKEN),
                                                  "slack_signing_secret": None})
-    service = build_slack_service(chat, settings, host="127.0.0.1")
+    service = slack_service(chat, settings)
     await asyncio.wait_for(service.start(), 30)
     caplog.set_level(logging.DEBUG)
     try:

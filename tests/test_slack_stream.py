@@ -13,10 +13,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_api import SlackApi, UserNames
 from adapters.slack_app import BotIdentity, SlackHandlers, parse_message
-from bot.chat import ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import Speaker
-from bot.tokenizer import Tokenizer
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.front_door import FrontDoor
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (
@@ -154,7 +155,7 @@ async def no_wait(_: float) -> None:
 
 def handlers(fake: FakeSlack, chat: ChatService) -> SlackHandlers:
     api = SlackApi(AsyncWebClient(token=BOT_TOKEN, base_url=fake.api_url), sleep=no_wait)
-    return SlackHandlers(chat=chat, api=api, names=UserNames(api))
+    return SlackHandlers(front=FrontDoor(chat), api=api, names=UserNames(api))
 
 
 def parsed(ts: str = T0, text: str = "長く話して") -> Any:

@@ -11,12 +11,19 @@ import pytest
 from pydantic import SecretStr
 
 from bot.config import Settings
-from bot.conversation import ConversationKey, Speaker
-from bot.tokenizer import Tokenizer
+from bot.conversation import ConversationKey
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
-from tests.slack_fakes import (BOT_TOKEN, BOT_USER, SIGNING_SECRET, TEAM, FakeSlack, mention,
-                               message_shortcut)
+from tests.slack_fakes import (
+    BOT_TOKEN,
+    BOT_USER,
+    SIGNING_SECRET,
+    TEAM,
+    FakeSlack,
+    mention,
+    message_shortcut,
+)
 from tests.test_slack_ai import interact
 from tests.test_slack_app import T0, Slack, running, scripted_chat
 

@@ -6,7 +6,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.slack_app import parse_message
-from adapters.slack_text import escape, mentions, strip_mention, to_plain, ts_order, unescape, user_ids
+from adapters.slack_text import (
+    escape,
+    mentions,
+    strip_mention,
+    to_plain,
+    ts_order,
+    unescape,
+    user_ids,
+)
 from bot.conversation import ConversationKey
 
 

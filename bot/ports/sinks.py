@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from bot.conversation import ConversationKey, Controls
+from bot.conversation import Controls, ConversationKey
 
 
 @runtime_checkable
