@@ -26,6 +26,11 @@ class StorageError(RinnaError):
     """The history database could not be opened or written."""
 
 
+class StoreUnreachable(StorageError):
+    """The database server cannot be reached (down, restarting, the connection lost): a
+    retry may help (exit 1 at start), unlike a setting to fix."""
+
+
 class MessageWithdrawn(RinnaError):
     """The message was deleted (or its writer's data forgotten) while it waited to be
     answered: its text is gone, and its placeholder ends with this notice."""
