@@ -28,7 +28,10 @@ class StorageError(RinnaError):
 
 class StoreUnreachable(StorageError):
     """The database server cannot be reached (down, restarting, the connection lost): a
-    retry may help (exit 1 at start), unlike a setting to fix."""
+    retry may help (exit 1 at start), unlike a setting to fix. A message that arrives while
+    it lasts (after the store's wait for it) is told to try again later."""
+
+    user_message = "ただいま混み合っています。少し待ってからもう一度お試しください。"
 
 
 class MessageWithdrawn(RinnaError):

@@ -10,7 +10,8 @@ and `doctor`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -83,17 +84,19 @@ class PgTransaction:
 
 
 class PgPool:
-    """Reads outside a transaction: each statement on a pooled connection."""
+    """Reads outside a transaction: each statement on a connection from `connect` (the
+    store's pool, waiting for the server when it is away)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    def __init__(self, connect: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+                 ) -> None:
+        self.connect = connect
 
     async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> PgCursor:
-        async with self.pool.acquire() as connection:
+        async with self.connect() as connection:
             return await run(connection, sql, parameters)
 
     async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> None:
-        async with self.pool.acquire() as connection:
+        async with self.connect() as connection:
             await PgTransaction(connection).executemany(sql, parameters)
 
 
@@ -107,7 +110,8 @@ def redact(dsn: str) -> str:
     if parts.password is None and "password=" not in parts.query:
         return dsn
     user = parts.username or ""
-    netloc = f"{user}:***@" if user else "***@"
+    netloc = "" if parts.password is None else (f"{user}:***@" if user else ":***@")
+    netloc = netloc or (f"{user}@" if user else "")
     netloc += f"[{host}]" if ":" in host else host
     if port is not None:
         netloc += f":{port}"

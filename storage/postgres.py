@@ -12,16 +12,24 @@ answered", a summary's fingerprint), sees no rival half-way. Writes are short (a
 statements); reads take no lock.
 
 The pool (DATABASE_POOL_SIZE connections) reconnects by itself: a connection the server
-dropped is replaced on the next use. The DSN's password is never shown: errors and the repr
-name the DSN with `***` in its place (storage/pg_wire.py, `redact`).
+dropped is replaced on the next use. When the server is away (restarting, failing over), each
+store call waits for it, trying again with a growing pause, up to `Reconnect.wait_s` (30 s): a
+message that arrives meanwhile is answered once the server is back. Past that wait, or when
+the connection drops in the middle of a statement, the call raises StoreUnreachable (its
+notice: 「ただいま混み合っています…」); a transaction cut off that way was rolled back by the
+server, so nothing half-written stays, and what was committed before (an accepted message)
+is still there for its answer or the recovery. The DSN's password is never shown: errors and
+the repr name the DSN with `***` in its place (storage/pg_wire.py, `redact`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -47,21 +55,35 @@ UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                asyncpg.CannotConnectNowError, TimeoutError)
 
 
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """How long a store call waits for an unreachable server, and who hears of each try
+    (`on_wait(error)`: logs; tests wait on it rather than on time)."""
+
+    wait_s: float = 30.0
+    first_pause_s: float = 0.05
+    longest_pause_s: float = 1.0
+    on_wait: Callable[[BaseException], None] | None = None
+
+
 class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords,
                     CommunityRecords):
     def __init__(self, pool: asyncpg.Pool, dsn: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 reconnect: Reconnect = Reconnect()) -> None:
         self._pool = pool
-        self._db = PgPool(pool)
+        self._db = PgPool(self._connection)
         self.dsn = redact(dsn)  # only ever kept redacted
         self._clock = clock
+        self._reconnect = reconnect
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.dsn!r})"
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = 10,
-                   clock: Callable[[], float] = time.time) -> PostgresStore:
+                   clock: Callable[[], float] = time.time,
+                   reconnect: Reconnect = Reconnect()) -> PostgresStore:
         """Connect (a pool of `pool_size`), migrate under the advisory lock, or raise
         StorageError in one line naming the DSN without its password."""
         shown = redact(dsn)
@@ -84,22 +106,53 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
             await pool.close()
             raise StorageError(f"DATABASE_URL={shown}: cannot prepare the database "
                                f"({_reason(exc, dsn)})") from None
-        return cls(pool, dsn, clock)
+        return cls(pool, dsn, clock, reconnect)
 
     async def close(self) -> None:
         await self._pool.close()
 
     async def schema_version(self) -> int:
-        async with self._pool.acquire() as connection:
+        async with self._connection() as connection:
             return await schema_version(connection)
 
     async def server_version(self) -> str:
-        async with self._pool.acquire() as connection:
+        async with self._connection() as connection:
             return str(await connection.fetchval("SHOW server_version"))
 
     @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, waiting for the server while it is away (`Reconnect`);
+        the connection failing under a statement is StoreUnreachable."""
+        connection = await self._acquire()
+        try:
+            yield connection
+        except UNREACHABLE as exc:
+            raise StoreUnreachable(f"DATABASE_URL={self.dsn}: the connection to PostgreSQL "
+                                   f"was lost ({type(exc).__name__})") from exc
+        finally:
+            await self._pool.release(connection)
+
+    async def _acquire(self) -> asyncpg.Connection:
+        policy = self._reconnect
+        deadline = time.monotonic() + policy.wait_s
+        pause = policy.first_pause_s
+        while True:
+            try:
+                return await self._pool.acquire(timeout=CONNECT_TIMEOUT_S)
+            except UNREACHABLE as exc:
+                if time.monotonic() + pause > deadline:
+                    raise StoreUnreachable(f"DATABASE_URL={self.dsn}: cannot reach PostgreSQL"
+                                           f" ({type(exc).__name__})") from exc
+                log.warning("PostgreSQL is unreachable (%s); trying again",
+                            type(exc).__name__)
+                if policy.on_wait is not None:
+                    policy.on_wait(exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, policy.longest_pause_s)
+
+    @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[PgTransaction]:
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with self._connection() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
             yield PgTransaction(connection)
 
@@ -107,7 +160,7 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
         """VACUUM the tables people's text is in, so the space of deleted rows and of old
         row versions is reclaimed (marked free for reuse). It does not rewrite the files, and
         the server's WAL and backups keep what they keep (README, "What gone means")."""
-        async with self._pool.acquire() as connection:
+        async with self._connection() as connection:
             await connection.execute(f"VACUUM {', '.join(TEXT_TABLES)}")
         return True
 
