@@ -15,11 +15,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.conversation import ConversationKey, IncomingMessage
 from bot.errors import StorageError, StoreUnreachable
 from bot.ports.records import DeliveryState
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.pg_wire import redact
 from storage.postgres import PostgresStore, Reconnect
 from storage.schema import SCHEMA_VERSION
