@@ -165,6 +165,25 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
         return True
 
 
+async def probe(dsn: str) -> tuple[str, int]:
+    """Read-only, for `doctor`: (the server's version, the database's schema version; 0 =
+    nothing of ours yet). Changes nothing; StoreUnreachable / StorageError as `open`."""
+    shown = redact(dsn)
+    try:
+        connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    except UNREACHABLE as exc:
+        raise StoreUnreachable(f"DATABASE_URL={shown}: cannot reach PostgreSQL "
+                               f"({_reason(exc, dsn)})") from None
+    except asyncpg.PostgresError as exc:
+        raise StorageError(f"DATABASE_URL={shown}: PostgreSQL refused the connection "
+                           f"({_reason(exc, dsn)})") from None
+    try:
+        server = str(await connection.fetchval("SHOW server_version"))
+        return server, await schema_version(connection)
+    finally:
+        await connection.close()
+
+
 def _reason(exc: BaseException, dsn: str) -> str:
     """The error's own words, one line, with the password (if it appears) masked."""
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -177,4 +196,4 @@ def _reason(exc: BaseException, dsn: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-__all__ = ["PostgresStore", "TABLES", "UNREACHABLE"]
+__all__ = ["PostgresStore", "Reconnect", "TABLES", "UNREACHABLE", "probe"]
