@@ -194,3 +194,30 @@ async def test_past_the_wait_a_message_gets_the_busy_notice_and_the_pool_comes_b
         assert again.kinds()[-1] == "finish", again.events
     finally:
         await store.close()
+
+
+def test_the_password_never_reaches_a_log(capsys: pytest.CaptureFixture[str]) -> None:
+    """DATABASE_URL is a secret setting: the URL and its password alone are redacted from
+    every log record, and so is a password in any URL a library's error might print."""
+    import logging
+
+    from bot.config import load_settings
+    from bot.service.logs import RedactSecrets
+
+    settings = load_settings(database_url="postgresql://rinna:p%40ss-4111@db:5432/rinna")
+    assert "p@ss-4111" in settings.secret_values()  # its password alone, decoded too
+    assert "p%40ss-4111" not in repr(settings) and "p@ss-4111" not in repr(settings)
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactSecrets(settings.secret_values()))
+    logger = logging.getLogger("test.pg.redaction")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    try:
+        logger.warning("connecting to %s", settings.database_url.get_secret_value())
+        logger.warning("auth failed for password p@ss-4111")
+        logger.warning("another url postgresql://other:hunter2@db2/x")
+    finally:
+        logger.handlers.clear()
+    err = capsys.readouterr().err
+    assert "p%40ss-4111" not in err and "p@ss-4111" not in err and "hunter2" not in err
+    assert "postgresql://other:***@db2/x" in err
