@@ -177,7 +177,8 @@ def test_compose_offers_postgresql_off_by_default() -> None:
     postgres = services["postgres"]
     assert postgres["image"] == "postgres:15" and postgres["profiles"] == ["postgres"]
     assert "pg_isready" in postgres["healthcheck"]["test"]
-    assert "?" in postgres["environment"]["POSTGRES_PASSWORD"]  # required, never a default
+    assert postgres["env_file"] == "postgres.env"  # its password: not in .env, not a default
+    assert "POSTGRES_PASSWORD" not in postgres["environment"]
 
 
 # ----- the model's facts: in the repository ---------------------------------------------------
