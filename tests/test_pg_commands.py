@@ -187,3 +187,25 @@ async def test_forget_and_export_on_postgresql_and_forget_vacuums(
         await connection.close()
     for output in (exported, forgotten):
         assert password_of(pg_cluster) not in output.stdout + output.stderr
+
+
+async def test_a_platform_deletion_or_edit_on_postgresql_deletes_the_text_and_vacuums(
+        pg_dsn: str) -> None:
+    store = await PostgresStore.open(pg_dsn)
+    try:
+        await fill(store)
+        assert await store.delete_delivered("slack", "C1:100.000001") == 1
+        assert await store.delete_delivered("slack", "C1:100.000001") == 0
+        assert await store.edit_delivered("slack", "C1:100.000002", "献立は秘密です")
+        assert await store.accept(KEY, "C1:100.000001", SECRET, ALICE) is None  # not again
+    finally:
+        await store.close()
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        texts = {row["text"] for row in await connection.fetch("SELECT text FROM turns")}
+        assert SECRET not in texts and KEEP not in texts and "献立は秘密です" in texts
+        vacuumed = {row["relname"] for row in await connection.fetch(
+            "SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL")}
+        assert {"turns", "deliveries"} <= vacuumed
+    finally:
+        await connection.close()

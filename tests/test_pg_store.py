@@ -221,3 +221,31 @@ def test_the_password_never_reaches_a_log(capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err
     assert "p%40ss-4111" not in err and "p@ss-4111" not in err and "hunter2" not in err
     assert "postgresql://other:***@db2/x" in err
+
+
+async def test_two_replicas_racing_for_one_regeneration_let_only_one_win(pg_dsn: str) -> None:
+    """Write transactions are serialised across processes (the advisory write lock), so a
+    read-then-write like 「もう一度」's "nothing is being answered" holds across replicas:
+    two replicas taking on two presses of the same answer at the same moment record one."""
+    first, second = (await PostgresStore.open(pg_dsn, pool_size=2),
+                     await PostgresStore.open(pg_dsn, pool_size=2))
+    try:
+        for round_ in range(15):
+            accepted = await first.accept(KEY, f"q{round_}", "質問", "U1")
+            assert accepted is not None
+            taken = await first.take(accepted, "r")
+            assert taken is not None
+            answering = await first.begin_answer(taken)
+            assert answering is not None
+            assert await first.store_answer(answering, "答え", "答え")
+            assert await first.finish(answering)
+            answer = await first.delivery("slack", f"q{round_}")
+            assert answer is not None
+            won = await asyncio.gather(first.accept_regenerate(answer, f"press-a{round_}"),
+                                       second.accept_regenerate(answer, f"press-b{round_}"))
+            assert sum(result is not None for result in won) == 1, (round_, won)
+            winner = next(result for result in won if result is not None)
+            assert await first.finish(winner, failed=True)  # done: the next round may redo
+    finally:
+        await first.close()
+        await second.close()
