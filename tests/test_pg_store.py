@@ -249,3 +249,13 @@ async def test_two_replicas_racing_for_one_regeneration_let_only_one_win(pg_dsn:
     finally:
         await first.close()
         await second.close()
+
+
+def test_a_database_url_that_is_not_postgresql_is_refused_in_one_line() -> None:
+    from bot.config import load_settings
+    from bot.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings(database_url="mysql://rinna:hunter2@db/rinna")
+    assert "DATABASE_URL" in str(refused.value) and "postgresql://" in str(refused.value)
+    assert "hunter2" not in str(refused.value) and "\n" not in str(refused.value)
