@@ -66,6 +66,9 @@ class Settings(BaseSettings):
 
     # Storage
     database_path: Path = Path("data/rinna-bot.sqlite3")
+    # PostgreSQL instead of SQLite (several replicas): postgresql://user:password@host/db
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(10, ge=1, le=1000)  # connections per replica
     retention_days: int | None = Field(None, ge=1)  # None: keep every turn
 
     # Platforms
@@ -194,6 +197,17 @@ class Settings(BaseSettings):
             return SecretStr(value.get_secret_value().strip())
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            url = value.get_secret_value().strip()
+            if not url.startswith(("postgresql://", "postgres://")):
+                raise ValueError("must be a PostgreSQL URL, e.g. DATABASE_URL=postgresql://"
+                                 "rinna:password@db:5432/rinna (unset: SQLite, DATABASE_PATH)")
+            return SecretStr(url)
+        return value
+
     @model_validator(mode="after")
     def _slack_mode_complete(self) -> Settings:
         if self.slack_bot_token and not self.slack_app_token and not self.slack_signing_secret:
@@ -246,8 +260,14 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """The values of every secret that is set: what logs must never show."""
-        return [value.get_secret_value() for name in self.secret_fields
-                if isinstance(value := getattr(self, name), SecretStr)]
+        values = [value.get_secret_value() for name in self.secret_fields
+                  if isinstance(value := getattr(self, name), SecretStr)]
+        if self.database_url is not None:  # its password alone, as an error might show it
+            from urllib.parse import unquote, urlsplit
+
+            password = urlsplit(self.database_url.get_secret_value()).password
+            values += [unquote(password)] if password else []
+        return values
 
     @property
     def discord_enabled(self) -> bool:

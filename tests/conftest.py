@@ -24,6 +24,9 @@ from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.discord_fakes import ScriptedGenerator as DiscordScript
 
+# A real PostgreSQL for the store's tests: `pg_cluster`, `pg_dsn` (tests/pg/fixtures.py).
+pytest_plugins = ["tests.pg.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
