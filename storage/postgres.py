@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from bot.errors import StorageError, StoreUnreachable
+from bot.ports.community import ChangeListener, Scope, SettingChange
 from storage.community import CommunityRecords
 from storage.deliveries import DeliveryRecords
-from bot.ports.community import ChangeListener, Scope, SettingChange
 from storage.pg_notify import CHANNEL, ChangeNotices, payload
 from storage.pg_schema import TABLES, migrate, schema_version
 from storage.pg_wire import PgPool, PgTransaction, redact

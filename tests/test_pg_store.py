@@ -15,11 +15,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.core.chat import ChatConfig, ChatService
 from bot.conversation import ConversationKey, IncomingMessage
+from bot.core.chat import ChatConfig, ChatService
+from bot.engine.tokenizer import Tokenizer
 from bot.errors import StorageError, StoreUnreachable
 from bot.ports.records import DeliveryState
-from bot.engine.tokenizer import Tokenizer
 from storage.pg_wire import redact
 from storage.postgres import PostgresStore, Reconnect
 from storage.schema import SCHEMA_VERSION
