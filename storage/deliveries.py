@@ -115,7 +115,7 @@ class DeliveryRecords:
             if not fresh:
                 # read in with its thread before its own event came: answer it, once
                 cursor = await db.execute(
-                    "UPDATE deliveries SET imported = 0, state = 'accepted' WHERE platform=?"
+                    "UPDATE deliveries SET state = 'accepted' WHERE platform=?"
                     " AND delivery_key=? AND state = 'imported'", (key.platform, delivery_key))
                 fresh = cursor.rowcount == 1
             await self.record_sources(db, key.platform, delivery_key, sources)
@@ -142,7 +142,7 @@ class DeliveryRecords:
             fresh = cursor.rowcount == 1
             if not fresh:
                 cursor = await db.execute(
-                    "UPDATE deliveries SET imported = 0, state = ?, final = ? WHERE platform=?"
+                    "UPDATE deliveries SET state = ?, final = ? WHERE platform=?"
                     " AND delivery_key=? AND state = 'imported'",
                     (str(state), notice, key.platform, delivery_key))
                 fresh = cursor.rowcount == 1
@@ -312,8 +312,8 @@ class DeliveryRecords:
             if delivery_key is not None:
                 cursor = await db.execute(
                     "INSERT INTO deliveries (platform, delivery_key,"
-                    " conversation_id, received_at, imported, state)"
-                    " VALUES (?, ?, ?, ?, 1, 'imported') ON CONFLICT DO NOTHING",
+                    " conversation_id, received_at, state)"
+                    " VALUES (?, ?, ?, ?, 'imported') ON CONFLICT DO NOTHING",
                     (key.platform, delivery_key, conversation, self._clock()))
                 if cursor.rowcount != 1:
                     continue  # seen before: already in some history

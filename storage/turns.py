@@ -66,7 +66,7 @@ class TurnRecords:
             if cursor.rowcount == 1:
                 return Claim(conversation)
             row = await (await db.execute(
-                "UPDATE deliveries SET imported = 0, state = 'answered' WHERE platform=?"
+                "UPDATE deliveries SET state = 'answered' WHERE platform=?"
                 " AND delivery_key=? AND state = 'imported' RETURNING conversation_id, turn_id",
                 (key.platform, delivery_key))).fetchone()
             return None if row is None else Claim(int(row[0]), row[1])

@@ -1,9 +1,10 @@
 """What `rinna-bot run` does with each platform, whatever it is (bot/service/platforms.py lists
 them).
 
-A platform is built from settings and the chat service; `run` starts it, waits on `stopped`
-(or a signal), then stops its intake, lets the chat service finish, and closes it. After a
-restart, `ready` and `recovery_sink` let the chat service finish what the last process took on.
+A platform is built from settings and the one front door the service built for every
+platform; `run` starts it, waits on `stopped` (or a signal), then stops its intake, lets the
+chat service finish, and closes it. After a restart, `ready` and `recovery_sink` let the chat
+service finish what the last process took on.
 """
 
 from __future__ import annotations
