@@ -1,0 +1,244 @@
+"""Captured decode: the step where every row produces one token, over static buffers, replayed
+as a CUDA graph per bucketed batch size (nano-vllm's and vLLM's design, over our KV arena).
+
+A decode step's shape depends only on how many rows decode, so it can be captured once per
+batch size and replayed: one launch instead of the ~15 ms of Python and kernel launches an
+eager step of the real model costs. Batch sizes are bucketed ([1, 2, 4, 8] then every 16, then
+MAX_BATCH): a step with fewer rows pads up to its bucket. A padding row writes its key and
+value to the arena's scratch slot (one slot past every span: `KVArena.scratch_slot`) and
+attends only to that slot, so no real row ever reads what padding wrote, and padding never
+reads a real row.
+
+The same code fills the buffers, picks the bucket and pads on every device. On CUDA the step
+is captured (after one eager run of it, which the first replay must match bit for bit, or the
+engine stays eager) and replayed; elsewhere "replay" calls the same step function eagerly
+over the same buffers, which is what the CPU tests drive. Graphs hold the arena's tensors by
+address: when the arena is reallocated (grown, or released after a failure) the graphs are
+captured again before the next replay.
+
+Not thread-safe: the engine's one worker thread owns it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bot.kv_cache import KVArena
+from bot.neox_forward import Segment, StepPlan, Varlen, packed_forward
+
+log = logging.getLogger(__name__)
+
+
+def buckets(max_batch: int) -> tuple[int, ...]:
+    """The captured batch sizes: 1, 2, 4, 8, then every multiple of 16, and MAX_BATCH itself."""
+    sizes = [b for b in (1, 2, 4, 8) if b < max_batch]
+    sizes += [b for b in range(16, max_batch, 16)]
+    return (*sizes, max_batch)
+
+
+def bucket_for(rows: int, sizes: Sequence[int]) -> int | None:
+    """The smallest bucket that holds `rows` (None: more rows than the largest)."""
+    return next((size for size in sizes if size >= rows), None)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeRow:
+    """One decoding row as the step needs it: its arena span's start, the tokens it has cached
+    (the new token's position), and the token it feeds."""
+
+    start: int
+    length: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureReport:
+    """What the start line and `doctor` say about decoding."""
+
+    captured: tuple[int, ...]  # batch sizes replayed as graphs (empty: eager)
+    seconds: float = 0.0
+    bytes: int = 0
+    reason: str = ""  # why eager
+
+    def describe(self) -> str:
+        if not self.captured:
+            return f"decode eager ({self.reason})"
+        return (f"decode CUDA graphs for batch {','.join(map(str, self.captured))} "
+                f"(captured in {self.seconds:.1f} s, graph memory "
+                f"{self.bytes / 1024**2:.0f} MiB)")
+
+
+class CaptureFailed(RuntimeError):
+    """The step could not be captured, or its replay did not match the eager step."""
+
+
+class DecodeRunner:
+    """Static buffers for the largest bucket; bucket b uses their first b entries."""
+
+    def __init__(self, model: torch.nn.Module, cache: KVArena, heads: int, head_dim: int,
+                 max_batch: int, *, capture: bool, pad_id: int = 0) -> None:
+        self.model, self.cache = model, cache
+        self.heads, self.head_dim = heads, head_dim
+        self.sizes = buckets(max_batch)
+        self.capture = capture
+        self.pad_id = pad_id
+        device = cache.device
+        self.device = device
+        top = self.sizes[-1]
+        pinned = capture and device.type == "cuda"
+        # Host staging (pinned on CUDA: one non-blocking copy each) and the device buffers.
+        # longs: ids, positions, slots; ints (int32, for flash attention): key starts, lengths.
+        self._host_long = torch.zeros(3, top, dtype=torch.long, pin_memory=pinned)
+        self._host_int = torch.zeros(2, top + 1, dtype=torch.int32, pin_memory=pinned)
+        self.longs = torch.zeros(3, top, dtype=torch.long, device=device)
+        self.ints = torch.zeros(2, top + 1, dtype=torch.int32, device=device)
+        self.cu_q = torch.arange(top + 1, dtype=torch.int32, device=device)
+        self.sample_at = torch.arange(top, dtype=torch.long, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self._pool: object | None = None
+        self._arena_key: tuple[int, int] | None = None
+        self.report = CaptureReport(())
+        self.last_bucket = 0  # for tests and benchmarks: the bucket of the latest step
+
+    # ----- filling ---------------------------------------------------------------------
+    def fits(self, rows: int) -> bool:
+        return bucket_for(rows, self.sizes) is not None
+
+    def fill(self, rows: Sequence[DecodeRow]) -> int:
+        """Write the step's inputs (real rows, then padding) into the static buffers; returns
+        the bucket. Padding rows write to and read only the scratch slot."""
+        bucket = bucket_for(len(rows), self.sizes)
+        if bucket is None or not rows:
+            raise ValueError(f"{len(rows)} rows: no decode bucket (largest {self.sizes[-1]})")
+        scratch = self.cache.scratch_slot
+        pad = bucket - len(rows)
+        self._host_long[:, :bucket] = torch.tensor([
+            [r.last for r in rows] + [self.pad_id] * pad,
+            [r.length for r in rows] + [0] * pad,
+            [r.start + r.length for r in rows] + [scratch] * pad])
+        self._host_int[:, :bucket + 1] = torch.tensor([
+            [r.start for r in rows] + [scratch] * pad + [self.cache.capacity],
+            [r.length + 1 for r in rows] + [1] * pad + [0]], dtype=torch.int32)
+        self.longs[:, :bucket].copy_(self._host_long[:, :bucket], non_blocking=True)
+        self.ints[:, :bucket + 1].copy_(self._host_int[:, :bucket + 1], non_blocking=True)
+        self.last_bucket = bucket
+        return bucket
+
+    def plan(self, bucket: int) -> StepPlan:
+        """The step over the first `bucket` entries of the buffers. With flash attention
+        (capture) everything is a device view; the per-row path reads the rows from the host
+        staging instead (it runs eagerly, so that costs nothing it would not already)."""
+        positions = self.longs[1, :bucket].unsqueeze(0)
+        slots = self.longs[2, :bucket]
+        sample_at = self.sample_at[:bucket]
+        if self.capture:
+            varlen = Varlen(self.cu_q[:bucket + 1], self.ints[0, :bucket + 1],
+                            self.ints[1, :bucket], 1, self.cache.capacity)
+            return StepPlan((), positions, slots, sample_at, tuple(range(bucket)), {}, varlen)
+        starts = self._host_int[0, :bucket].tolist()
+        used = self._host_int[1, :bucket].tolist()
+        segments = tuple(Segment(i, i, used[i] - 1, 1, starts[i]) for i in range(bucket))
+        return StepPlan(segments, positions, slots, sample_at, tuple(range(bucket)), {})
+
+    @torch.inference_mode()
+    def eager(self, bucket: int) -> torch.Tensor:
+        """The step function itself over the filled buffers: float32 logits, [bucket, vocab]."""
+        return packed_forward(self.model, self.longs[0, :bucket].unsqueeze(0), self.plan(bucket),
+                              self.cache, self.heads, self.head_dim)
+
+    # ----- running ---------------------------------------------------------------------
+    def run(self, rows: Sequence[DecodeRow]) -> torch.Tensor:
+        """Logits of the real rows ([len(rows), vocab]) after one decode step."""
+        bucket = self.fill(rows)
+        if not self.capture:
+            return self.eager(bucket)[:len(rows)]
+        if self._arena_key != self._key():
+            self.capture_all()  # the arena moved: the graphs point at the old tensors
+            bucket = self.fill(rows)  # capture overwrote the buffers with padding
+        self.graphs[bucket].replay()
+        return self.outputs[bucket][:len(rows)]
+
+    def _key(self) -> tuple[int, int]:
+        return (self.cache.keys[0].data_ptr() if self.cache.keys else 0, self.cache.capacity)
+
+    def capture_all(self) -> CaptureReport:
+        """Capture every bucket, largest first (one shared memory pool), over the arena as it
+        is now; each graph's first replay must equal its eager run bit for bit."""
+        if not self.cache.keys:
+            self.cache.ensure(1, {})  # an arena to capture over (the engine's first size)
+        for graph in self.graphs.values():
+            graph.reset()
+        self.graphs, self.outputs, self._pool = {}, {}, None
+        torch.cuda.synchronize(self.device)
+        reserved = torch.cuda.memory_reserved(self.device)
+        started = time.monotonic()
+        try:
+            for bucket in reversed(self.sizes):
+                self._capture(bucket)
+            torch.cuda.synchronize(self.device)
+        except RuntimeError as exc:  # torch's capture errors (and CaptureFailed) end up here
+            self.graphs, self.outputs, self._pool, self._arena_key = {}, {}, None, None
+            if isinstance(exc, CaptureFailed):
+                raise
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise CaptureFailed(f"{type(exc).__name__}: {first}") from exc
+        self._arena_key = self._key()
+        self.report = CaptureReport(self.sizes, time.monotonic() - started,
+                                    torch.cuda.memory_reserved(self.device) - reserved)
+        log.info("%s", self.report.describe())
+        return self.report
+
+    def _capture(self, bucket: int) -> None:
+        self._fill_padding(bucket)
+        expected = self.eager(bucket).clone()  # also the warm-up before capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
+            output = packed_forward(self.model, self.longs[0, :bucket].unsqueeze(0),
+                                    self.plan(bucket), self.cache, self.heads, self.head_dim)
+        if self._pool is None:
+            self._pool = graph.pool()
+        self._fill_padding(bucket)
+        graph.replay()
+        if not torch.equal(output, expected):
+            raise CaptureFailed(f"batch {bucket}: the replayed step differs from the eager one")
+        self.graphs[bucket], self.outputs[bucket] = graph, output
+
+    def _fill_padding(self, bucket: int) -> None:
+        """Every row padding: the step writes and reads the scratch slot only."""
+        scratch = self.cache.scratch_slot
+        self.longs[:, :bucket] = torch.tensor([[self.pad_id], [0], [scratch]], device=self.device)
+        self.ints[0, :bucket + 1] = scratch
+        self.ints[0, bucket] = self.cache.capacity
+        self.ints[1, :bucket] = 1
+
+
+def build_runner(model: torch.nn.Module, cache: KVArena, heads: int, head_dim: int,
+                 max_batch: int, mode: str, flash: bool) -> tuple[DecodeRunner | None,
+                                                                  CaptureReport]:
+    """The engine's decode runner for `mode` ("auto": graphs on CUDA where they can be
+    captured; "eager": none, as CUDA_GRAPHS=false; "runner": the runner without capture, on
+    any device) and what the start line says about it. A capture that fails is said once,
+    here, and decoding stays eager."""
+    if mode == "eager":
+        return None, CaptureReport((), reason="CUDA_GRAPHS=false")
+    if mode == "runner":
+        return (DecodeRunner(model, cache, heads, head_dim, max_batch, capture=False),
+                CaptureReport((), reason="static buffers, no capture"))
+    if cache.device.type != "cuda":
+        return None, CaptureReport((), reason="CUDA graphs not used on the CPU")
+    if not flash:
+        return None, CaptureReport((), reason="no flash attention here: nothing to capture")
+    if any(type(m).__name__ == "Linear8bitLt" for m in model.modules()):
+        return None, CaptureReport((), reason="bitsandbytes 8-bit has no CUDA graphs")
+    runner = DecodeRunner(model, cache, heads, head_dim, max_batch, capture=True)
+    try:
+        return runner, runner.capture_all()
+    except CaptureFailed as exc:
+        log.warning("CUDA graphs could not be captured (%s): decoding eagerly", exc)
+        return None, CaptureReport((), reason="capture failed, see the warning above")
