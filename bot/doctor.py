@@ -22,7 +22,7 @@ from typing import TextIO
 from bot.config import Settings, load_settings, unknown_keys
 from bot.download import cached_model, check_model_dir, check_tokenizer, is_local
 from bot.errors import RinnaError
-from bot.doctor_model import _planned_precision, _precision, engine_vocabulary
+from bot.doctor_model import _planned_precision, _precision, cuda_graphs, engine_vocabulary
 from bot.logs import setup_logging
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,9 @@ def checks(settings: Settings, *, offline: bool = False) -> Iterator[Check]:
         if precision is not None:
             yield precision
         yield _bitsandbytes(settings)
+        device, problem = _torch_device(settings)
+        if problem is None:  # else the device's own line says what to fix
+            yield cuda_graphs(settings, device)
     yield _database(settings.database_path)
     yield _metrics(settings)
 

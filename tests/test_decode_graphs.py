@@ -180,3 +180,19 @@ def test_what_the_start_line_says_about_decoding(model, tokenizer: Tokenizer) ->
     assert "CUDA graphs not used on the CPU" in make(model, tokenizer).decode_report.describe()
     off = make(model, tokenizer, decode="eager")
     assert off.decode is None and "CUDA_GRAPHS=false" in off.decode_report.describe()
+
+
+def test_cuda_graphs_false_decodes_eagerly_and_doctor_says_so(
+        settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.doctor_model import cuda_graphs
+    from bot.model_loader import build_engine
+
+    monkeypatch.setenv("CUDA_GRAPHS", "false")
+    off = type(settings)(**{k: v for k, v in settings.model_dump().items()
+                            if k != "cuda_graphs"})
+    assert off.cuda_graphs is False
+    assert build_engine(off).decode_report.describe() == "decode eager (CUDA_GRAPHS=false)"
+    assert cuda_graphs(off, torch.device("cpu")).line() == (
+        "✓ CUDA graphs: off (CUDA_GRAPHS=false): decode steps run eagerly")
+    assert cuda_graphs(settings, torch.device("cpu")).line() == (
+        "✓ CUDA graphs: not used (the model runs on the CPU); graph memory 0")
