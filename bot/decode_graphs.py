@@ -64,8 +64,11 @@ class CaptureReport:
     seconds: float = 0.0
     bytes: int = 0
     reason: str = ""  # why eager
+    runner: bool = False  # the static buffers without capture (tests, CPU benchmark checks)
 
     def describe(self) -> str:
+        if self.runner:
+            return "decode through the static buffers, not captured"
         if not self.captured:
             return f"decode eager ({self.reason})"
         return (f"decode CUDA graphs for batch {','.join(map(str, self.captured))} "
@@ -229,7 +232,7 @@ def build_runner(model: torch.nn.Module, cache: KVArena, heads: int, head_dim: i
         return None, CaptureReport((), reason="CUDA_GRAPHS=false")
     if mode == "runner":
         return (DecodeRunner(model, cache, heads, head_dim, max_batch, capture=False),
-                CaptureReport((), reason="static buffers, no capture"))
+                CaptureReport((), runner=True))
     if cache.device.type != "cuda":
         return None, CaptureReport((), reason="CUDA graphs not used on the CPU")
     if not flash:

@@ -43,8 +43,11 @@ ABS_TOL, REL_TOL = 0.03, 0.01
 def real_shape_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from benchmarks.gpu import REAL_SHAPE, TINY_SHAPE, write_random_model
 
-    directory = tmp_path_factory.mktemp("real-shape")
-    write_random_model(directory, TINY_SHAPE if DRY else REAL_SHAPE, DEVICE)
+    kept = os.environ.get("RINNA_GPU_WEIGHTS")  # benchmarks/gpu_check.sh: shared, written once
+    directory = Path(kept) if kept else tmp_path_factory.mktemp("real-shape")
+    if not (directory / "config.json").is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        write_random_model(directory, TINY_SHAPE if DRY else REAL_SHAPE, DEVICE)
     return directory
 
 
