@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -80,20 +81,69 @@ class CaptureFailed(RuntimeError):
     """The step could not be captured, or its replay did not match the eager step."""
 
 
+class Graph(Protocol):
+    def replay(self) -> None: ...
+    def reset(self) -> None: ...
+
+
+class GraphBackend(Protocol):
+    """How steps are captured and replayed: CUDA graphs (`CudaGraphs`), or in tests a backend
+    whose "graph" calls the step again."""
+
+    def capture(self, step: Callable[[], torch.Tensor]) -> tuple[Graph, torch.Tensor]:
+        """Capture `step`; returns the graph and the static output its replays write."""
+        ...
+
+    def new_pool(self) -> None: ...  # the next captures share a fresh memory pool
+    def synchronize(self) -> None: ...
+    def reserved_bytes(self) -> int: ...
+
+
+class CudaGraphs:
+    """torch.cuda.CUDAGraph, every bucket's graph in one memory pool (largest captured first,
+    so the smaller ones fit in what it already holds)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._pool: tuple[int, int] | None = None
+
+    def capture(self, step: Callable[[], torch.Tensor]) -> tuple[Graph, torch.Tensor]:
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
+            output = step()
+        if self._pool is None:
+            self._pool = graph.pool()
+        return graph, output
+
+    def new_pool(self) -> None:
+        self._pool = None
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def reserved_bytes(self) -> int:
+        return torch.cuda.memory_reserved(self.device)
+
+
 class DecodeRunner:
-    """Static buffers for the largest bucket; bucket b uses their first b entries."""
+    """Static buffers for the largest bucket; bucket b uses their first b entries. With a
+    backend the step is captured per bucket and replayed; without, run eagerly over the same
+    buffers. `varlen`: attention by flash attention's variable-length kernel reading the
+    buffers on the device (capturable); else one SDPA per row from the host staging."""
 
     def __init__(self, model: torch.nn.Module, cache: KVArena, heads: int, head_dim: int,
-                 max_batch: int, *, capture: bool, pad_id: int = 0) -> None:
+                 max_batch: int, *, backend: GraphBackend | None, varlen: bool,
+                 pad_id: int = 0) -> None:
         self.model, self.cache = model, cache
         self.heads, self.head_dim = heads, head_dim
         self.sizes = buckets(max_batch)
-        self.capture = capture
+        self.backend, self.varlen = backend, varlen
         self.pad_id = pad_id
         device = cache.device
         self.device = device
         top = self.sizes[-1]
-        pinned = capture and device.type == "cuda"
+        pinned = device.type == "cuda"
+        self._copied = torch.cuda.Event() if pinned else None  # the last upload, done
         # Host staging (pinned on CUDA: one non-blocking copy each) and the device buffers.
         # longs: ids, positions, slots; ints (int32, for flash attention): key starts, lengths.
         self._host_long = torch.zeros(3, top, dtype=torch.long, pin_memory=pinned)
@@ -102,10 +152,10 @@ class DecodeRunner:
         self.ints = torch.zeros(2, top + 1, dtype=torch.int32, device=device)
         self.cu_q = torch.arange(top + 1, dtype=torch.int32, device=device)
         self.sample_at = torch.arange(top, dtype=torch.long, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[int, Graph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        self._pool: object | None = None
-        self._arena_key: tuple[int, int] | None = None
+        self.captures = 0  # capture_all calls that succeeded (growth recaptures included)
+        self._arena_key: tuple[int, ...] | None = None
         self.report = CaptureReport(())
         self.last_bucket = 0  # for tests and benchmarks: the bucket of the latest step
 
@@ -119,8 +169,16 @@ class DecodeRunner:
         bucket = bucket_for(len(rows), self.sizes)
         if bucket is None or not rows:
             raise ValueError(f"{len(rows)} rows: no decode bucket (largest {self.sizes[-1]})")
+        self._stage(rows, bucket)
+        self.last_bucket = bucket
+        return bucket
+
+    def _stage(self, rows: Sequence[DecodeRow], bucket: int) -> None:
+        """Rows then padding into the host staging, and one upload of each buffer."""
         scratch = self.cache.scratch_slot
         pad = bucket - len(rows)
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous upload has read the staging (long ago)
         self._host_long[:, :bucket] = torch.tensor([
             [r.last for r in rows] + [self.pad_id] * pad,
             [r.length for r in rows] + [0] * pad,
@@ -130,8 +188,8 @@ class DecodeRunner:
             [r.length + 1 for r in rows] + [1] * pad + [0]], dtype=torch.int32)
         self.longs[:, :bucket].copy_(self._host_long[:, :bucket], non_blocking=True)
         self.ints[:, :bucket + 1].copy_(self._host_int[:, :bucket + 1], non_blocking=True)
-        self.last_bucket = bucket
-        return bucket
+        if self._copied is not None:
+            self._copied.record()
 
     def plan(self, bucket: int) -> StepPlan:
         """The step over the first `bucket` entries of the buffers. With flash attention
@@ -140,7 +198,7 @@ class DecodeRunner:
         positions = self.longs[1, :bucket].unsqueeze(0)
         slots = self.longs[2, :bucket]
         sample_at = self.sample_at[:bucket]
-        if self.capture:
+        if self.varlen:
             varlen = Varlen(self.cu_q[:bucket + 1], self.ints[0, :bucket + 1],
                             self.ints[1, :bucket], 1, self.cache.capacity)
             return StepPlan((), positions, slots, sample_at, tuple(range(bucket)), {}, varlen)
@@ -152,6 +210,9 @@ class DecodeRunner:
     @torch.inference_mode()
     def eager(self, bucket: int) -> torch.Tensor:
         """The step function itself over the filled buffers: float32 logits, [bucket, vocab]."""
+        return self._step(bucket)
+
+    def _step(self, bucket: int) -> torch.Tensor:
         return packed_forward(self.model, self.longs[0, :bucket].unsqueeze(0), self.plan(bucket),
                               self.cache, self.heads, self.head_dim)
 
@@ -159,7 +220,7 @@ class DecodeRunner:
     def run(self, rows: Sequence[DecodeRow]) -> torch.Tensor:
         """Logits of the real rows ([len(rows), vocab]) after one decode step."""
         bucket = self.fill(rows)
-        if not self.capture:
+        if self.backend is None:
             return self.eager(bucket)[:len(rows)]
         if self._arena_key != self._key():
             self.capture_all()  # the arena moved: the graphs point at the old tensors
@@ -167,79 +228,82 @@ class DecodeRunner:
         self.graphs[bucket].replay()
         return self.outputs[bucket][:len(rows)]
 
-    def _key(self) -> tuple[int, int]:
-        return (self.cache.keys[0].data_ptr() if self.cache.keys else 0, self.cache.capacity)
+    def _key(self) -> tuple[int, ...]:
+        """Where every layer's keys and values are: a graph replays over exactly these."""
+        return (self.cache.capacity,
+                *(t.data_ptr() for t in self.cache.keys + self.cache.values))
 
     def capture_all(self) -> CaptureReport:
         """Capture every bucket, largest first (one shared memory pool), over the arena as it
         is now; each graph's first replay must equal its eager run bit for bit."""
+        assert self.backend is not None
+        backend = self.backend
         if not self.cache.keys:
             self.cache.ensure(1, {})  # an arena to capture over (the engine's first size)
-        for graph in self.graphs.values():
-            graph.reset()
-        self.graphs, self.outputs, self._pool = {}, {}, None
-        torch.cuda.synchronize(self.device)
-        reserved = torch.cuda.memory_reserved(self.device)
+        self._drop()
+        backend.synchronize()
+        reserved = backend.reserved_bytes()
         started = time.monotonic()
         try:
             for bucket in reversed(self.sizes):
-                self._capture(bucket)
-            torch.cuda.synchronize(self.device)
+                self._capture(backend, bucket)
+            backend.synchronize()
         except RuntimeError as exc:  # torch's capture errors (and CaptureFailed) end up here
-            self.graphs, self.outputs, self._pool, self._arena_key = {}, {}, None, None
+            self._drop()
             if isinstance(exc, CaptureFailed):
                 raise
             first = str(exc).splitlines()[0][:200] if str(exc) else ""
             raise CaptureFailed(f"{type(exc).__name__}: {first}") from exc
         self._arena_key = self._key()
+        self.captures += 1
         self.report = CaptureReport(self.sizes, time.monotonic() - started,
-                                    torch.cuda.memory_reserved(self.device) - reserved)
+                                    backend.reserved_bytes() - reserved)
         log.info("%s", self.report.describe())
         return self.report
 
-    def _capture(self, bucket: int) -> None:
-        self._fill_padding(bucket)
-        expected = self.eager(bucket).clone()  # also the warm-up before capture
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
-            output = packed_forward(self.model, self.longs[0, :bucket].unsqueeze(0),
-                                    self.plan(bucket), self.cache, self.heads, self.head_dim)
-        if self._pool is None:
-            self._pool = graph.pool()
-        self._fill_padding(bucket)
+    def _drop(self) -> None:
+        for graph in self.graphs.values():
+            graph.reset()
+        self.graphs, self.outputs, self._arena_key = {}, {}, None
+        if self.backend is not None:
+            self.backend.new_pool()
+
+    def _capture(self, backend: GraphBackend, bucket: int) -> None:
+        """Every row padding (the step writes and reads the scratch slot only): the eager run
+        (also the warm-up capture needs), the capture, and a replay that must equal it."""
+        self._stage([], bucket)
+        expected = self.eager(bucket).clone()
+        graph, output = backend.capture(lambda: self._step(bucket))
+        self._stage([], bucket)
         graph.replay()
         if not torch.equal(output, expected):
             raise CaptureFailed(f"batch {bucket}: the replayed step differs from the eager one")
         self.graphs[bucket], self.outputs[bucket] = graph, output
 
-    def _fill_padding(self, bucket: int) -> None:
-        """Every row padding: the step writes and reads the scratch slot only."""
-        scratch = self.cache.scratch_slot
-        self.longs[:, :bucket] = torch.tensor([[self.pad_id], [0], [scratch]], device=self.device)
-        self.ints[0, :bucket + 1] = scratch
-        self.ints[0, bucket] = self.cache.capacity
-        self.ints[1, :bucket] = 1
-
 
 def build_runner(model: torch.nn.Module, cache: KVArena, heads: int, head_dim: int,
-                 max_batch: int, mode: str, flash: bool) -> tuple[DecodeRunner | None,
-                                                                  CaptureReport]:
+                 max_batch: int, mode: str, flash: bool,
+                 backend: GraphBackend | None = None) -> tuple[DecodeRunner | None,
+                                                               CaptureReport]:
     """The engine's decode runner for `mode` ("auto": graphs on CUDA where they can be
-    captured; "eager": none, as CUDA_GRAPHS=false; "runner": the runner without capture, on
-    any device) and what the start line says about it. A capture that fails is said once,
-    here, and decoding stays eager."""
+    captured, or through `backend` where one is given; "eager": none, as CUDA_GRAPHS=false;
+    "runner": the runner without capture, on any device) and what the start line says about
+    it. A capture that fails is said once, here, and decoding stays eager."""
     if mode == "eager":
         return None, CaptureReport((), reason="CUDA_GRAPHS=false")
     if mode == "runner":
-        return (DecodeRunner(model, cache, heads, head_dim, max_batch, capture=False),
-                CaptureReport((), runner=True))
-    if cache.device.type != "cuda":
-        return None, CaptureReport((), reason="CUDA graphs not used on the CPU")
-    if not flash:
-        return None, CaptureReport((), reason="no flash attention here: nothing to capture")
+        return (DecodeRunner(model, cache, heads, head_dim, max_batch, backend=None,
+                             varlen=flash), CaptureReport((), runner=True))
+    if backend is None:
+        if cache.device.type != "cuda":
+            return None, CaptureReport((), reason="CUDA graphs not used on the CPU")
+        if not flash:
+            return None, CaptureReport((), reason="no flash attention here: nothing to capture")
+        backend = CudaGraphs(cache.device)
     if any(type(m).__name__ == "Linear8bitLt" for m in model.modules()):
         return None, CaptureReport((), reason="bitsandbytes 8-bit has no CUDA graphs")
-    runner = DecodeRunner(model, cache, heads, head_dim, max_batch, capture=True)
+    runner = DecodeRunner(model, cache, heads, head_dim, max_batch, backend=backend,
+                          varlen=flash)
     try:
         return runner, runner.capture_all()
     except CaptureFailed as exc:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from bot.decode_graphs import CaptureFailed, CaptureReport, DecodeRow, build_runner
+from bot.decode_graphs import (CaptureFailed, CaptureReport, DecodeRow, GraphBackend,
+                               build_runner)
 from bot.errors import GenerationTimeout, GeneratorError
 from bot.kv_cache import KVArena
 from bot.neox_forward import (Segment, StepPlan, Varlen, flash_attention_works,
@@ -100,6 +101,7 @@ class BatchEngine:
         tokenizer: Tokenizer,
         config: EngineConfig,
         clock: Callable[[], float] = time.monotonic,
+        graphs: GraphBackend | None = None,  # decode="auto": CUDA graphs on CUDA unless given
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -130,7 +132,7 @@ class BatchEngine:
             raise GeneratorError("ENGINE attention=flash: flash attention is not available here")
         self.decode, self.decode_report = build_runner(
             model, self.cache, self.heads, self.head_dim, config.max_batch, config.decode,
-            self.flash)
+            self.flash, graphs)
         self._ids_host = (torch.zeros(config.max_batch, dtype=torch.long, pin_memory=True)
                           if cuda else None)
         self._ids_ready = torch.cuda.Event() if cuda else None

@@ -196,3 +196,85 @@ def test_cuda_graphs_false_decodes_eagerly_and_doctor_says_so(
         "✓ CUDA graphs: off (CUDA_GRAPHS=false): decode steps run eagerly")
     assert cuda_graphs(settings, torch.device("cpu")).line() == (
         "✓ CUDA graphs: not used (the model runs on the CPU); graph memory 0")
+
+
+class StepGraph:
+    """A "graph" that replays by running the captured step again into its static output."""
+
+    def __init__(self, step, output: torch.Tensor, drift: float) -> None:  # type: ignore[no-untyped-def]
+        self.step, self.output, self.drift = step, output, drift
+
+    def replay(self) -> None:
+        with torch.inference_mode():
+            self.output.copy_(self.step() + self.drift)
+
+    def reset(self) -> None:
+        self.step = None
+
+
+class ReplayingBackend:
+    """The GraphBackend seam on the CPU: capture runs the step once, replay runs it again.
+    `drift` makes replays differ from the eager step; `refuse` makes capture raise as torch
+    does for an op it cannot capture."""
+
+    def __init__(self, drift: float = 0.0, refuse: bool = False) -> None:
+        self.drift, self.refuse = drift, refuse
+        self.captured: list[torch.Tensor] = []
+
+    def capture(self, step):  # type: ignore[no-untyped-def]
+        if self.refuse:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore text")
+        with torch.inference_mode():
+            output = step().clone()
+        self.captured.append(output)
+        return StepGraph(step, output, self.drift), output
+
+    def new_pool(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def reserved_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.captured)
+
+
+def test_captured_graphs_replay_every_bucket_and_are_captured_again_when_the_arena_moves(
+        model, tokenizer: Tokenizer) -> None:
+    """Through the capture seam: every bucket captured at construction, the answers are the
+    eager engine's, and an arena that grows mid-run (a small first arena, then more rows)
+    is captured again before the next replay."""
+    backend = ReplayingBackend()
+    kv = dict(kv_cache_bytes=40_000 * 8 * 64 * 2)  # a budget above the arena's first size
+    captured = BatchEngine(model, tokenizer, EngineConfig(max_batch=8, **kv), graphs=backend)
+    runner = captured.decode
+    assert runner is not None and runner.captures == 1
+    assert captured.decode_report.captured == (1, 2, 4, 8)
+    assert "decode CUDA graphs for batch 1,2,4,8" in captured.decode_report.describe()
+    first_capacity = captured.cache.capacity
+    params = GenerationParams(max_new_tokens=12, seed=5)
+    arrivals = {0: [Request(i, prompt_ids(60 + i, 30), params) for i in range(3)],
+                3: [Request(10 + i, prompt_ids(70 + i, 700), params) for i in range(5)]}
+    eager = BatchEngine(model, tokenizer, EngineConfig(max_batch=8, **kv))
+    assert run(captured, arrivals) == run(eager, arrivals)
+    assert captured.cache.capacity > first_capacity  # the arena grew under the graphs
+    assert runner.captures == 2 and captured.decode is runner
+
+
+@pytest.mark.parametrize("backend", [ReplayingBackend(drift=1e-3), ReplayingBackend(refuse=True)],
+                         ids=["replay-differs", "capture-refused"])
+def test_a_failed_capture_is_said_once_and_decoding_stays_eager(
+        model, tokenizer: Tokenizer, backend: ReplayingBackend,
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="bot.decode_graphs"):
+        engine = BatchEngine(model, tokenizer, EngineConfig(max_batch=8), graphs=backend)
+    assert engine.decode is None
+    assert engine.decode_report.describe() == (
+        "decode eager (capture failed, see the warning above)")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "decoding eagerly" in warnings[0]
+    assert "more text" not in warnings[0]  # one line of torch's message, not all of it
+    arrivals = {0: [Request(i, prompt_ids(80 + i, 20), GenerationParams(max_new_tokens=6,
+                                                                        seed=i))
+                    for i in range(3)]}
+    assert run(engine, arrivals) == run(make(model, tokenizer), arrivals)
