@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -201,7 +202,8 @@ def test_cuda_graphs_false_decodes_eagerly_and_doctor_says_so(
 class StepGraph:
     """A "graph" that replays by running the captured step again into its static output."""
 
-    def __init__(self, step, output: torch.Tensor, drift: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, step: Callable[[], torch.Tensor], output: torch.Tensor,
+                 drift: float) -> None:
         self.step, self.output, self.drift = step, output, drift
 
     def replay(self) -> None:
@@ -209,7 +211,7 @@ class StepGraph:
             self.output.copy_(self.step() + self.drift)
 
     def reset(self) -> None:
-        self.step = None
+        self.step = lambda: self.output  # the graph is gone: replays change nothing
 
 
 class ReplayingBackend:
@@ -221,7 +223,7 @@ class ReplayingBackend:
         self.drift, self.refuse = drift, refuse
         self.captured: list[torch.Tensor] = []
 
-    def capture(self, step):  # type: ignore[no-untyped-def]
+    def capture(self, step: Callable[[], torch.Tensor]) -> tuple[StepGraph, torch.Tensor]:
         if self.refuse:
             raise RuntimeError("operation not permitted when stream is capturing\nmore text")
         with torch.inference_mode():
