@@ -35,9 +35,9 @@ from pathlib import Path
 from benchmarks.common import machine
 from benchmarks.gpu import LONG, REAL_SHAPE, SHORT, TINY_SHAPE, Bench, ids, write_random_model
 from bot.config import load_settings
-from bot.engine import BatchEngine, EngineConfig, Request
-from bot.model_loader import load_model
-from bot.sampling import GenerationParams
+from bot.engine.batching import BatchEngine, EngineConfig, Request
+from bot.engine.model_loader import load_model
+from bot.engine.sampling import GenerationParams
 
 MODES = ("eager", "graphs")
 

@@ -1,5 +1,5 @@
-"""The captured decode's shared logic on the CPU (bot/decode_graphs.py): bucket choice, buffer
-filling and padding, the scratch slot no row reads, and answers through the runner equal to
+"""The captured decode's shared logic on the CPU (bot/engine/decode_graphs.py): bucket choice,
+buffer filling and padding, the scratch slot no row reads, and answers through the runner equal to
 the engine's eager path. On the CPU the runner's "replay" is the step function itself over the
 static buffers; on CUDA the same buffers are captured (tests/test_decode_graphs_gpu.py)."""
 
@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import GPTNeoXForCausalLM
 
-from bot.decode_graphs import DecodeRow, bucket_for, buckets
-from bot.engine import BatchEngine, EngineConfig, Output, Request
-from bot.sampling import GenerationParams
-from bot.tokenizer import Tokenizer
+from bot.engine.decode_graphs import DecodeRow, bucket_for, buckets
+from bot.engine.batching import BatchEngine, EngineConfig, Output, Request
+from bot.engine.sampling import GenerationParams
+from bot.engine.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +185,8 @@ def test_what_the_start_line_says_about_decoding(model, tokenizer: Tokenizer) ->
 
 def test_cuda_graphs_false_decodes_eagerly_and_doctor_says_so(
         settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bot.doctor_model import cuda_graphs
-    from bot.model_loader import build_engine
+    from bot.service.doctor_model import cuda_graphs
+    from bot.engine.model_loader import build_engine
 
     monkeypatch.setenv("CUDA_GRAPHS", "false")
     off = type(settings)(**{k: v for k, v in settings.model_dump().items()
@@ -268,7 +268,7 @@ def test_captured_graphs_replay_every_bucket_and_are_captured_again_when_the_are
 def test_a_failed_capture_is_said_once_and_decoding_stays_eager(
         model, tokenizer: Tokenizer, backend: ReplayingBackend,
         caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="bot.decode_graphs"):
+    with caplog.at_level("WARNING", logger="bot.engine.decode_graphs"):
         engine = BatchEngine(model, tokenizer, EngineConfig(max_batch=8), graphs=backend)
     assert engine.decode is None
     assert engine.decode_report.describe() == (

@@ -55,8 +55,8 @@ def real_shape_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def loaded(request: pytest.FixtureRequest, real_shape_dir: Path) -> Iterator[object]:
     """One engine per precision for the module (loading the real shape takes seconds)."""
     from bot.config import load_settings
-    from bot.engine import BatchEngine, EngineConfig
-    from bot.model_loader import load_model
+    from bot.engine.batching import BatchEngine, EngineConfig
+    from bot.engine.model_loader import load_model
 
     settings = load_settings(model_id=str(real_shape_dir), quantization=request.param,
                              device=DEVICE, database_path=real_shape_dir / "x.sqlite3")
@@ -86,9 +86,9 @@ def prompt_ids(seed: int, length: int) -> list[int]:
 
 @pytest.mark.parametrize("rows", [1, 3, 5, 17])
 def test_replay_is_bitwise_the_eager_step(engine, rows: int) -> None:
-    from bot.decode_graphs import DecodeRow
-    from bot.engine import Request
-    from bot.sampling import GenerationParams
+    from bot.engine.decode_graphs import DecodeRow
+    from bot.engine.batching import Request
+    from bot.engine.sampling import GenerationParams
 
     runner = engine.decode
     assert runner is not None, engine.decode_report.describe()  # captured at construction
@@ -115,8 +115,8 @@ def penalised(logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
 
 
 def test_greedy_tokens_follow_the_model_cards_generate(engine) -> None:
-    from bot.engine import Request
-    from bot.sampling import GenerationParams
+    from bot.engine.batching import Request
+    from bot.engine.sampling import GenerationParams
 
     assert engine.decode is not None, engine.decode_report.describe()
     prompt = prompt_ids(7, 64)
