@@ -82,8 +82,8 @@ def test_filling_pads_to_the_bucket_with_the_scratch_slot(model, tokenizer: Toke
     rows = decode_rows(engine)
     assert runner.fill(rows) == 4
     scratch = engine.cache.scratch_slot
-    ids, positions, slots = runner.longs[:, :4].tolist()
-    starts, used = runner.ints[0, :4].tolist(), runner.ints[1, :4].tolist()
+    ids, positions, slots, starts, used = (v.tolist() for v in runner.views(4))
+    assert starts[4] == engine.cache.capacity  # one past the end, as flash attention reads it
     assert ids[:3] == [r.last for r in rows] and positions[:3] == [r.length for r in rows]
     assert slots[:3] == [r.start + r.length for r in rows]
     assert starts[:3] == [r.start for r in rows] and used[:3] == [r.length + 1 for r in rows]

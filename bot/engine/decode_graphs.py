@@ -144,12 +144,14 @@ class DecodeRunner:
         top = self.sizes[-1]
         pinned = device.type == "cuda"
         self._copied = torch.cuda.Event() if pinned else None  # the last upload, done
-        # Host staging (pinned on CUDA: one non-blocking copy each) and the device buffers.
-        # longs: ids, positions, slots; ints (int32, for flash attention): key starts, lengths.
-        self._host_long = torch.zeros(3, top, dtype=torch.long, pin_memory=pinned)
-        self._host_int = torch.zeros(2, top + 1, dtype=torch.int32, pin_memory=pinned)
-        self.longs = torch.zeros(3, top, dtype=torch.long, device=device)
-        self.ints = torch.zeros(2, top + 1, dtype=torch.int32, device=device)
+        # Host staging (pinned on CUDA) and the device buffers, flat: bucket b uses the first
+        # 3b longs (ids, positions, slots) and 2b + 1 ints (int32 for flash attention: key
+        # starts with one past the end, lengths), each one contiguous piece, one non-blocking
+        # upload each; every bucket's graph holds its own fixed views of them (`views`).
+        self._host_long = torch.zeros(3 * top, dtype=torch.long, pin_memory=pinned)
+        self._host_int = torch.zeros(2 * top + 1, dtype=torch.int32, pin_memory=pinned)
+        self.longs = torch.zeros(3 * top, dtype=torch.long, device=device)
+        self.ints = torch.zeros(2 * top + 1, dtype=torch.int32, device=device)
         self.cu_q = torch.arange(top + 1, dtype=torch.int32, device=device)
         self.sample_at = torch.arange(top, dtype=torch.long, device=device)
         self.graphs: dict[int, Graph] = {}
@@ -179,33 +181,42 @@ class DecodeRunner:
         pad = bucket - len(rows)
         if self._copied is not None:
             self._copied.synchronize()  # the previous upload has read the staging (long ago)
-        self._host_long[:, :bucket] = torch.tensor([
-            [r.last for r in rows] + [self.pad_id] * pad,
-            [r.length for r in rows] + [0] * pad,
-            [r.start + r.length for r in rows] + [scratch] * pad])
-        self._host_int[:, :bucket + 1] = torch.tensor([
-            [r.start for r in rows] + [scratch] * pad + [self.cache.capacity],
-            [r.length + 1 for r in rows] + [1] * pad + [0]], dtype=torch.int32)
-        self.longs[:, :bucket].copy_(self._host_long[:, :bucket], non_blocking=True)
-        self.ints[:, :bucket + 1].copy_(self._host_int[:, :bucket + 1], non_blocking=True)
+        longs, ints = 3 * bucket, 2 * bucket + 1
+        self._host_long[:longs] = torch.tensor(
+            [r.last for r in rows] + [self.pad_id] * pad
+            + [r.length for r in rows] + [0] * pad
+            + [r.start + r.length for r in rows] + [scratch] * pad)
+        self._host_int[:ints] = torch.tensor(
+            [r.start for r in rows] + [scratch] * pad + [self.cache.capacity]
+            + [r.length + 1 for r in rows] + [1] * pad, dtype=torch.int32)
+        self.longs[:longs].copy_(self._host_long[:longs], non_blocking=True)
+        self.ints[:ints].copy_(self._host_int[:ints], non_blocking=True)
         if self._copied is not None:
             self._copied.record()
 
+    def views(self, bucket: int, host: bool = False) -> tuple[torch.Tensor, ...]:
+        """Bucket `bucket`'s ids, positions, slots, key starts (b + 1) and key lengths: views of
+        the device buffers (or of the host staging), the same ones at every call."""
+        longs, ints = (self._host_long, self._host_int) if host else (self.longs, self.ints)
+        b = bucket
+        return (longs[:b], longs[b:2 * b], longs[2 * b:3 * b], ints[:b + 1],
+                ints[b + 1:2 * b + 1])
+
     def plan(self, bucket: int) -> StepPlan:
-        """The step over the first `bucket` entries of the buffers. With flash attention
-        (capture) everything is a device view; the per-row path reads the rows from the host
-        staging instead (it runs eagerly, so that costs nothing it would not already)."""
-        positions = self.longs[1, :bucket].unsqueeze(0)
-        slots = self.longs[2, :bucket]
+        """The step over bucket `bucket`'s views. With flash attention (capture) everything is
+        on the device; the per-row path reads the rows from the host staging instead (it runs
+        eagerly, so that costs nothing it would not already)."""
+        _, positions, slots, starts_k, used_k = self.views(bucket)
         sample_at = self.sample_at[:bucket]
         if self.varlen:
-            varlen = Varlen(self.cu_q[:bucket + 1], self.ints[0, :bucket + 1],
-                            self.ints[1, :bucket], 1, self.cache.capacity)
-            return StepPlan((), positions, slots, sample_at, tuple(range(bucket)), {}, varlen)
-        starts = self._host_int[0, :bucket].tolist()
-        used = self._host_int[1, :bucket].tolist()
+            varlen = Varlen(self.cu_q[:bucket + 1], starts_k, used_k, 1, self.cache.capacity)
+            return StepPlan((), positions.unsqueeze(0), slots, sample_at, tuple(range(bucket)),
+                            {}, varlen)
+        _, _, _, host_starts, host_used = self.views(bucket, host=True)
+        starts, used = host_starts.tolist(), host_used.tolist()
         segments = tuple(Segment(i, i, used[i] - 1, 1, starts[i]) for i in range(bucket))
-        return StepPlan(segments, positions, slots, sample_at, tuple(range(bucket)), {})
+        return StepPlan(segments, positions.unsqueeze(0), slots, sample_at, tuple(range(bucket)),
+                        {})
 
     @torch.inference_mode()
     def eager(self, bucket: int) -> torch.Tensor:
@@ -213,7 +224,7 @@ class DecodeRunner:
         return self._step(bucket)
 
     def _step(self, bucket: int) -> torch.Tensor:
-        return packed_forward(self.model, self.longs[0, :bucket].unsqueeze(0), self.plan(bucket),
+        return packed_forward(self.model, self.views(bucket)[0].unsqueeze(0), self.plan(bucket),
                               self.cache, self.heads, self.head_dim)
 
     # ----- running ---------------------------------------------------------------------
