@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint test-llamacpp chat demo bench bench-gpu clean lock
+.PHONY: run test lint test-llamacpp chat demo bench bench-gpu gpu-check clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench: $(STAMP)
 
 bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.gpu
+
+# Issue 30's GPU check: the captured-decode GPU test, then eager vs captured side by side
+gpu-check: $(STAMP)
+	PY=$(PY) benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -19,6 +19,9 @@ is written to --json at once, so a run cut short still reports.
     python -m benchmarks.gpu --quick                 (NF4 and fp16, fewer cases: ~3 minutes)
     python -m benchmarks.gpu --quant nf4 --prompts 1500 --batches 8,32 --skip staggered
     python -m benchmarks.gpu --tiny --device cpu     (a small shape on CPU: checks the script)
+
+The engine here decodes as `run` does (captured CUDA graphs where they capture, CUDA_GRAPHS'
+default); benchmarks.gpu_graphs puts eager and captured side by side (issue 30).
 """
 
 from __future__ import annotations
@@ -263,6 +266,7 @@ class Bench:
                                      "weights_gb": info.memory_bytes / 1024**3,
                                      "attention": ("flash varlen" if engine.flash
                                                    else "per-row SDPA"),
+                                     "decode": engine.decode_report.describe(),
                                      "kv_budget_tokens": engine.cache.max_tokens})
         max_new = self.args.max_new
         self.serve(engine, [(0.0, Request(0, ids(0, SHORT), GenerationParams(max_new_tokens=8)))])

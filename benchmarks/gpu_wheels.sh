@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare the GPU benchmark for a lent GPU machine that has PyTorch but no package registry:
-# download (here) the wheels it lacks into .whl/ (git-ignored, about 57 MB), then run there:
+# download (here) the wheels it lacks into .whl/ (git-ignored, about 58 MB with pytest for
+# benchmarks/gpu_check.sh, which installs them itself), then run there:
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD &&
@@ -16,5 +17,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
     bitsandbytes==0.50.2 transformers==5.24.0 pydantic==2.14.4 pydantic-core==2.50.5 \
+    pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 \
     pydantic-settings==2.16.3 python-dotenv annotated-types typing-inspection aiosqlite==0.22.1
 du -sh .whl

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     # Shared generator: batching, queue and limits
     max_batch: int = Field(8, ge=1, le=256)
     kv_cache_gb: float = Field(6.0, gt=0.0)
+    cuda_graphs: bool = True  # decode steps replayed as CUDA graphs; false: eager (enforce_eager)
     queue_size: int = Field(64, ge=1)
     max_per_user: int = Field(2, ge=1)  # one user's requests running or waiting at once
     request_timeout_s: float = Field(180.0, gt=0.0)

@@ -37,6 +37,7 @@ def test_chat_over_a_pipe_one_line_one_turn(env: dict[str, str], tmp_path: Path)
     assert len(replies(result.stdout)) == 2
     stderr = result.stderr.decode()
     assert "model ready:" in stderr and "on cpu, bf16 (QUANTIZATION=none: bf16 on CPU" in stderr
+    assert "; decode eager (CUDA graphs not used on the CPU)" in stderr  # CUDA_GRAPHS' part
     assert f"model: {env['MODEL_ID']} (MODEL_ID)" in stderr  # which model, and why
     assert "こんにちは" not in stderr  # message text stays out of INFO logs
 

@@ -101,6 +101,7 @@ def test_doctor_all_good(tiny_model_dir: Path, tmp_path: Path, database: Path) -
     assert any(line.startswith("✓ bitsandbytes ") and "4-bit NF4 works on cpu" in line
                for line in lines)
     assert "✓ precision: 4-bit NF4 on cpu (QUANTIZATION=4bit)" in lines
+    assert "✓ CUDA graphs: not used (the model runs on the CPU); graph memory 0" in lines
     assert f"✓ database {database}: writable, schema {SCHEMA_VERSION} (current)" in lines
     assert "✓ metrics: http://127.0.0.1:9100/metrics and /healthz" in lines
 

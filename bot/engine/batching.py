@@ -9,11 +9,17 @@ that row's cached tokens, so no row pays for a longer one. A row that finishes, 
 times out leaves at once and gives its span back. Each row keeps its own sampling parameters, random
 stream, stop filter and deadline, and its prompt is cut into chunks at the same places whatever
 else runs, so a row's output is what it would be alone.
+A step where every row decodes (no prompt in it) goes through `bot.engine.decode_graphs`: on
+CUDA a captured graph for its bucketed batch size, replayed. Steps with a prefill chunk in them run
+eagerly as a whole. Inside a step the host never waits for the device except for the sampled
+ids: inputs go up through pinned memory, sampling runs there, and the ids come back in one
+non-blocking copy into pinned memory.
 Not thread-safe by design: one thread owns it (nano-vllm's add_request / step / has_work).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,16 +27,32 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bot.engine.decode_graphs import (
+    CaptureFailed,
+    CaptureReport,
+    DecodeRow,
+    GraphBackend,
+    build_runner,
+)
 from bot.engine.generation import GenerationParams, prompt_room
 from bot.engine.kv_cache import KVArena
-from bot.engine.neox_forward import Segment, StepPlan, Varlen, flash_attention_works, packed_forward
-from bot.engine.sampling import next_tokens
+from bot.engine.neox_forward import (
+    Segment,
+    StepPlan,
+    Varlen,
+    flash_attention_works,
+    packed_forward,
+    to_device,
+)
+from bot.engine.sampling import sample_ids
 from bot.engine.stops import ReplyText
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import GenerationTimeout, GeneratorError
 
 if TYPE_CHECKING:
     from transformers import GPTNeoXForCausalLM
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +67,9 @@ class EngineConfig:
     step_tokens: int | None = None
     prefill_chunk: int | None = None
     attention: str = "auto"  # "rows" (one SDPA per row), "flash" (varlen, CUDA), "auto"
+    # Decode steps: "auto" (CUDA graphs on CUDA where they capture), "eager" (CUDA_GRAPHS=false),
+    # "runner" (the graphs' static buffers and padding without capture, on any device: tests)
+    decode: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +117,7 @@ class BatchEngine:
         tokenizer: Tokenizer,
         config: EngineConfig,
         clock: Callable[[], float] = time.monotonic,
+        graphs: GraphBackend | None = None,  # decode="auto": CUDA graphs on CUDA unless given
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -121,6 +147,12 @@ class BatchEngine:
             self.device, dtype, self.heads, self.head_dim)
         if config.attention == "flash" and not self.flash:
             raise GeneratorError("ENGINE attention=flash: flash attention is not available here")
+        self.decode, self.decode_report = build_runner(
+            model, self.cache, self.heads, self.head_dim, config.max_batch, config.decode,
+            self.flash, graphs)
+        self._ids_host = (torch.zeros(config.max_batch, dtype=torch.long, pin_memory=True)
+                          if cuda else None)
+        self._ids_ready = torch.cuda.Event() if cuda else None
 
     # ----- admission -------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -168,7 +200,7 @@ class BatchEngine:
                 row.start = self.cache.start(row.request.id)
         seen = torch.zeros(len(rows), self._vocab(), dtype=torch.bool, device=self.device)
         for i, row in enumerate(rows):
-            seen[i, torch.tensor(row.request.prompt_ids, device=self.device)] = True
+            seen[i, to_device(row.request.prompt_ids, self.device, torch.long)] = True
         self.seen = seen if self.seen is None else torch.cat([self.seen, seen])
         self.rows = self.rows + rows
         return []
@@ -177,6 +209,12 @@ class BatchEngine:
         """One forward pass: a token for every decoding row, and prefill chunks within budget."""
         if not self.rows:
             return []
+        if self.decode is not None and not any(r.prefilling for r in self.rows):
+            logits = self._decode()
+            if logits is not None:
+                for row in self.rows:
+                    row.length += 1
+                return self._sample(logits, list(range(len(self.rows))))
         plan = self.plan()
         logits = self._forward(self._packed_ids(plan), plan, self.cache)
         for segment in plan.segments:
@@ -206,6 +244,21 @@ class BatchEngine:
         self._keep([])
         self.cache.clear(release=True)  # e.g. after running out of memory: give it back
         return outputs
+
+    def _decode(self) -> torch.Tensor | None:
+        """The all-decode step through the runner (a replayed graph on CUDA); None: run it
+        eagerly (too many rows for a bucket, or graphs that could not be captured again after
+        the arena moved: said once, then eager from here on)."""
+        assert self.decode is not None
+        if not self.decode.fits(len(self.rows)):
+            return None
+        try:
+            with torch.inference_mode():
+                return self.decode.run([DecodeRow(r.start, r.length, r.last) for r in self.rows])
+        except CaptureFailed as exc:
+            log.warning("CUDA graphs could not be captured again (%s): decoding eagerly", exc)
+            self.decode, self.decode_report = None, CaptureReport((), reason="capture failed")
+            return None
 
     # ----- planning --------------------------------------------------------------------
     def plan(self) -> StepPlan:
@@ -243,18 +296,18 @@ class BatchEngine:
             cu_q = [s.packed for s in segments] + [packed]
             starts = [s.start for s in segments] + [self.cache.capacity]
             used = [s.offset + s.count for s in segments]
-            cu_q_t, starts_t, used_t = (torch.tensor(v, dtype=torch.int32).to(self.device)
+            cu_q_t, starts_t, used_t = (to_device(v, self.device, torch.int32)
                                         for v in (cu_q, starts, used))
             varlen = Varlen(cu_q_t, starts_t, used_t, max(s.count for s in segments), max(used))
         else:
             for index, s in enumerate(segments):
                 if s.count > 1 and s.offset > 0:  # a later chunk: the earlier ones, own past
-                    masks[index] = (torch.arange(s.offset + s.count) <= torch.arange(
-                        s.offset, s.offset + s.count).unsqueeze(1)).to(self.device)
-        return StepPlan(tuple(segments), positions.unsqueeze(0).to(self.device),
-                        slots.to(self.device),
-                        torch.tensor([s.packed + s.count - 1 for s in ends], dtype=torch.long,
-                                     device=self.device),
+                    masks[index] = to_device(torch.arange(s.offset + s.count) <= torch.arange(
+                        s.offset, s.offset + s.count).unsqueeze(1), self.device)
+        return StepPlan(tuple(segments), to_device(positions.unsqueeze(0), self.device),
+                        to_device(slots, self.device),
+                        to_device([s.packed + s.count - 1 for s in ends], self.device,
+                                  torch.long),
                         tuple(s.row for s in ends), masks, varlen)
 
     def _packed_ids(self, plan: StepPlan) -> torch.Tensor:
@@ -265,7 +318,7 @@ class BatchEngine:
                 ids.extend(row.request.prompt_ids[s.offset:s.offset + s.count])
             else:
                 ids.append(row.last)
-        return torch.tensor([ids], device=self.device)
+        return to_device([ids], self.device, torch.long)
 
     # ----- internals -------------------------------------------------------------------
     def _vocab(self) -> int:
@@ -292,10 +345,11 @@ class BatchEngine:
             return []
         assert self.seen is not None
         rows = [self.rows[i] for i in indices]
-        index = torch.tensor(indices, device=self.device)
-        tokens = next_tokens(logits, self.seen.index_select(0, index),
-                             [r.request.params for r in rows], [r.generator for r in rows])
-        self.seen[index, torch.tensor(tokens, device=self.device)] = True
+        index = to_device(indices, self.device, torch.long)
+        ids = sample_ids(logits, self.seen.index_select(0, index),
+                         [r.request.params for r in rows], [r.generator for r in rows])
+        self.seen[index, ids] = True
+        tokens = self._to_host(ids)
         outputs, done_rows = [], set()
         for i, row, token in zip(indices, rows, tokens, strict=True):
             row.last, row.produced = token, row.produced + 1
@@ -311,6 +365,18 @@ class BatchEngine:
             self._keep([i for i in range(len(self.rows)) if i not in done_rows])
         return outputs
 
+    def _to_host(self, ids: torch.Tensor) -> list[int]:
+        """The step's one wait on the device: the sampled ids, one non-blocking copy into
+        pinned memory (on CUDA), then the host reads them."""
+        if (self._ids_host is None or self._ids_ready is None
+                or ids.shape[0] > self._ids_host.shape[0]):
+            return ids.tolist()
+        host = self._ids_host[:ids.shape[0]]
+        host.copy_(ids, non_blocking=True)
+        self._ids_ready.record()
+        self._ids_ready.synchronize()
+        return host.tolist()
+
     def _keep(self, indices: list[int]) -> None:
         """Keep only these rows; the others give their arena spans back (no data moves)."""
         kept = set(indices)
@@ -324,4 +390,4 @@ class BatchEngine:
         assert self.seen is not None
         self.rows = [self.rows[i] for i in indices]
         if len(indices) < self.seen.shape[0]:
-            self.seen = self.seen.index_select(0, torch.tensor(indices, device=self.device))
+            self.seen = self.seen.index_select(0, to_device(indices, self.device, torch.long))

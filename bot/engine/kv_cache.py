@@ -8,6 +8,10 @@ Nothing is copied per step, nothing is padded to another row's length, and a row
 only gives its span back. The arena grows (doubling, up to the budget) when a new span does
 not fit, and is compacted (live spans moved down, once) when the free room is fragmented.
 
+Past the last span's room the arena keeps one more slot, the scratch slot, that no span ever
+covers: a captured decode step's padding rows write their keys there and attend only to it
+(bot/engine/decode_graphs.py).
+
 Not thread-safe: the engine's one worker thread owns it.
 """
 
@@ -81,7 +85,7 @@ class KVArena:
         target = -(-target // _ROUND) * _ROUND
         if self.max_tokens >= needed:
             target = min(target, max(self.max_tokens, needed))
-        shape = (target, self.heads, self.head_dim)
+        shape = (target + 1, self.heads, self.head_dim)  # + the scratch slot
         keys = [torch.empty(shape, dtype=self.dtype, device=self.device)
                 for _ in range(self.layers)]
         values = [torch.empty(shape, dtype=self.dtype, device=self.device)
@@ -109,6 +113,12 @@ class KVArena:
                         tensor[cursor:cursor + used] = tensor[start:start + used].clone()
                 self.spans[owner] = (cursor, size)
             cursor += size
+
+    @property
+    def scratch_slot(self) -> int:
+        """The slot past `capacity` that no span covers (there once the arena exists)."""
+        assert self.keys, "no arena yet"
+        return self.capacity
 
     def start(self, owner: int) -> int:
         return self.spans[owner][0]

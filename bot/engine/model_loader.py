@@ -219,8 +219,9 @@ def build_engine(settings: Settings) -> BatchEngine:
         kv_cache_bytes=int(settings.kv_cache_gb * 1024**3),
         context_tokens=settings.context_tokens,
         request_timeout_s=settings.request_timeout_s,
+        decode="auto" if settings.cuda_graphs else "eager",
     )
-    engine = BatchEngine(model, tokenizer, config)
+    engine = BatchEngine(model, tokenizer, config)  # captures the decode graphs (CUDA)
     engine.model_info = info  # type: ignore[attr-defined]  # read by the generator for /status
-    log.info(info.describe())
+    log.info("%s; %s", info.describe(), engine.decode_report.describe())
     return engine

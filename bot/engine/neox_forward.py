@@ -55,6 +55,17 @@ class Varlen:
     max_k: int
 
 
+def to_device(data: torch.Tensor | list, device: torch.device,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Host values onto `device` without waiting for it. A plain copy from pageable memory to
+    CUDA synchronises the stream (the host would wait for every queued kernel); through pinned
+    memory it is one non-blocking copy, ordered on the stream like a kernel."""
+    tensor = data if isinstance(data, torch.Tensor) else torch.tensor(data, dtype=dtype)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def packed_forward(model: GPTNeoXForCausalLM, ids: torch.Tensor, plan: StepPlan, cache: KVArena,
                    heads: int, head_dim: int) -> torch.Tensor:
     """The forward pass of transformers' GPTNeoXForCausalLM (same modules, same order of

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from bot.config import Settings, load_settings, unknown_keys
 from bot.engine.download import cached_model, check_model_dir, check_tokenizer, is_local
 from bot.errors import RinnaError
-from bot.service.doctor_model import _planned_precision, _precision, engine_vocabulary
+from bot.service.doctor_model import _planned_precision, _precision, cuda_graphs, engine_vocabulary
 from bot.service.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ def checks(settings: Settings, *, offline: bool = False) -> Iterator[Check]:
         if precision is not None:
             yield precision
         yield _bitsandbytes(settings)
+        device, problem = _torch_device(settings)
+        if problem is None:  # else the device's own line says what to fix
+            yield cuda_graphs(settings, device)
     yield (_database(settings.database_path) if settings.database_url is None
            else _postgres(settings))
     yield _metrics(settings)

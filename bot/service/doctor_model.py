@@ -113,3 +113,50 @@ def engine_vocabulary(settings: Settings, url: str, spiece: Path) -> Check:
                  f"{settings.model_id}'s spiece.model: prompts would be counted and cut wrong",
                  "serve rinna/japanese-gpt-neox-3.6b-instruction-ppo in vLLM (docs/vllm.md), "
                  "or set MODEL_ID to the repository the engine serves")
+
+
+def cuda_graphs(settings: Settings, device: Any) -> Check:
+    """CUDA_GRAPHS: on the CPU not used; on CUDA, one small step (a linear layer of the
+    precision that will load) captured, replayed and compared with its eager run. What the
+    model's graphs hold is measured when `run` captures them: its `model ready` line says."""
+    from bot.service.doctor import Check
+
+    if not settings.cuda_graphs:
+        return Check(True, "CUDA graphs: off (CUDA_GRAPHS=false): decode steps run eagerly")
+    if device.type != "cuda":
+        return Check(True, "CUDA graphs: not used (the model runs on the CPU); graph memory 0")
+    wanted = _planned_precision(settings, device) or Precision.NF4
+    if wanted is Precision.INT8:
+        return Check(True, "CUDA graphs: not used with 8-bit (bitsandbytes has none for it): "
+                     "decode steps run eagerly")
+    try:
+        import torch
+
+        layer = _small_layer(wanted, device)
+        x = torch.ones(4, 64, dtype=torch.float16, device=device)
+        with torch.inference_mode():
+            expected = layer(x).clone()  # also the warm-up before capture
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = layer(x)
+            graph.replay()
+            torch.cuda.synchronize(device)
+            if not torch.equal(out, expected):
+                raise RuntimeError("the replay differs from the eager run")
+    except Exception as exc:  # noqa: BLE001 - any failure here is the answer to the check
+        return Check(False, f"CUDA graphs: a {wanted.label} layer could not be captured "
+                     f"({type(exc).__name__}): `run` will decode eagerly, more slowly",
+                     "update torch and bitsandbytes, or set CUDA_GRAPHS=false to silence this")
+    return Check(True, f"CUDA graphs: a {wanted.label} layer captures and replays on {device}; "
+                 "the graph memory is in `run`'s `model ready` line")
+
+
+def _small_layer(precision: Precision, device: Any) -> Any:
+    import torch
+
+    if precision.quantised:
+        import bitsandbytes as bnb
+
+        return bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float16,
+                                 quant_type=precision.value).to(device)
+    return torch.nn.Linear(64, 64, dtype=torch.float16, device=device)
