@@ -25,12 +25,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from bot.engine.kv_cache import KVArena
 from bot.engine.neox_forward import Segment, StepPlan, Varlen, packed_forward
+
+if TYPE_CHECKING:
+    from transformers import GPTNeoXForCausalLM
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ class CudaGraphs:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._pool: tuple[int, int] | None = None
+        self._pool: Any = None  # the first graph's memory pool handle
 
     def capture(self, step: Callable[[], torch.Tensor]) -> tuple[Graph, torch.Tensor]:
         graph = torch.cuda.CUDAGraph()
@@ -131,7 +134,7 @@ class DecodeRunner:
     buffers. `varlen`: attention by flash attention's variable-length kernel reading the
     buffers on the device (capturable); else one SDPA per row from the host staging."""
 
-    def __init__(self, model: torch.nn.Module, cache: KVArena, heads: int, head_dim: int,
+    def __init__(self, model: GPTNeoXForCausalLM, cache: KVArena, heads: int, head_dim: int,
                  max_batch: int, *, backend: GraphBackend | None, varlen: bool,
                  pad_id: int = 0) -> None:
         self.model, self.cache = model, cache
@@ -292,7 +295,7 @@ class DecodeRunner:
         self.graphs[bucket], self.outputs[bucket] = graph, output
 
 
-def build_runner(model: torch.nn.Module, cache: KVArena, heads: int, head_dim: int,
+def build_runner(model: GPTNeoXForCausalLM, cache: KVArena, heads: int, head_dim: int,
                  max_batch: int, mode: str, flash: bool,
                  backend: GraphBackend | None = None) -> tuple[DecodeRunner | None,
                                                                CaptureReport]:

@@ -4,6 +4,7 @@ engine (bot/engine/batching.py) plans a step as a `StepPlan` and calls `packed_f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -55,7 +56,8 @@ class Varlen:
     max_k: int
 
 
-def to_device(data: torch.Tensor | list, device: torch.device,
+def to_device(data: torch.Tensor | Sequence[int] | Sequence[float] | Sequence[Sequence[int]],
+              device: torch.device,
               dtype: torch.dtype | None = None) -> torch.Tensor:
     """Host values onto `device` without waiting for it. A plain copy from pageable memory to
     CUDA synchronises the stream (the host would wait for every queued kernel); through pinned
