@@ -19,6 +19,7 @@ from bot.ports.community import KEYS as COMMUNITY_KEYS
 from bot.errors import ConfigError
 
 Ids = Annotated[frozenset[str], NoDecode]  # comma-separated in the environment
+ShardIds = Annotated[tuple[int, ...], NoDecode]  # comma-separated numbers, in order
 
 MIN_PROMPT_TOKENS = 64  # CONTEXT_TOKENS - MAX_NEW_TOKENS must leave at least this for the prompt
 
@@ -66,6 +67,10 @@ class Settings(BaseSettings):
     # Platforms
     discord_token: SecretStr | None = None
     discord_message_content: bool = True  # the privileged intent; False: mentions and DMs only
+    # Sharding (several gateway connections; DMs arrive on shard 0 only): unset = one gateway.
+    # DISCORD_SHARD_IDS: this replica's shards (comma-separated); unset = all of them.
+    discord_shard_count: int | None = Field(None, ge=1, le=10000)
+    discord_shard_ids: ShardIds = ()
     slack_bot_token: SecretStr | None = None
     slack_app_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
@@ -131,6 +136,30 @@ class Settings(BaseSettings):
     @classmethod
     def _id_list(cls, value: Any) -> frozenset[str]:
         return parse_ids(value)
+
+    @field_validator("discord_shard_ids", mode="before")
+    @classmethod
+    def _shard_id_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not all(part.isdigit() for part in parts):
+            raise ValueError("must be shard numbers separated by commas")
+        return tuple(sorted({int(part) for part in parts}))
+
+    @model_validator(mode="after")
+    def _shards_in_range(self) -> Settings:
+        if self.discord_shard_ids and self.discord_shard_count is None:
+            raise ValueError("DISCORD_SHARD_IDS is set but DISCORD_SHARD_COUNT is not: set it to "
+                             "the bot's total number of shards (for example "
+                             "DISCORD_SHARD_COUNT=2)")
+        count = self.discord_shard_count
+        outside = [i for i in self.discord_shard_ids if count is not None and i >= count]
+        if outside:
+            raise ValueError(f"DISCORD_SHARD_IDS: shard {outside[0]} does not exist with "
+                             f"DISCORD_SHARD_COUNT={count} (shards are numbered 0 to "
+                             f"{(count or 1) - 1})")
+        return self
 
     @field_validator("community_keys", mode="before")
     @classmethod
@@ -332,6 +361,8 @@ EXAMPLES = {
     "allow_dms": "false",
     "community_keys": "persona,enabled,mention_only",
     "persona": "keigo",
+    "discord_shard_count": "2",
+    "discord_shard_ids": "0,1",
 }
 
 # Token shapes, checked before anything connects: (pattern, what a right value looks like).
