@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # Service: stopping and starting again without losing a message
     shutdown_grace_s: float = Field(20.0, ge=0.0)  # answers in flight may finish this long
     recover_max_age_s: float = Field(900.0, ge=0.0)  # older unanswered messages get a notice
+    # Replicas on one PostgreSQL: how long an answer's lease lasts unrenewed (renewed every
+    # third of it while its process lives); a dead process's answers are taken over after it
+    lease_s: float = Field(30.0, ge=3.0, le=600.0)
 
     # Behaviour and logs
     stream_interval_s: float = Field(1.0, ge=0.0)
@@ -361,6 +364,7 @@ EXAMPLES = {
     "allow_dms": "false",
     "community_keys": "persona,enabled,mention_only",
     "persona": "keigo",
+    "lease_s": "30",
     "discord_shard_count": "2",
     "discord_shard_ids": "0,1",
 }
