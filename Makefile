@@ -26,7 +26,12 @@ chat: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rinna-bot demo
 
+# A throwaway PostgreSQL 15 for the store's tests (tests/pg/cluster.sh; runs it as `postgres`
+# when we are root), started once for the whole run and removed after it.
 test: $(STAMP)
+	@out=$$(tests/pg/cluster.sh start) || exit 1; dir=$$(echo "$$out" | head -1); \
+	trap 'tests/pg/cluster.sh stop "$$dir"' EXIT; \
+	RINNA_TEST_PG_DSN=$$(echo "$$out" | tail -1) RINNA_TEST_PG_DSN_DIR="$$dir" \
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Against a real llama-server: builds it once from the pinned llama.cpp source (about 12 minutes

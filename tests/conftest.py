@@ -24,6 +24,9 @@ from storage.history import HistoryStore
 from tests.discord_fakes import ScriptedGenerator as DiscordScript
 from bot.tiny_model import build_tiny_model
 
+# A real PostgreSQL for the store's tests: `pg_cluster`, `pg_dsn` (tests/pg/fixtures.py).
+pytest_plugins = ["tests.pg.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
