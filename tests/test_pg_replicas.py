@@ -31,18 +31,6 @@ async def until(condition: Callable[[], Awaitable[Any]], timeout: float = 20.0) 
 
 
 @pytest.fixture
-async def pg_dsn() -> AsyncIterator[str]:  # TEMPORARY until tests/pg/fixtures.py is merged
-    import os
-    import uuid
-    admin = os.environ["RINNA_TEST_PG_DSN"]
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    connection = await asyncpg.connect(admin)
-    await connection.execute(f'CREATE DATABASE "{name}"')
-    await connection.close()
-    yield admin.rsplit("/", 1)[0] + "/" + name
-
-
-@pytest.fixture
 async def replica(pg_dsn: str) -> AsyncIterator[Callable[..., Awaitable[PgReplicas]]]:
     """Opens one replica's shared parts per call (lease and limits as asked); all closed at
     the end."""
