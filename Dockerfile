@@ -45,7 +45,7 @@ EXPOSE 3000 9100
 # /healthz when METRICS_PORT is set; with metrics off the check passes (nothing to ask).
 # The start period covers the first start's model load (the download is `rinna-bot download`).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10m --retries=3 \
-    CMD ["python", "-m", "bot.healthcheck"]
+    CMD ["python", "-m", "bot.service.healthcheck"]
 
 # SIGTERM (docker stop) lets answers in flight finish; give it more than SHUTDOWN_GRACE_S:
 # docker stop --time 30 / compose's stop_grace_period.

@@ -28,8 +28,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO, TextIO
 
 from bot.conversation import ConversationKey
-from bot.front_door import FrontDoor
-from bot.front_events import Command, Event, command_word
+from bot.core.front_door import FrontDoor
+from bot.core.front_events import Command, Event, command_word
 
 CONSOLE_KEY = ConversationKey(platform="console", workspace="", channel="default")
 PROMPT = "あなた> "

@@ -38,15 +38,15 @@ from adapters.discord_parse import (MAX_TEXT_CHARS, access_request, conversation
                                     readable_text, thread_name)
 from adapters.discord_reply import (DELIVERY_ERRORS, ChannelDestination, DiscordReply,
                                     describe)
-from bot.access import DENIED_MESSAGE, AccessPolicy
-from bot.chat import ChatService
+from bot.core.access import DENIED_MESSAGE, AccessPolicy
+from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey
 from bot.errors import ConfigError, RinnaError
-from bot.front_door import FrontDoor
-from bot.notices import RESET_DONE
+from bot.core.front_door import FrontDoor
+from bot.core.notices import RESET_DONE
 from bot.ports.records import Delivery
-from bot.status import StatusSource
+from bot.core.status import StatusSource
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from adapters.discord_reply import (DELIVERY_ERRORS, THREAD_ARCHIVE_MINUTES, Cha
                                     Destination, DiscordReply, EphemeralAnswer,
                                     InteractionDestination, NewThreadDestination, describe,
                                     tell_failure)
-from bot.attachments import Fetcher
+from bot.core.attachments import Fetcher
 from bot.conversation import ConversationKey
 from bot.errors import RinnaError
-from bot.front_door import FrontDoor
-from bot.front_events import Command, EarlierMessage, EarlierReader, Event
-from bot.notices import SWITCHED_OFF
-from bot.prompt import clean_text
+from bot.core.front_door import FrontDoor
+from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
+from bot.core.notices import SWITCHED_OFF
+from bot.core.prompt import clean_text
 
 log = logging.getLogger(__name__)
 

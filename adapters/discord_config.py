@@ -1,6 +1,6 @@
 """Discord's `/rinna-config show|set|reset`: a community's admins shape the bot for their
 server, a channel or a thread. Registered with default_member_permissions = Manage Server (so
-others do not see it), and the rule (bot/privilege.py) checked again when it runs, since a
+others do not see it), and the rule (bot/core/privilege.py) checked again when it runs, since a
 server may let others see the command. Every answer is ephemeral: for the person alone."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from discord.ext import commands
 
 from adapters.discord_parse import conversation_key
 from adapters.discord_reply import EphemeralAnswer
-from bot.front_door import FrontDoor
-from bot.front_events import Command, Event
+from bot.core.front_door import FrontDoor
+from bot.core.front_events import Command, Event
 from bot.ports.community import KEYS
-from bot.privilege import Member
+from bot.core.privilege import Member
 
 log = logging.getLogger(__name__)
 

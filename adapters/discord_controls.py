@@ -17,11 +17,11 @@ from typing import Any, Protocol
 import aiohttp
 import discord
 
-from bot.answer_controls import ModeratorCheck
-from bot.controls import ControlResult, control_message
+from bot.core.answer_controls import ModeratorCheck
+from bot.core.controls import ControlResult, control_message
 from bot.conversation import NO_CONTROLS, ConversationKey, Controls
 from bot.errors import RinnaError
-from bot.front_door import FrontDoor
+from bot.core.front_door import FrontDoor
 
 log = logging.getLogger(__name__)
 

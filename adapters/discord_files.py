@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import discord
 
 from adapters.file_download import FileHosts, HostFetcher
-from bot.attachments import Attachment
+from bot.core.attachments import Attachment
 from bot.config import Settings
 
 

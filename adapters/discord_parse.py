@@ -9,10 +9,10 @@ from typing import Any
 import discord
 
 from adapters.discord_files import discord_attachments
-from bot.access import AccessRequest
+from bot.core.access import AccessRequest
 from bot.conversation import ConversationKey
-from bot.front_events import EarlierMessage, Writer
-from bot.notices import short_title
+from bot.core.front_events import EarlierMessage, Writer
+from bot.core.notices import short_title
 
 PLATFORM = "discord"
 THREAD_NAME_CHARS = 50  # Discord allows 100; a short name reads better in the channel list

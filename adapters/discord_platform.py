@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from adapters.discord_bot import DiscordReply, RinnaDiscordBot, build_discord_bot
-from bot.chat import ChatService
+from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.ports.records import Delivery
-from bot.status import StatusSource
+from bot.core.status import StatusSource
 
 NAME = "discord"
 

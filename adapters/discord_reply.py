@@ -16,7 +16,7 @@ from adapters.discord_controls import controls_view, message_ref
 from adapters.discord_files import superseded_content
 from bot.conversation import RETIRED
 from bot.errors import RinnaError
-from bot.reply import MessageReply
+from bot.core.reply import MessageReply
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """「要約」 on Discord: `/summary` and the message context menu 「要約」 hand the front door a
-SUMMARY event (bot/front_door.py) with a reader of what to summarise: the thread read whole (to
+SUMMARY event (bot/core/front_door.py) with a reader of what to summarise: the thread read whole (to
 the core's cap), or, in a channel, its last SUMMARY_CHANNEL_MESSAGES messages. Answered like
 any answer (placeholder, buttons, exactly once), in the thread or as the command's response."""
 
@@ -19,7 +19,7 @@ from adapters.discord_reply import (DELIVERY_ERRORS, ChannelDestination, Destina
                                     tell_failure)
 from bot.conversation import ConversationKey
 from bot.errors import RinnaError
-from bot.front_events import Command, EarlierMessage, EarlierReader, Event
+from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
 
 log = logging.getLogger(__name__)
 

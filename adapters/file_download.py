@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import aiohttp
 import yarl
 
-from bot.attachments import Attachment
+from bot.core.attachments import Attachment
 from bot.errors import AttachmentTooLarge, AttachmentUnavailable
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _where(url: yarl.URL) -> str:
 
 
 class HostFetcher:
-    """A `bot.attachments.Fetcher` for one platform. `headers` go with every request (all of
+    """A `bot.core.attachments.Fetcher` for one platform. `headers` go with every request (all of
     them to the platform's own hosts). A session is opened per download, so nothing is held
     between messages and nothing is built before the loop runs."""
 

@@ -1,6 +1,6 @@
 """The Slack adapter: slack-bolt's AsyncApp over the platform-free chat service.
 
-Platform event in -> `Event` (bot/front_events.py) -> `FrontDoor.receive`, which owns access,
+Platform event in -> `Event` (bot/core/front_events.py) -> `FrontDoor.receive`, which owns access,
 redelivery, reset/help/status and the answer; this module parses and renders only.
 Socket Mode when SLACK_APP_TOKEN is set, else an aiohttp server at /slack/events that checks
 SLACK_SIGNING_SECRET. Deduplication (Slack retries, the app_mention + message double
@@ -49,17 +49,17 @@ from adapters.slack_text import (
     unescape,
     user_ids,
 )
-from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
-from bot.attachments import Fetcher
-from bot.chat import ChatService, Outcome
+from bot.core.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
+from bot.core.attachments import Fetcher
+from bot.core.chat import ChatService, Outcome
 from bot.conversation import ConversationKey
 from bot.errors import RinnaError
-from bot.front_door import FrontDoor
-from bot.front_events import (Ack, Command, EarlierMessage, EarlierReader, Event, Writer,
+from bot.core.front_door import FrontDoor
+from bot.core.front_events import (Ack, Command, EarlierMessage, EarlierReader, Event, Writer,
                               command_word)
-from bot.notices import RESET_DONE, SWITCHED_OFF, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
+from bot.core.notices import RESET_DONE, SWITCHED_OFF, USAGE_MESSAGE  # noqa: F401  (RESET_DONE: re-exported)
 from bot.ports.records import Delivery
-from bot.status import StatusSource
+from bot.core.status import StatusSource
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Slack's AI-app split view (slack-bolt's AsyncAssistant) and the 「rinna に聞く」 message
-shortcut: two more ways through the same front door (bot/front_door.py).
+shortcut: two more ways through the same front door (bot/core/front_door.py).
 
 The assistant: `assistant_thread_started` -> a greeting and suggested prompts (Japanese);
 each user message in the assistant thread -> 「考え中…」 status, the thread titled after its
@@ -41,10 +41,10 @@ from adapters.slack_api import PLATFORM
 from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackServices,
                                    acknowledge_when_recorded, bot_identity, parse_message,
                                    tell_presser)
-from bot.access import AccessRequest
+from bot.core.access import AccessRequest
 from bot.conversation import ConversationKey
-from bot.front_events import Event
-from bot.notices import SWITCHED_OFF, short_title
+from bot.core.front_events import Event
+from bot.core.notices import SWITCHED_OFF, short_title
 
 log = logging.getLogger(__name__)
 

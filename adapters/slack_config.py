@@ -5,7 +5,7 @@ settings of what the viewer may change, and nothing of the rest.
 
 Who the person is comes from users.info when the command runs (workspace admin or owner; their
 home team, so a Slack Connect guest from another organisation is never an admin here); the
-rule itself is bot/privilege.py's. Every answer goes to that person alone (ephemeral)."""
+rule itself is bot/core/privilege.py's. Every answer goes to that person alone (ephemeral)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from adapters.slack_api import PLATFORM, SlackApi
 from adapters.slack_events import SlackMessage
 from adapters.slack_text import escape
 from bot.conversation import ConversationKey
-from bot.front_door import FrontDoor
-from bot.front_events import Ack, Command, Event
+from bot.core.front_door import FrontDoor
+from bot.core.front_events import Ack, Command, Event
 from bot.ports.community import Level
-from bot.privilege import Member
+from bot.core.privilege import Member
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from adapters.slack_api import PLATFORM, Moderators, message_ref
 from adapters.slack_blocks import FEEDBACK_ACTIONS, REGENERATE, STOP
 from adapters.slack_events import SlackServices, tell
-from bot.access import AccessRequest
-from bot.controls import ControlResult, control_message
+from bot.core.access import AccessRequest
+from bot.core.controls import ControlResult, control_message
 from bot.errors import RinnaError
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def pressed_on(body: Mapping[str, Any]) -> tuple[str, str, str | None]:
 
 def press_access(body: Mapping[str, Any], channel: str) -> AccessRequest:
     """What the access policy judges for a button press: the workspace it happened in and
-    the presser's own team (Slack Connect), by the one rule of bot/access.py."""
+    the presser's own team (Slack Connect), by the one rule of bot/core/access.py."""
     user = body.get("user") or {}
     workspace = str((body.get("team") or {}).get("id") or user.get("team_id") or "")
     return AccessRequest.from_teams(workspace, channel, str(user.get("id") or ""),

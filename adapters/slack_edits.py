@@ -1,6 +1,6 @@
 """Slack's message_deleted and message_changed events: a deleted message's stored text goes;
 an edited one's follows, and the newest question edited soon enough is answered again (the
-front door's `edited`, bot/edited.py). Registered before the `message` listener: bolt runs
+front door's `edited`, bot/core/edited.py). Registered before the `message` listener: bolt runs
 only the first listener that matches."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from adapters.slack_api import PLATFORM
 from adapters.slack_events import IGNORED, BotIdentity, SlackServices, bot_identity
 from adapters.slack_reply import SlackReply
-from bot.access import AccessRequest
+from bot.core.access import AccessRequest
 from bot.ports.records import Delivery
 
 log = logging.getLogger(__name__)

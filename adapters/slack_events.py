@@ -20,12 +20,12 @@ from adapters.slack_api import PLATFORM, Moderators, SlackApi, describe
 from adapters.slack_files import slack_attachments
 from adapters.slack_reply import SlackReply
 from adapters.slack_text import escape
-from bot.access import AccessPolicy, AccessRequest
-from bot.attachments import Attachment
-from bot.chat import ChatService, Outcome
+from bot.core.access import AccessPolicy, AccessRequest
+from bot.core.attachments import Attachment
+from bot.core.chat import ChatService, Outcome
 from bot.conversation import ConversationKey
-from bot.front_door import FrontDoor, Result
-from bot.front_events import Ack, EarlierReader
+from bot.core.front_door import FrontDoor, Result
+from bot.core.front_events import Ack, EarlierReader
 
 log = logging.getLogger(__name__)
 

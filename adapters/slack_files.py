@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapters.file_download import FileHosts, HostFetcher
-from bot.attachments import Attachment
+from bot.core.attachments import Attachment
 from bot.config import Settings
 
 DELETED_MODE = "tombstone"  # a file deleted since: nothing to say about it

@@ -27,7 +27,7 @@ from adapters.slack_stream import NativeStream, StreamSupport
 from adapters.slack_text import escape
 from bot.conversation import RETIRED, ConversationKey
 from bot.errors import RinnaError
-from bot.reply import MessageReply
+from bot.core.reply import MessageReply
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class SlackReply(MessageReply):
     def _blocks(self, text: str, part: int, *, edit: bool,
                 native: bool = True) -> dict[str, Any]:
         """The `blocks` argument for a post or an edit of `part` showing `text`: the text and
-        the buttons offered (bot/reply.py's `offer`); on an edit of the main message, [] to
+        the buttons offered (bot/core/reply.py's `offer`); on an edit of the main message, [] to
         take away buttons it showed before (chat.update keeps blocks it is not given)."""
         blocks = message_blocks(text, self.controls_for(part), native_feedback=native)
         return {"blocks": blocks} if blocks or (edit and part == 0) else {}

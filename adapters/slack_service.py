@@ -29,13 +29,13 @@ from adapters import slack_shapes
 from adapters.slack_api import PLATFORM, SlackApi, SlackConnectError, UserNames, describe
 from adapters.slack_app import SlackHandlers, register
 from adapters.slack_files import slack_fetcher
-from bot.access import AccessPolicy
-from bot.chat import ChatService
+from bot.core.access import AccessPolicy
+from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ReplySink
 from bot.errors import ConfigError
 from bot.ports.records import Delivery
-from bot.status import StatusSource
+from bot.core.status import StatusSource
 
 log = logging.getLogger(__name__)
 

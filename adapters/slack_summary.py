@@ -1,5 +1,5 @@
 """「要約」 on Slack: the message shortcut, `/rinna 要約` and a mention saying 要約 hand the front
-door a SUMMARY event (bot/front_door.py) with a reader of what to summarise: a thread read
+door a SUMMARY event (bot/core/front_door.py) with a reader of what to summarise: a thread read
 whole (to the core's cap), or a channel's last messages (SUMMARY_CHANNEL_MESSAGES) where there
 is no thread. The answer goes in the thread, exactly once, like any answer."""
 
@@ -19,10 +19,10 @@ from adapters.slack_events import (DENIED, FAILED, IGNORED, SlackMessage, SlackS
                                    bot_identity, tell_presser)
 from adapters.slack_reply import QUESTION_PART, REPLY_EVENT
 from adapters.slack_text import ts_order
-from bot.access import AccessRequest
+from bot.core.access import AccessRequest
 from bot.conversation import ConversationKey
-from bot.front_events import Command, EarlierMessage, EarlierReader, Event
-from bot.notices import SWITCHED_OFF
+from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
+from bot.core.notices import SWITCHED_OFF
 
 if TYPE_CHECKING:
     from slack_bolt.app.async_app import AsyncApp

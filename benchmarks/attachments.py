@@ -15,10 +15,10 @@ from aiohttp import web
 
 from adapters.file_download import FileHosts, HostFetcher
 from benchmarks.common import machine, median, percentile, tiny_settings
-from bot.attachments import (Attachment, AttachmentLimits, AttachmentReader, fit, prompt_room,
+from bot.core.attachments import (Attachment, AttachmentLimits, AttachmentReader, fit, prompt_room,
                              readable)
-from bot.attachments import _File as File
-from bot.tokenizer import Tokenizer
+from bot.core.attachments import _File as File
+from bot.engine.tokenizer import Tokenizer
 
 BEAT = 0.005
 ROUNDS = 50

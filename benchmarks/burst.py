@@ -10,8 +10,8 @@ import sys
 import time
 
 from benchmarks.common import machine, model_card_generate, prompt, tiny_settings
-from bot.generator import load_generator
-from bot.sampling import GenerationParams
+from bot.engine.generator import load_generator
+from bot.engine.sampling import GenerationParams
 
 MAX_NEW = 64
 

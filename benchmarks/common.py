@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bot.config import Settings, load_settings  # noqa: E402
-from bot.tiny_model import build_tiny_model  # noqa: E402
+from bot.engine.tiny_model import build_tiny_model  # noqa: E402
 
 QUESTIONS = [
     "日本で一番高い山は何ですか?", "猫と犬はどちらが好きですか?", "東京から大阪まで電車で何時間?",
@@ -80,7 +80,7 @@ def model_card_generate(settings: Settings, prompts: Sequence[str], max_new_toke
     """The model card's way: one `model.generate` per message, one after another."""
     import torch
 
-    from bot.model_loader import load_model
+    from bot.engine.model_loader import load_model
 
     model, tokenizer, _ = load_model(settings)
     torch.manual_seed(seed)

@@ -14,13 +14,13 @@ import asyncio
 import time
 
 from benchmarks.common import machine, median, percentile, tiny_settings
-from bot.community import Community, HostPolicy
+from bot.core.community import Community, HostPolicy
 from bot.conversation import ConversationKey, Speaker, Turn
-from bot.personas import READY
+from bot.core.personas import READY
 from bot.ports.community import Scope
-from bot.privilege import Member
-from bot.prompt import fit_prompt
-from bot.tokenizer import Tokenizer
+from bot.core.privilege import Member
+from bot.core.prompt import fit_prompt
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 
 ROUNDS = 2000

@@ -40,9 +40,9 @@ def measure(precision: str, directory: Path, new: int, chats: int) -> dict:
 
     from benchmarks.gpu import Bench
     from bot.config import load_settings
-    from bot.engine import BatchEngine, EngineConfig, Request
-    from bot.model_loader import load_model
-    from bot.sampling import GenerationParams
+    from bot.engine.batching import BatchEngine, EngineConfig, Request
+    from bot.engine.model_loader import load_model
+    from bot.engine.sampling import GenerationParams
 
     quantization = "auto" if precision == "nf4-saved" else precision
     settings = load_settings(model_id=str(directory), quantization=quantization, device="cpu",

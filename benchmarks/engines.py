@@ -24,12 +24,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import machine, median, prompt  # noqa: E402
 from bot.config import load_settings  # noqa: E402
-from bot.generation import GenerationParams  # noqa: E402
-from bot.generator import load_generator  # noqa: E402
-from bot.remote import RemoteGenerator  # noqa: E402
-from bot.tokenizer import Tokenizer  # noqa: E402
+from bot.engine.generation import GenerationParams  # noqa: E402
+from bot.engine.generator import load_generator  # noqa: E402
+from bot.engine.remote import RemoteGenerator  # noqa: E402
+from bot.engine.tokenizer import Tokenizer  # noqa: E402
 from tests.llamacpp.server import LlamaServer, export_with_command  # noqa: E402
-from bot.tiny_model import build_tiny_model  # noqa: E402
+from bot.engine.tiny_model import build_tiny_model  # noqa: E402
 
 NEW_TOKENS = 128
 STREAMS = (1, 8)

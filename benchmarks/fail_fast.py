@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine, median
-from bot.tiny_model import build_tiny_model
+from bot.engine.tiny_model import build_tiny_model
 from tests.slack_fakes import BOT_TOKEN, SIGNING_SECRET, Failure, FakeSlack
 
 RUNS = 5
@@ -49,10 +49,10 @@ async def main() -> None:
         directory = Path(scratch)
         model = build_tiny_model(directory / "model")
         cases = {
-            "SLACK_BOT_TOKEN=hello (shape)": ("bot.cli", {"SLACK_BOT_TOKEN": "hello",
+            "SLACK_BOT_TOKEN=hello (shape)": ("bot.service.cli", {"SLACK_BOT_TOKEN": "hello",
                                                           "SLACK_SIGNING_SECRET": SIGNING_SECRET}),
             "rejected token, load never ends": ("tests.slow_start", slack),
-            "rejected token, tiny model loading": ("bot.cli", {**slack,
+            "rejected token, tiny model loading": ("bot.service.cli", {**slack,
                                                                "MODEL_ID": str(model)}),
         }
         print(f"machine: {machine()}")

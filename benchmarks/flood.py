@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from benchmarks.common import machine, prompt, tiny_settings
 from bot.config import Settings
 from bot.errors import UserBusyError
-from bot.generation import GenerationParams
-from bot.generator import LocalGenerator
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import LocalGenerator
 
 FLOOD = 100
 
@@ -39,7 +39,7 @@ class Result:
 
 
 async def make(settings: Settings, *, fair: bool, max_per_user: int) -> LocalGenerator:
-    from bot.model_loader import build_engine
+    from bot.engine.model_loader import build_engine
 
     generator = LocalGenerator(lambda: build_engine(settings), queue_size=FLOOD + 8,
                                max_per_user=max_per_user, fair=fair,

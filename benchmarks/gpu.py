@@ -37,10 +37,10 @@ from pathlib import Path
 
 from benchmarks.common import machine, percentile
 from bot.config import load_settings
-from bot.engine import BatchEngine, EngineConfig, Request
-from bot.model_loader import load_model
-from bot.sampling import GenerationParams
-from bot.tiny_model import build_tokenizer
+from bot.engine.batching import BatchEngine, EngineConfig, Request
+from bot.engine.model_loader import load_model
+from bot.engine.sampling import GenerationParams
+from bot.engine.tiny_model import build_tokenizer
 
 REAL_SHAPE = dict(vocab_size=32000, hidden_size=2816, num_hidden_layers=36,
                   num_attention_heads=22, intermediate_size=11264)

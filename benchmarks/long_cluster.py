@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from benchmarks.common import machine
-from bot.text import split_message
+from bot.core.text import split_message
 
 LIMIT = 2000
 

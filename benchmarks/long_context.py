@@ -52,7 +52,7 @@ def write_model(directory: Path) -> None:
 
 def load_engine_class(kind: str, rev: str):  # noqa: ANN201
     if kind == "new":
-        from bot.engine import BatchEngine, EngineConfig, Request
+        from bot.engine.batching import BatchEngine, EngineConfig, Request
         return BatchEngine, EngineConfig, Request
     source = subprocess.run(["git", "show", f"{rev}:bot/engine.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
@@ -76,8 +76,8 @@ def worker(case: str, kind: str, model_dir: Path, rev: str) -> dict[str, object]
     import torch
 
     from bot.config import load_settings
-    from bot.model_loader import load_model
-    from bot.sampling import GenerationParams
+    from bot.engine.model_loader import load_model
+    from bot.engine.sampling import GenerationParams
 
     torch.set_num_threads(1)
     settings = load_settings(model_id=str(model_dir), quantization="fp32", device="cpu",
@@ -162,7 +162,7 @@ def steps(engine, kind: str, Request, batch: int, length: int) -> dict:  # noqa:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from bot.sampling import GenerationParams
+    from bot.engine.sampling import GenerationParams
 
     params = GenerationParams(max_new_tokens=500, seed=1)
     requests = [Request(i, ids(i, length), params) for i in range(batch)]

@@ -9,8 +9,8 @@ import asyncio
 import time
 
 from benchmarks.common import machine, median, percentile, prompt, tiny_settings
-from bot.generator import load_generator
-from bot.sampling import GenerationParams
+from bot.engine.generator import load_generator
+from bot.engine.sampling import GenerationParams
 
 BEAT = 0.005
 

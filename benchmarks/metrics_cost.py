@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from benchmarks.common import machine, median, percentile
-from bot.metrics import MeteredGenerator, Metrics, MetricsServer
+from bot.service.metrics import MeteredGenerator, Metrics, MetricsServer
 
 DELTAS = 128
 SCRAPES = 500

@@ -24,9 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import aiohttp  # noqa: E402
 
-from bot.remote import RemoteGenerator  # noqa: E402
-from bot.sampling import GenerationParams  # noqa: E402
-from bot.tokenizer import Tokenizer  # noqa: E402
+from bot.engine.remote import RemoteGenerator  # noqa: E402
+from bot.engine.sampling import GenerationParams  # noqa: E402
+from bot.engine.tokenizer import Tokenizer  # noqa: E402
 
 TOKENS = 256
 PROMPT = "ユーザー: 日本で一番高い山は何ですか?<NL>システム: "
@@ -115,7 +115,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    from bot.tiny_model import build_tiny_model
+    from bot.engine.tiny_model import build_tiny_model
 
     directory = Path(tempfile.mkdtemp(prefix="rinna-bench-remote-"))
     build_tiny_model(directory)

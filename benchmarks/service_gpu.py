@@ -17,14 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-from bot.tiny_model import build_tiny_model
+from bot.engine.tiny_model import build_tiny_model
 
 CHILD = r'''
 import asyncio, io, logging, sys, time
-from bot.assembly import warm_up
+from bot.service.assembly import warm_up
 from bot.config import load_settings
-from bot.generator import load_generator
-from bot.metrics import MeteredGenerator, Metrics
+from bot.engine.generator import load_generator
+from bot.service.metrics import MeteredGenerator, Metrics
 
 log = io.StringIO()
 logging.basicConfig(level=logging.INFO, handlers=[logging.StreamHandler(sys.stderr),
@@ -65,7 +65,7 @@ def main() -> None:
                   {"DEVICE": "auto", "QUANTIZATION": "8bit"},
                   {"DEVICE": f"cuda:{gpus}", "QUANTIZATION": "4bit"}):
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "bot.cli", "doctor"], env={**env, **extra},
+        done = subprocess.run([sys.executable, "-m", "bot.service.cli", "doctor"], env={**env, **extra},
                               capture_output=True, text=True, timeout=300, check=False)
         print(f"$ {extra} rinna-bot doctor -> {done.returncode} in "
               f"{time.monotonic() - started:.1f} s\n{done.stdout}{done.stderr[-600:]}")

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 
 from benchmarks.common import machine, median, percentile, prompt, tiny_settings
-from bot.engine import BatchEngine, EngineConfig
-from bot.generator import LocalGenerator
-from bot.model_loader import load_model
-from bot.sampling import GenerationParams
+from bot.engine.batching import BatchEngine, EngineConfig
+from bot.engine.generator import LocalGenerator
+from bot.engine.model_loader import load_model
+from bot.engine.sampling import GenerationParams
 
 CHATS = 64
 MAX_NEW = 64

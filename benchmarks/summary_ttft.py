@@ -2,7 +2,7 @@
 the same question with nothing else running (issue 28). Target on a CUDA GPU, real shape:
 within 1.2x.
 
-The summary is a background request (bot/scheduler.py): a question arriving while it is
+The summary is a background request (bot/engine/scheduler.py): a question arriving while it is
 prefilled or decoded aborts it before the next engine step, and it is redone once the question
 is answered. Each run starts a summary (a ~1,700-token summarising prompt, 200 new tokens),
 lets the question arrive at a random point of its work (during its prefill, or after 1-100 of
@@ -30,11 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import machine, median, percentile  # noqa: E402
 from bot.conversation import Speaker, Turn  # noqa: E402
-from bot.generation import GenerationParams  # noqa: E402
-from bot.generator import LocalGenerator, load_generator  # noqa: E402
-from bot.prompt import build_prompt  # noqa: E402
-from bot.summary import Summariser  # noqa: E402
-from bot.tokenizer import Tokenizer  # noqa: E402
+from bot.engine.generation import GenerationParams  # noqa: E402
+from bot.engine.generator import LocalGenerator, load_generator  # noqa: E402
+from bot.core.prompt import build_prompt  # noqa: E402
+from bot.core.summary import Summariser  # noqa: E402
+from bot.engine.tokenizer import Tokenizer  # noqa: E402
 
 QUESTION_TOKENS = 1500  # a thread's window, as an answer's prompt holds it
 SUMMARY_TOKENS = 1700  # a summarising prompt of one chunk

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 from benchmarks.common import QUESTIONS, machine, median, percentile
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.conversation import ConversationKey, Speaker, Turn
-from bot.prompt import fit_prompt
-from bot.tokenizer import Tokenizer
+from bot.core.prompt import fit_prompt
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
-from bot.tiny_model import build_tokenizer
+from bot.engine.tiny_model import build_tokenizer
 
 TURNS = 10_000
 RUNS = 300

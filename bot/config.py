@@ -14,7 +14,7 @@ from pydantic import (Field, PrivateAttr, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot import models, precision
-from bot.access import parse_ids
+from bot.core.access import parse_ids
 from bot.ports.community import KEYS as COMMUNITY_KEYS
 from bot.errors import ConfigError
 
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     temperature: float = Field(0.7, gt=0.0, le=5.0)
     repetition_penalty: float = Field(1.1, ge=1.0, le=5.0)
     context_tokens: int = Field(2048, ge=64, le=2048)
-    # A conversation longer than the window: its rolling summary (bot/summary.py)
+    # A conversation longer than the window: its rolling summary (bot/core/summary.py)
     summary: bool = True  # SUMMARY=off: the oldest turns are only left out (and said so)
     summary_tokens: int = Field(200, ge=16, le=512)  # a summary's longest length
     summary_channel_messages: int = Field(100, ge=1, le=1000)  # 「要約」 outside a thread
@@ -77,13 +77,13 @@ class Settings(BaseSettings):
     slack_port: int = Field(3000, ge=1, le=65535)
     slack_api_url: str = "https://slack.com/api/"
 
-    # What people bring: attached files (bot/attachments.py) and edited questions
+    # What people bring: attached files (bot/core/attachments.py) and edited questions
     attachment_max_bytes: int = Field(1_000_000, ge=1, le=100_000_000)  # per file
     attachments_max: int = Field(5, ge=0, le=20)  # files read per message (0: none)
     attachment_timeout_s: float = Field(20.0, gt=0.0, le=300.0)  # per file's download
     edit_window_s: float = Field(600.0, ge=0.0)  # an edited newest question is answered again
 
-    # Access (comma-separated ids; empty = no restriction): see bot/access.py
+    # Access (comma-separated ids; empty = no restriction): see bot/core/access.py
     allowed_workspaces: Ids = frozenset()
     allowed_channels: Ids = frozenset()
     allowed_users: Ids = frozenset()

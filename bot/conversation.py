@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from bot.attachments import Attachment, Fetcher
+    from bot.core.attachments import Attachment, Fetcher
 
 
 class Speaker(StrEnum):
@@ -57,7 +57,7 @@ class IncomingMessage:
     # 聞く」: the message asked about), so that deleting or editing one reaches the stored text.
     sources: tuple[str, ...] = ()
     # Short notes for the answer on what of the message was not read (attached files that
-    # are not text, too big, or cut to fit the prompt): bot/attachments.py writes them.
+    # are not text, too big, or cut to fit the prompt): bot/core/attachments.py writes them.
     notes: tuple[str, ...] = ()
     # Files attached to the message (read into its text once it is recorded) and the
     # platform's downloader for them (adapters/file_download.py).
@@ -94,7 +94,7 @@ class ReplySink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Controls:
-    """The buttons a reply's main message shows (the adapter renders them; bot/controls.py
+    """The buttons a reply's main message shows (the adapter renders them; bot/core/controls.py
     says what pressing them does)."""
 
     stop: bool = False  # 「停止」 while the answer streams
@@ -122,7 +122,7 @@ class ControlledSink(ReplySink, Protocol):
 
 
 class ResumableSink(ReplySink, Protocol):
-    """A sink whose placeholder survives a restart (bot/reply.py's MessageReply).
+    """A sink whose placeholder survives a restart (bot/core/reply.py's MessageReply).
 
     After `start`, `placeholder_ref()` is the placeholder's platform handle as a string (Slack
     ts, Discord channel/message id), which the chat service stores. A new process answering a

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.config import Settings, load_settings
-from bot.generator import LocalGenerator, load_generator
-from bot.tokenizer import Tokenizer
+from bot.engine.generator import LocalGenerator, load_generator
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.discord_fakes import ScriptedGenerator as DiscordScript
-from bot.tiny_model import build_tiny_model
+from bot.engine.tiny_model import build_tiny_model
 
 # A real PostgreSQL for the store's tests: `pg_cluster`, `pg_dsn` (tests/pg/fixtures.py).
 pytest_plugins = ["tests.pg.fixtures"]

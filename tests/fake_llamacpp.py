@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 
 # The fields of llama-server's completion schema that a client of ours may send.
 FIELDS = frozenset("""

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 
 # CompletionRequest's fields (vLLM's protocol.py), the ones a client may send.
 COMPLETION_FIELDS = frozenset("""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from bot.generator import WaitCallback
-from bot.generation import GenerationParams
+from bot.engine.generator import WaitCallback
+from bot.engine.generation import GenerationParams
 
 
 class ScriptedGenerator:

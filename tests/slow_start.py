@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bot.cli import main
+from bot.service.cli import main
 from bot.config import Settings
-from bot.startup import StartParts
+from bot.service.startup import StartParts
 
 
 async def never_loads(settings: Settings) -> Any:

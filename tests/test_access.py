@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.access import AccessPolicy, AccessRequest, Denial, check
+from bot.core.access import AccessPolicy, AccessRequest, Denial, check
 from bot.config import Settings, load_settings
 
 
@@ -68,7 +68,7 @@ def test_settings_read_comma_separated_ids(settings: Settings,
 def test_slack_connect_one_rule_for_every_entry_point() -> None:
     """The event's workspace and the person's own team must both be allowed; an external
     person is a moderator only where their own team is listed."""
-    from bot.access import AccessPolicy, AccessRequest
+    from bot.core.access import AccessPolicy, AccessRequest
 
     ours = AccessPolicy(workspaces=frozenset({"T1"}))
     external = AccessRequest.from_teams("T1", "C1", "U9", ("TX", None, 3, "", "T1"))

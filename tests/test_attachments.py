@@ -1,4 +1,4 @@
-"""The core of reading attachments (bot/attachments.py): decoding, text-likeness, the turn with
+"""The core of reading attachments (bot/core/attachments.py): decoding, text-likeness, the turn with
 a heading per file, the budget cut and its note, the notes for files not read. Downloads come
 from an in-memory fetcher here (a swappable part); the adapters' tests download over HTTP."""
 
@@ -8,15 +8,15 @@ import threading
 
 import pytest
 
-from bot.attachments import (CUT_MARK, HEADING, NOTE_CUT, NOTE_NO_ROOM, NOTE_NOT_TEXT,
+from bot.core.attachments import (CUT_MARK, HEADING, NOTE_CUT, NOTE_NO_ROOM, NOTE_NOT_TEXT,
                              NOTE_OFF, NOTE_TOO_LARGE, NOTE_TOO_MANY, NOTE_UNAVAILABLE,
                              NOTE_UNDECODABLE, Attachment, AttachmentLimits, AttachmentReader,
                              ReadFiles,
                              decode, plainly_binary, prompt_room, shown_name)
 from bot.conversation import Speaker, Turn
 from bot.errors import AttachmentTooLarge, AttachmentUnavailable
-from bot.prompt import fit_prompt
-from bot.tokenizer import Tokenizer
+from bot.core.prompt import fit_prompt
+from bot.engine.tokenizer import Tokenizer
 
 JAPANESE = "日本語のテキストです。ひらがな、カタカナ、漢字が入っています。\n二行目もあります。"
 
@@ -208,7 +208,7 @@ async def test_a_file_that_fits_is_whole(tokenizer: Tokenizer) -> None:
 
 async def test_notes_end_the_answer_and_are_stored_with_it(scripted: object,
                                                             store: object) -> None:
-    from bot.chat import ChatService
+    from bot.core.chat import ChatService
     from bot.conversation import ConversationKey, IncomingMessage
     from tests.fakes import RecordingSink
 
@@ -228,7 +228,7 @@ async def test_notes_end_the_answer_and_are_stored_with_it(scripted: object,
 
 async def test_files_are_read_after_the_platform_is_told_and_stored_as_read(
         scripted: object) -> None:
-    from bot.chat import ChatService
+    from bot.core.chat import ChatService
     from bot.conversation import ConversationKey, IncomingMessage
     from tests.fakes import RecordingSink
 
@@ -266,8 +266,8 @@ async def test_files_not_read_before_a_crash_are_named_by_the_recovery(
     """The process died after the platform was told the message arrived, before its files
     were read: the restart's recovery answers the words and names the files it did not read
     (never silently); a message whose files were read leaves no such note."""
-    from bot.attachments import NOTE_INTERRUPTED
-    from bot.chat import ChatConfig, ChatService
+    from bot.core.attachments import NOTE_INTERRUPTED
+    from bot.core.chat import ChatConfig, ChatService
     from bot.conversation import ConversationKey, IncomingMessage
     from storage.history import HistoryStore
     from tests.fakes import RecordingSink, ScriptedGenerator

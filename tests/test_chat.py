@@ -7,13 +7,13 @@ import logging
 
 import pytest
 
-from bot.chat import (
+from bot.core.chat import (
     EMPTY_ANSWER, INTERRUPTED_NOTICE, SHORTENED_NOTICE, STALE_NOTICE, USAGE_MESSAGE, ChatConfig,
     ChatService, Outcome)
-from bot.reply import MessageReply
+from bot.core.reply import MessageReply
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
 from bot.errors import GenerationTimeout, QueueFullError
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink, ScriptedGenerator
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "bot.service.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

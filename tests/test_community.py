@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from bot.access import AccessPolicy, AccessRequest
-from bot.chat import ChatConfig, ChatService, Outcome
-from bot.community import Community, HostPolicy, describe
+from bot.core.access import AccessPolicy, AccessRequest
+from bot.core.chat import ChatConfig, ChatService, Outcome
+from bot.core.community import Community, HostPolicy, describe
 from bot.config import Settings, load_settings
 from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey, Controls,
                               IncomingMessage, Speaker, Turn)
 from bot.errors import ConfigError, NotPermitted, SettingRefused
-from bot.front_door import FrontDoor
-from bot.front_events import Event
-from bot.personas import ACKNOWLEDGED, READY, parse_persona
+from bot.core.front_door import FrontDoor
+from bot.core.front_events import Event
+from bot.core.personas import ACKNOWLEDGED, READY, parse_persona
 from bot.ports.community import Level, Scope
-from bot.privilege import Member, Privileges
-from bot.prompt import (NEWLINE_SYMBOL, boundary_labels, expected_labels, fit_prompt,
+from bot.core.privilege import Member, Privileges
+from bot.core.prompt import (NEWLINE_SYMBOL, boundary_labels, expected_labels, fit_prompt,
                         turn_cost)
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink, ScriptedGenerator
 from tests.test_private import command

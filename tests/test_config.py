@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
-from bot.logs import RedactSecrets
+from bot.service.logs import RedactSecrets
 
 ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 README = ENV_EXAMPLE.parent / "README.md"
@@ -110,7 +110,7 @@ def test_the_command_reports_the_typo_at_start(settings: Settings, tmp_path: Pat
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
-    from bot import cli
+    from bot.service import cli
 
     (tmp_path / ".env").write_text("DISCORD_TOKN=abc\n")
 
@@ -174,7 +174,7 @@ def test_the_command_redacts_the_engine_api_key(settings: Settings, tmp_path: Pa
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
-    from bot import cli
+    from bot.service import cli
 
     key = "vllm-key-0123456789"
     (tmp_path / ".env").write_text(f"ENGINE_URL=http://127.0.0.1:9/v1\nENGINE_API_KEY={key}\n")

@@ -18,7 +18,7 @@ def run_cli(args: list[str], stdin: bytes, cwd: Path, **env: str) -> subprocess.
                    if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_"))}
     environment.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "QUANTIZATION": "none",
                         "DEVICE": "cpu", "MAX_NEW_TOKENS": "16", "LOG_LEVEL": "INFO", **env})
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], input=stdin, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "bot.service.cli", *args], input=stdin, cwd=cwd,
                           env=environment, capture_output=True, timeout=240)
 
 

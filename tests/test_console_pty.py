@@ -16,8 +16,8 @@ import pexpect
 import pytest
 
 from adapters.console import HELP, PROMPT, THINKING
-from bot.summary_request import SUMMARY_HEADING
-from bot.tokenizer import Tokenizer
+from bot.core.summary_request import SUMMARY_HEADING
+from bot.engine.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 LEFT, UP = "\x1b[D", "\x1b[A"
@@ -30,7 +30,7 @@ def spawn(cwd: Path, args: list[str] | None = None, command: str = "chat",
     environment.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "QUANTIZATION": "none",
                         "DEVICE": "cpu", "MAX_NEW_TOKENS": "12", "TERM": "xterm",
                         "PROMPT_TOOLKIT_NO_CPR": "1", **env})
-    child = pexpect.spawn(sys.executable, ["-m", "bot.cli", command, *(args or [])],
+    child = pexpect.spawn(sys.executable, ["-m", "bot.service.cli", command, *(args or [])],
                           cwd=str(cwd), env=environment, encoding="utf-8", timeout=240,
                           dimensions=(40, 200))
     child.logfile_read = io.StringIO()  # everything the terminal showed
@@ -133,7 +133,7 @@ def endless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from bot.tiny_model import build_tiny_model
+    from bot.engine.tiny_model import build_tiny_model
 
     directory = build_tiny_model(tmp_path_factory.mktemp("endless"), layers=4, hidden=256)
     cat = Tokenizer.from_file(directory / "spiece.model").encode("猫")
@@ -200,7 +200,7 @@ def test_log_level_on_the_command_line_brings_log_lines_to_the_screen(
     child.sendline("/exit")
     status, output = finish(child)
     assert status == 0, output
-    assert re.search(LOG_LINE.pattern + r"bot.model_loader: model ready", output), output
+    assert re.search(LOG_LINE.pattern + r"bot.engine.model_loader: model ready", output), output
 
 
 def piped_chat(tmp_path: Path, env: dict[str, str], dotenv: str = "",
@@ -214,7 +214,7 @@ def piped_chat(tmp_path: Path, env: dict[str, str], dotenv: str = "",
     environment.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "QUANTIZATION": "none",
                         "DEVICE": "cpu", "MAX_NEW_TOKENS": "12",
                         "XDG_STATE_HOME": str(tmp_path / "state"), **env})
-    return subprocess.run([sys.executable, "-m", "bot.cli", "chat"], cwd=tmp_path,
+    return subprocess.run([sys.executable, "-m", "bot.service.cli", "chat"], cwd=tmp_path,
                           env=environment, input=lines, capture_output=True, text=True,
                           timeout=240, check=False)
 
@@ -230,7 +230,7 @@ def test_a_piped_chat_prints_answers_only_on_stdout(env: dict[str, str],
 
 def test_the_demo_chats_on_a_tiny_model_built_on_the_spot(tmp_path: Path) -> None:
     """`rinna-bot demo` with nothing set up: no model, no .env, no network (HF_HUB_OFFLINE)."""
-    from bot.demo import NOTICE
+    from bot.service.demo import NOTICE
 
     child = spawn(tmp_path, command="demo", XDG_STATE_HOME=str(tmp_path / "state"))
     assert NOTICE.splitlines()[0] in child.logfile_read.getvalue()  # before the first prompt

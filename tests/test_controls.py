@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from bot.chat import EMPTY_ANSWER, ChatConfig, ChatService, Outcome
-from bot.controls import STOPPED_MARK, Action, ControlResult, control_message
+from bot.core.chat import EMPTY_ANSWER, ChatConfig, ChatService, Outcome
+from bot.core.controls import STOPPED_MARK, Action, ControlResult, control_message
 from bot.conversation import (ANSWERED, NO_CONTROLS, STREAMING, ConversationKey, Controls,
                               IncomingMessage, Speaker)
 from bot.errors import OutdatedRequest, QueueFullError
-from bot.generation import GenerationParams
-from bot.generator import LocalGenerator, WaitCallback
-from bot.tokenizer import Tokenizer
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import LocalGenerator, WaitCallback
+from bot.engine.tokenizer import Tokenizer
 from bot.ports.records import Delivery
 from storage.history import HistoryStore
 from storage.schema import MIGRATIONS

@@ -1,4 +1,4 @@
-"""Exactly once through kills and restarts: the real `python -m bot.cli run` as a subprocess,
+"""Exactly once through kills and restarts: the real `python -m bot.service.cli run` as a subprocess,
 Slack in HTTP mode against the local fake Web API (which keeps every message the bot posts,
 with its metadata), the tiny model, one SQLite file across every restart.
 
@@ -28,8 +28,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.chat import INTERRUPTED_NOTICE, STALE_NOTICE
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL, WAITING
+from bot.core.chat import INTERRUPTED_NOTICE, STALE_NOTICE
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL, WAITING
 from tests.slack_fakes import (
     BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_callback, eventually, mention, sign)
 from tests.test_run import free_port
@@ -71,7 +71,7 @@ class Bot:
             "SLACK_PORT": str(self.port), "SLACK_API_URL": fake.api_url, **env})
         self.env = environment
         self.workdir = workdir
-        self.args = [sys.executable, "-m", "bot.cli", "run"] + (
+        self.args = [sys.executable, "-m", "bot.service.cli", "run"] + (
             ["--crash-at", crash_at] if crash_at else [])
         self.process: asyncio.subprocess.Process | None = None
         self.log = ""

@@ -107,7 +107,7 @@ def test_a_refused_path_is_one_line_and_the_config_error_exit_code(tmp_path: Pat
            if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_"))}
     env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "DATABASE_PATH": str(path)})
     for command in ("export", "forget"):
-        result = subprocess.run([sys.executable, "-m", "bot.cli", command, "--user", "U1"],
+        result = subprocess.run([sys.executable, "-m", "bot.service.cli", command, "--user", "U1"],
                                 cwd=tmp_path, env=env, capture_output=True, text=True,
                                 timeout=120)
         lines = result.stderr.strip().splitlines()

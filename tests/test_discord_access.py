@@ -13,8 +13,8 @@ import discord
 import simcord
 
 from adapters.discord_bot import build_discord_bot
-from bot.access import DENIED_MESSAGE
-from bot.chat import ChatService
+from bot.core.access import DENIED_MESSAGE
+from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey
 from storage.history import HistoryStore

@@ -10,14 +10,14 @@ from adapters.discord_bot import (
     ASK_ABOUT_WHERE,
     build_discord_bot,
 )
-from bot.access import DENIED_MESSAGE
-from bot.chat import ChatConfig, ChatService
-from bot.community import Community, HostPolicy
+from bot.core.access import DENIED_MESSAGE
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.community import Community, HostPolicy
 from bot.conversation import ConversationKey, Speaker
-from bot.notices import SWITCHED_OFF
+from bot.core.notices import SWITCHED_OFF
 from bot.ports.community import Scope
-from bot.privilege import Member
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.core.privilege import Member
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
 from storage.history import HistoryStore
 from tests.discord_fakes import (
     CHANNEL_ID,

@@ -13,13 +13,13 @@ import yarl
 from discord.gateway import DiscordWebSocket
 
 from adapters.discord_bot import build_discord_bot
-from bot.attachments import HEADING, NOTE_NOT_TEXT, NOTE_UNAVAILABLE
-from bot.chat import ChatConfig, ChatService
+from bot.core.attachments import HEADING, NOTE_NOT_TEXT, NOTE_UNAVAILABLE
+from bot.core.chat import ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
-from bot.edited import SUPERSEDED_NOTICE
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
-from bot.tokenizer import Tokenizer
+from bot.core.edited import SUPERSEDED_NOTICE
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord, connected
 from tests.fakes import ScriptedGenerator

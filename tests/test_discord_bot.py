@@ -17,10 +17,10 @@ from adapters.discord_bot import (
     conversation_key,
     thread_name,
 )
-from bot.chat import ChatService
+from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
-from bot.reply import PLACEHOLDER
+from bot.core.reply import PLACEHOLDER
 from storage.history import HistoryStore
 
 pytestmark = pytest.mark.simcord(settle_timeout=60)

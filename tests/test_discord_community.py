@@ -10,13 +10,13 @@ import pytest
 import simcord
 
 from adapters.discord_bot import RinnaDiscordBot, build_discord_bot
-from bot.chat import ChatConfig, ChatService
-from bot.community import Community, HostPolicy
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.community import Community, HostPolicy
 from bot.config import Settings
-from bot.personas import READY
+from bot.core.personas import READY
 from bot.ports.community import Scope
-from bot.prompt import boundary_labels
-from bot.tokenizer import Tokenizer
+from bot.core.prompt import boundary_labels
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.discord_fakes import ScriptedGenerator
 from tests.test_discord_bot import bot_messages

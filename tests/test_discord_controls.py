@@ -9,14 +9,14 @@ from typing import Any
 
 from adapters.discord_bot import build_discord_bot
 from adapters.discord_controls import BAD_ID, GOOD_ID, REGENERATE_ID, STOP_ID
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.config import Settings
-from bot.controls import STOPPED_MARK, ControlResult, control_message
+from bot.core.controls import STOPPED_MARK, ControlResult, control_message
 from bot.conversation import ConversationKey, Speaker
-from bot.generation import GenerationParams
-from bot.generator import LocalGenerator
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
-from bot.tokenizer import Tokenizer
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import LocalGenerator
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.discord_fakes import (
     CHANNEL_ID,
@@ -279,7 +279,7 @@ async def test_feedback_is_one_vote_per_person_and_a_second_press_changes_it(
 async def test_a_press_by_someone_the_access_policy_refuses_is_told_so_and_does_nothing(
         fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
         settings: Settings) -> None:
-    from bot.access import DENIED_MESSAGE
+    from bot.core.access import DENIED_MESSAGE
     from tests.discord_fakes import USER_ID
 
     fake = fake_discord
@@ -351,7 +351,7 @@ async def test_each_controls_value_renders_its_buttons() -> None:
 async def test_status_shows_the_report_only_to_the_person_who_asked(
         fake_discord: FakeDiscord, store: HistoryStore, generator: LocalGenerator,  # noqa: F811
         tokenizer: Tokenizer, settings: Settings) -> None:
-    from bot.status import Status
+    from bot.core.status import Status
 
     fake = fake_discord
     chat = scripted_chat(store, tokenizer, settings, ScriptedGenerator())
@@ -379,7 +379,7 @@ async def test_status_shows_the_report_only_to_the_person_who_asked(
 async def test_status_without_a_source_says_it_cannot_tell(
         fake_discord: FakeDiscord, store: HistoryStore, tokenizer: Tokenizer,  # noqa: F811
         settings: Settings) -> None:
-    from bot.status import UNAVAILABLE
+    from bot.core.status import UNAVAILABLE
 
     fake = fake_discord
     chat = scripted_chat(store, tokenizer, settings, ScriptedGenerator())

@@ -9,11 +9,11 @@ import simcord
 from simcord.enums import MessageType
 
 from adapters.discord_bot import RESET_DONE, RinnaDiscordBot, build_discord_bot
-from bot.chat import USAGE_MESSAGE, ChatService
+from bot.core.chat import USAGE_MESSAGE, ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
 from bot.errors import GenerationTimeout, GeneratorError, QueueFullError
-from bot.reply import PLACEHOLDER
+from bot.core.reply import PLACEHOLDER
 from storage.history import HistoryStore
 from tests.discord_fakes import ScriptedGenerator, sentences
 

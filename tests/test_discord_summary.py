@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from adapters.discord_bot import build_discord_bot
 from adapters.discord_summary import NO_HISTORY, SUMMARY_MENU, SUMMARY_WHERE
-from bot.access import DENIED_MESSAGE
+from bot.core.access import DENIED_MESSAGE
 from bot.conversation import ConversationKey, Speaker
-from bot.notices import SWITCHED_OFF
+from bot.core.notices import SWITCHED_OFF
 from tests.discord_fakes import (CHANNEL_ID, EPHEMERAL, GUILD_ID, MEMBER_PERMISSIONS,
                                  OTHER_USER_ID, FakeDiscord, connected)
 from tests.test_discord_ask_about import answered, switched_off_here, turns

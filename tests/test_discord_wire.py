@@ -12,11 +12,11 @@ import yarl
 from discord.gateway import DiscordWebSocket
 
 from adapters.discord_bot import build_discord_bot
-from bot.chat import ChatService
+from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.conversation import ConversationKey, Speaker
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
 from storage.history import HistoryStore
 from tests.discord_fakes import APP_ID, CHANNEL_ID, GUILD_ID, FakeDiscord
 

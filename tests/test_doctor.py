@@ -27,7 +27,7 @@ def rinna_bot(command: str, cwd: Path, **env: str) -> subprocess.CompletedProces
                                   "DEVICE", "QUANTIZATION", "HF_"))}
     clean.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
                   "HF_HUB_CACHE": str(cwd / "hub"), **env})
-    return subprocess.run([sys.executable, "-m", "bot.cli", *command.split()], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "bot.service.cli", *command.split()], cwd=cwd,
                           env=clean, capture_output=True, text=True, timeout=240, check=False)
 
 
@@ -139,7 +139,7 @@ def test_device_accepts_a_gpu_index(settings: object) -> None:
 
     from bot.config import load_settings
     from bot.errors import ConfigError
-    from bot.model_loader import resolve_device
+    from bot.engine.model_loader import resolve_device
 
     assert load_settings(device="cuda:1").device == "cuda:1"
     if torch.cuda.device_count() >= 2:
@@ -151,7 +151,7 @@ def test_device_accepts_a_gpu_index(settings: object) -> None:
 
 @pytest.mark.parametrize("flag", ["--help", "--version"])
 def test_help_and_version_do_not_load_torch(flag: str, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bot.cli", flag],
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bot.service.cli", flag],
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0
@@ -356,7 +356,7 @@ async def test_doctor_asks_discord_whether_the_token_is_accepted(
 
     import discord
 
-    from bot.doctor import doctor
+    from bot.service.doctor import doctor
     from tests.discord_fakes import FakeDiscord
 
     fake = FakeDiscord()

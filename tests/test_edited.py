@@ -1,4 +1,4 @@
-"""Edited questions, in the core (bot/edited.py through the chat service): the newest question
+"""Edited questions, in the core (bot/core/edited.py through the chat service): the newest question
 edited within the window is answered again, once per edit (redeliveries, restarts), after its
 running answer is stopped; the old answer is marked superseded; unchanged text and older
 messages only touch the history. Real SQLite; a scripted generator. The platforms' own tests
@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from bot.chat import ChatConfig, ChatService
-from bot.controls import STOPPED_MARK
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.controls import STOPPED_MARK
 from bot.conversation import Speaker
-from bot.edited import SUPERSEDED_NOTICE, EditOutcome, edit_key, with_files
+from bot.core.edited import SUPERSEDED_NOTICE, EditOutcome, edit_key, with_files
 from bot.ports.records import Delivery
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.test_controls import KEY, ButtonSink, HeldGenerator, ask, history
@@ -216,7 +216,7 @@ def test_with_files_keeps_the_attached_files() -> None:
 
 async def test_the_new_answer_may_be_stopped_by_who_asked_only(
         store: HistoryStore, tokenizer: Tokenizer) -> None:
-    from bot.controls import ControlResult
+    from bot.core.controls import ControlResult
 
     generator = HeldGenerator()
     chat = service(store, tokenizer, generator)

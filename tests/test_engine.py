@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import GPTNeoXForCausalLM
 
-from bot.engine import BatchEngine, EngineConfig, Output, Request
-from bot.kv_cache import KVArena
-from bot.sampling import GenerationParams
-from bot.tokenizer import Tokenizer
+from bot.engine.batching import BatchEngine, EngineConfig, Output, Request
+from bot.engine.kv_cache import KVArena
+from bot.engine.sampling import GenerationParams
+from bot.engine.tokenizer import Tokenizer
 
 GREEDY = GenerationParams(max_new_tokens=12, do_sample=False)
 
@@ -225,7 +225,7 @@ def test_the_varlen_plan_serves_every_row_as_the_per_row_path(model, tokenizer: 
     mask aligned bottom-right), and the engine's replies must not change."""
     import torch.nn.functional as F
 
-    import bot.neox_forward as forward_module
+    import bot.engine.neox_forward as forward_module
 
     def varlen(query, keys, values, v, scale):  # type: ignore[no-untyped-def]
         out = torch.empty_like(query)

@@ -7,8 +7,8 @@ import asyncio
 from pathlib import Path
 
 from bot.config import Settings
-from bot.doctor_model import engine_vocabulary
-from bot.tokenizer import Tokenizer
+from bot.service.doctor_model import engine_vocabulary
+from bot.engine.tokenizer import Tokenizer
 from tests.fake_openai import FakeOpenAI
 from tests.tiny_model import build_tokenizer
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from bot.chat import ChatConfig, ChatService, Outcome
+from bot.core.chat import ChatConfig, ChatService, Outcome
 from bot.conversation import ConversationKey, IncomingMessage, Speaker
-from bot.generation import GenerationParams
-from bot.generator import LocalGenerator, WaitCallback
-from bot.tokenizer import Tokenizer
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import LocalGenerator, WaitCallback
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink, ScriptedGenerator
 from tests.slack_fakes import eventually

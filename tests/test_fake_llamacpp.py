@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.remote_llamacpp import LlamaCppWire, server_info
-from bot.tokenizer import Tokenizer
+from bot.engine.remote_llamacpp import LlamaCppWire, server_info
+from bot.engine.tokenizer import Tokenizer
 from tests.fake_llamacpp import FakeLlamaServer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "llamacpp"

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from adapters.discord_files import discord_attachments, discord_fetcher, discord_file_hosts
 from adapters.file_download import FileHosts, HostFetcher
 from adapters.slack_files import slack_attachments, slack_fetcher, slack_file_hosts
-from bot.attachments import Attachment
+from bot.core.attachments import Attachment
 from bot.config import Settings
 from bot.errors import AttachmentTooLarge, AttachmentUnavailable
 from tests.discord_fakes import FakeDiscord

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 from bot.conversation import Speaker, Turn
 from bot.errors import PromptRefused
-from bot.generation import GenerationParams
-from bot.prompt import build_prompt, fit_prompt
-from bot.stops import ReplyText, StopFilter
-from bot.summary import Summariser
-from bot.tokenizer import Tokenizer
+from bot.engine.generation import GenerationParams
+from bot.core.prompt import build_prompt, fit_prompt
+from bot.engine.stops import ReplyText, StopFilter
+from bot.core.summary import Summariser
+from bot.engine.tokenizer import Tokenizer
 from tests.fakes import ScriptedGenerator
 from tests.tiny_model import build_tokenizer
 
@@ -287,7 +287,7 @@ def test_a_tiny_model_can_be_built_with_either_rule(tmp_path: Path) -> None:
 
 async def test_the_chat_service_stores_what_was_written_and_escapes_only_the_prompt(
         store, tokenizers: dict[str, Tokenizer]) -> None:  # type: ignore[no-untyped-def]
-    from bot.chat import ChatConfig, ChatService, Outcome
+    from bot.core.chat import ChatConfig, ChatService, Outcome
     from bot.conversation import ConversationKey, IncomingMessage
     from tests.fakes import RecordingSink, ScriptedGenerator
 
@@ -306,7 +306,7 @@ async def test_the_chat_service_stores_what_was_written_and_escapes_only_the_pro
 
 async def test_a_refused_prompt_tells_the_person_in_japanese_and_keeps_their_text(
         store, tokenizers: dict[str, Tokenizer]) -> None:  # type: ignore[no-untyped-def]
-    from bot.chat import ChatConfig, ChatService, Outcome
+    from bot.core.chat import ChatConfig, ChatService, Outcome
     from bot.conversation import ConversationKey, IncomingMessage
     from tests.fakes import RecordingSink, ScriptedGenerator
 
@@ -326,7 +326,7 @@ async def test_a_refused_prompt_tells_the_person_in_japanese_and_keeps_their_tex
     assert generator.prompts == ["ユーザー: 普通の質問<NL>システム: "]
 
 
-# ----- the summariser's prompt (bot/summary.py): one ユーザー turn holding a transcript ---------
+# ----- the summariser's prompt (bot/core/summary.py): one ユーザー turn holding a transcript ---------
 
 
 @pytest.mark.parametrize("normalizer", ["nmt_nfkc", "blind"])

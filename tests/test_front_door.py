@@ -7,12 +7,12 @@ import logging
 
 import pytest
 
-from bot.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
-from bot.chat import ChatService
+from bot.core.access import DENIED_MESSAGE, AccessPolicy, AccessRequest
+from bot.core.chat import ChatService
 from bot.conversation import ConversationKey, Speaker
-from bot.front_door import FrontDoor, Result, earlier_turns
-from bot.front_events import Command, EarlierMessage, Event, Writer, command_word
-from bot.notices import RESET_DONE
+from bot.core.front_door import FrontDoor, Result, earlier_turns
+from bot.core.front_events import Command, EarlierMessage, Event, Writer, command_word
+from bot.core.notices import RESET_DONE
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink
 
@@ -46,7 +46,7 @@ async def test_access_is_judged_and_logged_once_before_anything_is_stored(
         scripted: ChatService, store: HistoryStore, caplog: pytest.LogCaptureFixture) -> None:
     door = FrontDoor(scripted, AccessPolicy(blocked=frozenset({"U9"})))
     sink = RecordingSink()
-    caplog.set_level(logging.DEBUG, logger="bot.front_door")
+    caplog.set_level(logging.DEBUG, logger="bot.core.front_door")
     refused = AccessRequest("W1", "C1", "U9")
     assert await door.receive(event("m1", "こんにちは", sink, access=(refused,))) == "denied"
     assert sink.events == [] and await store.find(KEY) is None

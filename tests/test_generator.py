@@ -12,12 +12,12 @@ import torch
 from bot.config import Settings
 from bot.errors import (GenerationTimeout, GeneratorError, ModelLoadError, QueueFullError,
                         UserBusyError)
-from bot.engine import BatchEngine, EngineConfig
-from bot.generation import GeneratorStats
-from bot.generator import LocalGenerator, load_generator
-from bot.model_loader import load_model
-from bot.sampling import GenerationParams
-from bot.stops import StopFilter
+from bot.engine.batching import BatchEngine, EngineConfig
+from bot.engine.generation import GeneratorStats
+from bot.engine.generator import LocalGenerator, load_generator
+from bot.engine.model_loader import load_model
+from bot.engine.sampling import GenerationParams
+from bot.engine.stops import StopFilter
 
 GREEDY = GenerationParams(max_new_tokens=24, do_sample=False)
 PROMPTS = [f"ユーザー: {'猫は' * n}何ですか?<NL>システム: " for n in range(1, 7)]

@@ -1,4 +1,4 @@
-"""`rinna-bot export-gguf` (bot/gguf_export.py) on the tiny model, read back with the `gguf`
+"""`rinna-bot export-gguf` (bot/service/gguf_export.py) on the tiny model, read back with the `gguf`
 package: the vocabulary is sentencepiece's own (pieces, scores, types, the normaliser's rules,
 nothing added), and a GPT-NeoX run the way llama.cpp reads the file gives transformers'
 logits. llama.cpp's own tokenisation and logits are checked in tests/test_llamacpp_real.py."""
@@ -17,8 +17,8 @@ import sentencepiece as spm
 import torch
 
 from bot.errors import ModelLoadError
-from bot.gguf_export import export_gguf, normalizer_spec, qkv_reorder
-from bot.prompt import build_prompt
+from bot.service.gguf_export import export_gguf, normalizer_spec, qkv_reorder
+from bot.core.prompt import build_prompt
 from bot.conversation import Speaker, Turn
 from tests.gguf_reference import GgufModel
 
@@ -111,7 +111,7 @@ def test_f16_keeps_norms_in_f32_and_stays_close(tiny_model_dir: Path, tmp_path: 
 def test_the_command_writes_the_file_from_model_id(tiny_model_dir: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "ENGINE_"))}
     env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MODEL_ID": str(tiny_model_dir)})
-    command = [sys.executable, "-m", "bot.cli", "export-gguf"]
+    command = [sys.executable, "-m", "bot.service.cli", "export-gguf"]
     done = subprocess.run([*command, "out.gguf", "--dtype", "f32"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

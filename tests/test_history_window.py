@@ -4,9 +4,9 @@ only hand it texts)."""
 from __future__ import annotations
 
 from bot.conversation import Speaker, Turn
-from bot.history_window import BUDGET_SLACK, HistoryWindow
-from bot.notices import EMPTY_ANSWER
-from bot.tokenizer import Tokenizer
+from bot.core.history_window import BUDGET_SLACK, HistoryWindow
+from bot.core.notices import EMPTY_ANSWER
+from bot.engine.tokenizer import Tokenizer
 
 
 def test_reachable_counts_the_newest_texts_until_the_budget_with_slack(

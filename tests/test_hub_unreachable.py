@@ -27,7 +27,7 @@ def rinna_bot_online(command: str, cwd: Path, stdin: str = "") -> subprocess.Com
                 "HF_HUB_CACHE": str(cwd / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1",
                 "DEVICE": "cpu", "MODEL": "ppo-4bit",
                 "DATABASE_PATH": str(cwd / "h.sqlite3")})
-    return subprocess.run([sys.executable, "-m", "bot.cli", command], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "bot.service.cli", command], cwd=cwd, env=env,
                           input=stdin, capture_output=True, text=True, timeout=240, check=False)
 
 
@@ -71,7 +71,7 @@ async def test_a_cached_model_is_used_without_asking_the_hub(tmp_path: Path) -> 
         env.update({"PYTHONPATH": str(ROOT), "HF_ENDPOINT": hub.url,
                     "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1"})
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import sys; from bot.download import fetch; "
+            sys.executable, "-c", "import sys; from bot.service.download import fetch; "
             "print(fetch(sys.argv[1], 'main'))", REPO, cwd=tmp_path, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(process.communicate(), 120)

@@ -18,10 +18,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.discord_bot import build_discord_bot
 from adapters.slack_api import SlackApi
 from adapters.slack_reply import SlackReply
-from bot.chat import ChatService
+from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
 from storage.history import HistoryStore
 from tests.discord_fakes import CHANNEL_ID, GUILD_ID, FakeDiscord
 from tests.slack_fakes import BOT_TOKEN, FakeSlack

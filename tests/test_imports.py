@@ -19,8 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bot", "adapters", "storage")
 # The service: builds everything in main() and may import adapters and storage.
-SERVICE = frozenset({"bot.cli", "bot.assembly", "bot.doctor", "bot.startup", "bot.platforms",
-                     "bot.privacy"})
+SERVICE = frozenset({"bot.service.cli", "bot.service.assembly", "bot.service.doctor", "bot.service.startup", "bot.service.platforms",
+                     "bot.service.privacy"})
 # What storage may use of ours besides itself.
 VOCABULARY = ("bot.conversation", "bot.errors", "bot.ports")
 
@@ -112,6 +112,7 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text("")
     for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     return tmp_path
 
@@ -123,13 +124,13 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
      "adapter adapters.chat_app imports storage (storage.history)"),
     ({"storage/db.py": "from adapters.slack_app import SlackHandlers\n"},
      "storage storage.db imports an adapter (adapters.slack_app)"),
-    ({"storage/db.py": "from bot.chat import as_history\n"},
-     "storage storage.db imports the core (bot.chat)"),
-    ({"bot/chat.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+    ({"storage/db.py": "from bot.core.chat import as_history\n"},
+     "storage storage.db imports the core (bot.core.chat)"),
+    ({"bot/core/chat.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                      "    from adapters.discord_bot import DiscordReply\n"},
-     "core bot.chat imports an adapter (adapters.discord_bot)"),
-    ({"bot/chat.py": "from storage import history\n"},
-     "core bot.chat imports storage (storage): use bot.ports"),
+     "core bot.core.chat imports an adapter (adapters.discord_bot)"),
+    ({"bot/core/chat.py": "from storage import history\n"},
+     "core bot.core.chat imports storage (storage): use bot.ports"),
 ])
 def test_each_rule_catches_its_violation(tmp_path: Path, files: dict[str, str],
                                          expected: str) -> None:
@@ -147,23 +148,23 @@ def test_a_loop_hidden_in_a_function_is_found(tmp_path: Path) -> None:
 def test_what_the_rules_allow(tmp_path: Path) -> None:
     root = _tree(tmp_path, {
         "storage/db.py": "from bot.ports.records import Delivery\nfrom bot.errors import X\n",
-        "adapters/chat_app.py": "from bot.chat import ChatService\n",
-        "bot/cli.py": "from adapters.console import run_console\nfrom storage import history\n",
+        "adapters/chat_app.py": "from bot.core.chat import ChatService\n",
+        "bot/service/cli.py": "from adapters.console import run_console\nfrom storage import history\n",
     })
     assert violations(root) == []
 
 
 def test_platforms_are_named_only_where_they_are_listed() -> None:
-    """bot/platforms.py is the one list of platforms: start-up's and doctor's credential
+    """bot/service/platforms.py is the one list of platforms: start-up's and doctor's credential
     checks reach a platform's identity call through it, never by the platform's name; and
     the privacy commands open storage through `open_store`, not the SQLite module."""
     found = imports_of(ROOT)
-    for module in ("bot.startup", "bot.doctor", "bot.cli", "bot.privacy"):
+    for module in ("bot.service.startup", "bot.service.doctor", "bot.service.cli", "bot.service.privacy"):
         named = {name for name in found[module] if "discord" in name or "slack" in name
                  or name.startswith("adapters.credentials.check_")}
         assert named == set(), (module, named)
-    assert not any(_within(name, "storage.history") for name in found["bot.privacy"])
+    assert not any(_within(name, "storage.history") for name in found["bot.service.privacy"])
     sources = {module: (ROOT / f"{module.replace('.', '/')}.py").read_text(encoding="utf-8")
-               for module in ("bot.startup", "bot.doctor")}
+               for module in ("bot.service.startup", "bot.service.doctor")}
     for module, source in sources.items():
         assert "discord_enabled" not in source and "slack_enabled" not in source, module

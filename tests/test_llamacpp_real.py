@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from bot.conversation import Speaker, Turn
-from bot.generation import GenerationParams
-from bot.prompt import build_prompt
-from bot.remote import RemoteGenerator
-from bot.tokenizer import Tokenizer
+from bot.engine.generation import GenerationParams
+from bot.core.prompt import build_prompt
+from bot.engine.remote import RemoteGenerator
+from bot.engine.tokenizer import Tokenizer
 from tests.llamacpp.server import LlamaServer, export_with_command
 
 pytestmark = pytest.mark.llamacpp
@@ -157,7 +157,7 @@ async def test_a_chat_through_engine_url(server: LlamaServer, tiny_model_dir: Pa
                 "DATABASE_PATH": str(tmp_path / "chat.sqlite3"), "ENGINE_URL": server.url,
                 "ENGINE_MODEL": "tiny.gguf", "LOG_LEVEL": "INFO"})
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "chat", cwd=tmp_path, env=env,
+        sys.executable, "-m", "bot.service.cli", "chat", cwd=tmp_path, env=env,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(

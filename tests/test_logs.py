@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.logs import RedactSecrets, redact
+from bot.service.logs import RedactSecrets, redact
 
 BOT_TOKEN = "xoxb-1234567890-abcdefghijkl"
 SIGNING = "8f14e45fceea167a5a36dedd4bea2543"
@@ -61,7 +61,7 @@ def test_redact_leaves_ordinary_text_alone() -> None:
 
 
 def test_setup_logging_redacts_what_reaches_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    from bot.logs import setup_logging
+    from bot.service.logs import setup_logging
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -90,7 +90,7 @@ def test_library_lines_that_say_nothing_stay_out_of_the_service_log(tmp_path: Pa
 
     code = (
         "import logging\n"
-        "from bot.logs import setup_logging\n"
+        "from bot.service.logs import setup_logging\n"
         "setup_logging('INFO')\n"
         "import discord\n"
         "discord.Client(intents=discord.Intents.none())\n"

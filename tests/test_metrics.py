@@ -12,12 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from adapters.slack_service import build_slack_service
-from bot.chat import ChatService
+from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.errors import GeneratorClosed
-from bot.generator import LocalGenerator
-from bot.metrics import MeteredGenerator, Metrics, MetricsServer
-from bot.sampling import GenerationParams
+from bot.engine.generator import LocalGenerator
+from bot.service.metrics import MeteredGenerator, Metrics, MetricsServer
+from bot.engine.sampling import GenerationParams
 from tests.slack_fakes import APP_TOKEN, BOT_TOKEN, FakeSlack, eventually
 
 
@@ -162,7 +162,7 @@ async def test_a_taken_port_is_one_clear_error() -> None:
 async def test_votes_are_counted_by_platform_and_value(store, tokenizer) -> None:
     """The chat service's feedback hook feeds rinna_feedback_total; a repeated vote is not
     counted again, a changed one counts under its new value."""
-    from bot.chat import ChatConfig
+    from bot.core.chat import ChatConfig
     from bot.conversation import ConversationKey, IncomingMessage
     from tests.fakes import ScriptedGenerator
     from tests.test_controls import ButtonSink

@@ -13,7 +13,7 @@ from huggingface_hub import constants
 
 from bot.config import Settings
 from bot.errors import ModelLoadError
-from bot.model_loader import load_model, resolve_model_dir
+from bot.engine.model_loader import load_model, resolve_model_dir
 
 REPO = "example/tiny-neox"
 MAIN = "a" * 40
@@ -54,7 +54,7 @@ def test_model_revision_picks_the_snapshot(hub_cache: Path) -> None:
 
 
 def test_the_remote_engine_takes_its_tokenizer_at_model_revision(hub_cache: Path) -> None:
-    from bot.remote import tokenizer_file
+    from bot.engine.remote import tokenizer_file
 
     assert tokenizer_file(REPO).parent.name == MAIN
     assert tokenizer_file(REPO, PINNED).parent.name == PINNED

@@ -148,7 +148,7 @@ def test_help_shows_the_model_table() -> None:
     import sys
 
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "--help"], cwd=root,
+    done = subprocess.run([sys.executable, "-m", "bot.service.cli", "--help"], cwd=root,
                           capture_output=True, text=True, timeout=60, check=True)
     for alias in models.ALIASES.values():
         assert f"MODEL={alias.name:<9} {alias.repo}: download {alias.download}" in done.stdout

@@ -19,7 +19,7 @@ import pytest
 
 from bot import models
 from bot.config import Settings, load_settings
-from bot.generation import GenerationParams
+from bot.engine.generation import GenerationParams
 from bot.precision import Precision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def rinna_bot(command: str, cwd: Path, stdin: str = "", **env: str
                                   "DEVICE", "QUANTIZATION", "HF_", "LOG_LEVEL"))}
     clean.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                   "HF_HUB_CACHE": str(cwd / "hub"), "DEVICE": "cpu", **env})
-    return subprocess.run([sys.executable, "-m", "bot.cli", command], cwd=cwd, env=clean,
+    return subprocess.run([sys.executable, "-m", "bot.service.cli", command], cwd=cwd, env=clean,
                           input=stdin, capture_output=True, text=True, timeout=240, check=False)
 
 
@@ -85,9 +85,9 @@ def test_status_and_metrics_say_nf4(cached: Path, tmp_path: Path,
 
     from huggingface_hub import constants
 
-    from bot.assembly import open_core
-    from bot.metrics import Metrics
-    from bot.status import render_status
+    from bot.service.assembly import open_core
+    from bot.service.metrics import Metrics
+    from bot.core.status import render_status
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cached))
     monkeypatch.setenv("HF_HUB_CACHE", str(cached))
@@ -127,7 +127,7 @@ def test_doctor_reads_the_checkpoint_and_runs_the_bitsandbytes_check(
 
 async def test_the_committed_checkpoint_gives_the_greedy_tokens_of_quantising_at_load(
         settings: Settings, tmp_path: Path) -> None:
-    from bot.generator import load_generator
+    from bot.engine.generator import load_generator
 
     source = tmp_path / "source"  # the same weights unquantised, with the same tokenizer
     shutil.copytree(SOURCE, source)
@@ -166,7 +166,7 @@ async def test_download_lists_the_repository_and_fetches_what_the_loader_needs(
                     "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                     "HF_HUB_DISABLE_TELEMETRY": "1"})
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot.cli", "download", cwd=tmp_path, env=env,
+            sys.executable, "-m", "bot.service.cli", "download", cwd=tmp_path, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(process.communicate(), 240)
     finally:

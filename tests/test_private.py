@@ -40,7 +40,7 @@ def command(*args: str, db: Path, cwd: Path) -> subprocess.CompletedProcess[str]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DISCORD_", "SLACK_", "MODEL_", "DATABASE_"))}
     env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "DATABASE_PATH": str(db)})
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "bot.service.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -249,9 +249,9 @@ async def test_turns_older_than_the_cutoff_are_deleted(tmp_path: Path, days_old:
 # ----- through the chat service: author stored, a deleted or edited message in the next prompt -
 async def test_the_chat_service_stores_the_author_and_platform_changes_reach_the_prompt(
         store: HistoryStore, tokenizer) -> None:  # noqa: ANN001
-    from bot.chat import ChatConfig, ChatService
+    from bot.core.chat import ChatConfig, ChatService
     from bot.conversation import IncomingMessage
-    from bot.edits import PrivateData
+    from bot.core.edits import PrivateData
     from tests.fakes import RecordingSink, ScriptedGenerator
 
     generator = ScriptedGenerator()
@@ -286,7 +286,7 @@ class ManualSleep:
 
 
 async def test_retention_deletes_old_turns_at_start_and_then_daily(tmp_path: Path) -> None:
-    from bot.retention import DAY_S, retention
+    from bot.core.retention import DAY_S, retention
 
     now = [1_700_000_000.0]
     store = await HistoryStore.open(tmp_path / "bot.sqlite3", clock=lambda: now[0])
@@ -314,7 +314,7 @@ async def test_retention_deletes_old_turns_at_start_and_then_daily(tmp_path: Pat
 
 
 async def test_without_retention_days_everything_is_kept(tmp_path: Path) -> None:
-    from bot.retention import retention
+    from bot.core.retention import retention
 
     store = await HistoryStore.open(tmp_path / "bot.sqlite3", clock=lambda: 0.0)
     try:
@@ -343,7 +343,7 @@ def test_the_run_command_applies_retention_days_at_start(tiny_model_dir: Path,
     env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "DATABASE_PATH": str(db),
                 "MODEL_ID": str(tiny_model_dir), "QUANTIZATION": "none", "DEVICE": "cpu",
                 "RETENTION_DAYS": "30", "LOG_LEVEL": "INFO"})
-    result = subprocess.run([sys.executable, "-m", "bot.cli", "chat"], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-m", "bot.service.cli", "chat"], cwd=tmp_path, env=env,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -357,7 +357,7 @@ def test_every_reset_reply_says_the_old_messages_stay_stored() -> None:
     from adapters.discord_bot import RESET_DONE as DISCORD_RESET
     from adapters.slack_app import RESET_DONE as SLACK_RESET
 
-    from bot.front_door import FrontDoor
+    from bot.core.front_door import FrontDoor
 
     # The console resets through the front door, whose confirmation is the platforms' one.
     for reply in (DISCORD_RESET, SLACK_RESET, FrontDoor.__init__.__kwdefaults__["reset_notice"]):

@@ -12,10 +12,10 @@ import pytest
 import simcord
 
 from adapters.discord_bot import RinnaDiscordBot, build_discord_bot
-from bot.chat import ChatService
+from bot.core.chat import ChatService
 from bot.config import Settings
-from bot.privacy import forget_user
-from bot.tokenizer import Tokenizer
+from bot.service.privacy import forget_user
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import BOT_ID, BOT_USER, FakeSlack, mention, message

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.conversation import Speaker, Turn
-from bot.prompt import SHORTENED_MARK, build_prompt, clean_text, fit_prompt
-from bot.tokenizer import Tokenizer
+from bot.core.prompt import SHORTENED_MARK, build_prompt, clean_text, fit_prompt
+from bot.engine.tokenizer import Tokenizer
 
 U, S = Speaker.USER, Speaker.SYSTEM
 
@@ -134,7 +134,7 @@ def test_fit_never_exceeds_the_budget(tokenizer: Tokenizer, texts: list[str], bu
 def nfkc_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     """A tokenizer that normalises with NFKC (sentencepiece's default rule), as the real
     model's may: width variants fold to `<NL>` and `システム:` inside the tokenizer."""
-    from bot.tiny_model import build_tokenizer
+    from bot.engine.tiny_model import build_tokenizer
 
     return Tokenizer.from_file(build_tokenizer(tmp_path_factory.mktemp("nfkc"),
                                                normalization="nmt_nfkc"))
@@ -153,7 +153,7 @@ def test_width_variants_cannot_forge_a_turn_through_a_normalising_tokenizer(
 
 import regex  # noqa: E402
 
-from bot.prompt import escape_text  # noqa: E402
+from bot.core.prompt import escape_text  # noqa: E402
 
 # What a reader that ignores invisible characters and spacing takes for a turn start.
 LENIENT_TURN = re.compile(r"(?:^|<NL>)\s*(ユーザー|システム)\s*[:：]")
@@ -166,7 +166,7 @@ def lenient_turns(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def identity_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
-    from bot.tiny_model import build_tokenizer
+    from bot.engine.tiny_model import build_tokenizer
 
     return Tokenizer.from_file(build_tokenizer(tmp_path_factory.mktemp("identity"),
                                                normalization="identity"))

@@ -1,4 +1,4 @@
-"""The remote engine (bot/remote.py) against a local fake of vLLM's OpenAI-compatible server
+"""The remote engine (bot/engine/remote.py) against a local fake of vLLM's OpenAI-compatible server
 (tests/fake_openai.py): token ids both ways, the local engine's stop rule, cancellation that the
 server sees, busy and failing servers, several URLs, the API key, and the bot end to end."""
 
@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.config import Settings, load_settings
 from bot.conversation import ConversationKey, IncomingMessage
 from bot.errors import (
     ConfigError, GenerationTimeout, GeneratorError, QueueFullError, UserBusyError)
-from bot.generator import load_generator
-from bot.remote import RemoteGenerator
-from bot.sampling import GenerationParams
-from bot.tokenizer import Tokenizer
+from bot.engine.generator import load_generator
+from bot.engine.remote import RemoteGenerator
+from bot.engine.sampling import GenerationParams
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fake_openai import FakeOpenAI
 from tests.fakes import RecordingSink
@@ -316,7 +316,7 @@ async def test_a_slot_granted_to_a_request_cancelled_before_it_ran_is_given_back
 async def test_one_owner_flooding_does_not_push_back_another_owners_first_request(
         make_fake: Callable[..., Awaitable[FakeOpenAI]],
         make_remote: Callable[..., Awaitable[RemoteGenerator]], tokenizer: Tokenizer) -> None:
-    """Round-robin across owners (bot.scheduler): B's first request waits behind at most one
+    """Round-robin across owners (bot.engine.scheduler): B's first request waits behind at most one
     of A's, not behind A's whole backlog, and B is told the position it really has."""
     fake = await make_fake(reply=replying(tokenizer, REPLY), pause_after=1)
     remote = await make_remote([fake.url], per_url_limit=1, queue_size=16, max_per_user=8)
@@ -471,7 +471,7 @@ async def test_load_generator_picks_the_remote_engine_from_settings(
 
 
 def test_importing_the_remote_engine_does_not_import_torch() -> None:
-    code = "import sys, bot.remote; sys.exit('torch' in sys.modules)"
+    code = "import sys, bot.engine.remote; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
@@ -487,7 +487,7 @@ async def test_the_bot_end_to_end_with_engine_url(
                 "DATABASE_PATH": str(tmp_path / "e2e.sqlite3"), "ENGINE_URL": fake.url,
                 "ENGINE_API_KEY": key, "ENGINE_MODEL": "rinna-test", "LOG_LEVEL": "DEBUG"})
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "chat", cwd=tmp_path, env=env,
+        sys.executable, "-m", "bot.service.cli", "chat", cwd=tmp_path, env=env,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from bot.errors import GeneratorError
-from bot.remote import RemoteGenerator
-from bot.sampling import GenerationParams
-from bot.tokenizer import Tokenizer
+from bot.engine.remote import RemoteGenerator
+from bot.engine.sampling import GenerationParams
+from bot.engine.tokenizer import Tokenizer
 from tests.fake_llamacpp import FakeLlamaServer
 from tests.fake_openai import FakeOpenAI
 
@@ -206,7 +206,7 @@ async def test_the_bot_end_to_end_with_engine_url(
                 "DATABASE_PATH": str(tmp_path / "e2e.sqlite3"), "ENGINE_URL": server.url,
                 "ENGINE_MODEL": "rinna-test", "LOG_LEVEL": "DEBUG"})
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "chat", cwd=tmp_path, env=env,
+        sys.executable, "-m", "bot.service.cli", "chat", cwd=tmp_path, env=env,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(
@@ -232,7 +232,7 @@ async def test_doctor_names_llama_server_its_model_context_and_vocabulary(
     env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MODEL_ID": str(tiny_model_dir),
                 "DATABASE_PATH": str(tmp_path / "d.sqlite3"), "ENGINE_MODEL": "tiny.gguf",
                 "ENGINE_URL": f"{good.url},{other.url},{small.url}"})
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot.cli", "doctor"],
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot.service.cli", "doctor"],
                                    cwd=tmp_path, env=env, capture_output=True, text=True,
                                    timeout=120)
     lines = done.stdout.splitlines()
@@ -279,7 +279,7 @@ async def test_doctor_passes_for_a_llama_server_serving_our_model(
     env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MODEL_ID": str(tiny_model_dir),
                 "DATABASE_PATH": str(tmp_path / "d.sqlite3"), "ENGINE_MODEL": "tiny.gguf",
                 "ENGINE_URL": good.url, "DISCORD_TOKEN": "doctor.discord.token"})
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot.cli", "doctor",
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot.service.cli", "doctor",
                                                     "--offline"], cwd=tmp_path, env=env,
                                    capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
 from tests.slack_fakes import (
     BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_callback, eventually, mention, sign)
 
@@ -38,7 +38,7 @@ async def test_run_serves_slack_answers_a_mention_and_stops_cleanly(
                 "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
                 "SLACK_PORT": str(port), "SLACK_API_URL": fake.api_url})
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "run", cwd=tmp_path, env=env,
+        sys.executable, "-m", "bot.service.cli", "run", cwd=tmp_path, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/slack/events"
@@ -77,4 +77,4 @@ async def test_run_serves_slack_answers_a_mention_and_stops_cleanly(
     assert process.returncode == 0, log[-3000:]
     assert "model ready:" in log and "shutting down" in log
     assert BOT_TOKEN not in log and SIGNING_SECRET not in log
-    assert "As you gave" not in log  # bolt's note on the token it read itself (bot/logs.py)
+    assert "As you gave" not in log  # bolt's note on the token it read itself (bot/service/logs.py)

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL, WAITING
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL, WAITING
 from tests.slack_fakes import (
     BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_callback, eventually, mention, sign)
 from tests.test_run import ROOT, free_port
@@ -86,7 +86,7 @@ async def test_a_flood_from_one_user_does_not_hold_up_another(
                 "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
                 "SLACK_PORT": str(port), "SLACK_API_URL": fake.api_url})
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "run", cwd=tmp_path, env=env,
+        sys.executable, "-m", "bot.service.cli", "run", cwd=tmp_path, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
     stderr_task = asyncio.create_task(process.stderr.read())  # never let the pipe fill up

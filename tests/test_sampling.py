@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bot.sampling import GenerationParams, next_tokens
+from bot.engine.sampling import GenerationParams, next_tokens
 
 
 def gen(seed: int) -> torch.Generator:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.errors import QueueFullError, UserBusyError
-from bot.scheduler import Scheduler
+from bot.engine.scheduler import Scheduler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,7 +146,7 @@ def test_removing_a_waiting_request_moves_the_others_up() -> None:
 
 
 def test_importing_the_core_does_not_import_torch() -> None:
-    code = ("import bot.chat, bot.generator, bot.cli; import sys; "
+    code = ("import bot.core.chat, bot.engine.generator, bot.service.cli; import sys; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},

@@ -1,8 +1,8 @@
-"""The adapters' cheap duplicate check (bot/seen.py) stays bounded under a flood of new ids."""
+"""The adapters' cheap duplicate check (bot/core/seen.py) stays bounded under a flood of new ids."""
 
 from __future__ import annotations
 
-from bot.seen import RecentKeys
+from bot.core.seen import RecentKeys
 
 
 def test_recent_keys_say_new_once_and_forget_the_oldest() -> None:

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.reply import PLACEHOLDER, PREVIEW_TAIL
+from bot.core.reply import PLACEHOLDER, PREVIEW_TAIL
 from tests.slack_fakes import (
     BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_callback, eventually, mention, sign)
 
@@ -44,7 +44,7 @@ def as_here(command: list[str]) -> list[str]:
     if command[0] == "python":
         return [sys.executable, *command[1:]]
     if command[0] == "rinna-bot":
-        return [sys.executable, "-m", "bot.cli", *command[1:]]
+        return [sys.executable, "-m", "bot.service.cli", *command[1:]]
     raise AssertionError(f"unexpected program {command[0]}")
 
 
@@ -203,7 +203,7 @@ def test_the_vllm_guides_compose_example_runs_the_image_as_built() -> None:
     image's volumes (a mount elsewhere loses the history or the model at each upgrade)."""
     import yaml
 
-    from bot.cli import main
+    from bot.service.cli import main
 
     guide = (ROOT / "docs" / "vllm.md").read_text(encoding="utf-8")
     (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", guide, re.S) if "ENGINE_URL" in b]

@@ -19,7 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack_api import SlackApi, UserNames
 from adapters.slack_app import SlackHandlers, register
 from adapters.slack_service import EVENTS_PATH
-from bot.chat import ChatService
+from bot.core.chat import ChatService
 from bot.config import Settings
 from tests.slack_fakes import BOT_TOKEN
 
@@ -175,7 +175,7 @@ def test_restarts_follow_the_exit_code_contract() -> None:
 
 def test_the_model_facts_live_in_docs_model_md() -> None:
     from bot.conversation import Speaker, Turn
-    from bot.prompt import build_prompt
+    from bot.core.prompt import build_prompt
 
     model = (ROOT / "docs" / "model.md").read_text(encoding="utf-8")
     example = re.search(r"```text\n(ユーザー: .*?<NL>システム: )\n```", model, re.S).group(1)

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from bot.access import DENIED_MESSAGE
+from bot.core.access import DENIED_MESSAGE
 from bot.config import Settings
 from bot.conversation import ConversationKey
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.slack_fakes import TEAM, FakeSlack, event_callback, mention, message, sign
 from tests.test_slack_app import Slack, fake, running, scripted_chat, slack_settings  # noqa: F401

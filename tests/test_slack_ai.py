@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker, Turn
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (

@@ -23,12 +23,12 @@ from adapters.slack_app import HELP_MESSAGE, RESET_DONE, RESET_HINT
 from adapters.slack_reply import POST_FAILED
 from adapters.slack_service import SlackService, build_slack_service
 from adapters.slack_text import escape
-from bot.chat import EMPTY_ANSWER, ChatConfig, ChatService
+from bot.core.chat import EMPTY_ANSWER, ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker, Turn
 from bot.errors import ConfigError, GenerationTimeout, GeneratorError, QueueFullError
-from bot.reply import PLACEHOLDER
-from bot.tokenizer import Tokenizer
+from bot.core.reply import PLACEHOLDER
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (

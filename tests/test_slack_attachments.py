@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.attachments import HEADING, NOTE_NOT_TEXT, NOTE_TOO_LARGE, NOTE_UNAVAILABLE
+from bot.core.attachments import HEADING, NOTE_NOT_TEXT, NOTE_TOO_LARGE, NOTE_UNAVAILABLE
 from bot.config import Settings
 from bot.conversation import Speaker, Turn
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.file_fakes import FakeFile, ForeignHost
 from tests.slack_fakes import BOT_TOKEN, FakeSlack, eventually, mention, message
@@ -142,7 +142,7 @@ def changed(ts: str, text: str, edit_ts: str, **extra: object) -> dict[str, obje
 async def test_an_edited_question_is_answered_again_once_and_the_old_answer_marked(
         store: HistoryStore, tokenizer: Tokenizer, slack_settings: Settings,
         fake: FakeSlack) -> None:
-    from bot.edited import SUPERSEDED_NOTICE
+    from bot.core.edited import SUPERSEDED_NOTICE
 
     chat, generator = scripted_chat(store, tokenizer, slack_settings, ["古い答え", "新しい答え"])
     edit = changed(T0, f"<@UBOT> 大阪の人口は?", "1710000100.000100")
@@ -176,7 +176,7 @@ async def test_an_edited_question_is_answered_again_once_and_the_old_answer_mark
 async def test_a_second_edit_is_answered_again_and_strikes_the_first_edits_answer(
         store: HistoryStore, tokenizer: Tokenizer, slack_settings: Settings,
         fake: FakeSlack) -> None:
-    from bot.edited import SUPERSEDED_NOTICE
+    from bot.core.edited import SUPERSEDED_NOTICE
 
     chat, generator = scripted_chat(store, tokenizer, slack_settings, ["答え0", "答え1", "答え2"])
     async with running(chat, slack_settings, fake) as slack:
@@ -198,8 +198,8 @@ async def test_a_second_edit_is_answered_again_and_strikes_the_first_edits_answe
 async def test_an_edit_mid_answer_stops_the_old_answer_first(
         store: HistoryStore, tokenizer: Tokenizer, slack_settings: Settings,
         fake: FakeSlack) -> None:
-    from bot.chat import ChatConfig, ChatService
-    from bot.controls import STOPPED_MARK
+    from bot.core.chat import ChatConfig, ChatService
+    from bot.core.controls import STOPPED_MARK
     from tests.test_edited import FirstHeld
 
     generator = FirstHeld()

@@ -16,10 +16,10 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from adapters.slack_api import SlackApi, UserNames
 from adapters.slack_app import BotIdentity, SlackHandlers
 from adapters.slack_reply import POST_FAILED
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.conversation import ConversationKey, Speaker
-from bot.reply import PLACEHOLDER
-from bot.tokenizer import Tokenizer
+from bot.core.reply import PLACEHOLDER
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import BOT_ID, BOT_TOKEN, BOT_USER, TEAM, FakeSlack

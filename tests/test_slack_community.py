@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.chat import ChatConfig, ChatService
-from bot.community import Community, HostPolicy
+from bot.core.chat import ChatConfig, ChatService
+from bot.core.community import Community, HostPolicy
 from bot.config import Settings
 from bot.conversation import ConversationKey
-from bot.notices import SWITCHED_OFF
-from bot.personas import READY
+from bot.core.notices import SWITCHED_OFF
+from bot.core.personas import READY
 from bot.ports.community import Scope
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (BOT_USER, TEAM, FakeSlack, eventually, mention, message,

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from bot.config import Settings
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from tests.slack_fakes import (
     TEAM,
     FakeSlack,

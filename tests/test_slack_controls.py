@@ -14,14 +14,14 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.config import Settings
-from bot.controls import STOPPED_MARK
+from bot.core.controls import STOPPED_MARK
 from bot.conversation import ConversationKey, Speaker
 from bot.errors import RinnaError
-from bot.generation import GenerationParams
-from bot.generator import WaitCallback
-from bot.tokenizer import Tokenizer
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import WaitCallback
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (
@@ -351,7 +351,7 @@ async def test_rinna_status_is_shown_to_the_asker_alone(
     import json
 
     from adapters.slack_service import build_slack_service
-    from bot.status import Status
+    from bot.core.status import Status
 
     status = Status(model="tiny-neox", device="cpu", quantisation="none",
                     generator=chat.generator, store=chat.store)  # type: ignore[arg-type]

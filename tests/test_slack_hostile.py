@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from adapters.slack_service import build_slack_service
-from bot.chat import ChatService
+from bot.core.chat import ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import BOT_USER, SIGNING_SECRET, TEAM, FakeSlack, eventually, mention

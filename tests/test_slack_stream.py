@@ -13,10 +13,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_api import SlackApi, UserNames
 from adapters.slack_app import BotIdentity, SlackHandlers, parse_message
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import Speaker
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (

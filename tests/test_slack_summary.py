@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.slack_fakes import (BOT_TOKEN, BOT_USER, SIGNING_SECRET, TEAM, FakeSlack, mention,

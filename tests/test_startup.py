@@ -171,7 +171,7 @@ def test_a_database_locked_by_another_process_exits_1(tmp_path: Path) -> None:
 async def test_a_platform_outage_exits_1(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Slack cannot be reached (nothing listens at SLACK_API_URL): the token check says so and
     the start goes on, then Socket Mode cannot connect: 1, a restart may help."""
-    status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=str(tiny_model_dir),
+    status, stderr = await start(tmp_path, "bot.service.cli", MODEL_ID=str(tiny_model_dir),
                                  SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
                                  SLACK_API_URL=closed_port_url(), LOG_LEVEL="WARNING")
     assert status == 1, stderr
@@ -185,7 +185,7 @@ async def test_a_model_directory_that_is_not_there_exits_2(tmp_path: Path) -> No
     """MODEL_ID names a directory (a path, not a hub id) that does not exist: a path to fix."""
     fake = await FakeSlack().start()
     try:
-        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=str(tmp_path / "no-model"),
+        status, stderr = await start(tmp_path, "bot.service.cli", MODEL_ID=str(tmp_path / "no-model"),
                                      SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
                                      SLACK_API_URL=fake.api_url)
     finally:
@@ -201,7 +201,7 @@ async def test_a_model_directory_that_is_not_there_exits_2_with_a_remote_engine(
     still a path to fix (2), not a hub problem (1)."""
     fake = await FakeSlack().start()
     try:
-        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=str(tmp_path / "no-model"),
+        status, stderr = await start(tmp_path, "bot.service.cli", MODEL_ID=str(tmp_path / "no-model"),
                                      ENGINE_URL=closed_port_url().replace("/api/", "/v1"),
                                      SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
                                      SLACK_API_URL=fake.api_url)
@@ -223,7 +223,7 @@ async def test_an_incomplete_model_directory_exits_2(tiny_model_dir: Path, tmp_p
     (folder / "spiece.model").unlink()
     fake = await FakeSlack().start()
     try:
-        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=str(folder),
+        status, stderr = await start(tmp_path, "bot.service.cli", MODEL_ID=str(folder),
                                      SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
                                      SLACK_API_URL=fake.api_url)
     finally:
@@ -244,7 +244,7 @@ async def test_a_cuda_device_that_is_not_there_exits_2(tiny_model_dir: Path, tmp
     model_id = str(tiny_model_dir) if model == "folder" else "test-org/tiny-rinna"
     fake = await FakeSlack().start()
     try:
-        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID=model_id, DEVICE="cuda",
+        status, stderr = await start(tmp_path, "bot.service.cli", MODEL_ID=model_id, DEVICE="cuda",
                                      HF_HUB_CACHE=str(tmp_path / "hub"),
                                      SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
                                      SLACK_API_URL=fake.api_url)
@@ -259,7 +259,7 @@ async def test_the_hub_out_of_reach_exits_1(tmp_path: Path) -> None:
     """MODEL_ID is not downloaded and the hub cannot be reached (HF_HUB_OFFLINE): 1."""
     fake = await FakeSlack().start()
     try:
-        status, stderr = await start(tmp_path, "bot.cli", MODEL_ID="test-org/not-downloaded",
+        status, stderr = await start(tmp_path, "bot.service.cli", MODEL_ID="test-org/not-downloaded",
                                      HF_HUB_CACHE=str(tmp_path / "hub"),
                                      SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,
                                      SLACK_API_URL=fake.api_url)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.conversation import ConversationKey, IncomingMessage
-from bot.generation import GeneratorStats
-from bot.status import Status, StatusReport, render_status
-from bot.tokenizer import Tokenizer
+from bot.engine.generation import GeneratorStats
+from bot.core.status import Status, StatusReport, render_status
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import ScriptedGenerator
 from tests.test_controls import ButtonSink

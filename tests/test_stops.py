@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.stops import ELLIPSIS, StopFilter
+from bot.engine.stops import ELLIPSIS, StopFilter
 
 
 def run(pieces: list[str], truncated: bool = False) -> tuple[list[str], StopFilter]:
@@ -68,7 +68,7 @@ def test_closing_brackets_stay_with_their_sentence_when_trimming() -> None:
     assert "".join(shown) == "「はい。」と答えました。"
 
 
-# The filter's rule (bot/normalizer.py) for these pieces: spaces count as nothing around a
+# The filter's rule (bot/engine/normalizer.py) for these pieces: spaces count as nothing around a
 # speaker label and inside it, within one line.
 _SP = "[ \t\u3000]*"
 _LABEL = "|".join(_SP.join(label) for label in ("ユーザー", "システム"))
@@ -119,7 +119,7 @@ def test_a_cut_reply_is_a_head_of_the_reply_that_ends_cleanly(data: st.DataObjec
 async def test_the_engine_marks_a_reply_cut_by_the_token_limit(generator) -> None:  # noqa: ANN001
     """The real tiny model writes gibberish that runs to the limit: each reply ends at a
     sentence end or with 「…」, and the stream still joins to exactly what was shown."""
-    from bot.sampling import GenerationParams
+    from bot.engine.sampling import GenerationParams
 
     for n in range(1, 4):
         prompt = f"ユーザー: {'猫は' * n}何ですか?<NL>システム: "
@@ -144,9 +144,9 @@ def test_adversarial_replies_pass_the_filter_in_linear_time(unit: str) -> None:
 
 def test_a_cut_reply_never_ends_like_a_streaming_preview(tokenizer) -> None:  # noqa: ANN001
     """A reply cut by the token limit ends with 「…」 right after its last word: " …" is how a
-    preview still streaming ends (bot/reply.py PREVIEW_TAIL), and the two must differ."""
-    from bot.reply import PREVIEW_TAIL
-    from bot.stops import ReplyText
+    preview still streaming ends (bot/core/reply.py PREVIEW_TAIL), and the two must differ."""
+    from bot.core.reply import PREVIEW_TAIL
+    from bot.engine.stops import ReplyText
 
     for text in ["猫は とても かわいい ", "猫は とても かわいい", "猫は とても\n"]:
         reply = ReplyText(tokenizer.decoder(), tokenizer.eos_id)

@@ -11,18 +11,18 @@ from typing import Any
 
 import pytest
 
-from bot.chat import ChatConfig, ChatService
+from bot.core.chat import ChatConfig, ChatService
 from bot.config import Settings
 from bot.conversation import ConversationKey, IncomingMessage, Speaker, Turn
-from bot.generation import GenerationParams
-from bot.generator import LocalGenerator
-from bot.history_window import HistoryWindow
-from bot.notices import as_history, window_notice
-from bot.privacy import forget_user
-from bot.prompt import SEPARATOR, format_turn
-from bot.summary import (INSTRUCTION, INSTRUCTION_AFTER, MAX_CALLS, SUMMARY_QUESTION,
+from bot.engine.generation import GenerationParams
+from bot.engine.generator import LocalGenerator
+from bot.core.history_window import HistoryWindow
+from bot.core.notices import as_history, window_notice
+from bot.service.privacy import forget_user
+from bot.core.prompt import SEPARATOR, format_turn
+from bot.core.summary import (INSTRUCTION, INSTRUCTION_AFTER, MAX_CALLS, SUMMARY_QUESTION,
                          RollingSummaries, Summariser, exchange)
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink, ScriptedGenerator
 

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from bot.access import AccessPolicy, AccessRequest
-from bot.chat import ChatConfig, ChatService, Outcome
+from bot.core.access import AccessPolicy, AccessRequest
+from bot.core.chat import ChatConfig, ChatService, Outcome
 from bot.config import Settings
 from bot.conversation import ConversationKey, Speaker
-from bot.front_door import FrontDoor, Result
-from bot.front_events import Command, EarlierMessage, Event, Writer, command_word
-from bot.generator import LocalGenerator
-from bot.summary import MAX_CALLS, Summariser
-from bot.summary_request import NOTHING_TO_SUMMARISE, SummaryRequests
-from bot.history_window import HistoryWindow
-from bot.tokenizer import Tokenizer
+from bot.core.front_door import FrontDoor, Result
+from bot.core.front_events import Command, EarlierMessage, Event, Writer, command_word
+from bot.engine.generator import LocalGenerator
+from bot.core.summary import MAX_CALLS, Summariser
+from bot.core.summary_request import NOTHING_TO_SUMMARISE, SummaryRequests
+from bot.core.history_window import HistoryWindow
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink, ScriptedGenerator
 from tests.test_chat import Board, BoardReply, Crash, crashing_at, history

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.text import split_message
+from bot.core.text import split_message
 
 
 def test_short_text_is_one_piece() -> None:
@@ -53,7 +53,7 @@ def test_pieces_fit_and_lose_no_visible_text(text: str, limit: int) -> None:
 
 import regex  # noqa: E402
 
-from bot.text import KINSOKU_START  # noqa: E402
+from bot.core.text import KINSOKU_START  # noqa: E402
 
 FENCE = regex.compile(r"^[ \t]*`{3,}[^`\n]*$", regex.M)
 

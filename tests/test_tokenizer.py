@@ -9,7 +9,7 @@ import sentencepiece as spm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 
 TRICKY = [
     "吾輩は猫である",
@@ -86,7 +86,7 @@ def test_any_text_round_trips_and_streams_append_only(tokenizer: Tokenizer, text
 @pytest.mark.parametrize("rule", ["identity", "nmt_nfkc", "nfkc"])
 def test_the_normalisation_rule_is_read_from_the_model_file(
         tmp_path: Path, rule: str) -> None:
-    from bot.tiny_model import build_tokenizer
+    from bot.engine.tiny_model import build_tokenizer
 
     loaded = Tokenizer.from_file(build_tokenizer(tmp_path, normalization=rule))
     assert loaded.normalization == rule
@@ -94,7 +94,7 @@ def test_the_normalisation_rule_is_read_from_the_model_file(
 
 
 def test_a_model_file_without_a_normaliser_spec_means_sentencepiece_default() -> None:
-    from bot.tokenizer import normalizer_name
+    from bot.engine.tokenizer import normalizer_name
 
     assert normalizer_name(b"") == "nmt_nfkc"
     # field 3 (normalizer_spec) holding field 1 (name) = "identity", after a varint field 9

@@ -9,10 +9,10 @@ import pytest
 
 from adapters.console import HELP as CONSOLE_HELP
 from adapters.slack_reply import ASKED
-from bot.notices import EMPTY_ANSWER, USAGE_MESSAGE, as_history
+from bot.core.notices import EMPTY_ANSWER, USAGE_MESSAGE, as_history
 from bot.conversation import Speaker, Turn
 from bot.errors import GeneratorClosed, GeneratorError, QueueFullError, RinnaError
-from bot.reply import PLACEHOLDER, WAITING
+from bot.core.reply import PLACEHOLDER, WAITING
 
 UI_TEXTS = [USAGE_MESSAGE, EMPTY_ANSWER, WAITING, ASKED, CONSOLE_HELP, PLACEHOLDER,
             *(cls.user_message for cls in (RinnaError, GeneratorError, QueueFullError,

@@ -11,12 +11,12 @@ import io
 import json
 from pathlib import Path
 
-from bot.chat import ChatConfig, ChatService, Outcome
+from bot.core.chat import ChatConfig, ChatService, Outcome
 from bot.conversation import ConversationKey, IncomingMessage, Speaker
 from bot.errors import MessageWithdrawn
-from bot.edits import PrivateData
-from bot.privacy import export_user
-from bot.tokenizer import Tokenizer
+from bot.core.edits import PrivateData
+from bot.service.privacy import export_user
+from bot.engine.tokenizer import Tokenizer
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink, ScriptedGenerator
 

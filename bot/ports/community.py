@@ -2,7 +2,7 @@
 
 A scope is a workspace (Discord server, Slack workspace), a channel in it, or a thread in a
 channel; the host's defaults (Settings) sit under every scope and are never stored. Values are
-kept as text, one row per (scope, key); the core parses and bounds them (bot/community.py).
+kept as text, one row per (scope, key); the core parses and bounds them (bot/core/community.py).
 Every change writes its audit row in the same transaction as the value, so neither exists
 without the other. SQLite implements this today (storage/community.py); PostgreSQL implements
 the same Protocol, and sends a notification on change (LISTEN/NOTIFY) where SQLite calls its
@@ -19,7 +19,7 @@ from typing import Protocol
 from bot.conversation import ConversationKey
 
 
-# The settings a community may have (bot/community_values.py parses and bounds them).
+# The settings a community may have (bot/core/community_values.py parses and bounds them).
 KEYS: tuple[str, ...] = ("persona", "enabled", "mention_only", "temperature", "max_new_tokens",
                          "repetition_penalty", "window", "buttons")
 

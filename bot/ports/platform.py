@@ -1,4 +1,4 @@
-"""What `rinna-bot run` does with each platform, whatever it is (bot/platforms.py lists them).
+"""What `rinna-bot run` does with each platform, whatever it is (bot/service/platforms.py lists them).
 
 A platform is built from settings and the chat service; `run` starts it, waits on `stopped`
 (or a signal), then stops its intake, lets the chat service finish, and closes it. After a

@@ -84,7 +84,7 @@ class TurnStore(Protocol):
 
 
 class SummaryStore(Protocol):
-    """A conversation's rolling summary and its window notice (bot/summary.py)."""
+    """A conversation's rolling summary and its window notice (bot/core/summary.py)."""
 
     async def summary(self, conversation: int) -> Summary | None: ...
 

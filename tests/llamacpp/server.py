@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from bot.tokenizer import Tokenizer
+from bot.engine.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOT_CONTEXT = 2048
@@ -32,7 +32,7 @@ def export_tiny(directory: Path, dtype: str = "f32", **shape: int) -> tuple[Path
 def export_with_command(model: Path, out: Path, dtype: str = "f32") -> Path:
     """`MODEL_ID=model rinna-bot export-gguf out --dtype dtype`, as a person runs it."""
     env = {**os.environ, "MODEL_ID": str(model), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "bot.cli", "export-gguf", str(out), "--dtype", dtype],
+    subprocess.run([sys.executable, "-m", "bot.service.cli", "export-gguf", str(out), "--dtype", dtype],
                    env=env, check=True, capture_output=True, cwd=out.parent)
     return out
 

@@ -1,0 +1,47 @@
+"""The per-row logits pipeline of the batch engine. GenerationParams lives in the torch-free
+`bot.engine.generation` and is re-exported here for the engine and older imports."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used: the parameters need none of it
+    import torch
+
+from bot.engine.generation import GenerationParams
+
+__all__ = ["GenerationParams", "next_tokens"]
+
+def next_tokens(
+    logits: torch.Tensor,  # [B, V] float32, last position of each row
+    seen: torch.Tensor,  # [B, V] bool, ids already in each row (prompt and reply)
+    params: list[GenerationParams],
+    generators: list[torch.Generator | None],
+) -> list[int]:
+    """One token per row, each row with its own parameters and random stream.
+
+    Vectorised over the batch: repetition penalty (as transformers applies it), temperature,
+    top-k, then inverse-CDF sampling with one uniform draw from each row's own generator, so a
+    row samples the same token whatever else is in the batch."""
+    import torch
+
+    vocab = logits.shape[-1]
+    penalty = logits.new_tensor([p.repetition_penalty for p in params]).unsqueeze(1)
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    logits = torch.where(seen, penalised, logits)
+    chosen = logits.argmax(dim=-1)
+    sampled = [i for i, p in enumerate(params) if p.do_sample]
+    if sampled:
+        rows = torch.tensor(sampled, device=logits.device)
+        ks = [p.top_k if 0 < p.top_k < vocab else vocab for p in (params[i] for i in sampled)]
+        temperature = logits.new_tensor([params[i].temperature for i in sampled]).unsqueeze(1)
+        values, indices = torch.topk(logits.index_select(0, rows) / temperature, max(ks), dim=-1)
+        if min(ks) != max(ks):  # rows with a smaller k drop the tail of the shared top-k
+            beyond = torch.arange(max(ks), device=logits.device) >= values.new_tensor(ks).unsqueeze(1)
+            values = values.masked_fill(beyond, float("-inf"))
+        cdf = torch.softmax(values, dim=-1).cumsum(dim=-1)
+        draws = torch.cat([torch.rand(1, generator=generators[i], device=logits.device)
+                           for i in sampled])
+        pick = (cdf < draws.unsqueeze(1)).sum(dim=-1).clamp(max=max(ks) - 1)
+        chosen[rows] = indices.gather(1, pick.unsqueeze(1)).squeeze(1)
+    return chosen.tolist()
