@@ -12,7 +12,7 @@ and bot/ports/locks.py, through asyncpg.
   server frees the locks of a process that dies with its connections.
 - `PgControlBus`: LISTEN/NOTIFY on one channel; one connection listens, reconnecting when lost.
 
-Each process opens these with `open_pg_replicas` (bot/assembly.py) and closes them with it.
+Each process opens these with `open_pg_replicas` (bot/service/assembly.py) and closes them with it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import yarl
 from discord.gateway import DiscordWebSocket
 
 from adapters.discord_bot import RinnaDiscordBot, ShardedRinnaDiscordBot, build_discord_bot
-from bot.chat import ChatService
+from bot.core.chat import ChatService
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from tests.discord_fakes import GUILD_ID, FakeDiscord
