@@ -62,6 +62,9 @@ class Settings(BaseSettings):
 
     # Storage
     database_path: Path = Path("data/rinna-bot.sqlite3")
+    # PostgreSQL instead of SQLite (several replicas): postgresql://user:password@host/db
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(10, ge=1, le=1000)  # connections per replica
     retention_days: int | None = Field(None, ge=1)  # None: keep every turn
 
     # Platforms
@@ -220,6 +223,18 @@ class Settings(BaseSettings):
             return SecretStr(value.get_secret_value().strip())
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            url = value.get_secret_value().strip()
+            if not url.startswith(("postgresql://", "postgres://")):
+                raise ValueError("must be a PostgreSQL URL, e.g. "
+                                 "DATABASE_URL=postgresql://rinna:password@db:5432/rinna "
+                                 "(leave it unset for SQLite at DATABASE_PATH)")
+            return SecretStr(url)
+        return value
+
     @model_validator(mode="after")
     def _slack_mode_complete(self) -> Settings:
         if self.slack_bot_token and not self.slack_app_token and not self.slack_signing_secret:
@@ -272,8 +287,11 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """The values of every secret that is set: what logs must never show."""
-        return [value.get_secret_value() for name in self.secret_fields
-                if isinstance(value := getattr(self, name), SecretStr)]
+        values = [value.get_secret_value() for name in self.secret_fields
+                  if isinstance(value := getattr(self, name), SecretStr)]
+        if self.database_url is not None:  # its password alone, as an error might show it
+            values += [part for part in [_url_password(self.database_url)] if part]
+        return values
 
     @property
     def discord_enabled(self) -> bool:
@@ -287,6 +305,16 @@ class Settings(BaseSettings):
     def prompt_budget(self) -> int:
         """Tokens the prompt may take: the context less the room kept for the reply."""
         return self.context_tokens - self.max_new_tokens
+
+
+def _url_password(url: SecretStr) -> str | None:
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url.get_secret_value()).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -26,6 +26,14 @@ class StorageError(RinnaError):
     """The history database could not be opened or written."""
 
 
+class StoreUnreachable(StorageError):
+    """The database server cannot be reached (down, restarting, the connection lost): a
+    retry may help (exit 1 at start), unlike a setting to fix. A message that arrives while
+    it lasts (after the store's wait for it) is told to try again later."""
+
+    user_message = "ただいま混み合っています。少し待ってからもう一度お試しください。"
+
+
 class MessageWithdrawn(RinnaError):
     """The message was deleted (or its writer's data forgotten) while it waited to be
     answered: its text is gone, and its placeholder ends with this notice."""

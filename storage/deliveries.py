@@ -29,8 +29,8 @@ DELIVERY_SELECT = (
     " FROM deliveries d JOIN conversations c ON c.id = d.conversation_id")
 _BY_KEY = " WHERE d.platform=? AND d.delivery_key=?"
 UNFINISHED_STATES = "('accepted', 'shown', 'answering', 'ready', 'withdrawn')"
-# the row of one delivery, as the runner that took it (`runner IS ?`: None matches NULL)
-_MINE = "platform=? AND delivery_key=? AND runner IS ?"
+# the row of one delivery, as the runner that took it (None matches NULL)
+_MINE = "platform=? AND delivery_key=? AND runner IS NOT DISTINCT FROM CAST(? AS TEXT)"
 
 
 def delivery_of(row: Sequence[object]) -> Delivery:
@@ -59,9 +59,6 @@ class DeliveryRecords:
     def _transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
         raise NotImplementedError
 
-    async def _conversation_id(self, db: aiosqlite.Connection, key: ConversationKey) -> int:
-        raise NotImplementedError
-
     async def record_sources(self, db: aiosqlite.Connection, platform: str, delivery_key: str,
                              sources: Sequence[str]) -> None:
         raise NotImplementedError
@@ -80,8 +77,9 @@ class DeliveryRecords:
         """Message `delivery_key` has attached files not read yet: noted before it is
         recorded (a crash between leaves a harmless note), dropped by `files_read`."""
         async with self._transaction() as db:
-            await db.execute("INSERT OR REPLACE INTO unread_files (platform, delivery_key,"
-                             " names) VALUES (?, ?, ?)",
+            await db.execute("INSERT INTO unread_files (platform, delivery_key, names)"
+                             " VALUES (?, ?, ?) ON CONFLICT (platform, delivery_key)"
+                             " DO UPDATE SET names = excluded.names",
                              (platform, delivery_key, "\n".join(names)))
 
     async def unread_files(self, platform: str, delivery_key: str) -> tuple[str, ...]:
@@ -107,9 +105,9 @@ class DeliveryRecords:
         async with self._transaction() as db:
             conversation = await self._conversation_id(db, key)
             cursor = await db.execute(
-                "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
+                "INSERT INTO deliveries (platform, delivery_key, conversation_id,"
                 " received_at, state, text, author, asker)"
-                " VALUES (?, ?, ?, ?, 'accepted', ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, 'accepted', ?, ?, ?) ON CONFLICT DO NOTHING",
                 (key.platform, delivery_key, conversation, self._clock(), text, author or None,
                  asker or None))
             fresh = cursor.rowcount == 1
@@ -135,8 +133,9 @@ class DeliveryRecords:
         async with self._transaction() as db:
             conversation = await self._conversation_id(db, key)
             cursor = await db.execute(
-                "INSERT OR IGNORE INTO deliveries (platform, delivery_key, conversation_id,"
-                " received_at, state, final, author) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO deliveries (platform, delivery_key, conversation_id,"
+                " received_at, state, final, author) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (key.platform, delivery_key, conversation, self._clock(), str(state), notice,
                  author or None))
             fresh = cursor.rowcount == 1
@@ -230,11 +229,12 @@ class DeliveryRecords:
                 if earlier:
                     await self._import(db, current.key, current.conversation, earlier,
                                        only_into_empty=True)
-                cursor = await db.execute(
+                row = await (await db.execute(
                     "INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
-                    " VALUES (?,?,?,?,?)", (current.conversation, str(Speaker.USER),
-                                            current.text or "", self._clock(), current.author))
-                turn_id = int(cursor.lastrowid)  # type: ignore[arg-type]
+                    " VALUES (?,?,?,?,?) RETURNING id",
+                    (current.conversation, str(Speaker.USER), current.text or "",
+                     self._clock(), current.author))).fetchone()
+                turn_id = int(row[0])
             await db.execute(
                 f"UPDATE deliveries SET turn_id=?, text=NULL, state='answering' WHERE {_MINE}",
                 (turn_id, *_mine(delivery)))
@@ -253,11 +253,12 @@ class DeliveryRecords:
             if cursor.rowcount != 1:
                 return False
             if answer:
-                cursor = await db.execute(
+                row = await (await db.execute(
                     "INSERT INTO turns (conversation_id, speaker, text, created_at)"
-                    " VALUES (?,?,?,?)",
-                    (delivery.conversation, str(Speaker.SYSTEM), answer, self._clock()))
-                answer_id = cursor.lastrowid
+                    " VALUES (?,?,?,?) RETURNING id",
+                    (delivery.conversation, str(Speaker.SYSTEM), answer,
+                     self._clock()))).fetchone()
+                answer_id = int(row[0])
                 await db.execute(f"UPDATE deliveries SET answer_id=? WHERE {_MINE}",
                                  (answer_id, *_mine(delivery)))
             if delivery.replaces is not None:
@@ -309,19 +310,20 @@ class DeliveryRecords:
             author = item[2] if len(item) > 2 else None
             if delivery_key is not None:
                 cursor = await db.execute(
-                    "INSERT OR IGNORE INTO deliveries (platform, delivery_key,"
+                    "INSERT INTO deliveries (platform, delivery_key,"
                     " conversation_id, received_at, imported, state)"
-                    " VALUES (?, ?, ?, ?, 1, 'imported')",
+                    " VALUES (?, ?, ?, ?, 1, 'imported') ON CONFLICT DO NOTHING",
                     (key.platform, delivery_key, conversation, self._clock()))
                 if cursor.rowcount != 1:
                     continue  # seen before: already in some history
-            cursor = await db.execute(
+            row = await (await db.execute(
                 "INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
-                " VALUES (?,?,?,?,?)",
-                (conversation, str(turn.speaker), turn.text, self._clock(), author or None))
+                " VALUES (?,?,?,?,?) RETURNING id",
+                (conversation, str(turn.speaker), turn.text, self._clock(),
+                 author or None))).fetchone()
             if delivery_key is not None:
                 await db.execute(
                     "UPDATE deliveries SET turn_id=? WHERE platform=? AND delivery_key=?",
-                    (cursor.lastrowid, key.platform, delivery_key))
+                    (int(row[0]), key.platform, delivery_key))
             stored += 1
         return stored

@@ -48,7 +48,8 @@ class PrivateRecords:
                              sources: Sequence[str]) -> None:
         """The platform messages a delivery's text was built from (besides itself)."""
         await db.executemany(
-            "INSERT OR IGNORE INTO sources (platform, source_key, delivery_key) VALUES (?,?,?)",
+            "INSERT INTO sources (platform, source_key, delivery_key) VALUES (?,?,?)"
+            " ON CONFLICT DO NOTHING",
             [(platform, source, delivery_key) for source in sources if source != delivery_key])
 
     async def delete_delivered(self, platform: str, delivery_key: str) -> int:
@@ -101,7 +102,7 @@ class PrivateRecords:
         cursor = await self._db.execute(
             "SELECT t.id, c.platform, c.workspace, c.channel, c.thread, t.created_at, t.text"
             " FROM turns t JOIN conversations c ON c.id = t.conversation_id"
-            " WHERE t.author = ? AND (? IS NULL OR c.platform = ?) ORDER BY t.id",
+            " WHERE t.author = ? AND (CAST(? AS TEXT) IS NULL OR c.platform = ?) ORDER BY t.id",
             (author, platform, platform))
         rows = await cursor.fetchall()
         return [AuthoredTurn(int(i), p, w, c, th, float(at), text)
@@ -113,7 +114,7 @@ class PrivateRecords:
         cursor = await self._db.execute(
             "SELECT c.platform, c.workspace, c.channel, c.thread, d.received_at, d.text"
             " FROM deliveries d JOIN conversations c ON c.id = d.conversation_id"
-            f" WHERE d.author = ? AND (? IS NULL OR d.platform = ?) AND {_WAITING}"
+            f" WHERE d.author = ? AND (CAST(? AS TEXT) IS NULL OR d.platform = ?) AND {_WAITING}"
             " ORDER BY d.received_at", (author, platform, platform))
         return [AuthoredTurn(None, p, w, c, th, float(at), text, waiting=True)
                 for p, w, c, th, at, text in await cursor.fetchall()]
@@ -121,8 +122,8 @@ class PrivateRecords:
     async def author_votes(self, author: str, platform: str | None = None) -> list[Vote]:
         """Every 👍/👎 of one person (oldest first), on one platform or all."""
         cursor = await self._db.execute(
-            "SELECT platform, delivery_key, value, created_at FROM feedback WHERE user = ?"
-            " AND (? IS NULL OR platform = ?) ORDER BY created_at",
+            'SELECT platform, delivery_key, value, created_at FROM feedback WHERE "user" = ?'
+            " AND (CAST(? AS TEXT) IS NULL OR platform = ?) ORDER BY created_at",
             (author, platform, platform))
         return [Vote(str(p), str(k), str(v), float(at)) for p, k, v, at in await cursor.fetchall()]
 
@@ -131,31 +132,31 @@ class PrivateRecords:
         in the files. Returns the number of messages deleted."""
         async with self._transaction() as db:
             await db.execute(stale_summaries(
-                "SELECT id FROM turns WHERE author = ? AND (? IS NULL OR conversation_id IN"
+                "SELECT id FROM turns WHERE author = ? AND (CAST(? AS TEXT) IS NULL OR conversation_id IN"
                 " (SELECT id FROM conversations WHERE platform = ?))"),
                 (author, platform, platform))
             cursor = await db.execute(
-                "DELETE FROM turns WHERE author = ? AND (? IS NULL OR conversation_id IN"
+                "DELETE FROM turns WHERE author = ? AND (CAST(? AS TEXT) IS NULL OR conversation_id IN"
                 " (SELECT id FROM conversations WHERE platform = ?))",
                 (author, platform, platform))
             deleted = cursor.rowcount
             cursor = await db.execute(
                 "UPDATE deliveries SET text = NULL, withdrawn = 1, state = 'withdrawn'"
                 " WHERE author = ?"
-                f" AND (? IS NULL OR platform = ?) AND {_WAITING}", (author, platform, platform))
+                f" AND (CAST(? AS TEXT) IS NULL OR platform = ?) AND {_WAITING}", (author, platform, platform))
             deleted += cursor.rowcount
             await db.execute(
-                "DELETE FROM feedback WHERE user = ? AND (? IS NULL OR platform = ?)",
+                'DELETE FROM feedback WHERE "user" = ? AND (CAST(? AS TEXT) IS NULL OR platform = ?)',
                 (author, platform, platform))
             await db.execute(  # the names of their files not read yet
                 "DELETE FROM unread_files WHERE EXISTS (SELECT 1 FROM deliveries d WHERE"
                 " d.platform = unread_files.platform AND d.delivery_key ="
-                " unread_files.delivery_key AND d.author = ? AND (? IS NULL OR d.platform = ?))",
+                " unread_files.delivery_key AND d.author = ? AND (CAST(? AS TEXT) IS NULL OR d.platform = ?))",
                 (author, platform, platform))
             for column in ("author", "asker"):  # who asked what, in the delivery records
                 await db.execute(
                     f"UPDATE deliveries SET {column} = NULL WHERE {column} = ?"
-                    " AND (? IS NULL OR platform = ?)", (author, platform, platform))
+                    " AND (CAST(? AS TEXT) IS NULL OR platform = ?)", (author, platform, platform))
         await self.scrub()
         return deleted
 

@@ -65,7 +65,7 @@ class SummaryRecords:
                 return False
             rows = await (await db.execute(
                 "SELECT id, speaker, text FROM turns WHERE conversation_id = ? AND id > ?"
-                " AND id <= ? AND NOT superseded ORDER BY id",
+                " AND id <= ? AND superseded = 0 ORDER BY id",
                 (conversation, max(since, previous or 0), upto))).fetchall()
             turns = [StoredTurn(int(i), Turn(Speaker(s), str(t))) for i, s, t in rows]
             if fingerprint(turns) != covered:
@@ -86,7 +86,7 @@ class SummaryRecords:
         row = await (await self._db.execute(
             "SELECT COUNT(*) FROM turns t JOIN conversations c ON c.id = t.conversation_id"
             " WHERE t.conversation_id = ? AND t.id > c.history_start AND t.id > ?"
-            " AND t.id < ? AND NOT t.superseded",
+            " AND t.id < ? AND t.superseded = 0",
             (conversation, after if after is not None else 0, before))).fetchone()
         return int(row[0])
 
@@ -94,8 +94,8 @@ class SummaryRecords:
         """The message `delivery_key` asks for a summary: noted before it is recorded (a
         crash between leaves a harmless note), so its record is always read as one."""
         async with self._transaction() as db:
-            await db.execute("INSERT OR IGNORE INTO summary_requests (platform, delivery_key)"
-                             " VALUES (?, ?)", (platform, delivery_key))
+            await db.execute("INSERT INTO summary_requests (platform, delivery_key)"
+                             " VALUES (?, ?) ON CONFLICT DO NOTHING", (platform, delivery_key))
 
     async def is_summary_request(self, platform: str, delivery_key: str) -> bool:
         row = await (await self._db.execute(
@@ -110,5 +110,5 @@ class SummaryRecords:
             cursor = await db.execute(
                 "INSERT INTO window_notices (conversation_id, since) SELECT id, history_start"
                 " FROM conversations WHERE id = ? ON CONFLICT (conversation_id) DO UPDATE"
-                " SET since = excluded.since WHERE since != excluded.since", (conversation,))
+                " SET since = excluded.since WHERE window_notices.since != excluded.since", (conversation,))
             return cursor.rowcount == 1

@@ -22,15 +22,32 @@ from storage.schema import SCHEMA_VERSION
 KEY = ConversationKey("discord", "guild", "channel", "thread")
 
 Opener = Callable[[Path], Awaitable[HistoryStore]]
-# Every implementation of the store ports, opened on a path (a new one: one line here).
-IMPLEMENTATIONS: dict[str, Opener] = {
-    "sqlite": HistoryStore.open,
-}
+# Every implementation of the store ports (a new one: one line here and in `openers`).
+IMPLEMENTATIONS = ("sqlite", "postgresql")
 
 
-@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def openers(engine: str, request: pytest.FixtureRequest) -> Opener:
+    """Opens the store of `engine` at a path: SQLite's file, or for PostgreSQL a database of
+    its own per path on the test cluster (the same path reopens the same database)."""
+    if engine == "sqlite":
+        return HistoryStore.open
+    from storage.postgres import PostgresStore
+    from tests.pg.fixtures import create_database
+
+    cluster = request.getfixturevalue("pg_cluster")
+    databases: dict[Path, str] = {}
+
+    async def open_postgres(path: Path) -> PostgresStore:
+        if path not in databases:
+            databases[path] = await create_database(cluster.dsn)
+        return await PostgresStore.open(databases[path], pool_size=4)
+
+    return open_postgres  # type: ignore[return-value]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
 def open_store(request: pytest.FixtureRequest) -> Opener:
-    return IMPLEMENTATIONS[request.param]
+    return openers(request.param, request)
 
 
 @pytest.fixture
@@ -63,13 +80,20 @@ async def test_turns_survive_a_reopen(open_store: Opener, tmp_path: Path) -> Non
     await reopened.close()
 
 
-async def test_database_uses_wal_foreign_keys_and_a_schema_version(store: HistoryStore) -> None:
+async def _count(store: HistoryStore, table: str) -> int:
+    row = await (await store._db.execute(f"SELECT COUNT(*) FROM {table}")).fetchone()
+    return int(row[0])
+
+
+async def test_database_uses_wal_foreign_keys_and_a_schema_version(tmp_path: Path) -> None:
+    store = await HistoryStore.open(tmp_path / "wal.sqlite3")
     with sqlite3.connect(store.path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     with pytest.raises(sqlite3.IntegrityError):
         await store.add_turn(999, Turn(Speaker.USER, "no such conversation"))
     assert await store.find(KEY) is None  # the failed transaction left nothing behind
+    await store.close()
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -123,8 +147,7 @@ async def test_reset_keeps_old_rows_out_of_the_history(store: HistoryStore) -> N
     await store.reset(KEY)
     await store.add_turn(conversation, Turn(Speaker.USER, "新しい"))
     assert await _texts(store, conversation) == ["新しい"]
-    with sqlite3.connect(store.path) as raw:
-        assert raw.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 2
+    assert await _count(store, "turns") == 2
 
 
 async def test_recent_turns_pages_backwards(store: HistoryStore) -> None:

@@ -72,7 +72,8 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
 
     policy = HostPolicy.from_settings(settings)  # a bad PERSONA fails before anything opens
     try:  # fails fast, before the model: a path or permission the operator must fix
-        store = await open_store(settings.database_path)
+        store = await open_store(settings.database_path, url=settings.database_url,
+                                 pool_size=settings.database_pool_size)
     except StorageError as exc:
         raise as_config_error(exc) from None
     try:

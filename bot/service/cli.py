@@ -144,9 +144,11 @@ def private_command(settings: Settings, command: str, user: str, platform: str |
 
     try:
         if command == "export":
-            asyncio.run(export_user(settings.database_path, user, platform, sys.stdout))
+            asyncio.run(export_user(settings.database_path, user, platform, sys.stdout,
+                                    settings.database_url))
         else:
-            deleted = asyncio.run(forget_user(settings.database_path, user, platform))
+            deleted = asyncio.run(forget_user(settings.database_path, user, platform,
+                                              settings.database_url))
             print(f"rinna-bot: deleted {deleted} stored messages of user {user}", file=sys.stderr)
     except RinnaError as exc:  # DATABASE_PATH refused is a ConfigError: 2
         _say(exc)

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from pydantic import SecretStr
+
 from bot.errors import ConfigError, StorageError
 from bot.ports.community import SettingChange
 from bot.ports.records import AuthoredTurn, Vote
@@ -61,20 +63,23 @@ def change_line(change: SettingChange) -> str:
     }, ensure_ascii=False)
 
 
-async def _open_existing(path: Path) -> ChatStore:
+async def _open_existing(path: Path, url: SecretStr | None = None) -> ChatStore:
     """The database `run` created; none there is a path to fix (ConfigError: exit 2, as a
-    retry cannot help), never created here."""
+    retry cannot help), never created here. PostgreSQL (`url`: DATABASE_URL) when set."""
+    if url is not None:
+        return await open_store(path, url=url, pool_size=1)
     if str(path) != ":memory:" and not os.path.lexists(path):  # what is there: judged by open
         raise ConfigError(f"DATABASE_PATH={path}: no database there (nothing is stored); "
                           "set DATABASE_PATH to the bot's database file")
     return await open_store(path)
 
 
-async def export_user(path: Path, user: str, platform: str | None, out: TextIO) -> int:
+async def export_user(path: Path, user: str, platform: str | None, out: TextIO,
+                      url: SecretStr | None = None) -> int:
     """`rinna-bot export --user ID`: that person's stored messages, those still waiting to be
     answered, their 👍/👎 votes, then the settings changes they made, as JSON lines on `out`.
     Returns how many messages."""
-    store = await _open_existing(path)
+    store = await _open_existing(path, url)
     try:
         turns = [*await store.author_turns(user, platform),
                  *await store.author_waiting(user, platform)]
@@ -92,10 +97,11 @@ async def export_user(path: Path, user: str, platform: str | None, out: TextIO) 
     return len(turns)
 
 
-async def forget_user(path: Path, user: str, platform: str | None) -> int:
+async def forget_user(path: Path, user: str, platform: str | None,
+                      url: SecretStr | None = None) -> int:
     """`rinna-bot forget --user ID`: delete every stored message of that person, their text
     overwritten in the database file and gone from the WAL. Returns how many."""
-    store = await _open_existing(path)
+    store = await _open_existing(path, url)
     try:
         deleted = await store.forget_author(user, platform)
         if not await store.scrub(FORGET_SCRUB_TRIES):

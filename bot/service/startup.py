@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.config import Settings
-from bot.errors import ConfigError, RinnaError, StorageError
+from bot.errors import ConfigError, RinnaError, StorageError, StoreUnreachable
 from bot.service.platforms import PlatformEntry, ask_credentials, configured_platforms
 
 if TYPE_CHECKING:
@@ -49,8 +49,8 @@ SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 def as_config_error(error: StorageError) -> RinnaError:
     """The database could not be opened at start: a path or a permission to fix (ConfigError,
     2), unless SQLite said the database is busy or locked by another connection (the error as
-    it is: transient, 1)."""
-    if is_lock_contention(error):
+    it is: transient, 1), or the database server cannot be reached (StoreUnreachable: 1)."""
+    if is_lock_contention(error) or isinstance(error, StoreUnreachable):
         return error
     return ConfigError(str(error))
 

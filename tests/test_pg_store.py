@@ -1,0 +1,196 @@
+"""PostgreSQL's own side of the store (the shared behaviour is in test_storage.py, run on both
+engines): migrations under an advisory lock, a newer schema refused, the DSN's password never
+shown, the server down at start (exit 1 through the real entry point), and the server
+stopped and started again while the store is open: calls wait for it, the pool reconnects by
+itself, nothing committed is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bot.core.chat import ChatConfig, ChatService
+from bot.conversation import ConversationKey, IncomingMessage
+from bot.errors import StorageError, StoreUnreachable
+from bot.ports.records import DeliveryState
+from bot.engine.tokenizer import Tokenizer
+from storage.pg_wire import redact
+from storage.postgres import PostgresStore, Reconnect
+from storage.schema import SCHEMA_VERSION
+from tests.fakes import RecordingSink, ScriptedGenerator
+from tests.pg.fixtures import Cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = ConversationKey("slack", "T1", "C1", "100.000001")
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:  # nobody listens here once it is closed
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_redact_keeps_everything_but_the_password() -> None:
+    assert redact("postgresql://rinna:pa%40ss@db:5432/rinna?sslmode=require") == \
+        "postgresql://rinna:***@db:5432/rinna?sslmode=require"
+    assert redact("postgresql://db/rinna?user=r&password=hunter2") == \
+        "postgresql://db/rinna?user=r&password=***"
+    assert redact("postgresql://rinna@db/rinna") == "postgresql://rinna@db/rinna"
+
+
+async def test_replicas_starting_together_migrate_once(pg_dsn: str) -> None:
+    stores = await asyncio.gather(*[PostgresStore.open(pg_dsn, pool_size=2) for _ in range(4)])
+    try:
+        assert {await store.schema_version() for store in stores} == {SCHEMA_VERSION}
+        connection = await asyncpg.connect(pg_dsn)
+        try:
+            assert await connection.fetchval("SELECT count(*) FROM rinna_schema") == 1
+        finally:
+            await connection.close()
+        assert (await stores[0].server_version()).startswith("15")
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_newer_schema_is_refused_and_left_alone(pg_dsn: str) -> None:
+    store = await PostgresStore.open(pg_dsn)
+    claim = await store.claim(KEY, "m1")
+    assert claim is not None
+    await store.close()
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        await connection.execute("UPDATE rinna_schema SET version = $1", SCHEMA_VERSION + 1)
+    finally:
+        await connection.close()
+    with pytest.raises(StorageError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        await PostgresStore.open(pg_dsn)
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        assert await connection.fetchval("SELECT version FROM rinna_schema") == \
+            SCHEMA_VERSION + 1
+        assert await connection.fetchval("SELECT count(*) FROM deliveries") == 1
+    finally:
+        await connection.close()
+
+
+async def test_the_password_is_in_no_error_and_no_repr(pg_cluster: Cluster, pg_dsn: str) -> None:
+    password = pg_cluster.dsn.split(":")[2].split("@")[0]
+    store = await PostgresStore.open(pg_dsn)
+    try:
+        assert password not in repr(store) and password not in store.dsn
+        assert "127.0.0.1" in repr(store)
+    finally:
+        await store.close()
+    wrong = pg_dsn.replace(f":{password}@", ":not-the-password-4111@")
+    with pytest.raises(StorageError) as refused:
+        await PostgresStore.open(wrong)
+    assert "not-the-password-4111" not in str(refused.value)
+    assert "password authentication failed" in str(refused.value)
+    away = f"postgresql://rinna:{password}@127.0.0.1:{closed_port()}/rinna"
+    with pytest.raises(StoreUnreachable) as unreachable:
+        await PostgresStore.open(away)
+    assert password not in str(unreachable.value)
+    assert str(unreachable.value).startswith("DATABASE_URL=postgresql://rinna:***@127.0.0.1:")
+
+
+def test_postgresql_down_at_start_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Through the real entry point: `rinna-bot run` with DATABASE_URL at a server that is not
+    there ends before any model load with one line naming the URL without its password."""
+    from tests.test_startup import DISCORD_TOKEN, closed_port_url, environment
+
+    url = f"postgresql://rinna:s3cret-pw-77@127.0.0.1:{closed_port()}/rinna"
+    env = environment(tmp_path, DISCORD_TOKEN=DISCORD_TOKEN, DATABASE_URL=url,
+                      FAKE_DISCORD_URL=closed_port_url().replace("/api/", "/api/v10"))
+    done = subprocess.run([sys.executable, "-m", "tests.slow_start", "run"], cwd=tmp_path,
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("rinna-bot: DATABASE_URL=postgresql://rinna:***@127.0.0.1:"), last
+    assert "cannot reach PostgreSQL" in last
+    assert "s3cret-pw-77" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "load-started").exists()  # stopped before any model load
+
+
+# ----- the server stopped and started again while the store is open --------------------------
+class Waits:
+    """`Reconnect.on_wait`: counts the store's tries while the server is away."""
+
+    def __init__(self) -> None:
+        self.seen = asyncio.Event()
+        self.count = 0
+
+    def __call__(self, error: BaseException) -> None:
+        self.count += 1
+        self.seen.set()
+
+
+async def _restart_when(cluster: Cluster, waiting: asyncio.Event) -> None:
+    await waiting.wait()
+    await asyncio.to_thread(cluster.pg_ctl, "start")
+
+
+async def test_a_message_arriving_while_the_server_restarts_waits_and_is_answered(
+        pg_cluster: Cluster, pg_dsn: str, tokenizer: Tokenizer) -> None:
+    waits = Waits()
+    store = await PostgresStore.open(pg_dsn, reconnect=Reconnect(wait_s=60, on_wait=waits))
+    chat = ChatService(store, ScriptedGenerator(["戻りました。"]), tokenizer,
+                       ChatConfig(stream_interval_s=0.0))
+    try:
+        first = RecordingSink()
+        await chat.handle(KEY, IncomingMessage("一つ目", "m1", author="U1"), first)
+        assert first.kinds()[-1] == "finish", first.events
+        await asyncio.to_thread(pg_cluster.pg_ctl, "stop")
+        try:
+            sink = RecordingSink()
+            answering = asyncio.create_task(
+                chat.handle(KEY, IncomingMessage("二つ目", "m2", author="U1"), sink))
+            await _restart_when(pg_cluster, waits.seen)
+        finally:
+            if waits.count == 0:  # never waited: start it again for the other tests
+                await asyncio.to_thread(pg_cluster.pg_ctl, "start")
+        await asyncio.wait_for(answering, 60)
+        assert sink.kinds()[-1] == "finish", sink.events  # answered, not refused
+        done = await store.delivery("slack", "m2")
+        assert done is not None and done.state is DeliveryState.ANSWERED
+        conversation = await store.find(KEY)
+        assert conversation is not None
+        texts = [t.turn.text for t in reversed(await store.recent_turns(conversation, 10))]
+        assert texts.count("二つ目") == 1 and texts[0] == "一つ目"  # nothing lost, once
+    finally:
+        await store.close()
+
+
+async def test_past_the_wait_a_message_gets_the_busy_notice_and_the_pool_comes_back(
+        pg_cluster: Cluster, pg_dsn: str, tokenizer: Tokenizer) -> None:
+    waits = Waits()
+    store = await PostgresStore.open(pg_dsn, reconnect=Reconnect(wait_s=0.3, on_wait=waits))
+    chat = ChatService(store, ScriptedGenerator(), tokenizer, ChatConfig(stream_interval_s=0.0))
+    try:
+        accepted = await store.accept(KEY, "kept", "停止前に受け付けた", "U1")
+        assert accepted is not None
+        await asyncio.to_thread(pg_cluster.pg_ctl, "stop")
+        try:
+            sink = RecordingSink()
+            await chat.handle(KEY, IncomingMessage("止まっている間", "m-down", author="U1"), sink)
+        finally:
+            await asyncio.to_thread(pg_cluster.pg_ctl, "start")
+        assert sink.events[-1] == ("fail", StoreUnreachable.user_message)
+        assert waits.count >= 1
+        # the same store, same pool: it reconnects by itself; what was accepted is there
+        kept = await store.delivery("slack", "kept")
+        assert kept is not None and kept.state is DeliveryState.ACCEPTED
+        assert kept.text == "停止前に受け付けた"
+        assert await store.delivery("slack", "m-down") is None  # told to retry: not half-kept
+        again = RecordingSink()
+        await chat.handle(KEY, IncomingMessage("止まっている間", "m-down", author="U1"), again)
+        assert again.kinds()[-1] == "finish", again.events
+    finally:
+        await store.close()
