@@ -23,13 +23,13 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 import asyncpg
 
 from bot.conversation import ConversationKey
-from bot.errors import UserBusyError
+from bot.errors import StoreUnreachable, UserBusyError
 from bot.ports.locks import InProcessLocks
 from bot.ports.replicas import Marker, Replicas, StopHandler
 
@@ -60,6 +60,20 @@ async def create_tables(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
         await conn.execute(SCHEMA)
+
+
+_LOST = (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError,
+         asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError)
+
+
+@contextlib.contextmanager
+def reachable(what: str) -> Iterator[None]:
+    """The server away (down, restarting, the connection cut): StoreUnreachable, which the
+    core tells people as a busy notice, like the store's own."""
+    try:
+        yield
+    except _LOST as exc:
+        raise StoreUnreachable(f"PostgreSQL: {what} failed ({type(exc).__name__})") from None
 
 
 def lock_id(text: str) -> int:
@@ -112,27 +126,30 @@ class PgLeases:
 
     async def claim(self, marker: Marker, runner: str) -> bool:
         self._renewals.runners.add(runner)
-        won = await self._pool.fetchval(
-            "INSERT INTO answer_leases AS l (platform, delivery_key, runner, until)"
-            f" VALUES ($1, $2, $3, {_FROM_NOW % 4})"
-            " ON CONFLICT (platform, delivery_key) DO UPDATE"
-            " SET runner = excluded.runner, until = excluded.until"
-            " WHERE l.until <= clock_timestamp() RETURNING runner",
-            *marker, runner, self.lease_s)
+        with reachable("claiming a lease"):
+            won = await self._pool.fetchval(
+                "INSERT INTO answer_leases AS l (platform, delivery_key, runner, until)"
+                f" VALUES ($1, $2, $3, {_FROM_NOW % 4})"
+                " ON CONFLICT (platform, delivery_key) DO UPDATE"
+                " SET runner = excluded.runner, until = excluded.until"
+                " WHERE l.until <= clock_timestamp() RETURNING runner",
+                *marker, runner, self.lease_s)
         return won is not None
 
     async def drop(self, marker: Marker, runner: str) -> None:
-        await self._pool.execute("DELETE FROM answer_leases WHERE platform = $1 AND"
-                                 " delivery_key = $2 AND runner = $3", *marker, runner)
+        with reachable("dropping a lease"):
+            await self._pool.execute("DELETE FROM answer_leases WHERE platform = $1 AND"
+                                     " delivery_key = $2 AND runner = $3", *marker, runner)
 
     async def held(self, markers: Iterable[Marker]) -> set[Marker]:
         wanted = list(markers)
         if not wanted:
             return set()
-        rows = await self._pool.fetch(
-            "SELECT platform, delivery_key FROM answer_leases WHERE"
-            f" (platform, delivery_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
-            f" AND {_LIVE}", [p for p, _ in wanted], [k for _, k in wanted])
+        with reachable("reading leases"):
+            rows = await self._pool.fetch(
+                "SELECT platform, delivery_key FROM answer_leases WHERE"
+                " (platform, delivery_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+                f" AND {_LIVE}", [p for p, _ in wanted], [k for _, k in wanted])
         return {(row["platform"], row["delivery_key"]) for row in rows}
 
 
@@ -149,6 +166,15 @@ class PgPersonCounts:
         if person is None:
             yield
             return
+        with reachable("counting a person's answers"):
+            slot = await self._take_slot(person)
+        try:
+            yield
+        finally:
+            with reachable("giving back a person's slot"):
+                await self._pool.execute("DELETE FROM person_slots WHERE id = $1", slot)
+
+    async def _take_slot(self, person: str) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_id("person:" + person))
             count = await conn.fetchval(
@@ -156,14 +182,10 @@ class PgPersonCounts:
             if count >= self.max_per_user:
                 raise UserBusyError(f"{self.max_per_user} answers of this person in progress "
                                     "across the replicas")
-            slot = await conn.fetchval(
+            return int(await conn.fetchval(
                 "INSERT INTO person_slots (person, runner, until)"
                 f" VALUES ($1, $2, {_FROM_NOW % 3}) RETURNING id",
-                person, self._runner, self._renewals.lease_s)
-        try:
-            yield
-        finally:
-            await self._pool.execute("DELETE FROM person_slots WHERE id = $1", slot)
+                person, self._runner, self._renewals.lease_s))
 
 
 class PgConversationLocks:
@@ -179,7 +201,8 @@ class PgConversationLocks:
         number = lock_id("\x1f".join(("conversation", key.platform, key.workspace,
                                        key.channel, key.thread)))
         async with self._local.hold(key), self._pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", number)
+            with reachable("locking a conversation"):
+                await conn.execute("SELECT pg_advisory_lock($1)", number)
             try:
                 yield
             finally:
@@ -207,8 +230,9 @@ class PgControlBus:
         self._handlers.append(handler)
 
     async def publish_stop(self, marker: Marker) -> None:
-        await self._pool.execute("SELECT pg_notify($1, $2)", STOP_CHANNEL,
-                                 json.dumps(list(marker)))
+        with reachable("sending a stop"):
+            await self._pool.execute("SELECT pg_notify($1, $2)", STOP_CHANNEL,
+                                     json.dumps(list(marker)))
 
     def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
         try:

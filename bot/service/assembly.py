@@ -16,6 +16,7 @@ from bot.errors import RinnaError, StorageError
 from bot.service.startup import StartParts, as_config_error, while_checking
 
 if TYPE_CHECKING:
+    from storage.pg_replicas import PgReplicas
     from bot.core.chat import ChatService, CrashHook
     from bot.engine.generator import LocalGenerator
     from bot.service.metrics import Metrics
@@ -76,7 +77,9 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                                  pool_size=settings.database_pool_size)
     except StorageError as exc:
         raise as_config_error(exc) from None
+    shared = None
     try:
+        shared = await open_shared(settings)
         loading = parts.load_generator(settings)
         generator = await (while_checking(checks, loading) if checks is not None else loading)
         summaries = None
@@ -91,6 +94,10 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                 metrics.watch_generator(generator)
                 served = MeteredGenerator(generator, metrics)
                 metrics.model_loaded = True
+            if shared is not None:  # MAX_PER_USER counted across the replicas
+                from bot.core.counted import CountedGenerator
+
+                served = CountedGenerator(served, shared.replicas.counts)
             summaries = build_summaries(settings, store, served, generator.tokenizer)
             chat = ChatService(store, served, generator.tokenizer, ChatConfig(
                 prompt_budget=settings.prompt_budget, context_tokens=settings.context_tokens,
@@ -103,7 +110,9 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                 crash_hook=crash_hook, summaries=summaries,
                 summary_requests=build_summary_requests(settings, store, served,
                                                         generator.tokenizer),
-                community=Community(store, policy, generator.tokenizer))
+                community=Community(store, policy, generator.tokenizer),
+                locks=shared.locks if shared is not None else None,
+                replicas=shared.replicas if shared is not None else None)
             yield Core(settings, store, generator, chat, metrics,
                        build_status(settings, generator, store))
         finally:
@@ -113,7 +122,29 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                 metrics.model_loaded = False
             await generator.aclose()
     finally:
+        if shared is not None:
+            await shared.aclose()
         await store.close()
+
+
+async def open_shared(settings: Settings) -> PgReplicas | None:
+    """With DATABASE_URL, what this replica shares with the others on that PostgreSQL: leases,
+    conversation locks, the stop channel, per-person counts (storage/pg_replicas.py). None on
+    SQLite: one process per database, everything in process."""
+    if settings.database_url is None:
+        return None
+    import asyncpg
+
+    from storage.pg_replicas import open_pg_replicas
+
+    try:
+        return await open_pg_replicas(settings.database_url.get_secret_value(),
+                                      lease_s=settings.lease_s,
+                                      max_per_user=settings.max_per_user,
+                                      lock_connections=settings.database_pool_size)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StorageError(f"PostgreSQL: could not open the replicas' shared parts "
+                           f"({type(exc).__name__})") from None
 
 
 def build_status(settings: Settings, generator: Any, store: ChatStore) -> Status:

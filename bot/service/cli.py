@@ -133,9 +133,22 @@ async def run_platforms(core: Core) -> None:
 
 
 async def _recover(core: Core, platform: Platform) -> None:
+    """At start, what an earlier run left unanswered. With replicas on one PostgreSQL, then on
+    and on: what a replica that died left, once its leases run out (LEASE_S)."""
     await platform.ready()
     await core.chat.recover(platform.name, platform.recovery_sink,
                             max_age_s=core.settings.recover_max_age_s)
+    if not core.chat.replicas.shared:
+        return
+    every = min(core.settings.lease_s / 2, 5.0)
+    while not core.chat.closing:
+        await asyncio.sleep(every)  # a sweep's period, not a synchronisation
+        try:
+            await core.chat.recover(platform.name, platform.recovery_sink,
+                                    max_age_s=core.settings.recover_max_age_s)
+        except RinnaError as exc:  # the database away for a while: the next sweep tries again
+            log.warning("%s: taking over unfinished answers failed (%s); trying again in "
+                        "%.0f s", platform.name, type(exc).__name__, every)
 
 
 def private_command(settings: Settings, command: str, user: str, platform: str | None) -> int:
