@@ -229,9 +229,8 @@ class Settings(BaseSettings):
         if value is not None:
             url = value.get_secret_value().strip()
             if not url.startswith(("postgresql://", "postgres://")):
-                raise ValueError("must be a PostgreSQL URL, e.g. "
-                                 "DATABASE_URL=postgresql://rinna:password@db:5432/rinna "
-                                 "(leave it unset for SQLite at DATABASE_PATH)")
+                raise ValueError("must be a PostgreSQL URL, e.g. DATABASE_URL=postgresql://"
+                                 "rinna:password@db:5432/rinna (unset: SQLite, DATABASE_PATH)")
             return SecretStr(url)
         return value
 
@@ -290,7 +289,10 @@ class Settings(BaseSettings):
         values = [value.get_secret_value() for name in self.secret_fields
                   if isinstance(value := getattr(self, name), SecretStr)]
         if self.database_url is not None:  # its password alone, as an error might show it
-            values += [part for part in [_url_password(self.database_url)] if part]
+            from urllib.parse import unquote, urlsplit
+
+            password = urlsplit(self.database_url.get_secret_value()).password
+            values += [unquote(password)] if password else []
         return values
 
     @property
@@ -305,16 +307,6 @@ class Settings(BaseSettings):
     def prompt_budget(self) -> int:
         """Tokens the prompt may take: the context less the room kept for the reply."""
         return self.context_tokens - self.max_new_tokens
-
-
-def _url_password(url: SecretStr) -> str | None:
-    from urllib.parse import unquote, urlsplit
-
-    try:
-        password = urlsplit(url.get_secret_value()).password
-    except ValueError:
-        return None
-    return unquote(password) if password else None
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -152,9 +152,16 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[PgTransaction]:
-        async with self._connection() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-            yield PgTransaction(connection)
+        """BEGIN and the write lock in one round trip; COMMIT, or ROLLBACK on any error or
+        cancellation (a connection that cannot roll back is dropped by the pool)."""
+        async with self._connection() as connection:
+            await connection.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+            try:
+                yield PgTransaction(connection)
+            except BaseException:
+                await _roll_back(connection)
+                raise
+            await connection.execute("COMMIT")
 
     async def scrub(self, tries: int = 1) -> bool:
         """VACUUM the tables people's text is in, so the space of deleted rows and of old
@@ -163,6 +170,36 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
         async with self._connection() as connection:
             await connection.execute(f"VACUUM {', '.join(TEXT_TABLES)}")
         return True
+
+
+async def _roll_back(connection: asyncpg.Connection) -> None:
+    """ROLLBACK; a connection that cannot (lost, or busy with a cancelled statement) is
+    closed instead, and the server rolls back what it began."""
+    if connection.is_closed():
+        return
+    try:
+        await asyncio.shield(connection.execute("ROLLBACK"))
+    except (*UNREACHABLE, asyncpg.PostgresError):
+        connection.terminate()
+
+
+async def probe(dsn: str) -> tuple[str, int]:
+    """Read-only, for `doctor`: (the server's version, the database's schema version; 0 =
+    nothing of ours yet). Changes nothing; StoreUnreachable / StorageError as `open`."""
+    shown = redact(dsn)
+    try:
+        connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    except UNREACHABLE as exc:
+        raise StoreUnreachable(f"DATABASE_URL={shown}: cannot reach PostgreSQL "
+                               f"({_reason(exc, dsn)})") from None
+    except asyncpg.PostgresError as exc:
+        raise StorageError(f"DATABASE_URL={shown}: PostgreSQL refused the connection "
+                           f"({_reason(exc, dsn)})") from None
+    try:
+        server = str(await connection.fetchval("SHOW server_version"))
+        return server, await schema_version(connection)
+    finally:
+        await connection.close()
 
 
 def _reason(exc: BaseException, dsn: str) -> str:
@@ -177,4 +214,4 @@ def _reason(exc: BaseException, dsn: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-__all__ = ["PostgresStore", "TABLES", "UNREACHABLE"]
+__all__ = ["PostgresStore", "Reconnect", "TABLES", "UNREACHABLE", "probe"]

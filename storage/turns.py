@@ -115,12 +115,13 @@ class TurnRecords:
         self, conversation: int, limit: int, before: int | None = None
     ) -> list[StoredTurn]:
         """Up to `limit` turns of the current history, newest first, older than `before`."""
+        # history_start by a subquery, not a join: PostgreSQL then walks the index backwards
+        # from `before` even while its statistics still think the conversation is small
         cursor = await self._db.execute(
-            "SELECT t.id, t.speaker, t.text FROM turns t JOIN conversations c"
-            " ON c.id = t.conversation_id WHERE t.conversation_id = ?"
-            " AND t.id > c.history_start AND t.id < ? AND t.superseded = 0"
-            " ORDER BY t.id DESC LIMIT ?",
-            (conversation, before if before is not None else 2**62, limit))
+            "SELECT t.id, t.speaker, t.text FROM turns t WHERE t.conversation_id = ?"
+            " AND t.id > (SELECT history_start FROM conversations WHERE id = ?)"
+            " AND t.id < ? AND t.superseded = 0 ORDER BY t.id DESC LIMIT ?",
+            (conversation, conversation, before if before is not None else 2**62, limit))
         rows = await cursor.fetchall()
         return [StoredTurn(int(i), Turn(Speaker(s), t)) for i, s, t in rows]
 

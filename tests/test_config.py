@@ -145,7 +145,9 @@ OUTSIDE_VARIABLES = {"APPLICATION_ID", "DEBIAN_FRONTEND", "HF_HOME", "HF_HUB_OFF
                      "PIP_DISABLE_PIP_VERSION_CHECK", "PYTEST_ARGS", "SLACK_CLIENT_ID",
                      "SLACK_CLIENT_SECRET", "XDG_STATE_HOME",
                      # llama.cpp's quantisation types and build option (docs/llamacpp.md)
-                     "Q4_K_M", "Q8_0", "GGML_NATIVE", "DGGML_NATIVE"}
+                     "Q4_K_M", "Q8_0", "GGML_NATIVE", "DGGML_NATIVE",
+                     # the postgres image's own (compose.yaml, docs/operations.md)
+                     "POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"}
 
 
 def test_every_key_the_guides_name_is_a_setting() -> None:

@@ -194,3 +194,68 @@ async def test_past_the_wait_a_message_gets_the_busy_notice_and_the_pool_comes_b
         assert again.kinds()[-1] == "finish", again.events
     finally:
         await store.close()
+
+
+def test_the_password_never_reaches_a_log(capsys: pytest.CaptureFixture[str]) -> None:
+    """DATABASE_URL is a secret setting: the URL and its password alone are redacted from
+    every log record, and so is a password in any URL a library's error might print."""
+    import logging
+
+    from bot.config import load_settings
+    from bot.service.logs import RedactSecrets
+
+    settings = load_settings(database_url="postgresql://rinna:p%40ss-4111@db:5432/rinna")
+    assert "p@ss-4111" in settings.secret_values()  # its password alone, decoded too
+    assert "p%40ss-4111" not in repr(settings) and "p@ss-4111" not in repr(settings)
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactSecrets(settings.secret_values()))
+    logger = logging.getLogger("test.pg.redaction")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    try:
+        logger.warning("connecting to %s", settings.database_url.get_secret_value())
+        logger.warning("auth failed for password p@ss-4111")
+        logger.warning("another url postgresql://other:hunter2@db2/x")
+    finally:
+        logger.handlers.clear()
+    err = capsys.readouterr().err
+    assert "p%40ss-4111" not in err and "p@ss-4111" not in err and "hunter2" not in err
+    assert "postgresql://other:***@db2/x" in err
+
+
+async def test_two_replicas_racing_for_one_regeneration_let_only_one_win(pg_dsn: str) -> None:
+    """Write transactions are serialised across processes (the advisory write lock), so a
+    read-then-write like 「もう一度」's "nothing is being answered" holds across replicas:
+    two replicas taking on two presses of the same answer at the same moment record one."""
+    first, second = (await PostgresStore.open(pg_dsn, pool_size=2),
+                     await PostgresStore.open(pg_dsn, pool_size=2))
+    try:
+        for round_ in range(15):
+            accepted = await first.accept(KEY, f"q{round_}", "質問", "U1")
+            assert accepted is not None
+            taken = await first.take(accepted, "r")
+            assert taken is not None
+            answering = await first.begin_answer(taken)
+            assert answering is not None
+            assert await first.store_answer(answering, "答え", "答え")
+            assert await first.finish(answering)
+            answer = await first.delivery("slack", f"q{round_}")
+            assert answer is not None
+            won = await asyncio.gather(first.accept_regenerate(answer, f"press-a{round_}"),
+                                       second.accept_regenerate(answer, f"press-b{round_}"))
+            assert sum(result is not None for result in won) == 1, (round_, won)
+            winner = next(result for result in won if result is not None)
+            assert await first.finish(winner, failed=True)  # done: the next round may redo
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_a_database_url_that_is_not_postgresql_is_refused_in_one_line() -> None:
+    from bot.config import load_settings
+    from bot.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings(database_url="mysql://rinna:hunter2@db/rinna")
+    assert "DATABASE_URL" in str(refused.value) and "postgresql://" in str(refused.value)
+    assert "hunter2" not in str(refused.value) and "\n" not in str(refused.value)

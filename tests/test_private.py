@@ -17,6 +17,7 @@ import pytest
 from bot.conversation import ConversationKey, Speaker, Turn
 from storage.history import HistoryStore
 from storage.schema import MIGRATIONS
+from tests.test_storage import Opener, open_store  # noqa: F401 - on both engines
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "カード番号 4111 1111 1111 1111"
@@ -285,11 +286,12 @@ class ManualSleep:
         await wake.wait()
 
 
-async def test_retention_deletes_old_turns_at_start_and_then_daily(tmp_path: Path) -> None:
+async def test_retention_deletes_old_turns_at_start_and_then_daily(
+        tmp_path: Path, open_store: Opener) -> None:
     from bot.core.retention import DAY_S, retention
 
     now = [1_700_000_000.0]
-    store = await HistoryStore.open(tmp_path / "bot.sqlite3", clock=lambda: now[0])
+    store = await open_store(tmp_path / "bot.sqlite3", clock=lambda: now[0])
     try:
         claim = await store.claim(KEY, "old")
         assert claim is not None
@@ -313,10 +315,11 @@ async def test_retention_deletes_old_turns_at_start_and_then_daily(tmp_path: Pat
         await store.close()
 
 
-async def test_without_retention_days_everything_is_kept(tmp_path: Path) -> None:
+async def test_without_retention_days_everything_is_kept(tmp_path: Path,
+                                                         open_store: Opener) -> None:
     from bot.core.retention import retention
 
-    store = await HistoryStore.open(tmp_path / "bot.sqlite3", clock=lambda: 0.0)
+    store = await open_store(tmp_path / "bot.sqlite3", clock=lambda: 0.0)
     try:
         await _fill(store)
         async with retention(store, None) as sweeper:

@@ -162,13 +162,23 @@ def test_the_example_env_leaves_the_images_own_settings_alone() -> None:
 
 
 def test_restarts_follow_the_exit_code_contract() -> None:
-    (service,) = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"].values()
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    service = services["rinna-bot"]  # (PostgreSQL beside it: test_compose_offers_postgresql)
     policy, _, count = service["restart"].partition(":")
     assert policy == "on-failure" and 1 <= int(count) <= 10  # bounded: 2 is not retried forever
     operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     assert "RestartPreventExitStatus=2" in operations
     table = re.search(r"## Exit codes\n(.*?)\n## ", operations, re.S).group(1)
     assert all(f"| `{code}` |" in table for code in (0, 1, 2))
+
+
+def test_compose_offers_postgresql_off_by_default() -> None:
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    postgres = services["postgres"]
+    assert postgres["image"] == "postgres:15" and postgres["profiles"] == ["postgres"]
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert postgres["env_file"] == "postgres.env"  # its password: not in .env, not a default
+    assert "POSTGRES_PASSWORD" not in postgres["environment"]
 
 
 # ----- the model's facts: in the repository ---------------------------------------------------

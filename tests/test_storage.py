@@ -10,6 +10,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from storage.schema import SCHEMA_VERSION
 
 KEY = ConversationKey("discord", "guild", "channel", "thread")
 
-Opener = Callable[[Path], Awaitable[HistoryStore]]
+Opener = Callable[..., Awaitable[HistoryStore]]  # (path, clock=...)
 # Every implementation of the store ports (a new one: one line here and in `openers`).
 IMPLEMENTATIONS = ("sqlite", "postgresql")
 
@@ -37,10 +38,10 @@ def openers(engine: str, request: pytest.FixtureRequest) -> Opener:
     cluster = request.getfixturevalue("pg_cluster")
     databases: dict[Path, str] = {}
 
-    async def open_postgres(path: Path) -> PostgresStore:
+    async def open_postgres(path: Path, **options: Any) -> PostgresStore:
         if path not in databases:
             databases[path] = await create_database(cluster.dsn)
-        return await PostgresStore.open(databases[path], pool_size=4)
+        return await PostgresStore.open(databases[path], pool_size=4, **options)
 
     return open_postgres  # type: ignore[return-value]
 

@@ -190,12 +190,13 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("command", nargs="?", default="run",
                         choices=["run", "chat", "demo", "download", "doctor", "forget",
-                                 "export", "export-gguf"],
+                                 "export", "export-gguf", "migrate-db"],
                         help="run: every platform with credentials set; chat: the terminal; "
                              "demo: the terminal chat on a tiny random model (no download); "
                              "download: fetch and check the model; doctor: what run will do; "
                              "forget/export --user ID: delete/print a person's messages; "
-                             "export-gguf OUT.gguf: the model for llama.cpp")
+                             "export-gguf OUT.gguf: the model for llama.cpp; "
+                             "migrate-db [--to URL]: copy DATABASE_PATH into PostgreSQL")
     parser.add_argument("--log-level", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log at this level on the terminal (chat and demo show answers "
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
     parser.add_argument("out", nargs="?", help="export-gguf: the .gguf file to write")
     parser.add_argument("--dtype", choices=["f16", "f32"], default="f16", help="export-gguf")
     parser.add_argument("--user", help="forget, export: the person's Discord or Slack user id")
+    parser.add_argument("--to", metavar="URL", help="migrate-db: the PostgreSQL URL to copy "
+                        "into (default: DATABASE_URL)")
     parser.add_argument("--platform", choices=["discord", "slack", "console"],
                         help="forget, export: only this platform's messages (default: all)")
     # Fault injection for the crash tests: the process kills itself (SIGKILL) the Nth time it
@@ -232,6 +235,10 @@ def main(argv: list[str] | None = None, parts: StartParts = StartParts()) -> int
     if args.command == "run" and not platforms and not _stdin_is_terminal():
         print(f"rinna-bot: {NO_PLATFORM_NO_TERMINAL}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "migrate-db":
+        from bot.service.migrate_db import migrate_command
+
+        return migrate_command(settings, args.to)
     if args.command in ("forget", "export"):
         return private_command(settings, args.command, args.user, args.platform)
     if args.command == "export-gguf":  # the model for llama.cpp (docs/llamacpp.md)

@@ -83,7 +83,8 @@ def checks(settings: Settings, *, offline: bool = False) -> Iterator[Check]:
         if precision is not None:
             yield precision
         yield _bitsandbytes(settings)
-    yield _database(settings.database_path)
+    yield (_database(settings.database_path) if settings.database_url is None
+           else _postgres(settings))
     yield _metrics(settings)
 
 
@@ -356,6 +357,32 @@ def _database(path: Path) -> Check:
                      f"{SCHEMA_VERSION}", "upgrade rinna-bot, or restore a backup")
     state = "current" if version == SCHEMA_VERSION else f"migrated to {SCHEMA_VERSION} at start"
     return Check(True, f"database {path}: writable, schema {version} ({state})")
+
+
+def _postgres(settings: Settings) -> Check:
+    """DATABASE_URL: the connection, the server's version, the schema version (read only;
+    the URL shown without its password)."""
+    import asyncio
+
+    from storage.pg_wire import redact
+    from storage.postgres import probe
+    from storage.schema import SCHEMA_VERSION
+
+    assert settings.database_url is not None
+    dsn = settings.database_url.get_secret_value()
+    try:
+        server, version = asyncio.run(probe(dsn))
+    except RinnaError as exc:
+        return Check(False, f"database: {exc}", "start PostgreSQL, or fix DATABASE_URL's host, "
+                     "port, user, password or database")
+    shown = f"database {redact(dsn)}: PostgreSQL {server}"
+    if version > SCHEMA_VERSION:
+        return Check(False, f"{shown}, schema {version} is newer than this version's "
+                     f"{SCHEMA_VERSION}", "upgrade rinna-bot, or use a database of its version")
+    state = ("current" if version == SCHEMA_VERSION
+             else f"created at start ({SCHEMA_VERSION})" if version == 0
+             else f"migrated to {SCHEMA_VERSION} at start")
+    return Check(True, f"{shown}, schema {version} ({state})")
 
 
 def _metrics(settings: Settings) -> Check:

@@ -22,6 +22,8 @@ _PATTERNS = (
     re.compile(r"\b[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,40}"),
     re.compile(r"(?i)(?<=authorization: bearer )[^\s'\"]+"),
 )
+# The password inside a URL (postgresql://user:PASSWORD@host/db), whatever the URL.
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s'\"]*):[^@\s/'\"]+@")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -31,7 +33,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
             text = text.replace(secret, REDACTED)
     for pattern in _PATTERNS:
         text = pattern.sub(REDACTED, text)
-    return text
+    return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
 
 
 class RedactSecrets(logging.Filter):
