@@ -184,7 +184,7 @@ def test_compose_matches_the_image() -> None:
     the port the image exposes, and waits longer than the shutdown grace before killing."""
     import yaml
 
-    (service,) = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"].values()
+    service = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["rinna-bot"]
     (device,) = service["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert service["env_file"] == ".env"
