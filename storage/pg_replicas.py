@@ -12,7 +12,8 @@ and bot/ports/locks.py, through asyncpg.
   server frees the locks of a process that dies with its connections.
 - `PgControlBus`: LISTEN/NOTIFY on one channel; one connection listens, reconnecting when lost.
 
-Each process opens these with `open_pg_replicas` (bot/service/assembly.py) and closes them with it.
+Their tables are the schema's migration 11 (storage/pg_schema.py). Each process opens these
+with `open_pg_replicas` (bot/service/assembly.py) and closes them with it.
 """
 
 from __future__ import annotations
@@ -32,34 +33,20 @@ from bot.conversation import ConversationKey
 from bot.errors import StoreUnreachable, UserBusyError
 from bot.ports.locks import InProcessLocks
 from bot.ports.replicas import Marker, Replicas, StopHandler
+from storage.pg_schema import migrate
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS answer_leases (
-    platform text NOT NULL,
-    delivery_key text NOT NULL,
-    runner text NOT NULL,
-    until timestamptz NOT NULL,
-    PRIMARY KEY (platform, delivery_key));
-CREATE INDEX IF NOT EXISTS answer_leases_runner ON answer_leases (runner);
-CREATE TABLE IF NOT EXISTS person_slots (
-    id bigserial PRIMARY KEY,
-    person text NOT NULL,
-    runner text NOT NULL,
-    until timestamptz NOT NULL);
-CREATE INDEX IF NOT EXISTS person_slots_person ON person_slots (person, until);
-"""
-_SCHEMA_LOCK = 0x7269_6E6E_6162_6F74  # "rinnabot": replicas starting together create it once
 STOP_CHANNEL = "rinna_stop"
 _LIVE = "until > clock_timestamp()"
 _FROM_NOW = "clock_timestamp() + make_interval(secs => $%d)"
 
 
 async def create_tables(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
-        await conn.execute(SCHEMA)
+    """The schema brought up to date (its migration 11 holds these tables): what the store
+    does at its start, done here too so these parts never depend on the order of opening."""
+    async with pool.acquire() as conn:
+        await migrate(conn)
 
 
 _LOST = (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError,
