@@ -105,14 +105,13 @@ class DeliveryFlow:
             log.info("%s: message %s is being answered by another process", delivery.key,
                      delivery.delivery_key)
             return None
+        taken = None
         try:
             taken = await self.store.take(delivery, self.runner)
-        except BaseException:
-            await self.leases.drop(marker, self.runner)
-            raise
-        if taken is None:
-            await self.leases.drop(marker, self.runner)
-        return taken
+            return taken
+        finally:
+            if taken is None:  # finished, this runner's already, or the store failed
+                await self.leases.drop(marker, self.runner)
 
     async def _controls(self, delivery: Delivery, wanted: Controls) -> Controls:
         """`wanted`, or none where the delivery's scope hides the buttons."""
