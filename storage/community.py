@@ -1,6 +1,7 @@
-"""Community settings in SQLite: values per scope, and an audit row for every change, written
-in the same transaction. A mixin of `HistoryStore` (storage/history.py), which gives it its
-connection, transactions and clock. Implements bot/ports/community.py's CommunityStore.
+"""Community settings (SQLite and PostgreSQL): values per scope, and an audit row for every
+change, written in the same transaction. A mixin of both engines' stores (storage/history.py,
+storage/postgres.py), which give it their connection, transactions and clock. Implements
+bot/ports/community.py's CommunityStore.
 
 One process owns a SQLite database (as for the conversation locks), so a change is announced
 to this process's listeners after it commits; PostgreSQL announces it with NOTIFY instead.

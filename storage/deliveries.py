@@ -1,9 +1,10 @@
-"""Deliveries in SQLite: the platform messages taken on for answering, and their way to done.
+"""Deliveries (SQLite and PostgreSQL): the platform messages taken on for answering, and their
+way to done.
 
-A mixin of `HistoryStore` (storage/history.py), which gives it its connection, transactions
-and conversations. Each transition of bot/ports/records.py's DeliveryState is one method and
-one transaction: an UPDATE whose WHERE names the state it comes from and the runner that took
-the delivery, so a transition that lost (a rival finished it, a deletion withdrew it) changes
+A mixin of both engines' stores (history.py, postgres.py), which give it their connection,
+transactions and conversations. Each transition of bot/ports/records.py's DeliveryState is
+one method and one transaction: an UPDATE whose WHERE names the state it comes from and the
+runner that took the delivery, so a transition that lost (a rival finished it, a deletion withdrew it) changes
 nothing and says so.
 """
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -36,6 +36,8 @@ import asyncpg
 from bot.errors import StorageError, StoreUnreachable
 from storage.community import CommunityRecords
 from storage.deliveries import DeliveryRecords
+from bot.ports.community import ChangeListener, Scope, SettingChange
+from storage.pg_notify import CHANNEL, ChangeNotices, payload
 from storage.pg_schema import TABLES, migrate, schema_version
 from storage.pg_wire import PgPool, PgTransaction, redact
 from storage.private import PrivateRecords
@@ -76,6 +78,7 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
         self.dsn = redact(dsn)  # only ever kept redacted
         self._clock = clock
         self._reconnect = reconnect
+        self._notices = ChangeNotices(self._acquire, self._pool.release, self._announced)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.dsn!r})"
@@ -109,7 +112,25 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
         return cls(pool, dsn, clock, reconnect)
 
     async def close(self) -> None:
+        await self._notices.close()
         await self._pool.close()
+
+    # ----- community settings: every replica's listeners hear of a change (NOTIFY) ----------
+    def on_change(self, listener: ChangeListener) -> None:
+        super().on_change(listener)
+        self._notices.start()
+
+    async def change_settings(self, scope: Scope, values: Mapping[str, str | None],
+                              actor: str) -> list[SettingChange]:
+        """As SQLite's, then NOTIFY the other replicas (this one's listeners were called)."""
+        changes = await super().change_settings(scope, values, actor)
+        if changes:
+            await self._db.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload(scope)))
+        return changes
+
+    def _announced(self, scope: Scope) -> None:
+        for listener in getattr(self, "_listeners", ()):
+            listener(scope)
 
     async def schema_version(self) -> int:
         async with self._connection() as connection:

@@ -1,6 +1,6 @@
 """People's text wherever the store holds it: platform deletions and edits, `forget`, `export`,
-retention. A mixin of `HistoryStore` (storage/history.py), which gives it its connection,
-transactions and `scrub`.
+retention. A mixin of both engines' stores (history.py, postgres.py), which give it their
+connection, transactions and `scrub` (SQLite: overwrite and empty the WAL; PostgreSQL: VACUUM).
 
 A person's text is in one of two places: a stored turn, or a message still waiting to be
 answered (its delivery's `text`, until its user turn is stored: queued behind others,
@@ -132,26 +132,29 @@ class PrivateRecords:
         in the files. Returns the number of messages deleted."""
         async with self._transaction() as db:
             await db.execute(stale_summaries(
-                "SELECT id FROM turns WHERE author = ? AND (CAST(? AS TEXT) IS NULL OR conversation_id IN"
-                " (SELECT id FROM conversations WHERE platform = ?))"),
+                "SELECT id FROM turns WHERE author = ? AND (CAST(? AS TEXT) IS NULL"
+                " OR conversation_id IN (SELECT id FROM conversations WHERE platform = ?))"),
                 (author, platform, platform))
             cursor = await db.execute(
-                "DELETE FROM turns WHERE author = ? AND (CAST(? AS TEXT) IS NULL OR conversation_id IN"
-                " (SELECT id FROM conversations WHERE platform = ?))",
+                "DELETE FROM turns WHERE author = ? AND (CAST(? AS TEXT) IS NULL"
+                " OR conversation_id IN (SELECT id FROM conversations WHERE platform = ?))",
                 (author, platform, platform))
             deleted = cursor.rowcount
             cursor = await db.execute(
                 "UPDATE deliveries SET text = NULL, withdrawn = 1, state = 'withdrawn'"
                 " WHERE author = ?"
-                f" AND (CAST(? AS TEXT) IS NULL OR platform = ?) AND {_WAITING}", (author, platform, platform))
+                f" AND (CAST(? AS TEXT) IS NULL OR platform = ?) AND {_WAITING}",
+                (author, platform, platform))
             deleted += cursor.rowcount
             await db.execute(
-                'DELETE FROM feedback WHERE "user" = ? AND (CAST(? AS TEXT) IS NULL OR platform = ?)',
+                'DELETE FROM feedback WHERE "user" = ?'
+                " AND (CAST(? AS TEXT) IS NULL OR platform = ?)",
                 (author, platform, platform))
             await db.execute(  # the names of their files not read yet
                 "DELETE FROM unread_files WHERE EXISTS (SELECT 1 FROM deliveries d WHERE"
                 " d.platform = unread_files.platform AND d.delivery_key ="
-                " unread_files.delivery_key AND d.author = ? AND (CAST(? AS TEXT) IS NULL OR d.platform = ?))",
+                " unread_files.delivery_key AND d.author = ?"
+                " AND (CAST(? AS TEXT) IS NULL OR d.platform = ?))",
                 (author, platform, platform))
             for column in ("author", "asker"):  # who asked what, in the delivery records
                 await db.execute(

@@ -1,5 +1,6 @@
-"""A conversation's rolling summary and its window notice, in SQLite: a mixin of `HistoryStore`
-(storage/history.py), which gives it its connection and transactions.
+"""A conversation's rolling summary and its window notice (SQLite and PostgreSQL): a mixin of
+both engines' stores (history.py, postgres.py), which give it their connection and
+transactions.
 
 A summary stands for the turns of the current history with id <= `upto`. It is saved only if
 what it was written from is still there unchanged (`covered`, bot.ports.records.fingerprint)
@@ -110,5 +111,6 @@ class SummaryRecords:
             cursor = await db.execute(
                 "INSERT INTO window_notices (conversation_id, since) SELECT id, history_start"
                 " FROM conversations WHERE id = ? ON CONFLICT (conversation_id) DO UPDATE"
-                " SET since = excluded.since WHERE window_notices.since != excluded.since", (conversation,))
+                " SET since = excluded.since WHERE window_notices.since != excluded.since",
+                (conversation,))
             return cursor.rowcount == 1

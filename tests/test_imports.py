@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bot", "adapters", "storage")
 # The service: builds everything in main() and may import adapters and storage.
 SERVICE = frozenset({"bot.service.cli", "bot.service.assembly", "bot.service.doctor", "bot.service.startup", "bot.service.platforms",
-                     "bot.service.privacy"})
+                     "bot.service.privacy", "bot.service.migrate_db"})
 # What storage may use of ours besides itself.
 VOCABULARY = ("bot.conversation", "bot.errors", "bot.ports")
 

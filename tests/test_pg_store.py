@@ -259,3 +259,20 @@ def test_a_database_url_that_is_not_postgresql_is_refused_in_one_line() -> None:
         load_settings(database_url="mysql://rinna:hunter2@db/rinna")
     assert "DATABASE_URL" in str(refused.value) and "postgresql://" in str(refused.value)
     assert "hunter2" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+async def test_a_settings_change_on_one_replica_reaches_the_others_listeners(
+        pg_dsn: str) -> None:
+    from bot.ports.community import Scope
+
+    here, there = await PostgresStore.open(pg_dsn), await PostgresStore.open(pg_dsn)
+    heard: asyncio.Queue[Scope] = asyncio.Queue()
+    try:
+        there.on_change(heard.put_nowait)
+        await asyncio.wait_for(there._notices.listening.wait(), 10)
+        scope = Scope("discord", "G1", "C1")
+        assert await here.change_settings(scope, {"persona": "丁寧"}, "U1")
+        assert await asyncio.wait_for(heard.get(), 10) == scope
+    finally:
+        await here.close()
+        await there.close()
