@@ -182,6 +182,19 @@ class RinnaDiscordBot(commands.Bot):
                 f"Discord could not be reached ({describe(exc)}); check the network") from None
 
 
+class ShardedRinnaDiscordBot(RinnaDiscordBot, commands.AutoShardedBot):
+    """The bot on several gateway connections (DISCORD_SHARD_COUNT): one websocket per shard
+    this replica runs (DISCORD_SHARD_IDS, else all). Discord sends each server's events to
+    shard (server id >> 22) % count, and DMs to shard 0 only."""
+
+    @property
+    def connected(self) -> bool:
+        """Logged in and every shard's websocket open."""
+        shards = self.shards
+        return (self.is_ready() and not self.is_closed() and bool(shards)
+                and not any(shard.is_closed() for shard in shards.values()))
+
+
 class DiscordConnectError(RinnaError):
     """Discord could not be reached at start."""
 
@@ -191,7 +204,12 @@ def build_discord_bot(front: FrontDoor, settings: Settings, **options: Any) -> R
     RinnaDiscordBot / discord.py's client (`message_content=False` runs without the privileged
     intent; tests lower timeouts)."""
     options.setdefault("message_content", settings.discord_message_content)
-    return RinnaDiscordBot(front, settings, **options)
+    if settings.discord_shard_count is None:
+        return RinnaDiscordBot(front, settings, **options)
+    options.setdefault("shard_count", settings.discord_shard_count)
+    if settings.discord_shard_ids:
+        options.setdefault("shard_ids", list(settings.discord_shard_ids))
+    return ShardedRinnaDiscordBot(front, settings, **options)
 
 
 __all__ = [
@@ -208,6 +226,7 @@ __all__ = [
     "MessageEditsCog",
     "DiscordReply",
     "RinnaDiscordBot",
+    "ShardedRinnaDiscordBot",
     "build_discord_bot",
     "conversation_key",
     "readable_text",

@@ -24,6 +24,7 @@ from bot.setting_texts import EXAMPLES, PROBLEMS, TOKEN_SHAPES
 from bot.setting_values import COMMUNITY_KEYS, parse_ids
 
 Ids = Annotated[frozenset[str], NoDecode]  # comma-separated in the environment
+ShardIds = Annotated[tuple[int, ...], NoDecode]  # comma-separated numbers, in order
 
 MIN_PROMPT_TOKENS = 64  # CONTEXT_TOKENS - MAX_NEW_TOKENS must leave at least this for the prompt
 
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     # Platforms
     discord_token: SecretStr | None = None
     discord_message_content: bool = True  # the privileged intent; False: mentions and DMs only
+    # Sharding (several gateway connections; DMs arrive on shard 0 only): unset = one gateway.
+    # DISCORD_SHARD_IDS: this replica's shards (comma-separated); unset = all of them.
+    discord_shard_count: int | None = Field(None, ge=1, le=10000)
+    discord_shard_ids: ShardIds = ()
     slack_bot_token: SecretStr | None = None
     slack_app_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
@@ -113,6 +118,9 @@ class Settings(BaseSettings):
     # Service: stopping and starting again without losing a message
     shutdown_grace_s: float = Field(20.0, ge=0.0)  # answers in flight may finish this long
     recover_max_age_s: float = Field(900.0, ge=0.0)  # older unanswered messages get a notice
+    # Replicas on one PostgreSQL: how long an answer's lease lasts unrenewed (renewed every
+    # third of it while its process lives); a dead process's answers are taken over after it
+    lease_s: float = Field(30.0, ge=3.0, le=600.0)
 
     # Behaviour and logs
     stream_interval_s: float = Field(1.0, ge=0.0)
@@ -141,6 +149,30 @@ class Settings(BaseSettings):
     @classmethod
     def _id_list(cls, value: Any) -> frozenset[str]:
         return parse_ids(value)
+
+    @field_validator("discord_shard_ids", mode="before")
+    @classmethod
+    def _shard_id_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not all(part.isdigit() for part in parts):
+            raise ValueError("must be shard numbers separated by commas")
+        return tuple(sorted({int(part) for part in parts}))
+
+    @model_validator(mode="after")
+    def _shards_in_range(self) -> Settings:
+        if self.discord_shard_ids and self.discord_shard_count is None:
+            raise ValueError("DISCORD_SHARD_IDS is set but DISCORD_SHARD_COUNT is not: set it to "
+                             "the bot's total number of shards (for example "
+                             "DISCORD_SHARD_COUNT=2)")
+        count = self.discord_shard_count
+        outside = [i for i in self.discord_shard_ids if count is not None and i >= count]
+        if outside:
+            raise ValueError(f"DISCORD_SHARD_IDS: shard {outside[0]} does not exist with "
+                             f"DISCORD_SHARD_COUNT={count} (shards are numbered 0 to "
+                             f"{(count or 1) - 1})")
+        return self
 
     @field_validator("community_keys", mode="before")
     @classmethod

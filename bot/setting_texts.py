@@ -35,6 +35,9 @@ EXAMPLES = {
     "allow_dms": "false",
     "community_keys": "persona,enabled,mention_only",
     "persona": "keigo",
+    "lease_s": "30",
+    "discord_shard_count": "2",
+    "discord_shard_ids": "0,1",
 }
 
 # Token shapes, checked before anything connects: (pattern, what a right value looks like).

@@ -208,6 +208,9 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (platform, delivery_key)
     ) WITHOUT ROWID;
     """,
+    # 11: nothing in SQLite (one process per file). PostgreSQL's 11 (storage/pg_schema.py)
+    # adds what replicas share there: answer leases and person slots (storage/pg_replicas.py).
+    "",
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -115,6 +115,11 @@ class FakeDiscord:
     _runner: web.AppRunner | None = None
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     identify: dict[str, Any] = field(default_factory=dict)  # the bot's IDENTIFY payload
+    identifies: list[dict[str, Any]] = field(default_factory=list)  # every one, in order
+    # A sharded bot's open websockets by shard id: a server's events go to its shard, as
+    # Discord routes them ((guild id >> 22) % shard count), the rest to shard 0
+    _shards: dict[int, web.WebSocketResponse] = field(default_factory=dict)
+    _shard_count: int = 0
     reject_token: bool = False  # answer the login with 401, as Discord does for a bad token
     login_gate: asyncio.Event | None = None  # the login waits for it before being answered
     # Sends that create their message and then answer 500 (Discord's retry is the client's)
@@ -164,8 +169,8 @@ class FakeDiscord:
 
     async def close(self) -> None:
         self.files.released.set()
-        if self._ws is not None:
-            await self._ws.close()
+        for ws in {id(w): w for w in (self._ws, *self._shards.values()) if w}.values():
+            await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -409,19 +414,36 @@ class FakeDiscord:
                 await ws.send_json({"op": 11})
             elif payload["op"] == 2:  # identify
                 self.identify = payload["d"]
-                await self._dispatch("READY", self._ready())
-                await self._dispatch("GUILD_CREATE", self._guild())
+                self.identifies.append(payload["d"])
+                shard, self._shard_count = payload["d"].get("shard", [0, 0])
+                if self._shard_count:
+                    self._shards[shard] = ws
+                mine = not self._shard_count or self._guild_shard() == shard
+                ready = self._ready(with_guild=mine)
+                if self._shard_count:  # Discord names the shard in a sharded READY
+                    ready["shard"] = [shard, self._shard_count]
+                await ws.send_json({"op": 0, "t": "READY", "s": next(self._seq), "d": ready})
+                if mine:
+                    await self._dispatch("GUILD_CREATE", self._guild())
                 self.identified.set()
+                self.changed.set()
         return ws
 
-    async def _dispatch(self, event: str, data: dict[str, Any]) -> None:
-        assert self._ws is not None
-        await self._ws.send_json({"op": 0, "t": event, "s": next(self._seq), "d": data})
+    def _guild_shard(self) -> int:
+        return (GUILD_ID >> 22) % self._shard_count
 
-    def _ready(self) -> dict[str, Any]:
+    async def _dispatch(self, event: str, data: dict[str, Any]) -> None:
+        ws = self._ws
+        if self._shard_count:  # the test's server lives on one shard; a DM on shard 0
+            in_guild = "guild_id" in data or event == "GUILD_CREATE"
+            ws = self._shards.get(self._guild_shard() if in_guild else 0)
+        assert ws is not None, "no gateway connection for this event's shard"
+        await ws.send_json({"op": 0, "t": event, "s": next(self._seq), "d": data})
+
+    def _ready(self, with_guild: bool = True) -> dict[str, Any]:
+        guilds = [{"id": str(GUILD_ID), "unavailable": True}] if with_guild else []
         return {"v": 10, "user": _user(BOT_ID, "rinna", bot=True), "session_id": "fake-session",
-                "resume_gateway_url": self.gateway_url, "guilds": [
-                    {"id": str(GUILD_ID), "unavailable": True}],
+                "resume_gateway_url": self.gateway_url, "guilds": guilds,
                 "application": {"id": str(APP_ID), "flags": 0}}
 
     def _guild(self) -> dict[str, Any]:

@@ -173,6 +173,19 @@ def test_restarts_follow_the_exit_code_contract() -> None:
     assert all(f"| `{code}` |" in table for code in (0, 1, 2))
 
 
+def test_compose_offers_a_second_replica_on_postgresql_off_by_default() -> None:
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    first, second = services["rinna-bot"], services["rinna-bot-2"]
+    assert second["profiles"] == ["replicas"] and "profiles" not in first
+    assert second["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert second["image"] == first["image"] and second["env_file"] == ".env"
+    assert second["restart"] == first["restart"]
+    # its own health port; no SQLite volume: the history is PostgreSQL's
+    assert set(second["ports"]).isdisjoint(first["ports"])
+    assert not any(v.startswith("data:") for v in second["volumes"])
+    assert second["environment"]["DISCORD_SHARD_IDS"] == "1"
+
+
 def test_compose_offers_postgresql_off_by_default() -> None:
     services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
     postgres = services["postgres"]

@@ -12,6 +12,7 @@ from bot.core.controls import ControlResult, Feedback
 from bot.core.running import RunningAnswers
 from bot.ports.locks import ConversationLocks
 from bot.ports.records import Delivery
+from bot.ports.replicas import Replicas
 from bot.ports.store import ChatStore
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,10 @@ class AnswerControls:
     def __init__(self, store: ChatStore, running: RunningAnswers, locks: ConversationLocks,
                  redo: Callable[[Delivery, ReplySink], Awaitable[None]],
                  closing: Callable[[], bool],
-                 on_feedback: Callable[[str, str], None] | None = None) -> None:
+                 on_feedback: Callable[[str, str], None] | None = None,
+                 replicas: Replicas | None = None) -> None:
         self.store = store
+        self._replicas = replicas if replicas is not None else Replicas()
         self.running = running
         self._locks = locks
         self._redo = redo  # answers a regeneration taken on (the chat service's pipeline)
@@ -58,7 +61,15 @@ class AnswerControls:
             return ControlResult.NOT_FOUND
         if not await may_press(user, answer, moderator):
             return ControlResult.NOT_ALLOWED
-        result = self.running.stop((answer.platform, answer.delivery_key))
+        marker = (answer.platform, answer.delivery_key)
+        result = self.running.stop(marker)
+        if result is ControlResult.NOT_RUNNING and not self.running.answering(marker) \
+                and marker in await self._replicas.leases.held([marker]):
+            # another process writes it (its lease holds): the bus carries the press there
+            await self._replicas.bus.publish_stop(marker)
+            log.info("%s: stop of the answer to %s sent to the process writing it", answer.key,
+                     answer.delivery_key)
+            return ControlResult.DONE
         if result is not ControlResult.DONE:
             return result
         log.info("%s: answer to %s stopped by its button", answer.key, answer.delivery_key)

@@ -54,6 +54,7 @@ from bot.engine.tokenizer import Tokenizer
 from bot.errors import RinnaError
 from bot.ports.locks import ConversationLocks, InProcessLocks
 from bot.ports.records import Delivery, ImportedTurn
+from bot.ports.replicas import Replicas
 from bot.ports.store import ChatStore
 
 # what the service's callers import from here (the flow and the notices live beside it)
@@ -91,6 +92,7 @@ class ChatService:
         summaries: RollingSummaries | None = None,  # None: SUMMARY=off
         summary_requests: SummaryRequests | None = None,  # None: SUMMARY_TOKENS' default
         community: Community | None = None,  # per-scope settings; None: the host's for all
+        replicas: Replicas | None = None,  # None: this process alone on its database
     ) -> None:
         self.store = store
         self.generator = generator
@@ -101,6 +103,8 @@ class ChatService:
         self._crash = crash_hook  # test-only fault injection at named points; None in service
         self._locks: ConversationLocks = locks if locks is not None else InProcessLocks()
         self.running = RunningAnswers()
+        self.replicas = replicas if replicas is not None else Replicas()
+        self.replicas.bus.on_stop(self.running.stop)  # a 「停止」 pressed on another process
         self._recent: dict[str, RecentKeys] = {}  # platform -> delivery keys taken up lately
         self._active: dict[asyncio.Task[object], asyncio.Future[Any] | None] = {}
         self._closing = False
@@ -114,7 +118,7 @@ class ChatService:
             self.window)
         self.scoped = ScopedSettings(community, config.params, config.prompt_budget)
         self.controls = AnswerControls(store, self.running, self._locks, self._redo,
-                                       lambda: self._closing, on_feedback)
+                                       lambda: self._closing, on_feedback, self.replicas)
         self.reader = AttachmentReader(config.attachments,
                                        prompt_room(tokenizer, config.prompt_budget))
         self.edits = EditedQuestions(store, self.running, self._locks, self._edits, self._redo,
@@ -126,7 +130,7 @@ class ChatService:
         # one left unfinished; a redelivery cannot take what this one is answering
         self.flow = DeliveryFlow(store, answerer, self.window, self._locks, self.running,
                                  uuid.uuid4().hex, self._active, lambda: self._closing,
-                                 self._point, summaries)
+                                 self._point, summaries, self.replicas.leases)
 
     def _point(self, name: str) -> None:
         if self._crash is not None:
@@ -311,7 +315,7 @@ class ChatService:
         """Finish every message of `platform` that was taken on but never answered (a crash,
         a kill, a shutdown that ran out of grace): those younger than `max_age_s` are answered
         into the placeholder already posted; older ones end with a short notice."""
-        pending = await self.store.unfinished(platform)
+        pending = await self._unclaimed(await self.store.unfinished(platform))
         if not pending:
             return Recovered()
         log.info("%s: recovering %d unanswered messages", platform, len(pending))
@@ -328,6 +332,17 @@ class ChatService:
         log.info("%s: recovery done: %d answered, %d too old (notice), %d failed", platform,
                  report.answered, report.stale, report.failed)
         return report
+
+    async def _unclaimed(self, pending: list[Delivery]) -> list[Delivery]:
+        """Sharing the database with other processes: only what none of them writes now (no
+        live lease) and what none is about to (taken on longer than a lease ago)."""
+        if not self.replicas.shared:
+            return pending
+        leases = self.replicas.leases
+        held = await leases.held([(d.platform, d.delivery_key) for d in pending])
+        settled = time.time() - leases.lease_s
+        return [d for d in pending
+                if (d.platform, d.delivery_key) not in held and d.received_at < settled]
 
     async def _recover_one(self, delivery: Delivery, sink: ReplySink) -> Outcome:
         await self.edits.mark_replaced(delivery, sink)  # an edit's: the old answer is struck

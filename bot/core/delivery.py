@@ -38,6 +38,7 @@ from bot.engine.generation import GenerationParams
 from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
 from bot.ports.locks import ConversationLocks
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
+from bot.ports.replicas import AnswerLeases, LocalLeases
 from bot.ports.sinks import LocatesConversation
 from bot.ports.store import ChatStore
 
@@ -81,7 +82,8 @@ class DeliveryFlow:
                  locks: ConversationLocks, running: RunningAnswers, runner: str,
                  active: dict[asyncio.Task[object], asyncio.Future[Any] | None],
                  closing: Callable[[], bool], point: CrashHook,
-                 summaries: RollingSummaries | None = None) -> None:
+                 summaries: RollingSummaries | None = None,
+                 leases: AnswerLeases | None = None) -> None:
         self.store = store
         self.answerer = answerer
         self.scoped: ScopedSettings = answerer.scoped
@@ -93,6 +95,24 @@ class DeliveryFlow:
         self._closing = closing
         self._point = point
         self.summaries = summaries  # None: SUMMARY=off
+        # who writes an answer when several processes share the store (None: this one alone)
+        self.leases: AnswerLeases = leases if leases is not None else LocalLeases()
+
+    async def _take(self, delivery: Delivery) -> Delivery | None:
+        """The store's `take`, under a lease: None when another live process writes it (its
+        lease holds), when it is finished, or when this runner has it already."""
+        marker = (delivery.platform, delivery.delivery_key)
+        if not await self.leases.claim(marker, self.runner):
+            log.info("%s: message %s is being answered by another process", delivery.key,
+                     delivery.delivery_key)
+            return None
+        taken = None
+        try:
+            taken = await self.store.take(delivery, self.runner)
+            return taken
+        finally:
+            if taken is None:  # finished, this runner's already, or the store failed
+                await self.leases.drop(marker, self.runner)
 
     async def _controls(self, delivery: Delivery, wanted: Controls) -> Controls:
         """`wanted`, or none where the delivery's scope hides the buttons."""
@@ -100,9 +120,15 @@ class DeliveryFlow:
 
     async def give_up(self, delivery: Delivery, sink: ReplySink) -> Outcome:
         """A recovered delivery too old to answer: its stored final text, or a short notice."""
-        taken = await self.store.take(delivery, self.runner)
+        taken = await self._take(delivery)
         if taken is None:
             return Outcome.DUPLICATE
+        try:
+            return await self._give_up_taken(taken, sink)
+        finally:
+            await self.leases.drop((taken.platform, taken.delivery_key), self.runner)
+
+    async def _give_up_taken(self, taken: Delivery, sink: ReplySink) -> Outcome:
         try:
             await resume(sink, taken.reply_ref)
             if taken.final is not None:  # its answer (or reset) was done: show it, not a notice
@@ -115,7 +141,7 @@ class DeliveryFlow:
                 await sink.fail(STALE_NOTICE)
                 await self.store.finish(taken, failed=True)
         except Exception:
-            log.exception("%s: could not end message %s", delivery.key, delivery.delivery_key)
+            log.exception("%s: could not end message %s", taken.key, taken.delivery_key)
             await self._release(taken)
             return Outcome.FAILED
         return Outcome.ANSWERED
@@ -127,7 +153,7 @@ class DeliveryFlow:
         """Answer a recorded message: its placeholder, user turn, answer, final text.
         `text` is the message's text when the platform just delivered it (else the record's);
         `notes` go at the end of the answer (what of its attachments was not read)."""
-        taken = await self.store.take(delivery, self.runner)
+        taken = await self._take(delivery)
         if taken is None:
             log.info("%s: message %s already answered or being answered", delivery.key,
                      delivery.delivery_key)
@@ -164,6 +190,7 @@ class DeliveryFlow:
                     await self._release(taken)
             finally:  # released first: who waits for its end (an edit) finds it free
                 self.running.end(marker)
+                await self.leases.drop(marker, self.runner)
 
     async def _answer_taken(self, taken: Delivery, sink: ReplySink,
                             me: asyncio.Task[object] | None, earlier: EarlierLoader | None,

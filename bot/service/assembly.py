@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from bot.engine.generator import LocalGenerator
     from bot.ports.store import ChatStore
     from bot.service.metrics import Metrics
+    from storage.pg_replicas import PgReplicas
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                                  pool_size=settings.database_pool_size)
     except StorageError as exc:
         raise as_config_error(exc) from None
+    shared = None
     try:
+        shared = await open_shared(settings)
         loading = parts.load_generator(settings)
         generator = await (while_checking(checks, loading) if checks is not None else loading)
         summaries = None
@@ -95,6 +98,10 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                 metrics.watch_generator(generator)
                 served = MeteredGenerator(generator, metrics)
                 metrics.model_loaded = True
+            if shared is not None:  # MAX_PER_USER counted across the replicas
+                from bot.core.counted import CountedGenerator
+
+                served = CountedGenerator(served, shared.replicas.counts)
             summaries = build_summaries(settings, store, served, generator.tokenizer)
             chat = ChatService(store, served, generator.tokenizer, ChatConfig(
                 prompt_budget=settings.prompt_budget, context_tokens=settings.context_tokens,
@@ -107,7 +114,9 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                 crash_hook=crash_hook, summaries=summaries,
                 summary_requests=build_summary_requests(settings, store, served,
                                                         generator.tokenizer),
-                community=Community(store, policy, generator.tokenizer))
+                community=Community(store, policy, generator.tokenizer),
+                locks=shared.locks if shared is not None else None,
+                replicas=shared.replicas if shared is not None else None)
             status = build_status(settings, generator, store)
             yield Core(settings, store, generator, chat,
                        FrontDoor.from_settings(chat, settings, status=status), metrics, status)
@@ -118,7 +127,29 @@ async def open_core(settings: Settings, metrics: Metrics | None = None,
                 metrics.model_loaded = False
             await generator.aclose()
     finally:
+        if shared is not None:
+            await shared.aclose()
         await store.close()
+
+
+async def open_shared(settings: Settings) -> PgReplicas | None:
+    """With DATABASE_URL, what this replica shares with the others on that PostgreSQL: leases,
+    conversation locks, the stop channel, per-person counts (storage/pg_replicas.py). None on
+    SQLite: one process per database, everything in process."""
+    if settings.database_url is None:
+        return None
+    import asyncpg
+
+    from storage.pg_replicas import open_pg_replicas
+
+    try:
+        return await open_pg_replicas(settings.database_url.get_secret_value(),
+                                      lease_s=settings.lease_s,
+                                      max_per_user=settings.max_per_user,
+                                      lock_connections=settings.database_pool_size)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StorageError(f"PostgreSQL: could not open the replicas' shared parts "
+                           f"({type(exc).__name__})") from None
 
 
 def build_status(settings: Settings, generator: Any, store: ChatStore) -> Status:

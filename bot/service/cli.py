@@ -142,9 +142,35 @@ def _connected(platform: Platform) -> Callable[[], bool]:
 
 
 async def _recover(core: Core, platform: Platform) -> None:
+    """At start, what an earlier run left unanswered. With replicas on one PostgreSQL, then on
+    and on: what a replica that died left, once its leases run out (LEASE_S)."""
     await platform.ready()
     await core.chat.recover(platform.name, platform.recovery_sink,
                             max_age_s=core.settings.recover_max_age_s)
+    if not core.chat.replicas.shared:
+        return
+    every = min(core.settings.lease_s / 2, 5.0)
+    sweeps: set[asyncio.Task[None]] = set()
+    try:
+        while not core.chat.closing:
+            await asyncio.sleep(every)  # a sweep's period, not a synchronisation
+            # each sweep runs on its own: answers it takes over are written while the next
+            # sweeps look for more (a lease keeps two sweeps off one answer)
+            sweep = asyncio.create_task(_sweep(core, platform, every))
+            sweeps.add(sweep)
+            sweep.add_done_callback(sweeps.discard)
+    finally:
+        for sweep in list(sweeps):
+            sweep.cancel()
+
+
+async def _sweep(core: Core, platform: Platform, every: float) -> None:
+    try:
+        await core.chat.recover(platform.name, platform.recovery_sink,
+                                max_age_s=core.settings.recover_max_age_s)
+    except RinnaError as exc:  # the database away for a while: the next sweep tries again
+        log.warning("%s: taking over unfinished answers failed (%s); trying again in %.0f s",
+                    platform.name, type(exc).__name__, every)
 
 
 def private_command(settings: Settings, command: str, user: str, platform: str | None) -> int:

@@ -1,0 +1,125 @@
+"""Two chat services as two replicas would run them: each its own runner token and its own
+shared parts on the real throwaway PostgreSQL (leases, advisory locks, LISTEN/NOTIFY, person
+slots), over one store. What a replica does when another writes, dies, or is pressed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from bot.core.chat import ChatConfig, ChatService, Outcome
+from bot.core.controls import STOPPED_MARK, ControlResult
+from bot.conversation import ConversationKey, Speaker
+from bot.core.counted import CountedGenerator
+from bot.errors import UserBusyError
+from bot.engine.tokenizer import Tokenizer
+from storage.history import HistoryStore
+from storage.pg_replicas import PgReplicas, open_pg_replicas
+from tests.fakes import ScriptedGenerator
+from tests.test_controls import KEY, ButtonSink, HeldGenerator, ask, history
+from tests.test_pg_replicas import until
+
+LEASE_S = 0.6  # short, so a dead replica's lease runs out within the test
+
+
+@pytest.fixture
+async def shared(pg_dsn: str) -> AsyncIterator[Callable[..., Awaitable[PgReplicas]]]:
+    opened: list[PgReplicas] = []
+
+    async def open_one(max_per_user: int = 2) -> PgReplicas:
+        parts = await open_pg_replicas(pg_dsn, lease_s=LEASE_S, max_per_user=max_per_user)
+        opened.append(parts)
+        return parts
+
+    yield open_one
+    for parts in opened:
+        await parts.aclose()
+
+
+def replica(store: HistoryStore, tokenizer: Tokenizer, generator: object,
+            parts: PgReplicas) -> ChatService:
+    served = CountedGenerator(generator, parts.replicas.counts)
+    return ChatService(store, served, tokenizer,  # type: ignore[arg-type]
+                       ChatConfig(prompt_budget=1920, stream_interval_s=0.0),
+                       locks=parts.locks, replicas=parts.replicas)
+
+
+async def test_a_retry_on_another_replica_is_not_answered_again_and_its_stop_reaches_the_writer(
+        store: HistoryStore, tokenizer: Tokenizer,
+        shared: Callable[..., Awaitable[PgReplicas]]) -> None:
+    held = HeldGenerator()
+    other = ScriptedGenerator()
+    a = replica(store, tokenizer, held, await shared())
+    b = replica(store, tokenizer, other, await shared())
+    sink = ButtonSink()
+    answering = asyncio.create_task(a.handle(KEY, ask("長い話をして", "m1"), sink))
+    await sink.updated.wait()
+    # Slack retries the event to replica B while A writes: B leaves it to A.
+    retry = ButtonSink()
+    assert await b.handle(KEY, ask("長い話をして", "m1"), retry) is Outcome.DUPLICATE
+    assert retry.events == [] and other.prompts == []
+    # 「停止」 pressed on B stops the answer A writes.
+    assert await b.stop("test", sink.ref, "alice") is ControlResult.DONE
+    assert await asyncio.wait_for(answering, timeout=20) is Outcome.ANSWERED
+    assert held.aborted.is_set()
+    assert sink.final() == f"途中まで書いた\n\n{STOPPED_MARK}"
+    assert await history(store) == [(Speaker.USER, "長い話をして"),
+                                     (Speaker.SYSTEM, "途中まで書いた")]
+    # Once done, the press finds nothing running anywhere.
+    assert await b.stop("test", sink.ref, "alice") is ControlResult.NOT_RUNNING
+
+
+async def test_a_dead_replicas_answer_is_taken_over_once_its_lease_runs_out(
+        store: HistoryStore, tokenizer: Tokenizer,
+        shared: Callable[..., Awaitable[PgReplicas]]) -> None:
+    dead_parts, survivor_parts = await shared(), await shared()
+    generator = ScriptedGenerator()
+    survivor = replica(store, tokenizer, generator, survivor_parts)
+    # Replica "dead" took the message on, posted its placeholder, and was killed: its lease
+    # stays behind unrenewed, the record claimed by its runner.
+    delivery = await store.accept(KEY, "m2", "富士山の高さは?", "alice")
+    assert delivery is not None
+    assert await dead_parts.replicas.leases.claim(("test", "m2"), "dead-runner")
+    taken = await store.take(delivery, "dead-runner")
+    assert taken is not None and await store.show_placeholder(taken, "msg-dead")
+    await dead_parts.aclose()
+    sinks: list[ButtonSink] = []
+
+    def make_sink(_: object) -> ButtonSink:
+        sinks.append(ButtonSink())
+        return sinks[-1]
+
+    # While the lease holds, the survivor's sweep leaves it alone.
+    assert (await survivor.recover("test", make_sink)).answered == 0
+    assert sinks == [] and generator.prompts == []
+    async def taken_over() -> int:
+        return (await survivor.recover("test", make_sink)).answered
+
+    assert await until(taken_over) == 1 and len(sinks) == 1
+    assert sinks[0].kinds()[-1] == "finish"
+    assert [speaker for speaker, _ in await history(store)] == [Speaker.USER, Speaker.SYSTEM]
+    assert (await survivor.recover("test", make_sink)).answered == 0  # never twice
+    assert len(generator.prompts) == 1
+
+
+async def test_max_per_user_holds_across_replicas(
+        store: HistoryStore, tokenizer: Tokenizer,
+        shared: Callable[..., Awaitable[PgReplicas]]) -> None:
+    held = HeldGenerator()
+    a = replica(store, tokenizer, held, await shared(max_per_user=1))
+    b = replica(store, tokenizer, ScriptedGenerator(), await shared(max_per_user=1))
+    sink = ButtonSink()
+    answering = asyncio.create_task(a.handle(KEY, ask("長い話をして", "m1"), sink))
+    await sink.updated.wait()
+    elsewhere = ConversationKey("test", "w", "c", "another-thread")
+    refused = ButtonSink()
+    try:
+        assert await b.handle(elsewhere, ask("もう一つ", "m3"), refused) is Outcome.FAILED
+        assert refused.final() == UserBusyError.user_message
+    finally:
+        held.release.set()
+        assert await asyncio.wait_for(answering, timeout=20) is Outcome.ANSWERED
+    again = ButtonSink()
+    assert await b.handle(elsewhere, ask("もう一つ", "m4"), again) is Outcome.ANSWERED
