@@ -13,8 +13,8 @@ import yarl
 from discord.gateway import DiscordWebSocket
 
 from adapters.discord_bot import RinnaDiscordBot, ShardedRinnaDiscordBot, build_discord_bot
-from bot.core.chat import ChatService
 from bot.config import Settings, load_settings
+from bot.core.chat import ChatService
 from bot.errors import ConfigError
 from tests.discord_fakes import GUILD_ID, FakeDiscord
 from tests.test_discord_wire import final_answer

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from bot.conversation import ConversationKey, Speaker
 from bot.core.chat import ChatConfig, ChatService, Outcome
 from bot.core.controls import STOPPED_MARK, ControlResult
-from bot.conversation import ConversationKey, Speaker
 from bot.core.counted import CountedGenerator
-from bot.errors import UserBusyError
 from bot.engine.tokenizer import Tokenizer
+from bot.errors import UserBusyError
 from storage.history import HistoryStore
 from storage.pg_replicas import PgReplicas, open_pg_replicas
 from tests.fakes import ScriptedGenerator
