@@ -15,6 +15,7 @@ from discord.gateway import DiscordWebSocket
 from adapters.discord_bot import RinnaDiscordBot, ShardedRinnaDiscordBot, build_discord_bot
 from bot.config import Settings, load_settings
 from bot.core.chat import ChatService
+from bot.core.front_door import FrontDoor
 from bot.errors import ConfigError
 from tests.discord_fakes import GUILD_ID, FakeDiscord
 from tests.test_discord_wire import final_answer
@@ -48,7 +49,7 @@ def test_shard_settings_are_read_and_checked(settings: Settings) -> None:
 
 def test_unsharded_settings_build_the_one_gateway_client(chat: ChatService,
                                                          settings: Settings) -> None:
-    bot = build_discord_bot(chat, settings)
+    bot = build_discord_bot(FrontDoor.from_settings(chat, settings), settings)
     assert type(bot) is RinnaDiscordBot
 
 
@@ -58,7 +59,8 @@ async def test_a_replica_identifies_with_its_own_shards_and_answers_on_them(
     # The test server lives on shard (GUILD_ID >> 22) % 4 == 3; shard 1 carries no server.
     assert (GUILD_ID >> 22) % 4 == 3
     mine = sharded(settings, discord_shard_count=4, discord_shard_ids="1,3")
-    bot = build_discord_bot(chat, mine, guild_ready_timeout=0.05)
+    bot = build_discord_bot(FrontDoor.from_settings(chat, mine), mine,
+                            guild_ready_timeout=0.05)
     assert isinstance(bot, ShardedRinnaDiscordBot)
     running = asyncio.create_task(bot.start("fake-token"))
     try:

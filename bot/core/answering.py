@@ -25,6 +25,7 @@ from bot.core.running import Marker, RunningAnswers
 from bot.core.scoped import ScopedSettings
 from bot.core.summary_request import SummaryRequests
 from bot.engine.generator import Generator
+from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
 from bot.ports.records import Delivery, ImportedTurn
 from bot.ports.store import SummaryStore
 
@@ -150,3 +151,17 @@ class Answerer:
 
 def _marker(delivery: Delivery) -> Marker:
     return (delivery.platform, delivery.delivery_key)
+
+
+def log_refusal(delivery: Delivery, exc: RinnaError) -> None:
+    """Why a delivery got a notice instead of an answer, in the log (no text of the user's)."""
+    key, message = delivery.key, delivery.delivery_key
+    if isinstance(exc, BusyError):
+        log.warning("%s: busy, message %s not answered: %s", key, message,
+                    type(exc).__name__)
+    elif isinstance(exc, OutdatedRequest):
+        log.info("%s: regeneration %s overtaken by a newer question", key, message)
+    elif isinstance(exc, MessageWithdrawn):
+        log.info("%s: message %s was deleted while it waited; not answered", key, message)
+    else:
+        log.warning("%s: answer failed: %s", key, type(exc).__name__, exc_info=exc)

@@ -315,7 +315,7 @@ class ChatService:
         """Finish every message of `platform` that was taken on but never answered (a crash,
         a kill, a shutdown that ran out of grace): those younger than `max_age_s` are answered
         into the placeholder already posted; older ones end with a short notice."""
-        pending = await self._unclaimed(await self.store.unfinished(platform))
+        pending = await self.replicas.unclaimed(await self.store.unfinished(platform))
         if not pending:
             return Recovered()
         log.info("%s: recovering %d unanswered messages", platform, len(pending))
@@ -332,17 +332,6 @@ class ChatService:
         log.info("%s: recovery done: %d answered, %d too old (notice), %d failed", platform,
                  report.answered, report.stale, report.failed)
         return report
-
-    async def _unclaimed(self, pending: list[Delivery]) -> list[Delivery]:
-        """Sharing the database with other processes: only what none of them writes now (no
-        live lease) and what none is about to (taken on longer than a lease ago)."""
-        if not self.replicas.shared:
-            return pending
-        leases = self.replicas.leases
-        held = await leases.held([(d.platform, d.delivery_key) for d in pending])
-        settled = time.time() - leases.lease_s
-        return [d for d in pending
-                if (d.platform, d.delivery_key) not in held and d.received_at < settled]
 
     async def _recover_one(self, delivery: Delivery, sink: ReplySink) -> Outcome:
         await self.edits.mark_replaced(delivery, sink)  # an edit's: the old answer is struck

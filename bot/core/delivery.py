@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 from bot.conversation import ANSWERED, NO_CONTROLS, STREAMING, Controls, ReplySink
-from bot.core.answering import Answerer, Written, with_notes
+from bot.core.answering import Answerer, Written, log_refusal, with_notes
 from bot.core.attachments import AttachmentLimits
 from bot.core.history_window import HistoryWindow
 from bot.core.notices import INTERRUPTED_NOTICE, STALE_NOTICE, UNEXPECTED_ERROR, USAGE_MESSAGE
@@ -35,7 +35,7 @@ from bot.core.scoped import ScopedSettings
 from bot.core.sink_calls import offer, placeholder_ref, resume, retire
 from bot.core.summary import RollingSummaries
 from bot.engine.generation import GenerationParams
-from bot.errors import BusyError, MessageWithdrawn, OutdatedRequest, RinnaError
+from bot.errors import MessageWithdrawn, OutdatedRequest, RinnaError
 from bot.ports.locks import ConversationLocks
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
 from bot.ports.replicas import AnswerLeases, LocalLeases
@@ -173,7 +173,7 @@ class DeliveryFlow:
                      taken.delivery_key)
             return Outcome.DUPLICATE
         except RinnaError as exc:
-            self._log_refusal(taken, exc)
+            log_refusal(taken, exc)
             await self._fail(taken, sink, exc.user_message)
             outcome = Outcome.FAILED
             return outcome
@@ -240,19 +240,6 @@ class DeliveryFlow:
                 and await self.scoped.buttons(current.key):
             await retire(sink, older)
         return outcome
-
-    @staticmethod
-    def _log_refusal(delivery: Delivery, exc: RinnaError) -> None:
-        key, message = delivery.key, delivery.delivery_key
-        if isinstance(exc, BusyError):
-            log.warning("%s: busy, message %s not answered: %s", key, message,
-                        type(exc).__name__)
-        elif isinstance(exc, OutdatedRequest):
-            log.info("%s: regeneration %s overtaken by a newer question", key, message)
-        elif isinstance(exc, MessageWithdrawn):
-            log.info("%s: message %s was deleted while it waited; not answered", key, message)
-        else:
-            log.warning("%s: answer failed: %s", key, type(exc).__name__, exc_info=exc)
 
     async def _release(self, delivery: Delivery) -> None:
         """Not finished here (a shutdown, a failure to record the end): the next runner (a

@@ -16,10 +16,13 @@ count is the engine's own (its scheduler refuses past MAX_PER_USER).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from bot.ports.records import Delivery
 
 Marker = tuple[str, str]  # (platform, delivery key)
 StopHandler = Callable[[Marker], object]
@@ -109,3 +112,14 @@ class Replicas:
     bus: ControlBus = field(default_factory=LocalBus)
     counts: PersonCounts = field(default_factory=LocalCounts)
     shared: bool = False  # True: other processes may work on this database (take-overs run)
+
+    async def unclaimed(self, pending: list[Delivery]) -> list[Delivery]:
+        """Of the unfinished deliveries, those this process may recover: all of them alone on
+        the database; sharing it, only what no process writes now (no live lease) and what none
+        is about to (taken on longer than a lease ago)."""
+        if not self.shared:
+            return pending
+        held = await self.leases.held([(d.platform, d.delivery_key) for d in pending])
+        settled = time.time() - self.leases.lease_s
+        return [d for d in pending
+                if (d.platform, d.delivery_key) not in held and d.received_at < settled]
