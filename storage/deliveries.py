@@ -4,8 +4,8 @@ way to done.
 A mixin of both engines' stores (history.py, postgres.py), which give it their connection,
 transactions and conversations. Each transition of bot/ports/records.py's DeliveryState is
 one method and one transaction: an UPDATE whose WHERE names the state it comes from and the
-runner that took the delivery, so a transition that lost (a rival finished it, a deletion withdrew it) changes
-nothing and says so.
+runner that took the delivery, so a transition that lost (a rival finished it, a deletion
+withdrew it) changes nothing and says so.
 """
 
 from __future__ import annotations
