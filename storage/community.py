@@ -12,12 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING
 
 from bot.ports.community import ChangeListener, Scope, SettingChange
-
-if TYPE_CHECKING:
-    import aiosqlite
+from storage.sql import SqlConnection
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +36,11 @@ def _change(row: Sequence[object]) -> SettingChange:
 
 
 class CommunityRecords:
-    _db: aiosqlite.Connection
+    _db: SqlConnection
     _clock: Callable[[], float]
     _listeners: list[ChangeListener]
 
-    def _transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+    def _transaction(self) -> AbstractAsyncContextManager[SqlConnection]:
         raise NotImplementedError
 
     def on_change(self, listener: ChangeListener) -> None:

@@ -17,11 +17,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from bot.conversation import ConversationKey, Speaker
-from bot.errors import MessageWithdrawn
+from bot.errors import MessageWithdrawn, StorageError
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
-
-if TYPE_CHECKING:
-    import aiosqlite
+from storage.sql import SqlConnection
 
 DELIVERY_SELECT = (
     "SELECT d.platform, d.delivery_key, d.conversation_id, c.workspace, c.channel, c.thread,"
@@ -54,18 +52,21 @@ def _mine(delivery: Delivery) -> tuple[str, str, str | None]:
 
 
 class DeliveryRecords:
-    _db: aiosqlite.Connection
+    _db: SqlConnection
     _clock: Callable[[], float]
 
-    def _transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+    def _transaction(self) -> AbstractAsyncContextManager[SqlConnection]:
         raise NotImplementedError
 
-    async def record_sources(self, db: aiosqlite.Connection, platform: str, delivery_key: str,
+    async def record_sources(self, db: SqlConnection, platform: str, delivery_key: str,
                              sources: Sequence[str]) -> None:
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # from the host store (TurnRecords); declared only for the type checker
+        async def _conversation_id(self, db: SqlConnection, key: ConversationKey) -> int: ...
+
     @staticmethod
-    async def _read(db: aiosqlite.Connection, platform: str, delivery_key: str) -> Delivery:
+    async def _read(db: SqlConnection, platform: str, delivery_key: str) -> Delivery:
         row = await (await db.execute(DELIVERY_SELECT + _BY_KEY,
                                       (platform, delivery_key))).fetchone()
         if row is None:
@@ -235,6 +236,8 @@ class DeliveryRecords:
                     " VALUES (?,?,?,?,?) RETURNING id",
                     (current.conversation, str(Speaker.USER), current.text or "",
                      self._clock(), current.author))).fetchone()
+                if row is None:  # the INSERT's RETURNING gives its row
+                    raise StorageError("a stored turn vanished while it was recorded")
                 turn_id = int(row[0])
             await db.execute(
                 f"UPDATE deliveries SET turn_id=?, text=NULL, state='answering' WHERE {_MINE}",
@@ -259,6 +262,8 @@ class DeliveryRecords:
                     " VALUES (?,?,?,?) RETURNING id",
                     (delivery.conversation, str(Speaker.SYSTEM), answer,
                      self._clock()))).fetchone()
+                if row is None:  # the INSERT's RETURNING gives its row
+                    raise StorageError("a stored turn vanished while it was recorded")
                 answer_id = int(row[0])
                 await db.execute(f"UPDATE deliveries SET answer_id=? WHERE {_MINE}",
                                  (answer_id, *_mine(delivery)))
@@ -294,7 +299,7 @@ class DeliveryRecords:
         return [delivery_of(row) for row in rows]
 
     # ----- a thread's earlier messages ----------------------------------------------------
-    async def _import(self, db: aiosqlite.Connection, key: ConversationKey, conversation: int,
+    async def _import(self, db: SqlConnection, key: ConversationKey, conversation: int,
                       turns: Sequence[ImportedTurn], *, only_into_empty: bool = False) -> int:
         """Store a thread's earlier messages (oldest first) in `conversation`, inside the
         caller's transaction; with `only_into_empty`, only if nothing was ever stored there.
@@ -322,6 +327,8 @@ class DeliveryRecords:
                 " VALUES (?,?,?,?,?) RETURNING id",
                 (conversation, str(turn.speaker), turn.text, self._clock(),
                  author or None))).fetchone()
+            if row is None:  # the INSERT's RETURNING gives its row
+                raise StorageError("a stored turn vanished while it was recorded")
             if delivery_key is not None:
                 await db.execute(
                     "UPDATE deliveries SET turn_id=? WHERE platform=? AND delivery_key=?",
