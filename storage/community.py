@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from bot.ports.community import ChangeListener, Scope, SettingChange
-from storage.sql import SqlConnection
+from storage.sql import SqlConnection, SqlRow
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,12 @@ def _parts(scope: Scope) -> tuple[str, str, str, str]:
     return scope.platform, scope.workspace, scope.channel, scope.thread
 
 
-def _change(row: Sequence[object]) -> SettingChange:
+def _change(row: SqlRow) -> SettingChange:
     platform, workspace, channel, thread, key, old, new, actor, created = row
     return SettingChange(Scope(str(platform), str(workspace), str(channel), str(thread)),
                          str(key), None if old is None else str(old),
                          None if new is None else str(new), str(actor),
-                         float(created))  # type: ignore[arg-type]
+                         float(created))
 
 
 class CommunityRecords:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from bot.conversation import ConversationKey, Speaker
 from bot.errors import MessageWithdrawn, StorageError
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
-from storage.sql import SqlConnection
+from storage.sql import SqlConnection, SqlRow
 
 DELIVERY_SELECT = (
     "SELECT d.platform, d.delivery_key, d.conversation_id, c.workspace, c.channel, c.thread,"
@@ -32,16 +32,16 @@ UNFINISHED_STATES = "('accepted', 'shown', 'answering', 'ready', 'withdrawn')"
 _MINE = "platform=? AND delivery_key=? AND runner IS NOT DISTINCT FROM CAST(? AS TEXT)"
 
 
-def delivery_of(row: Sequence[object]) -> Delivery:
+def delivery_of(row: SqlRow) -> Delivery:
     (platform, key, conversation, workspace, channel, thread, state, received, turn, ref, final,
      author, text, answer, replaces, asker, withdrawn, runner) = row
-    return Delivery(str(platform), str(key), int(conversation),  # type: ignore[call-overload]
+    return Delivery(str(platform), str(key), int(conversation),
                     ConversationKey(str(platform), str(workspace), str(channel), str(thread)),
-                    DeliveryState(str(state)), float(received),  # type: ignore[arg-type]
-                    None if turn is None else int(turn),  # type: ignore[call-overload]
+                    DeliveryState(str(state)), float(received),
+                    None if turn is None else int(turn),
                     None if ref is None else str(ref), None if final is None else str(final),
                     None if author is None else str(author), None if text is None else str(text),
-                    None if answer is None else int(answer),  # type: ignore[call-overload]
+                    None if answer is None else int(answer),
                     None if replaces is None else str(replaces),
                     None if asker is None else str(asker), bool(withdrawn),
                     None if runner is None else str(runner))
