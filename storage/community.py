@@ -12,12 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING
 
 from bot.ports.community import ChangeListener, Scope, SettingChange
-
-if TYPE_CHECKING:
-    import aiosqlite
+from storage.sql import SqlConnection, SqlRow
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +27,20 @@ def _parts(scope: Scope) -> tuple[str, str, str, str]:
     return scope.platform, scope.workspace, scope.channel, scope.thread
 
 
-def _change(row: Sequence[object]) -> SettingChange:
+def _change(row: SqlRow) -> SettingChange:
     platform, workspace, channel, thread, key, old, new, actor, created = row
     return SettingChange(Scope(str(platform), str(workspace), str(channel), str(thread)),
                          str(key), None if old is None else str(old),
                          None if new is None else str(new), str(actor),
-                         float(created))  # type: ignore[arg-type]
+                         float(created))
 
 
 class CommunityRecords:
-    _db: aiosqlite.Connection
+    _db: SqlConnection
     _clock: Callable[[], float]
     _listeners: list[ChangeListener]
 
-    def _transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+    def _transaction(self) -> AbstractAsyncContextManager[SqlConnection]:
         raise NotImplementedError
 
     def on_change(self, listener: ChangeListener) -> None:

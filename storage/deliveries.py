@@ -4,8 +4,8 @@ way to done.
 A mixin of both engines' stores (history.py, postgres.py), which give it their connection,
 transactions and conversations. Each transition of bot/ports/records.py's DeliveryState is
 one method and one transaction: an UPDATE whose WHERE names the state it comes from and the
-runner that took the delivery, so a transition that lost (a rival finished it, a deletion withdrew it) changes
-nothing and says so.
+runner that took the delivery, so a transition that lost (a rival finished it, a deletion
+withdrew it) changes nothing and says so.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from bot.conversation import ConversationKey, Speaker
-from bot.errors import MessageWithdrawn
+from bot.errors import MessageWithdrawn, StorageError
 from bot.ports.records import Delivery, DeliveryState, ImportedTurn
-
-if TYPE_CHECKING:
-    import aiosqlite
+from storage.sql import SqlConnection, SqlRow
 
 DELIVERY_SELECT = (
     "SELECT d.platform, d.delivery_key, d.conversation_id, c.workspace, c.channel, c.thread,"
@@ -34,16 +32,16 @@ UNFINISHED_STATES = "('accepted', 'shown', 'answering', 'ready', 'withdrawn')"
 _MINE = "platform=? AND delivery_key=? AND runner IS NOT DISTINCT FROM CAST(? AS TEXT)"
 
 
-def delivery_of(row: Sequence[object]) -> Delivery:
+def delivery_of(row: SqlRow) -> Delivery:
     (platform, key, conversation, workspace, channel, thread, state, received, turn, ref, final,
      author, text, answer, replaces, asker, withdrawn, runner) = row
-    return Delivery(str(platform), str(key), int(conversation),  # type: ignore[call-overload]
+    return Delivery(str(platform), str(key), int(conversation),
                     ConversationKey(str(platform), str(workspace), str(channel), str(thread)),
-                    DeliveryState(str(state)), float(received),  # type: ignore[arg-type]
-                    None if turn is None else int(turn),  # type: ignore[call-overload]
+                    DeliveryState(str(state)), float(received),
+                    None if turn is None else int(turn),
                     None if ref is None else str(ref), None if final is None else str(final),
                     None if author is None else str(author), None if text is None else str(text),
-                    None if answer is None else int(answer),  # type: ignore[call-overload]
+                    None if answer is None else int(answer),
                     None if replaces is None else str(replaces),
                     None if asker is None else str(asker), bool(withdrawn),
                     None if runner is None else str(runner))
@@ -54,18 +52,21 @@ def _mine(delivery: Delivery) -> tuple[str, str, str | None]:
 
 
 class DeliveryRecords:
-    _db: aiosqlite.Connection
+    _db: SqlConnection
     _clock: Callable[[], float]
 
-    def _transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+    def _transaction(self) -> AbstractAsyncContextManager[SqlConnection]:
         raise NotImplementedError
 
-    async def record_sources(self, db: aiosqlite.Connection, platform: str, delivery_key: str,
+    async def record_sources(self, db: SqlConnection, platform: str, delivery_key: str,
                              sources: Sequence[str]) -> None:
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # from the host store (TurnRecords); declared only for the type checker
+        async def _conversation_id(self, db: SqlConnection, key: ConversationKey) -> int: ...
+
     @staticmethod
-    async def _read(db: aiosqlite.Connection, platform: str, delivery_key: str) -> Delivery:
+    async def _read(db: SqlConnection, platform: str, delivery_key: str) -> Delivery:
         row = await (await db.execute(DELIVERY_SELECT + _BY_KEY,
                                       (platform, delivery_key))).fetchone()
         if row is None:
@@ -235,6 +236,8 @@ class DeliveryRecords:
                     " VALUES (?,?,?,?,?) RETURNING id",
                     (current.conversation, str(Speaker.USER), current.text or "",
                      self._clock(), current.author))).fetchone()
+                if row is None:  # the INSERT's RETURNING gives its row
+                    raise StorageError("a stored turn vanished while it was recorded")
                 turn_id = int(row[0])
             await db.execute(
                 f"UPDATE deliveries SET turn_id=?, text=NULL, state='answering' WHERE {_MINE}",
@@ -259,6 +262,8 @@ class DeliveryRecords:
                     " VALUES (?,?,?,?) RETURNING id",
                     (delivery.conversation, str(Speaker.SYSTEM), answer,
                      self._clock()))).fetchone()
+                if row is None:  # the INSERT's RETURNING gives its row
+                    raise StorageError("a stored turn vanished while it was recorded")
                 answer_id = int(row[0])
                 await db.execute(f"UPDATE deliveries SET answer_id=? WHERE {_MINE}",
                                  (answer_id, *_mine(delivery)))
@@ -294,7 +299,7 @@ class DeliveryRecords:
         return [delivery_of(row) for row in rows]
 
     # ----- a thread's earlier messages ----------------------------------------------------
-    async def _import(self, db: aiosqlite.Connection, key: ConversationKey, conversation: int,
+    async def _import(self, db: SqlConnection, key: ConversationKey, conversation: int,
                       turns: Sequence[ImportedTurn], *, only_into_empty: bool = False) -> int:
         """Store a thread's earlier messages (oldest first) in `conversation`, inside the
         caller's transaction; with `only_into_empty`, only if nothing was ever stored there.
@@ -322,6 +327,8 @@ class DeliveryRecords:
                 " VALUES (?,?,?,?,?) RETURNING id",
                 (conversation, str(turn.speaker), turn.text, self._clock(),
                  author or None))).fetchone()
+            if row is None:  # the INSERT's RETURNING gives its row
+                raise StorageError("a stored turn vanished while it was recorded")
             if delivery_key is not None:
                 await db.execute(
                     "UPDATE deliveries SET turn_id=? WHERE platform=? AND delivery_key=?",

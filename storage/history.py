@@ -42,6 +42,8 @@ class HistoryStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords,
     """The SQLite engine: one aiosqlite connection, BEGIN IMMEDIATE transactions, files kept
     private; the records themselves are the shared mixins'."""
 
+    _db: aiosqlite.Connection  # the mixins see it as storage/sql.py's SqlConnection
+
     def __init__(self, connection: aiosqlite.Connection, path: Path,
                  clock: Callable[[], float] = time.time) -> None:
         self._db = connection
@@ -84,7 +86,10 @@ class HistoryStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords,
         await self._db.execute("PRAGMA synchronous = NORMAL")
         await self._db.execute("PRAGMA secure_delete = ON")  # deleted text is overwritten
         async with self._transaction() as db:
-            (version,) = await (await db.execute("PRAGMA user_version")).fetchone()
+            row = await (await db.execute("PRAGMA user_version")).fetchone()
+            if row is None:  # PRAGMA user_version always answers one row
+                raise sqlite3.DatabaseError("PRAGMA user_version gave no row")
+            (version,) = row
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema version {version} is newer than this bot")
             for number in range(version, SCHEMA_VERSION):

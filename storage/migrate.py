@@ -101,7 +101,9 @@ async def _copy_table(source: sqlite3.Connection, target: asyncpg.Connection,
     present = [row[1] for row in source.execute(f"PRAGMA table_info({table})")]
     columns = [column for column in present if column in types]
     casts = [_CASTS.get(types[column], str) for column in columns]
-    rows = [tuple(None if value is None else cast(value) for cast, value in zip(casts, row))
+    # each row holds exactly `columns`, the SELECT's list: strict states it
+    rows = [tuple(None if value is None else cast(value)
+                  for cast, value in zip(casts, row, strict=True))
             for row in source.execute(
                 f"SELECT {', '.join(map(_quoted, columns))} FROM {table}")]
     before = int(await target.fetchval(f"SELECT count(*) FROM {table}"))

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from storage.sql import SqlRow
+
 _ROWS = re.compile(r"^\s*(SELECT|WITH|VALUES|SHOW)\b|\bRETURNING\b", re.IGNORECASE)
 
 
@@ -50,13 +52,13 @@ def _count(status: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class PgCursor:
-    rows: Sequence[Any]
+    rows: Sequence[SqlRow]
     rowcount: int
 
-    async def fetchone(self) -> Any:
+    async def fetchone(self) -> SqlRow | None:
         return self.rows[0] if self.rows else None
 
-    async def fetchall(self) -> Sequence[Any]:
+    async def fetchall(self) -> Sequence[SqlRow]:
         return self.rows
 
 

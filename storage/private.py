@@ -17,14 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING
 
 from bot.ports.records import AuthoredTurn, Vote
+from storage.sql import SqlConnection
 from storage.summaries import stale_summaries
-
-if TYPE_CHECKING:
-    import aiosqlite
-
 
 # The deliveries a platform message reaches: its own, and those built from it.
 _REACHED = ("SELECT delivery_key FROM deliveries WHERE platform=? AND delivery_key=?"
@@ -35,16 +31,16 @@ _WAITING = ("turn_id IS NULL AND text IS NOT NULL AND withdrawn = 0"
 
 
 class PrivateRecords:
-    _db: aiosqlite.Connection
+    _db: SqlConnection
 
-    def _transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+    def _transaction(self) -> AbstractAsyncContextManager[SqlConnection]:
         raise NotImplementedError
 
     async def scrub(self, tries: int = 1) -> bool:
         raise NotImplementedError
 
     @staticmethod
-    async def record_sources(db: aiosqlite.Connection, platform: str, delivery_key: str,
+    async def record_sources(db: SqlConnection, platform: str, delivery_key: str,
                              sources: Sequence[str]) -> None:
         """The platform messages a delivery's text was built from (besides itself)."""
         await db.executemany(

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING
 
 from bot.conversation import Speaker, Turn
 from bot.ports.records import StoredTurn, Summary, fingerprint
-
-if TYPE_CHECKING:
-    import aiosqlite
+from storage.sql import SqlConnection
 
 
 def stale_summaries(turn_ids: str) -> str:
@@ -32,10 +29,10 @@ def stale_summaries(turn_ids: str) -> str:
 
 
 class SummaryRecords:
-    _db: aiosqlite.Connection
+    _db: SqlConnection
     _clock: Callable[[], float]
 
-    def _transaction(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+    def _transaction(self) -> AbstractAsyncContextManager[SqlConnection]:
         raise NotImplementedError
 
 

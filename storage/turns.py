@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from bot.conversation import ConversationKey, Speaker, Turn
+from bot.errors import StorageError
 from bot.ports.records import Claim, Delivery, ImportedTurn, StoredTurn
 from storage.deliveries import DELIVERY_SELECT, UNFINISHED_STATES, delivery_of
 from storage.sql import SqlConnection
@@ -24,6 +26,15 @@ class TurnRecords:
     def _transaction(self) -> AbstractAsyncContextManager[SqlConnection]:
         raise NotImplementedError
 
+    # From the host store (DeliveryRecords), declared only for the type checker: a runtime
+    # stub here would shadow them, TurnRecords coming first in the stores' bases.
+    if TYPE_CHECKING:
+        async def _import(self, db: SqlConnection, key: ConversationKey, conversation: int,
+                          turns: Sequence[ImportedTurn], *,
+                          only_into_empty: bool = False) -> int: ...
+
+        async def delivery(self, platform: str, delivery_key: str) -> Delivery | None: ...
+
     # ----- conversations ---------------------------------------------------------------
     async def _conversation_id(self, db: SqlConnection, key: ConversationKey) -> int:
         await db.execute(
@@ -34,6 +45,8 @@ class TurnRecords:
         row = await (await db.execute(
             "SELECT id FROM conversations WHERE platform=? AND workspace=? AND channel=?"
             " AND thread=?", (key.platform, key.workspace, key.channel, key.thread))).fetchone()
+        if row is None:  # inserted just above, in this transaction
+            raise StorageError(f"conversation {key} vanished while it was recorded")
         return int(row[0])
 
     async def find(self, key: ConversationKey) -> int | None:
@@ -95,6 +108,8 @@ class TurnRecords:
                 " VALUES (?,?,?,?,?) RETURNING id",
                 (conversation, str(turn.speaker), turn.text, self._clock(),
                  author or None))).fetchone()
+            if row is None:  # the INSERT's RETURNING gives its row
+                raise StorageError("a stored turn vanished while it was recorded")
             turn_id = int(row[0])
             if delivery is not None:
                 await db.execute(
@@ -181,6 +196,8 @@ class TurnRecords:
             row = await (await db.execute(
                 DELIVERY_SELECT + " WHERE d.platform=? AND d.delivery_key=?",
                 (answer.platform, request_key))).fetchone()
+        if row is None:  # inserted just above, in this transaction
+            raise StorageError(f"request {request_key} vanished while it was recorded")
         return replace(delivery_of(row), fresh=True)
 
     async def still_newest(self, request: Delivery) -> Delivery | None:
