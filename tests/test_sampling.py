@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from bot.engine.generation import GenerationParams
-from bot.engine.sampling import next_tokens
+from bot.engine.sampling import sample_ids
+
+
+def next_tokens(logits, seen, params, generators) -> list[int]:
+    """`sample_ids` brought to the host, as the engine does once per step."""
+    return sample_ids(logits, seen, params, generators).tolist()
 
 
 def gen(seed: int) -> torch.Generator:

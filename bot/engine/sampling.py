@@ -11,16 +11,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: the parameters need non
 from bot.engine.generation import GenerationParams
 
 
-def next_tokens(
-    logits: torch.Tensor,  # [B, V] float32, last position of each row
-    seen: torch.Tensor,  # [B, V] bool, ids already in each row (prompt and reply)
-    params: list[GenerationParams],
-    generators: list[torch.Generator | None],
-) -> list[int]:
-    """`sample_ids`, brought to the host."""
-    return sample_ids(logits, seen, params, generators).tolist()
-
-
 def sample_ids(
     logits: torch.Tensor,  # [B, V] float32, last position of each row
     seen: torch.Tensor,  # [B, V] bool, ids already in each row (prompt and reply)
