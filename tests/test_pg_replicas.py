@@ -13,8 +13,9 @@ import asyncpg
 import pytest
 
 from bot.conversation import ConversationKey
-from bot.errors import UserBusyError
+from bot.errors import StoreUnreachable, UserBusyError
 from storage.pg_replicas import PgReplicas, open_pg_replicas
+from tests.pg.fixtures import Cluster
 
 KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
 MARKER = ("slack", "Ev1")
@@ -80,6 +81,42 @@ async def test_a_renewed_lease_outlives_its_length_and_a_dead_ones_is_taken_over
     finally:
         await connection.close()
     assert runners == {"kept": "runner-alive", "lost": "runner-s"}
+
+
+async def test_a_lease_and_a_slot_whose_delete_failed_run_out_instead_of_living_on(
+        replica: Callable[..., Awaitable[PgReplicas]], pg_cluster: Cluster) -> None:
+    """The server restarting while an answer ends: its lease and its person's slot cannot be
+    deleted. Ending the answer still ends well (nothing raised over its outcome), and neither
+    row is renewed any more: each runs out, and another process takes them."""
+    ending, other = await replica(lease_s=1.0, max_per_user=1), await replica(lease_s=1.0,
+                                                                            max_per_user=1)
+    assert await ending.replicas.leases.claim(MARKER, "runner-a")
+    stopped = False
+    try:
+        async with ending.replicas.counts.hold("slack:U1"):
+            pg_cluster.pg_ctl("stop")
+            stopped = True
+        await ending.replicas.leases.drop(MARKER, "runner-a")  # logged, not raised
+    finally:
+        if stopped:
+            pg_cluster.pg_ctl("start")
+
+    async def claimed() -> bool:  # the first query after the restart may meet a dead connection
+        try:
+            return await other.replicas.leases.claim(MARKER, "runner-b")
+        except StoreUnreachable:
+            return False
+
+    assert await until(claimed)
+
+    async def admitted() -> bool:
+        try:
+            async with other.replicas.counts.hold("slack:U1"):
+                return True
+        except (UserBusyError, StoreUnreachable):
+            return False
+
+    assert await until(admitted)
 
 
 # ----- conversation locks -----------------------------------------------------------------
