@@ -8,9 +8,12 @@ and bot/ports/locks.py, through asyncpg.
 - `PgPersonCounts`: a row per answer of a person waiting for or running in the engine
   (`person_slots`), counted under a per-person advisory lock, renewed the same way.
 - `PgConversationLocks`: a session advisory lock per conversation, taken on a connection of a
-  pool of its own (a waiter never holds a connection the holders need for their queries); the
+  pool of its own, held for the whole turn, and by a waiter for another process's turn while
+  it waits (never one of the store's or the leases' connections). Its size caps this
+  process's turns running and waiting together (the service sizes it 2 x MAX_BATCH); the
   server frees the locks of a process that dies with its connections.
-- `PgControlBus`: LISTEN/NOTIFY on one channel; one connection listens, reconnecting when lost.
+- `PgControlBus`: LISTEN/NOTIFY on one channel; one connection listens, reconnecting when lost
+  (a stop published while it is down is not heard here: NOTIFY keeps nothing for later).
 
 Their tables are the schema's migration 11 (storage/pg_schema.py). Each process opens these
 with `open_pg_replicas` (bot/service/assembly.py) and closes them with it.
@@ -225,8 +228,10 @@ class PgConversationLocks:
                 await conn.execute("SELECT pg_advisory_lock($1)", number)
             try:
                 yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", number)
+            finally:  # a lost connection's locks were freed by the server with it (a
+                # restart mid-turn frees them too): the turn's outcome stands
+                with contextlib.suppress(*_LOST):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", number)
 
 
 class PgControlBus:
@@ -242,6 +247,9 @@ class PgControlBus:
 
     async def start(self) -> None:
         conn = await asyncpg.connect(self._dsn)
+        if self._closed:  # closed while connecting: nothing may keep it open
+            await conn.close()
+            return
         await conn.add_listener(STOP_CHANNEL, self._notified)
         conn.add_termination_listener(self._lost)
         self._listener = conn
@@ -285,6 +293,8 @@ class PgControlBus:
         self._closed = True
         if self._reconnecting is not None:
             self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
 
