@@ -8,9 +8,12 @@ and bot/ports/locks.py, through asyncpg.
 - `PgPersonCounts`: a row per answer of a person waiting for or running in the engine
   (`person_slots`), counted under a per-person advisory lock, renewed the same way.
 - `PgConversationLocks`: a session advisory lock per conversation, taken on a connection of a
-  pool of its own (a waiter never holds a connection the holders need for their queries); the
+  pool of its own, held for the whole turn, and by a waiter for another process's turn while
+  it waits (never one of the store's or the leases' connections). Its size caps this
+  process's turns running and waiting together (the service sizes it 2 x MAX_BATCH); the
   server frees the locks of a process that dies with its connections.
-- `PgControlBus`: LISTEN/NOTIFY on one channel; one connection listens, reconnecting when lost.
+- `PgControlBus`: LISTEN/NOTIFY on one channel; one connection listens, reconnecting when lost
+  (a stop published while it is down is not heard here: NOTIFY keeps nothing for later).
 
 Their tables are the schema's migration 11 (storage/pg_schema.py). Each process opens these
 with `open_pg_replicas` (bot/service/assembly.py) and closes them with it.
@@ -70,23 +73,35 @@ def lock_id(text: str) -> int:
 
 
 class Renewals:
-    """Renews, every third of the lease, the rows this process's runners hold."""
+    """Renews, every third of the lease, the rows this process holds now: the leases and
+    person slots it took and has not let go. Their ids live here, in memory, and each leaves
+    before its row is deleted, whatever the DELETE does: a row whose DELETE failed (the
+    server restarting) is no longer renewed and runs out within a lease, so neither an answer
+    nor a person's slot stays held for the life of the process."""
 
     def __init__(self, pool: asyncpg.Pool, lease_s: float) -> None:
         self._pool = pool
         self.lease_s = lease_s
-        self.runners: set[str] = set()
+        self.leases: set[tuple[str, str, str]] = set()  # (platform, delivery key, runner)
+        self.slots: set[int] = set()  # person_slots ids
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="lease-renewals")
 
     async def renew(self) -> None:
-        runners = sorted(self.runners)
+        leases, slots = sorted(self.leases), sorted(self.slots)
         async with self._pool.acquire() as conn:
-            for table in ("answer_leases", "person_slots"):
-                await conn.execute(f"UPDATE {table} SET until = {_FROM_NOW % 2}"
-                                   " WHERE runner = ANY($1::text[])", runners, self.lease_s)
+            if leases:
+                await conn.execute(
+                    f"UPDATE answer_leases SET until = {_FROM_NOW % 4} WHERE"
+                    " (platform, delivery_key, runner) IN"
+                    " (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
+                    [p for p, _, _ in leases], [k for _, k, _ in leases],
+                    [r for _, _, r in leases], self.lease_s)
+            if slots:
+                await conn.execute(f"UPDATE person_slots SET until = {_FROM_NOW % 2}"
+                                   " WHERE id = ANY($1::bigint[])", slots, self.lease_s)
 
     async def _run(self) -> None:
         while True:
@@ -112,7 +127,6 @@ class PgLeases:
         self.lease_s = renewals.lease_s
 
     async def claim(self, marker: Marker, runner: str) -> bool:
-        self._renewals.runners.add(runner)
         with reachable("claiming a lease"):
             won = await self._pool.fetchval(
                 "INSERT INTO answer_leases AS l (platform, delivery_key, runner, until)"
@@ -121,12 +135,21 @@ class PgLeases:
                 " SET runner = excluded.runner, until = excluded.until"
                 " WHERE l.until <= clock_timestamp() RETURNING runner",
                 *marker, runner, self.lease_s)
-        return won is not None
+        if won is None:
+            return False
+        self._renewals.leases.add((*marker, runner))
+        return True
 
     async def drop(self, marker: Marker, runner: str) -> None:
-        with reachable("dropping a lease"):
+        """Never raises for a server away: the lease, no longer renewed, runs out instead
+        (a failure here must not hide how the answer ended)."""
+        self._renewals.leases.discard((*marker, runner))
+        try:
             await self._pool.execute("DELETE FROM answer_leases WHERE platform = $1 AND"
                                      " delivery_key = $2 AND runner = $3", *marker, runner)
+        except (*_LOST, asyncpg.PostgresError) as exc:
+            log.warning("could not drop the lease on %s (%s); it runs out within %.0f s",
+                        marker[1], type(exc).__name__, self.lease_s)
 
     async def held(self, markers: Iterable[Marker]) -> set[Marker]:
         wanted = list(markers)
@@ -139,6 +162,11 @@ class PgLeases:
                 f" AND {_LIVE}", [p for p, _ in wanted], [k for _, k in wanted])
         return {(row["platform"], row["delivery_key"]) for row in rows}
 
+    async def clock(self) -> float:
+        with reachable("reading the server's clock"):
+            return float(await self._pool.fetchval(
+                "SELECT extract(epoch FROM clock_timestamp())"))
+
 
 class PgPersonCounts:
     def __init__(self, pool: asyncpg.Pool, renewals: Renewals, max_per_user: int) -> None:
@@ -146,7 +174,6 @@ class PgPersonCounts:
         self._renewals = renewals
         self.max_per_user = max_per_user
         self._runner = uuid.uuid4().hex  # this process's slots
-        renewals.runners.add(self._runner)
 
     @contextlib.asynccontextmanager
     async def hold(self, person: str | None) -> AsyncIterator[None]:
@@ -155,11 +182,20 @@ class PgPersonCounts:
             return
         with reachable("counting a person's answers"):
             slot = await self._take_slot(person)
+        self._renewals.slots.add(slot)
         try:
             yield
         finally:
-            with reachable("giving back a person's slot"):
-                await self._pool.execute("DELETE FROM person_slots WHERE id = $1", slot)
+            await self._give_back(slot)
+
+    async def _give_back(self, slot: int) -> None:
+        """Never raises for a server away: the slot, no longer renewed, runs out instead."""
+        self._renewals.slots.discard(slot)
+        try:
+            await self._pool.execute("DELETE FROM person_slots WHERE id = $1", slot)
+        except (*_LOST, asyncpg.PostgresError) as exc:
+            log.warning("could not give back a person's slot (%s); it runs out within %.0f s",
+                        type(exc).__name__, self._renewals.lease_s)
 
     async def _take_slot(self, person: str) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -192,8 +228,10 @@ class PgConversationLocks:
                 await conn.execute("SELECT pg_advisory_lock($1)", number)
             try:
                 yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", number)
+            finally:  # a lost connection's locks were freed by the server with it (a
+                # restart mid-turn frees them too): the turn's outcome stands
+                with contextlib.suppress(*_LOST):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", number)
 
 
 class PgControlBus:
@@ -209,6 +247,9 @@ class PgControlBus:
 
     async def start(self) -> None:
         conn = await asyncpg.connect(self._dsn)
+        if self._closed:  # closed while connecting: nothing may keep it open
+            await conn.close()
+            return
         await conn.add_listener(STOP_CHANNEL, self._notified)
         conn.add_termination_listener(self._lost)
         self._listener = conn
@@ -252,6 +293,8 @@ class PgControlBus:
         self._closed = True
         if self._reconnecting is not None:
             self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
 

@@ -13,9 +13,13 @@ import asyncpg
 import pytest
 
 from bot.conversation import ConversationKey
-from bot.errors import UserBusyError
+from bot.errors import StoreUnreachable, UserBusyError
 from storage.pg_replicas import PgReplicas, open_pg_replicas
+from tests.pg.fixtures import Cluster
 
+# this test's database's advisory locks only (other tests may share the server)
+HERE = ("WHERE locktype = 'advisory' AND"
+        " database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
 MARKER = ("slack", "Ev1")
 
@@ -65,8 +69,8 @@ async def test_a_renewed_lease_outlives_its_length_and_a_dead_ones_is_taken_over
         replica: Callable[..., Awaitable[PgReplicas]], pg_dsn: str) -> None:
     alive, dead, survivor = [await replica(lease_s=0.6) for _ in range(3)]
     assert await alive.replicas.leases.claim(("slack", "kept"), "runner-alive")
+    claimed_at = time.monotonic()  # before the claim: its lease runs from the server's "now"
     assert await dead.replicas.leases.claim(("slack", "lost"), "runner-dead")
-    claimed_at = time.monotonic()
     await dead.renewals.aclose()  # the process dies: nobody renews its lease any more
     took = await until(lambda: survivor.replicas.leases.claim(("slack", "lost"), "runner-s"))
     assert took and time.monotonic() - claimed_at >= 0.6
@@ -80,6 +84,42 @@ async def test_a_renewed_lease_outlives_its_length_and_a_dead_ones_is_taken_over
     finally:
         await connection.close()
     assert runners == {"kept": "runner-alive", "lost": "runner-s"}
+
+
+async def test_a_lease_and_a_slot_whose_delete_failed_run_out_instead_of_living_on(
+        replica: Callable[..., Awaitable[PgReplicas]], pg_cluster: Cluster) -> None:
+    """The server restarting while an answer ends: its lease and its person's slot cannot be
+    deleted. Ending the answer still ends well (nothing raised over its outcome), and neither
+    row is renewed any more: each runs out, and another process takes them."""
+    ending, other = await replica(lease_s=1.0, max_per_user=1), await replica(lease_s=1.0,
+                                                                            max_per_user=1)
+    assert await ending.replicas.leases.claim(MARKER, "runner-a")
+    stopped = False
+    try:
+        async with ending.replicas.counts.hold("slack:U1"):
+            pg_cluster.pg_ctl("stop")
+            stopped = True
+        await ending.replicas.leases.drop(MARKER, "runner-a")  # logged, not raised
+    finally:
+        if stopped:
+            pg_cluster.pg_ctl("start")
+
+    async def claimed() -> bool:  # the first query after the restart may meet a dead connection
+        try:
+            return await other.replicas.leases.claim(MARKER, "runner-b")
+        except StoreUnreachable:
+            return False
+
+    assert await until(claimed)
+
+    async def admitted() -> bool:
+        try:
+            async with other.replicas.counts.hold("slack:U1"):
+                return True
+        except (UserBusyError, StoreUnreachable):
+            return False
+
+    assert await until(admitted)
 
 
 # ----- conversation locks -----------------------------------------------------------------
@@ -125,6 +165,22 @@ async def test_the_conversation_lock_holds_across_processes_and_dies_with_its_ho
         await asyncio.gather(dying, return_exceptions=True)
     finally:
         await admin.close()
+
+
+async def test_a_turn_whose_lock_connection_was_lost_still_ends_as_it_did(
+        replica: Callable[..., Awaitable[PgReplicas]], pg_dsn: str) -> None:
+    """The server cut the lock's connection mid-turn (a restart does too), which freed the
+    lock: giving it back is then moot, and must not turn the finished turn into a failure."""
+    locks = (await replica()).locks
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        async with locks.hold(KEY):
+            await admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_locks {HERE}")
+            await until(lambda: admin.fetchval(f"SELECT count(*) = 0 FROM pg_locks {HERE}"))
+    finally:
+        await admin.close()
+    async with locks.hold(KEY):  # the lock is free, and taken on a live connection
+        pass
 
 
 async def test_other_conversations_do_not_wait_for_a_held_one(

@@ -5,11 +5,13 @@ slots), over one store. What a replica does when another writes, dies, or is pre
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
-from bot.conversation import ConversationKey, Speaker
+from bot.conversation import Attachment, ConversationKey, IncomingMessage, Speaker
 from bot.core.chat import ChatConfig, ChatService, Outcome
 from bot.core.controls import STOPPED_MARK, ControlResult
 from bot.core.counted import CountedGenerator
@@ -123,3 +125,66 @@ async def test_max_per_user_holds_across_replicas(
         assert await asyncio.wait_for(answering, timeout=20) is Outcome.ANSWERED
     again = ButtonSink()
     assert await b.handle(elsewhere, ask("もう一つ", "m4"), again) is Outcome.ANSWERED
+
+
+async def test_a_message_whose_files_are_being_read_is_not_taken_over(
+        store: HistoryStore, tokenizer: Tokenizer,
+        shared: Callable[..., Awaitable[PgReplicas]]) -> None:
+    """Its lease is claimed right after it is taken on, before its files are downloaded: a
+    slow download past LEASE_S is not mistaken for a dead replica's leftover by another
+    replica's sweep (which would answer it without the files)."""
+    reading_parts, sweeping_parts = await shared(), await shared()
+    writer = ScriptedGenerator()
+    reading = replica(store, tokenizer, writer, reading_parts)
+    other = ScriptedGenerator()
+    sweeping = replica(store, tokenizer, other, sweeping_parts)
+    fetching, release = asyncio.Event(), asyncio.Event()
+
+    class SlowFiles:
+        async def fetch(self, attachment: Attachment, max_bytes: int) -> bytes:
+            fetching.set()
+            await release.wait()
+            return "ファイルの中身".encode()
+
+    message = IncomingMessage("読んで", "m4", "alice", files=SlowFiles(), attachments=(
+        Attachment("a.txt", "https://files.example/a.txt", 30, "text/plain"),))
+    answering = asyncio.create_task(reading.handle(KEY, message, ButtonSink()))
+    await fetching.wait()
+    clock = sweeping_parts.replicas.leases.clock
+    started = await clock()
+    recovered = 0
+
+    async def leases_later() -> bool:  # sweeping all along, until three leases have passed
+        nonlocal recovered
+        recovered += (await sweeping.recover("test", lambda _: ButtonSink())).answered
+        return await clock() > started + 3 * LEASE_S
+
+    await until(leases_later)
+    assert recovered == 0 and other.prompts == []
+    release.set()
+    assert await asyncio.wait_for(answering, timeout=20) is Outcome.ANSWERED
+    assert "ファイルの中身" in writer.prompts[0]
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
+async def test_settled_is_judged_by_the_servers_clock_not_the_accepting_hosts(
+        tmp_path: Path, tokenizer: Tokenizer, shared: Callable[..., Awaitable[PgReplicas]],
+        skew_s: float) -> None:
+    """The message was taken on by a host whose clock is an hour off. Behind: the sweep right
+    after must not take it (that host is about to lease it); ahead: it is not left forever.
+    Either way it is taken over once unleased for a lease by the server's clock."""
+    store = await HistoryStore.open(tmp_path / "skewed.db", clock=lambda: time.time() + skew_s)
+    try:
+        generator = ScriptedGenerator()
+        sweeping = replica(store, tokenizer, generator, await shared())
+        assert await store.accept(KEY, "m5", "富士山の高さは?", "alice") is not None
+
+        async def swept() -> int:
+            return (await sweeping.recover("test", lambda _: ButtonSink(),
+                                           max_age_s=86400.0)).answered
+
+        assert await swept() == 0 and generator.prompts == []
+        assert await until(swept) == 1
+        assert len(generator.prompts) == 1
+    finally:
+        await store.close()

@@ -54,7 +54,7 @@ from bot.engine.tokenizer import Tokenizer
 from bot.errors import RinnaError
 from bot.ports.locks import ConversationLocks, InProcessLocks
 from bot.ports.records import Delivery, ImportedTurn
-from bot.ports.replicas import Replicas
+from bot.ports.replicas import Marker, Replicas
 from bot.ports.store import ChatStore
 
 # what the service's callers import from here (the flow and the notices live beside it)
@@ -247,6 +247,7 @@ class ChatService:
         gets the growing text (a terminal can take every token; platforms about once a second).
         """
         acknowledged = False
+        leased: Marker | None = None  # its lease, held from its claim until the flow's end
 
         async def acknowledge() -> None:
             nonlocal acknowledged
@@ -269,6 +270,10 @@ class ChatService:
                                                 message.author or None,
                                                 message.asker or None, message.sources)
             self._point("accepted")
+            if delivery is not None and not self._closing:  # leased before the slow files
+                if not await self.flow.claim(delivery):  # (no other replica takes it on)
+                    return Outcome.DUPLICATE
+                leased = (delivery.platform, delivery.delivery_key)
             await acknowledge()
             self._point("acknowledged")
             if delivery is None:
@@ -282,6 +287,7 @@ class ChatService:
             notes = message.notes
             if message.attachments and delivery.turn_id is None:
                 text, notes = await self._read_files(delivery, text, message)
+            leased = None  # handed to the flow, which drops it
         except RinnaError as exc:
             log.warning("%s: could not take on message %s: %s", key, message.delivery_key,
                         type(exc).__name__, exc_info=exc)
@@ -295,10 +301,13 @@ class ChatService:
             return Outcome.FAILED
         finally:
             await acknowledge()
+            if leased is not None:  # not handed to the flow
+                await self.flow.leases.drop(leased, self.flow.runner)
         # Not recorded just now: an earlier handling died; carry on with what it posted.
         return await self.flow.process(delivery, sink, earlier=earlier,
                                        interval=stream_interval_s,
-                                       recovering=not delivery.fresh, text=text, notes=notes)
+                                       recovering=not delivery.fresh, text=text, notes=notes,
+                                       claimed=True)
 
     async def _read_files(self, delivery: Delivery, text: str,
                           message: IncomingMessage) -> tuple[str, tuple[str, ...]]:

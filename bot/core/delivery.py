@@ -98,13 +98,20 @@ class DeliveryFlow:
         # who writes an answer when several processes share the store (None: this one alone)
         self.leases: AnswerLeases = leases if leases is not None else LocalLeases()
 
-    async def _take(self, delivery: Delivery) -> Delivery | None:
-        """The store's `take`, under a lease: None when another live process writes it (its
-        lease holds), when it is finished, or when this runner has it already."""
+    async def claim(self, delivery: Delivery) -> bool:
+        """This runner's lease on `delivery`: False when another live process writes it (its
+        lease holds) or this runner has it already. `process(claimed=True)` drops it."""
+        if await self.leases.claim((delivery.platform, delivery.delivery_key), self.runner):
+            return True
+        log.info("%s: message %s is being answered by another process", delivery.key,
+                 delivery.delivery_key)
+        return False
+
+    async def _take(self, delivery: Delivery, claimed: bool = False) -> Delivery | None:
+        """The store's `take`, under a lease (`claimed`: this runner's already): None when
+        another live process writes it, when it is finished, or this runner has it already."""
         marker = (delivery.platform, delivery.delivery_key)
-        if not await self.leases.claim(marker, self.runner):
-            log.info("%s: message %s is being answered by another process", delivery.key,
-                     delivery.delivery_key)
+        if not claimed and not await self.claim(delivery):
             return None
         taken = None
         try:
@@ -149,11 +156,12 @@ class DeliveryFlow:
     async def process(self, delivery: Delivery, sink: ReplySink, *,
                       earlier: EarlierLoader | None = None, interval: float | None = None,
                       recovering: bool = False, text: str | None = None,
-                      notes: tuple[str, ...] = ()) -> Outcome:
+                      notes: tuple[str, ...] = (), claimed: bool = False) -> Outcome:
         """Answer a recorded message: its placeholder, user turn, answer, final text.
         `text` is the message's text when the platform just delivered it (else the record's);
-        `notes` go at the end of the answer (what of its attachments was not read)."""
-        taken = await self._take(delivery)
+        `notes` go at the end of the answer (what of its attachments was not read);
+        `claimed`: this runner holds its lease already (`claim`); dropped here at the end."""
+        taken = await self._take(delivery, claimed)
         if taken is None:
             log.info("%s: message %s already answered or being answered", delivery.key,
                      delivery.delivery_key)

@@ -48,6 +48,11 @@ class AnswerLeases(Protocol):
         """Those of `markers` with a live lease (being written by some process now)."""
         ...
 
+    async def clock(self) -> float:
+        """Now, in seconds, by the clock the leases run on (the database server's where
+        several hosts share it: no skew between them)."""
+        ...
+
 
 class ControlBus(Protocol):
     async def publish_stop(self, marker: Marker) -> None:
@@ -81,6 +86,9 @@ class LocalLeases:
     async def held(self, markers: Iterable[Marker]) -> set[Marker]:
         return set()
 
+    async def clock(self) -> float:
+        return time.time()
+
 
 class LocalBus:
     """Stops published here reach this process's handlers only."""
@@ -112,14 +120,26 @@ class Replicas:
     bus: ControlBus = field(default_factory=LocalBus)
     counts: PersonCounts = field(default_factory=LocalCounts)
     shared: bool = False  # True: other processes may work on this database (take-overs run)
+    # sharing it: since when (by the leases' clock) this process has seen each delivery
+    # unfinished with no live lease
+    _unleased: dict[Marker, float] = field(default_factory=dict, compare=False, repr=False)
 
     async def unclaimed(self, pending: list[Delivery]) -> list[Delivery]:
         """Of the unfinished deliveries, those this process may recover: all of them alone on
-        the database; sharing it, only what no process writes now (no live lease) and what none
-        is about to (taken on longer than a lease ago)."""
+        the database; sharing it, only what no process writes now (no live lease) and none
+        has leased for a whole lease by the leases' clock (the server's when shared: no host's
+        clock is compared with another's). A delivery is leased right after it is taken on,
+        so one seen unleased that long was left by a process that died."""
         if not self.shared:
             return pending
-        held = await self.leases.held([(d.platform, d.delivery_key) for d in pending])
-        settled = time.time() - self.leases.lease_s
-        return [d for d in pending
-                if (d.platform, d.delivery_key) not in held and d.received_at < settled]
+        markers = [(d.platform, d.delivery_key) for d in pending]
+        held = await self.leases.held(markers)
+        now = await self.leases.clock()
+        free = {m for m in markers if m not in held}
+        for gone in [m for m in self._unleased if m not in free]:
+            del self._unleased[gone]
+        for marker in free:
+            self._unleased.setdefault(marker, now)
+        settled = now - self.leases.lease_s
+        return [d for d, m in zip(pending, markers, strict=True)
+                if m in free and self._unleased[m] <= settled]

@@ -146,7 +146,10 @@ async def open_shared(settings: Settings) -> PgReplicas | None:
         return await open_pg_replicas(settings.database_url.get_secret_value(),
                                       lease_s=settings.lease_s,
                                       max_per_user=settings.max_per_user,
-                                      lock_connections=settings.database_pool_size)
+                                      # a turn holds one while it runs, a waiter for
+                                      # another replica's turn one while it waits: the
+                                      # engine's batch, plus as many waiting
+                                      lock_connections=2 * settings.max_batch)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StorageError(f"PostgreSQL: could not open the replicas' shared parts "
                            f"({type(exc).__name__})") from None

@@ -145,11 +145,11 @@ async def _recover(core: Core, platform: Platform) -> None:
     """At start, what an earlier run left unanswered. With replicas on one PostgreSQL, then on
     and on: what a replica that died left, once its leases run out (LEASE_S)."""
     await platform.ready()
-    await core.chat.recover(platform.name, platform.recovery_sink,
-                            max_age_s=core.settings.recover_max_age_s)
+    every = min(core.settings.lease_s / 2, 5.0)
+    # guarded like every later sweep: a database away at start must not end the sweeping
+    await _sweep(core, platform, every)
     if not core.chat.replicas.shared:
         return
-    every = min(core.settings.lease_s / 2, 5.0)
     sweeps: set[asyncio.Task[None]] = set()
     try:
         while not core.chat.closing:
@@ -171,6 +171,9 @@ async def _sweep(core: Core, platform: Platform, every: float) -> None:
     except RinnaError as exc:  # the database away for a while: the next sweep tries again
         log.warning("%s: taking over unfinished answers failed (%s); trying again in %.0f s",
                     platform.name, type(exc).__name__, every)
+    except Exception:  # a driver's raw error: logged with its trace; the next sweep runs on
+        log.exception("%s: taking over unfinished answers failed unexpectedly; trying again "
+                      "in %.0f s", platform.name, every)
 
 
 def private_command(settings: Settings, command: str, user: str, platform: str | None) -> int:
