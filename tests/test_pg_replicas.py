@@ -143,7 +143,7 @@ async def test_the_conversation_lock_holds_across_processes_and_dies_with_its_ho
     admin = await asyncpg.connect(pg_dsn)
     try:
         await until(lambda: admin.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+            f"SELECT count(*) FROM pg_locks {HERE} AND NOT granted"))
         assert order == ["a"] and not second.done()
         release.set()
         await asyncio.gather(first, second)
@@ -155,10 +155,9 @@ async def test_the_conversation_lock_holds_across_processes_and_dies_with_its_ho
         await holding.wait()
         waiter = asyncio.create_task(turn(b, "b2"))
         await until(lambda: admin.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+            f"SELECT count(*) FROM pg_locks {HERE} AND NOT granted"))
         await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-            " AND granted")
+            f"SELECT pg_terminate_backend(pid) FROM pg_locks {HERE} AND granted")
         await asyncio.wait_for(waiter, timeout=20)
         assert order[-1] == "b2"
         dying.cancel()
@@ -212,7 +211,7 @@ async def test_the_stop_channel_listens_again_after_its_connection_is_lost(
     admin = await asyncpg.connect(pg_dsn)
     try:
         await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE query LIKE 'LISTEN%'")
+                            " WHERE query LIKE 'LISTEN%' AND datname = current_database()")
     finally:
         await admin.close()
 

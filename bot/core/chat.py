@@ -288,16 +288,12 @@ class ChatService:
             if message.attachments and delivery.turn_id is None:
                 text, notes = await self._read_files(delivery, text, message)
             leased = None  # handed to the flow, which drops it
-        except RinnaError as exc:
-            log.warning("%s: could not take on message %s: %s", key, message.delivery_key,
-                        type(exc).__name__, exc_info=exc)
+        except Exception as exc:  # ours (a clear notice) or unexpected (logged with its trace)
+            known = isinstance(exc, RinnaError)
+            log.log(logging.WARNING if known else logging.ERROR, "%s: could not take on message"
+                    " %s: %s", key, message.delivery_key, type(exc).__name__, exc_info=exc)
             offer(sink, NO_CONTROLS)
-            await sink.fail(exc.user_message)
-            return Outcome.FAILED
-        except Exception:
-            log.exception("%s: unexpected failure while taking on a message", key)
-            offer(sink, NO_CONTROLS)
-            await sink.fail(UNEXPECTED_ERROR)
+            await sink.fail(exc.user_message if isinstance(exc, RinnaError) else UNEXPECTED_ERROR)
             return Outcome.FAILED
         finally:
             await acknowledge()
