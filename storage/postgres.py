@@ -78,7 +78,11 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
         self.dsn = redact(dsn)  # only ever kept redacted
         self._clock = clock
         self._reconnect = reconnect
-        self._notices = ChangeNotices(self._acquire, self._pool.release, self._announced)
+        # the raw DSN goes only to the listener's own connection (never shown)
+        self._notices = ChangeNotices(dsn, self._announced,
+                                      first_pause_s=reconnect.first_pause_s,
+                                      longest_pause_s=reconnect.longest_pause_s,
+                                      on_retry=reconnect.on_wait)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.dsn!r})"

@@ -276,3 +276,70 @@ async def test_a_settings_change_on_one_replica_reaches_the_others_listeners(
     finally:
         await here.close()
         await there.close()
+
+
+async def test_a_listening_store_with_a_pool_of_one_still_serves_its_calls(
+        pg_dsn: str) -> None:
+    """The settings LISTEN holds a connection of its own, not the pool's only one."""
+    from bot.ports.community import Scope
+
+    store = await PostgresStore.open(pg_dsn, pool_size=1, reconnect=Reconnect(wait_s=1.0))
+    other = await PostgresStore.open(pg_dsn)
+    heard: asyncio.Queue[Scope] = asyncio.Queue()
+    try:
+        store.on_change(heard.put_nowait)
+        await asyncio.wait_for(store._notices.listening.wait(), 10)
+        accepted = await store.accept(KEY, "pool-1", "一つだけの接続で", "U1")
+        assert accepted is not None  # the pool's one connection is free for the store
+        scope = Scope("slack", "T1", "C1")
+        assert await other.change_settings(scope, {"persona": "丁寧"}, "U2")
+        assert await asyncio.wait_for(heard.get(), 10) == scope
+    finally:
+        await other.close()
+        await store.close()
+
+
+class RetriesAfter:
+    """`Reconnect.on_wait` of a store that only listens: `passed` is set at the first failed
+    attempt made once `after()` (a point in time) has passed."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.wait_s = 0.0
+        self.passed = asyncio.Event()
+
+    def __call__(self, error: BaseException) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        if self.since is not None and loop_time > self.since + self.wait_s:
+            self.passed.set()
+
+
+async def test_the_settings_listener_outlives_an_outage_longer_than_the_wait(
+        pg_cluster: Cluster, pg_dsn: str) -> None:
+    """Stopped for longer than `Reconnect.wait_s`, the server is back: a change made after
+    that on another replica still reaches this one's listeners (it never stops trying)."""
+    from bot.ports.community import Scope
+
+    retries = RetriesAfter()
+    retries.wait_s = 0.3
+    store = await PostgresStore.open(pg_dsn, reconnect=Reconnect(wait_s=0.3, on_wait=retries))
+    heard: asyncio.Queue[Scope] = asyncio.Queue()
+    try:
+        store.on_change(heard.put_nowait)
+        await asyncio.wait_for(store._notices.listening.wait(), 10)
+        await asyncio.to_thread(pg_cluster.pg_ctl, "stop")
+        try:
+            retries.since = asyncio.get_running_loop().time()
+            await asyncio.wait_for(retries.passed.wait(), 30)  # still trying past wait_s
+        finally:
+            await asyncio.to_thread(pg_cluster.pg_ctl, "start")
+        await asyncio.wait_for(store._notices.listening.wait(), 30)
+        other = await PostgresStore.open(pg_dsn)
+        try:
+            scope = Scope("discord", "G9", "C9")
+            assert await other.change_settings(scope, {"persona": "元気"}, "U1")
+            assert await asyncio.wait_for(heard.get(), 10) == scope
+        finally:
+            await other.close()
+    finally:
+        await store.close()
