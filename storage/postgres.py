@@ -20,8 +20,9 @@ notice: 「ただいま混み合っています…」); every pooled connection 
 whole wait is StoreBusy instead (the same notice; its message names DATABASE_POOL_SIZE, not
 the server). Each try is bounded by the time left of the wait. A transaction cut off that
 way was rolled back by the server, so nothing half-written stays, and what was committed
-before (an accepted message) is still there for its answer or the recovery. The DSN's password is never shown: errors and
-the repr name the DSN with `***` in its place (storage/pg_wire.py, `redact`).
+before (an accepted message) is still there for its answer or the recovery. The DSN's
+password is never shown: errors and the repr name the DSN with `***` in its place
+(storage/pg_wire.py, `redact`).
 """
 
 from __future__ import annotations
