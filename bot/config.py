@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bot import models, precision
 from bot.errors import ConfigError
 from bot.setting_texts import EXAMPLES, PROBLEMS, TOKEN_SHAPES
-from bot.setting_values import COMMUNITY_KEYS, parse_ids
+from bot.setting_values import COMMUNITY_KEYS, parse_ids, url_passwords
 
 Ids = Annotated[frozenset[str], NoDecode]  # comma-separated in the environment
 ShardIds = Annotated[tuple[int, ...], NoDecode]  # comma-separated numbers, in order
@@ -296,10 +296,7 @@ class Settings(BaseSettings):
         values = [value.get_secret_value() for name in self.secret_fields
                   if isinstance(value := getattr(self, name), SecretStr)]
         if self.database_url is not None:  # its password alone, as an error might show it
-            from urllib.parse import unquote, urlsplit
-
-            password = urlsplit(self.database_url.get_secret_value()).password
-            values += [unquote(password)] if password else []
+            values += url_passwords(self.database_url.get_secret_value())
         return values
 
     @property

@@ -34,6 +34,12 @@ class StoreUnreachable(StorageError):
     user_message = "ただいま混み合っています。少し待ってからもう一度お試しください。"
 
 
+class StoreBusy(StoreUnreachable):
+    """The server is reachable, but every connection of the store's pool stayed in use by
+    other calls for the whole wait (more store calls at once than DATABASE_POOL_SIZE): as
+    transient as an unreachable server, with the same notice, but named for what it is."""
+
+
 class MessageWithdrawn(RinnaError):
     """The message was deleted (or its writer's data forgotten) while it waited to be
     answered: its text is gone, and its placeholder ends with this notice."""

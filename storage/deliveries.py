@@ -10,7 +10,6 @@ withdrew it) changes nothing and says so.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
@@ -28,8 +27,10 @@ DELIVERY_SELECT = (
     " FROM deliveries d JOIN conversations c ON c.id = d.conversation_id")
 _BY_KEY = " WHERE d.platform=? AND d.delivery_key=?"
 UNFINISHED_STATES = "('accepted', 'shown', 'answering', 'ready', 'withdrawn')"
-# the row of one delivery, as the runner that took it (None matches NULL)
-_MINE = "platform=? AND delivery_key=? AND runner IS NOT DISTINCT FROM CAST(? AS TEXT)"
+# the row of one delivery, as the runner that took it (None matches NULL); not IS NOT
+# DISTINCT FROM, which SQLite speaks only from 3.39 (Ubuntu 22.04 has 3.37)
+_MINE = ("platform=? AND delivery_key=?"
+         " AND (runner = CAST(? AS TEXT) OR (runner IS NULL AND CAST(? AS TEXT) IS NULL))")
 
 
 def delivery_of(row: SqlRow) -> Delivery:
@@ -47,8 +48,9 @@ def delivery_of(row: SqlRow) -> Delivery:
                     None if runner is None else str(runner))
 
 
-def _mine(delivery: Delivery) -> tuple[str, str, str | None]:
-    return (delivery.platform, delivery.delivery_key, delivery.runner)
+def _mine(delivery: Delivery) -> tuple[str, str, str | None, str | None]:
+    """The parameters of `_MINE` (the runner twice)."""
+    return (delivery.platform, delivery.delivery_key, delivery.runner, delivery.runner)
 
 
 class DeliveryRecords:
@@ -70,7 +72,8 @@ class DeliveryRecords:
         row = await (await db.execute(DELIVERY_SELECT + _BY_KEY,
                                       (platform, delivery_key))).fetchone()
         if row is None:
-            raise sqlite3.IntegrityError("the delivery is gone")
+            # (the same notice as an unexpected failure; a sweep tries again next time)
+            raise StorageError(f"delivery {platform}/{delivery_key} is gone")
         return delivery_of(row)
 
     # ----- taking a message on ---------------------------------------------------------

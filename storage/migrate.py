@@ -6,7 +6,15 @@ write lock: a copy is whole or absent. A row already there (an earlier run) is l
 so running it again copies nothing twice; the identity sequences then continue after the
 copied ids. The target must be empty or hold an earlier copy of this same history: a
 conversation id that names another conversation there is refused before anything is written.
-Afterwards every source row's key is counted in PostgreSQL; a shortfall is an error.
+The SQLite file is first brought to this bot's schema in place (as the bot's own start would),
+so the copy reads the current tables. Only the columns both sides have are copied (a column
+the PostgreSQL schema dropped, such as `deliveries.imported`, is left behind).
+
+Afterwards every source row is looked for in PostgreSQL whole, every copied column equal
+(NULL equal to NULL): a row missing there, or a different row under the same key (one an
+earlier copy wrote that has since changed in SQLite, kept by ON CONFLICT DO NOTHING), is a
+shortfall, reported as an error. A PostgreSQL error during the copy rolls it all back and is
+one StorageError line naming the URL without its password.
 """
 
 from __future__ import annotations
@@ -35,11 +43,13 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 IDENTITIES = ("conversations", "turns", "settings_audit")
 _CASTS = {"bigint": int, "integer": int, "double precision": float, "text": str}
+_ARRAY_TYPES = {"bigint": "bigint", "integer": "bigint", "double precision": "float8"}
 
 
 @dataclass(frozen=True, slots=True)
 class Copied:
-    """One table: rows in SQLite, rows newly written, rows of SQLite's found in PostgreSQL."""
+    """One table: rows in SQLite, rows newly written, rows of SQLite's found in PostgreSQL
+    whole (every copied column equal)."""
 
     table: str
     source: int
@@ -74,6 +84,10 @@ async def copy_history(path: Path, dsn: str) -> list[Copied]:
                     await connection.execute(
                         f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                         f" GREATEST((SELECT MAX(id) FROM {table}), 1))")
+    except asyncpg.PostgresError as exc:  # the transaction rolled back: nothing was written
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise StorageError(f"DATABASE_URL={redact(dsn)}: the copy failed and was rolled back,"
+                           f" nothing written ({type(exc).__name__}: {text})") from None
     finally:
         await target.close()
     return copied
@@ -118,16 +132,18 @@ async def _copy_table(source: sqlite3.Connection, target: asyncpg.Connection,
 
 async def _found(target: asyncpg.Connection, table: str, columns: list[str],
                  types: dict[str, str], rows: list[tuple[Any, ...]]) -> int:
-    """How many of the source rows' keys are in the table."""
+    """How many of the source rows are in the table whole: found by their key (unique
+    there, so each matches at most one row), every copied column equal."""
     if not rows:
         return 0
-    key = KEYS[table]
-    where = [columns.index(column) for column in key]
-    arrays = [[row[i] for row in rows] for i in where]
-    kinds = ["bigint" if types[column] in ("bigint", "integer") else "text" for column in key]
+    key = set(KEYS[table])
+    arrays = [[row[i] for row in rows] for i in range(len(columns))]
+    kinds = [_ARRAY_TYPES.get(types[column], "text") for column in columns]
     unnest = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(kinds, 1))
-    names = ", ".join(f"k{n}" for n in range(len(key)))
-    join = " AND ".join(f"t.{_quoted(column)} = k.k{n}" for n, column in enumerate(key))
+    names = ", ".join(f"k{n}" for n in range(len(columns)))
+    join = " AND ".join(
+        f"t.{_quoted(column)} {'=' if column in key else 'IS NOT DISTINCT FROM'} k.k{n}"
+        for n, column in enumerate(columns))
     return int(await target.fetchval(
         f"SELECT count(*) FROM {table} t JOIN unnest({unnest}) AS k({names}) ON {join}",
         *arrays))

@@ -1,7 +1,9 @@
 """The PostgreSQL schema, versioned like SQLite's (storage/schema.py: the same numbers).
 
 PostgreSQL support begins at version 10, so its first migration creates version 10's tables
-at once, in PostgreSQL's types (identity columns, double precision times); a later version
+at once, in PostgreSQL's types (identity columns, double precision times), without SQLite's
+leftovers (`deliveries.imported`: the state says it now; databases made before it was dropped
+keep the unused column, which nothing reads or writes); a later version
 adds one entry to both MIGRATIONS (SQLite) and PG_MIGRATIONS. The version is one row of
 `rinna_schema`. Migrations run at start in one transaction under an advisory lock, so when
 several replicas start together the first migrates and the others wait, then find it done; a
@@ -47,7 +49,6 @@ CREATE TABLE deliveries (
     conversation_id BIGINT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
     turn_id         BIGINT REFERENCES turns(id) ON DELETE SET NULL,
     received_at     DOUBLE PRECISION NOT NULL,
-    imported        INTEGER NOT NULL DEFAULT 0,
     text            TEXT,
     reply_ref       TEXT,
     final           TEXT,

@@ -16,10 +16,13 @@ dropped is replaced on the next use. When the server is away (restarting, failin
 store call waits for it, trying again with a growing pause, up to `Reconnect.wait_s` (30 s): a
 message that arrives meanwhile is answered once the server is back. Past that wait, or when
 the connection drops in the middle of a statement, the call raises StoreUnreachable (its
-notice: 「ただいま混み合っています…」); a transaction cut off that way was rolled back by the
-server, so nothing half-written stays, and what was committed before (an accepted message)
-is still there for its answer or the recovery. The DSN's password is never shown: errors and
-the repr name the DSN with `***` in its place (storage/pg_wire.py, `redact`).
+notice: 「ただいま混み合っています…」); every pooled connection in use by other calls for the
+whole wait is StoreBusy instead (the same notice; its message names DATABASE_POOL_SIZE, not
+the server). Each try is bounded by the time left of the wait. A transaction cut off that
+way was rolled back by the server, so nothing half-written stays, and what was committed
+before (an accepted message) is still there for its answer or the recovery. The DSN's
+password is never shown: errors and the repr name the DSN with `***` in its place
+(storage/pg_wire.py, `redact`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from bot.errors import StorageError, StoreUnreachable
+from bot.errors import StorageError, StoreBusy, StoreUnreachable
 from bot.ports.community import ChangeListener, Scope, SettingChange
 from storage.community import CommunityRecords
 from storage.deliveries import DeliveryRecords
@@ -51,6 +54,7 @@ WRITE_LOCK = 0x72696E6E61575254
 # What VACUUM reclaims after a deletion or edit: the tables people's text and votes are in.
 TEXT_TABLES = ("turns", "deliveries", "feedback", "summaries", "unread_files")
 CONNECT_TIMEOUT_S = 10.0
+SHORTEST_TRY_S = 0.01  # a try with (almost) no time left still gets this long
 
 # The errors that mean "the server cannot be reached" (down, restarting, connection lost).
 UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
@@ -74,11 +78,17 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
                  clock: Callable[[], float] = time.time,
                  reconnect: Reconnect = Reconnect()) -> None:
         self._pool = pool
+        self._pool_size = pool.get_max_size()
+        self._in_use = 0  # pooled connections this store's calls hold now
         self._db = PgPool(self._connection)
         self.dsn = redact(dsn)  # only ever kept redacted
         self._clock = clock
         self._reconnect = reconnect
-        self._notices = ChangeNotices(self._acquire, self._pool.release, self._announced)
+        # the raw DSN goes only to the listener's own connection (never shown)
+        self._notices = ChangeNotices(dsn, self._announced,
+                                      first_pause_s=reconnect.first_pause_s,
+                                      longest_pause_s=reconnect.longest_pause_s,
+                                      on_retry=reconnect.on_wait)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.dsn!r})"
@@ -145,22 +155,35 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
         """A pooled connection, waiting for the server while it is away (`Reconnect`);
         the connection failing under a statement is StoreUnreachable."""
         connection = await self._acquire()
+        self._in_use += 1
         try:
             yield connection
         except UNREACHABLE as exc:
             raise StoreUnreachable(f"DATABASE_URL={self.dsn}: the connection to PostgreSQL "
                                    f"was lost ({type(exc).__name__})") from exc
         finally:
+            self._in_use -= 1
             await self._pool.release(connection)
 
     async def _acquire(self) -> asyncpg.Connection:
+        """Each try bounded by the time left of `Reconnect.wait_s`; a try that timed out
+        while every pooled connection was in use by this store's calls waited for a busy
+        pool, not for the server (StoreBusy past the wait, and no pause before the next)."""
         policy = self._reconnect
         deadline = time.monotonic() + policy.wait_s
         pause = policy.first_pause_s
         while True:
+            left = max(deadline - time.monotonic(), SHORTEST_TRY_S)
             try:
-                return await self._pool.acquire(timeout=CONNECT_TIMEOUT_S)
+                return await self._pool.acquire(timeout=min(CONNECT_TIMEOUT_S, left))
             except UNREACHABLE as exc:
+                busy = isinstance(exc, TimeoutError) and self._in_use >= self._pool_size
+                if busy and time.monotonic() < deadline:
+                    continue  # still queued behind other calls: the time left again
+                if busy:
+                    raise StoreBusy(f"DATABASE_URL={self.dsn}: all {self._pool_size} pooled"
+                                    f" connections stayed in use for {policy.wait_s:g} s"
+                                    " (DATABASE_POOL_SIZE)") from exc
                 if time.monotonic() + pause > deadline:
                     raise StoreUnreachable(f"DATABASE_URL={self.dsn}: cannot reach PostgreSQL"
                                            f" ({type(exc).__name__})") from exc
@@ -176,8 +199,8 @@ class PostgresStore(PrivateRecords, TurnRecords, DeliveryRecords, SummaryRecords
         """BEGIN and the write lock in one round trip; COMMIT, or ROLLBACK on any error or
         cancellation (a connection that cannot roll back is dropped by the pool)."""
         async with self._connection() as connection:
-            await connection.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
-            try:
+            try:  # a cancellation while queued for the lock rolls back too
+                await connection.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
                 yield PgTransaction(connection)
             except BaseException:
                 await _roll_back(connection)

@@ -1,8 +1,9 @@
 """Conversations, turns and answers (the buttons on them, feedback, counts): the part of the
 store both engines share. A mixin of the engine's store (storage/history.py for SQLite,
 storage/postgres.py for PostgreSQL), which gives it its connection (`_db`), transactions and
-clock. The SQL is the subset both engines speak (ON CONFLICT, RETURNING, CAST(? AS TEXT),
-IS NOT DISTINCT FROM); PostgreSQL's connection turns the `?` into `$n` (storage/pg_wire.py).
+clock. The SQL is the subset both engines speak, SQLite from 3.35 (ON CONFLICT, RETURNING,
+CAST(? AS TEXT); not IS NOT DISTINCT FROM, which needs 3.39); PostgreSQL's connection turns
+the `?` into `$n` (storage/pg_wire.py).
 """
 
 from __future__ import annotations

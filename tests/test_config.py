@@ -84,6 +84,21 @@ def test_log_filter_redacts_secrets() -> None:
     assert record.getMessage() == "token=***"
 
 
+def test_a_password_given_as_a_url_query_parameter_is_redacted_from_logs() -> None:
+    """libpq also takes the password as `?password=`: neither its written nor its decoded
+    form reaches a log record, though a library's error might print either alone."""
+    import logging
+
+    settings = load_settings(
+        database_url="postgresql://rinna@db:5432/rinna?sslmode=require&password=pa%2Bss-4111")
+    shown = []
+    for text in ("auth failed: pa+ss-4111", "dsn had password=pa%2Bss-4111 in it"):
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, text, None, None)
+        RedactSecrets(settings.secret_values()).filter(record)
+        shown.append(record.getMessage())
+    assert shown == ["auth failed: ***", "dsn had password=*** in it"]
+
+
 def test_the_reply_must_leave_room_for_a_prompt(settings: Settings,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONTEXT_TOKENS", "100")

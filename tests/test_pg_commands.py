@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,62 @@ async def test_migrate_db_copies_a_sqlite_history_once_and_checks_the_counts(
                                        if t.id != answering.turn_id)
     finally:
         await store.close()
+
+
+async def test_migrate_db_checks_whole_rows_and_leaves_out_columns_postgresql_lacks(
+        pg_cluster: Cluster, pg_dsn: str, tmp_path: Path) -> None:
+    """A row an earlier copy wrote that has changed since in SQLite is kept as it was by
+    ON CONFLICT DO NOTHING: the check compares whole rows, so it is reported, not hidden.
+    SQLite's leftover `deliveries.imported` is not in a fresh PostgreSQL schema."""
+    path = tmp_path / "bot.sqlite3"
+    source = await HistoryStore.open(path)
+    await fill(source)
+    await source.close()
+    first = rinna_bot("migrate-db", "--to", pg_dsn, cwd=tmp_path, DATABASE_PATH=str(path))
+    assert first.returncode == 0, first.stderr
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        assert not await connection.fetchval(
+            "SELECT count(*) FROM information_schema.columns"
+            " WHERE table_name = 'deliveries' AND column_name = 'imported'")
+    finally:
+        await connection.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE turns SET text = '後から直した' WHERE text = ?", (KEEP,))
+    again = rinna_bot("migrate-db", "--to", pg_dsn, cwd=tmp_path, DATABASE_PATH=str(path))
+    assert again.returncode == 1, again.stderr
+    lines = dict(line.split(": ", 1) for line in again.stdout.splitlines())
+    assert lines["turns"] == "6 in SQLite, 0 copied now, 5 found in PostgreSQL"
+    assert "rows missing or different in PostgreSQL after the copy: turns" in again.stderr
+
+
+async def test_a_postgresql_error_during_the_copy_is_one_line_and_writes_nothing(
+        pg_cluster: Cluster, pg_dsn: str, tmp_path: Path) -> None:
+    target = await PostgresStore.open(pg_dsn)  # the schema, then a table that refuses rows
+    await target.close()
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        await connection.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN RAISE EXCEPTION 'no votes here'; END$$;"
+            " CREATE TRIGGER refuse BEFORE INSERT ON feedback"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()")
+    finally:
+        await connection.close()
+    path = tmp_path / "bot.sqlite3"
+    source = await HistoryStore.open(path)
+    await fill(source)
+    await source.close()
+    done = rinna_bot("migrate-db", "--to", pg_dsn, cwd=tmp_path, DATABASE_PATH=str(path))
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "the copy failed and was rolled back" in done.stderr
+    assert "no votes here" in done.stderr and password_of(pg_cluster) not in done.stderr
+    connection = await asyncpg.connect(pg_dsn)
+    try:  # conversations and turns came before feedback: rolled back with it
+        assert await connection.fetchval("SELECT count(*) FROM turns") == 0
+    finally:
+        await connection.close()
 
 
 async def test_migrate_db_refuses_a_database_holding_another_history(

@@ -18,10 +18,10 @@ import pytest
 from bot.conversation import ConversationKey, IncomingMessage
 from bot.core.chat import ChatConfig, ChatService
 from bot.engine.tokenizer import Tokenizer
-from bot.errors import StorageError, StoreUnreachable
+from bot.errors import StorageError, StoreBusy, StoreUnreachable
 from bot.ports.records import DeliveryState
 from storage.pg_wire import redact
-from storage.postgres import PostgresStore, Reconnect
+from storage.postgres import WRITE_LOCK, PostgresStore, Reconnect
 from storage.schema import SCHEMA_VERSION
 from tests.fakes import RecordingSink, ScriptedGenerator
 from tests.pg.fixtures import Cluster
@@ -276,3 +276,114 @@ async def test_a_settings_change_on_one_replica_reaches_the_others_listeners(
     finally:
         await here.close()
         await there.close()
+
+
+async def test_a_listening_store_with_a_pool_of_one_still_serves_its_calls(
+        pg_dsn: str) -> None:
+    """The settings LISTEN holds a connection of its own, not the pool's only one."""
+    from bot.ports.community import Scope
+
+    store = await PostgresStore.open(pg_dsn, pool_size=1, reconnect=Reconnect(wait_s=1.0))
+    other = await PostgresStore.open(pg_dsn)
+    heard: asyncio.Queue[Scope] = asyncio.Queue()
+    try:
+        store.on_change(heard.put_nowait)
+        await asyncio.wait_for(store._notices.listening.wait(), 10)
+        accepted = await store.accept(KEY, "pool-1", "一つだけの接続で", "U1")
+        assert accepted is not None  # the pool's one connection is free for the store
+        scope = Scope("slack", "T1", "C1")
+        assert await other.change_settings(scope, {"persona": "丁寧"}, "U2")
+        assert await asyncio.wait_for(heard.get(), 10) == scope
+    finally:
+        await other.close()
+        await store.close()
+
+
+class RetriesAfter:
+    """`Reconnect.on_wait` of a store that only listens: `passed` is set at the first failed
+    attempt made once `after()` (a point in time) has passed."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.wait_s = 0.0
+        self.passed = asyncio.Event()
+
+    def __call__(self, error: BaseException) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        if self.since is not None and loop_time > self.since + self.wait_s:
+            self.passed.set()
+
+
+async def test_the_settings_listener_outlives_an_outage_longer_than_the_wait(
+        pg_cluster: Cluster, pg_dsn: str) -> None:
+    """Stopped for longer than `Reconnect.wait_s`, the server is back: a change made after
+    that on another replica still reaches this one's listeners (it never stops trying)."""
+    from bot.ports.community import Scope
+
+    retries = RetriesAfter()
+    retries.wait_s = 0.3
+    store = await PostgresStore.open(pg_dsn, reconnect=Reconnect(wait_s=0.3, on_wait=retries))
+    heard: asyncio.Queue[Scope] = asyncio.Queue()
+    try:
+        store.on_change(heard.put_nowait)
+        await asyncio.wait_for(store._notices.listening.wait(), 10)
+        await asyncio.to_thread(pg_cluster.pg_ctl, "stop")
+        try:
+            retries.since = asyncio.get_running_loop().time()
+            await asyncio.wait_for(retries.passed.wait(), 30)  # still trying past wait_s
+        finally:
+            await asyncio.to_thread(pg_cluster.pg_ctl, "start")
+        await asyncio.wait_for(store._notices.listening.wait(), 30)
+        other = await PostgresStore.open(pg_dsn)
+        try:
+            scope = Scope("discord", "G9", "C9")
+            assert await other.change_settings(scope, {"persona": "元気"}, "U1")
+            assert await asyncio.wait_for(heard.get(), 10) == scope
+        finally:
+            await other.close()
+    finally:
+        await store.close()
+
+
+async def test_a_busy_pool_is_told_apart_from_an_unreachable_server(pg_dsn: str) -> None:
+    """Every pooled connection in use for the whole wait: StoreBusy naming the pool (the same
+    notice to people), within the wait: the try is bounded by the time left, not by the
+    10 s connect timeout."""
+    store = await PostgresStore.open(pg_dsn, pool_size=1, reconnect=Reconnect(wait_s=0.3))
+    try:
+        async with store._connection():  # another call holds the pool's one connection
+            with pytest.raises(StoreBusy, match="DATABASE_POOL_SIZE") as busy:
+                await asyncio.wait_for(store.delivery("slack", "m1"), 5)
+        assert busy.value.user_message == StoreUnreachable.user_message
+        assert await store.delivery("slack", "m1") is None  # free again: served
+    finally:
+        await store.close()
+
+
+async def _queued_for(holder: asyncpg.Connection) -> None:
+    """Until some session waits for an advisory lock (polls the server's lock table)."""
+    while not await holder.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
+        await asyncio.sleep(0.01)  # the condition is the server's: nothing to wake us
+
+
+async def test_a_write_cancelled_while_queued_for_the_lock_leaves_nothing_behind(
+        pg_dsn: str) -> None:
+    store = await PostgresStore.open(pg_dsn, pool_size=1)
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", WRITE_LOCK)  # another replica
+        writing = asyncio.create_task(store.accept(KEY, "queued", "順番待ち", "U1"))
+        await asyncio.wait_for(_queued_for(holder), 10)
+        writing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        await holder.execute("SELECT pg_advisory_unlock($1)", WRITE_LOCK)
+        assert await store.accept(KEY, "after", "その後", "U1") is not None
+        assert await store.delivery("slack", "queued") is None
+        assert not await holder.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state LIKE 'idle in transaction%'")
+    finally:
+        await holder.close()
+        await store.close()

@@ -1,5 +1,6 @@
 """`rinna-bot migrate-db [--to postgresql://…]`: copy the SQLite history at DATABASE_PATH into
-PostgreSQL (--to, or DATABASE_URL), then check every table's rows arrived (storage/migrate.py).
+PostgreSQL (--to, or DATABASE_URL), then check every table's rows arrived whole, every column
+equal (storage/migrate.py). The SQLite file is first brought to this bot's schema in place.
 Safe to run again (it copies nothing twice) and to run before the first PostgreSQL start (the
 schema is created). Stop the bot that writes to the SQLite file first, so nothing it writes
 afterwards is left behind. Prints one line per table, and the URL only without its password.
@@ -38,7 +39,8 @@ def migrate_command(settings: Settings, to: str | None, out: TextIO = sys.stdout
                   f"{table.found} found in PostgreSQL\n")
     short = [table.table for table in copied if not table.complete]
     if short:
-        print(f"rinna-bot: rows missing in PostgreSQL after the copy: {', '.join(short)}",
+        print(f"rinna-bot: rows missing or different in PostgreSQL after the copy:"
+              f" {', '.join(short)}",
               file=sys.stderr)
         return EXIT_TRANSIENT
     print(f"rinna-bot: {settings.database_path} copied into {redact(dsn)}; every row checked",

@@ -95,7 +95,9 @@ def pg_cluster() -> Iterator[Cluster]:
 @pytest.fixture
 async def pg_dsn(pg_cluster: Cluster) -> AsyncIterator[str]:
     """The DSN of a new, empty database of its own (dropped afterwards)."""
-    yield await create_database(pg_cluster.dsn)
+    dsn = await create_database(pg_cluster.dsn)
+    yield dsn
+    await drop_database(pg_cluster.dsn, dsn)
 
 
 async def create_database(admin_dsn: str) -> str:
@@ -108,3 +110,16 @@ async def create_database(admin_dsn: str) -> str:
     finally:
         await connection.close()
     return with_database(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, dsn: str) -> None:
+    """Drop the database `dsn` names, closing what is still connected to it (a store a
+    failed test left open)."""
+    import asyncpg
+
+    name = urlsplit(dsn).path.lstrip("/")
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
