@@ -162,6 +162,17 @@ class PgLeases:
                 f" AND {_LIVE}", [p for p, _ in wanted], [k for _, k in wanted])
         return {(row["platform"], row["delivery_key"]) for row in rows}
 
+    async def lapsed(self, markers: Iterable[Marker]) -> set[Marker]:
+        wanted = list(markers)
+        if not wanted:
+            return set()
+        with reachable("reading leases"):
+            rows = await self._pool.fetch(
+                "SELECT platform, delivery_key FROM answer_leases WHERE"
+                " (platform, delivery_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+                f" AND NOT ({_LIVE})", [p for p, _ in wanted], [k for _, k in wanted])
+        return {(row["platform"], row["delivery_key"]) for row in rows}
+
     async def clock(self) -> float:
         with reachable("reading the server's clock"):
             return float(await self._pool.fetchval(

@@ -14,6 +14,7 @@ import pytest
 
 from bot.conversation import ConversationKey
 from bot.errors import StoreUnreachable, UserBusyError
+from bot.ports.records import Delivery, DeliveryState
 from storage.pg_replicas import PgReplicas, open_pg_replicas
 from tests.pg.fixtures import Cluster
 
@@ -84,6 +85,22 @@ async def test_a_renewed_lease_outlives_its_length_and_a_dead_ones_is_taken_over
     finally:
         await connection.close()
     assert runners == {"kept": "runner-alive", "lost": "runner-s"}
+
+
+async def test_a_dead_writers_lapsed_lease_is_recovered_at_once_a_never_leased_one_waits(
+        replica: Callable[..., Awaitable[PgReplicas]]) -> None:
+    """Failover within the lease: an answer whose writer died (its lease ran out undropped) is
+    the survivor's at its first look; one never leased (maybe just taken on by a live
+    replica) only after it has been seen unleased for a whole lease."""
+    dead, survivor = await replica(lease_s=0.6), await replica(lease_s=60.0)
+    lost, fresh = (Delivery("slack", name, 1, KEY, DeliveryState.ANSWERING, 0.0)
+                   for name in ("lost", "fresh"))
+    assert await dead.replicas.leases.claim(("slack", "lost"), "runner-dead")
+    await dead.renewals.aclose()  # the process dies: nobody renews its lease any more
+    leases = survivor.replicas.leases
+    await until(lambda: leases.lapsed([("slack", "lost")]))
+    assert await leases.held([("slack", "lost"), ("slack", "fresh")]) == set()
+    assert await survivor.replicas.unclaimed([lost, fresh]) == [lost]
 
 
 async def test_a_lease_and_a_slot_whose_delete_failed_run_out_instead_of_living_on(

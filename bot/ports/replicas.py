@@ -48,6 +48,11 @@ class AnswerLeases(Protocol):
         """Those of `markers` with a live lease (being written by some process now)."""
         ...
 
+    async def lapsed(self, markers: Iterable[Marker]) -> set[Marker]:
+        """Those of `markers` whose lease ran out without being dropped: the process writing
+        them died (or lost the database for longer than a lease)."""
+        ...
+
     async def clock(self) -> float:
         """Now, in seconds, by the clock the leases run on (the database server's where
         several hosts share it: no skew between them)."""
@@ -84,6 +89,9 @@ class LocalLeases:
         return None
 
     async def held(self, markers: Iterable[Marker]) -> set[Marker]:
+        return set()
+
+    async def lapsed(self, markers: Iterable[Marker]) -> set[Marker]:
         return set()
 
     async def clock(self) -> float:
@@ -129,7 +137,8 @@ class Replicas:
         the database; sharing it, only what no process writes now (no live lease) and none
         has leased for a whole lease by the leases' clock (the server's when shared: no host's
         clock is compared with another's). A delivery is leased right after it is taken on,
-        so one seen unleased that long was left by a process that died."""
+        so one seen unleased that long was left by a process that died; one whose lease ran
+        out undropped was too, and is taken over at once (failover within the lease)."""
         if not self.shared:
             return pending
         markers = [(d.platform, d.delivery_key) for d in pending]
@@ -141,5 +150,6 @@ class Replicas:
         for marker in free:
             self._unleased.setdefault(marker, now)
         settled = now - self.leases.lease_s
+        lapsed = await self.leases.lapsed(free)  # its writer died: take it over at once
         return [d for d, m in zip(pending, markers, strict=True)
-                if m in free and self._unleased[m] <= settled]
+                if m in lapsed or (m in free and self._unleased[m] <= settled)]
