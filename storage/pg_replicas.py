@@ -240,9 +240,11 @@ class PgConversationLocks:
             try:
                 yield
             finally:  # a lost connection's locks were freed by the server with it (a
-                # restart mid-turn frees them too): the turn's outcome stands
-                with contextlib.suppress(*_LOST):
-                    await conn.execute("SELECT pg_advisory_unlock($1)", number)
+                # restart mid-turn frees them too): the turn's outcome stands. asyncpg may
+                # still be reading the server's goodbye: InternalClientError, same meaning.
+                with contextlib.suppress(*_LOST, asyncpg.InternalClientError):
+                    if not conn.is_closed():  # (a proxy the pool took back raises instead)
+                        await conn.execute("SELECT pg_advisory_unlock($1)", number)
 
 
 class PgControlBus:
