@@ -145,7 +145,7 @@ async def _recover(core: Core, platform: Platform) -> None:
     """At start, what an earlier run left unanswered. With replicas on one PostgreSQL, then on
     and on: what a replica that died left, once its leases run out (LEASE_S)."""
     await platform.ready()
-    every = min(core.settings.lease_s / 2, 5.0)
+    every = min(core.settings.lease_s / 4, 2.0)  # a dead one's answers: resumed by LEASE_S + 2 s
     # guarded like every later sweep: a database away at start must not end the sweeping
     await _sweep(core, platform, every)
     if not core.chat.replicas.shared:
