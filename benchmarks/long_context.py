@@ -145,7 +145,7 @@ def drive(engine, arrivals: dict, stop_after_first: int | None = None) -> dict: 
         admitted: list = []
         while waiting and engine.can_admit(admitted, waiting[0]):  # as the generator admits
             admitted.append(waiting.pop(0))
-        outputs = engine.add_requests(admitted)
+        outputs = engine.add_requests(admitted) or []  # (an older revision's returned [])
         outputs += engine.step()
         now = time.perf_counter() - started
         for out in outputs:

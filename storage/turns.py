@@ -91,12 +91,6 @@ class TurnRecords:
             "SELECT 1 FROM turns WHERE conversation_id=? LIMIT 1", (conversation,))).fetchone()
         return row is not None
 
-    async def seen(self, platform: str, delivery_key: str) -> bool:
-        row = await (await self._db.execute(
-            "SELECT 1 FROM deliveries WHERE platform=? AND delivery_key=?",
-            (platform, delivery_key))).fetchone()
-        return row is not None
-
     async def add_turn(
         self, conversation: int, turn: Turn, delivery: tuple[str, str] | None = None,
         *, author: str | None = None,

@@ -174,11 +174,19 @@ async def test_message_text_stays_out_of_info_logs(store: HistoryStore, tokenize
     assert "answered" in text and "ひみつ" not in text
 
 
+async def import_history(chat: ChatService, key: ConversationKey,
+                         turns: list[tuple[Turn, str]]) -> int:
+    """A thread's earlier messages stored as the chat service stores them when it joins a
+    thread (its window's backfill, then the store's import; nothing else runs here to lock
+    against)."""
+    return await chat.store.import_turns(key, chat.window.backfill(turns))
+
+
 async def test_imported_history_is_cleaned_like_messages(store: HistoryStore,
                                                          tokenizer: Tokenizer) -> None:
     generator = ScriptedGenerator(default="答え")
     chat = service(store, tokenizer, generator)
-    stored = await chat.import_history(KEY, [
+    stored = await import_history(chat, KEY, [
         (Turn(Speaker.USER, "壊れた\ud800文字\x00"), "a"),
         (Turn(Speaker.SYSTEM, "  \n "), "b"),
         (Turn(Speaker.SYSTEM, "考え中…"), "c"),  # the bot's notices are not answers
@@ -197,7 +205,7 @@ async def test_a_message_read_in_with_its_thread_is_still_answered_once(
     answered, once, and its text is in the history once."""
     generator = ScriptedGenerator(default="答え")
     chat = service(store, tokenizer, generator)
-    await chat.import_history(KEY, [(Turn(Speaker.USER, "前の話"), "x"),
+    await import_history(chat, KEY, [(Turn(Speaker.USER, "前の話"), "x"),
                                     (Turn(Speaker.USER, "一つ目の質問"), "a")])
     assert await chat.handle(KEY, IncomingMessage("一つ目の質問", "a"), RecordingSink()) \
         is Outcome.ANSWERED

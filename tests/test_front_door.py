@@ -164,7 +164,7 @@ def test_adapters_reach_the_chat_service_only_through_the_front_door() -> None:
 
     adapters = Path(__file__).resolve().parent.parent / "adapters"
     policy_calls = ("chat.handle(", "chat.reset(", "chat.first_sight(", "chat.follows(",
-                    "chat.message_deleted(", "chat.message_edited(", "chat.import_history(",
+                    "chat.message_deleted(", "chat.message_edited(",
                     "chat.window", "policy.check(")
     found = [(path.name, call) for path in sorted(adapters.glob("*.py"))
              for call in policy_calls if call in path.read_text(encoding="utf-8")]

@@ -450,7 +450,7 @@ async def test_load_generator_picks_the_remote_engine_from_settings(
         "repetition_penalty": 1.2, "max_per_user": 3}))
     try:
         assert isinstance(remote, RemoteGenerator)
-        assert remote._scheduler.max_per_user == 3  # MAX_PER_USER reaches the remote engine
+        assert remote._pool.scheduler.max_per_user == 3  # MAX_PER_USER reaches the remote engine
         chat = ChatService(store, remote, remote.tokenizer,
                            ChatConfig(prompt_budget=settings.prompt_budget, stream_interval_s=0.0))
         sink = RecordingSink()
@@ -517,7 +517,7 @@ async def test_a_background_request_waits_for_every_persons_request_and_is_not_p
     person = asyncio.create_task(collect(remote.stream(PROMPT, owner="slack:U1")))
     await fake.until(lambda: fake.paused == 1)  # the person's answer is being written
     summary = asyncio.create_task(collect(remote.stream(PROMPT, background=True)))
-    await eventually(lambda: remote._scheduler.background == 1)
+    await eventually(lambda: remote._pool.scheduler.background == 1)
     assert len(fake.received) == 1  # not sent while the person's request is in flight
     fake.hold.set()
     assert "".join(await person) == SHOWN

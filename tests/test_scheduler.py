@@ -16,6 +16,11 @@ from bot.errors import QueueFullError, UserBusyError
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def owned(scheduler: Scheduler, owner: str) -> int:
+    """A person's requests running or waiting: the count MAX_PER_USER bounds."""
+    return scheduler._per_owner.get(owner, 0)
+
+
 def batch_of(size: int, running: list[str]):  # noqa: ANN201 - a `fits` for schedule()
     """Admit while the batch (rows already running plus those chosen now) has room."""
     def fits(chosen: Sequence[str], candidate: str) -> bool:
@@ -54,7 +59,7 @@ def test_without_fairness_it_is_first_come_first_served_with_the_same_bounds() -
     assert scheduler.items() == ["a1", "a2", "b1", "a3"]
     assert scheduler.schedule(lambda chosen, item: len(chosen) < 2) == ["a1", "a2"]
     assert scheduler.positions() == {2: 1, 3: 2}
-    assert scheduler.remove(0) and scheduler.owned("A") == 2
+    assert scheduler.remove(0) and owned(scheduler, "A") == 2
 
 
 def test_owners_take_turns_then_arrival_order() -> None:
@@ -107,7 +112,7 @@ def test_the_per_user_bound_counts_running_and_waiting() -> None:
         scheduler.add(5, "A", "a3")
     assert scheduler.remove(1)  # a1 finished
     scheduler.add(6, "A", "a3")
-    assert scheduler.owned("A") == 2 and scheduler.owned("B") == 1
+    assert owned(scheduler, "A") == 2 and owned(scheduler, "B") == 1
 
 
 def test_requests_without_an_owner_are_bounded_only_by_the_queue() -> None:
@@ -141,7 +146,7 @@ def test_removing_a_waiting_request_moves_the_others_up() -> None:
     assert scheduler.positions() == {3: 1, 2: 2}
     assert scheduler.remove(2) and not scheduler.remove(2)  # twice: no harm
     assert scheduler.positions() == {3: 1}
-    assert scheduler.owned("B") == 0 and 2 not in scheduler
+    assert owned(scheduler, "B") == 0 and 2 not in scheduler
     assert scheduler.drain() == [3]
     assert (scheduler.waiting, scheduler.running) == (0, 0)
 
@@ -165,7 +170,7 @@ def test_background_work_runs_only_while_no_person_waits_or_runs() -> None:
     assert scheduler.schedule(lambda chosen, item: True) == []  # A's answer still runs
     scheduler.remove(2)
     assert scheduler.schedule(lambda chosen, item: True) == ["summary"]
-    assert scheduler.owned("A") == 0 and scheduler.running == 0  # outside people's bounds
+    assert owned(scheduler, "A") == 0 and scheduler.running == 0  # outside people's bounds
 
 
 def test_a_person_arriving_preempts_background_work_which_is_redone_later() -> None:

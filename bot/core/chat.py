@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +53,7 @@ from bot.engine.generator import Generator
 from bot.engine.tokenizer import Tokenizer
 from bot.errors import RinnaError
 from bot.ports.locks import ConversationLocks, InProcessLocks
-from bot.ports.records import Delivery, ImportedTurn
+from bot.ports.records import Delivery
 from bot.ports.replicas import Marker, Replicas
 from bot.ports.store import ChatStore
 
@@ -187,19 +187,6 @@ class ChatService:
                     and await self.scoped.buttons(key):
                 await retire(sink, previous.reply_ref)
         return outcome is Outcome.ANSWERED
-
-    async def import_history(
-        self, key: ConversationKey, turns: Sequence[ImportedTurn]
-    ) -> int:
-        """Store a thread's earlier messages (oldest first) before the bot joins it; an
-        item's third element, the author's platform user id, is stored (forget/export)."""
-        async with self._conversation(key):
-            return await self._import(key, turns)
-
-    async def _import(self, key: ConversationKey, turns: Sequence[ImportedTurn]) -> int:
-        """Cleaned, the bot's notices left out, only the newest that fit the prompt budget.
-        Runs under the conversation's lock."""
-        return await self.store.import_turns(key, self.window.backfill(turns))
 
     async def message_deleted(self, platform: str, delivery_key: str) -> bool:
         """A platform message was deleted: its stored text goes (see bot/core/edits.py)."""

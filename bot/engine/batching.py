@@ -184,11 +184,11 @@ class BatchEngine:
         return sum(r.max_len for r in batch) * self.kv_bytes_per_token <= self.config.kv_cache_bytes
 
     # ----- the step --------------------------------------------------------------------
-    def add_requests(self, requests: list[Request]) -> list[Output]:
+    def add_requests(self, requests: list[Request]) -> None:
         """Join `requests` to the batch; their prompts are prefilled, chunk by chunk, by the
         steps that follow (interleaved with the running rows' decoding)."""
         if not requests:
-            return []
+            return
         rows = [self._new_row(self.clamp(r)) for r in requests]
         filled = {r.request.id: r.length for r in self.rows}
         self.cache.ensure(self.cache.reserved + sum(r.request.max_len for r in rows), filled)
@@ -203,7 +203,6 @@ class BatchEngine:
             seen[i, to_device(row.request.prompt_ids, self.device, torch.long)] = True
         self.seen = seen if self.seen is None else torch.cat([self.seen, seen])
         self.rows = self.rows + rows
-        return []
 
     def step(self) -> list[Output]:
         """One forward pass: a token for every decoding row, and prefill chunks within budget."""

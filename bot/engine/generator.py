@@ -288,7 +288,7 @@ class LocalGenerator:
                 stuck = not admitted and not engine.has_work()
             outputs += engine.expire()
             try:
-                outputs += engine.add_requests(admitted)
+                engine.add_requests(admitted)
                 outputs += engine.step()
             except Exception as exc:
                 log.exception("generation step failed; failing %d requests", len(engine.rows))

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from bot.config import Settings
-    from bot.engine.scheduler import Scheduler
 
 __all__ = ["RemoteGenerator", "base_url", "display_url", "load_remote_generator",
            "tokenizer_file"]
@@ -105,10 +104,6 @@ class RemoteGenerator:
     @property
     def _endpoints(self) -> list[Endpoint]:
         return self._pool.endpoints
-
-    @property
-    def _scheduler(self) -> Scheduler[Any]:  # the pool's, for tests
-        return self._pool.scheduler
 
     # ----- lifecycle -------------------------------------------------------------------
     async def start(self) -> RemoteGenerator:

@@ -82,10 +82,6 @@ class Scheduler(Generic[T]):
         """The queue a waiting request of `owner` joins: its owner's own."""
         return owner
 
-    def owned(self, owner: Hashable) -> int:
-        """Requests of `owner` running or waiting."""
-        return self._per_owner.get(owner, 0)
-
     def __contains__(self, request_id: int) -> bool:
         return (request_id in self._entries or request_id in self._running
                 or request_id in self._background_running
