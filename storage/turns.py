@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from bot.conversation import ConversationKey, Speaker, Turn
 from bot.errors import StorageError
-from bot.ports.records import Claim, Delivery, ImportedTurn, StoredTurn
+from bot.ports.records import Delivery, ImportedTurn, StoredTurn
 from storage.deliveries import DELIVERY_SELECT, UNFINISHED_STATES, delivery_of
 from storage.sql import SqlConnection
 
@@ -67,50 +67,11 @@ class TurnRecords:
                 (key.platform, key.workspace, key.channel, key.thread))
 
     # ----- deliveries and turns --------------------------------------------------------
-    async def claim(self, key: ConversationKey, delivery_key: str) -> Claim | None:
-        """Take on a platform message whose handling is one write (a reset): recorded as
-        answered at once. None if it was taken on before. A message first read in as thread
-        history is taken on once, with its stored turn."""
-        async with self._transaction() as db:
-            conversation = await self._conversation_id(db, key)
-            cursor = await db.execute(
-                "INSERT INTO deliveries (platform, delivery_key, conversation_id,"
-                " received_at, state) VALUES (?, ?, ?, ?, 'answered') ON CONFLICT DO NOTHING",
-                (key.platform, delivery_key, conversation, self._clock()))
-            if cursor.rowcount == 1:
-                return Claim(conversation)
-            row = await (await db.execute(
-                "UPDATE deliveries SET state = 'answered' WHERE platform=?"
-                " AND delivery_key=? AND state = 'imported' RETURNING conversation_id, turn_id",
-                (key.platform, delivery_key))).fetchone()
-            return None if row is None else Claim(int(row[0]), row[1])
-
     async def has_turns(self, conversation: int) -> bool:
         """Whether anything was ever stored in the conversation (resets included)."""
         row = await (await self._db.execute(
             "SELECT 1 FROM turns WHERE conversation_id=? LIMIT 1", (conversation,))).fetchone()
         return row is not None
-
-    async def add_turn(
-        self, conversation: int, turn: Turn, delivery: tuple[str, str] | None = None,
-        *, author: str | None = None,
-    ) -> int:
-        """Store one turn; `delivery` (platform, key) links the platform message to it;
-        `author` is the writer's platform user id (user turns)."""
-        async with self._transaction() as db:
-            row = await (await db.execute(
-                "INSERT INTO turns (conversation_id, speaker, text, created_at, author)"
-                " VALUES (?,?,?,?,?) RETURNING id",
-                (conversation, str(turn.speaker), turn.text, self._clock(),
-                 author or None))).fetchone()
-            if row is None:  # the INSERT's RETURNING gives its row
-                raise StorageError("a stored turn vanished while it was recorded")
-            turn_id = int(row[0])
-            if delivery is not None:
-                await db.execute(
-                    "UPDATE deliveries SET turn_id=? WHERE platform=? AND delivery_key=?",
-                    (turn_id, *delivery))
-            return turn_id
 
     async def import_turns(
         self, key: ConversationKey, turns: Sequence[ImportedTurn]

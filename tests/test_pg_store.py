@@ -25,6 +25,7 @@ from storage.postgres import WRITE_LOCK, PostgresStore, Reconnect
 from storage.schema import SCHEMA_VERSION
 from tests.fakes import RecordingSink, ScriptedGenerator
 from tests.pg.fixtures import Cluster
+from tests.store_setup import take_on
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = ConversationKey("slack", "T1", "C1", "100.000001")
@@ -61,7 +62,7 @@ async def test_replicas_starting_together_migrate_once(pg_dsn: str) -> None:
 
 async def test_a_newer_schema_is_refused_and_left_alone(pg_dsn: str) -> None:
     store = await PostgresStore.open(pg_dsn)
-    claim = await store.claim(KEY, "m1")
+    claim = await take_on(store, KEY, "m1")
     assert claim is not None
     await store.close()
     connection = await asyncpg.connect(pg_dsn)

@@ -17,6 +17,7 @@ import pytest
 from bot.conversation import ConversationKey, Speaker, Turn
 from storage.history import HistoryStore
 from storage.schema import MIGRATIONS
+from tests.store_setup import add_turn, take_on
 from tests.test_storage import Opener, open_store  # noqa: F401 - on both engines
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,18 +47,18 @@ def command(*args: str, db: Path, cwd: Path) -> subprocess.CompletedProcess[str]
 
 
 async def _fill(store: HistoryStore) -> None:
-    claim = await store.claim(KEY, "C1:100.000001")
+    claim = await take_on(store, KEY, "C1:100.000001")
     assert claim is not None
-    await store.add_turn(claim.conversation, Turn(Speaker.USER, SECRET), ("slack", "C1:100.000001"),
+    await add_turn(store, claim.conversation, Turn(Speaker.USER, SECRET), ("slack", "C1:100.000001"),
                          author=ALICE)
-    await store.add_turn(claim.conversation, Turn(Speaker.SYSTEM, "承知しました。"))
-    claim = await store.claim(KEY, "C1:100.000002")
+    await add_turn(store, claim.conversation, Turn(Speaker.SYSTEM, "承知しました。"))
+    claim = await take_on(store, KEY, "C1:100.000002")
     assert claim is not None
-    await store.add_turn(claim.conversation, Turn(Speaker.USER, KEEP), ("slack", "C1:100.000002"),
+    await add_turn(store, claim.conversation, Turn(Speaker.USER, KEEP), ("slack", "C1:100.000002"),
                          author=BOB)
-    dm = await store.claim(DM, "9001")
+    dm = await take_on(store, DM, "9001")
     assert dm is not None
-    await store.add_turn(dm.conversation, Turn(Speaker.USER, "DM の秘密 4111"), ("discord", "9001"),
+    await add_turn(store, dm.conversation, Turn(Speaker.USER, "DM の秘密 4111"), ("discord", "9001"),
                          author=ALICE)
 
 
@@ -68,9 +69,9 @@ async def test_the_data_directory_and_database_files_are_private_whatever_the_um
     old = os.umask(0o000)  # the loosest umask: nothing may depend on it
     try:
         store = await HistoryStore.open(path)
-        claim = await store.claim(KEY, "k")
+        claim = await take_on(store, KEY, "k")
         assert claim is not None
-        await store.add_turn(claim.conversation, Turn(Speaker.USER, "x"), author=ALICE)
+        await add_turn(store, claim.conversation, Turn(Speaker.USER, "x"), author=ALICE)
     finally:
         os.umask(old)
     try:
@@ -117,7 +118,7 @@ async def test_a_database_from_before_the_migration_keeps_its_turns_without_an_a
     try:
         assert [t.turn.text for t in await store.recent_turns(1, 10)] == ["old"]
         assert await store.author_turns(ALICE) == []
-        await store.add_turn(1, Turn(Speaker.USER, "new"), author=ALICE)
+        await add_turn(store, 1, Turn(Speaker.USER, "new"), author=ALICE)
         assert [t.text for t in await store.author_turns(ALICE)] == ["new"]
     finally:
         await store.close()
@@ -154,8 +155,8 @@ async def test_forget_deletes_a_users_messages_from_the_files_while_the_bot_runs
         assert conversation is not None
         texts = [t.turn.text for t in await bot_store.recent_turns(conversation, 10)]
         assert texts == [KEEP, "承知しました。"]
-        assert await bot_store.claim(KEY, "C1:100.000001") is None  # still never re-answered
-        await bot_store.add_turn(conversation, Turn(Speaker.USER, "続き"), author=BOB)
+        assert await take_on(bot_store, KEY, "C1:100.000001") is None  # still never re-answered
+        await add_turn(bot_store, conversation, Turn(Speaker.USER, "続き"), author=BOB)
     finally:
         await bot_store.close()
 
@@ -226,7 +227,7 @@ async def test_platform_deletion_and_edit_leave_no_old_text_in_the_files(tmp_pat
         assert SECRET.encode() not in data
         assert KEEP.encode() not in data
         assert "献立は秘密です".encode() in data
-        assert await store.claim(KEY, "C1:100.000001") is None  # a redelivery: not answered
+        assert await take_on(store, KEY, "C1:100.000001") is None  # a redelivery: not answered
     finally:
         await store.close()
 
@@ -293,11 +294,11 @@ async def test_retention_deletes_old_turns_at_start_and_then_daily(
     now = [1_700_000_000.0]
     store = await open_store(tmp_path / "bot.sqlite3", clock=lambda: now[0])
     try:
-        claim = await store.claim(KEY, "old")
+        claim = await take_on(store, KEY, "old")
         assert claim is not None
-        await store.add_turn(claim.conversation, Turn(Speaker.USER, "40日前"), author=ALICE)
+        await add_turn(store, claim.conversation, Turn(Speaker.USER, "40日前"), author=ALICE)
         now[0] += 10 * DAY_S
-        await store.add_turn(claim.conversation, Turn(Speaker.USER, "30日前"), author=ALICE)
+        await add_turn(store, claim.conversation, Turn(Speaker.USER, "30日前"), author=ALICE)
         now[0] += 30 * DAY_S
         sleep = ManualSleep()
         async with retention(store, 30, clock=lambda: now[0], sleep=sleep) as sweeper:
@@ -307,7 +308,7 @@ async def test_retention_deletes_old_turns_at_start_and_then_daily(
             seconds, wake = await asyncio.wait_for(sleep.calls.get(), 10)
             assert seconds == DAY_S
             now[0] += DAY_S  # a day later the other one is over 30 days old too
-            await store.add_turn(claim.conversation, Turn(Speaker.USER, "今日"), author=ALICE)
+            await add_turn(store, claim.conversation, Turn(Speaker.USER, "今日"), author=ALICE)
             wake.set()
             _, wake = await asyncio.wait_for(sleep.calls.get(), 10)  # swept, sleeping again
             assert [t.text for t in await store.author_turns(ALICE)] == ["今日"]

@@ -19,6 +19,7 @@ from bot.errors import StorageError
 from bot.ports.records import DeliveryState
 from storage.history import HistoryStore
 from storage.schema import SCHEMA_VERSION
+from tests.store_setup import add_turn, take_on
 
 KEY = ConversationKey("discord", "guild", "channel", "thread")
 
@@ -65,11 +66,11 @@ async def _texts(store: HistoryStore, conversation: int) -> list[str]:
 async def test_turns_survive_a_reopen(open_store: Opener, tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite3"
     store = await open_store(path)
-    claim = await store.claim(KEY, "m1")
+    claim = await take_on(store, KEY, "m1")
     assert claim is not None and claim.stored_turn is None
     conversation = claim.conversation
-    await store.add_turn(conversation, Turn(Speaker.USER, "こんにちは\n二行目"), ("discord", "m1"))
-    await store.add_turn(conversation, Turn(Speaker.SYSTEM, "こんにちは!"))
+    await add_turn(store, conversation, Turn(Speaker.USER, "こんにちは\n二行目"), ("discord", "m1"))
+    await add_turn(store, conversation, Turn(Speaker.SYSTEM, "こんにちは!"))
     await store.close()
 
     reopened = await open_store(path)
@@ -77,7 +78,7 @@ async def test_turns_survive_a_reopen(open_store: Opener, tmp_path: Path) -> Non
     turns = list(reversed(await reopened.recent_turns(conversation, 10)))
     assert [(t.turn.speaker, t.turn.text) for t in turns] == [
         (Speaker.USER, "こんにちは\n二行目"), (Speaker.SYSTEM, "こんにちは!")]
-    assert await reopened.claim(KEY, "m1") is None  # redelivery after a restart: not again
+    assert await take_on(reopened, KEY, "m1") is None  # redelivery after a restart: not again
     await reopened.close()
 
 
@@ -92,7 +93,7 @@ async def test_database_uses_wal_foreign_keys_and_a_schema_version(tmp_path: Pat
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     with pytest.raises(sqlite3.IntegrityError):
-        await store.add_turn(999, Turn(Speaker.USER, "no such conversation"))
+        await add_turn(store, 999, Turn(Speaker.USER, "no such conversation"))
     assert await store.find(KEY) is None  # the failed transaction left nothing behind
     await store.close()
 
@@ -113,22 +114,22 @@ async def test_unwritable_path_names_the_setting(tmp_path: Path) -> None:
 
 
 async def test_the_same_delivery_is_claimed_once_even_concurrently(store: HistoryStore) -> None:
-    results = await asyncio.gather(*[store.claim(KEY, "same") for _ in range(20)])
+    results = await asyncio.gather(*[take_on(store, KEY, "same") for _ in range(20)])
     assert sum(r is not None for r in results) == 1
     other = ConversationKey("slack", "T", "C", "1.0")
-    assert await store.claim(other, "same") is not None  # keys are per platform
+    assert await take_on(store, other, "same") is not None  # keys are per platform
 
 
 async def test_concurrent_writers_on_one_file(open_store: Opener, tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite3"
     first, second = await open_store(path), await open_store(path)
-    claim = await first.claim(KEY, "start")
+    claim = await take_on(first, KEY, "start")
     assert claim is not None
     conversation = claim.conversation
 
     async def write(store: HistoryStore, prefix: str) -> None:
         for i in range(50):
-            await store.add_turn(conversation, Turn(Speaker.USER, f"{prefix}{i}"))
+            await add_turn(store, conversation, Turn(Speaker.USER, f"{prefix}{i}"))
 
     await asyncio.gather(write(first, "a"), write(second, "b"), write(first, "c"))
     texts = await _texts(first, conversation)
@@ -141,22 +142,22 @@ async def test_concurrent_writers_on_one_file(open_store: Opener, tmp_path: Path
 
 
 async def test_reset_keeps_old_rows_out_of_the_history(store: HistoryStore) -> None:
-    claim = await store.claim(KEY, "m1")
+    claim = await take_on(store, KEY, "m1")
     assert claim is not None
     conversation = claim.conversation
-    await store.add_turn(conversation, Turn(Speaker.USER, "古い"))
+    await add_turn(store, conversation, Turn(Speaker.USER, "古い"))
     await store.reset(KEY)
-    await store.add_turn(conversation, Turn(Speaker.USER, "新しい"))
+    await add_turn(store, conversation, Turn(Speaker.USER, "新しい"))
     assert await _texts(store, conversation) == ["新しい"]
     assert await _count(store, "turns") == 2
 
 
 async def test_recent_turns_pages_backwards(store: HistoryStore) -> None:
-    claim = await store.claim(KEY, "m")
+    claim = await take_on(store, KEY, "m")
     assert claim is not None
     conversation = claim.conversation
     for i in range(10):
-        await store.add_turn(conversation, Turn(Speaker.USER, str(i)))
+        await add_turn(store, conversation, Turn(Speaker.USER, str(i)))
     page = await store.recent_turns(conversation, 4)
     older = await store.recent_turns(conversation, 4, before=page[-1].id)
     assert [t.turn.text for t in page + older] == ["9", "8", "7", "6", "5", "4", "3", "2"]
@@ -178,10 +179,10 @@ async def test_import_skips_messages_already_seen(store: HistoryStore) -> None:
     assert await _texts(store, conversation) == ["一", "二", "三"]
     # "1" was read in as history before its own event arrived: that event is answered, once,
     # without storing its text again
-    claim = await store.claim(KEY, "1")
+    claim = await take_on(store, KEY, "1")
     assert claim is not None and claim.conversation == conversation
     assert claim.stored_turn is not None
-    assert await store.claim(KEY, "1") is None
+    assert await take_on(store, KEY, "1") is None
 
 
 async def test_a_version_one_database_is_migrated_in_place(tmp_path: Path) -> None:
@@ -195,7 +196,7 @@ async def test_a_version_one_database_is_migrated_in_place(tmp_path: Path) -> No
         raw.execute("PRAGMA user_version = 1")
     store = await HistoryStore.open(path)
     try:
-        assert await store.claim(ConversationKey("slack", "T", "C", "1.0"), "C:1.0") is None
+        assert await take_on(store, ConversationKey("slack", "T", "C", "1.0"), "C:1.0") is None
         with sqlite3.connect(path) as raw:
             assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
             assert raw.execute("SELECT imported, state FROM deliveries").fetchone() == (
@@ -207,13 +208,13 @@ async def test_a_version_one_database_is_migrated_in_place(tmp_path: Path) -> No
 async def test_a_write_cancelled_mid_transaction_leaves_the_store_usable(
         store: HistoryStore) -> None:
     for _ in range(3):  # cancel at successive points inside the transaction
-        task = asyncio.create_task(store.claim(KEY, "cancelled"))
+        task = asyncio.create_task(take_on(store, KEY, "cancelled"))
         await asyncio.sleep(0)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    claim = await store.claim(KEY, "after")
+    claim = await take_on(store, KEY, "after")
     assert claim is not None
-    await store.add_turn(claim.conversation, Turn(Speaker.USER, "まだ書ける"))
+    await add_turn(store, claim.conversation, Turn(Speaker.USER, "まだ書ける"))
     assert await _texts(store, claim.conversation) == ["まだ書ける"]
 
 

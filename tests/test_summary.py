@@ -32,6 +32,7 @@ from bot.engine.tokenizer import Tokenizer
 from bot.service.privacy import forget_user
 from storage.history import HistoryStore
 from tests.fakes import RecordingSink, ScriptedGenerator
+from tests.store_setup import add_turn, take_on
 
 KEY = ConversationKey("slack", "T1", "C1", "100.000001")
 OTHER = ConversationKey("slack", "T1", "C2", "200.000001")
@@ -84,15 +85,15 @@ def build(store: HistoryStore, generator: Recording, tokenizer: Tokenizer, setti
 async def thread(store: HistoryStore, key: ConversationKey, messages: int,
                  author: Callable[[int], str] = lambda i: "U1") -> int:
     """A conversation of `messages` stored turns (questions and answers by turns)."""
-    claim = await store.claim(key, f"{key.channel}-seed")
+    claim = await take_on(store, key, f"{key.channel}-seed")
     assert claim is not None
     for i in range(messages):
         if i % 2 == 0:
-            await store.claim(key, f"{key.channel}-m{i}")
-            await store.add_turn(claim.conversation, Turn(Speaker.USER, f"質問{i}：猫について教えて"),
+            await take_on(store, key, f"{key.channel}-m{i}")
+            await add_turn(store, claim.conversation, Turn(Speaker.USER, f"質問{i}：猫について教えて"),
                                  ("slack", f"{key.channel}-m{i}"), author=author(i))
         else:
-            await store.add_turn(claim.conversation, Turn(Speaker.SYSTEM, f"答え{i}：猫は動物です"))
+            await add_turn(store, claim.conversation, Turn(Speaker.SYSTEM, f"答え{i}：猫は動物です"))
     return claim.conversation
 
 

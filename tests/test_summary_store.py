@@ -8,6 +8,7 @@ from pathlib import Path
 from bot.conversation import ConversationKey, Speaker, Turn
 from bot.ports.records import StoredTurn, fingerprint
 from storage.history import HistoryStore
+from tests.store_setup import add_turn, take_on
 from tests.test_storage import open_store, store  # noqa: F401 - the shared fixtures
 
 KEY = ConversationKey("slack", "T1", "C1", "100.000001")
@@ -17,16 +18,16 @@ OTHER = ConversationKey("slack", "T1", "C2", "200.000001")
 async def _thread(store: HistoryStore, key: ConversationKey, n: int,  # noqa: F811
                   authors: tuple[str, ...] = ("U1", "U2")) -> tuple[int, list[StoredTurn]]:
     """n user/system pairs, each user turn from one of `authors` with delivery key `k<i>`."""
-    claim = await store.claim(key, f"{key.channel}-k0")
+    claim = await take_on(store, key, f"{key.channel}-k0")
     assert claim is not None
     conversation = claim.conversation
     for i in range(n):
         delivery = f"{key.channel}-k{i}"
         if i:
-            await store.claim(key, delivery)
-        await store.add_turn(conversation, Turn(Speaker.USER, f"質問{i}"), ("slack", delivery),
+            await take_on(store, key, delivery)
+        await add_turn(store, conversation, Turn(Speaker.USER, f"質問{i}"), ("slack", delivery),
                              author=authors[i % len(authors)])
-        await store.add_turn(conversation, Turn(Speaker.SYSTEM, f"答え{i}"))
+        await add_turn(store, conversation, Turn(Speaker.SYSTEM, f"答え{i}"))
     return conversation, list(reversed(await store.recent_turns(conversation, 1000)))
 
 

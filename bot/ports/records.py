@@ -78,15 +78,6 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    """A platform message taken on for answering. `stored_turn` is set when its text is
-    already in the history (it was read in with the thread before its own event arrived)."""
-
-    conversation: int
-    stored_turn: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class StoredTurn:
     id: int
     turn: Turn
