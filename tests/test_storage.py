@@ -24,17 +24,20 @@ from tests.store_setup import add_turn, take_on
 KEY = ConversationKey("discord", "guild", "channel", "thread")
 
 Opener = Callable[..., Awaitable[HistoryStore]]  # (path, clock=...)
-# Every implementation of the store ports (a new one: one line here and in `openers`).
+# Every implementation of the store ports (a new one: one line here and in `open_store`).
 IMPLEMENTATIONS = ("sqlite", "postgresql")
 
 
-def openers(engine: str, request: pytest.FixtureRequest) -> Opener:
-    """Opens the store of `engine` at a path: SQLite's file, or for PostgreSQL a database of
-    its own per path on the test cluster (the same path reopens the same database)."""
-    if engine == "sqlite":
-        return HistoryStore.open
+@pytest.fixture(params=IMPLEMENTATIONS)
+async def open_store(request: pytest.FixtureRequest) -> AsyncIterator[Opener]:
+    """Opens the store of each engine at a path: SQLite's file, or for PostgreSQL a database
+    of its own per path on the test cluster (the same path reopens the same database; each
+    dropped at the end of the test)."""
+    if request.param == "sqlite":
+        yield HistoryStore.open
+        return
     from storage.postgres import PostgresStore
-    from tests.pg.fixtures import create_database
+    from tests.pg.fixtures import create_database, drop_database
 
     cluster = request.getfixturevalue("pg_cluster")
     databases: dict[Path, str] = {}
@@ -44,12 +47,9 @@ def openers(engine: str, request: pytest.FixtureRequest) -> Opener:
             databases[path] = await create_database(cluster.dsn)
         return await PostgresStore.open(databases[path], pool_size=4, **options)
 
-    return open_postgres  # type: ignore[return-value]
-
-
-@pytest.fixture(params=IMPLEMENTATIONS)
-def open_store(request: pytest.FixtureRequest) -> Opener:
-    return openers(request.param, request)
+    yield open_postgres  # type: ignore[misc]
+    for dsn in databases.values():
+        await drop_database(cluster.dsn, dsn)
 
 
 @pytest.fixture
