@@ -92,12 +92,16 @@ class SummaryCog(commands.Cog):
         finally:
             sink.stop_typing()
 
+    async def _admitted(self, interaction: discord.Interaction) -> bool:
+        """Not refused (told why), allowed to read here (told otherwise), not a replay."""
+        if await self.bot.refuse(interaction) or await self._may_not_read(interaction):
+            return False
+        return self.front.admit(PLATFORM, str(interaction.id)) is None  # None: first sight
+
     @app_commands.command(name="summary",
                           description="このスレッド（チャンネルでは最近のメッセージ）を要約します")
     async def summary(self, interaction: discord.Interaction) -> None:
-        if await self.bot.refuse(interaction) or await self._may_not_read(interaction):
-            return
-        if self.front.admit(PLATFORM, str(interaction.id)) is not None:  # a replayed one
+        if not await self._admitted(interaction):
             return
         channel = interaction.channel
         try:
@@ -119,9 +123,7 @@ class SummaryCog(commands.Cog):
                            message: discord.Message) -> None:
         """「要約」 on a message: its thread summarised into the thread; in a channel, the
         channel's last messages up to it, as the command's response."""
-        if await self.bot.refuse(interaction) or await self._may_not_read(interaction):
-            return
-        if self.front.admit(PLATFORM, str(interaction.id)) is not None:  # a replayed one
+        if not await self._admitted(interaction):
             return
         channel = interaction.channel
         try:

@@ -19,7 +19,6 @@ them: through the shortcut's response_url, else chat.postEphemeral.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -42,11 +41,12 @@ from adapters.slack_events import (
     DENIED,
     FAILED,
     IGNORED,
-    SlackMessage,
     SlackServices,
     acknowledge_when_recorded,
     bot_identity,
+    count_in_background,
     parse_message,
+    shortcut_message,
     tell_presser,
 )
 from bot.conversation import ConversationKey
@@ -141,35 +141,15 @@ def register_shortcut(app: AsyncApp, services: SlackServices) -> None:
     async def ask(ack: AsyncAck, shortcut: dict[str, Any], context: AsyncBoltContext,
                   respond: AsyncRespond | None = None) -> None:
         await ack()  # at once: Slack shows an error after 3 s; the answer goes in the thread
-        target = shortcut.get("message") or {}
-        team = str((shortcut.get("team") or {}).get("id") or context.team_id or "")
-        channel = str((shortcut.get("channel") or {}).get("id") or "")
-        user = str((shortcut.get("user") or {}).get("id") or "")
-        ts = target.get("ts")
-        if not (channel and user and isinstance(ts, str)):
+        message = shortcut_message(shortcut, context, with_text=True)
+        if message is None:
             services.outcomes[IGNORED] += 1
             return
-        thread_ts = str(target.get("thread_ts") or "")
-        own_team = (shortcut.get("user") or {}).get("team_id")  # Slack Connect: theirs
-        message = SlackMessage(team, channel, ts, thread_ts, user,
-                               str(target.get("text") or ""), channel.startswith("D"),
-                               AccessRequest.from_teams(team, channel, user,
-                                                        (own_team,)).other_teams)
         if not services.permits(message.access()):
             services.outcomes[DENIED] += 1
             return
-
-        async def body() -> None:
-            outcome = FAILED
-            try:
-                outcome = await answer_about(services, message, shortcut, bot_identity(context),
-                                             respond=respond)
-            finally:
-                services.outcomes[outcome] += 1
-
-        task = asyncio.create_task(body())
-        services.background.add(task)
-        task.add_done_callback(services.background.discard)
+        count_in_background(services, lambda: answer_about(
+            services, message, shortcut, bot_identity(context), respond=respond))
 
 
 async def answer_about(services: SlackServices, message: Any, shortcut: Mapping[str, Any],

@@ -229,3 +229,36 @@ async def tell_presser(api: SlackApi, message: SlackMessage, respond: AsyncRespo
             log.info("slack shortcut response_url failed: %s",
                      f"{type(exc).__name__}: {exc}"[:200])
     await tell(api, message.channel, message.user, text)
+
+
+def shortcut_message(shortcut: Mapping[str, Any], context: AsyncBoltContext, *,
+                     with_text: bool) -> SlackMessage | None:
+    """The message a message shortcut was used on, as a SlackMessage from the presser (its
+    text only `with_text`); None when the payload lacks its channel, presser or ts."""
+    target = shortcut.get("message") or {}
+    team = str((shortcut.get("team") or {}).get("id") or context.team_id or "")
+    channel = str((shortcut.get("channel") or {}).get("id") or "")
+    user = str((shortcut.get("user") or {}).get("id") or "")
+    ts = target.get("ts")
+    if not (channel and user and isinstance(ts, str)):
+        return None
+    own_team = (shortcut.get("user") or {}).get("team_id")  # Slack Connect: theirs
+    return SlackMessage(team, channel, ts, str(target.get("thread_ts") or ""), user,
+                        str(target.get("text") or "") if with_text else "",
+                        channel.startswith("D"),
+                        AccessRequest.from_teams(team, channel, user, (own_team,)).other_teams)
+
+
+def count_in_background(services: Any, work: Callable[[], Awaitable[str]]) -> None:
+    """Run `work` (a shortcut's, after its ack) as a task the service waits for at shutdown,
+    counting its outcome (FAILED if it raised)."""
+    async def body() -> None:
+        outcome = FAILED
+        try:
+            outcome = await work()
+        finally:
+            services.outcomes[outcome] += 1
+
+    task = asyncio.create_task(body())
+    services.background.add(task)
+    task.add_done_callback(services.background.discard)

@@ -22,12 +22,13 @@ from adapters.slack_events import (
     SlackMessage,
     SlackServices,
     bot_identity,
+    count_in_background,
+    shortcut_message,
     tell_presser,
 )
 from adapters.slack_reply import QUESTION_PART, REPLY_EVENT
 from adapters.slack_text import ts_order
 from bot.conversation import ConversationKey
-from bot.core.access import AccessRequest
 from bot.core.front_events import Command, EarlierMessage, EarlierReader, Event
 from bot.core.notices import SWITCHED_OFF
 
@@ -113,35 +114,16 @@ def register_summary_shortcut(app: AsyncApp, services: SlackHandlers) -> None:
     async def summarise(ack: AsyncAck, shortcut: dict[str, Any], context: AsyncBoltContext,
                         respond: AsyncRespond | None = None) -> None:
         await ack()  # at once: Slack shows an error after 3 s; the summary goes in the thread
-        target = shortcut.get("message") or {}
-        team = str((shortcut.get("team") or {}).get("id") or context.team_id or "")
-        channel = str((shortcut.get("channel") or {}).get("id") or "")
-        user = str((shortcut.get("user") or {}).get("id") or "")
-        ts = target.get("ts")
-        if not (channel and user and isinstance(ts, str)):
+        message = shortcut_message(shortcut, context, with_text=False)
+        if message is None:
             services.outcomes[IGNORED] += 1
             return
-        own_team = (shortcut.get("user") or {}).get("team_id")  # Slack Connect: theirs
-        request = AccessRequest.from_teams(team, channel, user, (own_team,),
-                                           is_dm=channel.startswith("D"))
-        if not services.permits([request]):
+        if not services.permits(message.access()):
             services.outcomes[DENIED] += 1
             return
-        message = SlackMessage(team, channel, ts, str(target.get("thread_ts") or ""), user,
-                               "", channel.startswith("D"), request.other_teams)
-        trigger = str(shortcut.get("trigger_id") or shortcut.get("action_ts") or ts)
-
-        async def body() -> None:
-            outcome = FAILED
-            try:
-                outcome = await summarise_thread(services, message, SUMMARY_KEY + trigger,
-                                                 bot_identity(context), respond=respond)
-            finally:
-                services.outcomes[outcome] += 1
-
-        task = asyncio.create_task(body())
-        services.background.add(task)
-        task.add_done_callback(services.background.discard)
+        trigger = str(shortcut.get("trigger_id") or shortcut.get("action_ts") or message.ts)
+        count_in_background(services, lambda: summarise_thread(
+            services, message, SUMMARY_KEY + trigger, bot_identity(context), respond=respond))
 
 
 async def summarise_thread(services: SlackHandlers, message: SlackMessage, tag: str,

@@ -152,17 +152,13 @@ class PgLeases:
                         marker[1], type(exc).__name__, self.lease_s)
 
     async def held(self, markers: Iterable[Marker]) -> set[Marker]:
-        wanted = list(markers)
-        if not wanted:
-            return set()
-        with reachable("reading leases"):
-            rows = await self._pool.fetch(
-                "SELECT platform, delivery_key FROM answer_leases WHERE"
-                " (platform, delivery_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
-                f" AND {_LIVE}", [p for p, _ in wanted], [k for _, k in wanted])
-        return {(row["platform"], row["delivery_key"]) for row in rows}
+        return await self._leased(markers, _LIVE)
 
     async def lapsed(self, markers: Iterable[Marker]) -> set[Marker]:
+        return await self._leased(markers, f"NOT ({_LIVE})")
+
+    async def _leased(self, markers: Iterable[Marker], condition: str) -> set[Marker]:
+        """Those of `markers` with a lease row meeting `condition` (live, or run out)."""
         wanted = list(markers)
         if not wanted:
             return set()
@@ -170,7 +166,7 @@ class PgLeases:
             rows = await self._pool.fetch(
                 "SELECT platform, delivery_key FROM answer_leases WHERE"
                 " (platform, delivery_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
-                f" AND NOT ({_LIVE})", [p for p, _ in wanted], [k for _, k in wanted])
+                f" AND {condition}", [p for p, _ in wanted], [k for _, k in wanted])
         return {(row["platform"], row["delivery_key"]) for row in rows}
 
     async def clock(self) -> float:
